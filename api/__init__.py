@@ -1,0 +1,1 @@
+"""The HTTP API: sessions, signalling relay, SSE, history, health and metrics."""

@@ -1,0 +1,73 @@
+"""Route dependencies as ``Annotated`` aliases: app state, database session, the caller."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+import redis.asyncio as aioredis
+from arq.connections import ArqRedis
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from api.errors import ApiError
+from api.signals import WorkerSignals
+from shared.live import LiveSessions
+from shared.models import User
+from shared.settings import Settings
+from shared.store import Store
+from shared.users import authenticate
+
+
+@dataclass
+class AppState:
+    """What the API process opens once at start-up and shares across requests."""
+
+    settings: Settings
+    redis: aioredis.Redis
+    arq: ArqRedis
+    live: LiveSessions
+    store: Store
+    signals: WorkerSignals
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.voicepool
+
+
+async def get_db(state: Annotated[AppState, Depends(get_state)]) -> AsyncIterator[AsyncSession]:
+    async with state.store.session() as session:
+        yield session
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+SessionDep = Annotated[AsyncSession, Depends(get_db)]
+
+_bearer = HTTPBearer(auto_error=False, description="A token from `voicepool users create`.")
+
+
+async def get_current_user(
+    db: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise ApiError(
+            401, "unauthorized", "send Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )  # fmt: skip
+    user = await authenticate(db, credentials.credentials)
+    if user is None:
+        raise ApiError(
+            401, "invalid_token", "the token is unknown, revoked or expired",
+            headers={"WWW-Authenticate": "Bearer"},
+        )  # fmt: skip
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+def is_admin(user: User) -> bool:
+    return user.role == "admin"

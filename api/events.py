@@ -1,0 +1,112 @@
+"""Reading a session's live event stream: waiting for a state, and the SSE feed.
+
+The per-session Redis stream is the source while it exists (the whole session
+plus ``stream_retention`` after it ends); after that, the stored events in
+SQL, which carry the same ids, so ``Last-Event-ID`` keeps working.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Collection
+
+from sqlmodel import select
+from sse_starlette import ServerSentEvent
+
+from api.deps import AppState
+from shared import keys
+from shared.events import FINAL_STATES, Event, EventType
+from shared.models import EventRecord, VoiceSession
+
+READ_BLOCK_MS = 15000
+READ_COUNT = 200
+
+
+def _parse_id(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def wait_for_state(
+    state: AppState, session_id: str, targets: Collection[str], *, timeout: float
+) -> str | None:
+    """Block until the session's state is one of ``targets`` or ``timeout`` passes.
+
+    Returns the state it is in then. Woken by the session's own events, not polled.
+    """
+    deadline = time.monotonic() + timeout
+    stream = keys.session_events(session_id)
+    last_id = "0-0"
+    while True:
+        current = await state.redis.hget(keys.session(session_id), "state")
+        if current is None or current in targets:
+            return current
+        remaining_ms = int((deadline - time.monotonic()) * 1000)
+        if remaining_ms <= 0:
+            return current
+        reply = await state.redis.xread({stream: last_id}, count=READ_COUNT, block=remaining_ms)
+        for _stream, entries in reply or ():
+            if entries:
+                last_id = entries[-1][0]
+
+
+def _sse(event: Event) -> ServerSentEvent:
+    return ServerSentEvent(
+        id=event.stream_id,
+        event=event.type,
+        data=json.dumps(event.model_dump(exclude={"stream_id"})),
+    )
+
+
+def _is_final(event: Event) -> bool:
+    return event.type == EventType.SESSION_STATE and event.data.get("state") in FINAL_STATES
+
+
+async def session_event_stream(
+    state: AppState, row: VoiceSession, after: str
+) -> AsyncIterator[ServerSentEvent]:
+    stream = keys.session_events(row.id)
+    last_id = after
+    while True:
+        if not await state.redis.exists(stream):
+            async for event in _stored_events(state, row, last_id):
+                yield event
+            return
+        reply = await state.redis.xread({stream: last_id}, count=READ_COUNT, block=READ_BLOCK_MS)
+        for _stream, entries in reply or ():
+            for entry_id, fields in entries:
+                last_id = entry_id
+                event = Event.from_stream_fields(fields, entry_id)
+                yield _sse(event)
+                if _is_final(event):
+                    return
+
+
+async def _stored_events(
+    state: AppState, row: VoiceSession, after: str
+) -> AsyncIterator[ServerSentEvent]:
+    """Replay from SQL once the live stream has expired (or never existed)."""
+    floor = _parse_id(after)
+    async with state.store.session() as db:
+        records = (
+            await db.exec(
+                select(EventRecord)
+                .where(EventRecord.session_id == row.id)
+                .order_by(EventRecord.seq)  # type: ignore[arg-type]
+            )
+        ).all()
+    for record in records:
+        if record.stream_id and _parse_id(record.stream_id) <= floor:
+            continue
+        yield _sse(
+            Event(
+                session_id=record.session_id,
+                conversation_id=record.conversation_id,
+                seq=record.seq,
+                ts=record.ts,
+                type=record.type,
+                data=record.data,
+                stream_id=record.stream_id,
+            )
+        )

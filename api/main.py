@@ -1,0 +1,92 @@
+"""The FastAPI application and what it runs beside the routes (persister, reaper)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from arq.connections import create_pool
+from fastapi import FastAPI
+
+from api.deps import AppState
+from api.errors import install_error_handlers
+from api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from api.persister import Persister
+from api.reaper import Reaper
+from api.routes import conversations, health, sessions
+from api.signals import WorkerSignals
+from shared import __version__
+from shared.connections import arq_redis_settings, redis_client
+from shared.live import LiveSessions
+from shared.settings import Settings, get_settings
+from shared.store import Store, migrate_async
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, background: bool = True) -> FastAPI:
+    """Build the app. ``background=False`` leaves the persister and reaper off (for tests)."""
+    settings = settings or get_settings()
+    if settings.redis_url is None:
+        raise ValueError("the API needs VOICEPOOL_REDIS_URL (voicepool dev sets it)")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await migrate_async(settings.sqlalchemy_url)
+        redis = redis_client(settings.redis_url)
+        live = LiveSessions(
+            redis,
+            heartbeat_ttl=settings.heartbeat_ttl,
+            stream_retention=settings.stream_retention,
+            stream_maxlen=settings.session_stream_maxlen,
+        )
+        state = AppState(
+            settings=settings,
+            redis=redis,
+            arq=await create_pool(arq_redis_settings(settings.redis_url)),
+            live=live,
+            store=Store(settings.sqlalchemy_url),
+            signals=WorkerSignals(redis, timeout=settings.signal_timeout),
+        )
+        app.state.voicepool = state
+        tasks: list[asyncio.Task[None]] = []
+        if background:
+            persister = Persister(
+                redis,
+                state.store,
+                batch_size=settings.persister_batch,
+                claim_idle_ms=settings.persister_claim_idle_ms,
+            )
+            reaper = Reaper(live, queue_ttl=settings.queue_ttl, interval=settings.reaper_interval)
+            tasks = [
+                asyncio.create_task(persister.run(), name="persister"),
+                asyncio.create_task(reaper.run(), name="reaper"),
+            ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await state.arq.aclose()
+            await redis.aclose()
+            await state.store.aclose()
+
+    app = FastAPI(
+        title="voicepool",
+        version=__version__,
+        summary="Real-time voice assistant sessions at scale.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(sessions.router)
+    app.include_router(conversations.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetricsMiddleware)
+    return app

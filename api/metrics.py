@@ -1,0 +1,46 @@
+"""The API's Prometheus metrics (prometheus-client's default registry).
+
+Labels are bounded sets (pool, transport, profile, state, reason, route
+template, status) — never session or user ids.
+"""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SESSIONS_REQUESTED = Counter(
+    "voicepool_sessions_requested_total",
+    "Sessions requested through the API.",
+    ["pool", "transport", "profile"],
+)
+SESSIONS_STARTED = Counter(
+    "voicepool_sessions_started_total", "Sessions that reached ready.", ["pool"]
+)
+SESSIONS_ENDED = Counter(
+    "voicepool_sessions_ended_total",
+    "Sessions that reached a final state.",
+    ["pool", "state", "reason"],
+)
+DISPATCH_SECONDS = Histogram(
+    "voicepool_dispatch_seconds",
+    "From the session request to the ready state.",
+    ["pool"],
+    buckets=(0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
+)
+PERSISTED_EVENTS = Counter(
+    "voicepool_persister_events_total", "Events stored by the persister (new rows)."
+)
+PERSIST_BATCH_SECONDS = Histogram(
+    "voicepool_persister_batch_seconds",
+    "Time to store and acknowledge one batch of events.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+PERSISTER_PENDING = Gauge(
+    "voicepool_persister_pending_entries",
+    "Ingest stream entries delivered but not yet acknowledged, plus not yet read.",
+)
+REAPED_SESSIONS = Counter(
+    "voicepool_reaped_sessions_total", "Sessions ended by the reaper.", ["reason"]
+)
+SSE_CLIENTS = Gauge("voicepool_sse_clients", "Open Server-Sent Event streams.")
+HTTP_REQUESTS = Counter(
+    "voicepool_http_requests_total", "HTTP requests by route and status.", ["route", "status"]
+)

@@ -1,0 +1,222 @@
+"""The persister: ingest stream → SQL, exactly once per event.
+
+DESIGN decision 4. Workers XADD every event to the ingest stream. This task
+reads it with a consumer group, stores a batch in one transaction (inserts
+keyed by (session_id, seq) so a replayed entry is a no-op, and the session
+rows' state following their state events), and only then XACKs. Entries a
+crashed persister read but never acknowledged are adopted with XAUTOCLAIM.
+The stream is trimmed below the oldest entry not yet acknowledged, so
+trimming can never drop an event that is not stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+from sqlalchemy import update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from api import metrics
+from shared import keys
+from shared.events import FINAL_STATES, Event, EventType, SessionState
+from shared.models import EventRecord, VoiceSession
+from shared.store import Store
+
+log = logging.getLogger(__name__)
+
+READ_BLOCK_MS = 1000
+CLAIM_EVERY_S = 5.0
+TRIM_EVERY_S = 1.0
+
+Entry = tuple[str, dict[str, str]]
+
+
+class Persister:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        store: Store,
+        *,
+        consumer: str | None = None,
+        batch_size: int = 500,
+        claim_idle_ms: int = 15000,
+    ):
+        self.redis = redis
+        self.store = store
+        self.consumer = consumer or f"{socket.gethostname()}-{id(self):x}"
+        self.batch_size = batch_size
+        self.claim_idle_ms = claim_idle_ms
+        self.stored = 0
+        self._last_claim = 0.0
+        self._last_trim = 0.0
+        self._insert = pg_insert if store.engine.dialect.name == "postgresql" else sqlite_insert
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(
+                keys.INGEST_STREAM, keys.PERSISTER_GROUP, id="0", mkstream=True
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self) -> None:
+        await self.ensure_group()
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis or the database away: retry, never lose entries
+                log.warning("persister: %s; retrying", exc)
+                await asyncio.sleep(1.0)
+
+    async def step(self, block_ms: int = READ_BLOCK_MS) -> int:
+        """Store one batch: adopted entries first, then new ones. Returns entries handled."""
+        entries: list[Entry] = []
+        now = time.monotonic()
+        if now - self._last_claim >= CLAIM_EVERY_S:
+            self._last_claim = now
+            entries = await self.claim_abandoned()
+        if not entries:
+            reply = await self.redis.xreadgroup(
+                keys.PERSISTER_GROUP,
+                self.consumer,
+                {keys.INGEST_STREAM: ">"},
+                count=self.batch_size,
+                block=block_ms,
+            )
+            entries = [e for _stream, batch in reply or () for e in batch]
+        if entries:
+            started = time.perf_counter()
+            await self.store_entries(entries)
+            await self.acknowledge([entry_id for entry_id, _ in entries])
+            metrics.PERSIST_BATCH_SECONDS.observe(time.perf_counter() - started)
+        if time.monotonic() - self._last_trim >= TRIM_EVERY_S:
+            self._last_trim = time.monotonic()
+            await self.trim()
+        return len(entries)
+
+    async def claim_abandoned(self, min_idle_ms: int | None = None) -> list[Entry]:
+        """Adopt entries another (crashed) consumer read but never acknowledged."""
+        idle = self.claim_idle_ms if min_idle_ms is None else min_idle_ms
+        _next, claimed, *_ = await self.redis.xautoclaim(
+            keys.INGEST_STREAM,
+            keys.PERSISTER_GROUP,
+            self.consumer,
+            min_idle_time=idle,
+            start_id="0-0",
+            count=self.batch_size,
+        )
+        return [(entry_id, fields) for entry_id, fields in claimed if fields]
+
+    async def store_entries(self, entries: Sequence[Entry]) -> None:
+        events = [Event.from_stream_fields(fields) for _id, fields in entries]
+        rows = [
+            {
+                "session_id": e.session_id,
+                "conversation_id": e.conversation_id,
+                "seq": e.seq,
+                "ts": e.ts,
+                "type": e.type,
+                "data": e.data,
+                "stream_id": e.stream_id,
+            }
+            for e in events
+        ]
+        async with self.store.session() as db:
+            statement = (
+                self._insert(EventRecord)
+                .values(rows)
+                .on_conflict_do_nothing(index_elements=["session_id", "seq"])
+            )
+            result = await db.exec(statement)  # type: ignore[call-overload]
+            inserted = max(result.rowcount or 0, 0)
+            changes = [await self._apply_state(db, e) for e in events if _is_state(e)]
+            await db.commit()
+        self.stored += inserted
+        metrics.PERSISTED_EVENTS.inc(inserted)
+        for event, pool in changes:
+            if pool is not None:
+                _count_transition(event, pool)
+
+    async def _apply_state(self, db: Any, event: Event) -> tuple[Event, str | None]:
+        """Move the session row to the event's state unless a later event already did."""
+        state = event.data.get("state")
+        values: dict[str, Any] = {
+            "state": state,
+            "reason": event.data.get("reason"),
+            "state_seq": event.seq,
+        }
+        when = datetime.fromtimestamp(event.ts, UTC)
+        if state == SessionState.READY:
+            values["ready_at"] = when
+        if state in FINAL_STATES:
+            values["ended_at"] = when
+        if event.data.get("worker_id"):
+            values["worker_id"] = event.data["worker_id"]
+        result = await db.exec(
+            update(VoiceSession)
+            .where(VoiceSession.id == event.session_id)  # type: ignore[arg-type]
+            .where(VoiceSession.state_seq < event.seq)  # type: ignore[arg-type]
+            .values(**values)
+            .returning(VoiceSession.pool, VoiceSession.created_at)  # type: ignore[arg-type]
+        )
+        row = result.first()
+        if row is None:
+            return event, None
+        if state == SessionState.READY:
+            created = row[1] if row[1].tzinfo else row[1].replace(tzinfo=UTC)
+            metrics.DISPATCH_SECONDS.labels(pool=row[0]).observe(
+                max(event.ts - created.timestamp(), 0.0)
+            )
+        return event, row[0]
+
+    async def acknowledge(self, entry_ids: Sequence[str]) -> None:
+        if entry_ids:
+            await self.redis.xack(keys.INGEST_STREAM, keys.PERSISTER_GROUP, *entry_ids)
+
+    async def trim(self) -> None:
+        """Drop stored entries: everything below the oldest one not yet acknowledged."""
+        groups = await self.redis.xinfo_groups(keys.INGEST_STREAM)
+        group = next((g for g in groups if g["name"] == keys.PERSISTER_GROUP), None)
+        if group is None:
+            return
+        if group["pending"]:
+            summary = await self.redis.xpending(keys.INGEST_STREAM, keys.PERSISTER_GROUP)
+            floor = summary["min"]
+        else:
+            floor = group["last-delivered-id"]
+        if floor and floor != "0-0":
+            await self.redis.xtrim(keys.INGEST_STREAM, minid=floor, approximate=False)
+        lag = group.get("lag")
+        metrics.PERSISTER_PENDING.set(group["pending"] + (lag or 0))
+
+
+def _is_state(event: Event) -> bool:
+    return event.type == EventType.SESSION_STATE
+
+
+def _count_transition(event: Event, pool: str) -> None:
+    state = event.data.get("state")
+    if state == SessionState.READY:
+        metrics.SESSIONS_STARTED.labels(pool=pool).inc()
+    elif state in FINAL_STATES:
+        metrics.SESSIONS_ENDED.labels(
+            pool=pool, state=state, reason=event.data.get("reason", "")
+        ).inc()
+
+
+async def run_persister(persister: Persister) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        await persister.run()

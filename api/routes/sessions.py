@@ -1,0 +1,241 @@
+"""Sessions: create, read, end, signal (SDP offer and ICE candidates), and their event stream."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from sse_starlette import EventSourceResponse
+
+from api import metrics
+from api.deps import CurrentUser, SessionDep, StateDep, is_admin
+from api.errors import ApiError, not_found
+from api.events import session_event_stream, wait_for_state
+from api.schemas import IcePatch, SdpAnswer, SdpOffer, SessionCreate, SessionOut
+from shared import keys
+from shared.events import FINAL_STATES, OWNED_STATES, Reason, SessionState
+from shared.models import Conversation, User, VoiceSession, as_utc, utcnow
+from shared.users import new_id
+
+router = APIRouter(prefix="/api/sessions", tags=["sessions"])
+
+START_JOB = "start_session"
+END_WAIT_S = 5.0
+
+
+async def _owned_session(db: SessionDep, user: User, session_id: str) -> VoiceSession:
+    row = await db.get(VoiceSession, session_id) if len(session_id) <= 64 else None
+    if row is None or (row.user_id != user.id and not is_admin(user)):
+        raise not_found("session")
+    return row
+
+
+async def _describe(state: StateDep, row: VoiceSession) -> SessionOut:
+    live = await state.live.get(row.id)
+    status = live.get("state", row.state)
+    position = None
+    if status == SessionState.QUEUED:
+        position = await state.live.queue_position(row.pool, live.get("job_id", row.id))
+    return SessionOut(
+        session_id=row.id,
+        conversation_id=row.conversation_id,
+        status=status,
+        reason=live.get("reason", row.reason),
+        pool=row.pool,
+        transport=row.transport,
+        profile=row.profile,
+        worker_id=live.get("worker_id") or row.worker_id,
+        queue_position=position,
+        created_at=as_utc(row.created_at),
+        events_url=f"/api/sessions/{row.id}/events",
+        offer_url=f"/api/sessions/{row.id}/offer",
+    )
+
+
+@router.post("", status_code=202, response_model=SessionOut)
+async def create_session(
+    body: SessionCreate, user: CurrentUser, db: SessionDep, state: StateDep
+) -> SessionOut:
+    settings = state.settings
+    profile = body.profile or settings.default_profile
+    if profile not in settings.available_profiles:
+        raise ApiError(
+            422, "profile_unavailable",
+            f"profile {profile!r} is not available here; available: "
+            + ", ".join(settings.available_profiles),
+        )  # fmt: skip
+    pool = body.pool or settings.default_pool
+    if pool not in settings.pools:
+        raise ApiError(422, "unknown_pool", f"no pool {pool!r}; pools: {', '.join(settings.pools)}")
+
+    if body.conversation_id:
+        conversation = await db.get(Conversation, body.conversation_id)
+        if conversation is None or conversation.user_id != user.id:
+            raise not_found("conversation")
+        conversation.updated_at = utcnow()
+    else:
+        conversation = Conversation(id=new_id(), user_id=user.id)
+    db.add(conversation)
+    row = VoiceSession(
+        id=new_id(),
+        conversation_id=conversation.id,
+        user_id=user.id,
+        pool=pool,
+        transport=body.transport,
+        profile=profile,
+    )
+    db.add(row)
+    await db.commit()  # before Redis: the persister may see this session's events at once
+
+    created = time.time()
+    try:
+        await state.live.create(
+            row.id,
+            {
+                "conversation_id": conversation.id,
+                "owner": user.id,
+                "pool": pool,
+                "transport": body.transport,
+                "profile": profile,
+                "job_id": row.id,
+                "created_ts": repr(created),
+            },
+        )
+        await state.arq.enqueue_job(
+            START_JOB,
+            row.id,
+            _job_id=row.id,
+            _queue_name=keys.queue(pool),
+            _expires=settings.queue_ttl,
+        )
+    except Exception as exc:
+        row.state, row.reason = SessionState.FAILED, "queue_unavailable"
+        db.add(row)
+        await db.commit()
+        raise ApiError(503, "queue_unavailable", "the session queue is unreachable") from exc
+    metrics.SESSIONS_REQUESTED.labels(pool=pool, transport=body.transport, profile=profile).inc()
+    return await _describe(state, row)
+
+
+@router.get("/{session_id}", response_model=SessionOut)
+async def get_session(
+    session_id: str, user: CurrentUser, db: SessionDep, state: StateDep
+) -> SessionOut:
+    return await _describe(state, await _owned_session(db, user, session_id))
+
+
+@router.delete("/{session_id}", response_model=SessionOut)
+async def end_session(
+    session_id: str, user: CurrentUser, db: SessionDep, state: StateDep
+) -> SessionOut:
+    """End a session (reason ``client_ended``). Ending an ended session changes nothing."""
+    row = await _owned_session(db, user, session_id)
+    live = await state.live.get(row.id)
+    current = live.get("state")
+    if current == SessionState.QUEUED:
+        cancelled, _ = await state.live.transition(
+            row.id, SessionState.CANCELLED, Reason.CLIENT_ENDED,
+            allowed_from={SessionState.QUEUED},
+        )  # fmt: skip
+        if cancelled:
+            job_id = live.get("job_id", row.id)
+            await state.redis.zrem(keys.queue(row.pool), job_id)
+            await state.redis.delete(f"arq:job:{job_id}")
+            return await _describe(state, row)
+        live = await state.live.get(row.id)
+        current = live.get("state")
+    if current in OWNED_STATES and live.get("worker_id"):
+        try:
+            await state.signals.request(
+                live["worker_id"], "end", session_id=row.id,
+                payload={"reason": Reason.CLIENT_ENDED},
+            )  # fmt: skip
+        except ApiError as exc:
+            if exc.code != "unknown_session":  # it finished on its own meanwhile
+                raise
+        await wait_for_state(state, row.id, FINAL_STATES, timeout=END_WAIT_S)
+    return await _describe(state, row)
+
+
+async def _owning_worker(state: StateDep, row: VoiceSession) -> str:
+    """Wait (bounded) until the session is ready and return the id of its worker."""
+    current = await wait_for_state(
+        state,
+        row.id,
+        {SessionState.READY, SessionState.CONNECTED, *FINAL_STATES},
+        timeout=state.settings.ready_wait,
+    )
+    if current in FINAL_STATES:
+        raise ApiError(409, "session_ended", f"the session has already {current}")
+    if current not in (SessionState.READY, SessionState.CONNECTED):
+        raise ApiError(
+            503, "not_ready", "the session is still waiting for a worker; try again",
+            headers={"Retry-After": "2"},
+        )  # fmt: skip
+    worker_id = (await state.live.get(row.id)).get("worker_id")
+    if not worker_id:
+        raise ApiError(409, "session_ended", "the session has no worker")
+    return worker_id
+
+
+@router.post("/{session_id}/offer", response_model=SdpAnswer)
+async def send_offer(
+    session_id: str, body: SdpOffer, user: CurrentUser, db: SessionDep, state: StateDep
+) -> SdpAnswer:
+    """Relay a WebRTC SDP offer to the session's worker; waits for ``ready`` if needed."""
+    row = await _owned_session(db, user, session_id)
+    worker_id = await _owning_worker(state, row)
+    answer = await state.signals.request(
+        worker_id, "offer", session_id=row.id, payload=body.model_dump(exclude_none=True)
+    )
+    return SdpAnswer(**answer)
+
+
+@router.patch("/{session_id}/offer", status_code=204)
+async def add_ice_candidates(
+    session_id: str, body: IcePatch, user: CurrentUser, db: SessionDep, state: StateDep
+) -> Response:
+    """Relay trickled ICE candidates to the session's worker."""
+    row = await _owned_session(db, user, session_id)
+    worker_id = await _owning_worker(state, row)
+    await state.signals.request(worker_id, "ice", session_id=row.id, payload=body.model_dump())
+    return Response(status_code=204)
+
+
+@router.get("/{session_id}/events")
+async def stream_events(
+    session_id: str,
+    request: Request,
+    user: CurrentUser,
+    db: SessionDep,
+    state: StateDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    after: Annotated[
+        str | None, Query(description="Resume after this event id (as Last-Event-ID).")
+    ] = None,
+) -> EventSourceResponse:
+    """Server-Sent Events: ``id`` is the stream entry id, ``event`` the type, ``data`` JSON.
+
+    The stream replays from the start (or after ``Last-Event-ID``) and closes
+    after the session's final state.
+    """
+    row = await _owned_session(db, user, session_id)
+    start = last_event_id or after or "0-0"
+    if not _valid_stream_id(start):
+        raise ApiError(422, "invalid_event_id", "Last-Event-ID must be a stream id like 1-0")
+    metrics.SSE_CLIENTS.inc()
+
+    async def events():  # type: ignore[no-untyped-def]
+        try:
+            async for event in session_event_stream(state, row, start):
+                yield event
+        finally:
+            metrics.SSE_CLIENTS.dec()
+
+    return EventSourceResponse(events(), ping=15, send_timeout=30)
+
+
+def _valid_stream_id(value: str) -> bool:
+    ms, _, seq = value.partition("-")
+    return ms.isdigit() and (seq == "" or seq.isdigit()) and len(value) <= 40

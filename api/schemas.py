@@ -1,0 +1,101 @@
+"""Request and response bodies. Unknown fields are refused, not ignored."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SessionCreate(Strict):
+    transport: Literal["webrtc"] = Field(
+        "webrtc", description="How media flows: SmallWebRTC straight to the worker."
+    )
+    profile: str | None = Field(
+        None,
+        max_length=32,
+        description="Bot profile; default `assistant` with an OpenAI key, else `echo`.",
+    )
+    conversation_id: str | None = Field(
+        None, max_length=32, description="Continue this conversation instead of starting one."
+    )
+    pool: str | None = Field(None, max_length=64, description="Worker pool; default from settings.")
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    conversation_id: str
+    status: str
+    reason: str | None = None
+    pool: str
+    transport: str
+    profile: str
+    worker_id: str | None = None
+    queue_position: int | None = None
+    created_at: datetime
+    events_url: str
+    offer_url: str
+
+
+class SdpOffer(Strict):
+    sdp: str = Field(max_length=64 * 1024)
+    type: Literal["offer"]
+    pc_id: str | None = Field(None, max_length=128)
+    restart_pc: bool | None = None
+    request_data: dict[str, Any] | None = Field(None, alias="requestData")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SdpAnswer(BaseModel):
+    sdp: str
+    type: Literal["answer"]
+    pc_id: str
+
+
+class IceCandidateIn(Strict):
+    candidate: str = Field("", max_length=1024)
+    sdp_mid: str | None = Field(None, max_length=64)
+    sdp_mline_index: int | None = Field(None, ge=0, le=64)
+
+
+class IcePatch(Strict):
+    pc_id: str = Field(max_length=128)
+    candidates: list[IceCandidateIn] = Field(max_length=64)
+
+
+class EventOut(BaseModel):
+    session_id: str
+    seq: int
+    ts: float
+    type: str
+    data: dict[str, Any]
+
+
+class ConversationSummary(BaseModel):
+    conversation_id: str
+    title: str | None
+    created_at: datetime
+    updated_at: datetime
+    session_count: int
+    duration_s: float
+
+
+class SessionBrief(BaseModel):
+    session_id: str
+    state: str
+    reason: str | None
+    profile: str
+    transport: str
+    created_at: datetime
+    ended_at: datetime | None
+
+
+class ConversationDetail(ConversationSummary):
+    sessions: list[SessionBrief]
+    events: list[EventOut]

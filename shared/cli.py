@@ -1,0 +1,270 @@
+"""The ``voicepool`` command: run the whole system, the API, a worker; manage users; export.
+
+Imports of the API and the worker happen inside each command, so a worker
+host does not load the web stack and ``voicepool users`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+from shared.settings import Settings, get_settings
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Pipecat logs through loguru; give it the same threshold.
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level=level.upper())
+
+
+# --- users and export -------------------------------------------------------------
+
+
+async def _users_create(settings: Settings, name: str, admin: bool, days: float | None) -> str:
+    from shared.models import utcnow
+    from shared.store import Store, migrate_async
+    from shared.users import create_user, issue_token
+
+    await migrate_async(settings.sqlalchemy_url)
+    store = Store(settings.sqlalchemy_url)
+    try:
+        async with store.session() as db:
+            user = await create_user(db, name, role="admin" if admin else "user")
+            expires = utcnow() + timedelta(days=days) if days else None
+            return (await issue_token(db, user, expires_at=expires)).token
+    finally:
+        await store.aclose()
+
+
+async def _users_list(settings: Settings) -> list[dict[str, str]]:
+    from sqlmodel import select
+
+    from shared.models import User
+    from shared.store import Store, migrate_async
+
+    await migrate_async(settings.sqlalchemy_url)
+    store = Store(settings.sqlalchemy_url)
+    try:
+        async with store.session() as db:
+            users = (await db.exec(select(User).order_by(User.name))).all()
+            return [{"name": u.name, "role": u.role, "id": u.id} for u in users]
+    finally:
+        await store.aclose()
+
+
+async def _dev_token(settings: Settings) -> str:
+    """A fresh token for the local ``dev`` admin (created on first run)."""
+    from shared.store import Store, migrate_async
+    from shared.users import create_user, get_user_by_name, issue_token
+
+    await migrate_async(settings.sqlalchemy_url)
+    store = Store(settings.sqlalchemy_url)
+    try:
+        async with store.session() as db:
+            user = await get_user_by_name(db, "dev") or await create_user(db, "dev", role="admin")
+            return (await issue_token(db, user, expires_at=None)).token
+    finally:
+        await store.aclose()
+
+
+async def _export(settings: Settings, conversation_id: str, fmt: str) -> str:
+    from shared.history import (
+        conversation_events,
+        conversation_sessions,
+        export_json,
+        export_markdown,
+    )
+    from shared.models import Conversation
+    from shared.store import Store
+
+    store = Store(settings.sqlalchemy_url)
+    try:
+        async with store.session() as db:
+            conversation = await db.get(Conversation, conversation_id)
+            if conversation is None:
+                raise SystemExit(f"no conversation {conversation_id}")
+            sessions = await conversation_sessions(db, conversation_id)
+            events = await conversation_events(db, conversation_id)
+    finally:
+        await store.aclose()
+    if fmt == "md":
+        return export_markdown(conversation, sessions, events)
+    return json.dumps(export_json(conversation, sessions, events), indent=2)
+
+
+# --- processes ----------------------------------------------------------------------
+
+
+def _run_api(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    from api.main import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=5,
+    )
+
+
+def _run_worker(settings: Settings, pool: str | None, capacity: int | None) -> None:
+    from worker.options import WorkerOptions
+    from worker.worker import VoicepoolWorker
+
+    options = WorkerOptions.from_settings(settings, pool=pool, capacity=capacity)
+    asyncio.run(VoicepoolWorker(options).run())
+
+
+def _dev(settings: Settings, port: int, workers: int, capacity: int) -> None:
+    """Everything on this machine: embedded Redis, SQLite, the API and N workers."""
+    from shared.connections import EmbeddedRedis
+
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    redis = None
+    env = dict(os.environ)
+    if settings.redis_url is None:
+        redis = EmbeddedRedis(data_dir / "redis").start()
+        env["VOICEPOOL_REDIS_URL"] = redis.url
+    if settings.database_url is None:
+        env["VOICEPOOL_DATABASE_URL"] = f"sqlite+aiosqlite:///{data_dir / 'voicepool.db'}"
+    child_settings = Settings(_env_file=None, **_from_env(env))
+    token = asyncio.run(_dev_token(child_settings))
+
+    base = [sys.executable, "-m", "shared.cli"]
+    children = [subprocess.Popen([*base, "api", "--port", str(port)], env=env)]
+    for _ in range(workers):
+        children.append(subprocess.Popen([*base, "worker", "--capacity", str(capacity)], env=env))
+    print(
+        f"\nvoicepool is starting\n"
+        f"  API        http://{settings.api_host}:{port}  (docs at /docs)\n"
+        f"  Redis      {env['VOICEPOOL_REDIS_URL']}{' (embedded)' if redis else ''}\n"
+        f"  Database   {child_settings.sqlalchemy_url}\n"
+        f"  Workers    {workers} x {capacity} slots, pool {settings.default_pool!r}\n"
+        f"  Login      Authorization: Bearer {token}\n"
+        f"Press Ctrl-C to stop.\n",
+        flush=True,
+    )
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopping and all(c.poll() is None for c in children):
+            time.sleep(0.2)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)  # workers end their sessions at once
+        deadline = time.monotonic() + 15
+        for child in children:
+            try:
+                child.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if redis:
+            redis.stop()
+        print("voicepool stopped.", flush=True)
+
+
+def _from_env(env: dict[str, str]) -> dict[str, str]:
+    return {
+        k.removeprefix("VOICEPOOL_").lower(): v
+        for k, v in env.items()
+        if k.startswith("VOICEPOOL_") and not k.endswith("_API_KEY")
+    }
+
+
+# --- argument parsing -----------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voicepool", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="run everything on this machine")
+    dev.add_argument("--port", type=int, default=None, help="API port (default 8000)")
+    dev.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    dev.add_argument("--capacity", type=int, default=4, help="sessions per worker (default 4)")
+
+    api = sub.add_parser("api", help="run the HTTP API")
+    api.add_argument("--host", default=None)
+    api.add_argument("--port", type=int, default=None)
+
+    worker = sub.add_parser("worker", help="run a worker process")
+    worker.add_argument("--pool", default=None, help="pool to serve (default from settings)")
+    worker.add_argument("--capacity", type=int, default=None, help="concurrent sessions")
+
+    sub.add_parser("migrate", help="bring the database schema up to date")
+
+    users = sub.add_parser("users", help="manage users")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    create = users_sub.add_parser("create", help="create a user and print a token (shown once)")
+    create.add_argument("name")
+    create.add_argument("--admin", action="store_true")
+    create.add_argument("--expires-days", type=float, default=None)
+    users_sub.add_parser("list", help="list users")
+
+    export = sub.add_parser("export", help="print a conversation as JSON or Markdown")
+    export.add_argument("conversation_id")
+    export.add_argument("--format", choices=("json", "md"), default="json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    _logging(settings.log_level)
+    match args.command:
+        case "dev":
+            _dev(settings, args.port or settings.api_port, args.workers, args.capacity)
+        case "api":
+            _run_api(settings, args.host or settings.api_host, args.port or settings.api_port)
+        case "worker":
+            _run_worker(settings, args.pool, args.capacity)
+        case "migrate":
+            from shared.store import migrate
+
+            migrate(settings.sqlalchemy_url)
+            print("schema is up to date")
+        case "users" if args.users_command == "create":
+            try:
+                token = asyncio.run(
+                    _users_create(settings, args.name, args.admin, args.expires_days)
+                )
+            except ValueError as exc:
+                raise SystemExit(f"error: {exc}") from None
+            print(token)
+            print("Store this token now: it is not shown again.", file=sys.stderr)
+        case "users":
+            for user in asyncio.run(_users_list(settings)):
+                print(f"{user['name']:<24} {user['role']:<6} {user['id']}")
+        case "export":
+            print(asyncio.run(_export(settings, args.conversation_id, args.format)))
+
+
+if __name__ == "__main__":
+    main()

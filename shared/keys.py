@@ -1,0 +1,46 @@
+"""Redis key names, in one place so both sides agree.
+
+``vp:`` prefixes everything voicepool writes; arq's own keys keep arq's names.
+"""
+
+PREFIX = "vp"
+
+INGEST_STREAM = f"{PREFIX}:ingest"  # every event of every session, for the persister
+PERSISTER_GROUP = "persister"
+LIVE_SESSIONS = f"{PREFIX}:live"  # set of session ids not yet in a final state
+WORKERS = f"{PREFIX}:workers"  # set of worker ids ever seen (pruned by the reaper)
+
+
+def session(session_id: str) -> str:
+    """Hash: state, reason, owner, pool, worker_id, seq counter, …"""
+    return f"{PREFIX}:session:{session_id}"
+
+
+def session_events(session_id: str) -> str:
+    """Stream: the session's events, for live fan-out and replay."""
+    return f"{PREFIX}:session:{session_id}:events"
+
+
+def session_alive(session_id: str) -> str:
+    """Heartbeat: exists while the owning worker is alive (short TTL)."""
+    return f"{PREFIX}:session:{session_id}:alive"
+
+
+def worker(worker_id: str) -> str:
+    """Heartbeat with the worker's JSON status (short TTL)."""
+    return f"{PREFIX}:worker:{worker_id}"
+
+
+def worker_signals(worker_id: str) -> str:
+    """List: control messages for one worker (SDP offers, ICE candidates, end requests)."""
+    return f"{PREFIX}:worker:{worker_id}:signals"
+
+
+def reply(request_id: str) -> str:
+    """List: the worker's answer to one control message."""
+    return f"{PREFIX}:reply:{request_id}"
+
+
+def queue(pool: str) -> str:
+    """The arq queue (sorted set) of session start jobs for one pool."""
+    return f"{PREFIX}:queue:{pool}"

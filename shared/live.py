@@ -1,0 +1,188 @@
+"""Live session state in Redis: one hash per session, transitions and events.
+
+Every change happens inside a Lua script, so a state transition and the event
+that announces it are one atomic step: two parties racing (a worker picking a
+job up while the reaper expires it, say) cannot both win, and no state exists
+without its event. Each event is written, in the same step, to the session's
+own stream (live fan-out and replay) and to the ingest stream (the persister).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from shared import keys
+from shared.events import FINAL_STATES, EventType, Reason, SessionState
+
+# Shared Lua: assign the next seq and append the event to both streams.
+# KEYS: 1 session hash, 2 session stream, 3 ingest stream, 4 live set, 5 alive key
+# ARGV: 1 session id, 2 stream maxlen, 3 ts, …
+_PUBLISH_FN = """
+local function publish(etype, data)
+  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  local cid = redis.call('HGET', KEYS[1], 'conversation_id')
+  local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
+    'sid', ARGV[1], 'cid', cid, 'seq', seq, 'ts', ARGV[3], 'type', etype, 'data', data)
+  redis.call('XADD', KEYS[3], '*',
+    'sid', ARGV[1], 'cid', cid, 'seq', seq, 'ts', ARGV[3], 'type', etype, 'data', data,
+    'live_id', id)
+  return id
+end
+"""
+
+# ARGV: 4 state event data (JSON), 5.. hash field/value pairs
+_CREATE = (
+    _PUBLISH_FN
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+redis.call('HSET', KEYS[1], 'state', 'queued', 'reason', 'created', 'seq', 0,
+  unpack(ARGV, 5))
+redis.call('SADD', KEYS[4], ARGV[1])
+return publish('session.state', ARGV[4])
+"""
+)
+
+# ARGV: 4 to_state, 5 reason, 6 allowed from-states (space separated), 7 data JSON,
+#       8 alive TTL ms, 9 worker id ('' keeps it), 10 retention seconds, 11 final (1/0)
+_TRANSITION = (
+    _PUBLISH_FN
+    + """
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then return {0, ''} end
+local allowed = false
+for s in string.gmatch(ARGV[6], '%S+') do
+  if s == current then allowed = true end
+end
+if not allowed then return {0, current} end
+redis.call('HSET', KEYS[1], 'state', ARGV[4], 'reason', ARGV[5], ARGV[4] .. '_ts', ARGV[3])
+if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'worker_id', ARGV[9]) end
+local data = cjson.decode(ARGV[7])
+data['state'] = ARGV[4]
+data['reason'] = ARGV[5]
+data['previous'] = current
+local id = publish('session.state', cjson.encode(data))
+if ARGV[11] == '1' then
+  redis.call('SREM', KEYS[4], ARGV[1])
+  redis.call('DEL', KEYS[5])
+  redis.call('EXPIRE', KEYS[1], ARGV[10])
+  redis.call('EXPIRE', KEYS[2], ARGV[10])
+elseif ARGV[4] == 'starting' then
+  redis.call('SET', KEYS[5], ARGV[9], 'PX', ARGV[8])
+end
+return {1, id}
+"""
+)
+
+# ARGV: 4 event type, 5 data JSON
+_PUBLISH = (
+    _PUBLISH_FN
+    + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'ended' or state == 'failed' or state == 'expired'
+   or state == 'cancelled' then
+  return false
+end
+return publish(ARGV[4], ARGV[5])
+"""
+)
+
+
+class LiveSessions:
+    """Reads and changes the live state of sessions in Redis."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        heartbeat_ttl: float = 10.0,
+        stream_retention: float = 3600.0,
+        stream_maxlen: int = 20000,
+    ):
+        self.redis = redis
+        self.heartbeat_ttl = heartbeat_ttl
+        self.stream_retention = stream_retention
+        self.stream_maxlen = stream_maxlen
+        self._create = redis.register_script(_CREATE)
+        self._transition = redis.register_script(_TRANSITION)
+        self._publish = redis.register_script(_PUBLISH)
+
+    def _keys(self, session_id: str) -> list[str]:
+        return [
+            keys.session(session_id),
+            keys.session_events(session_id),
+            keys.INGEST_STREAM,
+            keys.LIVE_SESSIONS,
+            keys.session_alive(session_id),
+        ]
+
+    def _head(self, session_id: str) -> list[Any]:
+        return [session_id, self.stream_maxlen, repr(time.time())]
+
+    async def create(self, session_id: str, fields: dict[str, str]) -> str:
+        """Record a new queued session and its first event; returns the event's stream id."""
+        pairs = [item for kv in fields.items() for item in kv]
+        data = json.dumps({"state": "queued", "reason": Reason.CREATED, "previous": None})
+        entry_id = await self._create(
+            keys=self._keys(session_id), args=[*self._head(session_id), data, *pairs]
+        )
+        if entry_id is None:
+            raise ValueError(f"session {session_id} already exists")
+        return entry_id
+
+    async def transition(
+        self,
+        session_id: str,
+        to: SessionState,
+        reason: Reason | str,
+        *,
+        allowed_from: Iterable[SessionState],
+        data: dict[str, Any] | None = None,
+        worker_id: str = "",
+    ) -> tuple[bool, str]:
+        """Move a session to ``to`` if it is in one of ``allowed_from``.
+
+        Returns (changed, stream id of the event) or (False, the current state).
+        """
+        changed, value = await self._transition(
+            keys=self._keys(session_id),
+            args=[
+                *self._head(session_id),
+                str(to),
+                str(reason),
+                " ".join(str(s) for s in allowed_from),
+                json.dumps(data or {}),
+                int(self.heartbeat_ttl * 1000),
+                worker_id,
+                int(self.stream_retention),
+                "1" if to in FINAL_STATES else "0",
+            ],
+        )
+        return bool(changed), value
+
+    async def publish(self, session_id: str, type: EventType | str, data: dict[str, Any]) -> bool:
+        """Append an event to a live session; False if the session is gone or final."""
+        entry_id = await self._publish(
+            keys=self._keys(session_id),
+            args=[*self._head(session_id), str(type), json.dumps(data)],
+        )
+        return entry_id is not None
+
+    async def get(self, session_id: str) -> dict[str, str]:
+        return await self.redis.hgetall(keys.session(session_id))
+
+    async def queue_position(self, pool: str, job_id: str) -> int | None:
+        """1-based place in the pool's queue, or None once a worker took the job."""
+        rank = await self.redis.zrank(keys.queue(pool), job_id)
+        return None if rank is None else rank + 1
+
+    async def refresh_alive(self, session_ids: Iterable[str], worker_id: str) -> None:
+        ttl_ms = int(self.heartbeat_ttl * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in session_ids:
+                pipe.set(keys.session_alive(sid), worker_id, px=ttl_ms, xx=True)
+            await pipe.execute()

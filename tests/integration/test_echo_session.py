@@ -1,0 +1,118 @@
+"""A whole echo session through the real system: API, Redis, worker processes, WebRTC."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from tests.support.sse import is_final_state, read_events
+from tests.support.webrtc_client import WebRTCTestClient, allow_loopback_ice
+
+pytestmark = pytest.mark.slow
+
+ECHO_RMS = 300  # the fixture's speech is ~1000-1800 RMS; silence is ~0
+
+
+def _api(system, token: str) -> httpx.AsyncClient:  # type: ignore[no-untyped-def]
+    return httpx.AsyncClient(
+        base_url=system.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+
+
+async def _connect(api: httpx.AsyncClient, session_id: str, wav) -> WebRTCTestClient:  # type: ignore[no-untyped-def]
+    client = WebRTCTestClient(str(wav) if wav else None)
+
+    async def send_offer(offer: dict) -> dict:
+        response = await api.post(f"/api/sessions/{session_id}/offer", json=offer)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    await client.connect(send_offer)
+    await client.wait_connected()
+    return client
+
+
+async def _stored_events(api: httpx.AsyncClient, conversation_id: str, count: int) -> list[dict]:
+    """The persister stores asynchronously: wait (bounded) until ``count`` events are in."""
+    deadline = time.monotonic() + 10
+    while True:
+        detail = (await api.get(f"/api/conversations/{conversation_id}")).json()
+        if len(detail["events"]) >= count or time.monotonic() > deadline:
+            return detail["events"]
+        await asyncio.sleep(0.1)
+
+
+async def test_echo_session_end_to_end(make_system, hello_wav) -> None:  # type: ignore[no-untyped-def]
+    allow_loopback_ice()
+    system = make_system(workers=2, capacity=2)
+    token = system.create_user("alice")
+    async with _api(system, token) as api:
+        created = await api.post("/api/sessions", json={"transport": "webrtc", "profile": "echo"})
+        assert created.status_code == 202, created.text
+        body = created.json()
+        session_id, conversation_id = body["session_id"], body["conversation_id"]
+        assert body["status"] in ("queued", "starting", "ready")
+        assert body["events_url"] == f"/api/sessions/{session_id}/events"
+
+        sse = asyncio.create_task(read_events(api, body["events_url"]))
+        client = await _connect(api, session_id, hello_wav)
+        try:
+            await client.wait_for_audio(ECHO_RMS, timeout=20)  # the bot played our words back
+            await _wait_for_event(system, session_id, "bot.stopped_speaking")
+            assert client.received_rms() > 50
+        finally:
+            ended = await api.delete(f"/api/sessions/{session_id}")
+            await client.close()
+        assert ended.status_code == 200
+        assert (ended.json()["status"], ended.json()["reason"]) == ("ended", "client_ended")
+
+        events = await asyncio.wait_for(sse, 10)
+        states = [e.data["data"]["state"] for e in events if e.event == "session.state"]
+        assert states == ["queued", "starting", "ready", "connected", "ended"]
+        assert is_final_state(events[-1])
+        types = [e.event for e in events]
+        for kind in (
+            "user.turn_started",
+            "user.turn_stopped",
+            "bot.started_speaking",
+            "bot.stopped_speaking",
+        ):
+            assert kind in types, types
+        assert types.index("user.turn_stopped") < types.index("bot.started_speaking")
+        assert [e.data["seq"] for e in events] == list(range(1, len(events) + 1))
+
+        # Resuming after any event id replays exactly what followed it.
+        middle = events[2]
+        resumed = await read_events(api, body["events_url"], last_event_id=middle.id)
+        assert [e.id for e in resumed] == [e.id for e in events[3:]]
+
+        # The store holds exactly what the worker published (the live stream), once each.
+        with system.redis as r:
+            published = r.xrange(f"vp:session:{session_id}:events")
+        stored = await _stored_events(api, conversation_id, len(published))
+        assert [(e["seq"], e["type"]) for e in stored] == [
+            (int(f["seq"]), f["type"]) for _id, f in published
+        ]
+        assert len({e["seq"] for e in stored}) == len(stored)
+
+        session = (await api.get(f"/api/sessions/{session_id}")).json()
+        assert session["status"] == "ended"
+        markdown = (await api.get(f"/api/conversations/{conversation_id}/export?format=md")).text
+        assert "User spoke for" in markdown and "Bot spoke for" in markdown
+
+    exported = system.run_cli("export", conversation_id, "--format", "json")
+    assert f'"conversation_id": "{conversation_id}"' in exported
+
+
+async def _wait_for_event(system, session_id: str, kind: str, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    with system.redis as r:
+        while time.monotonic() < deadline:
+            entries = r.xrange(f"vp:session:{session_id}:events")
+            if any(fields["type"] == kind for _id, fields in entries):
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"no {kind} event within {timeout} s")

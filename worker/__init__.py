@@ -1,0 +1,1 @@
+"""Worker processes: pull session start jobs from a pool's queue and own the live pipelines."""

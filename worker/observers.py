@@ -1,0 +1,61 @@
+"""Turns pipeline frames into session events, as a Pipecat observer.
+
+Observers see every frame without being wired into the pipeline, so the
+profiles stay free of recording code. Speaking frames are sent both up- and
+downstream by the output transport; tracking who is speaking makes each
+start/stop one event.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    ErrorFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipecat.observers.base_observer import BaseObserver, FramePushed
+
+from shared.events import EventType
+from worker.publisher import EventPublisher
+
+
+class SessionEventObserver(BaseObserver):
+    def __init__(self, publisher: EventPublisher):
+        super().__init__(observe_every_push=False)
+        self.publisher = publisher
+        self._user_since: float | None = None
+        self._bot_since: float | None = None
+        self.user_turns = 0
+        self.bot_turns = 0
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        frame = data.frame
+        now = time.time()
+        if isinstance(frame, UserStartedSpeakingFrame) and self._user_since is None:
+            self._user_since = now
+            self.publisher.emit(EventType.USER_TURN_STARTED, {"turn": self.user_turns + 1})
+        elif isinstance(frame, UserStoppedSpeakingFrame) and self._user_since is not None:
+            self.user_turns += 1
+            self.publisher.emit(
+                EventType.USER_TURN_STOPPED,
+                {"turn": self.user_turns, "duration_s": round(now - self._user_since, 3)},
+            )
+            self._user_since = None
+        elif isinstance(frame, BotStartedSpeakingFrame) and self._bot_since is None:
+            self._bot_since = now
+            self.publisher.emit(EventType.BOT_STARTED_SPEAKING, {"turn": self.bot_turns + 1})
+        elif isinstance(frame, BotStoppedSpeakingFrame) and self._bot_since is not None:
+            self.bot_turns += 1
+            self.publisher.emit(
+                EventType.BOT_STOPPED_SPEAKING,
+                {"turn": self.bot_turns, "duration_s": round(now - self._bot_since, 3)},
+            )
+            self._bot_since = None
+        elif isinstance(frame, ErrorFrame):
+            self.publisher.emit(
+                EventType.ERROR, {"message": str(frame.error), "fatal": bool(frame.fatal)}
+            )

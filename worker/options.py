@@ -1,0 +1,93 @@
+"""How one worker process is configured: one dataclass, each field saying what it does."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from shared import __version__
+from shared.settings import Settings
+
+# Timing constants that are not worth a setting.
+JOB_TIMEOUT_S = 30.0  # a start job (pick up → ready) that takes longer is broken
+SIGNAL_BLOCK_S = 1.0  # how long the control-message loop blocks on Redis per call
+POLL_DELAY_S = 0.01  # arq poll delay: pickup latency floor (DESIGN: ≤ 20 ms)
+CONNECT_TIMEOUT_S = 60.0  # a ready session whose client never sends an offer ends
+
+
+def _default_worker_id(pool: str) -> str:
+    return f"{socket.gethostname()}-{pool}-{os.getpid()}"
+
+
+@dataclass
+class WorkerOptions:
+    redis_url: str
+    """Redis holding the queues, heartbeats and event streams."""
+
+    pool: str = "server"
+    """The pool this worker serves; it pulls start jobs from that pool's queue only."""
+
+    capacity: int = 4
+    """Concurrent sessions this process runs. Pick from benchmarks (`make bench`):
+    dev default 4; a Jetson with 4 weak cores runs fewer than a server core."""
+
+    worker_id: str = ""
+    """Unique id; defaults to host-pool-pid."""
+
+    host: str = field(default_factory=socket.gethostname)
+    """Shown to operators in the worker list."""
+
+    version: str = __version__
+
+    heartbeat_interval: float = 1.0
+    """Seconds between refreshes of the worker's and its sessions' heartbeats."""
+
+    heartbeat_ttl: float = 10.0
+    """A heartbeat not refreshed for this long marks the worker and its sessions lost."""
+
+    idle_timeout: float = 120.0
+    """End a session after this long with no speech from either side (idle_timeout)."""
+
+    max_session_duration: float = 1800.0
+    """Hard limit on one session (max_duration)."""
+
+    connect_timeout: float = CONNECT_TIMEOUT_S
+    """End a ready session whose client never connects (connect_timeout)."""
+
+    drain_timeout: float = 300.0
+    """On drain or SIGTERM, let live sessions run this long before ending them."""
+
+    stream_retention: float = 3600.0
+    stream_maxlen: int = 20000
+
+    ice_servers: list[str] = field(default_factory=list)
+    """STUN/TURN URLs for WebRTC peers."""
+
+    webrtc_host_addresses: list[str] = field(default_factory=list)
+    """Restrict ICE host candidates to these addresses (loopback-only or NAT setups)."""
+
+    def __post_init__(self) -> None:
+        if self.capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        if not self.worker_id:
+            self.worker_id = _default_worker_id(self.pool)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: object) -> WorkerOptions:
+        if settings.redis_url is None and "redis_url" not in overrides:
+            raise ValueError("a worker needs VOICEPOOL_REDIS_URL (voicepool dev sets it)")
+        values: dict[str, object] = dict(
+            redis_url=settings.redis_url,
+            pool=settings.default_pool,
+            heartbeat_interval=settings.heartbeat_interval,
+            heartbeat_ttl=settings.heartbeat_ttl,
+            idle_timeout=settings.idle_timeout,
+            max_session_duration=settings.max_session_duration,
+            stream_retention=settings.stream_retention,
+            stream_maxlen=settings.session_stream_maxlen,
+            ice_servers=list(settings.ice_servers),
+            webrtc_host_addresses=list(settings.webrtc_host_addresses),
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,249 @@
+"""One live session inside a worker: its WebRTC peer, its pipeline, its limits, its end.
+
+Each session gets its own ``WorkerRunner`` (a shared runner would let one
+session's end or idle timeout cancel every other). The runner is watched:
+whatever way the pipeline stops — the client ends it or leaves, a limit is
+hit, a processor fails — the session reaches a final state with a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import HTTPException
+from pipecat.frames.frames import ErrorFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.transports.base_transport import TransportParams
+from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
+from pipecat.transports.smallwebrtc.request_handler import (
+    ConnectionMode,
+    IceCandidate,
+    SmallWebRTCPatchRequest,
+    SmallWebRTCRequest,
+    SmallWebRTCRequestHandler,
+)
+from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
+from pipecat.workers.runner import WorkerRunner
+
+from shared.events import OWNED_STATES, Reason, SessionState
+from shared.live import LiveSessions
+from worker.observers import SessionEventObserver
+from worker.options import WorkerOptions
+from worker.profiles import Profile, build_profile
+from worker.publisher import EventPublisher
+
+log = logging.getLogger(__name__)
+
+FAILURE_REASONS = frozenset({Reason.PIPELINE_ERROR})
+
+
+class SignalError(Exception):
+    """A control message the session refuses; ``code`` goes back to the API client."""
+
+    def __init__(self, code: str, message: str, status: int = 409):
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class SessionRunner:
+    def __init__(
+        self,
+        session_id: str,
+        meta: dict[str, str],
+        *,
+        options: WorkerOptions,
+        live: LiveSessions,
+        on_finished: Callable[[SessionRunner], None],
+    ):
+        self.id = session_id
+        self.meta = meta
+        self.options = options
+        self.live = live
+        self.profile: Profile = build_profile(meta.get("profile", "echo"))
+        self.publisher = EventPublisher(live, session_id)
+        self.started_at = time.monotonic()
+        self.end_reason: Reason | None = None
+        self._on_finished = on_finished
+        self._handler = SmallWebRTCRequestHandler(
+            ice_servers=options.ice_servers, connection_mode=ConnectionMode.SINGLE
+        )
+        self._connection: SmallWebRTCConnection | None = None
+        self._peer_arrived = asyncio.Event()
+        self._end_requested = asyncio.Event()
+        self._pipeline: PipelineWorker | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._cancel: asyncio.Task[None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """Everything that can happen before the client connects."""
+        await self.profile.prepare()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"session-{self.id}")
+
+    def end(self, reason: Reason) -> None:
+        """Ask the session to end; the first reason given is the one recorded."""
+        if self.end_reason is None:
+            self.end_reason = reason
+        self._end_requested.set()
+        if self._pipeline is not None and self._cancel is None:
+            self._cancel = asyncio.create_task(self._pipeline.cancel(reason=str(reason)))
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._task)
+
+    @property
+    def done(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    # --- signalling (relayed from the API) ---------------------------------------
+
+    async def handle_offer(self, payload: dict[str, Any]) -> dict[str, Any]:
+        if self._end_requested.is_set():
+            raise SignalError("session_ended", "the session has ended")
+        request = SmallWebRTCRequest(
+            sdp=payload["sdp"],
+            type=payload["type"],
+            pc_id=payload.get("pc_id"),
+            restart_pc=payload.get("restart_pc"),
+        )
+        try:
+            answer = await self._handler.handle_web_request(request, self._on_peer)
+        except HTTPException as exc:  # single-connection rule of the request handler
+            raise SignalError("already_connected", str(exc.detail)) from exc
+        except Exception as exc:
+            raise SignalError("bad_offer", f"the SDP offer was not accepted: {exc}", 400) from exc
+        return dict(answer)
+
+    async def handle_ice(self, payload: dict[str, Any]) -> None:
+        candidates = [
+            IceCandidate(
+                candidate=c.get("candidate", ""),
+                sdp_mid=c.get("sdp_mid", c.get("sdpMid", "")),
+                sdp_mline_index=c.get("sdp_mline_index", c.get("sdpMLineIndex", 0)),
+            )
+            for c in payload.get("candidates", [])
+        ]
+        try:
+            await self._handler.handle_patch_request(
+                SmallWebRTCPatchRequest(pc_id=payload["pc_id"], candidates=candidates)
+            )
+        except HTTPException as exc:
+            raise SignalError("unknown_peer", str(exc.detail), 404) from exc
+
+    async def _on_peer(self, connection: SmallWebRTCConnection) -> None:
+        self._connection = connection
+        self._peer_arrived.set()
+
+    # --- the session itself --------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            if await self._wait_for_peer():
+                await self._run_pipeline()
+        except Exception:
+            log.exception("session %s: pipeline failed", self.id)
+            self.end(Reason.PIPELINE_ERROR)
+        finally:
+            await self._finish()
+
+    async def _wait_for_peer(self) -> bool:
+        peer = asyncio.create_task(self._peer_arrived.wait())
+        ended = asyncio.create_task(self._end_requested.wait())
+        done, pending = await asyncio.wait(
+            {peer, ended}, timeout=self.options.connect_timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in pending:
+            task.cancel()
+        if not done:
+            self.end(Reason.CONNECT_TIMEOUT)
+        return self._peer_arrived.is_set() and not self._end_requested.is_set()
+
+    def _build_pipeline(self, connection: SmallWebRTCConnection) -> PipelineWorker:
+        transport = SmallWebRTCTransport(
+            webrtc_connection=connection,
+            params=TransportParams(audio_in_enabled=True, audio_out_enabled=True),
+        )
+
+        @transport.event_handler("on_client_connected")
+        async def _connected(_transport: object, _client: object) -> None:
+            await self.live.transition(
+                self.id,
+                SessionState.CONNECTED,
+                Reason.CLIENT_CONNECTED,
+                allowed_from={SessionState.READY},
+            )
+
+        @transport.event_handler("on_client_disconnected")
+        async def _disconnected(_transport: object, _client: object) -> None:
+            self.end(Reason.CLIENT_LEFT)
+
+        pipeline = Pipeline([transport.input(), *self.profile.processors(), transport.output()])
+        worker = PipelineWorker(
+            pipeline,
+            params=PipelineParams(
+                audio_in_sample_rate=self.profile.audio_in_sample_rate,
+                audio_out_sample_rate=self.profile.audio_out_sample_rate,
+            ),
+            observers=[SessionEventObserver(self.publisher)],
+            idle_timeout_secs=self.options.idle_timeout,
+            conversation_id=self.meta.get("conversation_id"),
+        )
+
+        @worker.event_handler("on_idle_timeout")
+        async def _idle(_worker: object) -> None:
+            self.end(Reason.IDLE_TIMEOUT)
+
+        @worker.event_handler("on_pipeline_error")
+        async def _error(_worker: object, frame: ErrorFrame) -> None:
+            if frame.fatal:
+                self.end(Reason.PIPELINE_ERROR)
+
+        return worker
+
+    async def _run_pipeline(self) -> None:
+        assert self._connection is not None
+        self._pipeline = self._build_pipeline(self._connection)
+        remaining = self.options.max_session_duration - (time.monotonic() - self.started_at)
+        limit = asyncio.get_running_loop().call_later(
+            max(remaining, 0), self.end, Reason.MAX_DURATION
+        )
+        runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
+        try:
+            await runner.add_workers(self._pipeline)
+            if self._end_requested.is_set():  # ended while the pipeline was being built
+                await self._pipeline.cancel(reason=str(self.end_reason))
+            await runner.run()
+        finally:
+            limit.cancel()
+
+    async def _finish(self) -> None:
+        reason = self.end_reason or Reason.CLIENT_LEFT
+        state = SessionState.FAILED if reason in FAILURE_REASONS else SessionState.ENDED
+        try:
+            await self.publisher.flush()
+            await self.live.transition(
+                self.id,
+                state,
+                reason,
+                allowed_from=OWNED_STATES,
+                data={"duration_s": round(time.monotonic() - self.started_at, 3)},
+            )
+        except Exception:
+            log.exception("session %s: could not record its end", self.id)
+        finally:
+            await self.publisher.aclose()
+            with contextlib.suppress(Exception):
+                await self._handler.close()
+            self._on_finished(self)

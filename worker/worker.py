@@ -1,0 +1,364 @@
+"""The worker process: arq pulls session start jobs, this process owns the sessions.
+
+DESIGN decision 1: arq dispatches session *starts*, not whole sessions. The
+start job takes the session (queued → starting), prepares its pipeline and
+returns once it is ready; the session then lives here as an asyncio task.
+Capacity is explicit: when every slot is used the worker stops picking jobs
+(``allow_pick_jobs = False``) and resumes when a slot frees.
+
+DESIGN decision 2: liveness is ours. This process refreshes its own heartbeat
+and each session's; the API's reaper fails the sessions of a worker whose
+heartbeats stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from arq import Worker
+from arq.worker import func
+
+from shared import keys
+from shared.connections import arq_redis_settings, redis_client
+from shared.events import Reason, SessionState
+from shared.live import LiveSessions
+from worker.options import JOB_TIMEOUT_S, POLL_DELAY_S, SIGNAL_BLOCK_S, WorkerOptions
+from worker.profiles import preload_profiles
+from worker.session import SessionRunner, SignalError
+
+log = logging.getLogger(__name__)
+
+START_JOB = "start_session"
+REPLY_TTL_S = 60
+
+
+async def start_session(ctx: dict[str, Any], session_id: str) -> str:
+    """The arq job: take a queued session and bring it to ``ready``."""
+    if ctx["job_try"] > 1:
+        # A start that died half-way is not retried: its session is failed by the reaper.
+        return "not retried"
+    worker: VoicepoolWorker = ctx["voicepool"]
+    return await worker.start_session(session_id, ctx["redis"])
+
+
+class SessionWorker(Worker):
+    """arq's worker, with each poll bounded by the session slots that are free.
+
+    arq starts every job id one poll reads; reading at most ``free_slots`` ids
+    per poll is what keeps a full worker from taking a session it cannot run.
+    """
+
+    def __init__(self, voicepool: VoicepoolWorker, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.voicepool = voicepool
+
+    async def _poll_iteration(self) -> None:
+        free = self.voicepool.free_slots(in_flight=self.job_counter)
+        self.allow_pick_jobs = free > 0
+        self.queue_read_limit = max(free, 1)
+        await super()._poll_iteration()
+
+
+class VoicepoolWorker:
+    def __init__(self, options: WorkerOptions):
+        self.options = options
+        self.id = options.worker_id
+        self.sessions: dict[str, SessionRunner] = {}
+        self.draining = False
+        self.started_at = time.time()
+        self.redis = redis_client(options.redis_url)
+        self.live = LiveSessions(
+            self.redis,
+            heartbeat_ttl=options.heartbeat_ttl,
+            stream_retention=options.stream_retention,
+            stream_maxlen=options.stream_maxlen,
+        )
+        self._arq: SessionWorker | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self._stopped = asyncio.Event()
+        self._signals_seen = 0
+
+    # --- capacity -----------------------------------------------------------------
+
+    def free_slots(self, in_flight: int = 0) -> int:
+        if self.draining:
+            return 0
+        return max(self.options.capacity - len(self.sessions) - in_flight, 0)
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the pool until stopped (SIGTERM drains, SIGINT or a second SIGTERM ends now)."""
+        if self.options.webrtc_host_addresses:
+            restrict_ice_host_addresses(self.options.webrtc_host_addresses)
+        self._install_signal_handlers()
+        preload_profiles()
+        self._arq = SessionWorker(
+            self,
+            functions=[func(start_session, name=START_JOB, max_tries=1, timeout=JOB_TIMEOUT_S)],
+            queue_name=keys.queue(self.options.pool),
+            redis_settings=arq_redis_settings(self.options.redis_url),
+            poll_delay=POLL_DELAY_S,
+            max_jobs=self.options.capacity,
+            job_timeout=JOB_TIMEOUT_S,
+            keep_result=0,
+            max_tries=1,
+            handle_signals=False,
+            health_check_interval=60,
+            ctx={"voicepool": self},
+            log_results=False,
+        )
+        await self._heartbeat()  # visible to operators before the first job
+        self._tasks = [
+            asyncio.create_task(self._arq.main(), name="arq"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._signal_loop(), name="signals"),
+        ]
+        log.info(
+            "worker %s serving pool %r with %d slots",
+            self.id,
+            self.options.pool,
+            self.options.capacity,
+        )
+        await self._stopped.wait()
+        await self.aclose()
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Take no new sessions; let live ones finish up to ``timeout``, then end them."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("worker %s draining %d sessions", self.id, len(self.sessions))
+        await self._heartbeat()
+        limit = self.options.drain_timeout if timeout is None else timeout
+        running = [r.wait() for r in self.sessions.values()]
+        if running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*running), limit)
+        await self.end_all(Reason.WORKER_DRAINING)
+        self._stopped.set()
+
+    async def end_all(self, reason: Reason) -> None:
+        for runner in list(self.sessions.values()):
+            runner.end(reason)
+        await asyncio.gather(*(r.wait() for r in list(self.sessions.values())))
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    async def aclose(self) -> None:
+        """Stop picking jobs, end every session, and remove this worker's traces."""
+        self.draining = True
+        if self._arq is not None:
+            self._arq.allow_pick_jobs = False
+        await self.end_all(Reason.WORKER_SHUTDOWN)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._arq is not None:
+            with contextlib.suppress(Exception):
+                await self._arq.close()
+        with contextlib.suppress(Exception):
+            await self.redis.delete(keys.worker(self.id))
+            await self.redis.srem(keys.WORKERS, self.id)
+        await self.redis.aclose()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_sigterm() -> None:
+            self._signals_seen += 1
+            if self._signals_seen == 1:
+                self._spawn(self.drain())
+            else:
+                self.stop()
+
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+
+    # --- sessions -------------------------------------------------------------------
+
+    async def start_session(self, session_id: str, arq_redis: Any) -> str:
+        if self.draining or self.free_slots() <= 0:
+            await self._requeue(session_id, arq_redis)
+            return "requeued"
+        meta = await self.live.get(session_id)
+        if not meta:
+            return "unknown session"
+        runner = SessionRunner(
+            session_id, meta, options=self.options, live=self.live, on_finished=self._finished
+        )
+        # Registered before the transition so an end request racing it finds the session.
+        self.sessions[session_id] = runner
+        taken, _ = await self.live.transition(
+            session_id,
+            SessionState.STARTING,
+            Reason.PICKED_UP,
+            allowed_from={SessionState.QUEUED},
+            worker_id=self.id,
+            data={"worker_id": self.id, "pool": self.options.pool},
+        )
+        if not taken:  # cancelled or expired meanwhile
+            self.sessions.pop(session_id, None)
+            await runner.publisher.aclose()
+            return "not queued"
+        try:
+            await runner.prepare()
+            ready, _ = await self.live.transition(
+                session_id,
+                SessionState.READY,
+                Reason.PIPELINE_READY,
+                allowed_from={SessionState.STARTING},
+                data={"transport": meta.get("transport", "webrtc"), "worker_id": self.id},
+            )
+        except Exception as exc:
+            log.exception("session %s: could not be prepared", session_id)
+            runner.end(Reason.PIPELINE_ERROR)
+            await self.live.transition(
+                session_id,
+                SessionState.FAILED,
+                Reason.PIPELINE_ERROR,
+                allowed_from={SessionState.STARTING},
+                data={"message": f"the session could not be prepared: {type(exc).__name__}"},
+            )
+            ready = False
+        if not ready:
+            self.sessions.pop(session_id, None)
+            await runner.publisher.aclose()
+            return "not started"
+        runner.start()
+        return "ready"
+
+    async def _requeue(self, session_id: str, arq_redis: Any) -> None:
+        """Hand a session we cannot run back to the pool's queue, keeping its place."""
+        meta = await self.live.get(session_id)
+        if meta.get("state") != SessionState.QUEUED:
+            return
+        attempt = int(meta.get("requeues", "0")) + 1
+        job_id = f"{session_id}.{attempt}"
+        await self.redis.hset(
+            keys.session(session_id), mapping={"job_id": job_id, "requeues": attempt}
+        )
+        await arq_redis.enqueue_job(
+            START_JOB,
+            session_id,
+            _job_id=job_id,
+            _queue_name=keys.queue(self.options.pool),
+            _defer_until=None,
+            _expires=self.options.heartbeat_ttl + 30,
+        )
+
+    def _finished(self, runner: SessionRunner) -> None:
+        self.sessions.pop(runner.id, None)
+
+    # --- heartbeats -------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "pool": self.options.pool,
+            "host": self.options.host,
+            "pid": os.getpid(),
+            "version": self.options.version,
+            "capacity": self.options.capacity,
+            "active": len(self.sessions),
+            "draining": self.draining,
+            "load": round(os.getloadavg()[0], 2),
+            "started_at": self.started_at,
+            "ts": time.time(),
+        }
+
+    async def _heartbeat(self) -> None:
+        ttl_ms = int(self.options.heartbeat_ttl * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.worker(self.id), json.dumps(self.status()), px=ttl_ms)
+            pipe.sadd(keys.WORKERS, self.id)
+            for sid in self.sessions:
+                pipe.set(keys.session_alive(sid), self.id, px=ttl_ms, xx=True)
+            await pipe.execute()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self._heartbeat()
+            except Exception as exc:  # keep beating through a Redis restart
+                log.warning("heartbeat failed: %s", exc)
+            await asyncio.sleep(self.options.heartbeat_interval)
+
+    # --- control messages (SDP offers, ICE candidates, end and drain requests) ---------
+
+    async def _signal_loop(self) -> None:
+        queue = keys.worker_signals(self.id)
+        while True:
+            try:
+                item = await self.redis.blpop([queue], timeout=SIGNAL_BLOCK_S)
+            except Exception as exc:
+                log.warning("signal read failed: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            if item is not None:
+                self._spawn(self._answer(json.loads(item[1])))
+
+    async def _answer(self, message: dict[str, Any]) -> None:
+        try:
+            result = await self._handle(message)
+            reply: dict[str, Any] = {"ok": True, "result": result}
+        except SignalError as exc:
+            reply = {"ok": False, "code": exc.code, "message": str(exc), "status": exc.status}
+        except Exception as exc:
+            log.exception("control message %s failed", message.get("kind"))
+            reply = {"ok": False, "code": "worker_error", "message": str(exc), "status": 502}
+        if message.get("id"):
+            key = keys.reply(message["id"])
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.lpush(key, json.dumps(reply))
+                pipe.expire(key, REPLY_TTL_S)
+                await pipe.execute()
+
+    async def _handle(self, message: dict[str, Any]) -> Any:
+        kind = message.get("kind")
+        payload = message.get("payload") or {}
+        if kind == "drain":
+            self._spawn(self.drain(payload.get("timeout")))
+            return {"draining": True}
+        runner = self.sessions.get(message.get("session_id", ""))
+        if runner is None:
+            raise SignalError("unknown_session", "the session is not running on this worker", 404)
+        if kind == "offer":
+            return await runner.handle_offer(payload)
+        if kind == "ice":
+            await runner.handle_ice(payload)
+            return {}
+        if kind == "end":
+            runner.end(Reason(payload.get("reason", Reason.CLIENT_ENDED)))
+            return {}
+        raise SignalError("bad_signal", f"unknown control message {kind!r}", 400)
+
+
+def restrict_ice_host_addresses(addresses: list[str]) -> None:
+    """Offer only these host addresses as ICE candidates.
+
+    aioice gathers every interface address except loopback; single-machine
+    setups need 127.0.0.1, and hosts behind NAT want exactly one address.
+    """
+    import aioice.ice
+
+    chosen = list(addresses)
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [  # type: ignore[assignment]
+        a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)
+    ]
