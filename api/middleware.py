@@ -9,10 +9,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import metrics
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimitMiddleware:
     """Refuse bodies over ``max_bytes`` with 413 — by Content-Length, or while streaming."""
 
@@ -30,28 +26,35 @@ class BodyLimitMiddleware:
                     await self._refuse(send)
                     return
         seen = 0
-        started = False
+        exceeded = False
+        responded = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise BodyTooLarge
+                    # Look like a client that went away: the app stops reading, and
+                    # whatever it answers is replaced by the 413 below.
+                    exceeded = True
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
+        async def guarded_send(message: Message) -> None:
+            nonlocal responded
+            if exceeded:
+                return
+            responded = True
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await self._refuse(send)
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded and not responded:
+            await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
         body = json.dumps(

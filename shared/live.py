@@ -65,6 +65,7 @@ local data = cjson.decode(ARGV[7])
 data['state'] = ARGV[4]
 data['reason'] = ARGV[5]
 data['previous'] = current
+if ARGV[9] ~= '' then data['worker_id'] = ARGV[9] end
 local id = publish('session.state', cjson.encode(data))
 if ARGV[11] == '1' then
   redis.call('SREM', KEYS[4], ARGV[1])

@@ -48,3 +48,43 @@ def make_system(tmp_path: Path) -> Iterator[object]:
 @pytest.fixture
 def hello_wav() -> Path:
     return FIXTURES / "hello.wav"
+
+
+class InProcessAPI:
+    """The FastAPI app with its lifespan running, against real Redis and SQLite."""
+
+    def __init__(self, app, client, state) -> None:  # type: ignore[no-untyped-def]
+        self.app = app
+        self.client = client
+        self.state = state
+
+    async def token(self, name: str, *, role: str = "user") -> str:
+        from shared.users import create_user, issue_token
+
+        async with self.state.store.session() as db:
+            user = await create_user(db, name, role=role)
+            return (await issue_token(db, user)).token
+
+    def auth(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+async def api(redis: aioredis.Redis, redis_server: EmbeddedRedis, tmp_path: Path):  # type: ignore[no-untyped-def]
+    import httpx
+
+    from api.main import create_app
+    from shared.settings import Settings
+
+    settings = Settings(
+        redis_url=redis_server.url,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'api.db'}",
+        max_body_bytes=64 * 1024,
+        ready_wait=1.0,
+        queue_ttl=30,
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://voicepool.test") as c:
+            yield InProcessAPI(app, c, app.state.voicepool)

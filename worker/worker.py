@@ -211,7 +211,7 @@ class VoicepoolWorker:
             Reason.PICKED_UP,
             allowed_from={SessionState.QUEUED},
             worker_id=self.id,
-            data={"worker_id": self.id, "pool": self.options.pool},
+            data={"pool": self.options.pool},
         )
         if not taken:  # cancelled or expired meanwhile
             self.sessions.pop(session_id, None)

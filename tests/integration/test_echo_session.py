@@ -8,31 +8,13 @@ import time
 import httpx
 import pytest
 
+from tests.support.api import api_client, connect_webrtc
 from tests.support.sse import is_final_state, read_events
-from tests.support.webrtc_client import WebRTCTestClient, allow_loopback_ice
+from tests.support.webrtc_client import allow_loopback_ice
 
 pytestmark = pytest.mark.slow
 
 ECHO_RMS = 300  # the fixture's speech is ~1000-1800 RMS; silence is ~0
-
-
-def _api(system, token: str) -> httpx.AsyncClient:  # type: ignore[no-untyped-def]
-    return httpx.AsyncClient(
-        base_url=system.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-    )
-
-
-async def _connect(api: httpx.AsyncClient, session_id: str, wav) -> WebRTCTestClient:  # type: ignore[no-untyped-def]
-    client = WebRTCTestClient(str(wav) if wav else None)
-
-    async def send_offer(offer: dict) -> dict:
-        response = await api.post(f"/api/sessions/{session_id}/offer", json=offer)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    await client.connect(send_offer)
-    await client.wait_connected()
-    return client
 
 
 async def _stored_events(api: httpx.AsyncClient, conversation_id: str, count: int) -> list[dict]:
@@ -49,7 +31,7 @@ async def test_echo_session_end_to_end(make_system, hello_wav) -> None:  # type:
     allow_loopback_ice()
     system = make_system(workers=2, capacity=2)
     token = system.create_user("alice")
-    async with _api(system, token) as api:
+    async with api_client(system, token) as api:
         created = await api.post("/api/sessions", json={"transport": "webrtc", "profile": "echo"})
         assert created.status_code == 202, created.text
         body = created.json()
@@ -58,7 +40,7 @@ async def test_echo_session_end_to_end(make_system, hello_wav) -> None:  # type:
         assert body["events_url"] == f"/api/sessions/{session_id}/events"
 
         sse = asyncio.create_task(read_events(api, body["events_url"]))
-        client = await _connect(api, session_id, hello_wav)
+        client = await connect_webrtc(api, session_id, str(hello_wav))
         try:
             await client.wait_for_audio(ECHO_RMS, timeout=20)  # the bot played our words back
             await _wait_for_event(system, session_id, "bot.stopped_speaking")

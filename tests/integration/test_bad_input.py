@@ -1,0 +1,174 @@
+"""Bad input gets a clear 4xx with a stable code, and disturbs nothing else."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+async def alice(api) -> str:  # type: ignore[no-untyped-def]
+    return await api.token("alice")
+
+
+async def _create(api, token: str) -> dict:  # type: ignore[no-untyped-def]
+    response = await api.client.post(
+        "/api/sessions", json={"transport": "webrtc", "profile": "echo"}, headers=api.auth(token)
+    )
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "code"),
+    [
+        (b"{not json", "application/json", "invalid_request"),
+        (b'{"transport": 5}', "application/json", "invalid_request"),
+        (b'{"transport": "carrier-pigeon"}', "application/json", "invalid_request"),
+        (b'{"transport": "webrtc", "colour": "blue"}', "application/json", "invalid_request"),
+        (
+            b'{"transport": "webrtc", "profile": "karaoke"}',
+            "application/json",
+            "profile_unavailable",
+        ),
+        (b'{"transport": "webrtc", "pool": "moon"}', "application/json", "unknown_pool"),
+        (b"[1, 2, 3]", "application/json", "invalid_request"),
+    ],
+)
+async def test_bad_session_requests_are_422(api, alice, body, content_type, code) -> None:  # type: ignore[no-untyped-def]
+    response = await api.client.post(
+        "/api/sessions",
+        content=body,
+        headers={**api.auth(alice), "Content-Type": content_type},
+    )
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail["code"] == code
+    assert detail["message"]
+
+
+async def test_unknown_ids_are_404(api, alice) -> None:  # type: ignore[no-untyped-def]
+    for method, path in [
+        ("GET", "/api/sessions/nope"),
+        ("DELETE", "/api/sessions/nope"),
+        ("GET", "/api/sessions/nope/events"),
+        ("GET", "/api/conversations/nope"),
+        ("GET", "/api/conversations/nope/export"),
+        ("GET", "/api/sessions/" + "x" * 500),
+    ]:
+        response = await api.client.request(method, path, headers=api.auth(alice))
+        assert response.status_code == 404, (method, path, response.text)
+        assert response.json()["detail"]["code"].endswith("_not_found")
+    offer = {"sdp": "v=0", "type": "offer"}
+    response = await api.client.post(
+        "/api/sessions/nope/offer", json=offer, headers=api.auth(alice)
+    )
+    assert response.status_code == 404
+
+
+async def test_missing_or_wrong_token_is_401(api) -> None:  # type: ignore[no-untyped-def]
+    assert (await api.client.get("/api/conversations")).status_code == 401
+    for token in ("nonsense", "vp_abc_def", "vp_" + "0" * 16 + "_guess"):
+        response = await api.client.get(
+            "/api/conversations", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert response.status_code == 401
+        assert response.json()["detail"]["code"] == "invalid_token"
+
+
+async def test_offer_for_an_ended_session_is_409(api, alice) -> None:  # type: ignore[no-untyped-def]
+    session = await _create(api, alice)  # no worker runs here: it stays queued
+    cancelled = await api.client.delete(
+        f"/api/sessions/{session['session_id']}", headers=api.auth(alice)
+    )
+    assert cancelled.json()["status"] == "cancelled"
+    for _ in range(2):
+        response = await api.client.post(
+            f"/api/sessions/{session['session_id']}/offer",
+            json={"sdp": "v=0\r\n", "type": "offer"},
+            headers=api.auth(alice),
+        )
+        assert response.status_code == 409
+        assert response.json()["detail"]["code"] == "session_ended"
+
+
+async def test_offer_waits_for_ready_then_says_not_ready(api, alice) -> None:  # type: ignore[no-untyped-def]
+    session = await _create(api, alice)  # no worker: never ready within ready_wait
+    response = await api.client.post(
+        f"/api/sessions/{session['session_id']}/offer",
+        json={"sdp": "v=0\r\n", "type": "offer"},
+        headers=api.auth(alice),
+    )
+    assert response.status_code == 503
+    assert response.json()["detail"]["code"] == "not_ready"
+    assert response.headers["Retry-After"]
+
+
+async def test_bad_offers_are_422(api, alice) -> None:  # type: ignore[no-untyped-def]
+    session = await _create(api, alice)
+    url = f"/api/sessions/{session['session_id']}/offer"
+    for body in ({"sdp": "v=0"}, {"sdp": 1, "type": "offer"}, {"sdp": "v=0", "type": "answer"}):
+        response = await api.client.post(url, json=body, headers=api.auth(alice))
+        assert response.status_code == 422, body
+    patch = {"pc_id": "x", "candidates": [{"candidate": "c", "sdp_mline_index": -1}]}
+    response = await api.client.patch(url, json=patch, headers=api.auth(alice))
+    assert response.status_code == 422
+
+
+async def test_bad_event_ids_are_422(api, alice) -> None:  # type: ignore[no-untyped-def]
+    session = await _create(api, alice)
+    response = await api.client.get(
+        session["events_url"], headers={**api.auth(alice), "Last-Event-ID": "not-an-id"}
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"]["code"] == "invalid_event_id"
+
+
+async def test_oversize_bodies_are_413_and_nothing_is_disturbed(api, alice) -> None:  # type: ignore[no-untyped-def]
+    before = await _create(api, alice)
+    huge = b'{"transport": "webrtc", "profile": "' + b"x" * 200_000 + b'"}'
+    response = await api.client.post(
+        "/api/sessions",
+        content=huge,
+        headers={**api.auth(alice), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert response.json()["detail"]["code"] == "body_too_large"
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(100):
+            yield b" " * 1024  # no Content-Length: counted while streaming
+
+    response = await api.client.post(
+        "/api/sessions",
+        content=chunks(),
+        headers={**api.auth(alice), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+
+    # Everything else still works and nothing stored was lost.
+    assert (await api.client.get("/readyz")).status_code == 200
+    after = await _create(api, alice)
+    listed = (await api.client.get("/api/conversations", headers=api.auth(alice))).json()
+    ids = {c["conversation_id"] for c in listed}
+    assert {before["conversation_id"], after["conversation_id"]} <= ids
+
+
+async def test_another_users_session_is_404(api, alice) -> None:  # type: ignore[no-untyped-def]
+    mallory = await api.token("mallory")
+    session = await _create(api, alice)
+    for method, path in [
+        ("GET", f"/api/sessions/{session['session_id']}"),
+        ("DELETE", f"/api/sessions/{session['session_id']}"),
+        ("GET", session["events_url"]),
+        ("GET", f"/api/conversations/{session['conversation_id']}"),
+    ]:
+        response = await api.client.request(method, path, headers=api.auth(mallory))
+        assert response.status_code == 404, (method, path)
+    response = await api.client.post(
+        "/api/sessions",
+        json={"transport": "webrtc", "conversation_id": session["conversation_id"]},
+        headers=api.auth(mallory),
+    )
+    assert response.status_code == 404
+    still = await api.client.get(f"/api/sessions/{session['session_id']}", headers=api.auth(alice))
+    assert still.json()["status"] == "queued"

@@ -1,0 +1,90 @@
+"""Workers dying and queues filling up, with real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+from tests.support.api import api_client, connect_webrtc, create_session, wait_for_status
+from tests.support.sse import read_events
+from tests.support.webrtc_client import allow_loopback_ice
+
+pytestmark = pytest.mark.slow
+
+HEARTBEAT_TTL = 3.0  # the test system's VOICEPOOL_HEARTBEAT_TTL
+REAPER_SLACK = 1.0  # reaper interval and scheduling on a loaded 2-core machine
+
+
+async def test_killed_worker_fails_its_session_and_the_other_keeps_serving(
+    make_system, hello_wav
+) -> None:  # type: ignore[no-untyped-def]
+    allow_loopback_ice()
+    system = make_system(workers=2, capacity=2)
+    token = system.create_user("bob")
+    async with api_client(system, token) as api:
+        session = await create_session(api, profile="echo")
+        sid = session["session_id"]
+        events = asyncio.create_task(read_events(api, session["events_url"]))
+        client = await connect_webrtc(api, sid, str(hello_wav))
+        try:
+            live = await wait_for_status(api, sid, {"connected"})
+            victim = system.worker_process(live["worker_id"])
+            os.kill(victim.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            failed = await wait_for_status(api, sid, {"failed"}, timeout=HEARTBEAT_TTL + 5)
+            noticed_after = time.monotonic() - killed_at
+        finally:
+            await client.close()
+        assert failed["reason"] == "worker_lost"
+        assert noticed_after <= HEARTBEAT_TTL + REAPER_SLACK, noticed_after
+
+        seen = await asyncio.wait_for(events, 10)
+        final = seen[-1].data["data"]
+        assert (final["state"], final["reason"]) == ("failed", "worker_lost")
+
+        # The surviving worker takes the next session.
+        survivor = next(w for w in system.live_workers() if w["id"] != live["worker_id"])
+        again = await create_session(api, profile="echo")
+        ready = await wait_for_status(api, again["session_id"], {"ready"})
+        assert ready["worker_id"] == survivor["id"]
+        await api.delete(f"/api/sessions/{again['session_id']}")
+
+
+async def test_full_pool_queues_then_starts_then_expires(make_system) -> None:  # type: ignore[no-untyped-def]
+    queue_ttl = 4.0
+    system = make_system(workers=1, capacity=1, VOICEPOOL_QUEUE_TTL=str(queue_ttl))
+    token = system.create_user("carol")
+    async with api_client(system, token) as api:
+        first = await create_session(api, profile="echo")
+        await wait_for_status(api, first["session_id"], {"ready"})
+
+        second = await create_session(api, profile="echo")
+        assert second["status"] == "queued"
+        assert second["queue_position"] == 1
+        await asyncio.sleep(1.0)  # the only slot is taken: it must still be waiting
+        waiting = (await api.get(f"/api/sessions/{second['session_id']}")).json()
+        assert (waiting["status"], waiting["queue_position"]) == ("queued", 1)
+
+        ended = await api.delete(f"/api/sessions/{first['session_id']}")
+        assert ended.json()["status"] == "ended"
+        await wait_for_status(api, second["session_id"], {"ready"}, timeout=5)
+
+        # Nothing frees up for the queue TTL: the third session expires.
+        third = await create_session(api, profile="echo")
+        events = await asyncio.wait_for(read_events(api, third["events_url"]), queue_ttl + 5)
+        states = [(e.data["data"]["state"], e.data["data"]["reason"]) for e in events]
+        assert states == [("queued", "created"), ("expired", "no_capacity")]
+        with system.redis as r:
+            assert r.zcard("vp:queue:server") == 0  # and it left the queue
+
+        await api.delete(f"/api/sessions/{second['session_id']}")
+        # A queued session can also be cancelled by its owner.
+        blocker = await create_session(api, profile="echo")
+        await wait_for_status(api, blocker["session_id"], {"ready"})
+        waiting = await create_session(api, profile="echo")
+        cancelled = (await api.delete(f"/api/sessions/{waiting['session_id']}")).json()
+        assert (cancelled["status"], cancelled["reason"]) == ("cancelled", "client_ended")

@@ -1,0 +1,127 @@
+"""The persister against a real redis-server and SQLite: exactly once, whatever crashes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlmodel import func, select
+
+from api.persister import Persister
+from shared import keys
+from shared.events import Reason, SessionState
+from shared.live import LiveSessions
+from shared.models import Conversation, EventRecord, User, VoiceSession
+from shared.store import Store, migrate_async
+
+
+class Crash(Exception):
+    """Stands in for the process dying at that point."""
+
+
+@pytest.fixture
+async def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    url = f"sqlite+aiosqlite:///{tmp_path / 'persist.db'}"
+    await migrate_async(url)
+    store = Store(url)
+    async with store.session() as db:
+        db.add(User(id="u1", name="u1"))
+        await db.flush()
+        db.add(Conversation(id="c1", user_id="u1"))
+        await db.flush()
+        db.add(
+            VoiceSession(
+                id="s1", conversation_id="c1", user_id="u1", pool="server",
+                transport="webrtc", profile="echo",
+            )
+        )  # fmt: skip
+        await db.commit()
+    yield store
+    await store.aclose()
+
+
+async def _publish_session(live: LiveSessions, events: int) -> int:
+    """A whole session's worth of events: queued … ended. Returns how many were published."""
+    await live.create("s1", {"conversation_id": "c1", "owner": "u1", "pool": "server"})
+    await live.transition("s1", SessionState.STARTING, Reason.PICKED_UP,
+                          allowed_from={SessionState.QUEUED}, worker_id="w1")  # fmt: skip
+    for i in range(events):
+        assert await live.publish("s1", "user.turn_stopped", {"turn": i})
+    await live.transition("s1", SessionState.ENDED, Reason.CLIENT_ENDED,
+                          allowed_from={SessionState.STARTING})  # fmt: skip
+    return events + 3
+
+
+async def _stored(store: Store) -> list[tuple[int, str]]:
+    async with store.session() as db:
+        rows = (await db.exec(select(EventRecord).order_by(EventRecord.seq))).all()
+    return [(r.seq, r.type) for r in rows]
+
+
+async def _drain(persister: Persister) -> None:
+    while await persister.step(block_ms=50):
+        pass
+
+
+class CrashAfterCommit(Persister):
+    async def acknowledge(self, entry_ids):  # type: ignore[no-untyped-def]
+        raise Crash
+
+
+class CrashBeforeCommit(Persister):
+    async def store_entries(self, entries):  # type: ignore[no-untyped-def]
+        raise Crash
+
+
+@pytest.mark.parametrize("crashing", [CrashAfterCommit, CrashBeforeCommit])
+async def test_every_event_is_stored_exactly_once_after_a_crash(redis, store, crashing) -> None:  # type: ignore[no-untyped-def]
+    live = LiveSessions(redis)
+    published = await _publish_session(live, events=120)
+
+    first = crashing(redis, store, consumer="first", batch_size=50)
+    await first.ensure_group()
+    with pytest.raises(Crash):
+        await first.step(block_ms=50)
+    pending = await redis.xpending(keys.INGEST_STREAM, keys.PERSISTER_GROUP)
+    assert pending["pending"] == 50  # read, never acknowledged
+
+    # A new persister (after the restart) adopts the abandoned entries, then reads on.
+    second = Persister(redis, store, consumer="second", batch_size=50, claim_idle_ms=0)
+    await _drain(second)
+    stored = await _stored(store)
+    assert [seq for seq, _ in stored] == list(range(1, published + 1))
+    assert (await redis.xpending(keys.INGEST_STREAM, keys.PERSISTER_GROUP))["pending"] == 0
+
+    async with store.session() as db:
+        session = await db.get(VoiceSession, "s1")
+        assert (session.state, session.reason, session.worker_id) == ("ended", "client_ended", "w1")
+
+    # Replaying everything again is a no-op.
+    await second.store_entries(await redis.xrange(keys.INGEST_STREAM))
+    assert await _stored(store) == stored
+
+
+async def test_trimming_never_drops_an_unacknowledged_entry(redis, store) -> None:  # type: ignore[no-untyped-def]
+    live = LiveSessions(redis)
+    published = await _publish_session(live, events=40)
+    crashed = CrashAfterCommit(redis, store, consumer="crashed", batch_size=10)
+    await crashed.ensure_group()
+    with pytest.raises(Crash):
+        await crashed.step(block_ms=50)  # 10 entries delivered, not acknowledged
+
+    healthy = Persister(redis, store, consumer="healthy", batch_size=100, claim_idle_ms=60_000)
+    await healthy.step(block_ms=50)  # stores and acknowledges the rest
+    await healthy.trim()
+    # The 10 unacknowledged entries (the oldest) must all survive trimming.
+    assert await redis.xlen(keys.INGEST_STREAM) >= 10
+    pending = await redis.xpending_range(keys.INGEST_STREAM, keys.PERSISTER_GROUP, "-", "+", 100)
+    remaining = {entry_id for entry_id, _ in await redis.xrange(keys.INGEST_STREAM)}
+    assert {p["message_id"] for p in pending} <= remaining
+
+    restarted = Persister(redis, store, consumer="healthy", batch_size=100, claim_idle_ms=0)
+    await _drain(restarted)
+    await restarted.trim()
+    assert await redis.xlen(keys.INGEST_STREAM) <= 1  # only the last delivered entry is kept
+    async with store.session() as db:
+        count = (await db.exec(select(func.count()).select_from(EventRecord))).one()
+    assert count == published

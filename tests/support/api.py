@@ -1,0 +1,52 @@
+"""Helpers for talking to a running system's API in tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+
+from tests.support.system import System
+from tests.support.webrtc_client import WebRTCTestClient
+
+
+def api_client(system: System, token: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=system.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+
+
+async def create_session(api: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
+    response = await api.post("/api/sessions", json={"transport": "webrtc", **body})
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+async def wait_for_status(
+    api: httpx.AsyncClient, session_id: str, statuses: set[str], timeout: float = 15
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        session = (await api.get(f"/api/sessions/{session_id}")).json()
+        if session["status"] in statuses:
+            return session
+        if time.monotonic() > deadline:
+            raise AssertionError(f"session stayed {session['status']}, wanted {statuses}")
+        await asyncio.sleep(0.05)
+
+
+async def connect_webrtc(
+    api: httpx.AsyncClient, session_id: str, wav: str | None
+) -> WebRTCTestClient:
+    client = WebRTCTestClient(wav)
+
+    async def send_offer(offer: dict[str, Any]) -> dict[str, Any]:
+        response = await api.post(f"/api/sessions/{session_id}/offer", json=offer)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    await client.connect(send_offer)
+    await client.wait_connected()
+    return client

@@ -1,0 +1,81 @@
+"""State transitions and events in Redis (real redis-server): atomic, ordered, final is final."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from api.reaper import Reaper
+from shared import keys
+from shared.events import LIVE_STATES, OWNED_STATES, Reason, SessionState
+from shared.live import LiveSessions
+
+
+async def _new(live: LiveSessions, sid: str = "s1", **fields: str) -> None:
+    await live.create(sid, {"conversation_id": "c1", "pool": "server", **fields})
+
+
+async def test_only_one_of_two_racing_transitions_wins(redis) -> None:  # type: ignore[no-untyped-def]
+    live = LiveSessions(redis)
+    await _new(live)
+    results = await asyncio.gather(
+        live.transition("s1", SessionState.STARTING, Reason.PICKED_UP,
+                        allowed_from={SessionState.QUEUED}, worker_id="w1"),
+        live.transition("s1", SessionState.EXPIRED, Reason.NO_CAPACITY,
+                        allowed_from={SessionState.QUEUED}),
+    )  # fmt: skip
+    assert sorted(changed for changed, _ in results) == [False, True]
+    events = await redis.xrange(keys.session_events("s1"))
+    assert [f["seq"] for _, f in events] == ["1", "2"]
+
+
+async def test_events_carry_increasing_seq_in_both_streams(redis) -> None:  # type: ignore[no-untyped-def]
+    live = LiveSessions(redis)
+    await _new(live)
+    for i in range(5):
+        assert await live.publish("s1", "user.turn_started", {"turn": i})
+    session = await redis.xrange(keys.session_events("s1"))
+    ingest = await redis.xrange(keys.INGEST_STREAM)
+    assert [f["seq"] for _, f in session] == [str(i) for i in range(1, 7)]
+    assert [f["seq"] for _, f in ingest] == [str(i) for i in range(1, 7)]
+    # The ingest entry remembers the id of its twin in the session stream (the SSE id).
+    assert [f["live_id"] for _, f in ingest] == [entry_id for entry_id, _ in session]
+
+
+async def test_a_final_state_is_final(redis) -> None:  # type: ignore[no-untyped-def]
+    live = LiveSessions(redis, stream_retention=60)
+    await _new(live)
+    await live.transition("s1", SessionState.STARTING, Reason.PICKED_UP,
+                          allowed_from={SessionState.QUEUED}, worker_id="w1")  # fmt: skip
+    assert await redis.exists(keys.session_alive("s1"))
+    changed, _ = await live.transition(
+        "s1", SessionState.ENDED, Reason.CLIENT_ENDED, allowed_from=OWNED_STATES
+    )
+    assert changed
+    assert not await live.publish("s1", "user.turn_started", {})
+    again, current = await live.transition(
+        "s1", SessionState.FAILED, Reason.WORKER_LOST, allowed_from=LIVE_STATES
+    )
+    assert (again, current) == (False, "ended")
+    assert not await redis.sismember(keys.LIVE_SESSIONS, "s1")
+    assert not await redis.exists(keys.session_alive("s1"))
+    assert 0 < await redis.ttl(keys.session_events("s1")) <= 60
+
+
+async def test_reaper_fails_lost_sessions_and_expires_stale_queued_ones(redis) -> None:  # type: ignore[no-untyped-def]
+    live = LiveSessions(redis, heartbeat_ttl=10)
+    reaper = Reaper(live, queue_ttl=5)
+    await _new(live, "owned")
+    await live.transition("owned", SessionState.STARTING, Reason.PICKED_UP,
+                          allowed_from={SessionState.QUEUED}, worker_id="w1")  # fmt: skip
+    await _new(live, "stale", created_ts=repr(time.time() - 60), job_id="stale")
+    await redis.zadd(keys.queue("server"), {"stale": 1})
+    await _new(live, "fresh", created_ts=repr(time.time()))
+
+    assert await reaper.sweep() == [("stale", "no_capacity")]  # the owner is still alive
+    assert await redis.zcard(keys.queue("server")) == 0
+
+    await redis.delete(keys.session_alive("owned"))  # its worker stopped beating
+    assert await reaper.sweep() == [("owned", "worker_lost")]
+    assert (await live.get("owned"))["state"] == "failed"
+    assert (await live.get("fresh"))["state"] == "queued"
