@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="run everything on this machine")
     dev.add_argument("--port", type=int, default=None, help="API port (default 8000)")
     dev.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    dev.add_argument("--capacity", type=int, default=4, help="sessions per worker (default 4)")
+    dev.add_argument("--capacity", type=int, default=None, help="sessions per worker (default 4)")
 
     api = sub.add_parser("api", help="run the HTTP API")
     api.add_argument("--host", default=None)
@@ -240,7 +240,12 @@ def main(argv: list[str] | None = None) -> None:
     _logging(settings.log_level)
     match args.command:
         case "dev":
-            _dev(settings, args.port or settings.api_port, args.workers, args.capacity)
+            _dev(
+                settings,
+                args.port or settings.api_port,
+                args.workers,
+                args.capacity or settings.worker_capacity,
+            )
         case "api":
             _run_api(settings, args.host or settings.api_host, args.port or settings.api_port)
         case "worker":

@@ -19,6 +19,16 @@ import redis.asyncio as aioredis
 from shared import keys
 from shared.events import FINAL_STATES, EventType, Reason, SessionState
 
+# Heartbeat keys expire this much before the TTL, so that the reaper (which
+# looks at least every 0.9 s) notices a dead worker *within* the TTL.
+LIVENESS_MARGIN_S = 1.0
+
+
+def alive_ms(heartbeat_ttl: float) -> int:
+    """Expiry of a heartbeat key for a given heartbeat TTL."""
+    return int(max(heartbeat_ttl - LIVENESS_MARGIN_S, heartbeat_ttl / 2) * 1000)
+
+
 # Shared Lua: assign the next seq and append the event to both streams.
 # KEYS: 1 session hash, 2 session stream, 3 ingest stream, 4 live set, 5 alive key
 # ARGV: 1 session id, 2 stream maxlen, 3 ts, …
@@ -157,7 +167,7 @@ class LiveSessions:
                 str(reason),
                 " ".join(str(s) for s in allowed_from),
                 json.dumps(data or {}),
-                int(self.heartbeat_ttl * 1000),
+                alive_ms(self.heartbeat_ttl),
                 worker_id,
                 int(self.stream_retention),
                 "1" if to in FINAL_STATES else "0",
@@ -180,10 +190,3 @@ class LiveSessions:
         """1-based place in the pool's queue, or None once a worker took the job."""
         rank = await self.redis.zrank(keys.queue(pool), job_id)
         return None if rank is None else rank + 1
-
-    async def refresh_alive(self, session_ids: Iterable[str], worker_id: str) -> None:
-        ttl_ms = int(self.heartbeat_ttl * 1000)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sid in session_ids:
-                pipe.set(keys.session_alive(sid), worker_id, px=ttl_ms, xx=True)
-            await pipe.execute()

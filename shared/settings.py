@@ -34,24 +34,32 @@ class Settings(BaseSettings):
     )
 
     # --- API ----------------------------------------------------------------
-    api_host: str = "127.0.0.1"
-    api_port: int = 8000
-    public_url: str | None = Field(
-        None, description="Base URL clients use to reach the API; default from host/port."
-    )
+    api_host: str = Field("127.0.0.1", description="Address the API listens on.")
+    api_port: int = Field(8000, description="Port the API listens on.")
     max_body_bytes: int = Field(256 * 1024, description="Largest request body accepted.")
 
     # --- sessions and dispatch ---------------------------------------------
     pools: CommaList = Field(["server"], description="Worker pools sessions may name.")
-    default_pool: str = "server"
+    default_pool: str = Field("server", description="Pool of sessions that name none.")
     queue_ttl: float = Field(
         30.0, description="Seconds a session may wait for a worker before it expires (no_capacity)."
     )
     heartbeat_ttl: float = Field(
-        10.0, description="A session or worker silent this long is lost (worker_lost)."
+        10.0,
+        gt=2,
+        description="Sessions of a worker that stopped are failed (worker_lost) within this time.",
     )
     heartbeat_interval: float = Field(1.0, description="How often workers refresh heartbeats.")
-    reaper_interval: float = Field(0.5, description="How often the API looks for lost sessions.")
+    reaper_interval: float = Field(
+        0.5, gt=0, le=0.9, description="How often the API looks for lost sessions."
+    )
+    worker_capacity: int = Field(4, ge=1, description="Sessions one worker process runs at once.")
+    drain_timeout: float = Field(
+        300.0, description="On drain or SIGTERM, how long live sessions may run on."
+    )
+    connect_timeout: float = Field(
+        60.0, description="A ready session whose client never connects ends (connect_timeout)."
+    )
     idle_timeout: float = Field(120.0, description="End a session after this long without speech.")
     max_session_duration: float = Field(1800.0, description="Hard limit on one session, seconds.")
     ready_wait: float = Field(
@@ -81,13 +89,17 @@ class Settings(BaseSettings):
 
     # --- vendors --------------------------------------------------------------
     openai_api_key: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("OPENAI_API_KEY", "VOICEPOOL_OPENAI_API_KEY")
+        None,
+        validation_alias=AliasChoices("OPENAI_API_KEY", "VOICEPOOL_OPENAI_API_KEY"),
+        description="Enables the assistant profile.",
     )
     daily_api_key: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("DAILY_API_KEY", "VOICEPOOL_DAILY_API_KEY")
+        None,
+        validation_alias=AliasChoices("DAILY_API_KEY", "VOICEPOOL_DAILY_API_KEY"),
+        description="Enables the Daily transport.",
     )
 
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
     @field_validator("pools", "ice_servers", "webrtc_host_addresses", mode="before")
     @classmethod

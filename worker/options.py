@@ -44,7 +44,7 @@ class WorkerOptions:
     """Seconds between refreshes of the worker's and its sessions' heartbeats."""
 
     heartbeat_ttl: float = 10.0
-    """A heartbeat not refreshed for this long marks the worker and its sessions lost."""
+    """Sessions of this worker are failed within this long after it stops beating."""
 
     idle_timeout: float = 120.0
     """End a session after this long with no speech from either side (idle_timeout)."""
@@ -80,6 +80,9 @@ class WorkerOptions:
         values: dict[str, object] = dict(
             redis_url=settings.redis_url,
             pool=settings.default_pool,
+            capacity=settings.worker_capacity,
+            drain_timeout=settings.drain_timeout,
+            connect_timeout=settings.connect_timeout,
             heartbeat_interval=settings.heartbeat_interval,
             heartbeat_ttl=settings.heartbeat_ttl,
             idle_timeout=settings.idle_timeout,

@@ -28,7 +28,7 @@ from arq.worker import func
 from shared import keys
 from shared.connections import arq_redis_settings, redis_client
 from shared.events import Reason, SessionState
-from shared.live import LiveSessions
+from shared.live import LiveSessions, alive_ms
 from worker.options import JOB_TIMEOUT_S, POLL_DELAY_S, SIGNAL_BLOCK_S, WorkerOptions
 from worker.profiles import preload_profiles
 from worker.session import SessionRunner, SignalError
@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 START_JOB = "start_session"
 REPLY_TTL_S = 60
+# A requeued job's own expiry only keeps arq from holding it forever: the API's
+# reaper expires the session by its creation time (VOICEPOOL_QUEUE_TTL) anyway.
+REQUEUE_EXPIRES_S = 300
 
 
 async def start_session(ctx: dict[str, Any], session_id: str) -> str:
@@ -260,7 +263,7 @@ class VoicepoolWorker:
             _job_id=job_id,
             _queue_name=keys.queue(self.options.pool),
             _defer_until=None,
-            _expires=self.options.heartbeat_ttl + 30,
+            _expires=REQUEUE_EXPIRES_S,
         )
 
     def _finished(self, runner: SessionRunner) -> None:
@@ -284,7 +287,7 @@ class VoicepoolWorker:
         }
 
     async def _heartbeat(self) -> None:
-        ttl_ms = int(self.options.heartbeat_ttl * 1000)
+        ttl_ms = alive_ms(self.options.heartbeat_ttl)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(keys.worker(self.id), json.dumps(self.status()), px=ttl_ms)
             pipe.sadd(keys.WORKERS, self.id)

@@ -15,8 +15,8 @@ from tests.support.webrtc_client import allow_loopback_ice
 
 pytestmark = pytest.mark.slow
 
-HEARTBEAT_TTL = 3.0  # the test system's VOICEPOOL_HEARTBEAT_TTL
-REAPER_SLACK = 1.0  # reaper interval and scheduling on a loaded 2-core machine
+HEARTBEAT_TTL = 4.0  # the test system's VOICEPOOL_HEARTBEAT_TTL
+POLL_SLACK = 0.2  # this test looks every 50 ms, over HTTP
 
 
 async def test_killed_worker_fails_its_session_and_the_other_keeps_serving(
@@ -40,7 +40,7 @@ async def test_killed_worker_fails_its_session_and_the_other_keeps_serving(
         finally:
             await client.close()
         assert failed["reason"] == "worker_lost"
-        assert noticed_after <= HEARTBEAT_TTL + REAPER_SLACK, noticed_after
+        assert noticed_after <= HEARTBEAT_TTL + POLL_SLACK, noticed_after
 
         seen = await asyncio.wait_for(events, 10)
         final = seen[-1].data["data"]

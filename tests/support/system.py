@@ -52,7 +52,7 @@ class System:
                 "VOICEPOOL_DATABASE_URL": f"sqlite+aiosqlite:///{self.tmp / 'voicepool.db'}",
                 "VOICEPOOL_DATA_DIR": str(self.tmp),
                 "VOICEPOOL_WEBRTC_HOST_ADDRESSES": "127.0.0.1",
-                "VOICEPOOL_HEARTBEAT_TTL": "3",
+                "VOICEPOOL_HEARTBEAT_TTL": "4",
                 "VOICEPOOL_HEARTBEAT_INTERVAL": "0.5",
                 "VOICEPOOL_REAPER_INTERVAL": "0.25",
                 "VOICEPOOL_LOG_LEVEL": "INFO",
