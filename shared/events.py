@@ -62,6 +62,14 @@ class EventType(StrEnum):
     USER_TURN_STOPPED = "user.turn_stopped"
     BOT_STARTED_SPEAKING = "bot.started_speaking"
     BOT_STOPPED_SPEAKING = "bot.stopped_speaking"
+    USER_TRANSCRIPT = "user.transcript"
+    ASSISTANT_TRANSCRIPT = "assistant.transcript"
+    TOOL_STARTED = "tool.started"
+    TOOL_PROGRESS = "tool.progress"
+    TOOL_COMPLETED = "tool.completed"
+    TOOL_FAILED = "tool.failed"
+    METRICS_USAGE = "metrics.usage"
+    METRICS_LATENCY = "metrics.latency"
     ERROR = "error"
 
 

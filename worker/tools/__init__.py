@@ -1,0 +1,1 @@
+"""Tools the assistant can call: declared in a config file, run by kind."""
