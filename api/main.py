@@ -60,7 +60,12 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
                 batch_size=settings.persister_batch,
                 claim_idle_ms=settings.persister_claim_idle_ms,
             )
-            reaper = Reaper(live, queue_ttl=settings.queue_ttl, interval=settings.reaper_interval)
+            reaper = Reaper(
+                live,
+                queue_ttl=settings.queue_ttl,
+                interval=settings.reaper_interval,
+                pools=list(settings.pools),
+            )
             tasks = [
                 asyncio.create_task(persister.run(), name="persister"),
                 asyncio.create_task(reaper.run(), name="reaper"),

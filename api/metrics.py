@@ -25,6 +25,20 @@ DISPATCH_SECONDS = Histogram(
     ["pool"],
     buckets=(0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
 )
+QUEUE_WAIT_SECONDS = Histogram(
+    "voicepool_queue_wait_seconds",
+    "From the session request to a worker taking it.",
+    ["pool"],
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+QUEUE_DEPTH = Gauge("voicepool_queue_depth", "Session start jobs waiting, per pool.", ["pool"])
+LIVE_SESSIONS = Gauge(
+    "voicepool_live_sessions", "Sessions not yet ended, per pool and state.", ["pool", "state"]
+)
+POOL_WORKERS = Gauge("voicepool_pool_workers", "Workers with a live heartbeat.", ["pool"])
+POOL_CAPACITY = Gauge(
+    "voicepool_pool_capacity_sessions", "Session slots of live, non-draining workers.", ["pool"]
+)
 PERSISTED_EVENTS = Counter(
     "voicepool_persister_events_total", "Events stored by the persister (new rows)."
 )

@@ -29,7 +29,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from api import metrics
 from shared import keys
 from shared.events import FINAL_STATES, Event, EventType, SessionState
-from shared.models import EventRecord, VoiceSession
+from shared.models import EventRecord, VoiceSession, as_utc
 from shared.store import Store
 
 log = logging.getLogger(__name__)
@@ -175,11 +175,11 @@ class Persister:
         row = result.first()
         if row is None:
             return event, None
-        if state == SessionState.READY:
-            created = row[1] if row[1].tzinfo else row[1].replace(tzinfo=UTC)
-            metrics.DISPATCH_SECONDS.labels(pool=row[0]).observe(
-                max(event.ts - created.timestamp(), 0.0)
-            )
+        since_request = max(event.ts - as_utc(row[1]).timestamp(), 0.0)
+        if state == SessionState.STARTING:
+            metrics.QUEUE_WAIT_SECONDS.labels(pool=row[0]).observe(since_request)
+        elif state == SessionState.READY:
+            metrics.DISPATCH_SECONDS.labels(pool=row[0]).observe(since_request)
         return event, row[0]
 
     async def acknowledge(self, entry_ids: Sequence[str]) -> None:

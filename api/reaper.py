@@ -12,28 +12,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 
 from api import metrics
 from shared import keys
-from shared.events import OWNED_STATES, Reason, SessionState
+from shared.events import LIVE_STATES, OWNED_STATES, Reason, SessionState
 from shared.live import LiveSessions
 
 log = logging.getLogger(__name__)
 
 
 class Reaper:
-    def __init__(self, live: LiveSessions, *, queue_ttl: float, interval: float = 0.5):
+    def __init__(
+        self,
+        live: LiveSessions,
+        *,
+        queue_ttl: float,
+        interval: float = 0.5,
+        pools: list[str] | None = None,
+    ):
         self.live = live
         self.redis = live.redis
         self.queue_ttl = queue_ttl
         self.interval = interval
+        self.pools = pools or []
 
     async def run(self) -> None:
         while True:
             try:
                 await self.sweep()
+                await self.observe_fleet()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -70,6 +80,46 @@ class Reaper:
                     await self.redis.delete(f"arq:job:{job}")
                     ended.append((sid, Reason.NO_CAPACITY))
         return ended
+
+    async def observe_fleet(self) -> None:
+        """Refresh the per-pool gauges: queue depth, live sessions, workers, capacity."""
+        session_ids = sorted(await self.redis.smembers(keys.LIVE_SESSIONS))
+        worker_ids = sorted(await self.redis.smembers(keys.WORKERS))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pool in self.pools:
+                pipe.zcard(keys.queue(pool))
+            for sid in session_ids:
+                pipe.hmget(keys.session(sid), "pool", "state")
+            for wid in worker_ids:
+                pipe.get(keys.worker(wid))
+            replies = await pipe.execute()
+        depths = replies[: len(self.pools)]
+        states = replies[len(self.pools) : len(self.pools) + len(session_ids)]
+        beats = replies[len(self.pools) + len(session_ids) :]
+        for pool, depth in zip(self.pools, depths, strict=True):
+            metrics.QUEUE_DEPTH.labels(pool=pool).set(depth)
+        live: dict[tuple[str, str], int] = {
+            (pool, str(state)): 0 for pool in self.pools for state in LIVE_STATES
+        }
+        for pool, state in states:
+            if pool and state in LIVE_STATES:
+                live[(pool, state)] = live.get((pool, state), 0) + 1
+        for (pool, state), count in live.items():
+            metrics.LIVE_SESSIONS.labels(pool=pool, state=state).set(count)
+        workers = dict.fromkeys(self.pools, 0)
+        capacity = dict.fromkeys(self.pools, 0)
+        for wid, beat in zip(worker_ids, beats, strict=True):
+            if beat is None:  # heartbeat expired: the worker is gone
+                await self.redis.srem(keys.WORKERS, wid)
+                continue
+            status = json.loads(beat)
+            pool = status.get("pool", "")
+            workers[pool] = workers.get(pool, 0) + 1
+            if not status.get("draining"):
+                capacity[pool] = capacity.get(pool, 0) + int(status.get("capacity", 0))
+        for pool, count in workers.items():
+            metrics.POOL_WORKERS.labels(pool=pool).set(count)
+            metrics.POOL_CAPACITY.labels(pool=pool).set(capacity[pool])
 
     async def _end(
         self, sid: str, to: SessionState, reason: Reason, allowed: set[SessionState]

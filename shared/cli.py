@@ -126,11 +126,15 @@ def _run_api(settings: Settings, host: str, port: int) -> None:
     )
 
 
-def _run_worker(settings: Settings, pool: str | None, capacity: int | None) -> None:
+def _run_worker(
+    settings: Settings, pool: str | None, capacity: int | None, metrics_port: int | None
+) -> None:
     from worker.options import WorkerOptions
     from worker.worker import VoicepoolWorker
 
-    options = WorkerOptions.from_settings(settings, pool=pool, capacity=capacity)
+    options = WorkerOptions.from_settings(
+        settings, pool=pool, capacity=capacity, metrics_port=metrics_port
+    )
     asyncio.run(VoicepoolWorker(options).run())
 
 
@@ -159,7 +163,8 @@ def _dev(settings: Settings, port: int, workers: int, capacity: int) -> None:
         f"  API        http://{settings.api_host}:{port}  (docs at /docs)\n"
         f"  Redis      {env['VOICEPOOL_REDIS_URL']}{' (embedded)' if redis else ''}\n"
         f"  Database   {child_settings.sqlalchemy_url}\n"
-        f"  Workers    {workers} x {capacity} slots, pool {settings.default_pool!r}\n"
+        f"  Workers    {workers} x {capacity} slots, pool {settings.default_pool!r}, "
+        f"metrics on ports {port + 1}-{port + workers}\n"
         f"  Login      Authorization: Bearer {token}\n"
         f"Press Ctrl-C to stop.\n",
         flush=True,
@@ -217,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a worker process")
     worker.add_argument("--pool", default=None, help="pool to serve (default from settings)")
     worker.add_argument("--capacity", type=int, default=None, help="concurrent sessions")
+    worker.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
 
     sub.add_parser("migrate", help="bring the database schema up to date")
 
@@ -249,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         case "api":
             _run_api(settings, args.host or settings.api_host, args.port or settings.api_port)
         case "worker":
-            _run_worker(settings, args.pool, args.capacity)
+            _run_worker(settings, args.pool, args.capacity, args.metrics_port)
         case "migrate":
             from shared.store import migrate
 

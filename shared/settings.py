@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         0.5, gt=0, le=0.9, description="How often the API looks for lost sessions."
     )
     worker_capacity: int = Field(4, ge=1, description="Sessions one worker process runs at once.")
+    worker_metrics_port: int = Field(
+        0, ge=0, description="Port of a worker's own /metrics (0: off; --metrics-port)."
+    )
+    worker_metrics_host: str = Field(
+        "127.0.0.1", description="Address of the worker's /metrics (0.0.0.0 for remote scrapes)."
+    )
     drain_timeout: float = Field(
         300.0, description="On drain or SIGTERM, how long live sessions may run on."
     )

@@ -55,6 +55,11 @@ class WorkerOptions:
     connect_timeout: float = CONNECT_TIMEOUT_S
     """End a ready session whose client never connects (connect_timeout)."""
 
+    metrics_port: int = 0
+    """Serve this worker's Prometheus /metrics on this port (0: off)."""
+
+    metrics_host: str = "127.0.0.1"
+
     drain_timeout: float = 300.0
     """On drain or SIGTERM, let live sessions run this long before ending them."""
 
@@ -82,6 +87,8 @@ class WorkerOptions:
             pool=settings.default_pool,
             capacity=settings.worker_capacity,
             drain_timeout=settings.drain_timeout,
+            metrics_port=settings.worker_metrics_port,
+            metrics_host=settings.worker_metrics_host,
             connect_timeout=settings.connect_timeout,
             heartbeat_interval=settings.heartbeat_interval,
             heartbeat_ttl=settings.heartbeat_ttl,

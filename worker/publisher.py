@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from shared.live import LiveSessions
+from worker.metrics import PUBLISH_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class EventPublisher:
             except Exception as exc:  # Redis gone for longer than the client retries
                 if attempt == PUBLISH_ATTEMPTS - 1:
                     self.failed += 1
+                    PUBLISH_ERRORS.inc()
                     log.error("event %s of %s dropped: %s", type, self.session_id, exc)
                 else:
                     await asyncio.sleep(0.2 * (attempt + 1))

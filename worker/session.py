@@ -33,6 +33,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from shared.events import OWNED_STATES, Reason, SessionState
 from shared.live import LiveSessions
+from worker import metrics
 from worker.observers import SessionEventObserver
 from worker.options import WorkerOptions
 from worker.profiles import Profile, build_profile
@@ -102,6 +103,10 @@ class SessionRunner:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(self._task)
+
+    @property
+    def duration(self) -> float:
+        return time.monotonic() - self.started_at
 
     @property
     def done(self) -> bool:
@@ -207,6 +212,8 @@ class SessionRunner:
 
         @worker.event_handler("on_pipeline_error")
         async def _error(_worker: object, frame: ErrorFrame) -> None:
+            kind = type(frame.processor).__name__ if frame.processor else "pipeline"
+            metrics.PIPELINE_ERRORS.labels(pool=self.options.pool, kind=kind).inc()
             if frame.fatal:
                 self.end(Reason.PIPELINE_ERROR)
 
@@ -238,7 +245,7 @@ class SessionRunner:
                 state,
                 reason,
                 allowed_from=OWNED_STATES,
-                data={"duration_s": round(time.monotonic() - self.started_at, 3)},
+                data={"duration_s": round(self.duration, 3)},
             )
         except Exception:
             log.exception("session %s: could not record its end", self.id)

@@ -29,6 +29,7 @@ from shared import keys
 from shared.connections import arq_redis_settings, redis_client
 from shared.events import Reason, SessionState
 from shared.live import LiveSessions, alive_ms
+from worker import metrics
 from worker.options import JOB_TIMEOUT_S, POLL_DELAY_S, SIGNAL_BLOCK_S, WorkerOptions
 from worker.profiles import preload_profiles
 from worker.session import SessionRunner, SignalError
@@ -104,6 +105,8 @@ class VoicepoolWorker:
             restrict_ice_host_addresses(self.options.webrtc_host_addresses)
         self._install_signal_handlers()
         preload_profiles()
+        metrics.serve(self.options.metrics_port, self.options.metrics_host)
+        metrics.CAPACITY.labels(pool=self.options.pool).set(self.options.capacity)
         self._arq = SessionWorker(
             self,
             functions=[func(start_session, name=START_JOB, max_tries=1, timeout=JOB_TIMEOUT_S)],
@@ -268,6 +271,10 @@ class VoicepoolWorker:
 
     def _finished(self, runner: SessionRunner) -> None:
         self.sessions.pop(runner.id, None)
+        metrics.ACTIVE.labels(pool=self.options.pool).set(len(self.sessions))
+        metrics.SESSION_SECONDS.labels(
+            pool=self.options.pool, reason=str(runner.end_reason or "")
+        ).observe(runner.duration)
 
     # --- heartbeats -------------------------------------------------------------------
 
@@ -287,6 +294,8 @@ class VoicepoolWorker:
         }
 
     async def _heartbeat(self) -> None:
+        metrics.ACTIVE.labels(pool=self.options.pool).set(len(self.sessions))
+        metrics.DRAINING.labels(pool=self.options.pool).set(int(self.draining))
         ttl_ms = alive_ms(self.options.heartbeat_ttl)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(keys.worker(self.id), json.dumps(self.status()), px=ttl_ms)
