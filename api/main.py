@@ -16,7 +16,7 @@ from api.errors import install_error_handlers
 from api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from api.persister import Persister
 from api.reaper import Reaper
-from api.routes import conversations, health, sessions
+from api.routes import conversations, health, sessions, workers
 from api.signals import WorkerSignals
 from shared import __version__
 from shared.connections import arq_redis_settings, redis_client
@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
     app.include_router(health.router)
     app.include_router(sessions.router)
     app.include_router(conversations.router)
+    app.include_router(workers.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware)
     return app

@@ -11,6 +11,11 @@ SESSIONS_REQUESTED = Counter(
     "Sessions requested through the API.",
     ["pool", "transport", "profile"],
 )
+SESSIONS_REFUSED = Counter(
+    "voicepool_sessions_refused_total",
+    "Session requests refused at admission (no_capacity, too_many_sessions).",
+    ["pool", "reason"],
+)
 SESSIONS_STARTED = Counter(
     "voicepool_sessions_started_total", "Sessions that reached ready.", ["pool"]
 )

@@ -18,8 +18,8 @@ import time
 
 from api import metrics
 from shared import keys
-from shared.events import LIVE_STATES, OWNED_STATES, Reason, SessionState
-from shared.live import LiveSessions
+from shared.events import LIVE_STATES, OWNED_STATES, EventType, Reason, SessionState
+from shared.live import LiveSessions, estimate_wait
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,15 @@ class Reaper:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid in session_ids:
-                pipe.hmget(keys.session(sid), "state", "created_ts", "pool", "job_id")
+                pipe.hmget(
+                    keys.session(sid), "state", "created_ts", "pool", "job_id", "queue_position"
+                )
                 pipe.exists(keys.session_alive(sid))
             replies = await pipe.execute()
         now = time.time()
         ended: list[tuple[str, str]] = []
         for i, sid in enumerate(session_ids):
-            (state, created_ts, pool, job_id), alive = replies[2 * i], replies[2 * i + 1]
+            (state, created_ts, pool, job_id, told), alive = replies[2 * i], replies[2 * i + 1]
             if state is None:  # hash expired or never written: nothing to announce
                 await self.redis.srem(keys.LIVE_SESSIONS, sid)
             elif state in OWNED_STATES and not alive:
@@ -79,7 +81,20 @@ class Reaper:
                     await self.redis.zrem(keys.queue(pool or ""), job)
                     await self.redis.delete(f"arq:job:{job}")
                     ended.append((sid, Reason.NO_CAPACITY))
+            elif state == SessionState.QUEUED:
+                await self._tell_position(sid, pool or "", job_id or sid, told)
         return ended
+
+    async def _tell_position(self, sid: str, pool: str, job_id: str, told: str | None) -> None:
+        """Publish the place in the queue and the expected wait when the place changes."""
+        position = await self.live.queue_position(pool, job_id)
+        if position is None or str(position) == told:
+            return
+        await self.redis.hset(keys.session(sid), "queue_position", position)
+        eta = await estimate_wait(self.redis, pool, position)
+        await self.live.publish(
+            sid, EventType.SESSION_QUEUE, {"position": position, "estimated_wait_s": eta}
+        )
 
     async def observe_fleet(self) -> None:
         """Refresh the per-pool gauges: queue depth, live sessions, workers, capacity."""

@@ -26,6 +26,19 @@ def session_alive(session_id: str) -> str:
     return f"{PREFIX}:session:{session_id}:alive"
 
 
+def user_live(user_id: str) -> str:
+    """Set: the user's sessions not yet in a final state (for the per-user limit).
+
+    ``shared/live.py``'s transition script builds this name too; keep them equal.
+    """
+    return f"{PREFIX}:user:{user_id}:live"
+
+
+def pool_starts(pool: str) -> str:
+    """Sorted set: recent session starts in a pool (for queue wait estimates)."""
+    return f"{PREFIX}:pool:{pool}:starts"
+
+
 def worker(worker_id: str) -> str:
     """Heartbeat with the worker's JSON status (short TTL)."""
     return f"{PREFIX}:worker:{worker_id}"

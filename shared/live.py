@@ -45,15 +45,20 @@ local function publish(etype, data)
 end
 """
 
-# ARGV: 4 state event data (JSON), 5.. hash field/value pairs
+# KEYS: 6 the owner's set of live sessions
+# ARGV: 4 state event data (JSON), 5 most live sessions per owner (0: no limit),
+#       6.. hash field/value pairs
 _CREATE = (
     _PUBLISH_FN
     + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, 'exists'} end
+local limit = tonumber(ARGV[5])
+if limit > 0 and redis.call('SCARD', KEYS[6]) >= limit then return {0, 'owner_limit'} end
 redis.call('HSET', KEYS[1], 'state', 'queued', 'reason', 'created', 'seq', 0,
-  unpack(ARGV, 5))
+  unpack(ARGV, 6))
 redis.call('SADD', KEYS[4], ARGV[1])
-return publish('session.state', ARGV[4])
+redis.call('SADD', KEYS[6], ARGV[1])
+return {1, publish('session.state', ARGV[4])}
 """
 )
 
@@ -79,6 +84,9 @@ if ARGV[9] ~= '' then data['worker_id'] = ARGV[9] end
 local id = publish('session.state', cjson.encode(data))
 if ARGV[11] == '1' then
   redis.call('SREM', KEYS[4], ARGV[1])
+  -- The owner's set is named from the hash (single-instance Redis; not cluster-safe).
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  if owner then redis.call('SREM', 'vp:user:' .. owner .. ':live', ARGV[1]) end
   redis.call('DEL', KEYS[5])
   redis.call('EXPIRE', KEYS[1], ARGV[10])
   redis.call('EXPIRE', KEYS[2], ARGV[10])
@@ -101,6 +109,33 @@ end
 return publish(ARGV[4], ARGV[5])
 """
 )
+
+
+START_RATE_WINDOW_S = 120.0  # recent starts, for queue wait estimates
+
+
+async def record_start(redis: aioredis.Redis, pool: str, session_id: str) -> None:
+    now = time.time()
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zadd(keys.pool_starts(pool), {session_id: now})
+        pipe.zremrangebyscore(keys.pool_starts(pool), 0, now - START_RATE_WINDOW_S)
+        pipe.expire(keys.pool_starts(pool), int(START_RATE_WINDOW_S) * 2)
+        await pipe.execute()
+
+
+async def estimate_wait(redis: aioredis.Redis, pool: str, position: int) -> float | None:
+    """Seconds until a session at ``position`` starts, from the pool's recent start rate."""
+    now = time.time()
+    starts = await redis.zcount(keys.pool_starts(pool), now - START_RATE_WINDOW_S, now)
+    if not starts:
+        return None
+    return round(position * START_RATE_WINDOW_S / starts, 1)
+
+
+class OwnerLimitReached(Exception):
+    def __init__(self, limit: int):
+        super().__init__(f"at most {limit} live sessions per user")
+        self.limit = limit
 
 
 class LiveSessions:
@@ -134,16 +169,25 @@ class LiveSessions:
     def _head(self, session_id: str) -> list[Any]:
         return [session_id, self.stream_maxlen, repr(time.time())]
 
-    async def create(self, session_id: str, fields: dict[str, str]) -> str:
-        """Record a new queued session and its first event; returns the event's stream id."""
-        pairs = [item for kv in fields.items() for item in kv]
+    async def create(
+        self, session_id: str, owner: str, fields: dict[str, str], *, owner_limit: int = 0
+    ) -> str:
+        """Record a new queued session and its first event; returns the event's stream id.
+
+        Raises ``OwnerLimitReached`` when ``owner`` already has ``owner_limit`` live sessions
+        (checked in the same atomic step, so concurrent requests cannot both slip in).
+        """
+        pairs = [item for kv in {**fields, "owner": owner}.items() for item in kv]
         data = json.dumps({"state": "queued", "reason": Reason.CREATED, "previous": None})
-        entry_id = await self._create(
-            keys=self._keys(session_id), args=[*self._head(session_id), data, *pairs]
+        created, value = await self._create(
+            keys=[*self._keys(session_id), keys.user_live(owner)],
+            args=[*self._head(session_id), data, owner_limit, *pairs],
         )
-        if entry_id is None:
+        if not created and value == "owner_limit":
+            raise OwnerLimitReached(owner_limit)
+        if not created:
             raise ValueError(f"session {session_id} already exists")
-        return entry_id
+        return value
 
     async def transition(
         self,

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     # --- sessions and dispatch ---------------------------------------------
     pools: CommaList = Field(["server"], description="Worker pools sessions may name.")
     default_pool: str = Field("server", description="Pool of sessions that name none.")
+    max_queue_length: int = Field(
+        200, ge=1, description="A pool with this many sessions waiting refuses new ones (503)."
+    )
+    max_sessions_per_user: int = Field(
+        3, ge=0, description="Live sessions one user may have at once (429 above; 0: no limit)."
+    )
     queue_ttl: float = Field(
         30.0, description="Seconds a session may wait for a worker before it expires (no_capacity)."
     )

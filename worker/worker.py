@@ -28,7 +28,7 @@ from arq.worker import func
 from shared import keys
 from shared.connections import arq_redis_settings, redis_client
 from shared.events import Reason, SessionState
-from shared.live import LiveSessions, alive_ms
+from shared.live import LiveSessions, alive_ms, record_start
 from worker import metrics
 from worker.options import JOB_TIMEOUT_S, POLL_DELAY_S, SIGNAL_BLOCK_S, WorkerOptions
 from worker.profiles import preload_profiles
@@ -76,6 +76,7 @@ class VoicepoolWorker:
         self.id = options.worker_id
         self.sessions: dict[str, SessionRunner] = {}
         self.draining = False
+        self._drain_started = False
         self.started_at = time.time()
         self.redis = redis_client(options.redis_url)
         self.live = LiveSessions(
@@ -139,8 +140,9 @@ class VoicepoolWorker:
 
     async def drain(self, timeout: float | None = None) -> None:
         """Take no new sessions; let live ones finish up to ``timeout``, then end them."""
-        if self.draining:
+        if self._drain_started:
             return
+        self._drain_started = True
         self.draining = True
         log.info("worker %s draining %d sessions", self.id, len(self.sessions))
         await self._heartbeat()
@@ -223,6 +225,7 @@ class VoicepoolWorker:
             self.sessions.pop(session_id, None)
             await runner.publisher.aclose()
             return "not queued"
+        await record_start(self.redis, self.options.pool, session_id)
         try:
             await runner.prepare()
             ready, _ = await self.live.transition(
@@ -248,6 +251,7 @@ class VoicepoolWorker:
             await runner.publisher.aclose()
             return "not started"
         runner.start()
+        self._spawn(self._heartbeat_once())  # operators see the slot taken at once
         return "ready"
 
     async def _requeue(self, session_id: str, arq_redis: Any) -> None:
@@ -271,7 +275,7 @@ class VoicepoolWorker:
 
     def _finished(self, runner: SessionRunner) -> None:
         self.sessions.pop(runner.id, None)
-        metrics.ACTIVE.labels(pool=self.options.pool).set(len(self.sessions))
+        self._spawn(self._heartbeat_once())
         metrics.SESSION_SECONDS.labels(
             pool=self.options.pool, reason=str(runner.end_reason or "")
         ).observe(runner.duration)
@@ -303,6 +307,10 @@ class VoicepoolWorker:
             for sid in self.sessions:
                 pipe.set(keys.session_alive(sid), self.id, px=ttl_ms, xx=True)
             await pipe.execute()
+
+    async def _heartbeat_once(self) -> None:
+        with contextlib.suppress(Exception):  # the loop's next beat covers a failure
+            await self._heartbeat()
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -346,6 +354,7 @@ class VoicepoolWorker:
         kind = message.get("kind")
         payload = message.get("payload") or {}
         if kind == "drain":
+            self.draining = True  # before answering: no job is taken from here on
             self._spawn(self.drain(payload.get("timeout")))
             return {"draining": True}
         runner = self.sessions.get(message.get("session_id", ""))

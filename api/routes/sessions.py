@@ -15,6 +15,7 @@ from api.events import session_event_stream, wait_for_state
 from api.schemas import IcePatch, SdpAnswer, SdpOffer, SessionCreate, SessionOut
 from shared import keys
 from shared.events import FINAL_STATES, OWNED_STATES, Reason, SessionState
+from shared.live import OwnerLimitReached, estimate_wait
 from shared.models import Conversation, User, VoiceSession, as_utc, utcnow
 from shared.users import new_id
 
@@ -69,6 +70,21 @@ async def create_session(
     if pool not in settings.pools:
         raise ApiError(422, "unknown_pool", f"no pool {pool!r}; pools: {', '.join(settings.pools)}")
 
+    waiting = await state.redis.zcard(keys.queue(pool))
+    if waiting >= settings.max_queue_length:
+        metrics.SESSIONS_REFUSED.labels(pool=pool, reason="no_capacity").inc()
+        retry = await estimate_wait(state.redis, pool, waiting) or settings.queue_ttl
+        raise ApiError(
+            503, "no_capacity",
+            f"pool {pool!r} has {waiting} sessions waiting; try again later",
+            headers={"Retry-After": str(max(int(retry), 1))},
+        )  # fmt: skip
+
+    limit = settings.max_sessions_per_user
+    if limit and await state.redis.scard(keys.user_live(user.id)) >= limit:
+        raise _too_many(pool, limit)
+
+    new_conversation = not body.conversation_id
     if body.conversation_id:
         conversation = await db.get(Conversation, body.conversation_id)
         if conversation is None or conversation.user_id != user.id:
@@ -92,15 +108,16 @@ async def create_session(
     try:
         await state.live.create(
             row.id,
+            user.id,
             {
                 "conversation_id": conversation.id,
-                "owner": user.id,
                 "pool": pool,
                 "transport": body.transport,
                 "profile": profile,
                 "job_id": row.id,
                 "created_ts": repr(created),
             },
+            owner_limit=settings.max_sessions_per_user,
         )
         await state.arq.enqueue_job(
             START_JOB,
@@ -109,6 +126,12 @@ async def create_session(
             _queue_name=keys.queue(pool),
             _expires=settings.queue_ttl,
         )
+    except OwnerLimitReached as exc:  # lost a race with a concurrent request
+        await db.delete(row)
+        if new_conversation:
+            await db.delete(conversation)
+        await db.commit()
+        raise _too_many(pool, exc.limit) from exc
     except Exception as exc:
         row.state, row.reason = SessionState.FAILED, "queue_unavailable"
         db.add(row)
@@ -116,6 +139,14 @@ async def create_session(
         raise ApiError(503, "queue_unavailable", "the session queue is unreachable") from exc
     metrics.SESSIONS_REQUESTED.labels(pool=pool, transport=body.transport, profile=profile).inc()
     return await _describe(state, row)
+
+
+def _too_many(pool: str, limit: int) -> ApiError:
+    metrics.SESSIONS_REFUSED.labels(pool=pool, reason="too_many_sessions").inc()
+    return ApiError(
+        429, "too_many_sessions", f"you already have {limit} live sessions; end one first",
+        headers={"Retry-After": "5"},
+    )  # fmt: skip
 
 
 @router.get("/{session_id}", response_model=SessionOut)

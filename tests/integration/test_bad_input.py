@@ -172,3 +172,21 @@ async def test_another_users_session_is_404(api, alice) -> None:  # type: ignore
     assert response.status_code == 404
     still = await api.client.get(f"/api/sessions/{session['session_id']}", headers=api.auth(alice))
     assert still.json()["status"] == "queued"
+
+
+async def test_the_per_user_limit_answers_429(api) -> None:  # type: ignore[no-untyped-def]
+    limited = api.state.settings.max_sessions_per_user
+    token = await api.token("greedy")
+    sessions = [await _create(api, token) for _ in range(limited)]
+    refused = await api.client.post(
+        "/api/sessions", json={"transport": "webrtc"}, headers=api.auth(token)
+    )
+    assert refused.status_code == 429
+    assert refused.json()["detail"]["code"] == "too_many_sessions"
+    assert refused.headers["Retry-After"]
+    await api.client.delete(f"/api/sessions/{sessions[0]['session_id']}", headers=api.auth(token))
+    assert (
+        await api.client.post(
+            "/api/sessions", json={"transport": "webrtc"}, headers=api.auth(token)
+        )
+    ).status_code == 202

@@ -85,6 +85,20 @@ async def test_echo_session_end_to_end(make_system, hello_wav) -> None:  # type:
         markdown = (await api.get(f"/api/conversations/{conversation_id}/export?format=md")).text
         assert "User spoke for" in markdown and "Bot spoke for" in markdown
 
+    # Metrics moved: the API counted the session, the worker its duration.
+    api_metrics = system.metrics(f"{system.api_url}/metrics")
+    ended_key = 'voicepool_sessions_ended_total{pool="server",reason="client_ended",state="ended"}'
+    assert api_metrics[ended_key] >= 1
+    assert api_metrics['voicepool_dispatch_seconds_count{pool="server"}'] >= 1
+    worker_id = session["worker_id"]
+    port = system.metrics_ports[system.worker_process(worker_id).pid]
+    worker_metrics = system.metrics(f"http://127.0.0.1:{port}/metrics")
+    duration_key = (
+        'voicepool_worker_session_duration_seconds_count{pool="server",reason="client_ended"}'
+    )
+    assert worker_metrics[duration_key] == 1
+    assert worker_metrics['voicepool_worker_capacity_sessions{pool="server"}'] == 2
+
     exported = system.run_cli("export", conversation_id, "--format", "json")
     assert f'"conversation_id": "{conversation_id}"' in exported
 

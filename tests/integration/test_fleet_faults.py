@@ -76,8 +76,15 @@ async def test_full_pool_queues_then_starts_then_expires(make_system) -> None:  
         # Nothing frees up for the queue TTL: the third session expires.
         third = await create_session(api, profile="echo")
         events = await asyncio.wait_for(read_events(api, third["events_url"]), queue_ttl + 5)
-        states = [(e.data["data"]["state"], e.data["data"]["reason"]) for e in events]
+        states = [
+            (e.data["data"]["state"], e.data["data"]["reason"])
+            for e in events
+            if e.event == "session.state"
+        ]
         assert states == [("queued", "created"), ("expired", "no_capacity")]
+        places = [e.data["data"] for e in events if e.event == "session.queue"]
+        assert places and places[0]["position"] == 1
+        assert places[0]["estimated_wait_s"] > 0  # from the two starts seen so far
         with system.redis as r:
             assert r.zcard("vp:queue:server") == 0  # and it left the queue
 

@@ -42,7 +42,7 @@ async def store(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 async def _publish_session(live: LiveSessions, events: int) -> int:
     """A whole session's worth of events: queued … ended. Returns how many were published."""
-    await live.create("s1", {"conversation_id": "c1", "owner": "u1", "pool": "server"})
+    await live.create("s1", "u1", {"conversation_id": "c1", "pool": "server"})
     await live.transition("s1", SessionState.STARTING, Reason.PICKED_UP,
                           allowed_from={SessionState.QUEUED}, worker_id="w1")  # fmt: skip
     for i in range(events):

@@ -36,6 +36,8 @@ class System:
     api: subprocess.Popen[bytes] | None = None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     api_port: int = 0
+    metrics_ports: dict[int, int] = field(default_factory=dict)
+    metrics_ports: dict[int, int] = field(default_factory=dict)
     _logs: list[Path] = field(default_factory=list)
 
     # --- set-up --------------------------------------------------------------------
@@ -93,9 +95,23 @@ class System:
 
     def start_worker(self, *, capacity: int = 2, pool: str = "server") -> subprocess.Popen[bytes]:
         index = len(self.workers)
-        proc = self._spawn(f"worker{index}", "worker", "--capacity", str(capacity), "--pool", pool)
+        port = free_port()
+        proc = self._spawn(
+            f"worker{index}", "worker", "--capacity", str(capacity), "--pool", pool,
+            "--metrics-port", str(port),
+        )  # fmt: skip
         self.workers.append(proc)
+        self.metrics_ports[proc.pid] = port
         return proc
+
+    def metrics(self, url: str) -> dict[str, float]:
+        """Scrape a /metrics endpoint into {'name{labels}': value}."""
+        samples: dict[str, float] = {}
+        for line in httpx.get(url, timeout=5).text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
 
     def wait_ready(self, workers: int) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

@@ -8,11 +8,11 @@ import time
 from api.reaper import Reaper
 from shared import keys
 from shared.events import LIVE_STATES, OWNED_STATES, Reason, SessionState
-from shared.live import LiveSessions
+from shared.live import LiveSessions, OwnerLimitReached
 
 
 async def _new(live: LiveSessions, sid: str = "s1", **fields: str) -> None:
-    await live.create(sid, {"conversation_id": "c1", "pool": "server", **fields})
+    await live.create(sid, "u1", {"conversation_id": "c1", "pool": "server", **fields})
 
 
 async def test_only_one_of_two_racing_transitions_wins(redis) -> None:  # type: ignore[no-untyped-def]
@@ -60,6 +60,20 @@ async def test_a_final_state_is_final(redis) -> None:  # type: ignore[no-untyped
     assert not await redis.sismember(keys.LIVE_SESSIONS, "s1")
     assert not await redis.exists(keys.session_alive("s1"))
     assert 0 < await redis.ttl(keys.session_events("s1")) <= 60
+
+
+async def test_the_owner_limit_is_atomic(redis) -> None:  # type: ignore[no-untyped-def]
+    live = LiveSessions(redis)
+    attempts = [
+        live.create(f"s{i}", "u1", {"conversation_id": "c1"}, owner_limit=3) for i in range(10)
+    ]
+    results = await asyncio.gather(*attempts, return_exceptions=True)
+    assert sum(not isinstance(r, Exception) for r in results) == 3
+    assert all(isinstance(r, OwnerLimitReached) for r in results if isinstance(r, Exception))
+    first = next(f"s{i}" for i, r in enumerate(results) if not isinstance(r, Exception))
+    await live.transition(first, SessionState.CANCELLED, Reason.CLIENT_ENDED,
+                          allowed_from={SessionState.QUEUED})  # fmt: skip
+    await live.create("again", "u1", {"conversation_id": "c1"}, owner_limit=3)  # a slot freed
 
 
 async def test_reaper_fails_lost_sessions_and_expires_stale_queued_ones(redis) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,118 @@
+"""Operators' view of the fleet: workers, pools, and draining a worker (admin only)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends
+from pydantic import BaseModel, Field
+
+from api.deps import CurrentUser, StateDep, is_admin
+from api.errors import ApiError
+from shared import keys
+from shared.live import estimate_wait
+from shared.models import User
+
+
+def require_admin(user: CurrentUser) -> User:
+    if not is_admin(user):
+        raise ApiError(403, "admin_only", "only administrators may see or change the fleet")
+    return user
+
+
+AdminUser = Annotated[User, Depends(require_admin)]
+
+router = APIRouter(prefix="/api", tags=["fleet"])
+
+
+class WorkerOut(BaseModel):
+    id: str
+    pool: str
+    host: str
+    version: str
+    capacity: int
+    active: int
+    draining: bool
+    load: float
+    heartbeat_age_s: float
+    started_at: float
+
+
+class PoolOut(BaseModel):
+    pool: str
+    workers: int
+    capacity: int
+    active: int
+    queued: int
+    estimated_wait_s: float | None
+
+
+class DrainRequest(BaseModel):
+    timeout_s: float | None = Field(
+        None, ge=0, le=86400, description="Override the worker's drain timeout."
+    )
+
+
+async def live_workers(state: StateDep) -> list[WorkerOut]:
+    ids = sorted(await state.redis.smembers(keys.WORKERS))
+    beats = await state.redis.mget([keys.worker(i) for i in ids]) if ids else []
+    now = time.time()
+    workers = []
+    for beat in beats:
+        if beat is None:
+            continue
+        status = json.loads(beat)
+        workers.append(
+            WorkerOut(
+                **{k: status[k] for k in WorkerOut.model_fields if k in status},
+                heartbeat_age_s=round(max(now - status["ts"], 0.0), 3),
+            )
+        )
+    return workers
+
+
+@router.get("/workers", response_model=list[WorkerOut])
+async def list_workers(_admin: AdminUser, state: StateDep) -> list[WorkerOut]:
+    """Workers with a live heartbeat, draining ones included."""
+    return await live_workers(state)
+
+
+@router.get("/pools", response_model=list[PoolOut])
+async def list_pools(_admin: AdminUser, state: StateDep) -> list[PoolOut]:
+    """Per pool: workers, free and used capacity, queue depth and expected wait."""
+    workers = await live_workers(state)
+    pools = []
+    for pool in state.settings.pools:
+        members = [w for w in workers if w.pool == pool]
+        queued = await state.redis.zcard(keys.queue(pool))
+        pools.append(
+            PoolOut(
+                pool=pool,
+                workers=len(members),
+                capacity=sum(w.capacity for w in members if not w.draining),
+                active=sum(w.active for w in members),
+                queued=queued,
+                estimated_wait_s=await estimate_wait(state.redis, pool, queued) if queued else 0,
+            )
+        )
+    return pools
+
+
+@router.post("/workers/{worker_id}/drain", response_model=WorkerOut, status_code=202)
+async def drain_worker(
+    worker_id: str,
+    _admin: AdminUser,
+    state: StateDep,
+    body: Annotated[DrainRequest | None, Body()] = None,
+) -> WorkerOut:
+    """Stop the worker taking sessions now; live ones run up to the drain timeout, then end."""
+    current = {w.id: w for w in await live_workers(state)}
+    if worker_id not in current:
+        raise ApiError(404, "worker_not_found", "no live worker with that id")
+    timeout = body.timeout_s if body else None
+    await state.signals.request(worker_id, "drain", payload={"timeout": timeout})
+    worker = current[worker_id]
+    worker.draining = True
+    return worker

@@ -1,0 +1,84 @@
+"""Operating the fleet with real processes: drain by API and by SIGTERM, admission, workers."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import pytest
+
+from tests.support.api import api_client, create_session, wait_for_status
+
+pytestmark = pytest.mark.slow
+
+
+async def _wait_exit(proc, timeout: float) -> int:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            raise AssertionError("the worker did not exit")
+        await asyncio.sleep(0.05)
+    return proc.returncode
+
+
+async def test_drain_by_api_ends_live_sessions_at_the_timeout_and_exits(make_system) -> None:  # type: ignore[no-untyped-def]
+    system = make_system(workers=1, capacity=2)
+    admin = system.create_user("ops", admin=True)
+    user = system.create_user("dana")
+    async with api_client(system, admin) as ops, api_client(system, user) as api:
+        live = await create_session(api, profile="echo")
+        await wait_for_status(api, live["session_id"], {"ready"})
+        (worker,) = (await ops.get("/api/workers")).json()
+        assert (worker["active"], worker["draining"]) == (1, False)
+
+        assert (await api.get("/api/workers")).status_code == 403  # operators only
+        drained = await ops.post(f"/api/workers/{worker['id']}/drain", json={"timeout_s": 2})
+        assert drained.status_code == 202 and drained.json()["draining"]
+
+        waiting = await create_session(api, profile="echo")  # not taken by a draining worker
+        await asyncio.sleep(0.5)
+        assert (await api.get(f"/api/sessions/{waiting['session_id']}")).json()[
+            "status"
+        ] == "queued"
+        listed = (await ops.get("/api/workers")).json()
+        assert listed[0]["draining"] is True
+        pools = {p["pool"]: p for p in (await ops.get("/api/pools")).json()}
+        assert pools["server"]["capacity"] == 0 and pools["server"]["queued"] == 1
+
+        ended = await wait_for_status(api, live["session_id"], {"ended"}, timeout=6)
+        assert ended["reason"] == "worker_draining"
+        assert await _wait_exit(system.workers[0], 10) == 0
+
+        # A fresh worker picks up what waited.
+        system.start_worker(capacity=2)
+        await wait_for_status(api, waiting["session_id"], {"ready"}, timeout=30)
+        await api.delete(f"/api/sessions/{waiting['session_id']}")
+
+
+async def test_sigterm_lets_live_sessions_finish_then_exits(make_system) -> None:  # type: ignore[no-untyped-def]
+    system = make_system(workers=1, capacity=2, VOICEPOOL_DRAIN_TIMEOUT="60")
+    user = system.create_user("erin")
+    async with api_client(system, user) as api:
+        live = await create_session(api, profile="echo")
+        await wait_for_status(api, live["session_id"], {"ready"})
+        system.workers[0].send_signal(signal.SIGTERM)
+        await asyncio.sleep(1.0)
+        assert system.workers[0].poll() is None  # still serving its live session
+        assert (await api.get(f"/api/sessions/{live['session_id']}")).json()["status"] == "ready"
+
+        await api.delete(f"/api/sessions/{live['session_id']}")  # the session finishes
+        assert await _wait_exit(system.workers[0], 10) == 0  # long before the 60 s timeout
+
+
+async def test_a_full_queue_refuses_at_once(make_system) -> None:  # type: ignore[no-untyped-def]
+    system = make_system(workers=1, capacity=1, VOICEPOOL_MAX_QUEUE_LENGTH="1")
+    user = system.create_user("finn")
+    async with api_client(system, user) as api:
+        first = await create_session(api, profile="echo")
+        await wait_for_status(api, first["session_id"], {"ready"})
+        await create_session(api, profile="echo")  # waits
+        refused = await api.post("/api/sessions", json={"transport": "webrtc"})
+        assert refused.status_code == 503
+        assert refused.json()["detail"]["code"] == "no_capacity"
+        assert int(refused.headers["Retry-After"]) >= 1
