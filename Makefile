@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: dev test test-quick lint bench install clean
+.PHONY: dev test test-quick test-deps lint bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,12 @@ dev: install
 	$(BIN)/voicepool dev
 
 ## The whole test suite (lint, unit, integration with real processes).
-test: install lint
+test: install test-deps lint
 	$(BIN)/pytest
+
+## System packages the tests need (promtool), from Debian, when missing.
+test-deps:
+	ops/scripts/install-test-deps.sh
 
 ## The quick subset: everything but the slow end-to-end tests.
 test-quick: install

@@ -63,3 +63,7 @@ SSE_CLIENTS = Gauge("voicepool_sse_clients", "Open Server-Sent Event streams.")
 HTTP_REQUESTS = Counter(
     "voicepool_http_requests_total", "HTTP requests by route and status.", ["route", "status"]
 )
+
+# Label sets alerts rate() over exist from the start, so their first increment counts.
+for _reason in ("worker_lost", "no_capacity"):
+    REAPED_SESSIONS.labels(reason=_reason)

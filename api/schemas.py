@@ -12,6 +12,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class AssistantOptions(Strict):
+    """Per-session choices for the assistant profile (the rest is the operator's)."""
+
+    voice: str | None = Field(None, pattern=r"^[a-z0-9_-]{1,32}$")
+    turn_detection: Literal["semantic_vad", "server_vad", "local"] | None = None
+    noise_reduction: Literal["near_field", "far_field", "off"] | None = None
+
+
 class SessionCreate(Strict):
     transport: Literal["webrtc"] = Field(
         "webrtc", description="How media flows: SmallWebRTC straight to the worker."
@@ -25,6 +33,7 @@ class SessionCreate(Strict):
         None, max_length=32, description="Continue this conversation instead of starting one."
     )
     pool: str | None = Field(None, max_length=64, description="Worker pool; default from settings.")
+    options: AssistantOptions | None = Field(None, description="Assistant profile choices.")
 
 
 class SessionOut(BaseModel):

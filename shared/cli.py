@@ -156,8 +156,9 @@ def _dev(settings: Settings, port: int, workers: int, capacity: int) -> None:
 
     base = [sys.executable, "-m", "shared.cli"]
     children = [subprocess.Popen([*base, "api", "--port", str(port)], env=env)]
-    for _ in range(workers):
-        children.append(subprocess.Popen([*base, "worker", "--capacity", str(capacity)], env=env))
+    for i in range(workers):
+        worker_args = ["worker", "--capacity", str(capacity), "--metrics-port", str(port + 1 + i)]
+        children.append(subprocess.Popen([*base, *worker_args], env=env))
     print(
         f"\nvoicepool is starting\n"
         f"  API        http://{settings.api_host}:{port}  (docs at /docs)\n"

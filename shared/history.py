@@ -39,6 +39,31 @@ async def conversation_events(db: AsyncSession, conversation_id: str) -> list[Ev
     )
 
 
+async def transcript_history(
+    db: AsyncSession, conversation_id: str, limit: int
+) -> list[dict[str, str]]:
+    """The last ``limit`` transcript messages of a conversation, oldest first, as chat messages.
+
+    Sent with a session that continues the conversation, so the assistant remembers.
+    """
+    if limit <= 0:
+        return []
+    rows = (
+        await db.exec(
+            select(EventRecord)
+            .where(EventRecord.conversation_id == conversation_id)
+            .where(EventRecord.type.in_(("user.transcript", "assistant.transcript")))  # type: ignore[attr-defined]
+            .order_by(EventRecord.ts.desc())  # type: ignore[attr-defined]
+            .limit(limit)
+        )
+    ).all()
+    return [
+        {"role": "user" if r.type == "user.transcript" else "assistant", "content": r.data["text"]}
+        for r in reversed(rows)
+        if r.data.get("text")
+    ]
+
+
 async def session_counts(db: AsyncSession, conversation_ids: list[str]) -> dict[str, int]:
     if not conversation_ids:
         return {}

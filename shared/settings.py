@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -111,6 +111,38 @@ class Settings(BaseSettings):
         description="Enables the Daily transport.",
     )
 
+    # --- the assistant profile -------------------------------------------------
+    openai_base_url: str = Field(
+        "wss://api.openai.com/v1/realtime",
+        description="OpenAI Realtime WebSocket URL (Azure, a proxy, a local double).",
+    )
+    openai_model: str = Field("gpt-realtime", description="Realtime model.")
+    assistant_name: str = Field("Archie", description="What the assistant calls itself.")
+    assistant_voice: str = Field("marin", description="Realtime voice (per session: `voice`).")
+    assistant_instructions: str | None = Field(
+        None, description="System prompt (`{name}` is replaced); default: a built-in one."
+    )
+    assistant_instructions_file: Path | None = Field(
+        None, description="Read the system prompt from this file instead."
+    )
+    turn_detection: Literal["semantic_vad", "server_vad", "local"] = Field(
+        "semantic_vad",
+        description="Who decides a user turn ended: the model (semantic_vad, server_vad) "
+        "or Silero VAD in the worker (local).",
+    )
+    noise_reduction: Literal["near_field", "far_field", "off"] = Field(
+        "near_field", description="Input noise reduction of the Realtime model."
+    )
+    transcription_model: str = Field(
+        "gpt-4o-transcribe", description="Model that transcribes the user's speech."
+    )
+    tools_file: Path | None = Field(
+        None, description="TOML file of tools the assistant may call (deploy/tools.example.toml)."
+    )
+    history_max_messages: int = Field(
+        40, ge=0, description="Earlier transcript messages a resumed conversation sends the model."
+    )
+
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
     @field_validator("pools", "ice_servers", "webrtc_host_addresses", mode="before")
@@ -135,12 +167,12 @@ class Settings(BaseSettings):
 
     @property
     def available_profiles(self) -> list[str]:
-        """Bot profiles this deployment can run."""
-        return ["echo"]
+        """Bot profiles this deployment can run: ``assistant`` needs an OpenAI key."""
+        return ["echo", "assistant"] if self.openai_api_key else ["echo"]
 
     @property
     def default_profile(self) -> str:
-        return "echo"
+        return "assistant" if self.openai_api_key else "echo"
 
 
 @lru_cache

@@ -8,12 +8,62 @@ from dataclasses import dataclass, field
 
 from shared import __version__
 from shared.settings import Settings
+from worker.tools.config import ToolSpec, load_tools
 
 # Timing constants that are not worth a setting.
 JOB_TIMEOUT_S = 30.0  # a start job (pick up → ready) that takes longer is broken
 SIGNAL_BLOCK_S = 1.0  # how long the control-message loop blocks on Redis per call
 POLL_DELAY_S = 0.01  # arq poll delay: pickup latency floor (DESIGN: ≤ 20 ms)
 CONNECT_TIMEOUT_S = 60.0  # a ready session whose client never sends an offer ends
+
+
+DEFAULT_INSTRUCTIONS = """You are {name}, a friendly, concise voice assistant.
+Speak naturally and briefly: your words are spoken aloud, so avoid lists, markdown and long
+numbers. When a task needs research or several steps, hand it to a tool and tell the user
+you are on it; you can keep talking while it works, and report the result when it arrives.
+If a tool fails, say what went wrong in plain words."""
+
+
+@dataclass
+class AssistantConfig:
+    """How the ``assistant`` profile talks to OpenAI's Realtime model."""
+
+    api_key: str | None = field(default=None, repr=False)
+    """OPENAI_API_KEY. Never logged (excluded from repr) and never put in events."""
+
+    base_url: str = "wss://api.openai.com/v1/realtime"
+    """Realtime WebSocket endpoint (Azure, a proxy, or a local test double)."""
+
+    model: str = "gpt-realtime"
+    name: str = "Archie"
+    voice: str = "marin"
+    instructions: str = DEFAULT_INSTRUCTIONS
+    turn_detection: str = "semantic_vad"
+    """semantic_vad (default), server_vad, or local (Silero VAD in the worker)."""
+
+    noise_reduction: str = "near_field"
+    """near_field, far_field or off."""
+
+    transcription_model: str = "gpt-4o-transcribe"
+    tools: list[ToolSpec] = field(default_factory=list)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AssistantConfig:
+        instructions = settings.assistant_instructions or DEFAULT_INSTRUCTIONS
+        if settings.assistant_instructions_file:
+            instructions = settings.assistant_instructions_file.read_text()
+        return cls(
+            api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
+            base_url=settings.openai_base_url,
+            model=settings.openai_model,
+            name=settings.assistant_name,
+            voice=settings.assistant_voice,
+            instructions=instructions.replace("{name}", settings.assistant_name),
+            turn_detection=settings.turn_detection,
+            noise_reduction=settings.noise_reduction,
+            transcription_model=settings.transcription_model,
+            tools=load_tools(settings.tools_file),
+        )
 
 
 def _default_worker_id(pool: str) -> str:
@@ -72,6 +122,13 @@ class WorkerOptions:
     webrtc_host_addresses: list[str] = field(default_factory=list)
     """Restrict ICE host candidates to these addresses (loopback-only or NAT setups)."""
 
+    assistant: AssistantConfig = field(default_factory=AssistantConfig)
+    """The assistant profile's model and tools (unused by ``echo``)."""
+
+    @property
+    def profiles(self) -> list[str]:
+        return ["echo", "assistant"] if self.assistant.api_key else ["echo"]
+
     def __post_init__(self) -> None:
         if self.capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -98,6 +155,7 @@ class WorkerOptions:
             stream_maxlen=settings.session_stream_maxlen,
             ice_servers=list(settings.ice_servers),
             webrtc_host_addresses=list(settings.webrtc_host_addresses),
+            assistant=AssistantConfig.from_settings(settings),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

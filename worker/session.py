@@ -36,12 +36,20 @@ from shared.live import LiveSessions
 from worker import metrics
 from worker.observers import SessionEventObserver
 from worker.options import WorkerOptions
-from worker.profiles import Profile, build_profile
+from worker.profiles import Profile, SessionContext, build_profile
 from worker.publisher import EventPublisher
 
 log = logging.getLogger(__name__)
 
-FAILURE_REASONS = frozenset({Reason.PIPELINE_ERROR})
+FAILURE_REASONS = frozenset(
+    {
+        Reason.PIPELINE_ERROR,
+        Reason.MODEL_UNAVAILABLE,
+        Reason.MODEL_ERROR,
+        Reason.MODEL_DISCONNECTED,
+        Reason.MODEL_PROTOCOL_ERROR,
+    }
+)
 
 
 class SignalError(Exception):
@@ -67,10 +75,19 @@ class SessionRunner:
         self.meta = meta
         self.options = options
         self.live = live
-        self.profile: Profile = build_profile(meta.get("profile", "echo"))
         self.publisher = EventPublisher(live, session_id)
+        self.profile: Profile = build_profile(
+            SessionContext(
+                session_id=session_id,
+                meta=meta,
+                options=options,
+                emit=self.publisher.emit,
+                end=self.end,
+            )
+        )
         self.started_at = time.monotonic()
         self.end_reason: Reason | None = None
+        self.end_message: str | None = None
         self._on_finished = on_finished
         self._handler = SmallWebRTCRequestHandler(
             ice_servers=options.ice_servers, connection_mode=ConnectionMode.SINGLE
@@ -91,10 +108,11 @@ class SessionRunner:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"session-{self.id}")
 
-    def end(self, reason: Reason) -> None:
+    def end(self, reason: Reason, message: str | None = None) -> None:
         """Ask the session to end; the first reason given is the one recorded."""
         if self.end_reason is None:
             self.end_reason = reason
+            self.end_message = message
         self._end_requested.set()
         if self._pipeline is not None and self._cancel is None:
             self._cancel = asyncio.create_task(self._pipeline.cancel(reason=str(reason)))
@@ -189,19 +207,22 @@ class SessionRunner:
                 Reason.CLIENT_CONNECTED,
                 allowed_from={SessionState.READY},
             )
+            await self.profile.on_client_connected(worker.queue_frame)
 
         @transport.event_handler("on_client_disconnected")
         async def _disconnected(_transport: object, _client: object) -> None:
             self.end(Reason.CLIENT_LEFT)
 
-        pipeline = Pipeline([transport.input(), *self.profile.processors(), transport.output()])
+        pipeline = Pipeline(self.profile.pipeline(transport.input(), transport.output()))
         worker = PipelineWorker(
             pipeline,
             params=PipelineParams(
                 audio_in_sample_rate=self.profile.audio_in_sample_rate,
                 audio_out_sample_rate=self.profile.audio_out_sample_rate,
+                enable_metrics=True,
+                enable_usage_metrics=True,
             ),
-            observers=[SessionEventObserver(self.publisher)],
+            observers=[SessionEventObserver(self.publisher), *self.profile.observers()],
             idle_timeout_secs=self.options.idle_timeout,
             conversation_id=self.meta.get("conversation_id"),
         )
@@ -245,7 +266,8 @@ class SessionRunner:
                 state,
                 reason,
                 allowed_from=OWNED_STATES,
-                data={"duration_s": round(self.duration, 3)},
+                data={"duration_s": round(self.duration, 3)}
+                | ({"message": self.end_message} if self.end_message else {}),
             )
         except Exception:
             log.exception("session %s: could not record its end", self.id)

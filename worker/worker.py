@@ -105,7 +105,7 @@ class VoicepoolWorker:
         if self.options.webrtc_host_addresses:
             restrict_ice_host_addresses(self.options.webrtc_host_addresses)
         self._install_signal_handlers()
-        preload_profiles()
+        preload_profiles(self.options.profiles)
         metrics.serve(self.options.metrics_port, self.options.metrics_host)
         metrics.CAPACITY.labels(pool=self.options.pool).set(self.options.capacity)
         self._arq = SessionWorker(

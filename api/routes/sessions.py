@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from api.events import session_event_stream, wait_for_state
 from api.schemas import IcePatch, SdpAnswer, SdpOffer, SessionCreate, SessionOut
 from shared import keys
 from shared.events import FINAL_STATES, OWNED_STATES, Reason, SessionState
+from shared.history import transcript_history
 from shared.live import OwnerLimitReached, estimate_wait
 from shared.models import Conversation, User, VoiceSession, as_utc, utcnow
 from shared.users import new_id
@@ -104,6 +106,7 @@ async def create_session(
     db.add(row)
     await db.commit()  # before Redis: the persister may see this session's events at once
 
+    history = await transcript_history(db, conversation.id, settings.history_max_messages)
     created = time.time()
     try:
         await state.live.create(
@@ -116,6 +119,8 @@ async def create_session(
                 "profile": profile,
                 "job_id": row.id,
                 "created_ts": repr(created),
+                "options": body.options.model_dump_json(exclude_none=True) if body.options else "",
+                "history": json.dumps(history) if history else "",
             },
             owner_limit=settings.max_sessions_per_user,
         )

@@ -1,17 +1,34 @@
-"""Bot profiles: what sits between a session's transport input and output.
+"""Bot profiles: what a session's pipeline is made of, between and around its transport.
 
-A profile is prepared when a worker takes the session (load models, open
-connections) so that when the client connects only the transport is left to
+A profile is prepared when a worker takes the session (load models, check
+configuration) so that when the client connects only the transport is left to
 build. ``Settings.available_profiles`` tells the API which ones a deployment runs.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+from pipecat.observers.base_observer import BaseObserver
 from pipecat.processors.frame_processor import FrameProcessor
 
-from worker.profiles.echo import EchoProfile
+from shared.events import Reason
+from worker.options import WorkerOptions
+
+
+@dataclass
+class SessionContext:
+    """What a profile may know about and do to its session."""
+
+    session_id: str
+    meta: dict[str, str]
+    options: WorkerOptions
+    emit: Callable[[str, dict[str, Any]], None]
+    """Record an event (never blocks)."""
+    end: Callable[[Reason, str | None], None]
+    """End the session with a reason and a message for the user."""
 
 
 class Profile(Protocol):
@@ -26,21 +43,32 @@ class Profile(Protocol):
     async def prepare(self) -> None:
         """Load what the session needs before it is announced ready."""
 
-    def processors(self) -> list[FrameProcessor]:
-        """The processors between transport input and output, built once per session."""
+    def pipeline(self, input: FrameProcessor, output: FrameProcessor) -> list[FrameProcessor]:
+        """The session's processors, transport input and output included, in order."""
+
+    def observers(self) -> list[BaseObserver]:
+        """Extra observers (recording transcripts, usage, latency)."""
+
+    async def on_client_connected(self, queue: Callable[[Any], Any]) -> None:
+        """Called when media flows; ``queue`` puts frames into the pipeline."""
 
 
-PROFILES: dict[str, type] = {"echo": EchoProfile}
+def _profiles() -> dict[str, type]:
+    from worker.profiles.assistant import AssistantProfile
+    from worker.profiles.echo import EchoProfile
+
+    return {"echo": EchoProfile, "assistant": AssistantProfile}
 
 
-def preload_profiles() -> None:
-    for cls in PROFILES.values():
-        cls.preload()
+def preload_profiles(names: list[str]) -> None:
+    for name in names:
+        _profiles()[name].preload()
 
 
-def build_profile(name: str, **options: object) -> Profile:
+def build_profile(context: SessionContext) -> Profile:
+    name = context.meta.get("profile", "echo")
     try:
-        cls = PROFILES[name]
+        cls = _profiles()[name]
     except KeyError:
         raise ValueError(f"unknown profile {name!r}") from None
-    return cls(**options)
+    return cls(context)

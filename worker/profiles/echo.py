@@ -8,6 +8,8 @@ audio out, bot speaking events.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
@@ -20,8 +22,12 @@ from pipecat.frames.frames import (
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
+from pipecat.observers.base_observer import BaseObserver
 from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+if TYPE_CHECKING:
+    from worker.profiles import SessionContext
 
 SAMPLE_RATE = 16000
 PREROLL_SECS = 0.5  # VAD confirms speech start_secs late; keep what came before
@@ -122,6 +128,8 @@ class EchoTurns(FrameProcessor):
 
 
 class EchoProfile:
+    """Plays each user turn back; no external service."""
+
     name = "echo"
 
     @staticmethod
@@ -132,13 +140,20 @@ class EchoProfile:
     audio_in_sample_rate = SAMPLE_RATE
     audio_out_sample_rate = SAMPLE_RATE
 
-    def __init__(self, *, vad_stop_secs: float = 0.5, **_: object):
+    def __init__(self, context: SessionContext, *, vad_stop_secs: float = 0.5):
+        self.context = context
         self._vad_params = VADParams(stop_secs=vad_stop_secs)
         self._vad: SileroVADAnalyzer | None = None
 
     async def prepare(self) -> None:
         self._vad = SharedSileroVADAnalyzer(sample_rate=SAMPLE_RATE, params=self._vad_params)
 
-    def processors(self) -> list[FrameProcessor]:
+    def pipeline(self, input: FrameProcessor, output: FrameProcessor) -> list[FrameProcessor]:
         assert self._vad is not None, "prepare() first"
-        return [VADProcessor(vad_analyzer=self._vad), EchoTurns()]
+        return [input, VADProcessor(vad_analyzer=self._vad), EchoTurns(), output]
+
+    def observers(self) -> list[BaseObserver]:
+        return []
+
+    async def on_client_connected(self, queue: Callable[[Any], Any]) -> None:
+        return None

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the system packages the test suite needs, from Debian's archive,
+# when they are missing: promtool (package prometheus) for the ops-file checks.
+# Idempotent and quick when everything is present. Needs root (CI runs as root).
+set -euo pipefail
+
+need=()
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+
+if [ ${#need[@]} -eq 0 ]; then
+    exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "missing test dependencies: ${need[*]}; install them as root (apt-get install ${need[*]})" >&2
+    exit 1
+fi
+echo "installing test dependencies: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# policy-rc.d-free images would start the services; the tests start what they need.
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

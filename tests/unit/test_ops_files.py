@@ -1,0 +1,256 @@
+"""The ops files agree with the code: metric names, the compose stack, promtool's checks."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+
+import api.metrics
+import worker.metrics
+from shared.settings import Settings
+
+ROOT = Path(__file__).parents[2]
+ALERTS = ROOT / "ops" / "prometheus" / "alerts.yml"
+PROMETHEUS = ROOT / "ops" / "prometheus" / "prometheus.yml"
+DASHBOARD = ROOT / "ops" / "grafana" / "dashboards" / "voicepool.json"
+COMPOSE = ROOT / "deploy" / "compose.yaml"
+UNIT = ROOT / "ops" / "jetson" / "voicepool-worker.service"
+WORKER_ENV = ROOT / "ops" / "jetson" / "worker.env.example"
+
+METRIC = re.compile(r"\bvoicepool_[a-z_]+")
+# Series names prometheus-client exposes for each family type, by suffix.
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+    "gauge": ("",),
+}
+SERVICES = {"redis", "postgres", "api", "worker", "prometheus", "grafana"}
+
+
+def exposed_metrics() -> dict[str, str]:
+    """Every series name the voicepool metrics expose, mapped to its family (base) name."""
+    assert api.metrics and worker.metrics  # imported for their registrations
+    names: dict[str, str] = {}
+    for family in REGISTRY.collect():
+        if not family.name.startswith("voicepool_"):
+            continue
+        for suffix in SUFFIXES.get(family.type, ("",)):
+            names[family.name + suffix] = family.name
+        for sample in family.samples:
+            names[sample.name] = family.name
+    return names
+
+
+def strings(node: Any, keys: set[str] | None = None) -> Iterator[str]:
+    """Strings in a parsed YAML/JSON document (only under ``keys``, when given)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if keys is None or key in keys:
+                yield from strings(value)
+            else:
+                yield from strings(value, keys)
+    elif isinstance(node, list):
+        for item in node:
+            yield from strings(item, keys)
+    elif isinstance(node, str) and keys is None:
+        yield node
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [
+        rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]
+    ]
+
+
+def queries(path: Path) -> list[str]:
+    if path == ALERTS:
+        return [rule["expr"] for rule in alert_rules()]
+    if path == DASHBOARD:
+        # Panel targets (expr) and template variables (query, definition).
+        return list(strings(json.loads(path.read_text()), {"expr", "query", "definition"}))
+    return list(strings(yaml.safe_load(path.read_text())))
+
+
+# --- metric names --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [ALERTS, DASHBOARD, PROMETHEUS], ids=lambda p: p.name)
+def test_every_metric_used_is_defined(path: Path) -> None:
+    exposed = exposed_metrics()
+    used = {name for query in queries(path) for name in METRIC.findall(query)}
+    unknown = sorted(used - exposed.keys())
+    assert not unknown, (
+        f"{path.name} uses metrics that api/metrics.py and worker/metrics.py "
+        f"do not expose: {unknown}"
+    )
+    if path != PROMETHEUS:  # the scrape config names no metric
+        assert len({exposed[name] for name in used}) >= 8, f"too few metrics found in {path}"
+
+
+def test_alert_rules_say_how_bad_and_what_to_do() -> None:
+    for rule in alert_rules():
+        assert rule.get("for"), f"{rule['alert']} has no `for:`"
+        assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
+
+
+def test_dashboard_identity_and_pool_variable() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert (dashboard["uid"], dashboard["title"]) == ("voicepool", "voicepool fleet")
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["pool"]["definition"] == "label_values(voicepool_pool_workers, pool)"
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+
+
+# --- deployment files --------------------------------------------------------------------
+
+
+def seconds(value: str | int) -> float:
+    match = re.fullmatch(r"(\d+)(s|m)?", str(value).strip())
+    assert match, f"cannot read duration {value!r}"
+    return int(match[1]) * (60 if match[2] == "m" else 1)
+
+
+def test_compose_services_have_health_checks() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    assert set(services) >= SERVICES
+    for name in SERVICES:
+        assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    assert int(services["worker"]["deploy"]["replicas"]) >= 1
+    # Bind mounts and the Dockerfile are relative to deploy/.
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (COMPOSE.parent / source).exists(), f"{name}: missing {source}"
+    build = services["api"]["build"]
+    assert (COMPOSE.parent / build["context"] / build["dockerfile"]).is_file()
+
+
+def test_workers_get_longer_to_stop_than_they_drain() -> None:
+    drain = Settings.model_fields["drain_timeout"].default
+    worker = yaml.safe_load(COMPOSE.read_text())["services"]["worker"]
+    assert seconds(worker["stop_grace_period"]) > drain
+
+    env = dict(
+        line.split("=", 1)
+        for line in WORKER_ENV.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    unit = dict(
+        line.split("=", 1) for line in UNIT.read_text().splitlines() if re.match(r"^\w+=", line)
+    )
+    assert seconds(unit["TimeoutStopSec"]) > float(env["VOICEPOOL_DRAIN_TIMEOUT"])
+    assert unit["KillSignal"] == "SIGTERM"
+
+
+# --- promtool ----------------------------------------------------------------------------
+
+
+def promtool(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("promtool")
+    if binary is None:
+        pytest.fail(
+            "promtool is not on PATH: run `make test-deps` (it installs Debian's "
+            "prometheus package, which ships promtool)"
+        )
+    return subprocess.run(
+        [binary, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    "args", [("check", "rules", ALERTS), ("check", "config", PROMETHEUS)], ids=["rules", "config"]
+)
+def test_promtool_accepts(args: tuple[str, str, Path]) -> None:
+    result = promtool(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def series(name: str, values: str, **labels: str) -> dict[str, str]:
+    selector = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    return {"series": f"{name}{{{selector}}}", "values": values}
+
+
+def expect(alert: str, **labels: str) -> dict[str, Any]:
+    """At 10 minutes, ``alert`` fires once with ``labels`` (none given: it does not fire)."""
+    fired = [{"exp_labels": labels}] if labels else []
+    return {"eval_time": "10m", "alertname": alert, "exp_alerts": fired}
+
+
+# Two API processes (a, b) report the same fleet gauges. The server pool is full
+# with sessions queueing; the jetson pool has no workers while sessions are requested.
+FULL_FLEET = {
+    "interval": "15s",
+    "input_series": [
+        *(series("voicepool_pool_workers", "2x80", instance=i, pool="server") for i in "ab"),
+        series("voicepool_pool_workers", "0x80", instance="a", pool="jetson"),
+        series(
+            "voicepool_sessions_requested_total",
+            "0+1x80",
+            instance="a",
+            pool="jetson",
+            transport="webrtc",
+            profile="echo",
+        ),
+        *(series("voicepool_queue_depth", "3x80", instance=i, pool="server") for i in "ab"),
+        *(
+            series("voicepool_live_sessions", "8x80", instance=i, pool="server", state="connected")
+            for i in "ab"
+        ),
+        series("voicepool_live_sessions", "3x80", instance="a", pool="server", state="queued"),
+        *(
+            series("voicepool_pool_capacity_sessions", "8x80", instance=i, pool="server")
+            for i in "ab"
+        ),
+        series("voicepool_persister_pending_entries", "0x80", instance="a"),
+    ],
+    "alert_rule_test": [
+        expect("VoicepoolPoolWithoutWorkersUnderLoad", severity="critical", pool="jetson"),
+        expect("VoicepoolCapacityExhausted", severity="warning", pool="server"),
+        expect("VoicepoolPersisterLagging"),
+        expect("VoicepoolApiMetricsAbsent"),
+    ],
+}
+# Sessions queue but slots are free (6 of 8 used); no API is scraped.
+ROOM_LEFT = {
+    "interval": "15s",
+    "input_series": [
+        series("voicepool_queue_depth", "3x80", pool="server"),
+        series("voicepool_live_sessions", "6x80", pool="server", state="connected"),
+        series("voicepool_live_sessions", "3x80", pool="server", state="queued"),
+        series("voicepool_pool_capacity_sessions", "8x80", pool="server"),
+    ],
+    "alert_rule_test": [
+        expect("VoicepoolCapacityExhausted"),
+        expect("VoicepoolApiMetricsAbsent", severity="critical"),
+    ],
+}
+
+
+def test_alerts_fire_on_fleet_scenarios(tmp_path: Path) -> None:
+    # promtool compares annotations too: test the expressions on a copy without them.
+    rules = yaml.safe_load(ALERTS.read_text())
+    for rule in (r for group in rules["groups"] for r in group["rules"]):
+        rule.pop("annotations", None)
+    (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rules))
+    tests = {
+        "rule_files": ["alerts.yml"],
+        "evaluation_interval": "15s",
+        "tests": [FULL_FLEET, ROOM_LEFT],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(tests))
+    result = promtool("test", "rules", "test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
