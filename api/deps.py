@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
@@ -12,6 +13,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from api import web_sessions
 from api.errors import ApiError
 from api.signals import WorkerSignals
 from shared.live import LiveSessions
@@ -48,11 +50,38 @@ SessionDep = Annotated[AsyncSession, Depends(get_db)]
 _bearer = HTTPBearer(auto_error=False, description="A token from `voicepool users create`.")
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 async def get_current_user(
+    request: Request,
     db: SessionDep,
+    state: StateDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> User:
-    if credentials is None or credentials.scheme.lower() != "bearer":
+    """The caller, from a bearer token or from the browser's session cookie.
+
+    Cookie-authenticated requests that change something must also carry the
+    session's CSRF token in ``X-CSRF-Token`` (on top of SameSite=Strict).
+    """
+    if credentials is None:
+        cookie = request.cookies.get(web_sessions.COOKIE)
+        found = await web_sessions.lookup(state.redis, cookie) if cookie else None
+        if found is None:
+            raise ApiError(
+                401, "unauthorized", "sign in, or send Authorization: Bearer <token>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )  # fmt: skip
+        user_id, csrf = found
+        if request.method not in SAFE_METHODS and not hmac.compare_digest(
+            request.headers.get("X-CSRF-Token", ""), csrf
+        ):
+            raise ApiError(403, "csrf_failed", "missing or wrong X-CSRF-Token header")
+        user = await db.get(User, user_id)
+        if user is None:
+            raise ApiError(401, "unauthorized", "the signed-in user no longer exists")
+        return user
+    if credentials.scheme.lower() != "bearer":
         raise ApiError(
             401, "unauthorized", "send Authorization: Bearer <token>",
             headers={"WWW-Authenticate": "Bearer"},

@@ -13,10 +13,11 @@ from fastapi import FastAPI
 
 from api.deps import AppState
 from api.errors import install_error_handlers
+from api.frontend import SecurityHeadersMiddleware, mount_frontend
 from api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from api.persister import Persister
 from api.reaper import Reaper
-from api.routes import conversations, health, sessions, workers
+from api.routes import auth, conversations, health, sessions, workers
 from api.signals import WorkerSignals
 from shared import __version__
 from shared.connections import arq_redis_settings, redis_client
@@ -90,9 +91,12 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
     )
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(auth.router)
     app.include_router(sessions.router)
     app.include_router(conversations.router)
     app.include_router(workers.router)
+    mount_frontend(app, settings.frontend_dir)  # last: it answers every other GET
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware)
     return app

@@ -143,6 +143,13 @@ class Settings(BaseSettings):
         40, ge=0, description="Earlier transcript messages a resumed conversation sends the model."
     )
 
+    frontend_dir: Path | None = Field(
+        None, description="Built web app to serve at / (default: frontend/dist in the checkout)."
+    )
+    grafana_url: str | None = Field(
+        None, description="Link to the Grafana dashboard shown to operators in the web app."
+    )
+
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
     @field_validator("pools", "ice_servers", "webrtc_host_addresses", mode="before")

@@ -190,3 +190,38 @@ async def test_the_per_user_limit_answers_429(api) -> None:  # type: ignore[no-u
             "/api/sessions", json={"transport": "webrtc"}, headers=api.auth(token)
         )
     ).status_code == 202
+
+
+async def test_cookie_sign_in_needs_csrf_for_changes_and_signs_out(api) -> None:  # type: ignore[no-untyped-def]
+    token = await api.token("browser")
+    assert (await api.client.post("/api/auth/login", json={"token": "vp_x_y"})).status_code == 401
+    signed_in = await api.client.post("/api/auth/login", json={"token": token})
+    assert signed_in.status_code == 200
+    cookie = signed_in.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    csrf = signed_in.json()["csrf_token"]
+    # The client keeps the cookie: reads work without a bearer token.
+    me = await api.client.get("/api/me")
+    assert me.json()["name"] == "browser" and me.json()["csrf_token"] == csrf
+    assert (await api.client.get("/api/config")).json()["profiles"] == ["echo"]
+    body = {"transport": "webrtc"}
+    refused = await api.client.post("/api/sessions", json=body)
+    assert refused.status_code == 403
+    assert refused.json()["detail"]["code"] == "csrf_failed"
+    wrong = await api.client.post("/api/sessions", json=body, headers={"X-CSRF-Token": "nope"})
+    assert wrong.status_code == 403
+    made = await api.client.post("/api/sessions", json=body, headers={"X-CSRF-Token": csrf})
+    assert made.status_code == 202
+    assert (await api.client.post("/api/auth/logout")).status_code == 204
+    assert (await api.client.get("/api/me")).status_code == 401
+
+
+async def test_security_headers_and_the_app_fallback(api) -> None:  # type: ignore[no-untyped-def]
+    response = await api.client.get("/healthz")
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert (await api.client.get("/api/nothing-here")).status_code == 404
+    page = await api.client.get("/history")
+    assert page.status_code in (200, 404)  # index.html once the web app is built
+    assert (await api.client.get("/../../etc/passwd")).status_code in (200, 404)
+    assert "root:" not in (await api.client.get("/..%2F..%2Fetc%2Fpasswd")).text
