@@ -15,20 +15,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import HTTPException
 from pipecat.frames.frames import ErrorFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.transports.base_transport import TransportParams
-from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
-from pipecat.transports.smallwebrtc.request_handler import (
-    ConnectionMode,
-    IceCandidate,
-    SmallWebRTCPatchRequest,
-    SmallWebRTCRequest,
-    SmallWebRTCRequestHandler,
-)
-from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
 from pipecat.workers.runner import WorkerRunner
 
 from shared.events import OWNED_STATES, Reason, SessionState
@@ -38,6 +28,7 @@ from worker.observers import SessionEventObserver
 from worker.options import WorkerOptions
 from worker.profiles import Profile, SessionContext, build_profile
 from worker.publisher import EventPublisher
+from worker.transports import SessionTransport, SignalError, build_transport
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +41,6 @@ FAILURE_REASONS = frozenset(
         Reason.MODEL_PROTOCOL_ERROR,
     }
 )
-
-
-class SignalError(Exception):
-    """A control message the session refuses; ``code`` goes back to the API client."""
-
-    def __init__(self, code: str, message: str, status: int = 409):
-        super().__init__(message)
-        self.code = code
-        self.status = status
 
 
 class SessionRunner:
@@ -89,11 +71,9 @@ class SessionRunner:
         self.end_reason: Reason | None = None
         self.end_message: str | None = None
         self._on_finished = on_finished
-        self._handler = SmallWebRTCRequestHandler(
-            ice_servers=options.ice_servers, connection_mode=ConnectionMode.SINGLE
+        self.transport: SessionTransport = build_transport(
+            meta.get("transport", "webrtc"), session_id, options
         )
-        self._connection: SmallWebRTCConnection | None = None
-        self._peer_arrived = asyncio.Event()
         self._end_requested = asyncio.Event()
         self._pipeline: PipelineWorker | None = None
         self._task: asyncio.Task[None] | None = None
@@ -101,9 +81,11 @@ class SessionRunner:
 
     # --- lifecycle -------------------------------------------------------------
 
-    async def prepare(self) -> None:
-        """Everything that can happen before the client connects."""
+    async def prepare(self) -> dict[str, Any]:
+        """Everything that can happen before the client connects; returns what the
+        ``ready`` event tells the client."""
         await self.profile.prepare()
+        return await self.transport.prepare()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"session-{self.id}")
@@ -132,42 +114,10 @@ class SessionRunner:
 
     # --- signalling (relayed from the API) ---------------------------------------
 
-    async def handle_offer(self, payload: dict[str, Any]) -> dict[str, Any]:
+    async def handle_signal(self, kind: str, payload: dict[str, Any]) -> Any:
         if self._end_requested.is_set():
             raise SignalError("session_ended", "the session has ended")
-        request = SmallWebRTCRequest(
-            sdp=payload["sdp"],
-            type=payload["type"],
-            pc_id=payload.get("pc_id"),
-            restart_pc=payload.get("restart_pc"),
-        )
-        try:
-            answer = await self._handler.handle_web_request(request, self._on_peer)
-        except HTTPException as exc:  # single-connection rule of the request handler
-            raise SignalError("already_connected", str(exc.detail)) from exc
-        except Exception as exc:
-            raise SignalError("bad_offer", f"the SDP offer was not accepted: {exc}", 400) from exc
-        return dict(answer)
-
-    async def handle_ice(self, payload: dict[str, Any]) -> None:
-        candidates = [
-            IceCandidate(
-                candidate=c.get("candidate", ""),
-                sdp_mid=c.get("sdp_mid", c.get("sdpMid", "")),
-                sdp_mline_index=c.get("sdp_mline_index", c.get("sdpMLineIndex", 0)),
-            )
-            for c in payload.get("candidates", [])
-        ]
-        try:
-            await self._handler.handle_patch_request(
-                SmallWebRTCPatchRequest(pc_id=payload["pc_id"], candidates=candidates)
-            )
-        except HTTPException as exc:
-            raise SignalError("unknown_peer", str(exc.detail), 404) from exc
-
-    async def _on_peer(self, connection: SmallWebRTCConnection) -> None:
-        self._connection = connection
-        self._peer_arrived.set()
+        return await self.transport.handle_signal(kind, payload)
 
     # --- the session itself --------------------------------------------------------
 
@@ -182,7 +132,7 @@ class SessionRunner:
             await self._finish()
 
     async def _wait_for_peer(self) -> bool:
-        peer = asyncio.create_task(self._peer_arrived.wait())
+        peer = asyncio.create_task(self.transport.wait_for_client())
         ended = asyncio.create_task(self._end_requested.wait())
         done, pending = await asyncio.wait(
             {peer, ended}, timeout=self.options.connect_timeout, return_when=asyncio.FIRST_COMPLETED
@@ -191,12 +141,11 @@ class SessionRunner:
             task.cancel()
         if not done:
             self.end(Reason.CONNECT_TIMEOUT)
-        return self._peer_arrived.is_set() and not self._end_requested.is_set()
+        return peer in done and not self._end_requested.is_set()
 
-    def _build_pipeline(self, connection: SmallWebRTCConnection) -> PipelineWorker:
-        transport = SmallWebRTCTransport(
-            webrtc_connection=connection,
-            params=TransportParams(audio_in_enabled=True, audio_out_enabled=True),
+    def _build_pipeline(self) -> PipelineWorker:
+        transport = self.transport.build(
+            TransportParams(audio_in_enabled=True, audio_out_enabled=True)
         )
 
         @transport.event_handler("on_client_connected")
@@ -241,8 +190,7 @@ class SessionRunner:
         return worker
 
     async def _run_pipeline(self) -> None:
-        assert self._connection is not None
-        self._pipeline = self._build_pipeline(self._connection)
+        self._pipeline = self._build_pipeline()
         remaining = self.options.max_session_duration - (time.monotonic() - self.started_at)
         limit = asyncio.get_running_loop().call_later(
             max(remaining, 0), self.end, Reason.MAX_DURATION
@@ -274,5 +222,5 @@ class SessionRunner:
         finally:
             await self.publisher.aclose()
             with contextlib.suppress(Exception):
-                await self._handler.close()
+                await self.transport.aclose()
             self._on_finished(self)

@@ -32,7 +32,8 @@ from shared.live import LiveSessions, alive_ms, record_start
 from worker import metrics
 from worker.options import JOB_TIMEOUT_S, POLL_DELAY_S, SIGNAL_BLOCK_S, WorkerOptions
 from worker.profiles import preload_profiles
-from worker.session import SessionRunner, SignalError
+from worker.session import SessionRunner
+from worker.transports import SignalError
 
 log = logging.getLogger(__name__)
 
@@ -227,13 +228,13 @@ class VoicepoolWorker:
             return "not queued"
         await record_start(self.redis, self.options.pool, session_id)
         try:
-            await runner.prepare()
+            connect = await runner.prepare()
             ready, _ = await self.live.transition(
                 session_id,
                 SessionState.READY,
                 Reason.PIPELINE_READY,
                 allowed_from={SessionState.STARTING},
-                data={"transport": meta.get("transport", "webrtc"), "worker_id": self.id},
+                data={"transport": meta.get("transport", "webrtc"), **connect},
             )
         except Exception as exc:
             log.exception("session %s: could not be prepared", session_id)
@@ -360,15 +361,10 @@ class VoicepoolWorker:
         runner = self.sessions.get(message.get("session_id", ""))
         if runner is None:
             raise SignalError("unknown_session", "the session is not running on this worker", 404)
-        if kind == "offer":
-            return await runner.handle_offer(payload)
-        if kind == "ice":
-            await runner.handle_ice(payload)
-            return {}
         if kind == "end":
             runner.end(Reason(payload.get("reason", Reason.CLIENT_ENDED)))
             return {}
-        raise SignalError("bad_signal", f"unknown control message {kind!r}", 400)
+        return await runner.handle_signal(str(kind), payload)
 
 
 def restrict_ice_host_addresses(addresses: list[str]) -> None:

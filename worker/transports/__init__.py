@@ -1,0 +1,52 @@
+"""Session transports: how a client's media reaches the session's pipeline.
+
+Each transport is set up when the worker takes the session (``prepare``
+returns what the ``ready`` event tells the client), waits for its client,
+then builds Pipecat's transport for the pipeline. Signalling that must pass
+through the API (SDP offers, ICE candidates) arrives via ``handle_signal``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from pipecat.transports.base_transport import BaseTransport, TransportParams
+
+from worker.options import WorkerOptions
+
+
+class SignalError(Exception):
+    """A control message the session refuses; ``code`` goes back to the API client."""
+
+    def __init__(self, code: str, message: str, status: int = 409):
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class SessionTransport(Protocol):
+    kind: str
+
+    async def prepare(self) -> dict[str, Any]:
+        """Set up before ready; returns what the client needs to connect (never secrets
+        meant for someone else)."""
+
+    async def wait_for_client(self) -> None:
+        """Return once a client is there to connect the pipeline to."""
+
+    def build(self, params: TransportParams) -> BaseTransport:
+        """Pipecat's transport for the pipeline (after ``wait_for_client``)."""
+
+    async def handle_signal(self, kind: str, payload: dict[str, Any]) -> Any:
+        """An offer, ICE candidates, … relayed from the API."""
+
+    async def aclose(self) -> None:
+        """Release what ``prepare`` took (peer connections, rooms, ports)."""
+
+
+def build_transport(kind: str, session_id: str, options: WorkerOptions) -> SessionTransport:
+    if kind == "webrtc":
+        from worker.transports.smallwebrtc import SmallWebRTCSessionTransport
+
+        return SmallWebRTCSessionTransport(session_id, options)
+    raise ValueError(f"unknown transport {kind!r}")
