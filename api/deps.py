@@ -20,7 +20,7 @@ from shared.live import LiveSessions
 from shared.models import User
 from shared.settings import Settings
 from shared.store import Store
-from shared.users import authenticate
+from shared.users import authenticate, get_user_by_name
 
 
 @dataclass
@@ -53,6 +53,16 @@ _bearer = HTTPBearer(auto_error=False, description="A token from `voicepool user
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+def _proxied_user_name(request: Request, settings: Settings) -> str | None:
+    """Trusted-proxy mode: the user an authenticating proxy vouches for, if configured
+    and only when the request comes from one of the configured proxy addresses."""
+    header = settings.trusted_proxy_header
+    if not header or request.client is None or request.client.host not in settings.trusted_proxies:
+        return None
+    name = request.headers.get(header)
+    return name if name and len(name) <= 64 else None
+
+
 async def get_current_user(
     request: Request,
     db: SessionDep,
@@ -64,6 +74,12 @@ async def get_current_user(
     Cookie-authenticated requests that change something must also carry the
     session's CSRF token in ``X-CSRF-Token`` (on top of SameSite=Strict).
     """
+    proxied = _proxied_user_name(request, state.settings)
+    if proxied is not None:
+        user = await get_user_by_name(db, proxied)
+        if user is None:
+            raise ApiError(401, "unknown_user", "the proxy named a user that does not exist")
+        return user
     if credentials is None:
         cookie = request.cookies.get(web_sessions.COOKIE)
         found = await web_sessions.lookup(state.redis, cookie) if cookie else None

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from arq.connections import create_pool
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from api.deps import AppState
 from api.errors import install_error_handlers
@@ -97,6 +98,16 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
     app.include_router(workers.router)
     mount_frontend(app, settings.frontend_dir)  # last: it answers every other GET
     app.add_middleware(SecurityHeadersMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth
+    )
+    if settings.cors_origins:  # off unless configured
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-CSRF-Token", "Last-Event-ID"],
+        )
     app.add_middleware(RequestMetricsMiddleware)
     return app

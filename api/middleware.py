@@ -9,73 +9,96 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import metrics
 
 
-class BodyLimitMiddleware:
-    """Refuse bodies over ``max_bytes`` with 413 — by Content-Length, or while streaming."""
+def json_depth(body: bytes) -> int:
+    """Deepest nesting of a JSON text, without parsing it (strings are skipped)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+
+class BodyLimitMiddleware:
+    """Refuse bodies over ``max_bytes`` (413) and JSON nested deeper than ``max_depth`` (422).
+
+    The body is read here, bounded, before the app sees it: a body without a
+    Content-Length is counted as it streams, and a deeply nested JSON text never
+    reaches the parser (whose recursion would otherwise fail as a 500).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_depth: int = 32):
         self.app = app
         self.max_bytes = max_bytes
+        self.max_depth = max_depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
-                    await self._refuse(send)
-                    return
-        seen = 0
-        exceeded = False
-        responded = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen, exceeded
+        headers = dict(scope.get("headers", ()))
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await _refuse(send, 413, "body_too_large",
+                          f"request bodies are limited to {self.max_bytes} bytes")  # fmt: skip
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    # Look like a client that went away: the app stops reading, and
-                    # whatever it answers is replaced by the 413 below.
-                    exceeded = True
-                    return {"type": "http.disconnect"}
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal responded
-            if exceeded:
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await _refuse(send, 413, "body_too_large",
+                              f"request bodies are limited to {self.max_bytes} bytes")  # fmt: skip
                 return
-            responded = True
-            await send(message)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        if b"json" in headers.get(b"content-type", b"") and json_depth(body) > self.max_depth:
+            await _refuse(send, 422, "too_deep",
+                          f"JSON may nest at most {self.max_depth} levels")  # fmt: skip
+            return
+        replayed = False
 
-        try:
-            await self.app(scope, limited_receive, guarded_send)
-        except Exception:
-            if not exceeded:
-                raise
-        if exceeded and not responded:
-            await self._refuse(send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "detail": {
-                    "code": "body_too_large",
-                    "message": f"request bodies are limited to {self.max_bytes} bytes",
-                }
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await self.app(scope, replay, send)
+
+
+async def _refuse(send: Send, status: int, code: str, message: str) -> None:
+    body = json.dumps({"detail": {"code": code, "message": message}}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class RequestMetricsMiddleware:

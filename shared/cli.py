@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -17,22 +16,8 @@ import sys
 import time
 from datetime import timedelta
 
+from shared import logs
 from shared.settings import Settings, get_settings
-
-
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    # Pipecat logs through loguru; give it the same threshold.
-    from loguru import logger
-
-    logger.remove()
-    logger.add(sys.stderr, level=level.upper())
-
 
 # --- users and export -------------------------------------------------------------
 
@@ -80,6 +65,50 @@ async def _dev_token(settings: Settings) -> str:
         async with store.session() as db:
             user = await get_user_by_name(db, "dev") or await create_user(db, "dev", role="admin")
             return (await issue_token(db, user, expires_at=None)).token
+    finally:
+        await store.aclose()
+
+
+async def _users_revoke(settings: Settings, name: str, token_id: str | None) -> int:
+    """Revoke one token of a user, or all of them; returns how many were revoked."""
+    from sqlmodel import select
+
+    from shared.models import ApiToken, utcnow
+    from shared.store import Store
+    from shared.users import get_user_by_name
+
+    store = Store(settings.sqlalchemy_url)
+    try:
+        async with store.session() as db:
+            user = await get_user_by_name(db, name)
+            if user is None:
+                raise ValueError(f"no user named {name!r}")
+            query = select(ApiToken).where(ApiToken.user_id == user.id)
+            if token_id:
+                query = query.where(ApiToken.id == token_id)
+            tokens = [t for t in (await db.exec(query)).all() if t.revoked_at is None]
+            for token in tokens:
+                token.revoked_at = utcnow()
+                db.add(token)
+            await db.commit()
+            return len(tokens)
+    finally:
+        await store.aclose()
+
+
+async def _users_token(settings: Settings, name: str, days: float | None) -> str:
+    from shared.models import utcnow
+    from shared.store import Store
+    from shared.users import get_user_by_name, issue_token
+
+    store = Store(settings.sqlalchemy_url)
+    try:
+        async with store.session() as db:
+            user = await get_user_by_name(db, name)
+            if user is None:
+                raise ValueError(f"no user named {name!r}")
+            expires = utcnow() + timedelta(days=days) if days else None
+            return (await issue_token(db, user, expires_at=expires)).token
     finally:
         await store.aclose()
 
@@ -234,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--admin", action="store_true")
     create.add_argument("--expires-days", type=float, default=None)
     users_sub.add_parser("list", help="list users")
+    token = users_sub.add_parser("token", help="issue another token for a user (shown once)")
+    token.add_argument("name")
+    token.add_argument("--expires-days", type=float, default=None)
+    revoke = users_sub.add_parser("revoke", help="revoke a user's tokens (all, or --token ID)")
+    revoke.add_argument("name")
+    revoke.add_argument("--token", default=None, help="the token id (the part after vp_)")
 
     export = sub.add_parser("export", help="print a conversation as JSON or Markdown")
     export.add_argument("conversation_id")
@@ -244,7 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     settings = get_settings()
-    _logging(settings.log_level)
+    logs.configure(
+        settings.log_level,
+        settings.log_format,
+        [
+            settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
+            settings.daily_api_key.get_secret_value() if settings.daily_api_key else None,
+        ],
+    )
     match args.command:
         case "dev":
             _dev(
@@ -271,6 +313,18 @@ def main(argv: list[str] | None = None) -> None:
                 raise SystemExit(f"error: {exc}") from None
             print(token)
             print("Store this token now: it is not shown again.", file=sys.stderr)
+        case "users" if args.users_command == "token":
+            try:
+                print(asyncio.run(_users_token(settings, args.name, args.expires_days)))
+            except ValueError as exc:
+                raise SystemExit(f"error: {exc}") from None
+            print("Store this token now: it is not shown again.", file=sys.stderr)
+        case "users" if args.users_command == "revoke":
+            try:
+                count = asyncio.run(_users_revoke(settings, args.name, args.token))
+            except ValueError as exc:
+                raise SystemExit(f"error: {exc}") from None
+            print(f"revoked {count} token(s) of {args.name}")
         case "users":
             for user in asyncio.run(_users_list(settings)):
                 print(f"{user['name']:<24} {user['role']:<6} {user['id']}")

@@ -37,6 +37,26 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="Address the API listens on.")
     api_port: int = Field(8000, description="Port the API listens on.")
     max_body_bytes: int = Field(256 * 1024, description="Largest request body accepted.")
+    max_json_depth: int = Field(32, ge=2, description="Deepest JSON nesting accepted.")
+    sessions_per_minute: int = Field(
+        30, ge=0, description="Session creations per user per minute (429 above; 0: no limit)."
+    )
+    logins_per_minute: int = Field(
+        10, ge=0, description="Sign-in attempts per client address per minute (0: no limit)."
+    )
+    max_streams_per_user: int = Field(
+        20, ge=0, description="Open SSE event streams per user (0: no limit)."
+    )
+    cors_origins: CommaList = Field(
+        [], description="Origins allowed to call the API from a browser (none: CORS off)."
+    )
+    trusted_proxy_header: str | None = Field(
+        None,
+        description="Header naming the signed-in user, set by an authenticating reverse proxy.",
+    )
+    trusted_proxies: CommaList = Field(
+        [], description="Addresses of the proxy allowed to set that header."
+    )
 
     # --- sessions and dispatch ---------------------------------------------
     pools: CommaList = Field(["server"], description="Worker pools sessions may name.")
@@ -151,8 +171,14 @@ class Settings(BaseSettings):
     )
 
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per line (production)."
+    )
 
-    @field_validator("pools", "ice_servers", "webrtc_host_addresses", mode="before")
+    @field_validator(
+        "pools", "ice_servers", "webrtc_host_addresses", "cors_origins", "trusted_proxies",
+        mode="before",
+    )  # fmt: skip
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

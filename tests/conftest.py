@@ -70,21 +70,37 @@ class InProcessAPI:
 
 
 @pytest.fixture
-async def api(redis: aioredis.Redis, redis_server: EmbeddedRedis, tmp_path: Path):  # type: ignore[no-untyped-def]
+def make_api(redis: aioredis.Redis, redis_server: EmbeddedRedis, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """``async with make_api(**settings) as api``: the app in-process, real Redis and SQLite."""
+    import contextlib
+
     import httpx
 
     from api.main import create_app
     from shared.settings import Settings
 
-    settings = Settings(
-        redis_url=redis_server.url,
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'api.db'}",
-        max_body_bytes=64 * 1024,
-        ready_wait=1.0,
-        queue_ttl=30,
-    )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://voicepool.test") as c:
-            yield InProcessAPI(app, c, app.state.voicepool)
+    @contextlib.asynccontextmanager
+    async def start(**overrides: object):  # type: ignore[no-untyped-def]
+        values: dict[str, object] = {
+            "redis_url": redis_server.url,
+            "database_url": f"sqlite+aiosqlite:///{tmp_path / 'api.db'}",
+            "max_body_bytes": 64 * 1024,
+            "ready_wait": 1.0,
+            "queue_ttl": 30,
+        }
+        values.update(overrides)
+        app = create_app(Settings(**values))  # type: ignore[arg-type]
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://voicepool.test"
+            ) as client:
+                yield InProcessAPI(app, client, app.state.voicepool)
+
+    return start
+
+
+@pytest.fixture
+async def api(make_api):  # type: ignore[no-untyped-def]
+    async with make_api() as started:
+        yield started

@@ -20,6 +20,7 @@ from pipecat.frames.frames import (
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 
 from shared.events import EventType
+from shared.logs import redact
 from worker.publisher import EventPublisher
 
 
@@ -57,5 +58,5 @@ class SessionEventObserver(BaseObserver):
             self._bot_since = None
         elif isinstance(frame, ErrorFrame):
             self.publisher.emit(
-                EventType.ERROR, {"message": str(frame.error), "fatal": bool(frame.fatal)}
+                EventType.ERROR, {"message": redact(str(frame.error)), "fatal": bool(frame.fatal)}
             )

@@ -23,6 +23,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from shared.events import OWNED_STATES, Reason, SessionState
 from shared.live import LiveSessions
+from shared.logs import redact
 from worker import metrics
 from worker.observers import SessionEventObserver
 from worker.options import WorkerOptions
@@ -94,7 +95,7 @@ class SessionRunner:
         """Ask the session to end; the first reason given is the one recorded."""
         if self.end_reason is None:
             self.end_reason = reason
-            self.end_message = message
+            self.end_message = redact(message) if message else None
         self._end_requested.set()
         if self._pipeline is not None and self._cancel is None:
             self._cancel = asyncio.create_task(self._pipeline.cancel(reason=str(reason)))

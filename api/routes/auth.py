@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from api import web_sessions
+from api import limits, web_sessions
 from api.deps import CurrentUser, SessionDep, StateDep
 from api.errors import ApiError
 from api.schemas import Strict
@@ -43,6 +43,8 @@ def _secure(request: Request) -> bool:
 async def sign_in(body: SignIn, request: Request, response: Response, db: SessionDep,
                   state: StateDep) -> Me:  # fmt: skip
     """Exchange a bearer token for an HttpOnly session cookie (and a CSRF token)."""
+    client = request.client.host if request.client else "unknown"
+    await limits.hit(state.redis, "login", client, limit=state.settings.logins_per_minute, per_s=60)
     user = await authenticate(db, body.token)
     if user is None:
         raise ApiError(401, "invalid_token", "the token is unknown, revoked or expired")

@@ -36,7 +36,7 @@ async def list_conversations(
     user: CurrentUser,
     db: SessionDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[ConversationSummary]:
     """The caller's own conversations, newest first."""
     rows = (

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response
 from sse_starlette import EventSourceResponse
 
-from api import metrics
+from api import limits, metrics
 from api.deps import CurrentUser, SessionDep, StateDep, is_admin
 from api.errors import ApiError, not_found
 from api.events import session_event_stream, wait_for_state
@@ -61,6 +61,7 @@ async def create_session(
     body: SessionCreate, user: CurrentUser, db: SessionDep, state: StateDep
 ) -> SessionOut:
     settings = state.settings
+    await limits.hit(state.redis, "sessions", user.id, limit=settings.sessions_per_minute, per_s=60)
     profile = body.profile or settings.default_profile
     if profile not in settings.available_profiles:
         raise ApiError(
@@ -205,8 +206,9 @@ async def _owning_worker(state: StateDep, row: VoiceSession) -> str:
     if current in FINAL_STATES:
         raise ApiError(409, "session_ended", f"the session has already {current}")
     if current not in (SessionState.READY, SessionState.CONNECTED):
+        # 409, not 503: the server is fine, this session is just not there yet.
         raise ApiError(
-            503, "not_ready", "the session is still waiting for a worker; try again",
+            409, "not_ready", "the session is still waiting for a worker; try again",
             headers={"Retry-After": "2"},
         )  # fmt: skip
     worker_id = (await state.live.get(row.id)).get("worker_id")
@@ -260,6 +262,7 @@ async def stream_events(
     start = last_event_id or after or "0-0"
     if not _valid_stream_id(start):
         raise ApiError(422, "invalid_event_id", "Last-Event-ID must be a stream id like 1-0")
+    await limits.take_slot(state.redis, "sse", user.id, limit=state.settings.max_streams_per_user)
     metrics.SSE_CLIENTS.inc()
 
     async def events():  # type: ignore[no-untyped-def]
@@ -268,6 +271,7 @@ async def stream_events(
                 yield event
         finally:
             metrics.SSE_CLIENTS.dec()
+            await limits.release_slot(state.redis, "sse", user.id)
 
     return EventSourceResponse(events(), ping=15, send_timeout=30)
 

@@ -98,7 +98,7 @@ async def test_offer_waits_for_ready_then_says_not_ready(api, alice) -> None:  #
         json={"sdp": "v=0\r\n", "type": "offer"},
         headers=api.auth(alice),
     )
-    assert response.status_code == 503
+    assert response.status_code == 409
     assert response.json()["detail"]["code"] == "not_ready"
     assert response.headers["Retry-After"]
 

@@ -1,0 +1,105 @@
+// Shapes of the API's JSON (see api/schemas.py and api/routes/*.py).
+
+export type Role = "admin" | "user" | string;
+
+export interface Me {
+  id: string;
+  name: string;
+  role: Role;
+  csrf_token: string | null;
+}
+
+export interface ServerConfig {
+  profiles: string[];
+  default_profile: string;
+  transports: string[];
+  pools: string[];
+  default_pool: string;
+  ice_servers: string[];
+  grafana_url: string | null;
+}
+
+export type SessionStatus =
+  | "queued"
+  | "starting"
+  | "ready"
+  | "connected"
+  | "ended"
+  | "failed"
+  | "expired"
+  | "cancelled";
+
+export const FINAL_STATES: ReadonlySet<string> = new Set(["ended", "failed", "expired", "cancelled"]);
+
+export interface SessionOut {
+  session_id: string;
+  conversation_id: string;
+  status: SessionStatus;
+  reason: string | null;
+  pool: string;
+  transport: string;
+  profile: string;
+  worker_id: string | null;
+  queue_position: number | null;
+  created_at: string;
+  events_url: string;
+  offer_url: string;
+}
+
+/** One event, as sent over SSE (`data:`) and stored (`/api/conversations/{id}`). */
+export interface VPEvent {
+  session_id: string;
+  conversation_id?: string;
+  seq: number;
+  ts: number;
+  type: string;
+  data: Record<string, unknown>;
+}
+
+export interface ConversationSummary {
+  conversation_id: string;
+  title: string | null;
+  /** Not served yet: the first user transcript, if the API adds it. */
+  preview?: string | null;
+  created_at: string;
+  updated_at: string;
+  session_count: number;
+  duration_s: number;
+}
+
+export interface SessionBrief {
+  session_id: string;
+  state: string;
+  reason: string | null;
+  profile: string;
+  transport: string;
+  created_at: string;
+  ended_at: string | null;
+}
+
+export interface ConversationDetail extends ConversationSummary {
+  sessions: SessionBrief[];
+  events: VPEvent[];
+}
+
+export interface WorkerOut {
+  id: string;
+  pool: string;
+  host: string;
+  version: string;
+  capacity: number;
+  active: number;
+  draining: boolean;
+  load: number;
+  heartbeat_age_s: number;
+  started_at: number;
+}
+
+export interface PoolOut {
+  pool: string;
+  workers: number;
+  capacity: number;
+  active: number;
+  queued: number;
+  estimated_wait_s: number | null;
+}

@@ -1,0 +1,170 @@
+// Everything the app tells a person about states, reasons and errors, in plain words.
+
+import { ApiError } from "../lib/api";
+
+export interface Problem {
+  title: string;
+  detail?: string;
+}
+
+const seconds = (s: number) => (s < 60 ? `${Math.round(s)} s` : `${Math.round(s / 60)} min`);
+
+/** An error from the API (or the network) as something to show. */
+export function apiProblem(error: unknown, doing = "That did not work"): Problem {
+  if (!(error instanceof ApiError)) {
+    return { title: doing, detail: error instanceof Error ? error.message : String(error) };
+  }
+  const retry = error.retryAfter ? ` Try again in about ${seconds(error.retryAfter)}.` : "";
+  switch (error.code) {
+    case "network":
+      return { title: "Can't reach the server", detail: "Check your connection and try again." };
+    case "no_capacity":
+      return {
+        title: "No capacity right now",
+        detail: `Every voice worker is busy and the waiting line is full.${retry || " Try again in a little while."}`,
+      };
+    case "too_many_sessions":
+      return {
+        title: "Too many sessions",
+        detail: `You already have as many live sessions as you may have at once. End one (maybe in another tab) first.${retry}`,
+      };
+    case "profile_unavailable":
+      return { title: "That profile isn't available here", detail: error.message };
+    case "unknown_pool":
+      return { title: "Unknown worker pool", detail: error.message };
+    case "queue_unavailable":
+      return { title: "The session queue is down", detail: "The server can't reach its queue. Try again later." };
+    case "invalid_token":
+      return { title: "That token didn't work", detail: "It is unknown, revoked or expired. Ask an administrator for a new one." };
+    case "unauthorized":
+      return { title: "You're signed out", detail: "Sign in again to go on." };
+    case "csrf_failed":
+      return { title: "Your sign-in needs refreshing", detail: "Reload the page and try again." };
+    case "admin_only":
+      return { title: "Operators only", detail: "This needs an administrator's account." };
+    case "not_found":
+      return { title: "Not found", detail: "It doesn't exist, or it isn't yours." };
+    case "worker_not_found":
+      return { title: "That worker is gone", detail: "It stopped or was drained already." };
+    case "not_ready":
+      return { title: "No worker took the session in time", detail: `The session is still waiting.${retry}` };
+    case "session_ended":
+      return { title: "The session has already ended" };
+    default:
+      return { title: doing, detail: error.message };
+  }
+}
+
+/** The microphone could not be opened: getUserMedia's error (or the SDK's DeviceError). */
+export function micProblem(error: unknown): Problem {
+  const name =
+    (error as { name?: string } | null)?.name ??
+    "";
+  const type = (error as { type?: string } | null)?.type ?? "";
+  if (name === "NotAllowedError" || name === "SecurityError" || type === "permissions") {
+    return {
+      title: "No microphone permission",
+      detail:
+        "The browser blocked the microphone. Allow it for this site (the icon in the address bar), then press Start again.",
+    };
+  }
+  if (name === "NotFoundError" || type === "not-found") {
+    return { title: "No microphone found", detail: "Plug in or enable a microphone, then press Start again." };
+  }
+  if (name === "NotReadableError" || type === "in-use") {
+    return {
+      title: "The microphone is busy",
+      detail: "Another program is using it. Close that program, then press Start again.",
+    };
+  }
+  if (type === "undefined-mediadevices" || name === "TypeError") {
+    return {
+      title: "This page can't use a microphone",
+      detail: "Browsers allow microphones only on https:// pages (or http://localhost).",
+    };
+  }
+  return {
+    title: "The microphone could not be opened",
+    detail: error instanceof Error ? error.message : undefined,
+  };
+}
+
+export const STATE_LABELS: Record<string, string> = {
+  queued: "Queued",
+  starting: "Starting",
+  ready: "Ready",
+  connected: "Connected",
+  ended: "Ended",
+  failed: "Failed",
+  expired: "Expired",
+  cancelled: "Cancelled",
+};
+
+/** Why a session ended, for a person. */
+export function reasonText(reason: string | null | undefined): string {
+  switch (reason) {
+    case "client_ended":
+      return "You ended the session.";
+    case "client_left":
+      return "The connection to your browser was lost.";
+    case "idle_timeout":
+      return "Ended after a long silence.";
+    case "max_duration":
+      return "Ended at the longest time a session may last.";
+    case "connect_timeout":
+      return "Your browser never connected its audio in time.";
+    case "worker_lost":
+      return "The worker running this session stopped unexpectedly.";
+    case "worker_draining":
+      return "The worker was taken out of service by an operator.";
+    case "worker_shutdown":
+      return "The worker was shut down.";
+    case "no_capacity":
+      return "No worker became free in time. Try again in a little while.";
+    case "pipeline_error":
+      return "Something went wrong inside the voice pipeline.";
+    case "model_unavailable":
+      return "The AI model could not be reached. Try again later, or use another profile.";
+    case "model_error":
+      return "The AI model reported an error, so the session stopped.";
+    case "model_disconnected":
+      return "The AI model closed the connection.";
+    case "model_protocol_error":
+      return "The AI model sent something the server could not read.";
+    case null:
+    case undefined:
+    case "":
+      return "";
+    default:
+      return `Reason: ${reason.replace(/_/g, " ")}.`;
+  }
+}
+
+/** The session's final state as a problem to show, or null when it ended normally. */
+export function endProblem(state: string | null, reason: string | null): Problem | null {
+  if (state === "failed") {
+    const model = reason?.startsWith("model_");
+    return {
+      title: model ? "Model unavailable" : "The session failed",
+      detail: reasonText(reason),
+    };
+  }
+  if (state === "expired") return { title: "No capacity right now", detail: reasonText(reason) };
+  return null;
+}
+
+export function formatDuration(s: number): string {
+  if (!Number.isFinite(s) || s <= 0) return "0 s";
+  if (s < 10) return `${s.toFixed(1)} s`;
+  if (s < 60) return `${Math.round(s)} s`;
+  const m = Math.floor(s / 60);
+  const rest = Math.round(s % 60);
+  if (m < 60) return rest ? `${m} min ${rest} s` : `${m} min`;
+  return `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+export function formatWait(s: number | null | undefined): string {
+  if (s == null || !Number.isFinite(s)) return "";
+  if (s < 1) return "under a second";
+  return `about ${formatDuration(s)}`;
+}

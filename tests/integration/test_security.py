@@ -1,0 +1,174 @@
+"""Who sees what, and limits: every per-session route checked against its owner."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from shared.logs import RedactingFormatter, add_secret, redact
+
+ROOT = Path(__file__).parents[2]
+
+
+async def _setup(api):  # type: ignore[no-untyped-def]
+    alice = await api.token("alice")
+    bob = await api.token("bob")
+    admin = await api.token("root", role="admin")
+    made = await api.client.post(
+        "/api/sessions", json={"transport": "webrtc"}, headers=api.auth(alice)
+    )
+    assert made.status_code == 202
+    return alice, bob, admin, made.json()
+
+
+async def test_access_matrix(api) -> None:  # type: ignore[no-untyped-def]
+    alice, bob, admin, session = await _setup(api)
+    sid, cid = session["session_id"], session["conversation_id"]
+    offer = {"sdp": "v=0\r\n", "type": "offer"}
+    ice = {"pc_id": "p", "candidates": []}
+    # (method, path, body) → expected status for (owner, other user, admin)
+    matrix = [
+        ("GET", f"/api/sessions/{sid}", None, (200, 404, 200)),
+        ("GET", f"/api/sessions/{sid}/events?after=99999999999999-0", None, (None, 404, None)),
+        ("POST", f"/api/sessions/{sid}/offer", offer, (409, 404, 409)),
+        ("PATCH", f"/api/sessions/{sid}/offer", ice, (409, 404, 409)),
+        ("GET", f"/api/conversations/{cid}", None, (200, 404, 200)),
+        ("GET", f"/api/conversations/{cid}/export?format=md", None, (200, 404, 200)),
+        ("GET", f"/api/conversations/{cid}/export?format=json", None, (200, 404, 200)),
+        ("GET", "/api/workers", None, (403, 403, 200)),
+        ("GET", "/api/pools", None, (403, 403, 200)),
+        ("POST", "/api/workers/nobody/drain", {}, (403, 403, 404)),
+        ("DELETE", f"/api/sessions/{sid}", None, (200, 404, 200)),
+    ]
+    for method, path, body, expected in matrix:
+        for token, status in zip((alice, bob, admin), expected, strict=True):
+            if status is None:
+                continue  # a live stream: only its refusal is checked here
+            response = await api.client.request(method, path, json=body, headers=api.auth(token))
+            assert response.status_code == status, (method, path, token[:8], response.text)
+            if status == 404:
+                assert sid not in response.text and cid not in response.text
+    # Another user's conversations never appear in their list.
+    listed = await api.client.get("/api/conversations", headers=api.auth(bob))
+    assert listed.json() == []
+    # Nor can they continue it.
+    refused = await api.client.post(
+        "/api/sessions",
+        json={"transport": "webrtc", "conversation_id": cid},
+        headers=api.auth(bob),
+    )
+    assert refused.status_code == 404
+
+
+async def test_session_creation_and_sign_in_are_rate_limited(make_api) -> None:  # type: ignore[no-untyped-def]
+    async with make_api(sessions_per_minute=2, logins_per_minute=3, max_sessions_per_user=0) as api:
+        token = await api.token("eager")
+        statuses = [
+            (
+                await api.client.post(
+                    "/api/sessions", json={"transport": "webrtc"}, headers=api.auth(token)
+                )
+            ).status_code
+            for _ in range(3)
+        ]
+        assert statuses[:2] == [202, 202] and statuses[2] == 429
+        logins = [
+            (await api.client.post("/api/auth/login", json={"token": "vp_bad_guess"})).status_code
+            for _ in range(4)
+        ]
+        assert logins == [401, 401, 401, 429]
+        limited = await api.client.post("/api/auth/login", json={"token": token})
+        assert limited.status_code == 429  # even a right token waits out the window
+        assert int(limited.headers["Retry-After"]) >= 1
+
+
+async def test_event_streams_per_user_are_bounded(make_api) -> None:  # type: ignore[no-untyped-def]
+    async with make_api(max_streams_per_user=0) as api:  # 0: unbounded
+        assert api.state.settings.max_streams_per_user == 0
+    async with make_api(max_streams_per_user=1) as api:
+        token = await api.token("watcher")
+        session = (
+            await api.client.post(
+                "/api/sessions", json={"transport": "webrtc"}, headers=api.auth(token)
+            )
+        ).json()
+        await api.state.redis.set("vp:open:sse:" + (await _user_id(api, "watcher")), 1)
+        refused = await api.client.get(session["events_url"], headers=api.auth(token))
+        assert refused.status_code == 429
+        assert refused.json()["detail"]["code"] == "too_many_streams"
+
+
+async def _user_id(api, name: str) -> str:  # type: ignore[no-untyped-def]
+    from shared.users import get_user_by_name
+
+    async with api.state.store.session() as db:
+        return (await get_user_by_name(db, name)).id
+
+
+async def test_deep_json_is_refused_not_a_500(api) -> None:  # type: ignore[no-untyped-def]
+    token = await api.token("nester")
+    deep = b'{"transport": "webrtc", "options": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    response = await api.client.post(
+        "/api/sessions", content=deep,
+        headers={**api.auth(token), "Content-Type": "application/json"},
+    )  # fmt: skip
+    assert response.status_code == 422
+    assert response.json()["detail"]["code"] == "too_deep"
+
+
+async def test_cors_is_off_unless_configured(make_api) -> None:  # type: ignore[no-untyped-def]
+    preflight = {
+        "Origin": "https://evil.example",
+        "Access-Control-Request-Method": "POST",
+    }
+    async with make_api() as api:
+        response = await api.client.options("/api/sessions", headers=preflight)
+        assert "access-control-allow-origin" not in response.headers
+    async with make_api(cors_origins=["https://app.example"]) as api:
+        ok = await api.client.options(
+            "/api/sessions", headers={**preflight, "Origin": "https://app.example"}
+        )
+        assert ok.headers["access-control-allow-origin"] == "https://app.example"
+        evil = await api.client.options("/api/sessions", headers=preflight)
+        assert "access-control-allow-origin" not in evil.headers
+
+
+async def test_trusted_proxy_identity_only_from_the_proxy(make_api) -> None:  # type: ignore[no-untyped-def]
+    async with make_api(trusted_proxy_header="X-Remote-User", trusted_proxies=["10.9.9.9"]) as api:
+        await api.token("proxied")
+        # The test client is 127.0.0.1, not the configured proxy: the header is ignored.
+        response = await api.client.get("/api/me", headers={"X-Remote-User": "proxied"})
+        assert response.status_code == 401
+    async with make_api(trusted_proxy_header="X-Remote-User", trusted_proxies=["127.0.0.1"]) as api:
+        response = await api.client.get("/api/me", headers={"X-Remote-User": "proxied"})
+        assert response.status_code == 200 and response.json()["name"] == "proxied"
+        unknown = await api.client.get("/api/me", headers={"X-Remote-User": "nobody"})
+        assert unknown.status_code == 401
+
+
+async def test_revoked_tokens_stop_working(api, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    token = await api.token("leaver")
+    assert (await api.client.get("/api/me", headers=api.auth(token))).status_code == 200
+    env = {"VOICEPOOL_DATABASE_URL": api.state.settings.sqlalchemy_url, "PATH": "/usr/bin:/bin"}
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "shared.cli", "users", "revoke", "leaver"],
+        env=env, cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "revoked 1 token" in out.stdout
+    assert (await api.client.get("/api/me", headers=api.auth(token))).status_code == 401
+
+
+def test_logs_mask_keys_and_tokens() -> None:
+    add_secret("my-azure-key-1234567890")
+    line = redact(
+        "connect wss://x?key=my-azure-key-1234567890 Authorization: Bearer abcdefghijkl "
+        "token vp_0123456789abcdef_SECRETsecretSECRET and sk-proj-abcdefghijklmnop"
+    )
+    for secret in ("my-azure-key", "abcdefghijkl", "SECRETsecret", "sk-proj-abcdefgh"):
+        assert secret not in line
+    record = logging.LogRecord("x", logging.INFO, "f", 1, "key sk-live-12345678901", None, None)
+    assert "sk-live" not in RedactingFormatter(json_lines=True).format(record)
