@@ -38,7 +38,7 @@ async def wait_for_status(
 
 
 async def connect_webrtc(
-    api: httpx.AsyncClient, session_id: str, wav: str | None
+    api: httpx.AsyncClient, session_id: str, wav: str | None, *, wait: bool = True
 ) -> WebRTCTestClient:
     client = WebRTCTestClient(wav)
 
@@ -48,5 +48,6 @@ async def connect_webrtc(
         return response.json()
 
     await client.connect(send_offer)
-    await client.wait_connected()
+    if wait:
+        await client.wait_connected()
     return client

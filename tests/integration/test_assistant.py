@@ -1,0 +1,226 @@
+"""The assistant profile through the real system, against the OpenAI Realtime protocol double.
+
+API, Redis, a worker process and a WebRTC client on loopback; the real
+Pipecat ``OpenAIRealtimeLLMService`` in the worker talks to the fake model
+(tests/doubles/openai_realtime.py), and the assistant's tool talks to a local
+nested-team double.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.doubles.nested_team import NestedTeam
+from tests.doubles.openai_realtime import FakeRealtimeServer, Fault, Turn
+from tests.support.api import api_client, connect_webrtc, create_session, wait_for_status
+from tests.support.sse import read_events
+from tests.support.webrtc_client import allow_loopback_ice
+
+pytestmark = pytest.mark.slow
+
+API_KEY = "sk-test-voicepool-secret-0123456789"
+FAILURE_DEADLINE_S = 8.0  # "within a few seconds", on a loaded 2-core machine
+
+
+def _tools_file(tmp_path: Path, team_url: str) -> Path:
+    path = tmp_path / "tools.toml"
+    path.write_text(
+        f"""
+[[tools]]
+name = "send_to_nested"
+description = "Hand a task to the agent team."
+kind = "websocket"
+timeout_s = 30
+[tools.parameters]
+type = "object"
+required = ["text"]
+[tools.parameters.properties.text]
+type = "string"
+[tools.websocket]
+url = "{team_url}"
+"""
+    )
+    return path
+
+
+def _assistant_system(make_system, fake: FakeRealtimeServer, tools: Path | None = None):  # type: ignore[no-untyped-def]
+    settings = {"OPENAI_API_KEY": API_KEY, "VOICEPOOL_OPENAI_BASE_URL": fake.base_url}
+    if tools:
+        settings["VOICEPOOL_TOOLS_FILE"] = str(tools)
+    return make_system(workers=1, capacity=2, **settings)
+
+
+async def _published(system, session_id: str, kind: str, timeout: float = 20) -> list[dict]:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    with system.redis as r:
+        while True:
+            found = [
+                json.loads(f["data"])
+                for _id, f in r.xrange(f"vp:session:{session_id}:events")
+                if f["type"] == kind
+            ]
+            if found or time.monotonic() > deadline:
+                return found
+            await asyncio.sleep(0.1)
+
+
+async def test_speech_tool_call_and_answer_are_all_recorded(
+    make_system, hello_wav, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    allow_loopback_ice()
+    turn = Turn(
+        transcript="Ask the team to find flights to Oslo",
+        tool_call=("send_to_nested", {"text": "find flights to Oslo"}),
+        answer="The team found three flights.",
+    )
+    async with (
+        NestedTeam(progress=["Planning", "Searching"]) as team,
+        FakeRealtimeServer(turns=[turn]) as fake,
+    ):
+        system = _assistant_system(make_system, fake, _tools_file(tmp_path, team.url))
+        token = system.create_user("ana")
+        async with api_client(system, token) as api:
+            session = await create_session(api, profile="assistant")
+            sid, cid = session["session_id"], session["conversation_id"]
+            sse = asyncio.create_task(read_events(api, session["events_url"]))
+            client = await connect_webrtc(api, sid, str(hello_wav))
+            try:
+                output = await fake.wait_for(
+                    lambda e: (
+                        e["type"] == "conversation.item.create"
+                        and e["item"]["type"] == "function_call_output"
+                    ),
+                    timeout=30,
+                )
+                answers = await _published(system, sid, "assistant.transcript")
+                while not any("three flights" in a["text"] for a in answers):
+                    await asyncio.sleep(0.2)
+                    answers = await _published(system, sid, "assistant.transcript")
+                await client.wait_for_audio(2000, timeout=10)  # the model's audio reached us
+            finally:
+                await api.delete(f"/api/sessions/{sid}")
+                await client.close()
+            events = await asyncio.wait_for(sse, 10)
+
+            # The tool's result reached the model as function_call_output.
+            assert "find flights to Oslo" in output["item"]["output"]
+            assert team.tasks == [{"type": "task", "text": "find flights to Oslo"}]
+
+            types = [e.event for e in events]
+            for kind in (
+                "user.transcript", "tool.started", "tool.progress", "tool.completed",
+                "assistant.transcript", "metrics.usage", "metrics.latency",
+            ):  # fmt: skip
+                assert kind in types, (kind, types)
+            data = {e.event: [x.data["data"] for x in events if x.event == e.event] for e in events}
+            assert data["user.transcript"][0]["text"] == turn.transcript
+            assert [p["text"] for p in data["tool.progress"]] == ["Planning", "Searching"]
+            assert data["tool.started"][0]["arguments"] == {"text": "find flights to Oslo"}
+            assert "find flights to Oslo" in data["tool.completed"][0]["result"]
+            usage = data["metrics.usage"][0]
+            assert usage["total_tokens"] > 0 and "output_audio_tokens" in usage
+            assert types.index("tool.started") < types.index("tool.completed")
+
+            # Stored, and the export reads as a transcript with the tool steps inline.
+            await asyncio.sleep(1.0)
+            markdown = (await api.get(f"/api/conversations/{cid}/export?format=md")).text
+            assert f"**User:** {turn.transcript}" in markdown
+            assert "**Assistant:** The team found three flights." in markdown
+            assert "send_to_nested" in markdown
+
+            # The key is in no event, no stored export, no log line.
+            exported = (await api.get(f"/api/conversations/{cid}/export?format=json")).text
+            assert API_KEY not in exported
+            assert all(API_KEY not in json.dumps(e.data) for e in events)
+        system.stop()
+        assert API_KEY not in system.log_tail(lines=100000)
+
+
+async def test_a_continued_conversation_sends_its_transcript_to_the_model(
+    make_system, hello_wav
+) -> None:  # type: ignore[no-untyped-def]
+    allow_loopback_ice()
+    async with FakeRealtimeServer(
+        turns=[Turn(transcript="My name is Ana", answer="Hi Ana")]
+    ) as fake:
+        system = _assistant_system(make_system, fake)
+        token = system.create_user("ana")
+        async with api_client(system, token) as api:
+            first = await create_session(api, profile="assistant")
+            client = await connect_webrtc(api, first["session_id"], str(hello_wav))
+            await _published(system, first["session_id"], "user.transcript")
+            await api.delete(f"/api/sessions/{first['session_id']}")
+            await client.close()
+            await asyncio.sleep(1.0)  # let the persister store the transcript
+
+            seen_before = len(fake.received)
+            second = await create_session(
+                api, profile="assistant", conversation_id=first["conversation_id"]
+            )
+            client = await connect_webrtc(api, second["session_id"], None)
+            try:
+                deadline = time.monotonic() + 15
+                while not any(e["type"] == "response.create" for e in fake.received[seen_before:]):
+                    assert time.monotonic() < deadline, "the model was never asked to respond"
+                    await asyncio.sleep(0.1)
+                new = fake.received[seen_before:]
+                first_response = next(
+                    i for i, e in enumerate(new) if e["type"] == "response.create"
+                )
+                seeded = [
+                    e["item"]
+                    for e in new[:first_response]
+                    if e["type"] == "conversation.item.create"
+                ]
+                # The earlier transcript is in the context before the first response.
+                assert "My name is Ana" in json.dumps(seeded)
+            finally:
+                await api.delete(f"/api/sessions/{second['session_id']}")
+                await client.close()
+
+
+FAULTS = [
+    (Fault(kind="reject_handshake"), "model_unavailable"),
+    (Fault(kind="error_on_session_update"), "model_error"),
+    (Fault(kind="close_mid_answer"), "model_disconnected"),
+    (Fault(kind="malformed_event"), "model_protocol_error"),
+]
+
+
+async def test_each_model_failure_ends_the_session_fast_with_its_reason(make_system) -> None:  # type: ignore[no-untyped-def]
+    allow_loopback_ice()
+    async with FakeRealtimeServer(greeting="Hello there, this greeting is long enough.") as fake:
+        system = _assistant_system(make_system, fake)
+        token = system.create_user("ana")
+        async with api_client(system, token) as api:
+            for fault, reason in FAULTS:
+                fake.fault = fault
+                session = await create_session(api, profile="assistant")
+                # The model fails as the pipeline starts, maybe before media flows.
+                client = await connect_webrtc(api, session["session_id"], None, wait=False)
+                started = time.monotonic()
+                try:
+                    ended = await wait_for_status(
+                        api, session["session_id"], {"failed", "ended"}, timeout=FAILURE_DEADLINE_S
+                    )
+                finally:
+                    await client.close()
+                assert (ended["status"], ended["reason"]) == ("failed", reason), fault.kind
+                assert time.monotonic() - started < FAILURE_DEADLINE_S
+
+            # Nothing listening at all: connection refused.
+            await fake.stop()
+            session = await create_session(api, profile="assistant")
+            client = await connect_webrtc(api, session["session_id"], None, wait=False)
+            try:
+                ended = await wait_for_status(
+                    api, session["session_id"], {"failed", "ended"}, timeout=FAILURE_DEADLINE_S
+                )
+            finally:
+                await client.close()
+            assert (ended["status"], ended["reason"]) == ("failed", "model_unavailable")
