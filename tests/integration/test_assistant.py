@@ -107,8 +107,13 @@ async def test_speech_tool_call_and_answer_are_all_recorded(
                 await client.close()
             events = await asyncio.wait_for(sse, 10)
 
-            # The tool's result reached the model as function_call_output.
+            # The tool's result reached the model as function_call_output, and its
+            # progress as it streamed.
             assert "find flights to Oslo" in output["item"]["output"]
+            items = json.dumps(
+                [e for e in fake.received if e["type"] == "conversation.item.create"]
+            )
+            assert "Planning" in items and "Searching" in items
             assert team.tasks == [{"type": "task", "text": "find flights to Oslo"}]
 
             types = [e.event for e in events]

@@ -22,6 +22,17 @@ TEXT_PARAMS = {
 }
 
 
+def collect(into: list[dict]):  # type: ignore[no-untyped-def]
+    async def progress(message: dict) -> None:
+        into.append(message)
+
+    return progress
+
+
+async def ignore(_message: dict) -> None:
+    return None
+
+
 def command_tool(tmp_path: Path, timeout_s: float = 10, **command: object) -> ToolSpec:
     return ToolSpec.model_validate(
         {
@@ -44,7 +55,7 @@ def command_tool(tmp_path: Path, timeout_s: float = 10, **command: object) -> To
 async def test_command_tool_streams_progress_and_returns_the_result(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-of-the-platform")
     steps: list[dict] = []
-    result = await run_tool(command_tool(tmp_path), {"text": "fix the bug"}, steps.append)
+    result = await run_tool(command_tool(tmp_path), {"text": "fix the bug"}, collect(steps))
     assert result == "Done: fix the bug"
     assert [s["kind"] for s in steps] == ["system", "assistant", "assistant"]
     seen = json.loads((tmp_path / "claude.json").read_text())
@@ -61,9 +72,9 @@ async def test_command_arguments_arrive_verbatim_as_one_argv_item(tmp_path, host
     spec = command_tool(tmp_path)
     if "\x00" in hostile:  # no OS can pass a NUL in argv: refused, not truncated
         with pytest.raises(ToolError):
-            await run_tool(spec, {"text": hostile}, lambda _: None)
+            await run_tool(spec, {"text": hostile}, ignore)
         return
-    await run_tool(spec, {"text": hostile}, lambda _: None)
+    await run_tool(spec, {"text": hostile}, ignore)
     seen = json.loads((tmp_path / "claude.json").read_text())
     assert seen["argv"] == ["-p", hostile, "--output-format", "stream-json", "--verbose"]
     assert seen["cwd"] == str(tmp_path)
@@ -72,19 +83,19 @@ async def test_command_arguments_arrive_verbatim_as_one_argv_item(tmp_path, host
 
 async def test_a_hanging_command_hits_its_timeout(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ToolTimeout, match=r"did not finish within 0\.5 s"):
-        await run_tool(command_tool(tmp_path, timeout_s=0.5), {"text": "--hang"}, lambda _: None)
+        await run_tool(command_tool(tmp_path, timeout_s=0.5), {"text": "--hang"}, ignore)
 
 
 async def test_a_failing_command_reports_its_status(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ToolError, match="status 3: something broke"):
-        await run_tool(command_tool(tmp_path), {"text": "--fail"}, lambda _: None)
+        await run_tool(command_tool(tmp_path), {"text": "--fail"}, ignore)
 
 
 async def test_a_missing_program_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
     spec = command_tool(tmp_path)
     spec.command.argv[0] = str(tmp_path / "no-such-program")  # type: ignore[union-attr]
     with pytest.raises(ToolError, match="could not start"):
-        await run_tool(spec, {"text": "x"}, lambda _: None)
+        await run_tool(spec, {"text": "x"}, ignore)
 
 
 def test_the_program_cannot_be_a_template(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -100,7 +111,7 @@ async def test_websocket_tool_forwards_progress_and_returns_the_final_answer() -
     async with NestedTeam(progress=["Planning", "Researching"]) as team:
         spec.websocket.url = team.url  # type: ignore[union-attr]
         steps: list[dict] = []
-        result = await run_tool(spec, {"text": "find flights"}, steps.append)
+        result = await run_tool(spec, {"text": "find flights"}, collect(steps))
     assert result == "The team says: done. (find flights)"
     assert [s["text"] for s in steps] == ["Planning", "Researching"]
     assert team.tasks == [{"type": "task", "text": "find flights"}]
@@ -112,7 +123,7 @@ async def test_websocket_tool_down_is_a_clear_error() -> None:
          "kind": "websocket", "websocket": {"url": "ws://127.0.0.1:9/team"}}
     )  # fmt: skip
     with pytest.raises(ToolError, match="could not reach the agent team"):
-        await run_tool(spec, {"text": "x"}, lambda _: None)
+        await run_tool(spec, {"text": "x"}, ignore)
 
 
 async def test_http_tool_posts_arguments_and_returns_json() -> None:
@@ -135,7 +146,7 @@ async def test_http_tool_posts_arguments_and_returns_json() -> None:
              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
              "http": {"url": f"http://127.0.0.1:{port}/weather"}}
         )  # fmt: skip
-        assert await run_tool(spec, {"city": "Oslo"}, lambda _: None) == {"temperature": 21}
+        assert await run_tool(spec, {"city": "Oslo"}, ignore) == {"temperature": 21}
         assert received == [{"city": "Oslo"}]
     finally:
         await runner.cleanup()

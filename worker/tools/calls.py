@@ -15,6 +15,7 @@ from typing import Any
 
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
+from pipecat.frames.frames import FunctionCallResultProperties
 from pipecat.services.llm_service import FunctionCallParams, LLMService
 
 from shared.events import EventType
@@ -58,10 +59,15 @@ def make_handler(
         started = time.monotonic()
         step = 0
 
-        def progress(message: dict[str, Any]) -> None:
+        async def progress(message: dict[str, Any]) -> None:
             nonlocal step
             step += 1
             emit(EventType.TOOL_PROGRESS, {**call, "step": step, **message})
+            # The model hears how the work is going, without being asked to answer it.
+            await params.result_callback(
+                {"progress": message.get("text", "")},
+                properties=FunctionCallResultProperties(is_final=False, run_llm=False),
+            )
 
         try:
             result = await run_tool(spec, arguments, progress)

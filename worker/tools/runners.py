@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -25,7 +25,7 @@ from worker.tools.config import (
     WebSocketOptions,
 )
 
-Progress = Callable[[dict[str, Any]], None]
+Progress = Callable[[dict[str, Any]], Awaitable[None]]
 PROGRESS_TEXT_LIMIT = 2000  # a progress event carries at most this much text
 
 
@@ -82,13 +82,13 @@ async def run_websocket(
                 try:
                     message = json.loads(raw)
                 except (TypeError, ValueError):
-                    progress({"text": str(raw)[:PROGRESS_TEXT_LIMIT], "kind": "text"})
+                    await progress({"text": str(raw)[:PROGRESS_TEXT_LIMIT], "kind": "text"})
                     continue
                 if not isinstance(message, dict):
                     continue
                 if _is_final(message, options.final):
                     return message.get(options.final.result_field)
-                progress(_progress_entry(message, options.progress_field))
+                await progress(_progress_entry(message, options.progress_field))
     except (OSError, websockets.exceptions.WebSocketException) as exc:
         raise ToolError(f"could not reach the agent team: {exc}") from exc
     raise ToolError("the agent team closed the connection without a final answer")
@@ -142,12 +142,12 @@ async def run_command(
             try:
                 message = json.loads(text)
             except ValueError:
-                progress({"text": text[:PROGRESS_TEXT_LIMIT], "kind": "text"})
+                await progress({"text": text[:PROGRESS_TEXT_LIMIT], "kind": "text"})
                 continue
             if isinstance(message, dict) and _is_final(message, options.final):
                 result, found = message.get(options.final.result_field), True
             elif isinstance(message, dict):
-                progress(_progress_entry(message, "text"))
+                await progress(_progress_entry(message, "text"))
         code = await proc.wait()
     finally:
         if proc.returncode is None:  # cancelled or timed out: stop the whole process group
