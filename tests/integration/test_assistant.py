@@ -229,3 +229,28 @@ async def test_each_model_failure_ends_the_session_fast_with_its_reason(make_sys
             finally:
                 await client.close()
             assert (ended["status"], ended["reason"]) == ("failed", "model_unavailable")
+
+
+async def test_local_turn_detection_commits_turns_from_the_worker(make_system, hello_wav) -> None:  # type: ignore[no-untyped-def]
+    allow_loopback_ice()
+    async with FakeRealtimeServer(turns=[Turn(transcript="Local turns work")]) as fake:
+        system = _assistant_system(make_system, fake)
+        token = system.create_user("ana")
+        async with api_client(system, token) as api:
+            session = await create_session(
+                api, profile="assistant", options={"turn_detection": "local"}
+            )
+            client = await connect_webrtc(api, session["session_id"], str(hello_wav))
+            try:
+                # Silero VAD in the worker ends the turn; the service commits the buffer.
+                commit = await fake.wait_for(
+                    lambda e: e["type"] == "input_audio_buffer.commit", timeout=20
+                )
+                said = await _published(system, session["session_id"], "user.transcript")
+            finally:
+                await api.delete(f"/api/sessions/{session['session_id']}")
+                await client.close()
+            assert commit
+            assert said and said[0]["text"] == "Local turns work"
+            update = fake.session_updates[0]
+            assert update["audio"]["input"].get("turn_detection") is None
