@@ -51,7 +51,7 @@ async def test_no_request_makes_a_server_error(make_system, tmp_path) -> None:  
             "--request-timeout", "10",
             "--report-dir", str(tmp_path),
         ],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,  # its cache stays there
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     # The victim's session was never exposed to the fuzzer's (admin) token in a way
