@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from sqlmodel import func, select
 
@@ -12,6 +10,7 @@ from shared import keys
 from shared.events import Reason, SessionState
 from shared.live import LiveSessions
 from shared.models import Conversation, EventRecord, User, VoiceSession
+from shared.settings import Settings
 from shared.store import Store, migrate_async
 
 
@@ -20,8 +19,9 @@ class Crash(Exception):
 
 
 @pytest.fixture
-async def store(tmp_path: Path):  # type: ignore[no-untyped-def]
-    url = f"sqlite+aiosqlite:///{tmp_path / 'persist.db'}"
+async def store(database_url: str):  # type: ignore[no-untyped-def]
+    """The store on SQLite and on PostgreSQL: every test here runs against both."""
+    url = Settings(database_url=database_url).sqlalchemy_url
     await migrate_async(url)
     store = Store(url)
     async with store.session() as db:

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
 from shared.models import ApiToken, utcnow
+from shared.settings import Settings
 from shared.store import Store, migrate_async
 from shared.users import authenticate, create_user, issue_token
 
 
 @pytest.fixture
-async def db(tmp_path: Path):  # type: ignore[no-untyped-def]
-    url = f"sqlite+aiosqlite:///{tmp_path / 'users.db'}"
+async def db(database_url: str):  # type: ignore[no-untyped-def]
+    url = Settings(database_url=database_url).sqlalchemy_url
     await migrate_async(url)
     store = Store(url)
     async with store.session() as session:
