@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: dev test test-quick test-deps lint bench install clean
+.PHONY: dev test test-quick test-deps lint bench drills install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ lint: install
 ## Benchmarks; results under ops/bench/results/.
 bench: install
 	$(BIN)/python ops/bench/dispatch.py
+
+## Fault drills: a table of faults, what users saw, events lost (must be 0), recovery time.
+drills: install
+	$(BIN)/python ops/drills/drills.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info
