@@ -36,6 +36,13 @@ Server event sequences (``→`` server to client):
 * barge-in: speech heard while answering cancels the answer (``response.output_item.done``
   with status ``incomplete``, ``conversation.item.done``, ``response.done`` with status
   ``cancelled``), as ``interrupt_response`` does; ``response.cancel`` does the same.
+* ``response.create`` with no user turn pending (Pipecat's opening ``LLMRunFrame``): an
+  audio answer saying ``greeting``.
+* other client events: ``conversation.item.create`` → ``conversation.item.added`` +
+  ``.done`` (same item id); ``conversation.item.truncate`` → ``.truncated``;
+  ``input_audio_buffer.clear`` → ``.cleared``; ``conversation.item.delete``/``.retrieve``.
+  Misuse gets the real API's ``error`` codes (``response_cancel_not_active``,
+  ``conversation_already_has_active_response``, ``input_audio_buffer_commit_empty``, ...).
 
 Run standalone for benchmarks: ``python -m tests.doubles.openai_realtime --port 8765``.
 """
@@ -51,7 +58,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Literal
@@ -89,10 +96,10 @@ class Turn:
 
 FaultKind = Literal[
     "none",
-    "error_on_session_update",  # `error` instead of session.updated (socket stays open)
-    "error_after_turn",  # `error` right after the first user turn's response.done
-    "close_mid_answer",  # socket closed halfway through the first answer's audio
-    "malformed_event",  # an unparseable event right after the first response.created
+    "error_on_session_update",  # `error` instead of each session.updated (socket stays open)
+    "error_after_turn",  # `error` right after the first user turn's answer (response.done)
+    "close_mid_answer",  # socket closed halfway through the connection's first answer audio
+    "malformed_event",  # unparseable event right after the connection's first response.created
     "reject_handshake",  # HTTP error instead of the WebSocket upgrade
 ]
 
@@ -263,17 +270,26 @@ class _Connection:
         self.items: dict[str, Event] = {}
         self.speech_item_id: str | None = None
         self.pending_turn: Turn | None = None  # committed, waiting for response.create
+        self.queued_turn: Turn | None = None  # heard while answering, answered next
         self.pending_answer: Turn | None = None  # tool called, waiting for its output
         self.response_task: asyncio.Task[None] | None = None
         self.cancel_reason: str | None = None
         self.cancelled = asyncio.Event()
+        # close_mid_answer and malformed_event strike the connection's first response (a
+        # greeting, if the client asks for one); error_after_turn the first user turn's.
         self.responses = 0
+        self.answers = 0
         self.turn_answers = 0
 
     # -- plumbing ---------------------------------------------------------------------
 
     async def send(self, type_: str, **fields: Any) -> None:
-        await self.ws.send(json.dumps({"event_id": _id("event"), "type": type_, **fields}))
+        event = {"event_id": _id("event"), "type": type_, **fields}
+        await self.ws.send(json.dumps(event))
+        if self.server.record:
+            if type_ == "response.output_audio.delta":  # keep the size, not the audio
+                event = event | {"delta": len(fields["delta"]) * 3 // 4}
+            self.server.sent.append(event)
 
     async def error(
         self,
@@ -287,12 +303,21 @@ class _Connection:
         error = {"type": type_, "code": code, "message": message, "param": param}
         await self.send("error", error=error | {"event_id": event_id})
 
+    def _audio_input(self) -> dict[str, Any]:
+        return (self.session.get("audio") or {}).get("input") or {}
+
     def _turn_detection(self) -> dict[str, Any] | None:
-        td = self.session.get("audio", {}).get("input", {}).get("turn_detection")
-        return td if isinstance(td, dict) else None
+        td = self._audio_input().get("turn_detection")
+        return td if isinstance(td, dict) else None  # null: manual turns
 
     def _transcribes(self) -> bool:
-        return bool(self.session.get("audio", {}).get("input", {}).get("transcription"))
+        return bool(self._audio_input().get("transcription"))
+
+    def _text_only(self, response: dict[str, Any] | None = None) -> bool:
+        modalities = (response or {}).get("output_modalities") or self.session.get(
+            "output_modalities"
+        )
+        return modalities == ["text"]
 
     def _next_turn(self) -> Turn:
         turns = self.server.turns
@@ -318,8 +343,9 @@ class _Connection:
             async for raw in self.ws:
                 try:
                     event = json.loads(raw)
-                    assert isinstance(event, dict) and isinstance(event.get("type"), str)
-                except (ValueError, AssertionError):
+                except ValueError:
+                    event = None
+                if not isinstance(event, dict) or not isinstance(event.get("type"), str):
                     await self.error("The server could not parse the event.", code="invalid_json")
                     continue
                 await self.server._record(event)
@@ -397,7 +423,7 @@ class _Connection:
                     event_id=event_id,
                 )
                 return
-            text_only = (event.get("response") or {}).get("output_modalities") == ["text"]
+            text_only = self._text_only(event.get("response"))
             if self.pending_answer is not None:  # the tool's output is in: answer now
                 turn, self.pending_answer = self.pending_answer, None
                 self._start(self._answer(turn.answer, text_only=text_only, turn=True))
@@ -444,10 +470,12 @@ class _Connection:
                     "input_audio_buffer.speech_stopped", audio_end_ms=at_ms, item_id=item_id
                 )
                 turn = await self._commit(item_id)
-                if td.get("create_response", True) is False or self.responding:
+                if td.get("create_response", True) is False:
                     self.pending_turn = turn
+                elif self.responding:  # still answering (or winding down a cancel)
+                    self.queued_turn = turn
                 else:
-                    self._start_turn(turn, text_only=False)
+                    self._start_turn(turn, text_only=self._text_only())
 
     async def _commit(self, item_id: str) -> Turn:
         """Close the user's utterance: commit the buffer into a user item, transcribe it."""
@@ -492,10 +520,16 @@ class _Connection:
 
     # -- responses ----------------------------------------------------------------------
 
-    def _start(self, coro: Any) -> None:
+    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
         self.cancel_reason = None
         self.cancelled.clear()
-        self.response_task = asyncio.create_task(coro)
+        self.response_task = asyncio.create_task(self._respond(coro))
+
+    async def _respond(self, coro: Coroutine[Any, Any, None]) -> None:
+        await coro
+        if self.queued_turn is not None:
+            turn, self.queued_turn = self.queued_turn, None
+            self._start_turn(turn, text_only=self._text_only())
 
     def _start_turn(self, turn: Turn, *, text_only: bool) -> None:
         if turn.tool_call is not None:
@@ -584,6 +618,7 @@ class _Connection:
         await self.send("response.done", response=done)
 
     async def _answer(self, text: str, *, text_only: bool, turn: bool) -> None:
+        self.answers += 1
         response_id = _id("resp")
         item = {
             "id": _id("item"),
@@ -594,7 +629,7 @@ class _Connection:
             "content": [],
         }
         where = {"response_id": response_id, "item_id": item["id"], "output_index": 0}
-        part_type = "text" if text_only else "output_audio"
+        part_type = "output_text" if text_only else "output_audio"
         await self._created(response_id)
         await self.send(
             "response.output_item.added", response_id=response_id, output_index=0, item=item
@@ -606,6 +641,9 @@ class _Connection:
         )
 
         chunks = [b""] if text_only else answer_audio(text)
+        transcript_delta = (
+            "response.output_text.delta" if text_only else "response.output_audio_transcript.delta"
+        )
         words = re.findall(r"\S+\s*", text) or [text]
         sent_words, said = 0, ""
         started = time.monotonic()
@@ -621,16 +659,11 @@ class _Connection:
             due = len(words) if text_only else math.ceil(len(words) * (i + 1) / len(chunks))
             for word in words[sent_words:due]:
                 said += word
-                kind = (
-                    "response.output_text.delta"
-                    if text_only
-                    else ("response.output_audio_transcript.delta")
-                )
-                await self.send(kind, **where, content_index=0, delta=word)
+                await self.send(transcript_delta, **where, content_index=0, delta=word)
             sent_words = due
             if (
                 self.server.fault.kind == "close_mid_answer"
-                and self.responses == 1
+                and self.answers == 1
                 and i + 1 >= max(1, len(chunks) // 2)
             ):
                 await self.ws.close(code=self.server.fault.close_code, reason="internal error")
@@ -662,7 +695,7 @@ class _Connection:
 
         if text_only:
             await self.send("response.output_text.done", **where, content_index=0, text=text)
-            part = {"type": "text", "text": text}
+            part = {"type": "output_text", "text": text}
         else:
             await self.send("response.output_audio.done", **where, content_index=0)
             await self.send(
@@ -702,7 +735,9 @@ class FakeRealtimeServer:
     ``{"type": "input_audio_buffer.append", "count": n, "bytes": total}`` (updated in
     place) so memory stays bounded; ``audio_appends``/``audio_bytes`` count them all.
     ``session_updates`` holds the ``session`` object of each ``session.update``,
-    ``function_outputs`` each ``function_call_output`` item the client created.
+    ``function_outputs`` each ``function_call_output`` item the client created. ``sent``
+    holds every server event sent (``response.output_audio.delta`` with ``delta`` replaced
+    by the number of audio bytes).
     """
 
     def __init__(
@@ -727,6 +762,7 @@ class FakeRealtimeServer:
         self.pace = pace
         self.record = record
         self.received: list[Event] = []
+        self.sent: list[Event] = []  # server events, audio deltas as their decoded size
         self.session_updates: list[dict[str, Any]] = []
         self.function_outputs: list[dict[str, Any]] = []
         self.connections = 0  # accepted WebSocket sessions
@@ -742,9 +778,19 @@ class FakeRealtimeServer:
     def base_url(self) -> str:
         return f"ws://{self.host}:{self.port}{PATH}"
 
+    @property
+    def open_connections(self) -> int:
+        return len(self._live)
+
     async def start(self) -> None:
+        # A short close_timeout: a client that stopped reading (Pipecat after an `error`
+        # event) never answers a close, and stop() shouldn't wait websockets' default 10 s.
         self._server = await serve(
-            self._serve, self.host, self.port, process_request=self._check_request
+            self._serve,
+            self.host,
+            self.port,
+            process_request=self._check_request,
+            close_timeout=1.0,
         )
         self.port = next(iter(self._server.sockets)).getsockname()[1]
 
