@@ -4,7 +4,16 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: dev test test-quick test-deps lint bench drills install clean
+.PHONY: dev test test-quick test-deps lint bench drills install clean frontend frontend-test frontend-if-npm
+
+# The web app (frontend/): npm ci when node_modules is missing or older than the
+# lock file, and a build when frontend/dist is missing or older than the sources.
+NPM ?= npm
+WEB := frontend
+WEB_DEPS := $(WEB)/node_modules/.installed-stamp
+WEB_DIST := $(WEB)/dist/index.html
+WEB_SRC := $(WEB)/index.html $(WEB)/vite.config.ts $(WEB)/tsconfig.json $(WEB)/package.json \
+	$(shell find $(WEB)/src $(WEB)/public -type f 2>/dev/null)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,15 +23,37 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(WEB_DEPS): $(WEB)/package.json $(WEB)/package-lock.json
+	@command -v $(NPM) >/dev/null 2>&1 || { echo "the web app needs Node.js >= 20.19 with npm" >&2; exit 1; }
+	$(NPM) --prefix $(WEB) ci --no-audit --no-fund
+	touch $@
+
+$(WEB_DIST): $(WEB_DEPS) $(WEB_SRC)
+	$(NPM) --prefix $(WEB) run build
+	touch $@
+
+## Build the web app into frontend/dist (served at / by the API).
+frontend: $(WEB_DIST)
+
+## The web app's unit tests (Vitest).
+frontend-test: $(WEB_DEPS)
+	$(NPM) --prefix $(WEB) test
+
+# For `make dev`: without Node the API still runs (with a web app built before, or none).
+frontend-if-npm:
+	@if command -v $(NPM) >/dev/null 2>&1; then $(MAKE) --no-print-directory frontend; \
+	else echo "npm not found: not building the web app (install Node.js >= 20.19 for it)" >&2; fi
+
 ## Run the whole system on this machine (embedded Redis, SQLite, API, 2 workers).
-dev: install
+dev: install frontend-if-npm
 	$(BIN)/voicepool dev
 
-## The whole test suite (lint, unit, integration with real processes).
-test: install test-deps lint
+## The whole test suite (lint, web app unit tests, unit, integration with real processes,
+## the web app in headless Chromium).
+test: install test-deps lint frontend-test frontend
 	$(BIN)/pytest
 
-## System packages the tests need (promtool), from Debian, when missing.
+## System packages the tests need (promtool, chromium), from Debian, when missing.
 test-deps:
 	ops/scripts/install-test-deps.sh
 

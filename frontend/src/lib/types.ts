@@ -44,6 +44,8 @@ export interface SessionOut {
   created_at: string;
   events_url: string;
   offer_url: string;
+  /** For the owner while the session can be joined: a Daily room (`room_url`, `token`), … */
+  connect?: { room_url?: string; token?: string; ws_url?: string; expires_in_s?: number } | null;
 }
 
 /** One event, as sent over SSE (`data:`) and stored (`/api/conversations/{id}`). */

@@ -28,6 +28,8 @@ export type TranscriptItem =
       turn: number;
       /** null while the turn is still going on. */
       durationS: number | null;
+      /** The session ended before the turn did. */
+      cutOff?: boolean;
     }
   | {
       kind: "tool";
@@ -134,7 +136,7 @@ export function applyEvent(view: SessionView, event: VPEvent): SessionView {
         next = {
           ...next,
           items: next.items.map((item) =>
-            item.kind === "turn" && item.durationS === null ? { ...item, durationS: 0 } : item,
+            item.kind === "turn" && item.durationS === null ? { ...item, cutOff: true } : item,
           ),
         };
         next = push(next, {

@@ -28,6 +28,12 @@ export function apiProblem(error: unknown, doing = "That did not work"): Problem
         title: "Too many sessions",
         detail: `You already have as many live sessions as you may have at once. End one (maybe in another tab) first.${retry}`,
       };
+    case "rate_limited":
+      return { title: "Slow down a little", detail: `Too many requests in a short time.${retry || " Try again in a minute."}` };
+    case "too_many_streams":
+      return { title: "Too many open pages", detail: "Close some voicepool tabs, then try again." };
+    case "transport_unavailable":
+      return { title: "That transport isn't available here", detail: error.message };
     case "profile_unavailable":
       return { title: "That profile isn't available here", detail: error.message };
     case "unknown_pool":
@@ -47,7 +53,7 @@ export function apiProblem(error: unknown, doing = "That did not work"): Problem
     case "worker_not_found":
       return { title: "That worker is gone", detail: "It stopped or was drained already." };
     case "not_ready":
-      return { title: "No worker took the session in time", detail: `The session is still waiting.${retry}` };
+      return { title: "No worker had the session ready in time", detail: `Try again.${retry}` };
     case "session_ended":
       return { title: "The session has already ended" };
     default:

@@ -1,0 +1,182 @@
+import { useCallback, useEffect, useState } from "react";
+import { ProblemBox } from "../components/Problem";
+import { api } from "../lib/api";
+import { useAuth } from "../lib/auth";
+import { useConfig } from "../lib/config";
+import type { PoolOut, WorkerOut } from "../lib/types";
+import { apiProblem, formatDuration, formatWait, type Problem } from "../session/messages";
+
+const REFRESH_MS = 3000;
+
+export function Operators() {
+  const { user } = useAuth();
+  const { config } = useConfig();
+  const [workers, setWorkers] = useState<WorkerOut[] | null>(null);
+  const [pools, setPools] = useState<PoolOut[] | null>(null);
+  const [problem, setProblem] = useState<Problem | null>(null);
+  const [confirming, setConfirming] = useState<string | null>(null);
+  const [draining, setDraining] = useState<string | null>(null);
+  const [notice, setNotice] = useState<string | null>(null);
+  const isAdmin = user?.role === "admin";
+
+  const load = useCallback(async (signal?: AbortSignal) => {
+    try {
+      const [w, p] = await Promise.all([api.workers(signal), api.pools(signal)]);
+      setWorkers(w);
+      setPools(p);
+      setProblem(null);
+    } catch (error) {
+      if (!signal?.aborted) setProblem(apiProblem(error, "Could not load the fleet"));
+    }
+  }, []);
+
+  useEffect(() => {
+    if (!isAdmin) return;
+    const abort = new AbortController();
+    void load(abort.signal);
+    const timer = window.setInterval(() => void load(abort.signal), REFRESH_MS);
+    return () => {
+      abort.abort();
+      window.clearInterval(timer);
+    };
+  }, [isAdmin, load]);
+
+  if (!isAdmin) {
+    return (
+      <main id="main" className="page operators">
+        <h1>Operators</h1>
+        <ProblemBox problem={{ title: "Operators only", detail: "This page needs an administrator's account." }} />
+      </main>
+    );
+  }
+
+  async function drain(id: string) {
+    setConfirming(null);
+    setDraining(id);
+    try {
+      await api.drain(id);
+      setNotice(`Worker ${id} is draining: it takes no new sessions and exits when its calls end.`);
+      await load();
+    } catch (error) {
+      setProblem(apiProblem(error, "Could not drain the worker"));
+    } finally {
+      setDraining(null);
+    }
+  }
+
+  return (
+    <main id="main" className="page operators">
+      <h1>Operators</h1>
+      {config?.grafana_url ? (
+        <p>
+          <a href={config.grafana_url} target="_blank" rel="noreferrer noopener" data-testid="grafana">
+            Open the Grafana dashboard ↗
+          </a>
+        </p>
+      ) : null}
+      {problem ? <ProblemBox problem={problem} onDismiss={() => setProblem(null)} /> : null}
+      {notice ? (
+        <p className="note" role="status">
+          {notice}
+        </p>
+      ) : null}
+
+      <section className="card" aria-labelledby="pools-title">
+        <h2 id="pools-title">Pools</h2>
+        {pools === null ? <p className="muted">Loading…</p> : null}
+        {pools && pools.length ? (
+          <div className="table-wrap">
+            <table data-testid="pools">
+              <thead>
+                <tr>
+                  <th scope="col">Pool</th>
+                  <th scope="col">Workers</th>
+                  <th scope="col">Capacity</th>
+                  <th scope="col">Active</th>
+                  <th scope="col">Queued</th>
+                  <th scope="col">Expected wait</th>
+                </tr>
+              </thead>
+              <tbody>
+                {pools.map((p) => (
+                  <tr key={p.pool}>
+                    <th scope="row">{p.pool}</th>
+                    <td>{p.workers}</td>
+                    <td>{p.capacity}</td>
+                    <td>{p.active}</td>
+                    <td>{p.queued}</td>
+                    <td>{p.queued ? formatWait(p.estimated_wait_s) || "unknown" : "none"}</td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          </div>
+        ) : null}
+      </section>
+
+      <section className="card" aria-labelledby="workers-title">
+        <h2 id="workers-title">Workers</h2>
+        {workers === null ? <p className="muted">Loading…</p> : null}
+        {workers && !workers.length ? <p className="muted">No live workers.</p> : null}
+        {workers && workers.length ? (
+          <div className="table-wrap">
+            <table data-testid="workers">
+              <thead>
+                <tr>
+                  <th scope="col">Worker</th>
+                  <th scope="col">Pool</th>
+                  <th scope="col">Host</th>
+                  <th scope="col">Sessions</th>
+                  <th scope="col">State</th>
+                  <th scope="col">Heartbeat</th>
+                  <th scope="col">
+                    <span className="visually-hidden">Actions</span>
+                  </th>
+                </tr>
+              </thead>
+              <tbody>
+                {workers.map((w) => (
+                  <tr key={w.id} data-worker-id={w.id}>
+                    <th scope="row">
+                      <code>{w.id}</code>
+                    </th>
+                    <td>{w.pool}</td>
+                    <td>{w.host}</td>
+                    <td>
+                      {w.active} / {w.capacity}
+                    </td>
+                    <td>{w.draining ? <span className="tag tag-failed">draining</span> : <span className="tag tag-completed">taking sessions</span>}</td>
+                    <td className={w.heartbeat_age_s > 3 ? "stale" : undefined}>{formatDuration(w.heartbeat_age_s)} ago</td>
+                    <td>
+                      <div className="actions">
+                      {w.draining ? null : confirming === w.id ? (
+                        <>
+                          <button type="button" className="button-danger" onClick={() => void drain(w.id)}>
+                            Confirm drain
+                          </button>
+                          <button type="button" className="button-quiet" onClick={() => setConfirming(null)}>
+                            Cancel
+                          </button>
+                        </>
+                      ) : (
+                        <button
+                          type="button"
+                          onClick={() => setConfirming(w.id)}
+                          disabled={draining === w.id}
+                          aria-label={`Drain worker ${w.id}`}
+                        >
+                          {draining === w.id ? "Draining…" : "Drain"}
+                        </button>
+                      )}
+                      </div>
+                    </td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          </div>
+        ) : null}
+      </section>
+    </main>
+  );
+}

@@ -1,0 +1,296 @@
+import { useEffect, useMemo, useState } from "react";
+import { Link, useSearchParams } from "react-router";
+import { LevelMeter } from "../components/LevelMeter";
+import { ProblemBox } from "../components/Problem";
+import { Transcript } from "../components/Transcript";
+import { api } from "../lib/api";
+import { useConfig } from "../lib/config";
+import type { ConversationDetail } from "../lib/types";
+import { conversationViews } from "../session/events";
+import { endProblem, formatWait, reasonText, STATE_LABELS } from "../session/messages";
+import { useVoiceSession, WEB_APP_TRANSPORTS } from "../session/VoiceSession";
+
+const STEPS = ["queued", "starting", "ready", "connected"] as const;
+
+const TRANSPORT_LABELS: Record<string, string> = {
+  webrtc: "WebRTC (direct to the worker)",
+  daily: "Daily (through a Daily room)",
+  websocket: "WebSocket",
+};
+
+export function Talk() {
+  const voice = useVoiceSession();
+  const { config, problem: configProblem } = useConfig();
+  const [params, setParams] = useSearchParams();
+  const continuing = params.get("conversation");
+  const [profile, setProfile] = useState("");
+  const [transport, setTransport] = useState("webrtc");
+  const [earlier, setEarlier] = useState<ConversationDetail | null>(null);
+
+  const { phase, view, session } = voice;
+  const busy = phase === "mic" || phase === "creating" || phase === "live" || phase === "stopping";
+
+  useEffect(() => {
+    if (!config) return;
+    setProfile((p) => (p && config.profiles.includes(p) ? p : session?.profile ?? config.default_profile));
+    const usable = config.transports.filter((t) => WEB_APP_TRANSPORTS.includes(t));
+    setTransport((t) => (usable.includes(t) ? t : usable[0] ?? "webrtc"));
+  }, [config, session?.profile]);
+
+  // Continuing a conversation: show what was said before this session.
+  const currentId = session?.session_id;
+  useEffect(() => {
+    if (!continuing) {
+      setEarlier(null);
+      return;
+    }
+    const abort = new AbortController();
+    api
+      .conversation(continuing, abort.signal)
+      .then(setEarlier)
+      .catch(() => setEarlier(null));
+    return () => abort.abort();
+  }, [continuing, currentId]);
+
+  const earlierViews = useMemo(() => {
+    if (!earlier) return [];
+    return conversationViews(
+      earlier.sessions.map((s) => s.session_id).filter((id) => id !== currentId),
+      earlier.events.filter((e) => e.session_id !== currentId),
+    ).filter((s) => s.view.items.length);
+  }, [earlier, currentId]);
+
+  const reached = useMemo(() => {
+    const seen = new Set<string>();
+    for (const event of voice.stream.events) {
+      if (event.type === "session.state") seen.add(String(event.data.state));
+    }
+    if (view.status) seen.add(view.status);
+    return seen;
+  }, [voice.stream.events, view.status]);
+
+  const start = (conversationId: string | null) =>
+    voice.start({
+      profile: profile || config?.default_profile || "echo",
+      transport,
+      conversationId,
+      iceServers: config?.ice_servers,
+    });
+
+  const continueConversation = () => {
+    if (!session) return;
+    setParams({ conversation: session.conversation_id });
+    void start(session.conversation_id);
+  };
+
+  const finished = phase === "done" ? endProblem(view.status, view.reason) : null;
+  const connected = view.status === "connected";
+  const userSpeaking = view.userSpeaking || (connected && voice.rtvi.userSpeaking);
+  const botSpeaking = view.botSpeaking || (connected && voice.rtvi.botSpeaking);
+  const mediaLive = voice.transportState === "connected" || voice.transportState === "ready";
+
+  return (
+    <main id="main" className="page talk">
+      <h1>Talk</h1>
+      {configProblem ? <ProblemBox problem={configProblem} /> : null}
+
+      <section className="card controls" aria-label="Session controls">
+        <div className="fields">
+          <label>
+            Profile
+            <select value={profile} onChange={(e) => setProfile(e.target.value)} disabled={busy || !config}>
+              {(config?.profiles ?? []).map((p) => (
+                <option key={p} value={p}>
+                  {p}
+                </option>
+              ))}
+            </select>
+          </label>
+          <label>
+            Transport
+            <select value={transport} onChange={(e) => setTransport(e.target.value)} disabled={busy || !config}>
+              {(config?.transports ?? ["webrtc"]).map((t) => (
+                <option key={t} value={t} disabled={!WEB_APP_TRANSPORTS.includes(t)}>
+                  {TRANSPORT_LABELS[t] ?? t}
+                  {WEB_APP_TRANSPORTS.includes(t) ? "" : " (not in the web app)"}
+                </option>
+              ))}
+            </select>
+          </label>
+        </div>
+        {continuing && !busy ? (
+          <p className="note">
+            Continuing conversation <code>{continuing.slice(0, 8)}</code>.{" "}
+            <button type="button" className="button-link" onClick={() => setParams({})}>
+              Start a new one instead
+            </button>
+          </p>
+        ) : null}
+        <div className="buttons">
+          {busy ? (
+            <>
+              <button
+                type="button"
+                className="button-danger"
+                onClick={() => void voice.stop()}
+                disabled={phase !== "live"}
+                data-testid="stop"
+              >
+                {phase === "stopping" ? "Stopping…" : "Stop"}
+              </button>
+              <button
+                type="button"
+                aria-pressed={!voice.micEnabled}
+                onClick={() => voice.setMicEnabled(!voice.micEnabled)}
+                disabled={phase !== "live"}
+                data-testid="mute"
+              >
+                {voice.micEnabled ? "Mute" : "Unmute"}
+              </button>
+            </>
+          ) : (
+            <button
+              type="button"
+              className="button-primary"
+              onClick={() => void start(continuing)}
+              disabled={!config || !profile}
+              data-testid="start"
+            >
+              Start
+            </button>
+          )}
+          {phase === "done" && session ? (
+            <>
+              <button type="button" onClick={continueConversation} data-testid="continue">
+                Continue this conversation
+              </button>
+              <Link to={`/history/${session.conversation_id}`}>Open in History</Link>
+            </>
+          ) : null}
+        </div>
+      </section>
+
+      {voice.problem ? <ProblemBox problem={voice.problem} onDismiss={voice.dismissProblem} /> : null}
+      {finished ? <ProblemBox problem={finished} /> : null}
+
+      <section className="card status" aria-label="Session status">
+        <p className="status-line" role="status" data-testid="session-status" data-status={view.status ?? phase}>
+          <StatusText />
+        </p>
+        <ol className="steps">
+          {STEPS.map((step) => (
+            <li
+              key={step}
+              className={reached.has(step) ? "step step-reached" : "step"}
+              data-testid={`step-${step}`}
+              data-reached={reached.has(step) ? "true" : "false"}
+              aria-current={view.status === step ? "step" : undefined}
+            >
+              {STATE_LABELS[step]}
+            </li>
+          ))}
+        </ol>
+        <div className="levels">
+          <LevelMeter
+            label="You"
+            level={voice.localLevel}
+            speaking={userSpeaking}
+            active={mediaLive}
+            muted={busy && !voice.micEnabled}
+            testId="user-level"
+          />
+          <LevelMeter
+            label="Bot"
+            level={voice.remoteLevel}
+            speaking={botSpeaking}
+            active={mediaLive}
+            testId="bot-level"
+          />
+        </div>
+        {voice.streamStatus === "reconnecting" && !view.final ? (
+          <p className="note" data-testid="stream-reconnecting">
+            Reconnecting to the live events…
+          </p>
+        ) : null}
+        {voice.streamStatus === "failed" && !view.final ? (
+          <p className="note">Lost the live events; the call may still be going on.</p>
+        ) : null}
+      </section>
+
+      <section className="card" aria-labelledby="transcript-title">
+        <h2 id="transcript-title">Transcript</h2>
+        {earlierViews.length ? (
+          <details className="earlier">
+            <summary>Earlier in this conversation</summary>
+            {earlierViews.map((s) => (
+              <Transcript key={s.sessionId} items={s.view.items} hasTranscript={s.view.hasTranscript} />
+            ))}
+          </details>
+        ) : null}
+        <Transcript
+          items={view.items}
+          hasTranscript={view.hasTranscript}
+          live
+          emptyText={
+            phase === "idle" ? "Press Start and speak; what is said shows up here." : "Nothing said yet."
+          }
+        />
+      </section>
+    </main>
+  );
+}
+
+function StatusText() {
+  const { phase, view, transportState, botReady } = useVoiceSession();
+  switch (phase) {
+    case "idle":
+      return <>Not started.</>;
+    case "mic":
+      return <>Opening the microphone…</>;
+    case "creating":
+      return <>Asking for a session…</>;
+    case "stopping":
+      return <>Ending the session…</>;
+    case "done":
+      return (
+        <>
+          <strong>{STATE_LABELS[view.status ?? "ended"] ?? view.status}.</strong>{" "}
+          {/* A failure is explained in the box above; a normal end here. */}
+          {endProblem(view.status, view.reason) ? "" : reasonText(view.reason)}
+        </>
+      );
+  }
+  switch (view.status) {
+    case "queued": {
+      const position = view.queue?.position;
+      const wait = formatWait(view.queue?.estimatedWaitS);
+      return (
+        <>
+          <strong>Queued</strong>
+          {position ? ` — number ${position} in line` : " — waiting for a free worker"}
+          {wait ? `, ${wait} to wait` : ""}.
+        </>
+      );
+    }
+    case "starting":
+      return (
+        <>
+          <strong>Starting</strong> — a worker is preparing your bot.
+        </>
+      );
+    case "ready":
+      return (
+        <>
+          <strong>Ready</strong> — connecting audio{transportState === "connecting" ? "…" : "."}
+        </>
+      );
+    case "connected":
+      return (
+        <>
+          <strong>Connected</strong> — {botReady ? "talk now." : "the bot is getting ready…"}
+        </>
+      );
+    default:
+      return <>Waiting for the session…</>;
+  }
+}

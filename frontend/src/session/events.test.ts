@@ -1,0 +1,184 @@
+import { describe, expect, it } from "vitest";
+import type { VPEvent } from "../lib/types";
+import {
+  conversationViews,
+  currentView,
+  foldEvents,
+  initialStream,
+  streamReducer,
+  type StreamAction,
+  type StreamState,
+} from "./events";
+
+const SID = "s1";
+
+function ev(seq: number, type: string, data: Record<string, unknown> = {}, session_id = SID): VPEvent {
+  return { session_id, conversation_id: "c1", seq, ts: 1_700_000_000 + seq, type, data };
+}
+
+/** A whole echo session, as the worker publishes it. */
+const ECHO: VPEvent[] = [
+  ev(1, "session.state", { state: "queued", reason: "created" }),
+  ev(2, "session.queue", { position: 1, estimated_wait_s: 0.5 }),
+  ev(3, "session.state", { state: "starting", reason: "picked_up", previous: "queued" }),
+  ev(4, "session.state", { state: "ready", reason: "pipeline_ready", previous: "starting" }),
+  ev(5, "session.state", { state: "connected", reason: "client_connected", previous: "ready" }),
+  ev(6, "user.turn_started", { turn: 1 }),
+  ev(7, "user.turn_stopped", { turn: 1, duration_s: 2.3 }),
+  ev(8, "bot.started_speaking", { turn: 1 }),
+  ev(9, "bot.stopped_speaking", { turn: 1, duration_s: 2.1 }),
+  ev(10, "session.state", { state: "ended", reason: "client_ended", previous: "connected" }),
+];
+
+const run = (actions: StreamAction[], from: StreamState = initialStream) => actions.reduce(streamReducer, from);
+const reset: StreamAction = { type: "reset", sessionId: SID, conversationId: "c1", status: "queued", queuePosition: 3 };
+const deliver = (events: VPEvent[]): StreamAction[] => events.map((event) => ({ type: "event", event }));
+
+describe("stream reducer", () => {
+  it("folds a session in order to its final state", () => {
+    const state = run([reset, ...deliver(ECHO)]);
+    const view = currentView(state);
+    expect(view.status).toBe("ended");
+    expect(view.reason).toBe("client_ended");
+    expect(view.final).toBe(true);
+    expect(view.queue).toBeNull();
+    expect(view.userSpeaking).toBe(false);
+    expect(view.botSpeaking).toBe(false);
+    expect(view.items.map((i) => i.kind)).toEqual(["turn", "turn", "status"]);
+    const [user, bot] = view.items;
+    expect(user).toMatchObject({ who: "user", turn: 1, durationS: 2.3 });
+    expect(bot).toMatchObject({ who: "bot", turn: 1, durationS: 2.1 });
+    expect(state.events.map((e) => e.seq)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+  });
+
+  it("shows each step on the way: queue place, speaking", () => {
+    let state = run([reset, ...deliver(ECHO.slice(0, 2))]);
+    expect(currentView(state)).toMatchObject({
+      status: "queued",
+      queue: { position: 1, estimatedWaitS: 0.5 },
+    });
+    state = run(deliver(ECHO.slice(2, 6)), state);
+    expect(currentView(state)).toMatchObject({ status: "connected", userSpeaking: true, queue: null });
+    expect(currentView(state).items).toEqual([expect.objectContaining({ kind: "turn", durationS: null })]);
+    state = run(deliver(ECHO.slice(6, 8)), state);
+    expect(currentView(state)).toMatchObject({ userSpeaking: false, botSpeaking: true, userTurns: 1 });
+  });
+
+  it("uses the POST reply's queue position until the stream says more", () => {
+    const state = run([reset]);
+    expect(currentView(state)).toMatchObject({ status: "queued", queue: { position: 3 }, final: false });
+  });
+
+  it("drops duplicates by seq, so a replayed stream repeats no line", () => {
+    const once = run([reset, ...deliver(ECHO)]);
+    const twice = run([reset, ...deliver(ECHO), ...deliver(ECHO)]);
+    expect(twice.duplicates).toBe(ECHO.length);
+    expect(twice.events).toEqual(once.events);
+    expect(currentView(twice)).toEqual(currentView(once));
+  });
+
+  it("resumes: an overlapping replay after a reconnect loses and repeats nothing", () => {
+    const first = deliver(ECHO.slice(0, 7)); // seq 1..7, then the connection drops
+    const resumed = deliver(ECHO.slice(4)); // the new connection starts at seq 5
+    const state = run([reset, ...first, ...resumed]);
+    expect(state.events.map((e) => e.seq)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    expect(state.duplicates).toBe(3);
+    expect(currentView(state)).toEqual(currentView(run([reset, ...deliver(ECHO)])));
+  });
+
+  it("puts out-of-order events in place (same view as in order)", () => {
+    const shuffled = [ECHO[0], ECHO[4], ECHO[2], ECHO[9], ECHO[1], ECHO[7], ECHO[3], ECHO[8], ECHO[6], ECHO[5]];
+    const state = run([reset, ...deliver(shuffled)]);
+    expect(state.events.map((e) => e.seq)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    expect(currentView(state)).toEqual(currentView(run([reset, ...deliver(ECHO)])));
+  });
+
+  it("ignores another session's events and events before a reset", () => {
+    const state = run([reset, { type: "event", event: ev(1, "session.state", { state: "failed" }, "other") }]);
+    expect(state.events).toEqual([]);
+    expect(run([{ type: "event", event: ECHO[0] }]).events).toEqual([]);
+  });
+
+  it("takes the final state from DELETE's reply when the stream lags, and keeps it", () => {
+    let state = run([reset, ...deliver(ECHO.slice(0, 5))]);
+    state = run([{ type: "snapshot", status: "ended", reason: "client_ended" }], state);
+    expect(currentView(state)).toMatchObject({ status: "ended", final: true, reason: "client_ended" });
+    state = run(deliver(ECHO.slice(5)), state);
+    expect(currentView(state)).toMatchObject({ status: "ended", final: true });
+    // A snapshot never moves the state backwards.
+    state = run([{ type: "snapshot", status: "connected", reason: null }], state);
+    expect(currentView(state).status).toBe("ended");
+  });
+
+  it("marks turns the end cut off", () => {
+    const view = foldEvents([
+      ev(1, "session.state", { state: "connected" }),
+      ev(2, "bot.started_speaking", { turn: 1 }),
+      ev(3, "session.state", { state: "failed", reason: "worker_lost" }),
+    ]);
+    expect(view.items[0]).toMatchObject({ kind: "turn", who: "bot", durationS: null, cutOff: true });
+    expect(view.items[1]).toMatchObject({ kind: "status", state: "failed", reason: "worker_lost" });
+    expect(view.botSpeaking).toBe(false);
+  });
+});
+
+describe("transcript and tools", () => {
+  it("keeps user and assistant lines, interrupted ones marked", () => {
+    const view = foldEvents([
+      ev(1, "user.transcript", { text: "What's the weather?" }),
+      ev(2, "assistant.transcript", { text: "It is sunny and", interrupted: true }),
+      ev(3, "user.transcript", { text: "Thanks" }),
+      ev(4, "metrics.latency", { kind: "user_bot", seconds: 0.8 }),
+    ]);
+    expect(view.hasTranscript).toBe(true);
+    expect(view.items).toEqual([
+      expect.objectContaining({ kind: "user", text: "What's the weather?" }),
+      expect.objectContaining({ kind: "assistant", text: "It is sunny and", interrupted: true }),
+      expect.objectContaining({ kind: "user", text: "Thanks" }),
+    ]);
+  });
+
+  it("gathers a tool call's steps into one card", () => {
+    const call = { name: "send_to_nested", call_id: "c-1" };
+    const view = foldEvents([
+      ev(1, "tool.started", { ...call, arguments: { text: "find flights" } }),
+      ev(2, "tool.progress", { ...call, step: 1, text: "searching", kind: "status" }),
+      ev(3, "user.transcript", { text: "still there?" }),
+      ev(4, "tool.progress", { ...call, step: 2, text: "found 3", kind: "text" }),
+      ev(5, "tool.completed", { ...call, result: "3 flights", duration_s: 4.2 }),
+      ev(6, "tool.started", { name: "lookup", call_id: "c-2", arguments: {} }),
+      ev(7, "tool.failed", { name: "lookup", call_id: "c-2", error: "timed out", duration_s: 30 }),
+    ]);
+    expect(view.items.map((i) => i.kind)).toEqual(["tool", "user", "tool"]);
+    expect(view.items[0]).toMatchObject({
+      name: "send_to_nested",
+      status: "completed",
+      args: { text: "find flights" },
+      steps: [
+        { step: 1, text: "searching", kind: "status" },
+        { step: 2, text: "found 3", kind: "text" },
+      ],
+      result: "3 flights",
+      durationS: 4.2,
+    });
+    expect(view.items[2]).toMatchObject({ name: "lookup", status: "failed", error: "timed out" });
+  });
+
+  it("groups a stored conversation by session, in the sessions' order", () => {
+    const views = conversationViews(
+      ["a", "b"],
+      [
+        ev(1, "user.transcript", { text: "first" }, "a"),
+        ev(1, "user.transcript", { text: "second" }, "b"),
+        ev(2, "assistant.transcript", { text: "reply" }, "a"),
+        ev(2, "assistant.transcript", { text: "reply" }, "a"),
+      ],
+    );
+    expect(views.map((v) => v.sessionId)).toEqual(["a", "b"]);
+    expect(views[0].view.items.map((i) => (i.kind === "user" || i.kind === "assistant" ? i.text : ""))).toEqual([
+      "first",
+      "reply",
+    ]);
+    expect(views[1].view.items).toHaveLength(1);
+  });
+});

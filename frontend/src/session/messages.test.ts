@@ -1,0 +1,36 @@
+import { describe, expect, it } from "vitest";
+import { ApiError } from "../lib/api";
+import { apiProblem, endProblem, formatDuration, micProblem } from "./messages";
+
+describe("plain-words errors", () => {
+  it("explains capacity refusals, with the wait", () => {
+    expect(apiProblem(new ApiError(503, "no_capacity", "pool 'server' has 200 sessions waiting", 12))).toEqual({
+      title: "No capacity right now",
+      detail: expect.stringContaining("Try again in about 12 s"),
+    });
+    expect(apiProblem(new ApiError(429, "too_many_sessions", "…", 5)).title).toBe("Too many sessions");
+    expect(apiProblem(new ApiError(0, "network", "…")).title).toBe("Can't reach the server");
+  });
+
+  it("explains a refused microphone", () => {
+    expect(micProblem(new DOMException("denied", "NotAllowedError")).title).toBe("No microphone permission");
+    expect(micProblem({ type: "not-found" }).title).toBe("No microphone found");
+  });
+
+  it("explains model failures and expiry, but not a normal end", () => {
+    expect(endProblem("failed", "model_unavailable")).toEqual({
+      title: "Model unavailable",
+      detail: expect.stringContaining("could not be reached"),
+    });
+    expect(endProblem("failed", "model_disconnected")?.title).toBe("Model unavailable");
+    expect(endProblem("failed", "worker_lost")?.title).toBe("The session failed");
+    expect(endProblem("expired", "no_capacity")?.title).toBe("No capacity right now");
+    expect(endProblem("ended", "client_ended")).toBeNull();
+  });
+
+  it("formats durations", () => {
+    expect(formatDuration(2.345)).toBe("2.3 s");
+    expect(formatDuration(75)).toBe("1 min 15 s");
+    expect(formatDuration(0)).toBe("0 s");
+  });
+});

@@ -1,0 +1,135 @@
+"""The web app end to end: the built frontend served by the real system, driven in
+headless Chromium by ``tests/e2e/web_app.e2e.mjs`` (playwright-core, no downloaded browser).
+
+The echo profile over SmallWebRTC; the assistant profile against the OpenAI Realtime
+double with a tool (the nested-team double), for transcript lines and tool cards; then,
+with the model double stopped, a session whose model is unreachable.
+
+Needs ``frontend/dist`` (``npm --prefix frontend run build``; ``make test`` builds it),
+``frontend/node_modules`` (``npm --prefix frontend ci``), Node and Debian's ``chromium``
+(``ops/scripts/install-test-deps.sh``). Screenshots go to ``tests/artifacts/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.doubles.nested_team import NestedTeam
+from tests.doubles.openai_realtime import FakeRealtimeServer, Turn
+from tests.support.system import ROOT
+
+pytestmark = pytest.mark.slow
+
+DIST = ROOT / "frontend" / "dist"
+SCRIPT = Path(__file__).with_name("web_app.e2e.mjs")
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = os.environ.get("VOICEPOOL_E2E_CHROMIUM", "/usr/bin/chromium")
+SCRIPT_TIMEOUT_S = 120
+GRAFANA_URL = "http://127.0.0.1:3000/d/voicepool"  # only linked to, never opened
+
+TOOLS = """
+[[tools]]
+name = "send_to_nested"
+description = "Hand a task to the agent team."
+kind = "websocket"
+timeout_s = 30
+[tools.parameters]
+type = "object"
+required = ["text"]
+[tools.parameters.properties.text]
+type = "string"
+[tools.websocket]
+url = "{url}"
+"""
+
+
+def _require_tools() -> str:
+    if not (DIST / "index.html").is_file():
+        pytest.fail(
+            f"{DIST} has no built web app: run `npm --prefix frontend ci && "
+            "npm --prefix frontend run build` (or `make test`, which builds it)"
+        )
+    if not (ROOT / "frontend" / "node_modules" / "playwright-core").is_dir():
+        pytest.fail("playwright-core is not installed: run `npm --prefix frontend ci`")
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("Node.js is needed for the browser test (node not found on PATH)")
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: run `ops/scripts/install-test-deps.sh` as root "
+            "(Debian package chromium), or set VOICEPOOL_E2E_CHROMIUM"
+        )
+    return node
+
+
+async def _run_browser(node: str, env: dict[str, str], system) -> str:  # type: ignore[no-untyped-def]
+    """Run the script (the model doubles keep serving meanwhile); fail with its output."""
+    proc = await asyncio.create_subprocess_exec(
+        node,
+        str(SCRIPT),
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), SCRIPT_TIMEOUT_S)
+    except TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        pytest.fail(f"the browser test ran over {SCRIPT_TIMEOUT_S} s\n{out.decode()}")
+    print(out.decode())
+    if proc.returncode != 0:
+        pytest.fail(
+            f"the browser test ({env['SCENARIO']}) failed (exit {proc.returncode}); "
+            f"screenshots in {ARTIFACTS}\n--- output ---\n{out.decode()}\n"
+            f"--- stderr ---\n{err.decode()}\n--- system logs ---\n{system.log_tail()}"
+        )
+    return out.decode()
+
+
+async def test_web_app_in_chromium(make_system, hello_wav: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    node = _require_tools()
+    turn = Turn(
+        transcript="Ask the team to find flights to Oslo",
+        tool_call=("send_to_nested", {"text": "find flights to Oslo"}),
+        answer="The team found three flights.",
+    )
+    async with NestedTeam(progress=["Planning", "Searching"]) as team:
+        fake = FakeRealtimeServer(turns=[turn])
+        await fake.start()
+        try:
+            tools = tmp_path / "tools.toml"
+            tools.write_text(TOOLS.format(url=team.url))
+            system = make_system(
+                workers=2,
+                capacity=2,
+                VOICEPOOL_FRONTEND_DIR=str(DIST),
+                OPENAI_API_KEY="sk-test-web-app",
+                VOICEPOOL_OPENAI_BASE_URL=fake.base_url,
+                VOICEPOOL_TOOLS_FILE=str(tools),
+                VOICEPOOL_GRAFANA_URL=GRAFANA_URL,
+            )
+            env = {
+                **os.environ,
+                "BASE_URL": system.api_url,
+                "USER_TOKEN": system.create_user("alice"),
+                "OTHER_TOKEN": system.create_user("bob"),
+                "ADMIN_TOKEN": system.create_user("root", admin=True),
+                "FIXTURE_WAV": str(hello_wav),  # absolute (tests/conftest.py)
+                "ARTIFACTS_DIR": str(ARTIFACTS),
+                "CHROMIUM": CHROMIUM,
+                "ASSISTANT": "1",
+                "GRAFANA_URL": GRAFANA_URL,
+                "SCENARIO": "main",
+            }
+            await _run_browser(node, env, system)
+        finally:
+            await fake.stop()
+        # The model is gone now (its port closed): assistant sessions must fail, visibly.
+        await _run_browser(node, {**env, "SCENARIO": "model-down"}, system)

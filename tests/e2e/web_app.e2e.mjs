@@ -1,0 +1,553 @@
+// End to end: the built web app in headless Chromium against a running voicepool.
+//
+// Run by tests/e2e/test_web_app.py, which starts the system and passes:
+//   BASE_URL      the API (which serves frontend/dist at /)
+//   USER_TOKEN    a user who talks to the echo bot
+//   OTHER_TOKEN   another user, who must not see the first one's conversation
+//   ADMIN_TOKEN   (optional) an administrator, for the Operators page
+//   ASSISTANT     (optional) "1" when the `assistant` profile runs against the model
+//                 double (tests/doubles/openai_realtime.py) with the send_to_nested tool
+//   SCENARIO      "main" (default): everything above; "model-down": the `assistant`
+//                 profile's model is unreachable, and a session with it must fail and
+//                 say so in plain words
+//   FIXTURE_WAV   absolute path of the WAV Chromium's fake microphone plays (looped)
+//   ARTIFACTS_DIR where screenshots go
+//   GRAFANA_URL   (optional) the server's VOICEPOOL_GRAFANA_URL: Operators must link to it
+//   CHROMIUM      (optional) the browser, default /usr/bin/chromium
+// Exits non-zero on the first failed step, after a screenshot of the page.
+
+import { createRequire } from "node:module";
+import { mkdirSync } from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
+// playwright-core is a dev dependency of the frontend: resolve it from there.
+const require = createRequire(path.join(ROOT, "frontend", "package.json"));
+const { chromium } = require("playwright-core");
+
+const env = (name, fallback) => {
+  const value = process.env[name] ?? fallback;
+  if (value === undefined || value === "") throw new Error(`set ${name}`);
+  return value;
+};
+const API_URL = new URL(env("BASE_URL"));
+const USER_TOKEN = env("USER_TOKEN");
+const OTHER_TOKEN = env("OTHER_TOKEN");
+const ADMIN_TOKEN = process.env.ADMIN_TOKEN || "";
+const FIXTURE_WAV = path.resolve(env("FIXTURE_WAV"));
+const ARTIFACTS = path.resolve(env("ARTIFACTS_DIR", path.join(ROOT, "tests", "artifacts")));
+const CHROMIUM = env("CHROMIUM", "/usr/bin/chromium");
+const SCENARIO = env("SCENARIO", "main");
+const ASSISTANT = process.env.ASSISTANT === "1";
+
+// The fixture's speech is ~0.03-0.05 RMS (full scale 1.0); silence is ~0.
+const MIN_BOT_RMS = 0.01;
+
+mkdirSync(ARTIFACTS, { recursive: true });
+
+// The browser reaches the API through this TCP relay, so a step can cut every
+// connection at once, as a network blip would (the WebRTC media, browser ↔
+// worker, does not pass through it).
+async function startRelay(target) {
+  const sockets = new Set();
+  const server = net.createServer((downstream) => {
+    const upstream = net.connect(Number(target.port), target.hostname);
+    for (const [a, b] of [
+      [downstream, upstream],
+      [upstream, downstream],
+    ]) {
+      sockets.add(a);
+      a.on("error", () => b.destroy());
+      a.on("close", () => {
+        sockets.delete(a);
+        b.destroy();
+      });
+      a.pipe(b);
+    }
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    cut() {
+      const n = sockets.size;
+      for (const socket of sockets) socket.destroy();
+      return n;
+    },
+    close: () => new Promise((resolve) => server.close(resolve)),
+  };
+}
+const relay = await startRelay(API_URL);
+const BASE_URL = relay.url;
+const t0 = Date.now();
+const elapsed = () => ((Date.now() - t0) / 1000).toFixed(1);
+const observations = {};
+const problems = []; // console errors, page errors, failed requests
+
+function note(key, value) {
+  observations[key] = value;
+  console.log(`  · ${key}: ${typeof value === "object" ? JSON.stringify(value) : value}`);
+}
+
+async function step(name, fn) {
+  const started = Date.now();
+  try {
+    const result = await fn();
+    console.log(`✓ ${name} (${((Date.now() - started) / 1000).toFixed(1)} s, at ${elapsed()} s)`);
+    return result;
+  } catch (error) {
+    console.log(`✗ ${name} (after ${((Date.now() - started) / 1000).toFixed(1)} s)`);
+    throw Object.assign(error instanceof Error ? error : new Error(String(error)), { step: name });
+  }
+}
+
+async function waitFor(what, check, { timeout = 15000, interval = 100 } = {}) {
+  const deadline = Date.now() + timeout;
+  let last;
+  for (;;) {
+    last = await check();
+    if (last) return last;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout / 1000} s waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, interval));
+  }
+}
+
+// Chrome logs every 4xx answer as a console error ("Failed to load resource"). These
+// are expected: /api/me before signing in (401), and the other user's look at the
+// conversation (404). Anything else is a problem.
+const EXPECTED_HTTP_ERRORS = [
+  { status: 401, path: /^\/api\/me$/ },
+  { status: 404, path: /^\/api\/conversations\/[0-9a-f]+$/, label: "other" },
+];
+// Added for one step at a time (e.g. an offer refused because the session failed meanwhile).
+let expectedForStep = [];
+
+// While a step cuts the connections on purpose, the event stream's request fails: expected.
+let blipping = false;
+const isBlipFailure = (url, text) =>
+  blipping && /\/api\/sessions\/[0-9a-f]+\/events/.test(url) && /ERR_(INCOMPLETE_CHUNKED_ENCODING|CONNECTION_RESET|EMPTY_RESPONSE)/.test(text);
+
+function watch(page, label) {
+  page.on("console", (msg) => {
+    if (msg.type() !== "error") return;
+    if (isBlipFailure(msg.location().url ?? "", msg.text())) return;
+    const http = /status of (\d+)/.exec(msg.text());
+    if (http && msg.text().startsWith("Failed to load resource")) {
+      const where = new URL(msg.location().url || BASE_URL);
+      const expected = [...EXPECTED_HTTP_ERRORS, ...expectedForStep].some(
+        (e) => e.status === Number(http[1]) && e.path.test(where.pathname) && (!e.label || e.label === label),
+      );
+      if (expected) return;
+      problems.push(`[${label}] console error: ${msg.text()} (${where.pathname})`);
+      return;
+    }
+    problems.push(`[${label}] console error: ${msg.text()}`);
+  });
+  page.on("pageerror", (error) => problems.push(`[${label}] page error: ${error.message}`));
+  page.on("requestfailed", (request) => {
+    const failure = request.failure()?.errorText ?? "";
+    // Requests we cut ourselves (EventSource closed, downloads aborted) are not problems.
+    if (failure.includes("ERR_ABORTED") || isBlipFailure(request.url(), failure)) return;
+    problems.push(`[${label}] request failed: ${request.method()} ${request.url()} ${failure}`);
+  });
+}
+
+const shot = (page, name) => page.screenshot({ path: path.join(ARTIFACTS, name), fullPage: true });
+const voiceState = (page) => page.evaluate(() => window.__voicepool?.state() ?? null);
+
+async function signIn(page, token, label) {
+  await page.goto(`${BASE_URL}/`);
+  await page.getByLabel("Access token").fill(token);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByTestId("sign-out").waitFor({ timeout: 10000 });
+  note(`${label} signed in as`, (await page.getByTestId("user-name").innerText()).trim());
+}
+
+const args = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--no-first-run",
+  "--disable-quic",
+  "--use-fake-ui-for-media-stream",
+  "--use-fake-device-for-media-stream",
+  `--use-file-for-fake-audio-capture=${FIXTURE_WAV}`,
+];
+
+let browser;
+let current; // the page a failure screenshot is taken of
+let exitCode = 0;
+try {
+  // launch() starts Chromium with a fresh --user-data-dir of its own (removed on close);
+  // each user below gets a fresh context (own cookies) in it.
+  browser = await step("launch Chromium", () =>
+    chromium.launch({ executablePath: CHROMIUM, headless: true, args, timeout: 30000 }),
+  );
+  note("browser", `${CHROMIUM} ${browser.version()}`);
+
+  if (SCENARIO === "model-down") await modelDown(browser);
+  else await main(browser);
+
+  await step("no console errors, page errors or failed requests", async () => {
+    if (problems.length) throw new Error(problems.join("\n"));
+  });
+  console.log(`passed in ${elapsed()} s`);
+  console.log(`OBSERVATIONS ${JSON.stringify(observations)}`);
+} catch (error) {
+  exitCode = 1;
+  console.log(`FAILED at "${error.step ?? "?"}": ${error.stack ?? error}`);
+  if (problems.length) console.log(`browser problems:\n  ${problems.join("\n  ")}`);
+  if (current) {
+    try {
+      console.log(`state: ${JSON.stringify(await voiceState(current))}`);
+      await shot(current, `failure-${SCENARIO}.png`);
+      console.log(`screenshot: ${path.join(ARTIFACTS, `failure-${SCENARIO}.png`)}`);
+    } catch {
+      // the page may be gone
+    }
+  }
+} finally {
+  await browser?.close().catch(() => undefined);
+  relay.cut();
+  await relay.close();
+}
+process.exit(exitCode);
+
+async function main(browser) {
+  // --- the first user: sign in, talk to the echo bot, stop ----------------------------------
+  const context = await browser.newContext({
+    baseURL: BASE_URL,
+    permissions: ["microphone"],
+    viewport: { width: 1100, height: 900 },
+  });
+  context.setDefaultTimeout(10000);
+  const page = (current = await context.newPage());
+  watch(page, "user");
+
+  await step("sign-in page", async () => {
+    await page.goto(`${BASE_URL}/`);
+    await page.getByRole("heading", { name: "Sign in to voicepool" }).waitFor();
+    await shot(page, "01-sign-in.png");
+  });
+
+  await step("sign in with a token", async () => {
+    await signIn(page, USER_TOKEN, "user");
+    if (await page.getByRole("link", { name: "Operators" }).count()) {
+      throw new Error("a regular user sees the Operators link");
+    }
+  });
+
+  await step("keyboard reaches Start", async () => {
+    await page.getByTestId("start").waitFor();
+    await page.locator("body").focus();
+    for (let i = 0; i < 20; i++) {
+      await page.keyboard.press("Tab");
+      if (await page.evaluate(() => document.activeElement?.getAttribute("data-testid") === "start")) return;
+    }
+    throw new Error("Tab never reached the Start button");
+  });
+
+  let conversationId;
+  let sessionId;
+  await step("start an echo session over SmallWebRTC, through connected", async () => {
+    await page.getByLabel("Profile").selectOption("echo");
+    await page.getByLabel("Transport").selectOption("webrtc");
+    const clicked = Date.now();
+    await page.getByTestId("start").click();
+    const seen = {};
+    await waitFor(
+      "the states queued → starting → ready → connected",
+      async () => {
+        for (const state of ["queued", "starting", "ready", "connected"]) {
+          if (!seen[state] && (await page.getByTestId(`step-${state}`).getAttribute("data-reached")) === "true") {
+            seen[state] = Date.now() - clicked;
+          }
+        }
+        const problem = await page.getByTestId("problem").count();
+        if (problem) throw new Error(`the page shows a problem: ${await page.getByTestId("problem").first().innerText()}`);
+        return seen.connected !== undefined && Object.keys(seen).length === 4;
+      },
+      { timeout: 20000, interval: 50 },
+    );
+    note("ms from Start to each state (as shown)", seen);
+    await waitFor("the bot's ready message (RTVI)", async () => (await voiceState(page))?.botReady, { timeout: 10000 });
+    const state = await voiceState(page);
+    conversationId = state.conversationId;
+    sessionId = state.sessionId;
+    note("session", { sessionId, conversationId, transport: state.transport });
+  });
+
+  await step("the user's turn and the bot's reply show up, with speaking lights", async () => {
+    let userLight = false;
+    let botLight = false;
+    await waitFor(
+      "a finished user turn and a bot reply in the transcript",
+      async () => {
+        userLight ||= (await page.getByTestId("user-level").getAttribute("data-speaking")) === "true";
+        botLight ||= (await page.getByTestId("bot-level").getAttribute("data-speaking")) === "true";
+        const spoke = await page.locator('[data-kind="user-turn"]', { hasText: "You spoke" }).count();
+        const replied = await page.locator('[data-kind="bot-turn"]', { hasText: "Bot replied" }).count();
+        return spoke > 0 && replied > 0 && userLight && botLight;
+      },
+      { timeout: 25000, interval: 50 },
+    );
+    note("first user turn", await page.locator('[data-kind="user-turn"]').first().innerText());
+    note("first bot turn", await page.locator('[data-kind="bot-turn"]').first().innerText());
+  });
+
+  await step("the bot's remote audio is not silent (WebAudio AnalyserNode in the page)", async () => {
+    const levels = await waitFor(
+      `bot audio above RMS ${MIN_BOT_RMS}`,
+      async () => {
+        const v = await page.evaluate(() => ({
+          remotePeak: window.__voicepool.remotePeakRms(),
+          localPeak: window.__voicepool.localPeakRms(),
+        }));
+        return v.remotePeak > MIN_BOT_RMS ? v : null;
+      },
+      { timeout: 10000 },
+    );
+    note("peak RMS, bot (remote track)", levels.remotePeak.toFixed(4));
+    note("peak RMS, microphone (fake capture)", levels.localPeak.toFixed(4));
+    if (levels.localPeak <= MIN_BOT_RMS) throw new Error("the microphone's level stayed near silence");
+    await shot(page, "02-talk-connected.png");
+  });
+
+  await step("the event stream resumes after a network blip (EventSource's Last-Event-ID)", async () => {
+    const before = await voiceState(page);
+    blipping = true;
+    const cut = relay.cut();
+    const blipped = Date.now();
+    await waitFor("the page to notice", async () => (await voiceState(page)).streamStatus === "reconnecting", { timeout: 5000, interval: 20 });
+    await waitFor("the stream to reopen", async () => (await voiceState(page)).streamStatus === "open", { timeout: 10000, interval: 50 });
+    const reopenedMs = Date.now() - blipped;
+    blipping = false;
+    // The fixture loops, so more turns follow: wait for events from after the blip.
+    await waitFor("events after the blip", async () => (await voiceState(page)).lastSeq > before.lastSeq, { timeout: 15000 });
+    const after = await voiceState(page);
+    if (after.events !== after.lastSeq) throw new Error(`lost events: ${after.events} of ${after.lastSeq}`);
+    note("network blip", { connectionsCut: cut, reopenedMs, lastSeqBefore: before.lastSeq, lastSeqAfter: after.lastSeq, duplicatesDropped: after.duplicates });
+  });
+
+  await step("the event stream resumes after the browser gave up (?after=<last id>)", async () => {
+    const before = await voiceState(page);
+    await page.evaluate(() => window.__voicepool.interruptEvents());
+    await waitFor("the stream to reopen", async () => (await voiceState(page)).streamStatus === "open", { timeout: 10000, interval: 50 });
+    await waitFor("events after the reopen", async () => (await voiceState(page)).lastSeq > before.lastSeq, { timeout: 15000 });
+    const after = await voiceState(page);
+    if (after.events !== after.lastSeq) throw new Error(`lost events: ${after.events} of ${after.lastSeq}`);
+    note("manual resume", { lastSeqBefore: before.lastSeq, lastSeqAfter: after.lastSeq, duplicatesDropped: after.duplicates });
+  });
+
+  let liveTurns;
+  await step("mute, then stop", async () => {
+    await page.getByTestId("mute").click();
+    await waitFor("the mic to show muted", async () => (await page.getByTestId("mute").getAttribute("aria-pressed")) === "true");
+    await page.getByTestId("mute").click();
+    const clicked = Date.now();
+    await page.getByTestId("stop").click();
+    await waitFor(
+      "the session to end",
+      async () => (await page.getByTestId("session-status").getAttribute("data-status")) === "ended",
+      { timeout: 10000 },
+    );
+    note("ms from Stop to ended", Date.now() - clicked);
+    const status = await page.getByTestId("session-status").innerText();
+    if (!status.includes("You ended the session")) throw new Error(`unexpected end: ${status}`);
+    const state = await voiceState(page);
+    if (state.reason !== "client_ended") throw new Error(`reason ${state.reason}`);
+    await waitFor("the transport to disconnect", async () => (await voiceState(page)).transport === "disconnected", { timeout: 5000 });
+    liveTurns = {
+      user: await page.locator('[data-kind="user-turn"]').count(),
+      bot: await page.locator('[data-kind="bot-turn"]').count(),
+      events: state.events,
+      lastSeq: state.lastSeq,
+    };
+    if (state.events !== state.lastSeq) throw new Error(`events ${state.events} but last seq ${state.lastSeq}: a gap`);
+    note("turn lines on the Talk page", liveTurns);
+  });
+
+  await step("History lists the conversation", async () => {
+    await page.getByRole("link", { name: "History", exact: true }).click();
+    const row = page.locator(`[data-conversation-id="${conversationId}"]`);
+    await row.waitFor({ timeout: 10000 });
+    note("History row", (await row.innerText()).replace(/\s+/g, " "));
+    await shot(page, "03-history.png");
+    await row.getByRole("link").click();
+  });
+
+  await step("the conversation shows the same turns, and exports", async () => {
+    await page.getByTestId("conversation-session").first().waitFor();
+    // The persister stores asynchronously: reload until every event is in.
+    const stored = await waitFor(
+      "all events stored",
+      async () => {
+        const users = await page.locator('[data-kind="user-turn"]').count();
+        const bots = await page.locator('[data-kind="bot-turn"]').count();
+        if (users === liveTurns.user && bots === liveTurns.bot && (await page.locator('[data-kind="status"]').count()) === 1) {
+          return { users, bots };
+        }
+        await page.reload();
+        await page.getByTestId("conversation-session").first().waitFor();
+        return null;
+      },
+      { timeout: 10000, interval: 300 },
+    );
+    note("turn lines in History", stored);
+    await page.locator('[data-kind="user-turn"]', { hasText: "You spoke" }).first().waitFor();
+    await page.locator('[data-kind="bot-turn"]', { hasText: "Bot replied" }).first().waitFor();
+    const md = await page.request.get(await page.getByTestId("export-md").getAttribute("href"));
+    const text = await md.text();
+    if (!md.ok() || !text.includes("User spoke for") || !text.includes("Bot spoke for")) {
+      throw new Error(`Markdown export: ${md.status()} ${text.slice(0, 200)}`);
+    }
+    const json = await page.request.get(await page.getByTestId("export-json").getAttribute("href"));
+    if (!json.ok() || (await json.json()).conversation_id !== conversationId) throw new Error("JSON export");
+    await shot(page, "04-conversation.png");
+  });
+
+  await step("continue the conversation from History", async () => {
+    await page.getByTestId("continue").click();
+    await page.getByText("Continuing conversation").waitFor();
+    await page.getByTestId("start").click();
+    await waitFor("the new session to connect", async () => (await voiceState(page))?.status === "connected", { timeout: 20000 });
+    await page.getByText("Earlier in this conversation").waitFor();
+    const state = await voiceState(page);
+    if (state.conversationId !== conversationId) throw new Error(`new conversation ${state.conversationId}`);
+    if (state.sessionId === sessionId) throw new Error("same session");
+    await page.getByTestId("stop").click();
+    await waitFor("it to end", async () => (await voiceState(page)).status === "ended", { timeout: 10000 });
+    const detail = await (await page.request.get(`${BASE_URL}/api/conversations/${conversationId}`)).json();
+    note("sessions in the conversation", detail.sessions.length);
+    if (detail.sessions.length !== 2) throw new Error(`${detail.sessions.length} sessions`);
+  });
+
+  if (ASSISTANT) {
+    await step("the assistant: transcript lines and a tool call card", async () => {
+      await page.getByRole("link", { name: "Talk", exact: true }).click();
+      await page.getByLabel("Profile").selectOption("assistant");
+      await page.getByTestId("start").click();
+      await waitFor("the session to connect", async () => (await voiceState(page))?.status === "connected", { timeout: 20000 });
+      const asked = page.locator('[data-kind="user"]', { hasText: "find flights to Oslo" }).first();
+      await asked.waitFor({ timeout: 20000 });
+      // The fake microphone loops: mute it so the answer is not interrupted by the next round.
+      await page.getByTestId("mute").click();
+      const card = page.getByTestId("tool-card").first();
+      await card.locator(".tag-completed").waitFor({ timeout: 20000 });
+      await card.locator("summary").click();
+      for (const text of ["Planning", "Searching", "find flights to Oslo"]) {
+        await card.getByText(text).first().waitFor();
+      }
+      note("tool card", (await card.innerText()).replace(/\s+/g, " "));
+      const answer = page.locator('[data-kind="assistant"]', { hasText: "The team found three flights." });
+      await answer.first().waitFor({ timeout: 20000 });
+      note(
+        "transcript lines",
+        await page.locator("[data-testid=transcript] > li").evaluateAll((lis) =>
+          lis.map((li) => `${li.getAttribute("data-kind")}: ${li.innerText.replace(/\s+/g, " ").slice(0, 60)}`),
+        ),
+      );
+      const peak = await page.evaluate(() => window.__voicepool.remotePeakRms());
+      note("peak RMS, assistant audio", peak.toFixed(4));
+      if (peak <= MIN_BOT_RMS) throw new Error("the assistant's audio was silent");
+      await shot(page, "05-talk-assistant.png");
+      await page.getByTestId("stop").click();
+      await waitFor("it to end", async () => (await voiceState(page)).status === "ended", { timeout: 10000 });
+    });
+  }
+
+  await step("phone-sized Talk page", async () => {
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.getByRole("link", { name: "Talk", exact: true }).click();
+    await page.getByTestId("continue").waitFor();
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    if (overflow > 1) throw new Error(`the page is ${overflow}px wider than the phone's screen`);
+    await shot(page, "06-talk-phone.png");
+  });
+
+  await step("sign out", async () => {
+    await page.getByTestId("sign-out").click();
+    await page.getByRole("heading", { name: "Sign in to voicepool" }).waitFor();
+    const me = await page.request.get(`${BASE_URL}/api/me`);
+    if (me.status() !== 401) throw new Error(`/api/me after sign-out: ${me.status()}`);
+  });
+  await context.close();
+
+  // --- another user, in a fresh context, must not see it ---------------------------------
+  await step("another user sees neither the conversation nor its page", async () => {
+    const other = await browser.newContext({ baseURL: BASE_URL, viewport: { width: 1100, height: 800 } });
+    const otherPage = (current = await other.newPage());
+    watch(otherPage, "other");
+    await signIn(otherPage, OTHER_TOKEN, "other user");
+    await otherPage.getByRole("link", { name: "History", exact: true }).click();
+    await otherPage.getByText("No conversations yet").waitFor({ timeout: 10000 });
+    if (await otherPage.locator(`[data-conversation-id="${conversationId}"]`).count()) {
+      throw new Error("the other user's History lists the conversation");
+    }
+    await otherPage.goto(`${BASE_URL}/history/${conversationId}`);
+    await otherPage.getByTestId("not-found").waitFor({ timeout: 10000 });
+    const api = await otherPage.request.get(`${BASE_URL}/api/conversations/${conversationId}`);
+    if (api.status() !== 404) throw new Error(`API answered ${api.status()} to the other user`);
+    await shot(otherPage, "07-other-user-not-found.png");
+    await other.close();
+  });
+
+  // --- an administrator: Operators --------------------------------------------------------
+  if (ADMIN_TOKEN) {
+    await step("operators see workers and pools, and can drain a worker", async () => {
+      const admin = await browser.newContext({ baseURL: BASE_URL, viewport: { width: 1100, height: 800 } });
+      const adminPage = (current = await admin.newPage());
+      watch(adminPage, "admin");
+      await signIn(adminPage, ADMIN_TOKEN, "admin");
+      await adminPage.getByRole("link", { name: "Operators" }).click();
+      const rows = adminPage.locator("[data-worker-id]");
+      await waitFor("two workers", async () => (await rows.count()) === 2, { timeout: 10000 });
+      await adminPage.getByTestId("pools").waitFor();
+      if (process.env.GRAFANA_URL) {
+        const href = await adminPage.getByTestId("grafana").getAttribute("href");
+        if (href !== process.env.GRAFANA_URL) throw new Error(`Grafana link ${href}`);
+      }
+      note("pools", (await adminPage.getByTestId("pools").locator("tbody").innerText()).replace(/\s+/g, " "));
+      await shot(adminPage, "08-operators.png");
+      const first = rows.first();
+      const workerId = await first.getAttribute("data-worker-id");
+      await first.getByRole("button", { name: /Drain worker/ }).click();
+      await first.getByRole("button", { name: "Confirm drain" }).click();
+      await adminPage.getByText(`Worker ${workerId} is draining`).waitFor({ timeout: 10000 });
+      note("drained", workerId);
+      await admin.close();
+    });
+  }
+
+}
+
+async function modelDown(browser) {
+  const context = await browser.newContext({ baseURL: BASE_URL, permissions: ["microphone"], viewport: { width: 1100, height: 900 } });
+  context.setDefaultTimeout(10000);
+  const page = (current = await context.newPage());
+  watch(page, "user");
+  await step("sign in", () => signIn(page, USER_TOKEN, "user"));
+  await step("an unreachable model: the session fails, in plain words", async () => {
+    // The session may fail while the browser offers: that offer (or an ICE PATCH) gets
+    // 409 session_ended.
+    expectedForStep = [{ status: 409, path: /^\/api\/sessions\/[0-9a-f]+\/offer$/ }];
+    await page.getByLabel("Profile").selectOption("assistant");
+    const clicked = Date.now();
+    await page.getByTestId("start").click();
+    await waitFor(
+      "the session to fail",
+      async () => (await page.getByTestId("session-status").getAttribute("data-status")) === "failed",
+      { timeout: 20000 },
+    );
+    note("ms from Start to failed", Date.now() - clicked);
+    const problem = page.getByTestId("problem").filter({ hasText: "Model unavailable" });
+    await problem.waitFor({ timeout: 5000 });
+    note("shown", (await problem.innerText()).replace(/\s+/g, " "));
+    note("reason", (await voiceState(page)).reason);
+    await shot(page, "09-model-unavailable.png");
+  });
+  await context.close();
+}
