@@ -29,7 +29,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from api import metrics
 from shared import keys
 from shared.events import FINAL_STATES, Event, EventType, SessionState
-from shared.models import EventRecord, VoiceSession, as_utc
+from shared.models import Conversation, EventRecord, VoiceSession, as_utc
 from shared.store import Store
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 READ_BLOCK_MS = 1000
 CLAIM_EVERY_S = 5.0
 TRIM_EVERY_S = 1.0
+TITLE_LENGTH = 80
 
 Entry = tuple[str, dict[str, str]]
 
@@ -147,6 +148,9 @@ class Persister:
             result = await db.execute(statement, rows)
             inserted = len(result.all())
             changes = [await self._apply_state(db, e) for e in events if _is_state(e)]
+            for event in events:
+                if event.type == EventType.USER_TRANSCRIPT and event.data.get("text"):
+                    await self._title_from(db, event)
             await db.commit()
         self.stored += inserted
         metrics.PERSISTED_EVENTS.inc(inserted)
@@ -185,6 +189,17 @@ class Persister:
         elif state == SessionState.READY:
             metrics.DISPATCH_SECONDS.labels(pool=row[0]).observe(since_request)
         return event, row[0]
+
+    async def _title_from(self, db: Any, event: Event) -> None:
+        """A conversation without a title takes its first user words as one."""
+        text = " ".join(str(event.data["text"]).split())
+        title = text if len(text) <= TITLE_LENGTH else text[: TITLE_LENGTH - 1].rstrip() + "…"
+        await db.exec(
+            update(Conversation)
+            .where(Conversation.id == event.conversation_id)  # type: ignore[arg-type]
+            .where(Conversation.title.is_(None))  # type: ignore[union-attr]
+            .values(title=title)
+        )
 
     async def acknowledge(self, entry_ids: Sequence[str]) -> None:
         if entry_ids:

@@ -101,6 +101,18 @@ async def test_every_event_is_stored_exactly_once_after_a_crash(redis, store, cr
     assert await _stored(store) == stored
 
 
+async def test_a_conversation_is_titled_by_its_first_user_words(redis, store) -> None:  # type: ignore[no-untyped-def]
+    live = LiveSessions(redis)
+    await live.create("s1", "u1", {"conversation_id": "c1"})
+    await live.publish("s1", "user.transcript", {"text": "  Book   a table for two tonight "})
+    await live.publish("s1", "user.transcript", {"text": "Make it three"})
+    persister = Persister(redis, store, consumer="p")
+    await persister.ensure_group()
+    await _drain(persister)
+    async with store.session() as db:
+        assert (await db.get(Conversation, "c1")).title == "Book a table for two tonight"
+
+
 async def test_trimming_never_drops_an_unacknowledged_entry(redis, store) -> None:  # type: ignore[no-untyped-def]
     live = LiveSessions(redis)
     published = await _publish_session(live, events=40)
