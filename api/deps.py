@@ -15,6 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api import web_sessions
 from api.errors import ApiError
+from api.fanout import StreamFanout
 from api.signals import WorkerSignals
 from shared.live import LiveSessions
 from shared.models import User
@@ -33,6 +34,7 @@ class AppState:
     live: LiveSessions
     store: Store
     signals: WorkerSignals
+    fanout: StreamFanout
 
 
 def get_state(request: Request) -> AppState:
@@ -65,7 +67,6 @@ def _proxied_user_name(request: Request, settings: Settings) -> str | None:
 
 async def get_current_user(
     request: Request,
-    db: SessionDep,
     state: StateDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> User:
@@ -73,7 +74,19 @@ async def get_current_user(
 
     Cookie-authenticated requests that change something must also carry the
     session's CSRF token in ``X-CSRF-Token`` (on top of SameSite=Strict).
+    Uses its own short database session: a long response (an event stream)
+    must not hold a pooled connection for its whole life.
     """
+    async with state.store.session() as db:
+        return await _identify(request, db, state, credentials)
+
+
+async def _identify(
+    request: Request,
+    db: AsyncSession,
+    state: AppState,
+    credentials: HTTPAuthorizationCredentials | None,
+) -> User:
     proxied = _proxied_user_name(request, state.settings)
     if proxied is not None:
         user = await get_user_by_name(db, proxied)

@@ -1,6 +1,7 @@
 """Errors users see: a stable ``code`` and a plain message, never a stack trace.
 
-Every error body has the same shape: ``{"detail": {"code": ..., "message": ...}}``.
+Every error body has the same shape: ``{"detail": {"code": ..., "message": ...}, "info": message}``
+(``info`` repeats the message where Pipecat's client SDK reads it).
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
     message = "; ".join(_describe(e) for e in errors) or "invalid request"
     return JSONResponse(
         status_code=422,
-        content={"detail": {"code": "invalid_request", "message": message, "errors": errors}},
+        content={
+            "detail": {"code": "invalid_request", "message": message, "errors": errors},
+            "info": message,
+        },
     )
 
 

@@ -15,6 +15,7 @@ from sqlmodel import select
 from sse_starlette import ServerSentEvent
 
 from api.deps import AppState
+from api.fanout import after as after_id
 from shared import keys
 from shared.events import FINAL_STATES, Event, EventType
 from shared.models import EventRecord, VoiceSession
@@ -66,21 +67,38 @@ def _is_final(event: Event) -> bool:
 async def session_event_stream(
     state: AppState, row: VoiceSession, after: str
 ) -> AsyncIterator[ServerSentEvent]:
+    """The session's events after ``after``, live, until its final state."""
     stream = keys.session_events(row.id)
+    if not await state.redis.exists(stream):
+        async for event in _stored_events(state, row, after):
+            yield event
+        return
     last_id = after
-    while True:
-        if not await state.redis.exists(stream):
-            async for event in _stored_events(state, row, last_id):
-                yield event
-            return
-        reply = await state.redis.xread({stream: last_id}, count=READ_COUNT, block=READ_BLOCK_MS)
-        for _stream, entries in reply or ():
-            for entry_id, fields in entries:
+    async with state.fanout.subscribe(stream) as live:
+        # Backlog first (live entries queue up meanwhile), then the live queue.
+        while True:
+            start = "-" if last_id == "0-0" else f"({last_id}"
+            backlog = await state.redis.xrange(stream, min=start, count=READ_COUNT)
+            for entry_id, fields in backlog:
                 last_id = entry_id
                 event = Event.from_stream_fields(fields, entry_id)
                 yield _sse(event)
                 if _is_final(event):
                     return
+            if len(backlog) < READ_COUNT:
+                break
+        while (entry := await live.get()) is not None:
+            entry_id, fields = entry
+            if not after_id(entry_id, last_id):
+                continue  # already sent from the backlog
+            last_id = entry_id
+            event = Event.from_stream_fields(fields, entry_id)
+            yield _sse(event)
+            if _is_final(event):
+                return
+    # The live stream expired under us: the rest is in SQL.
+    async for event in _stored_events(state, row, last_id):
+        yield event
 
 
 async def _stored_events(

@@ -14,11 +14,12 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api.deps import AppState
 from api.errors import install_error_handlers
+from api.fanout import StreamFanout
 from api.frontend import SecurityHeadersMiddleware, mount_frontend
 from api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from api.persister import Persister
 from api.reaper import Reaper
-from api.routes import auth, conversations, health, sessions, workers
+from api.routes import auth, conversations, health, participants, sessions, start, workers
 from api.signals import WorkerSignals
 from shared import __version__
 from shared.connections import arq_redis_settings, redis_client
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
             live=live,
             store=Store(settings.sqlalchemy_url),
             signals=WorkerSignals(redis, timeout=settings.signal_timeout),
+            fanout=StreamFanout(redis),
         )
         app.state.voicepool = state
         tasks: list[asyncio.Task[None]] = []
@@ -80,6 +82,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await state.fanout.aclose()
             await state.arq.aclose()
             await redis.aclose()
             await state.store.aclose()
@@ -94,6 +97,8 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(sessions.router)
+    app.include_router(participants.router)
+    app.include_router(start.router)
     app.include_router(conversations.router)
     app.include_router(workers.router)
     mount_frontend(app, settings.frontend_dir)  # last: it answers every other GET

@@ -21,8 +21,11 @@ class AssistantOptions(Strict):
 
 
 class SessionCreate(Strict):
-    transport: Literal["webrtc"] = Field(
-        "webrtc", description="How media flows: SmallWebRTC straight to the worker."
+    transport: Literal["webrtc", "websocket", "daily"] = Field(
+        "webrtc",
+        description="How media flows: SmallWebRTC straight to the worker (`webrtc`), protobuf "
+        "frames over a WebSocket to the worker (`websocket`), or a Daily room (`daily`, "
+        "with DAILY_API_KEY).",
     )
     profile: str | None = Field(
         None,
@@ -49,6 +52,11 @@ class SessionOut(BaseModel):
     created_at: datetime
     events_url: str
     offer_url: str
+    connect: dict[str, Any] | None = Field(
+        None,
+        description="For the session's owner while it can be joined: `ws_url` with a "
+        "single-use token (websocket), `room_url` and `token` (daily). Never in events.",
+    )
 
 
 class SdpOffer(Strict):

@@ -58,6 +58,7 @@ class Reason(StrEnum):
     MODEL_ERROR = "model_error"  # the model sent an error event
     MODEL_DISCONNECTED = "model_disconnected"  # the model closed the connection
     MODEL_PROTOCOL_ERROR = "model_protocol_error"  # the model sent something unreadable
+    DAILY_UNAVAILABLE = "daily_unavailable"  # Daily's REST API refused or failed
 
 
 class EventType(StrEnum):

@@ -57,3 +57,13 @@ def reply(request_id: str) -> str:
 def queue(pool: str) -> str:
     """The arq queue (sorted set) of session start jobs for one pool."""
     return f"{PREFIX}:queue:{pool}"
+
+
+def ws_token(token_hash: str) -> str:
+    """String: the session a single-use WebSocket token opens (short TTL; keyed by its hash)."""
+    return f"{PREFIX}:wstoken:{token_hash}"
+
+
+def session_invites(session_id: str) -> str:
+    """Set: ids of the users the owner invited into the session's Daily room."""
+    return f"{PREFIX}:session:{session_id}:invites"

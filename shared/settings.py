@@ -175,6 +175,43 @@ class Settings(BaseSettings):
         "text", description="json: one JSON object per line (production)."
     )
 
+    # --- transports: websocket and Daily ---------------------------------------
+    ws_host: str = Field(
+        "127.0.0.1",
+        description="Address a worker's WebSocket listener binds (0.0.0.0 for clients on "
+        "other hosts).",
+    )
+    ws_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of a worker's WebSocket listener (0: any free port, advertised as is).",
+    )
+    worker_public_host: str | None = Field(
+        None,
+        description="Host name or address clients reach this worker at (NAT, containers); "
+        "default: WS_HOST, or the machine's host name when WS_HOST is 0.0.0.0.",
+    )
+    ws_public_url: str | None = Field(
+        None,
+        description="WebSocket URL clients use instead of ws://PUBLIC_HOST:PORT/ws "
+        "(a published container port, or wss:// behind a TLS proxy).",
+    )
+    ws_token_ttl: float = Field(
+        60.0, gt=0, le=3600, description="Seconds a single-use WebSocket token stays valid."
+    )
+    daily_api_url: str = Field(
+        "https://api.daily.co/v1", description="Daily REST API base URL (a proxy, a test double)."
+    )
+    daily_token_ttl: float = Field(
+        600.0, gt=0, description="Seconds a participant's Daily meeting token can be used to join."
+    )
+
+    @property
+    def available_transports(self) -> list[str]:
+        """Transports this deployment offers: Daily needs an API key."""
+        return ["webrtc", "websocket", "daily"] if self.daily_api_key else ["webrtc", "websocket"]
+
     @field_validator(
         "pools", "ice_servers", "webrtc_host_addresses", "cors_origins", "trusted_proxies",
         mode="before",

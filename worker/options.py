@@ -125,6 +125,29 @@ class WorkerOptions:
     assistant: AssistantConfig = field(default_factory=AssistantConfig)
     """The assistant profile's model and tools (unused by ``echo``)."""
 
+    # --- transports: websocket and Daily ---
+    ws_host: str = "127.0.0.1"
+    """Address the WebSocket listener binds (one listener per worker process)."""
+
+    ws_port: int = 0
+    """Port of the WebSocket listener; 0 picks a free one."""
+
+    ws_public_host: str | None = None
+    """Host clients reach the listener at (NAT, containers); default from ``ws_host``."""
+
+    ws_public_url: str | None = None
+    """Full URL clients use (published ports, wss:// behind a proxy); overrides host/port."""
+
+    ws_advertised_url: str = ""
+    """The listener's URL as clients reach it; set by the worker once it listens."""
+
+    daily_api_key: str | None = field(default=None, repr=False)
+    """DAILY_API_KEY. Never logged (excluded from repr) and never put in events."""
+
+    daily_api_url: str = "https://api.daily.co/v1"
+    daily_token_ttl: float = 600.0
+    """Seconds a participant's meeting token can be used to join."""
+
     @property
     def profiles(self) -> list[str]:
         return ["echo", "assistant"] if self.assistant.api_key else ["echo"]
@@ -156,6 +179,15 @@ class WorkerOptions:
             ice_servers=list(settings.ice_servers),
             webrtc_host_addresses=list(settings.webrtc_host_addresses),
             assistant=AssistantConfig.from_settings(settings),
+            ws_host=settings.ws_host,
+            ws_port=settings.ws_port,
+            ws_public_host=settings.worker_public_host,
+            ws_public_url=settings.ws_public_url,
+            daily_api_key=(
+                settings.daily_api_key.get_secret_value() if settings.daily_api_key else None
+            ),
+            daily_api_url=settings.daily_api_url,
+            daily_token_ttl=settings.daily_token_ttl,
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -76,6 +76,7 @@ class SessionRunner:
             meta.get("transport", "webrtc"), session_id, options
         )
         self._end_requested = asyncio.Event()
+        self._client_connected = False
         self._pipeline: PipelineWorker | None = None
         self._task: asyncio.Task[None] | None = None
         self._cancel: asyncio.Task[None] | None = None
@@ -151,6 +152,7 @@ class SessionRunner:
 
         @transport.event_handler("on_client_connected")
         async def _connected(_transport: object, _client: object) -> None:
+            self._client_connected = True
             await self.live.transition(
                 self.id,
                 SessionState.CONNECTED,
@@ -193,8 +195,14 @@ class SessionRunner:
     async def _run_pipeline(self) -> None:
         self._pipeline = self._build_pipeline()
         remaining = self.options.max_session_duration - (time.monotonic() - self.started_at)
-        limit = asyncio.get_running_loop().call_later(
-            max(remaining, 0), self.end, Reason.MAX_DURATION
+        loop = asyncio.get_running_loop()
+        limit = loop.call_later(max(remaining, 0), self.end, Reason.MAX_DURATION)
+        # A transport whose client arrives only once the pipeline runs (a Daily bot waits
+        # in its room) gets its connect timeout here instead of in _wait_for_peer.
+        no_show = (
+            loop.call_later(self.options.connect_timeout, self._end_if_no_client)
+            if self.transport.pipeline_before_client
+            else None
         )
         runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
         try:
@@ -204,6 +212,12 @@ class SessionRunner:
             await runner.run()
         finally:
             limit.cancel()
+            if no_show is not None:
+                no_show.cancel()
+
+    def _end_if_no_client(self) -> None:
+        if not self._client_connected:
+            self.end(Reason.CONNECT_TIMEOUT)
 
     async def _finish(self) -> None:
         reason = self.end_reason or Reason.CLIENT_LEFT

@@ -33,7 +33,8 @@ from worker import metrics
 from worker.options import JOB_TIMEOUT_S, POLL_DELAY_S, SIGNAL_BLOCK_S, WorkerOptions
 from worker.profiles import preload_profiles
 from worker.session import SessionRunner
-from worker.transports import SignalError
+from worker.transports import SignalError, TransportError
+from worker.transports.websocket import WebSocketListener, WebSocketSessionTransport
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ REPLY_TTL_S = 60
 # A requeued job's own expiry only keeps arq from holding it forever: the API's
 # reaper expires the session by its creation time (VOICEPOOL_QUEUE_TTL) anyway.
 REQUEUE_EXPIRES_S = 300
+OWNER_CONNECT = "owner_connect"  # session hash field: what only the owner may see to connect
 
 
 async def start_session(ctx: dict[str, Any], session_id: str) -> str:
@@ -87,6 +89,7 @@ class VoicepoolWorker:
             stream_maxlen=options.stream_maxlen,
         )
         self._arq: SessionWorker | None = None
+        self.ws_listener = WebSocketListener(self.redis, self._websocket_session, options)
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._stopped = asyncio.Event()
@@ -107,6 +110,8 @@ class VoicepoolWorker:
             restrict_ice_host_addresses(self.options.webrtc_host_addresses)
         self._install_signal_handlers()
         preload_profiles(self.options.profiles)
+        # Listening before the first job: a websocket session is ready only with a URL.
+        self.options.ws_advertised_url = await self.ws_listener.start()
         metrics.serve(self.options.metrics_port, self.options.metrics_host)
         metrics.CAPACITY.labels(pool=self.options.pool).set(self.options.capacity)
         self._arq = SessionWorker(
@@ -169,6 +174,7 @@ class VoicepoolWorker:
         if self._arq is not None:
             self._arq.allow_pick_jobs = False
         await self.end_all(Reason.WORKER_SHUTDOWN)
+        await self.ws_listener.aclose()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -229,6 +235,9 @@ class VoicepoolWorker:
         await record_start(self.redis, self.options.pool, session_id)
         try:
             connect = await runner.prepare()
+            owner = runner.transport.owner_params()
+            if owner:  # in the session's hash for the API, never in an event
+                await self.redis.hset(keys.session(session_id), OWNER_CONNECT, json.dumps(owner))
             ready, _ = await self.live.transition(
                 session_id,
                 SessionState.READY,
@@ -236,6 +245,17 @@ class VoicepoolWorker:
                 allowed_from={SessionState.STARTING},
                 data={"transport": meta.get("transport", "webrtc"), **connect},
             )
+        except TransportError as exc:  # e.g. Daily refused: the owner sees why
+            log.warning("session %s: %s (%s)", session_id, exc, exc.reason)
+            runner.end(exc.reason, str(exc))
+            await self.live.transition(
+                session_id,
+                SessionState.FAILED,
+                exc.reason,
+                allowed_from={SessionState.STARTING},
+                data={"message": str(exc)},
+            )
+            ready = False
         except Exception as exc:
             log.exception("session %s: could not be prepared", session_id)
             runner.end(Reason.PIPELINE_ERROR)
@@ -250,6 +270,7 @@ class VoicepoolWorker:
         if not ready:
             self.sessions.pop(session_id, None)
             await runner.publisher.aclose()
+            await self._release(runner)  # a room or a token made before it failed
             return "not started"
         runner.start()
         self._spawn(self._heartbeat_once())  # operators see the slot taken at once
@@ -274,8 +295,25 @@ class VoicepoolWorker:
             _expires=REQUEUE_EXPIRES_S,
         )
 
+    def _websocket_session(self, session_id: str) -> WebSocketSessionTransport | None:
+        """The WebSocket listener's route: this worker's session a token opens."""
+        runner = self.sessions.get(session_id)
+        transport = runner.transport if runner is not None else None
+        return transport if isinstance(transport, WebSocketSessionTransport) else None
+
+    async def _release(self, runner: SessionRunner) -> None:
+        with contextlib.suppress(Exception):
+            await runner.transport.aclose()
+        await self._forget_owner_connect(runner.id)
+
+    async def _forget_owner_connect(self, session_id: str) -> None:
+        # The hash is kept for a while for replay; the meeting token in it is not.
+        with contextlib.suppress(Exception):
+            await self.redis.hdel(keys.session(session_id), OWNER_CONNECT)
+
     def _finished(self, runner: SessionRunner) -> None:
         self.sessions.pop(runner.id, None)
+        self._spawn(self._forget_owner_connect(runner.id))
         self._spawn(self._heartbeat_once())
         metrics.SESSION_SECONDS.labels(
             pool=self.options.pool, reason=str(runner.end_reason or "")

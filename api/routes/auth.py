@@ -83,7 +83,7 @@ async def server_config(_user: CurrentUser, state: StateDep) -> ServerConfig:
     return ServerConfig(
         profiles=settings.available_profiles,
         default_profile=settings.default_profile,
-        transports=["webrtc"],
+        transports=settings.available_transports,
         pools=list(settings.pools),
         default_pool=settings.default_pool,
         ice_servers=list(settings.ice_servers),

@@ -6,10 +6,11 @@ import json
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Response
 from sse_starlette import EventSourceResponse
 
 from api import limits, metrics
+from api.connect import owner_connect
 from api.deps import CurrentUser, SessionDep, StateDep, is_admin
 from api.errors import ApiError, not_found
 from api.events import session_event_stream, wait_for_state
@@ -27,9 +28,13 @@ START_JOB = "start_session"
 END_WAIT_S = 5.0
 
 
-async def _owned_session(db: SessionDep, user: User, session_id: str) -> VoiceSession:
+async def _owned_session(
+    db: SessionDep, user: User, session_id: str, *, owner_only: bool = False
+) -> VoiceSession:
+    """The session if the caller owns it (or, to read it, is an admin); else 404."""
     row = await db.get(VoiceSession, session_id) if len(session_id) <= 64 else None
-    if row is None or (row.user_id != user.id and not is_admin(user)):
+    allowed = row is not None and (row.user_id == user.id or (is_admin(user) and not owner_only))
+    if not allowed or row is None:
         raise not_found("session")
     return row
 
@@ -68,6 +73,12 @@ async def create_session(
             422, "profile_unavailable",
             f"profile {profile!r} is not available here; available: "
             + ", ".join(settings.available_profiles),
+        )  # fmt: skip
+    if body.transport not in settings.available_transports:
+        raise ApiError(
+            422, "transport_unavailable",
+            f"transport {body.transport!r} is not available here; available: "
+            + ", ".join(settings.available_transports),
         )  # fmt: skip
     pool = body.pool or settings.default_pool
     if pool not in settings.pools:
@@ -159,7 +170,11 @@ def _too_many(pool: str, limit: int) -> ApiError:
 async def get_session(
     session_id: str, user: CurrentUser, db: SessionDep, state: StateDep
 ) -> SessionOut:
-    return await _describe(state, await _owned_session(db, user, session_id))
+    row = await _owned_session(db, user, session_id)
+    described = await _describe(state, row)
+    if row.user_id == user.id:  # not for admins looking on: the secrets are the owner's
+        described.connect = await owner_connect(state, row, await state.live.get(row.id))
+    return described
 
 
 @router.delete("/{session_id}", response_model=SessionOut)
@@ -222,7 +237,7 @@ async def send_offer(
     session_id: str, body: SdpOffer, user: CurrentUser, db: SessionDep, state: StateDep
 ) -> SdpAnswer:
     """Relay a WebRTC SDP offer to the session's worker; waits for ``ready`` if needed."""
-    row = await _owned_session(db, user, session_id)
+    row = await _owned_session(db, user, session_id, owner_only=True)
     worker_id = await _owning_worker(state, row)
     answer = await state.signals.request(
         worker_id, "offer", session_id=row.id, payload=body.model_dump(exclude_none=True)
@@ -234,19 +249,26 @@ async def send_offer(
 async def add_ice_candidates(
     session_id: str, body: IcePatch, user: CurrentUser, db: SessionDep, state: StateDep
 ) -> Response:
-    """Relay trickled ICE candidates to the session's worker."""
-    row = await _owned_session(db, user, session_id)
-    worker_id = await _owning_worker(state, row)
-    await state.signals.request(worker_id, "ice", session_id=row.id, payload=body.model_dump())
+    """Relay trickled ICE candidates to the session's worker.
+
+    Candidates are best effort: ones that arrive after their peer connection or
+    session has gone (a browser still trickling as the call ends) are dropped
+    with 204 rather than reported as errors.
+    """
+    row = await _owned_session(db, user, session_id, owner_only=True)
+    try:
+        worker_id = await _owning_worker(state, row)
+        await state.signals.request(worker_id, "ice", session_id=row.id, payload=body.model_dump())
+    except ApiError as exc:
+        if exc.code not in ("session_ended", "unknown_session", "unknown_peer"):
+            raise
     return Response(status_code=204)
 
 
 @router.get("/{session_id}/events")
 async def stream_events(
     session_id: str,
-    request: Request,
     user: CurrentUser,
-    db: SessionDep,
     state: StateDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     after: Annotated[
@@ -258,7 +280,9 @@ async def stream_events(
     The stream replays from the start (or after ``Last-Event-ID``) and closes
     after the session's final state.
     """
-    row = await _owned_session(db, user, session_id)
+    # A short database session: the stream may stay open for the whole call.
+    async with state.store.session() as db:
+        row = await _owned_session(db, user, session_id)
     start = last_event_id or after or "0-0"
     if not _valid_stream_id(start):
         raise ApiError(422, "invalid_event_id", "Last-Event-ID must be a stream id like 1-0")

@@ -171,12 +171,15 @@ async def bench_fanout(subscribers: int, events: int) -> dict[str, Any]:
             all_open = asyncio.Event()
 
             resume_after: dict[str, str] = {}
+            per_subscriber: dict[int, int] = {}
+            statuses: dict[int, int] = {}
 
-            async def sse_subscriber() -> None:
+            async def sse_subscriber(me: int) -> None:
                 nonlocal opened
                 async with api.stream(
                     "GET", session["events_url"], headers=resume_after
                 ) as response:
+                    statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
                     opened += 1
                     if opened == subscribers:
                         all_open.set()
@@ -185,6 +188,7 @@ async def bench_fanout(subscribers: int, events: int) -> dict[str, Any]:
                             event = json.loads(line[5:])
                             if event["type"] == "bench.tick":
                                 sse_latencies.append(time.time() - event["data"]["sent"])
+                                per_subscriber[me] = per_subscriber.get(me, 0) + 1
                                 if event["data"]["n"] == events - 1:
                                     return
 
@@ -220,7 +224,7 @@ async def bench_fanout(subscribers: int, events: int) -> dict[str, Any]:
             # events (Last-Event-ID), as a reconnecting browser would.
             last = await redis.xrevrange(keys.session_events(sid), count=1)
             resume_after["Last-Event-ID"] = last[0][0]
-            streams = [asyncio.create_task(sse_subscriber()) for _ in range(subscribers)]
+            streams = [asyncio.create_task(sse_subscriber(i)) for i in range(subscribers)]
             await asyncio.wait_for(all_open.wait(), 120)
             await asyncio.sleep(1.0)  # everyone has replayed the backlog
             sse_latencies.clear()
@@ -234,7 +238,7 @@ async def bench_fanout(subscribers: int, events: int) -> dict[str, Any]:
             "sse_p50_ms": pct(sse_latencies, 0.5) * ms, "sse_p99_ms": pct(sse_latencies, 0.99) * ms,
             "xread_p50_ms": pct(xread_latencies, 0.5) * ms,
             "xread_p99_ms": pct(xread_latencies, 0.99) * ms,
-            "deliveries": len(sse_latencies)}  # fmt: skip
+            "deliveries": len(sse_latencies), "statuses": statuses}  # fmt: skip
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:

@@ -82,3 +82,34 @@ async def test_a_full_queue_refuses_at_once(make_system) -> None:  # type: ignor
         assert refused.status_code == 503
         assert refused.json()["detail"]["code"] == "no_capacity"
         assert int(refused.headers["Retry-After"]) >= 1
+
+
+async def test_many_open_event_streams_do_not_starve_the_api(make_system) -> None:  # type: ignore[no-untyped-def]
+    """Open streams hold no database connection: 40 of them (pool: 15) and the API still answers."""
+    import httpx
+
+    system = make_system(workers=0, VOICEPOOL_QUEUE_TTL="600", VOICEPOOL_MAX_STREAMS_PER_USER="0")
+    token = system.create_user("watcher")
+    limits = httpx.Limits(max_connections=60)
+    async with httpx.AsyncClient(
+        base_url=system.api_url, headers={"Authorization": f"Bearer {token}"}, limits=limits,
+        timeout=30,
+    ) as api:  # fmt: skip
+        session = await create_session(api, profile="echo")
+        statuses: list[int] = []
+        opened = asyncio.Event()
+
+        async def watch() -> None:
+            async with api.stream("GET", session["events_url"]) as response:
+                statuses.append(response.status_code)
+                if len(statuses) == 40:
+                    opened.set()
+                async for _line in response.aiter_lines():
+                    pass
+
+        watchers = [asyncio.create_task(watch()) for _ in range(40)]
+        await asyncio.wait_for(opened.wait(), 20)
+        assert statuses == [200] * 40
+        assert (await api.get("/api/conversations")).status_code == 200
+        await api.delete(f"/api/sessions/{session['session_id']}")  # final state closes them
+        await asyncio.wait_for(asyncio.gather(*watchers), 20)

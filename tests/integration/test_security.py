@@ -33,8 +33,9 @@ async def test_access_matrix(api) -> None:  # type: ignore[no-untyped-def]
     matrix = [
         ("GET", f"/api/sessions/{sid}", None, (200, 404, 200)),
         ("GET", f"/api/sessions/{sid}/events?after=99999999999999-0", None, (None, 404, None)),
-        ("POST", f"/api/sessions/{sid}/offer", offer, (409, 404, 409)),
-        ("PATCH", f"/api/sessions/{sid}/offer", ice, (409, 404, 409)),
+        # Only the owner may connect: a single-connection call cannot be taken over.
+        ("POST", f"/api/sessions/{sid}/offer", offer, (409, 404, 404)),
+        ("PATCH", f"/api/sessions/{sid}/offer", ice, (409, 404, 404)),
         ("GET", f"/api/conversations/{cid}", None, (200, 404, 200)),
         ("GET", f"/api/conversations/{cid}/export?format=md", None, (200, 404, 200)),
         ("GET", f"/api/conversations/{cid}/export?format=json", None, (200, 404, 200)),

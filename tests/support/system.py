@@ -37,7 +37,6 @@ class System:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     api_port: int = 0
     metrics_ports: dict[int, int] = field(default_factory=dict)
-    metrics_ports: dict[int, int] = field(default_factory=dict)
     _logs: list[Path] = field(default_factory=list)
 
     # --- set-up --------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 
+from shared.events import Reason
 from worker.options import WorkerOptions
 
 
@@ -24,12 +25,28 @@ class SignalError(Exception):
         self.status = status
 
 
+class TransportError(Exception):
+    """Setting the transport up failed for a reason the session's owner should see
+    (``reason`` becomes the failed state's reason, the message its ``message``)."""
+
+    def __init__(self, reason: Reason, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 class SessionTransport(Protocol):
     kind: str
+    pipeline_before_client: bool
+    """True when the pipeline must run before a client can arrive (a Daily bot joins its
+    room first); the session then applies its connect timeout to the running pipeline."""
 
     async def prepare(self) -> dict[str, Any]:
         """Set up before ready; returns what the client needs to connect (never secrets
         meant for someone else)."""
+
+    def owner_params(self) -> dict[str, Any]:
+        """What only the session's owner may see to connect (a room URL and meeting token,
+        the WebSocket listener's URL); kept out of events, handed out by the API."""
 
     async def wait_for_client(self) -> None:
         """Return once a client is there to connect the pipeline to."""
@@ -49,4 +66,12 @@ def build_transport(kind: str, session_id: str, options: WorkerOptions) -> Sessi
         from worker.transports.smallwebrtc import SmallWebRTCSessionTransport
 
         return SmallWebRTCSessionTransport(session_id, options)
+    if kind == "websocket":
+        from worker.transports.websocket import WebSocketSessionTransport
+
+        return WebSocketSessionTransport(session_id, options)
+    if kind == "daily":
+        from worker.transports.daily import DailySessionTransport
+
+        return DailySessionTransport(session_id, options)
     raise ValueError(f"unknown transport {kind!r}")

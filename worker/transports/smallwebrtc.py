@@ -29,6 +29,7 @@ from worker.transports import SignalError
 
 class SmallWebRTCSessionTransport:
     kind = "webrtc"
+    pipeline_before_client = False  # the SDP offer is the client's arrival
 
     def __init__(self, session_id: str, options: WorkerOptions):
         self.session_id = session_id
@@ -40,6 +41,9 @@ class SmallWebRTCSessionTransport:
 
     async def prepare(self) -> dict[str, Any]:
         return {"offer_url": f"/api/sessions/{self.session_id}/offer"}
+
+    def owner_params(self) -> dict[str, Any]:
+        return {}  # the offer URL is public; the API authenticates the offer itself
 
     async def wait_for_client(self) -> None:
         await self._arrived.wait()

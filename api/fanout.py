@@ -1,0 +1,97 @@
+"""Live fan-out: one Redis reader per session stream per API process, shared by its subscribers.
+
+Without it every SSE client holds its own blocking XREAD, so an event to 500
+watchers is read and decoded 500 times, over 500 Redis connections. Here one
+task reads each watched stream and hands entries to the subscribers' queues.
+A subscriber joins without a gap: it registers first (so live entries queue
+up), then reads the backlog with XRANGE, then drains its queue, skipping ids
+it has already sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+
+log = logging.getLogger(__name__)
+
+READ_BLOCK_MS = 15000
+READ_COUNT = 500
+GONE = None  # queued to subscribers when the stream no longer exists
+
+Entry = tuple[str, dict[str, str]]
+
+
+class _Hub:
+    def __init__(self, redis: aioredis.Redis, stream: str):
+        self.redis = redis
+        self.stream = stream
+        self.queues: set[asyncio.Queue[Entry | None]] = set()
+        self.started = asyncio.Event()
+        self.task = asyncio.create_task(self._run(), name=f"fanout-{stream}")
+
+    async def _run(self) -> None:
+        newest = await self.redis.xrevrange(self.stream, count=1)
+        last = newest[0][0] if newest else "0-0"
+        self.started.set()  # from here on nothing after `last` is missed
+        while True:
+            try:
+                reply = await self.redis.xread(
+                    {self.stream: last}, count=READ_COUNT, block=READ_BLOCK_MS
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis restarting: keep the subscribers, retry
+                log.warning("fan-out read of %s failed: %s", self.stream, exc)
+                await asyncio.sleep(0.5)
+                continue
+            if not reply:
+                if not await self.redis.exists(self.stream):
+                    for queue in self.queues:
+                        queue.put_nowait(GONE)
+                    return
+                continue
+            for _stream, entries in reply:
+                for entry in entries:
+                    last = entry[0]
+                    for queue in self.queues:
+                        queue.put_nowait(entry)
+
+
+class StreamFanout:
+    def __init__(self, redis: aioredis.Redis):
+        self.redis = redis
+        self._hubs: dict[str, _Hub] = {}
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, stream: str) -> AsyncIterator[asyncio.Queue[Entry | None]]:
+        hub = self._hubs.get(stream)
+        if hub is None or hub.task.done():
+            hub = self._hubs[stream] = _Hub(self.redis, stream)
+        queue: asyncio.Queue[Entry | None] = asyncio.Queue()
+        hub.queues.add(queue)
+        try:
+            await hub.started.wait()
+            yield queue
+        finally:
+            hub.queues.discard(queue)
+            if not hub.queues:
+                hub.task.cancel()
+                if self._hubs.get(stream) is hub:
+                    del self._hubs[stream]
+
+    async def aclose(self) -> None:
+        for hub in list(self._hubs.values()):
+            hub.task.cancel()
+        self._hubs.clear()
+
+
+def after(a: str, b: str) -> bool:
+    """Whether stream id ``a`` comes after ``b``."""
+    a_ms, _, a_seq = a.partition("-")
+    b_ms, _, b_seq = b.partition("-")
+    return (int(a_ms), int(a_seq or 0)) > (int(b_ms), int(b_seq or 0))

@@ -1,0 +1,379 @@
+"""WebSocket sessions, POST /api/start and transport choices.
+
+The end-to-end tests run the real system (API, Redis, worker processes) and a
+client that speaks what Pipecat's clients speak on a WebSocket: protobuf
+frames, encoded and decoded with Pipecat's own ``ProtobufFrameSerializer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import wave
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import websockets
+from pipecat.frames.frames import (
+    InputAudioRawFrame,
+    InputTransportMessageFrame,
+    OutputAudioRawFrame,
+    OutputTransportMessageFrame,
+)
+from pipecat.serializers.protobuf import ProtobufFrameSerializer
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import InvalidStatus
+
+from shared import ws_tokens
+from tests.support.api import api_client, wait_for_status
+from tests.support.webrtc_client import WebRTCTestClient, allow_loopback_ice
+
+ECHO_RMS = 300  # the fixture's speech is ~1000-1800 RMS; silence is ~0
+FRAME_MS = 20
+
+
+class ProtobufClient:
+    """A WebSocket client as Pipecat's clients are: protobuf frames both ways.
+
+    It streams a WAV in real time in 20 ms audio frames (then silence, so the
+    call stays alive), decodes every frame the bot sends, and says it is ready
+    the way Pipecat's JS client does (RTVI ``client-ready``).
+    """
+
+    def __init__(self, websocket: ClientConnection, wav: Path | None = None):
+        self.ws = websocket
+        self.serializer = ProtobufFrameSerializer()
+        self.audio: list[tuple[np.ndarray, int]] = []  # (samples, sample rate)
+        self.messages: list[dict[str, Any]] = []
+        self.closed = asyncio.Event()
+        self._samples, self._rate = _read_wav(wav) if wav else (np.zeros(0, np.int16), 16000)
+        self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._send())]
+
+    @classmethod
+    async def connect(cls, url: str, wav: Path | None = None) -> ProtobufClient:
+        client = cls(await websockets.connect(url, max_size=None, open_timeout=5), wav)
+        about = {"version": "1.0.0", "about": {"library": "tests"}}
+        await client.send_message(
+            {"label": "rtvi-ai", "type": "client-ready", "id": "c1", "data": about}
+        )
+        return client
+
+    async def send_message(self, message: dict[str, Any]) -> None:
+        data = await self.serializer.serialize(OutputTransportMessageFrame(message=message))
+        assert data is not None
+        await self.ws.send(data)
+
+    async def _send(self) -> None:
+        # The client's *output* is the bot's input: Pipecat's serializer encodes audio
+        # frames as the one protobuf AudioRawFrame, which the server decodes as input.
+        step = self._rate * FRAME_MS // 1000
+        start, n = time.monotonic(), 0
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                chunk = self._samples[n * step : (n + 1) * step]
+                if len(chunk) < step:
+                    chunk = np.concatenate([chunk, np.zeros(step - len(chunk), np.int16)])
+                frame = OutputAudioRawFrame(
+                    audio=chunk.tobytes(), sample_rate=self._rate, num_channels=1
+                )
+                data = await self.serializer.serialize(frame)
+                assert data is not None
+                await self.ws.send(data)
+                n += 1
+                await asyncio.sleep(max(start + n * FRAME_MS / 1000 - time.monotonic(), 0))
+
+    async def _receive(self) -> None:
+        try:
+            async for data in self.ws:
+                frame = await self.serializer.deserialize(data)
+                if isinstance(frame, InputAudioRawFrame):  # how the serializer names audio
+                    samples = np.frombuffer(frame.audio, dtype="<i2")
+                    self.audio.append((samples, frame.sample_rate))
+                elif isinstance(frame, InputTransportMessageFrame):
+                    self.messages.append(frame.message)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.closed.set()
+
+    def loudest_rms(self, window_s: float = 0.1) -> float:
+        """Loudest RMS over ``window_s`` of the bot's audio so far (int16 scale)."""
+        if not self.audio:
+            return 0.0
+        rate = self.audio[-1][1]
+        samples = np.concatenate([a for a, _ in self.audio]).astype(np.float64)
+        window = int(rate * window_s)
+        if len(samples) < window:
+            return 0.0
+        energy = np.concatenate([[0.0], np.cumsum(samples**2)])
+        return float(np.sqrt(np.max(energy[window:] - energy[:-window]) / window))
+
+    async def wait_for(self, condition: Any, what: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {what} within {timeout} s")
+            await asyncio.sleep(0.05)
+
+    def got_message(self, kind: str) -> bool:
+        return any(m.get("type") == kind for m in self.messages)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.ws.close()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _read_wav(path: Path) -> tuple[np.ndarray, int]:
+    with wave.open(str(path), "rb") as wav:
+        assert wav.getnchannels() == 1 and wav.getsampwidth() == 2
+        return np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2"), wav.getframerate()
+
+
+async def _refused(url: str) -> bool:
+    """True if the listener turns the handshake away (HTTP 403 instead of 101)."""
+    try:
+        websocket = await websockets.connect(url, open_timeout=5)
+    except InvalidStatus as exc:
+        return exc.response.status_code == 403
+    await websocket.close()
+    return False
+
+
+async def _ready(api: httpx.AsyncClient, transport: str) -> dict[str, Any]:
+    created = await api.post("/api/sessions", json={"transport": transport, "profile": "echo"})
+    assert created.status_code == 202, created.text
+    return await wait_for_status(api, created.json()["session_id"], {"ready"})
+
+
+async def _events(system: Any, session_id: str) -> list[dict[str, Any]]:
+    with system.redis as r:
+        entries = r.xrange(f"vp:session:{session_id}:events")
+    return [{"type": f["type"], "data": json.loads(f["data"])} for _id, f in entries]
+
+
+async def _final(api: httpx.AsyncClient, session_id: str) -> dict[str, Any]:
+    return await wait_for_status(api, session_id, {"ended", "failed", "expired", "cancelled"})
+
+
+async def _stored(api: httpx.AsyncClient, conversation_id: str, types: set[str]) -> list[dict]:
+    """The persister stores asynchronously: wait (bounded) until these types are in."""
+    deadline = time.monotonic() + 10
+    while True:
+        events = (await api.get(f"/api/conversations/{conversation_id}")).json()["events"]
+        if types <= {e["type"] for e in events} or time.monotonic() > deadline:
+            return events
+        await asyncio.sleep(0.1)
+
+
+# --- end to end, through the real system ------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_websocket_echo_session_end_to_end(make_system, hello_wav) -> None:  # type: ignore[no-untyped-def]
+    system = make_system(workers=2, capacity=2)
+    async with api_client(system, system.create_user("alice")) as api:
+        session = await _ready(api, "websocket")
+        session_id = session["session_id"]
+        ws_url = session["connect"]["ws_url"]
+        token = ws_url.split("token=", 1)[1]
+        assert ws_url.startswith("ws://127.0.0.1:") and "/ws?token=" in ws_url
+        assert session["connect"]["expires_in_s"] == 60
+
+        client = await ProtobufClient.connect(ws_url, hello_wav)
+        try:
+            await client.wait_for(lambda: client.got_message("bot-ready"), "RTVI bot-ready")
+            await wait_for_status(api, session_id, {"connected"})
+            # The bot plays our words back: loud audio arrives, after the user's turn.
+            await client.wait_for(lambda: client.loudest_rms() > ECHO_RMS, "echoed speech")
+            assert client.audio[-1][1] == 24000  # what Pipecat's JS client plays
+            deadline = time.monotonic() + 10
+            while "bot.stopped_speaking" not in {
+                e["type"] for e in await _events(system, session_id)
+            }:
+                assert time.monotonic() < deadline, "no bot.stopped_speaking"
+                await asyncio.sleep(0.1)
+        finally:
+            await client.close()  # the client leaves: the session ends on its own
+
+        ended = await _final(api, session_id)
+        assert (ended["status"], ended["reason"]) == ("ended", "client_left")
+        assert ended["connect"] is None
+
+        wanted = {"user.turn_started", "user.turn_stopped", "bot.started_speaking",
+                  "bot.stopped_speaking"}  # fmt: skip
+        stored = await _stored(api, session["conversation_id"], wanted)
+        types = [e["type"] for e in stored]
+        assert wanted <= set(types), types
+        assert types.index("user.turn_stopped") < types.index("bot.started_speaking")
+        states = [e["data"]["state"] for e in stored if e["type"] == "session.state"]
+        assert states == ["queued", "starting", "ready", "connected", "ended"]
+        ready = next(
+            e for e in stored if e["type"] == "session.state" and e["data"]["state"] == "ready"
+        )
+        assert ready["data"]["transport"] == "websocket"
+
+        # The token is the owner's alone: not in an event, not in any log.
+        everything = json.dumps(stored) + json.dumps(await _events(system, session_id))
+        assert token not in everything and "token=" not in everything
+        system.stop()
+        for log in system.tmp.glob("*.log"):
+            assert token not in log.read_text(errors="replace"), log.name
+
+
+@pytest.mark.slow
+async def test_websocket_tokens_are_single_use(make_system) -> None:  # type: ignore[no-untyped-def]
+    system = make_system(workers=1, capacity=2)
+    alice, bob = system.create_user("alice"), system.create_user("bob")
+    async with api_client(system, alice) as api, api_client(system, bob) as bob_api:
+        session = await _ready(api, "websocket")
+        session_id = session["session_id"]
+        base = session["connect"]["ws_url"].split("?", 1)[0]
+
+        # Someone else's view of the session has no token (it is a 404 to them anyway).
+        assert (await bob_api.get(f"/api/sessions/{session_id}")).status_code == 404
+
+        assert await _refused(base)  # no token
+        assert await _refused(f"{base}?token=forged-{'x' * 30}")
+        assert await _refused(f"{base}?token={'y' * 500}")
+
+        first = (await api.get(f"/api/sessions/{session_id}")).json()["connect"]["ws_url"]
+        spare = (await api.get(f"/api/sessions/{session_id}")).json()["connect"]["ws_url"]
+        client = await ProtobufClient.connect(first)
+        try:
+            await wait_for_status(api, session_id, {"connected"})
+            assert await _refused(first)  # reused
+            assert await _refused(spare)  # valid, but the session has its client
+            assert (await api.get(f"/api/sessions/{session_id}")).json()["connect"] is None
+
+            ended = await api.delete(f"/api/sessions/{session_id}")
+            assert (ended.json()["status"], ended.json()["reason"]) == ("ended", "client_ended")
+            await asyncio.wait_for(client.closed.wait(), 10)  # the worker closed our socket
+        finally:
+            await client.close()
+
+
+@pytest.mark.slow
+async def test_start_for_each_transport(make_system, hello_wav) -> None:  # type: ignore[no-untyped-def]
+    allow_loopback_ice()
+    system = make_system(workers=2, capacity=2, VOICEPOOL_ICE_SERVERS="stun:127.0.0.1:3478")
+    async with api_client(system, system.create_user("alice")) as api:
+        # SmallWebRTC (the default), as Pipecat's client receives it: a sessionId and the
+        # ICE servers; the client then derives its offer URL from the start URL.
+        started = await api.post("/api/start", json={"body": {"profile": "echo"}})
+        assert started.status_code == 200, started.text
+        body = started.json()
+        session_id = body["sessionId"]
+        assert body == {"sessionId": session_id,
+                        "iceConfig": {"iceServers": [{"urls": "stun:127.0.0.1:3478"}]}}  # fmt: skip
+        assert started.headers["X-Session-Id"] == session_id
+        assert (await api.get(f"/api/sessions/{session_id}")).json()["status"] == "ready"
+        offer_url = str(started.url).replace("/start", f"/sessions/{session_id}/api/offer")
+
+        async def send_offer(offer: dict[str, Any]) -> dict[str, Any]:
+            answer = await api.post(offer_url, json={**offer, "pc_id": None, "restart_pc": False})
+            assert answer.status_code == 200, answer.text
+            return answer.json()
+
+        peer = WebRTCTestClient(str(hello_wav))
+        try:
+            await peer.connect(send_offer)
+            await peer.wait_connected()
+            candidates = {"pc_id": peer.pc_id, "candidates": []}
+            assert (await api.patch(offer_url, json=candidates)).status_code == 204
+            await wait_for_status(api, session_id, {"connected"})
+        finally:
+            await api.delete(f"/api/sessions/{session_id}")
+            await peer.close()
+
+        # WebSocket: only what Pipecat's WebSocketTransport accepts, the token in the URL.
+        started = await api.post("/api/start", json={"transport": "websocket"})
+        assert started.status_code == 200, started.text
+        assert list(started.json()) == ["wsUrl"]
+        session_id = started.headers["X-Session-Id"]
+        assert started.headers["Location"] == f"/api/sessions/{session_id}"
+        client = await ProtobufClient.connect(started.json()["wsUrl"], hello_wav)
+        try:
+            await client.wait_for(lambda: client.got_message("bot-ready"), "RTVI bot-ready")
+            await wait_for_status(api, session_id, {"connected"})
+        finally:
+            await client.close()
+        assert (await _final(api, session_id))["reason"] == "client_left"
+
+        # Daily is not configured here.
+        refused = await api.post("/api/start", json={"createDailyRoom": True})
+        assert refused.status_code == 422
+        assert refused.json()["detail"]["code"] == "transport_unavailable"
+
+
+# --- quick checks, in process -------------------------------------------------------------
+
+
+async def test_ws_tokens_are_single_use_and_expire(redis) -> None:  # type: ignore[no-untyped-def]
+    token = await ws_tokens.mint(redis, "s1", 5)
+    assert await ws_tokens.consume(redis, token) == "s1"
+    assert await ws_tokens.consume(redis, token) is None  # reused
+
+    stale = await ws_tokens.mint(redis, "s1", 0.05)
+    await asyncio.sleep(0.15)
+    assert await ws_tokens.consume(redis, stale) is None  # expired
+
+    kept = await ws_tokens.mint(redis, "s2", 5)
+    assert await ws_tokens.consume(redis, "forged") is None
+    assert await ws_tokens.consume(redis, "") is None
+    assert await ws_tokens.consume(redis, kept + "x" * 200) is None
+    stored = [k async for k in redis.scan_iter("*")]
+    assert stored and not any(kept in k for k in stored)  # only its hash is kept
+    assert await ws_tokens.consume(redis, kept) == "s2"
+
+
+async def test_transport_choices(api) -> None:  # type: ignore[no-untyped-def]
+    alice = api.auth(await api.token("alice"))
+    config = (await api.client.get("/api/config", headers=alice)).json()
+    assert config["transports"] == ["webrtc", "websocket"]
+
+    created = await api.client.post(
+        "/api/sessions", json={"transport": "websocket", "profile": "echo"}, headers=alice
+    )
+    assert created.status_code == 202, created.text
+    assert created.json()["transport"] == "websocket"
+    assert created.json()["connect"] is None  # not ready: nothing to connect to yet
+
+    for path, body in [
+        ("/api/sessions", {"transport": "daily"}),
+        ("/api/start", {"transport": "daily"}),
+        ("/api/start", {"createDailyRoom": True}),
+    ]:
+        response = await api.client.post(path, json=body, headers=alice)
+        assert response.status_code == 422, (path, body, response.text)
+        assert response.json()["detail"]["code"] == "transport_unavailable"
+
+    for body in [
+        {"transport": "webrtc", "createDailyRoom": True},
+        {"dailyRoomProperties": {"exp": 1}},
+        {"body": {"initial_prompt": "be a pirate"}},
+    ]:
+        response = await api.client.post("/api/start", json=body, headers=alice)
+        assert response.status_code == 422, (body, response.text)
+        assert response.json()["detail"]["code"] == "invalid_request"
+
+
+async def test_rooms_only_for_daily_sessions(api) -> None:  # type: ignore[no-untyped-def]
+    alice = api.auth(await api.token("alice"))
+    bob = api.auth(await api.token("bob"))
+    created = await api.client.post("/api/sessions", json={"profile": "echo"}, headers=alice)
+    session_id = created.json()["session_id"]
+
+    invite = await api.client.post(
+        f"/api/sessions/{session_id}/invites", json={"user": "bob"}, headers=alice
+    )
+    assert invite.status_code == 409 and invite.json()["detail"]["code"] == "not_a_room"
+    for who, status in [(bob, 404), (alice, 409)]:
+        response = await api.client.post(f"/api/sessions/{session_id}/participants", headers=who)
+        assert response.status_code == status, response.text
