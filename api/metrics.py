@@ -17,12 +17,14 @@ SESSIONS_REFUSED = Counter(
     ["pool", "reason"],
 )
 SESSIONS_STARTED = Counter(
-    "voicepool_sessions_started_total", "Sessions that reached ready.", ["pool"]
+    "voicepool_sessions_started_total",
+    "Sessions that reached ready.",
+    ["pool", "transport", "profile"],
 )
 SESSIONS_ENDED = Counter(
     "voicepool_sessions_ended_total",
     "Sessions that reached a final state.",
-    ["pool", "state", "reason"],
+    ["pool", "transport", "profile", "state", "reason"],
 )
 DISPATCH_SECONDS = Histogram(
     "voicepool_dispatch_seconds",

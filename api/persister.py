@@ -154,11 +154,11 @@ class Persister:
             await db.commit()
         self.stored += inserted
         metrics.PERSISTED_EVENTS.inc(inserted)
-        for event, pool in changes:
-            if pool is not None:
-                _count_transition(event, pool)
+        for event, labels in changes:
+            if labels is not None:
+                _count_transition(event, labels)
 
-    async def _apply_state(self, db: Any, event: Event) -> tuple[Event, str | None]:
+    async def _apply_state(self, db: Any, event: Event) -> tuple[Event, dict[str, str] | None]:
         """Move the session row to the event's state unless a later event already did."""
         state = event.data.get("state")
         values: dict[str, Any] = {
@@ -178,7 +178,12 @@ class Persister:
             .where(VoiceSession.id == event.session_id)  # type: ignore[arg-type]
             .where(VoiceSession.state_seq < event.seq)  # type: ignore[arg-type]
             .values(**values)
-            .returning(VoiceSession.pool, VoiceSession.created_at)  # type: ignore[arg-type]
+            .returning(
+                VoiceSession.pool,  # type: ignore[arg-type]
+                VoiceSession.created_at,  # type: ignore[arg-type]
+                VoiceSession.transport,  # type: ignore[arg-type]
+                VoiceSession.profile,  # type: ignore[arg-type]
+            )
         )
         row = result.first()
         if row is None:
@@ -188,7 +193,7 @@ class Persister:
             metrics.QUEUE_WAIT_SECONDS.labels(pool=row[0]).observe(since_request)
         elif state == SessionState.READY:
             metrics.DISPATCH_SECONDS.labels(pool=row[0]).observe(since_request)
-        return event, row[0]
+        return event, {"pool": row[0], "transport": row[2], "profile": row[3]}
 
     async def _title_from(self, db: Any, event: Event) -> None:
         """A conversation without a title takes its first user words as one."""
@@ -226,13 +231,14 @@ def _is_state(event: Event) -> bool:
     return event.type == EventType.SESSION_STATE
 
 
-def _count_transition(event: Event, pool: str) -> None:
+def _count_transition(event: Event, labels: dict[str, str]) -> None:
+    """Count a session reaching ready or a final state (once: only a row that moved)."""
     state = event.data.get("state")
     if state == SessionState.READY:
-        metrics.SESSIONS_STARTED.labels(pool=pool).inc()
+        metrics.SESSIONS_STARTED.labels(**labels).inc()
     elif state in FINAL_STATES:
         metrics.SESSIONS_ENDED.labels(
-            pool=pool, state=state, reason=event.data.get("reason", "")
+            **labels, state=state, reason=event.data.get("reason", "")
         ).inc()
 
 

@@ -39,6 +39,10 @@ async def test_access_matrix(api) -> None:  # type: ignore[no-untyped-def]
         ("GET", f"/api/conversations/{cid}", None, (200, 404, 200)),
         ("GET", f"/api/conversations/{cid}/export?format=md", None, (200, 404, 200)),
         ("GET", f"/api/conversations/{cid}/export?format=json", None, (200, 404, 200)),
+        # Daily channels: this is a WebRTC session, so the owner learns that; nobody
+        # else learns it exists.
+        ("POST", f"/api/sessions/{sid}/participants", {}, (409, 404, 404)),
+        ("POST", f"/api/sessions/{sid}/invites", {"user": "bob"}, (409, 404, 404)),
         ("GET", "/api/workers", None, (403, 403, 200)),
         ("GET", "/api/pools", None, (403, 403, 200)),
         ("POST", "/api/workers/nobody/drain", {}, (403, 403, 404)),
@@ -52,6 +56,16 @@ async def test_access_matrix(api) -> None:  # type: ignore[no-untyped-def]
             assert response.status_code == status, (method, path, token[:8], response.text)
             if status == 404:
                 assert sid not in response.text and cid not in response.text
+    # Connection secrets (ws_url tokens, Daily tokens) are the owner's alone: an
+    # admin reading the session does not get them.
+    ws = await api.client.post(
+        "/api/sessions", json={"transport": "websocket"}, headers=api.auth(alice)
+    )
+    assert ws.status_code == 202
+    seen_by_admin = await api.client.get(
+        f"/api/sessions/{ws.json()['session_id']}", headers=api.auth(admin)
+    )
+    assert seen_by_admin.status_code == 200 and not seen_by_admin.json().get("connect")
     # Another user's conversations never appear in their list.
     listed = await api.client.get("/api/conversations", headers=api.auth(bob))
     assert listed.json() == []
