@@ -87,7 +87,10 @@ async def test_echo_session_end_to_end(make_system, hello_wav) -> None:  # type:
 
     # Metrics moved: the API counted the session, the worker its duration.
     api_metrics = system.metrics(f"{system.api_url}/metrics")
-    ended_key = 'voicepool_sessions_ended_total{pool="server",reason="client_ended",state="ended"}'
+    ended_key = (
+        'voicepool_sessions_ended_total{pool="server",profile="echo",reason="client_ended",'
+        'state="ended",transport="webrtc"}'
+    )
     assert api_metrics[ended_key] >= 1
     assert api_metrics['voicepool_dispatch_seconds_count{pool="server"}'] >= 1
     worker_id = session["worker_id"]
