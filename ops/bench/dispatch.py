@@ -305,13 +305,139 @@ def start_system(tmp: Path, workers: int, capacity: int) -> System:
     from tests.support.system import System
 
     # No per-user limit: the benchmark's one user runs up to workers x capacity at once.
-    system = System(tmp, settings={"VOICEPOOL_MAX_SESSIONS_PER_USER": "0"})
+    # Ready sessions that no client joins stay live for the "200 live" phase: a long
+    # connect timeout, and no per-user rate limit.
+    settings = {
+        "VOICEPOOL_MAX_SESSIONS_PER_USER": "0",
+        "VOICEPOOL_SESSIONS_PER_MINUTE": "0",
+        "VOICEPOOL_CONNECT_TIMEOUT": "900",
+        "VOICEPOOL_MAX_STREAMS_PER_USER": "0",  # one SSE stream per concurrent session
+    }
+    system = System(tmp, settings=settings)
     try:
         system.start(workers=workers, capacity=capacity)
     except BaseException:
         system.stop()
         raise
     return system
+
+
+async def fill_pool(
+    api_url: str, token: str, count: int, concurrency: int = 16
+) -> tuple[list[str], float]:
+    """Create ``count`` sessions and wait until each is ``ready``; they stay live (no
+    client joins, no DELETE). Returns their ids and the seconds it took."""
+    slots = asyncio.Semaphore(concurrency)
+    headers = {"Authorization": f"Bearer {token}"}
+    started = time.perf_counter()
+    async with httpx.AsyncClient(
+        base_url=api_url, headers=headers, timeout=SESSION_TIMEOUT_S
+    ) as client:
+
+        async def one() -> str:
+            async with slots:
+                response = await client.post("/api/sessions", json=SESSION_BODY)
+                if response.status_code != 202:
+                    raise RuntimeError(
+                        f"POST /api/sessions: {response.status_code} {response.text}"
+                    )
+                sid = response.json()["session_id"]
+                deadline = time.monotonic() + SESSION_TIMEOUT_S
+                while time.monotonic() < deadline:
+                    status = (await client.get(f"/api/sessions/{sid}")).json()["status"]
+                    if status == "ready":
+                        return sid
+                    if status in ("ended", "failed", "expired", "cancelled"):
+                        raise RuntimeError(f"live session {sid} became {status}")
+                    await asyncio.sleep(0.02)
+                raise RuntimeError(f"live session {sid} not ready in {SESSION_TIMEOUT_S} s")
+
+        sids = list(await asyncio.gather(*(one() for _ in range(count))))
+    return sids, time.perf_counter() - started
+
+
+async def still_live(api_url: str, token: str, sids: list[str]) -> int:
+    """How many of ``sids`` are still ``ready`` (none ended under us)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=api_url, headers=headers, timeout=30) as client:
+        slots = asyncio.Semaphore(16)
+
+        async def status(sid: str) -> str:
+            async with slots:
+                return (await client.get(f"/api/sessions/{sid}")).json()["status"]
+
+        return sum(s == "ready" for s in await asyncio.gather(*(status(s) for s in sids)))
+
+
+async def end_sessions(api_url: str, token: str, sids: list[str]) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=api_url, headers=headers, timeout=30) as client:
+        slots = asyncio.Semaphore(16)
+
+        async def end(sid: str) -> None:
+            async with slots:
+                with contextlib.suppress(httpx.HTTPError):
+                    await client.delete(f"/api/sessions/{sid}")
+
+        await asyncio.gather(*(end(s) for s in sids))
+
+
+def load_rows(
+    steady: list[SessionRun], burst: list[SessionRun], loaded: list[SessionRun]
+) -> dict[str, Any]:
+    """Burst and pool-under-load numbers next to the warm steady state of the same run."""
+
+    def stats(runs: list[SessionRun]) -> dict[str, dict[str, float]]:
+        return {
+            "client POST → ready (SSE)": summary([r.sse_ready_s for r in runs]),
+            "queued → starting (arq pickup, server ts)": summary(
+                [r.state_ts["starting"] - r.state_ts["queued"] for r in runs]
+            ),
+            "queued → ready (server ts)": summary(
+                [r.state_ts["ready"] - r.state_ts["queued"] for r in runs]
+            ),
+        }
+
+    rows = {"warm steady state": stats(steady)}
+    if burst:
+        rows["burst (all at once)"] = stats(burst)
+    if loaded:
+        rows["steady, with the pool already holding live sessions"] = stats(loaded)
+    base = rows["warm steady state"]
+    versus = {
+        name: {m: {q: ratio(v[m][q], base[m][q]) for q in ("p50", "p99", "max")} for m in v}
+        for name, v in rows.items()
+        if name != "warm steady state"
+    }
+    return {"rows": rows, "vs_warm_steady": versus}
+
+
+def load_markdown(result: dict[str, Any]) -> list[str]:
+    load = result.get("load")
+    if not load:
+        return []
+    c = result["config"]
+    lines = [
+        "",
+        f"## Burst of {c['burst']} and pickup with {c['live']} sessions live in the pool",
+        "",
+        f"Same system, same run: {c['workers']} workers x {c['capacity']} slots. "
+        f"Live pool: {load['live_ready_before']} sessions `ready` (no client; connect timeout "
+        f"raised) before the phase, {load['live_ready_after']} still ready after it; "
+        f"filling it took {load['fill_s']:.1f} s.",
+        "",
+        "| phase | measurement | n | p50 ms | p99 ms | max ms | p50 / p99 / max vs warm |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, stats in load["rows"].items():
+        for m, s in stats.items():
+            vs = load["vs_warm_steady"].get(name, {}).get(m)
+            ratios = f"{vs['p50']}x / {vs['p99']}x / {vs['max']}x" if vs else "—"
+            lines.append(
+                f"| {name} | {m} | {s['n']} | {s['p50']:.1f} | {s['p99']:.1f} | "
+                f"{s['max']:.1f} | {ratios} |"
+            )
+    return lines
 
 
 # --- report ----------------------------------------------------------------------------
@@ -389,6 +515,7 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for name, s in result["baseline_phases"].items():
         lines.append(f"| {name} | {s['p50']:.1f} | {s['p99']:.1f} | {s['max']:.1f} |")
+    lines += load_markdown(result)
     lines += ["", *[f"- {note}" for note in result["notes"]], ""]
     return "\n".join(lines)
 
@@ -421,8 +548,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=DESCRIPTION)
     parser.add_argument("--sessions", type=int, default=100, help="measured voicepool sessions")
     parser.add_argument("--baseline", type=int, default=20, help="measured fresh processes")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes")
-    parser.add_argument("--capacity", type=int, default=8, help="sessions per worker")
+    parser.add_argument("--workers", type=int, default=4, help="worker processes")
+    parser.add_argument("--capacity", type=int, default=60, help="sessions per worker")
+    parser.add_argument("--burst", type=int, default=50, help="sessions created at once (0: skip)")
+    parser.add_argument(
+        "--live", type=int, default=200, help="sessions kept live for the loaded phase (0: skip)"
+    )
     parser.add_argument("--warmup", type=int, default=6, help="unmeasured sessions first")
     parser.add_argument(
         "--interval", type=float, default=0.05, help="seconds between session starts (0: at once)"
@@ -456,6 +587,28 @@ def main(argv: list[str] | None = None) -> None:
                     system.api_url, redis_url, token, args.sessions, args.interval, concurrency
                 )
             )
+            burst: list[SessionRun] = []
+            if args.burst:
+                print(f"voicepool: burst of {args.burst}", flush=True)
+                burst = asyncio.run(
+                    run_sessions(system.api_url, redis_url, token, args.burst, 0.0, args.burst)
+                )
+            loaded: list[SessionRun] = []
+            if args.live:
+                print(f"voicepool: filling the pool with {args.live} live sessions", flush=True)
+                live, fill_s = asyncio.run(fill_pool(system.api_url, token, args.live))
+                try:
+                    before = asyncio.run(still_live(system.api_url, token, live))
+                    print(f"voicepool: steady rate again, {before} live", flush=True)
+                    room = max(1, concurrency - args.live)
+                    loaded = asyncio.run(
+                        run_sessions(
+                            system.api_url, redis_url, token, args.sessions, args.interval, room
+                        )
+                    )
+                    after = asyncio.run(still_live(system.api_url, token, live))
+                finally:
+                    asyncio.run(end_sessions(system.api_url, token, live))
         except Exception:
             print(f"the voicepool run failed; logs:\n{system.log_tail()}", file=sys.stderr)
             raise
@@ -486,6 +639,12 @@ def main(argv: list[str] | None = None) -> None:
             "p99_server": ratio(base["p99"], server["p99"]),
         },
         "voicepool_phases": phases(vp),
+        "load": load_rows(vp, burst, loaded)
+        | (
+            {"fill_s": round(fill_s, 2), "live_ready_before": before, "live_ready_after": after}
+            if args.live
+            else {"fill_s": 0.0, "live_ready_before": 0, "live_ready_after": 0}
+        ),
         "baseline_phases": {
             "imports": summary([r.imports_s for r in baseline]),
             "profile prepare (Silero load)": summary([r.prepare_s for r in baseline]),
@@ -498,6 +657,12 @@ def main(argv: list[str] | None = None) -> None:
             "The baseline builds its Pipeline and PipelineWorker before ready; a voicepool "
             "session builds them when the client connects, after ready.",
             "The baseline ran first, with no voicepool process running.",
+            f"Burst: {args.burst} sessions POSTed at once (each ended with DELETE once ready). "
+            f"Loaded: {args.live} sessions first made ready and left live (no client; "
+            "VOICEPOOL_CONNECT_TIMEOUT=900), then the steady phase again with the same count "
+            "and interval; warm steady = the main voicepool phase above, same system.",
+            "Defaults changed from 2 workers x 8 slots to 4 x 60, so that the pool can hold "
+            "the live sessions plus the steady phase's.",
             f"Total run time {time.monotonic() - started:.0f} s.",
         ],
         "raw": {

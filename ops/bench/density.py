@@ -1,0 +1,812 @@
+"""Density: how many ``assistant`` sessions one worker process carries before it adds latency.
+
+One invocation, everything as real processes on this machine:
+
+* the fake Realtime model (tests/doubles/openai_realtime.py, ``pace=1``) in its own process,
+  started through this file (``density.py fake``): a thin subclass records, per marked audio
+  frame, when its ``input_audio_buffer.append`` arrived and when each of its own
+  ``response.output_audio.delta`` events was sent;
+* embedded Redis and the API as tests/support/system.py starts them, and the workers with
+  the ordinary ``voicepool worker`` command (nothing in worker/ is changed or wrapped);
+* the clients, in this process: one WebSocket per session speaking Pipecat's protobuf frames
+  (as tests/integration/test_transports.py does), streaming 24 kHz PCM in 20 ms frames in
+  real time, looping a tone burst then silence, so the model hears a turn and answers.
+
+Latency is measured from the outside, on one clock (CLOCK_MONOTONIC is system-wide):
+
+(a) caller → model: the client stamps a marker (8 magic bytes + a 32-bit sequence number)
+    into the first samples of each 20 ms frame and notes when it wrote the frame to its
+    socket; the fake notes when the ``input_audio_buffer.append`` carrying that marker
+    arrived (after its JSON parse).
+(b) model → caller: the fake stamps a marker into the first samples of each 60 ms audio
+    delta it sends; the client notes when an audio frame containing that marker arrived.
+    This includes Pipecat's output transport re-chunking the audio and pacing it in real
+    time (the playout a WebSocket transport simulates), so it is compared with N=1.
+
+"Added" = p99 at N minus p99 at N=1 of the same path (raw numbers side by side). N rises
+until the added p99 of either direction exceeds the budget (20 ms) or the list ends.
+Besides latency: worker CPU (user+system over the measured window) per session, RSS per
+additional session (least-squares slope of worker RSS vs N), and a py-spy profile of the
+worker at the largest N. Baseline: the same N as N independent worker processes, one
+session each (capacity 1), same clients, same metrics (CPU and RSS summed over them).
+
+The clients, the fake model, Redis and the API share the machine's cores with the worker,
+so at high N some of what is measured is contention, not the worker's own code: the CPU
+of every process is reported to show it.
+
+Results go to ops/bench/results/density.{json,md}; the Markdown is printed too.
+
+    .venv/bin/python ops/bench/density.py [--sessions 1,2,4,8,12,16,24] [--baseline 1,4,8]
+                                          [--duration 15] [--warmup 5] [--budget-ms 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import platform
+import select
+import shlex
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import numpy as np
+
+DESCRIPTION = "Density: assistant sessions per worker process before it adds latency."
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+API_KEY = "sk-bench-not-a-real-key"
+RATE = 24000  # what the assistant profile takes and gives: no resampling anywhere
+FRAME_MS = 20
+FRAME_SAMPLES = RATE * FRAME_MS // 1000
+# A marker is 9 quiet int16 samples (18 bytes = 24 base64 characters, so it can replace
+# the head of a base64 audio delta in place): 5 magic samples, then one sample per byte of
+# a 32-bit sequence number. Quiet so that it does not make silence loud to the fake's VAD.
+MAGIC_IN = np.array([-3, 5, -7, 11, -13], "<i2").tobytes()
+MAGIC_OUT = np.array([-17, 19, -23, 29, -31], "<i2").tobytes()
+MAGIC_LEN = len(MAGIC_IN)
+MARK_LEN = 18
+B64_MARK = 24
+
+
+def marker(magic: bytes, seq: int) -> bytes:
+    return magic + np.frombuffer(struct.pack("<I", seq), np.uint8).astype("<i2").tobytes()
+
+
+def marker_seq(mark: bytes) -> int:
+    return struct.unpack(
+        "<I", np.frombuffer(mark[MAGIC_LEN:MARK_LEN], "<i2").astype(np.uint8).tobytes()
+    )[0]
+
+
+TONE_S, SILENCE_S = 1.0, 3.0  # the caller's loop: speech, then quiet while the bot answers
+ANSWER = "Sure, here is a short spoken answer."  # 36 chars x 60 ms = 2.2 s of audio
+SESSION_TIMEOUT_S = 30.0
+
+if TYPE_CHECKING:
+    import psutil
+
+    from tests.support.system import System
+
+
+def now_ns() -> int:
+    return time.monotonic_ns()
+
+
+# --- the fake model, with markers (runs in its own process: `density.py fake`) ----------
+
+
+def fake_main(argv: list[str]) -> None:
+    sys.path.insert(0, str(ROOT))
+    from tests.doubles import openai_realtime as fake
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--answer", default=ANSWER)
+    args = parser.parse_args(argv)
+    arrived: dict[int, int] = {}  # input marker seq → monotonic ns at the fake
+    sent: dict[int, int] = {}  # output marker seq → monotonic ns just before the send
+    out_seq = [0]
+
+    class MarkedConnection(fake._Connection):
+        async def send(self, type_: str, **fields: Any) -> None:
+            if type_ == "response.output_audio.delta" and isinstance(fields.get("delta"), str):
+                out_seq[0] += 1
+                seq = out_seq[0]
+                head = base64.b64encode(marker(MAGIC_OUT, seq)).decode()
+                fields["delta"] = head + fields["delta"][len(head) :]
+                sent[seq] = now_ns()
+            await super().send(type_, **fields)
+
+    class MarkedServer(fake.FakeRealtimeServer):
+        async def _serve(self, ws: Any) -> None:
+            conn = MarkedConnection(self, ws, "bench")
+            self.connections += 1
+            self._live.add(conn)
+            try:
+                await conn.run()
+            finally:
+                self._live.discard(conn)
+
+        async def _record(self, event: dict[str, Any]) -> None:
+            if event["type"] == "input_audio_buffer.append":
+                t = now_ns()
+                head = base64.b64decode(event.get("audio", "")[:B64_MARK])
+                if head.startswith(MAGIC_IN):
+                    arrived[marker_seq(head)] = t
+            await super()._record(event)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        turn = fake.Turn(transcript="tell me something", answer=args.answer)
+        server = MarkedServer([turn], port=args.port, pace=1.0, record=False)
+
+        def dump(path: str) -> None:  # on the loop thread: no race with the recorders
+            data = {"in": dict(arrived), "out": dict(sent)}
+            arrived.clear()
+            sent.clear()
+            Path(path).write_text(json.dumps(data))
+            print(f"dumped {path}", flush=True)
+
+        def commands() -> None:  # "dump PATH" lines on stdin
+            for line in sys.stdin:
+                if line.startswith("dump "):
+                    loop.call_soon_threadsafe(dump, line.split(" ", 1)[1].strip())
+
+        async with server:
+            print(f"fake OpenAI Realtime listening on {server.base_url}", flush=True)
+            threading.Thread(target=commands, daemon=True).start()
+            await asyncio.Future()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+class FakeModel:
+    def __init__(self, log: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "fake"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log.open("wb"),
+            text=True,
+        )
+        self.url = self._line("listening on ws://").split()[-1]
+
+    def _line(self, expect: str) -> str:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], SESSION_TIMEOUT_S)
+        line = self.proc.stdout.readline() if ready else ""
+        if expect not in line:
+            raise RuntimeError(f"fake model: expected {expect!r}, got {line!r}")
+        return line
+
+    def dump(self, path: Path) -> dict[str, dict[int, int]]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"dump {path}\n")
+        self.proc.stdin.flush()
+        self._line("dumped")
+        raw = json.loads(path.read_text())
+        return {k: {int(s): t for s, t in v.items()} for k, v in raw.items()}
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 15) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- the clients -----------------------------------------------------------------------
+
+
+def caller_audio() -> np.ndarray:
+    """One loop of the caller: a 1 s tone (RMS ~5000, speech to the fake's VAD), 3 s quiet."""
+    t = np.arange(int(RATE * TONE_S)) / RATE
+    tone = (0.2 * np.sin(2 * np.pi * 220 * t) * 32767).astype("<i2")
+    return np.concatenate([tone, np.zeros(int(RATE * SILENCE_S), "<i2")])
+
+
+class Recorder:
+    """Client-side timestamps, shared by all clients of a run."""
+
+    def __init__(self) -> None:
+        self.next_seq = 1
+        self.sent: dict[int, int] = {}  # input marker → written to the socket
+        self.received: dict[int, int] = {}  # output marker → frame decoded at the client
+        self.frames_out = 0
+        self.late_sends = 0  # the client's own loop fell > 5 ms behind its schedule
+
+    def clear(self) -> None:
+        self.sent.clear()
+        self.received.clear()
+
+
+class DensityClient:
+    def __init__(self, ws: Any, recorder: Recorder, offset_frames: int) -> None:
+        from pipecat.serializers.protobuf import ProtobufFrameSerializer
+
+        self.ws, self.rec = ws, recorder
+        self.serializer = ProtobufFrameSerializer()
+        self.audio = caller_audio()
+        self.offset = offset_frames  # staggered so sessions don't all speak at once
+        self.tail = b""
+        self.tasks = [asyncio.create_task(self._send()), asyncio.create_task(self._receive())]
+
+    @classmethod
+    async def connect(cls, url: str, recorder: Recorder, offset: int) -> DensityClient:
+        import websockets
+        from pipecat.frames.frames import OutputTransportMessageFrame
+
+        ws = await websockets.connect(url, max_size=None, open_timeout=10, compression=None)
+        client = cls(ws, recorder, offset)
+        ready = {"label": "rtvi-ai", "type": "client-ready", "id": "c1",
+                 "data": {"version": "1.0.0", "about": {"library": "density"}}}  # fmt: skip
+        data = await client.serializer.serialize(OutputTransportMessageFrame(message=ready))
+        await ws.send(data)
+        return client
+
+    async def _send(self) -> None:
+        import websockets
+        from pipecat.frames.frames import OutputAudioRawFrame
+
+        loop_frames = len(self.audio) // FRAME_SAMPLES
+        start, n = time.monotonic(), 0
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                i = (n + self.offset) % loop_frames
+                chunk = bytearray(self.audio[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES].tobytes())
+                seq = self.rec.next_seq
+                self.rec.next_seq += 1
+                chunk[:MARK_LEN] = marker(MAGIC_IN, seq)
+                frame = OutputAudioRawFrame(audio=bytes(chunk), sample_rate=RATE, num_channels=1)
+                data = await self.serializer.serialize(frame)
+                due = start + n * FRAME_MS / 1000
+                if time.monotonic() - due > 0.005:
+                    self.rec.late_sends += 1
+                self.rec.sent[seq] = now_ns()
+                await self.ws.send(data)
+                n += 1
+                await asyncio.sleep(max(start + n * FRAME_MS / 1000 - time.monotonic(), 0))
+
+    async def _receive(self) -> None:
+        import websockets
+        from pipecat.frames.frames import InputAudioRawFrame
+
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for data in self.ws:
+                t = now_ns()
+                frame = await self.serializer.deserialize(data)
+                if not isinstance(frame, InputAudioRawFrame):
+                    continue
+                self.rec.frames_out += 1
+                audio = self.tail + frame.audio
+                at = audio.find(MAGIC_OUT)
+                while at >= 0 and at + MARK_LEN <= len(audio):
+                    seq = marker_seq(audio[at : at + MARK_LEN])
+                    self.rec.received.setdefault(seq, t)
+                    at = audio.find(MAGIC_OUT, at + MARK_LEN)
+                self.tail = audio[-(MARK_LEN - 1) :]
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def open_session(api: httpx.AsyncClient) -> tuple[str, str]:
+    created = await api.post(
+        "/api/sessions", json={"transport": "websocket", "profile": "assistant"}
+    )
+    if created.status_code != 202:
+        raise RuntimeError(f"POST /api/sessions: {created.status_code} {created.text}")
+    sid = created.json()["session_id"]
+    deadline = time.monotonic() + SESSION_TIMEOUT_S
+    while time.monotonic() < deadline:
+        body = (await api.get(f"/api/sessions/{sid}")).json()
+        if body["status"] == "ready":
+            return sid, body["connect"]["ws_url"]
+        if body["status"] in ("ended", "failed", "expired", "cancelled"):
+            raise RuntimeError(f"session {sid} became {body['status']}: {body.get('reason')}")
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"session {sid} not ready in {SESSION_TIMEOUT_S} s")
+
+
+async def wait_ended(api: httpx.AsyncClient, sids: list[str]) -> None:
+    deadline = time.monotonic() + SESSION_TIMEOUT_S
+    for sid in sids:
+        while time.monotonic() < deadline:
+            status = (await api.get(f"/api/sessions/{sid}")).json()["status"]
+            if status in ("ended", "failed", "expired", "cancelled"):
+                break
+            await asyncio.sleep(0.1)
+
+
+# --- one phase: N sessions, warm up, measure ------------------------------------------
+
+
+@dataclass
+class Phase:
+    mode: str  # "one worker" or "N workers"
+    sessions: int
+    wall_s: float = 0.0
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    worker_rss_mb: float = 0.0  # one worker: its RSS; N workers: the sum
+    a_ms: list[float] = field(default_factory=list)
+    b_ms: list[float] = field(default_factory=list)
+    a_lost: int = 0
+    b_lost: int = 0
+    late_sends: int = 0
+    frames_out: int = 0
+    deltas_sent: int = 0
+
+
+def proc_cpu(procs: dict[str, list[psutil.Process]]) -> dict[str, float]:
+    import psutil
+
+    out: dict[str, float] = {}
+    for name, group in procs.items():
+        total = 0.0
+        for p in group:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        out[name] = total
+    m = psutil.cpu_times()
+    out["machine_busy"] = sum(m) - m.idle - getattr(m, "iowait", 0.0)
+    return out
+
+
+def rss_mb(group: list[psutil.Process]) -> float:
+    import psutil
+
+    total = 0
+    for p in group:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total / 2**20
+
+
+async def run_phase(
+    mode: str,
+    n: int,
+    api: httpx.AsyncClient,
+    fake: FakeModel,
+    procs: dict[str, list[psutil.Process]],
+    args: argparse.Namespace,
+    tmp: Path,
+    spy: Path | None = None,
+) -> Phase:
+    rec = Recorder()
+    phase = Phase(mode, n)
+    opened = await asyncio.gather(*(open_session(api) for _ in range(n)))
+    loop_frames = int((TONE_S + SILENCE_S) * 1000 / FRAME_MS)
+    clients: list[DensityClient] = []
+    try:
+        for i, (_sid, url) in enumerate(opened):
+            clients.append(await DensityClient.connect(url, rec, i * loop_frames // n))
+        await asyncio.sleep(args.warmup)
+        fake.dump(tmp / "fake-warmup.json")
+        rec.clear()
+        rec.late_sends = rec.frames_out = 0
+        before, t0 = proc_cpu(procs), time.monotonic()
+        rss_samples: list[float] = []
+        for _ in range(int(args.duration)):
+            await asyncio.sleep(1.0)
+            rss_samples.append(rss_mb(procs["worker"]))
+        await asyncio.sleep(args.duration - int(args.duration))
+        t1, after = time.monotonic(), proc_cpu(procs)
+        cutoff = now_ns() - 500_000_000  # in flight at the end: not counted as lost
+        fake_rec = fake.dump(tmp / "fake.json")
+        await asyncio.sleep(0.5)  # let the last marked output frames reach the clients
+        sent, received = dict(rec.sent), dict(rec.received)
+        phase.late_sends, phase.frames_out = rec.late_sends, rec.frames_out
+        phase.deltas_sent = len(fake_rec["out"])
+        phase.wall_s = t1 - t0
+        phase.cpu_s = {k: round(after[k] - before[k], 3) for k in after}
+        phase.worker_rss_mb = round(max(rss_samples), 1)
+        for seq, t in sent.items():
+            if seq in fake_rec["in"]:
+                phase.a_ms.append((fake_rec["in"][seq] - t) / 1e6)
+            elif t < cutoff:
+                phase.a_lost += 1
+        for seq, t in fake_rec["out"].items():
+            if seq in received:
+                phase.b_ms.append((received[seq] - t) / 1e6)
+            elif t < cutoff:
+                phase.b_lost += 1
+        if spy is not None:
+            await profile_worker(procs["worker"][0].pid, args.spy_seconds, spy)
+    finally:
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+        await wait_ended(api, [sid for sid, _ in opened])
+    return phase
+
+
+async def profile_worker(pid: int, seconds: float, out: Path) -> None:
+    exe = Path(sys.executable).parent / "py-spy"
+    if not exe.exists():
+        print("  py-spy not found (.venv/bin/pip install py-spy): no profile", flush=True)
+        return
+    proc = await asyncio.create_subprocess_exec(
+        str(exe), "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
+        "--rate", "100", "--format", "raw", "--nonblocking", "--output", str(out),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await asyncio.wait_for(proc.wait(), seconds + 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+# --- statistics and report -------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    pos = (len(ordered) - 1) * q / 100
+    low, high = math.floor(pos), math.ceil(pos)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    if len(xs) < 2:
+        return math.nan
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else math.nan
+
+
+def row(p: Phase, base: Phase | None) -> dict[str, Any]:
+    a50, a99 = percentile(p.a_ms, 50), percentile(p.a_ms, 99)
+    b50, b99 = percentile(p.b_ms, 50), percentile(p.b_ms, 99)
+    cores = p.cpu_s.get("worker", 0.0) / p.wall_s if p.wall_s else math.nan
+    out: dict[str, Any] = {
+        "mode": p.mode,
+        "sessions": p.sessions,
+        "frames_a": len(p.a_ms),
+        "frames_b": len(p.b_ms),
+        "lost_a": p.a_lost,
+        "lost_b": p.b_lost,
+        "a_p50_ms": round(a50, 2),
+        "a_p99_ms": round(a99, 2),
+        "a_max_ms": round(max(p.a_ms, default=math.nan), 2),
+        "b_p50_ms": round(b50, 2),
+        "b_p99_ms": round(b99, 2),
+        "b_max_ms": round(max(p.b_ms, default=math.nan), 2),
+        "worker_cores": round(cores, 3),
+        "cpu_per_session_cores": round(cores / p.sessions, 4),
+        "sessions_per_core_by_cpu": round(p.sessions / cores, 1) if cores else math.nan,
+        "worker_rss_mb": p.worker_rss_mb,
+        "other_cores": {
+            k: round(v / p.wall_s, 3) for k, v in p.cpu_s.items() if k != "worker" and p.wall_s
+        },
+        "client_late_sends": p.late_sends,
+        "model_deltas_sent": p.deltas_sent,
+        "client_audio_frames": p.frames_out,
+    }
+    if base is not None:
+        out["a_added_p99_ms"] = round(a99 - percentile(base.a_ms, 99), 2)
+        out["b_added_p99_ms"] = round(b99 - percentile(base.b_ms, 99), 2)
+    return out
+
+
+def verdict(rows: list[dict[str, Any]], budget: float) -> dict[str, Any]:
+    ok = [r for r in rows if max(r["a_added_p99_ms"], r["b_added_p99_ms"]) <= budget]
+    over = [r for r in rows if r not in ok]
+    best = max(ok, key=lambda r: r["sessions"]) if ok else None
+    return {
+        "max_sessions_within_budget": best["sessions"] if best else 0,
+        "first_over_budget": over[0]["sessions"] if over else None,
+        "rss_mb_per_additional_session": round(
+            slope([r["sessions"] for r in rows], [r["worker_rss_mb"] for r in rows]), 2
+        ),
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [
+        "# Density: assistant sessions per worker process (WebSocket transport)",
+        "",
+        f"{result['date']} · {m['nproc']} CPUs · Python {m['python']} · pipecat-ai "
+        f"{m['pipecat']} · commit {m['commit']} · load average at start "
+        f"{', '.join(str(x) for x in m['loadavg_at_start'])}",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        "Latency in ms, measured outside the worker on one clock: (a) client writes a 20 ms "
+        "frame → the fake model has parsed its `input_audio_buffer.append`; (b) the fake "
+        "sends a 60 ms audio delta → the client decoded the frame carrying its first samples "
+        "(includes Pipecat's output re-chunking and real-time playout pacing). "
+        "Added = p99 minus p99 at N=1 of the same mode; budget "
+        f"{result['config']['budget_ms']} ms.",
+        "",
+        "| mode | N | (a) p50 / p99 / max | (b) p50 / p99 / max | added p99 a / b "
+        "| lost a / b | worker cores | CPU per session | sessions/core (CPU) | worker RSS MB "
+        "| fake, clients, api, redis cores | machine busy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in result["rows"]:
+        o = r["other_cores"]
+        lines.append(
+            f"| {r['mode']} | {r['sessions']} | {r['a_p50_ms']:.1f} / {r['a_p99_ms']:.1f} / "
+            f"{r['a_max_ms']:.1f} | {r['b_p50_ms']:.1f} / {r['b_p99_ms']:.1f} / "
+            f"{r['b_max_ms']:.1f} | {r.get('a_added_p99_ms', math.nan):+.1f} / "
+            f"{r.get('b_added_p99_ms', math.nan):+.1f} | {r['lost_a']} / {r['lost_b']} | "
+            f"{r['worker_cores']:.2f} | {r['cpu_per_session_cores']:.3f} | "
+            f"{r['sessions_per_core_by_cpu']} | {r['worker_rss_mb']:.0f} | "
+            f"{o.get('fake_model', 0):.2f}, {o.get('clients', 0):.2f}, {o.get('api', 0):.2f}, "
+            f"{o.get('redis', 0):.2f} | {o.get('machine_busy', 0):.2f} |"
+        )
+    lines += ["", "| mode | max N within budget | first N over | RSS MB per additional session |"]
+    lines += ["|---|---:|---:|---:|"]
+    for mode, v in result["verdicts"].items():
+        lines.append(
+            f"| {mode} | {v['max_sessions_within_budget']} | {v['first_over_budget'] or '—'} | "
+            f"{v['rss_mb_per_additional_session']} |"
+        )
+    spy = result.get("py_spy")
+    if spy:
+        lines += [
+            "",
+            f"py-spy of the one worker at N={spy['sessions']} ({spy['working_samples']} working "
+            f"samples, {spy['waiting_samples']} waiting). Self time:",
+            "",
+            "| function | share of working samples |",
+            "|---|---:|",
+        ]
+        lines += [f"| `{f['function']}` | {f['share']:.1%} |" for f in spy["self_time"][:12]]
+        lines += ["", "Inclusive, ours:", "", "| function | share |", "|---|---:|"]
+        lines += [f"| `{f['function']}` | {f['share']:.1%} |" for f in spy["inclusive_ours"][:8]]
+        lines += ["", "Inclusive, all (plumbing left out):", "", "| function | share |"]
+        lines += ["|---|---:|"]
+        lines += [f"| `{f['function']}` | {f['share']:.1%} |" for f in spy["inclusive_all"][:12]]
+    lines += ["", *[f"- {n}" for n in result["notes"]], ""]
+    return "\n".join(lines)
+
+
+def machine_facts() -> dict[str, Any]:
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *a], cwd=ROOT, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
+
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "pipecat": metadata.version("pipecat-ai"),
+        "commit": git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else ""),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+# --- main ------------------------------------------------------------------------------
+
+
+def start_system(tmp: Path, fake_url: str) -> System:
+    from tests.support.system import System
+
+    settings = {
+        "OPENAI_API_KEY": API_KEY,
+        "VOICEPOOL_OPENAI_BASE_URL": fake_url,
+        "VOICEPOOL_MAX_SESSIONS_PER_USER": "0",
+        "VOICEPOOL_SESSIONS_PER_MINUTE": "0",
+        "VOICEPOOL_LOG_LEVEL": "WARNING",
+    }
+    system = System(tmp, settings=settings)
+    try:
+        system.start(workers=0)
+    except BaseException:
+        system.stop()
+        raise
+    return system
+
+
+def start_workers(system: System, count: int, capacity: int) -> list[subprocess.Popen[bytes]]:
+    procs = [system.start_worker(capacity=capacity) for _ in range(count)]
+    system.wait_ready(len(system.workers))
+    return procs
+
+
+def stop_workers(system: System, procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        stop_process(p)
+        system.workers.remove(p)
+    deadline = time.monotonic() + 10  # their heartbeats go away
+    while system.live_workers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+async def run_all(
+    args: argparse.Namespace, system: System, fake: FakeModel, tmp: Path
+) -> tuple[list[Phase], list[Phase], Path | None]:
+    import psutil
+
+    token = system.create_user("bench")
+    headers = {"Authorization": f"Bearer {token}"}
+    common: dict[str, list[psutil.Process]] = {
+        "fake_model": [psutil.Process(fake.proc.pid)],
+        "clients": [psutil.Process()],
+    }
+    if system.api is not None:
+        common["api"] = [psutil.Process(system.api.pid)]
+    if system.redis_server is not None and system.redis_server.process is not None:
+        common["redis"] = [psutil.Process(system.redis_server.process.pid)]
+    single: list[Phase] = []
+    multi: list[Phase] = []
+    spy: Path | None = None
+    deadline = time.monotonic() + args.time_limit
+    async with httpx.AsyncClient(base_url=system.api_url, headers=headers, timeout=30) as api:
+        # One worker, N sessions.
+        workers = await asyncio.to_thread(start_workers, system, 1, max(args.sessions))
+        try:
+            procs = common | {"worker": [psutil.Process(workers[0].pid)]}
+            base: Phase | None = None
+            for n in args.sessions:
+                if time.monotonic() > deadline:
+                    print(f"  time limit: stopping before N={n}", flush=True)
+                    break
+                last = n == args.sessions[-1]
+                print(f"one worker, N={n}", flush=True)
+                phase = await run_phase("one worker", n, api, fake, procs, args, tmp)
+                single.append(phase)
+                base = base or phase
+                r = row(phase, base)
+                print(f"  {json.dumps({k: r[k] for k in list(r)[:18]})}", flush=True)
+                over = max(r["a_added_p99_ms"], r["b_added_p99_ms"]) > args.budget_ms
+                if (over or last or time.monotonic() > deadline) and args.spy_seconds > 0:
+                    spy = tmp / "density.py-spy.txt"
+                    print(f"  py-spy on the worker at N={n} ({args.spy_seconds} s)", flush=True)
+                    await run_phase("profile", n, api, fake, procs, _short(args), tmp, spy)
+                if over:
+                    print(f"  over budget at N={n}", flush=True)
+                    break
+        finally:
+            await asyncio.to_thread(stop_workers, system, workers)
+        # Baseline: N independent worker processes, one session each.
+        for n in args.baseline:
+            print(f"{n} workers x 1 session (baseline)", flush=True)
+            workers = await asyncio.to_thread(start_workers, system, n, 1)
+            try:
+                procs = common | {"worker": [psutil.Process(w.pid) for w in workers]}
+                await asyncio.sleep(2)  # let their start-up CPU settle
+                multi.append(await run_phase("N workers", n, api, fake, procs, args, tmp))
+                r = row(multi[-1], multi[0])
+                print(f"  {json.dumps({k: r[k] for k in list(r)[:18]})}", flush=True)
+            finally:
+                await asyncio.to_thread(stop_workers, system, workers)
+    return single, multi, spy
+
+
+def _short(args: argparse.Namespace) -> argparse.Namespace:
+    return argparse.Namespace(**(vars(args) | {"warmup": 1.0, "duration": 1.0}))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    def ints(text: str) -> list[int]:
+        return [int(x) for x in text.split(",") if x]
+
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
+    parser.add_argument("--sessions", type=ints, default=ints("1,2,4,8,12,16,24,32"))
+    parser.add_argument("--baseline", type=ints, default=ints("1,4,8"))
+    parser.add_argument("--duration", type=float, default=12.0, help="measured s per step")
+    parser.add_argument("--warmup", type=float, default=4.0, help="unmeasured s per step")
+    parser.add_argument("--budget-ms", type=float, default=20.0)
+    parser.add_argument("--spy-seconds", type=float, default=8.0, help="0: no py-spy")
+    parser.add_argument(
+        "--time-limit", type=float, default=140.0, help="s; no new one-worker step after"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(HERE))
+    from assistant_latency import summarize_py_spy
+    from loguru import logger
+
+    logger.remove()  # Pipecat's serializer logs every message at DEBUG: not in the clients' CPU
+    logger.add(sys.stderr, level="WARNING")
+    args = parse_args(argv)
+    facts = machine_facts()
+    started = time.monotonic()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with tempfile.TemporaryDirectory(prefix="vp-bench-density-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        fake = FakeModel(tmp / "fake.log")
+        system: System | None = None
+        try:
+            system = start_system(tmp / "system", fake.url)
+            single, multi, spy = asyncio.run(run_all(args, system, fake, tmp))
+            profile = summarize_py_spy(spy) if spy is not None and spy.exists() else None
+        except Exception:
+            if system is not None:
+                print(system.log_tail(), file=sys.stderr)
+            raise
+        finally:
+            if system is not None:
+                system.stop()
+            fake.stop()
+
+    rows = [row(p, single[0]) for p in single] + [row(p, multi[0]) for p in multi]
+    verdicts = {"one worker": verdict(rows[: len(single)], args.budget_ms)}
+    if multi:
+        verdicts["N workers (baseline)"] = verdict(rows[len(single) :], args.budget_ms)
+    result: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": shlex.join([os.path.relpath(sys.executable, ROOT), *sys.argv]),
+        "machine": facts,
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "rows": rows,
+        "verdicts": verdicts,
+        "py_spy": profile and {"sessions": single[-1].sessions, **profile},
+        "notes": [
+            f"Each step: N sessions created through the API (transport websocket, profile "
+            f"assistant), clients connected, {args.warmup} s warm-up (the greeting), then "
+            f"{args.duration} s measured. Caller loop: {TONE_S} s tone, {SILENCE_S} s quiet, "
+            "staggered across sessions; the fake answers each turn with 2.2 s of audio.",
+            "CPU per session = worker user+system CPU s / wall s / N (cores). Sessions/core "
+            "(CPU) = N / worker cores: an extrapolation; one worker process is one event loop, "
+            "so the latency budget, not this number, bounds one process.",
+            "RSS per additional session = least-squares slope of worker RSS (max over the "
+            "window) vs N; for the baseline, of the summed RSS of the N processes.",
+            "Everything shares the machine: the clients, fake model, API and Redis columns "
+            "show how much of the 2 cores they took; at high N the worker waits for a CPU "
+            "as well as for its own work.",
+            f"Total run time {time.monotonic() - started:.0f} s.",
+        ],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "density.json").write_text(json.dumps(result, indent=2) + "\n")
+    report = markdown(result)
+    (args.out / "density.md").write_text(report)
+    print("\n" + report, flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "fake":
+        fake_main(sys.argv[2:])
+    else:
+        try:
+            main()
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
