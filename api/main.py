@@ -15,8 +15,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from api.deps import AppState
 from api.errors import install_error_handlers
 from api.fanout import StreamFanout
-from api.frontend import SecurityHeadersMiddleware, mount_frontend
-from api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from api.frontend import mount_frontend
+from api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware, SecurityHeadersMiddleware
 from api.persister import Persister
 from api.reaper import Reaper
 from api.routes import auth, conversations, health, participants, sessions, start, workers

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 from shared import logs
 from shared.settings import Settings, get_settings
@@ -22,51 +25,68 @@ from shared.settings import Settings, get_settings
 # --- users and export -------------------------------------------------------------
 
 
-async def _users_create(settings: Settings, name: str, admin: bool, days: float | None) -> str:
-    from shared.models import utcnow
+@contextlib.asynccontextmanager
+async def _database(settings: Settings) -> AsyncIterator[Any]:
+    """A database session on an up-to-date schema, closed afterwards."""
     from shared.store import Store, migrate_async
-    from shared.users import create_user, issue_token
 
     await migrate_async(settings.sqlalchemy_url)
     store = Store(settings.sqlalchemy_url)
     try:
         async with store.session() as db:
-            user = await create_user(db, name, role="admin" if admin else "user")
-            expires = utcnow() + timedelta(days=days) if days else None
-            return (await issue_token(db, user, expires_at=expires)).token
+            yield db
     finally:
         await store.aclose()
+
+
+async def _named_user(db: Any, name: str) -> Any:
+    from shared.users import get_user_by_name
+
+    user = await get_user_by_name(db, name)
+    if user is None:
+        raise ValueError(f"no user named {name!r}")
+    return user
+
+
+def _expiry(days: float | None) -> Any:
+    from shared.models import utcnow
+
+    return utcnow() + timedelta(days=days) if days else None
+
+
+async def _users_create(settings: Settings, name: str, admin: bool, days: float | None) -> str:
+    from shared.users import create_user, issue_token
+
+    async with _database(settings) as db:
+        user = await create_user(db, name, role="admin" if admin else "user")
+        return (await issue_token(db, user, expires_at=_expiry(days))).token
+
+
+async def _users_token(settings: Settings, name: str, days: float | None) -> str:
+    from shared.users import issue_token
+
+    async with _database(settings) as db:
+        user = await _named_user(db, name)
+        return (await issue_token(db, user, expires_at=_expiry(days))).token
 
 
 async def _users_list(settings: Settings) -> list[dict[str, str]]:
     from sqlmodel import select
 
     from shared.models import User
-    from shared.store import Store, migrate_async
 
-    await migrate_async(settings.sqlalchemy_url)
-    store = Store(settings.sqlalchemy_url)
-    try:
-        async with store.session() as db:
-            users = (await db.exec(select(User).order_by(User.name))).all()
-            return [{"name": u.name, "role": u.role, "id": u.id} for u in users]
-    finally:
-        await store.aclose()
+    async with _database(settings) as db:
+        users = (await db.exec(select(User).order_by(User.name))).all()
+        return [{"name": u.name, "role": u.role, "id": u.id} for u in users]
 
 
 async def _dev_token(settings: Settings) -> str:
     """A fresh token for the local ``dev`` admin (created on first run)."""
-    from shared.store import Store, migrate_async
     from shared.users import create_user, get_user_by_name, issue_token
 
-    await migrate_async(settings.sqlalchemy_url)
-    store = Store(settings.sqlalchemy_url)
-    try:
-        async with store.session() as db:
-            user = await get_user_by_name(db, "dev") or await create_user(db, "dev", role="admin")
-            return (await issue_token(db, user, expires_at=None)).token
-    finally:
-        await store.aclose()
+    async with _database(settings) as db:
+        user = await get_user_by_name(db, "dev") or await create_user(db, "dev", role="admin")
+        return (await issue_token(db, user, expires_at=None)).token
 
 
 async def _users_revoke(settings: Settings, name: str, token_id: str | None) -> int:
@@ -74,43 +94,18 @@ async def _users_revoke(settings: Settings, name: str, token_id: str | None) -> 
     from sqlmodel import select
 
     from shared.models import ApiToken, utcnow
-    from shared.store import Store
-    from shared.users import get_user_by_name
 
-    store = Store(settings.sqlalchemy_url)
-    try:
-        async with store.session() as db:
-            user = await get_user_by_name(db, name)
-            if user is None:
-                raise ValueError(f"no user named {name!r}")
-            query = select(ApiToken).where(ApiToken.user_id == user.id)
-            if token_id:
-                query = query.where(ApiToken.id == token_id)
-            tokens = [t for t in (await db.exec(query)).all() if t.revoked_at is None]
-            for token in tokens:
-                token.revoked_at = utcnow()
-                db.add(token)
-            await db.commit()
-            return len(tokens)
-    finally:
-        await store.aclose()
-
-
-async def _users_token(settings: Settings, name: str, days: float | None) -> str:
-    from shared.models import utcnow
-    from shared.store import Store
-    from shared.users import get_user_by_name, issue_token
-
-    store = Store(settings.sqlalchemy_url)
-    try:
-        async with store.session() as db:
-            user = await get_user_by_name(db, name)
-            if user is None:
-                raise ValueError(f"no user named {name!r}")
-            expires = utcnow() + timedelta(days=days) if days else None
-            return (await issue_token(db, user, expires_at=expires)).token
-    finally:
-        await store.aclose()
+    async with _database(settings) as db:
+        user = await _named_user(db, name)
+        query = select(ApiToken).where(ApiToken.user_id == user.id)
+        if token_id:
+            query = query.where(ApiToken.id == token_id)
+        tokens = [t for t in (await db.exec(query)).all() if t.revoked_at is None]
+        for token in tokens:
+            token.revoked_at = utcnow()
+            db.add(token)
+        await db.commit()
+        return len(tokens)
 
 
 async def _export(settings: Settings, conversation_id: str, fmt: str) -> str:
@@ -121,18 +116,13 @@ async def _export(settings: Settings, conversation_id: str, fmt: str) -> str:
         export_markdown,
     )
     from shared.models import Conversation
-    from shared.store import Store
 
-    store = Store(settings.sqlalchemy_url)
-    try:
-        async with store.session() as db:
-            conversation = await db.get(Conversation, conversation_id)
-            if conversation is None:
-                raise SystemExit(f"no conversation {conversation_id}")
-            sessions = await conversation_sessions(db, conversation_id)
-            events = await conversation_events(db, conversation_id)
-    finally:
-        await store.aclose()
+    async with _database(settings) as db:
+        conversation = await db.get(Conversation, conversation_id)
+        if conversation is None:
+            raise SystemExit(f"no conversation {conversation_id}")
+        sessions = await conversation_sessions(db, conversation_id)
+        events = await conversation_events(db, conversation_id)
     if fmt == "md":
         return export_markdown(conversation, sessions, events)
     return json.dumps(export_json(conversation, sessions, events), indent=2)

@@ -46,7 +46,8 @@ def arq_redis_settings(url: str) -> RedisSettings:
     return settings
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that is free right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -61,7 +62,7 @@ class EmbeddedRedis:
 
     def __init__(self, data_dir: Path, *, port: int | None = None):
         self.data_dir = Path(data_dir)
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

@@ -9,9 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import websockets
+
+TOOLS_TOML = """
+[[tools]]
+name = "send_to_nested"
+description = "Hand a task to the agent team."
+kind = "websocket"
+timeout_s = 30
+[tools.parameters]
+type = "object"
+required = ["text"]
+[tools.parameters.properties.text]
+type = "string"
+[tools.websocket]
+url = "{url}"
+"""
 
 
 class NestedTeam:
@@ -35,6 +51,11 @@ class NestedTeam:
             await asyncio.sleep(self.delay_s)
             await ws.send(json.dumps({"type": "progress", "text": step}))
         await ws.send(json.dumps({"type": "final", "text": f"{self.answer} ({task.get('text')})"}))
+
+    def write_tools_file(self, path: Path) -> Path:
+        """A tools file (VOICEPOOL_TOOLS_FILE) declaring ``send_to_nested`` against this team."""
+        path.write_text(TOOLS_TOML.format(url=self.url))
+        return path
 
     async def start(self) -> NestedTeam:
         self._server = await websockets.serve(self._serve, "127.0.0.1", 0)

@@ -32,21 +32,6 @@ CHROMIUM = os.environ.get("VOICEPOOL_E2E_CHROMIUM", "/usr/bin/chromium")
 SCRIPT_TIMEOUT_S = 120
 GRAFANA_URL = "http://127.0.0.1:3000/d/voicepool"  # only linked to, never opened
 
-TOOLS = """
-[[tools]]
-name = "send_to_nested"
-description = "Hand a task to the agent team."
-kind = "websocket"
-timeout_s = 30
-[tools.parameters]
-type = "object"
-required = ["text"]
-[tools.parameters.properties.text]
-type = "string"
-[tools.websocket]
-url = "{url}"
-"""
-
 
 def _require_tools() -> str:
     if not (DIST / "index.html").is_file():
@@ -105,7 +90,7 @@ async def test_web_app_in_chromium(make_system, hello_wav: Path, tmp_path: Path)
         await fake.start()
         try:
             tools = tmp_path / "tools.toml"
-            tools.write_text(TOOLS.format(url=team.url))
+            team.write_tools_file(tools)
             system = make_system(
                 workers=2,
                 capacity=2,

@@ -27,27 +27,6 @@ API_KEY = "sk-test-voicepool-secret-0123456789"
 FAILURE_DEADLINE_S = 8.0  # "within a few seconds", on a loaded 2-core machine
 
 
-def _tools_file(tmp_path: Path, team_url: str) -> Path:
-    path = tmp_path / "tools.toml"
-    path.write_text(
-        f"""
-[[tools]]
-name = "send_to_nested"
-description = "Hand a task to the agent team."
-kind = "websocket"
-timeout_s = 30
-[tools.parameters]
-type = "object"
-required = ["text"]
-[tools.parameters.properties.text]
-type = "string"
-[tools.websocket]
-url = "{team_url}"
-"""
-    )
-    return path
-
-
 def _assistant_system(make_system, fake: FakeRealtimeServer, tools: Path | None = None):  # type: ignore[no-untyped-def]
     settings = {"OPENAI_API_KEY": API_KEY, "VOICEPOOL_OPENAI_BASE_URL": fake.base_url}
     if tools:
@@ -82,7 +61,9 @@ async def test_speech_tool_call_and_answer_are_all_recorded(
         NestedTeam(progress=["Planning", "Searching"]) as team,
         FakeRealtimeServer(turns=[turn]) as fake,
     ):
-        system = _assistant_system(make_system, fake, _tools_file(tmp_path, team.url))
+        system = _assistant_system(
+            make_system, fake, team.write_tools_file(tmp_path / "tools.toml")
+        )
         token = system.create_user("ana")
         async with api_client(system, token) as api:
             session = await create_session(api, profile="assistant")

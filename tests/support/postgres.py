@@ -10,12 +10,13 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from shared.connections import free_port
 
 
 def _bin_dir() -> Path:
@@ -29,12 +30,6 @@ def _as_postgres(args: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class PostgresServer:
     data_dir: Path
@@ -46,7 +41,7 @@ class PostgresServer:
         data_dir = Path(tempfile.mkdtemp(prefix="voicepool-pg-"))
         if os.geteuid() == 0:
             shutil.chown(data_dir, "postgres", "postgres")
-        port = _free_port()
+        port = free_port()
         subprocess.run(
             _as_postgres([str(bin_dir / "initdb"), "-D", str(data_dir / "data"), "-A", "trust",
                           "-U", "postgres", "--no-sync"]),
