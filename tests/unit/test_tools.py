@@ -157,3 +157,36 @@ def test_the_shipped_example_config_is_valid() -> None:
     assert {"send_to_nested", "send_to_claude_code"} <= set(tools)
     claude = tools["send_to_claude_code"].command
     assert claude is not None and claude.argv[:3] == ["claude", "-p", "{text}"]
+
+
+async def test_a_failing_tool_is_recorded_and_the_model_hears_why() -> None:
+    """The handler the model calls: tool.started, then tool.failed, and an error result."""
+    from types import SimpleNamespace
+
+    from worker.tools.calls import make_handler
+
+    spec = ToolSpec.model_validate(
+        {"name": "send_to_nested", "description": "Ask the team", "parameters": TEXT_PARAMS,
+         "kind": "websocket", "websocket": {"url": "ws://127.0.0.1:9/team"}}
+    )  # fmt: skip
+    events: list[tuple[str, dict]] = []
+    results: list[tuple[object, object]] = []
+    outcomes: list[tuple[str, str]] = []
+
+    async def result_callback(result: object, properties: object = None) -> None:
+        results.append((result, properties))
+
+    handler = make_handler(
+        spec,
+        lambda kind, data: events.append((kind, data)),
+        lambda tool, outcome, _seconds: outcomes.append((tool, outcome)),
+    )
+    params = SimpleNamespace(
+        arguments={"text": "find flights"}, tool_call_id="call_1", result_callback=result_callback
+    )
+    await handler(params)  # type: ignore[arg-type]
+    assert [kind for kind, _ in events] == ["tool.started", "tool.failed"]
+    failed = events[1][1]
+    assert failed["call_id"] == "call_1" and "could not reach the agent team" in failed["error"]
+    assert results == [({"error": failed["error"]}, None)]  # the final result: the error
+    assert outcomes == [("send_to_nested", "error")]
