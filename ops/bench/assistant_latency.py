@@ -60,7 +60,6 @@ import gc
 import json
 import math
 import os
-import platform
 import re
 import select
 import shlex
@@ -74,12 +73,12 @@ import wave
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
+from measure import machine_facts, percentile  # ops/bench/measure.py
 
 DESCRIPTION = "Latency and CPU the assistant pipeline adds over a bare pass-through pipeline."
 ROOT = Path(__file__).resolve().parents[2]
@@ -498,16 +497,6 @@ def worker_main(argv: list[str]) -> None:
 
 
 # --- statistics ----------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    pos = (len(ordered) - 1) * q / 100
-    low, high = math.floor(pos), math.ceil(pos)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def summary(values_ns: Sequence[int]) -> dict[str, float]:
@@ -1186,37 +1175,6 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [f"  - {x['n']}x: {x['message']}" for x in log["top"]]
     lines += ["", *[f"- {note}" for note in result["notes"]], ""]
     return "\n".join(lines)
-
-
-def machine_facts() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return "unknown"
-
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "nproc": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "cpu_model": next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            "unknown",
-        ),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "pipecat": metadata.version("pipecat-ai"),
-        "aiortc": metadata.version("aiortc"),
-        "websockets": metadata.version("websockets"),
-        "commit": git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else ""),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 # --- main ----------------------------------------------------------------------------------

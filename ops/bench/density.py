@@ -50,7 +50,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import select
 import shlex
 import signal
@@ -62,12 +61,12 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
+from measure import machine_facts, percentile  # ops/bench/measure.py
 
 DESCRIPTION = "Density: assistant sessions per worker process before it adds latency."
 ROOT = Path(__file__).resolve().parents[2]
@@ -471,15 +470,6 @@ async def profile_worker(pid: int, seconds: float, out: Path) -> None:
 # --- statistics and report -------------------------------------------------------------
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    pos = (len(ordered) - 1) * q / 100
-    low, high = math.floor(pos), math.ceil(pos)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
 def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     if len(xs) < 2:
         return math.nan
@@ -595,26 +585,6 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [f"| `{f['function']}` | {f['share']:.1%} |" for f in spy["inclusive_all"][:12]]
     lines += ["", *[f"- {n}" for n in result["notes"]], ""]
     return "\n".join(lines)
-
-
-def machine_facts() -> dict[str, Any]:
-    def git(*a: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *a], cwd=ROOT, capture_output=True, text=True, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return "unknown"
-
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "pipecat": metadata.version("pipecat-ai"),
-        "commit": git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else ""),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 # --- main ------------------------------------------------------------------------------

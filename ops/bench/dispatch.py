@@ -29,7 +29,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import shlex
 import signal
 import subprocess
@@ -38,12 +37,12 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import redis.asyncio as aioredis
+from measure import machine_facts, percentile  # ops/bench/measure.py
 
 DESCRIPTION = "Dispatch latency: a warm voicepool worker vs. a fresh process per session."
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,16 +112,6 @@ asyncio.run(main())
 
 
 # --- statistics ------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    pos = (len(ordered) - 1) * q / 100
-    low, high = math.floor(pos), math.ceil(pos)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:
@@ -518,27 +507,6 @@ def markdown(result: dict[str, Any]) -> str:
     lines += load_markdown(result)
     lines += ["", *[f"- {note}" for note in result["notes"]], ""]
     return "\n".join(lines)
-
-
-def machine_facts() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return "unknown"
-
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "nproc": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "pipecat": metadata.version("pipecat-ai"),
-        "commit": git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else ""),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 # --- main ------------------------------------------------------------------------------
