@@ -332,6 +332,7 @@ class VoicepoolWorker:
             "active": len(self.sessions),
             "draining": self.draining,
             "load": round(os.getloadavg()[0], 2),
+            "tasks": len(asyncio.all_tasks()),  # a leak shows here first
             "started_at": self.started_at,
             "ts": time.time(),
         }

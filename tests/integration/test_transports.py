@@ -8,132 +8,22 @@ frames, encoded and decoded with Pipecat's own ``ProtobufFrameSerializer``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-import wave
-from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 import websockets
-from pipecat.frames.frames import (
-    InputAudioRawFrame,
-    InputTransportMessageFrame,
-    OutputAudioRawFrame,
-    OutputTransportMessageFrame,
-)
-from pipecat.serializers.protobuf import ProtobufFrameSerializer
-from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
 from shared import ws_tokens
 from tests.support.api import api_client, wait_for_status
 from tests.support.webrtc_client import WebRTCTestClient, allow_loopback_ice
+from tests.support.ws_client import ProtobufClient
 
 ECHO_RMS = 300  # the fixture's speech is ~1000-1800 RMS; silence is ~0
 FRAME_MS = 20
-
-
-class ProtobufClient:
-    """A WebSocket client as Pipecat's clients are: protobuf frames both ways.
-
-    It streams a WAV in real time in 20 ms audio frames (then silence, so the
-    call stays alive), decodes every frame the bot sends, and says it is ready
-    the way Pipecat's JS client does (RTVI ``client-ready``).
-    """
-
-    def __init__(self, websocket: ClientConnection, wav: Path | None = None):
-        self.ws = websocket
-        self.serializer = ProtobufFrameSerializer()
-        self.audio: list[tuple[np.ndarray, int]] = []  # (samples, sample rate)
-        self.messages: list[dict[str, Any]] = []
-        self.closed = asyncio.Event()
-        self._samples, self._rate = _read_wav(wav) if wav else (np.zeros(0, np.int16), 16000)
-        self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._send())]
-
-    @classmethod
-    async def connect(cls, url: str, wav: Path | None = None) -> ProtobufClient:
-        client = cls(await websockets.connect(url, max_size=None, open_timeout=5), wav)
-        about = {"version": "1.0.0", "about": {"library": "tests"}}
-        await client.send_message(
-            {"label": "rtvi-ai", "type": "client-ready", "id": "c1", "data": about}
-        )
-        return client
-
-    async def send_message(self, message: dict[str, Any]) -> None:
-        data = await self.serializer.serialize(OutputTransportMessageFrame(message=message))
-        assert data is not None
-        await self.ws.send(data)
-
-    async def _send(self) -> None:
-        # The client's *output* is the bot's input: Pipecat's serializer encodes audio
-        # frames as the one protobuf AudioRawFrame, which the server decodes as input.
-        step = self._rate * FRAME_MS // 1000
-        start, n = time.monotonic(), 0
-        with contextlib.suppress(websockets.ConnectionClosed):
-            while True:
-                chunk = self._samples[n * step : (n + 1) * step]
-                if len(chunk) < step:
-                    chunk = np.concatenate([chunk, np.zeros(step - len(chunk), np.int16)])
-                frame = OutputAudioRawFrame(
-                    audio=chunk.tobytes(), sample_rate=self._rate, num_channels=1
-                )
-                data = await self.serializer.serialize(frame)
-                assert data is not None
-                await self.ws.send(data)
-                n += 1
-                await asyncio.sleep(max(start + n * FRAME_MS / 1000 - time.monotonic(), 0))
-
-    async def _receive(self) -> None:
-        try:
-            async for data in self.ws:
-                frame = await self.serializer.deserialize(data)
-                if isinstance(frame, InputAudioRawFrame):  # how the serializer names audio
-                    samples = np.frombuffer(frame.audio, dtype="<i2")
-                    self.audio.append((samples, frame.sample_rate))
-                elif isinstance(frame, InputTransportMessageFrame):
-                    self.messages.append(frame.message)
-        except websockets.ConnectionClosed:
-            pass
-        finally:
-            self.closed.set()
-
-    def loudest_rms(self, window_s: float = 0.1) -> float:
-        """Loudest RMS over ``window_s`` of the bot's audio so far (int16 scale)."""
-        if not self.audio:
-            return 0.0
-        rate = self.audio[-1][1]
-        samples = np.concatenate([a for a, _ in self.audio]).astype(np.float64)
-        window = int(rate * window_s)
-        if len(samples) < window:
-            return 0.0
-        energy = np.concatenate([[0.0], np.cumsum(samples**2)])
-        return float(np.sqrt(np.max(energy[window:] - energy[:-window]) / window))
-
-    async def wait_for(self, condition: Any, what: str, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {what} within {timeout} s")
-            await asyncio.sleep(0.05)
-
-    def got_message(self, kind: str) -> bool:
-        return any(m.get("type") == kind for m in self.messages)
-
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await self.ws.close()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def _read_wav(path: Path) -> tuple[np.ndarray, int]:
-    with wave.open(str(path), "rb") as wav:
-        assert wav.getnchannels() == 1 and wav.getsampwidth() == 2
-        return np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2"), wav.getframerate()
 
 
 async def _refused(url: str) -> bool:

@@ -1,0 +1,173 @@
+"""Soak: continuous session churn at a share of capacity, watching for leaks.
+
+One worker serves echo sessions over the WebSocket transport; clients keep
+``--load`` (default 70 %) of its slots busy, each session streaming the spoken
+fixture, hearing the echo, then hanging up (``client_left``). Every
+``--sample`` seconds it records the worker's RSS, open file descriptors and
+asyncio tasks, and Redis' key count. Reported: the RSS slope against
+sessions served (no growth per session over time), and how tasks, descriptors
+and keys compare between the first and the last sample once the churn settles.
+
+    .venv/bin/python ops/drills/soak.py --minutes 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from tests.support.system import System  # noqa: E402
+from tests.support.ws_client import ProtobufClient  # noqa: E402
+
+FIXTURE = ROOT / "tests" / "fixtures" / "hello.wav"
+RETENTION_S = 20  # finished sessions' streams expire fast, so leaked keys would show
+
+
+def _proc(pid: int) -> dict[str, float]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+    return {"rss_mb": rss_kb / 1024, "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+
+
+def _slope(xs: list[float], ys: list[float]) -> float:
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
+
+
+async def _one_session(api: httpx.AsyncClient, stats: dict[str, int]) -> None:
+    created = await api.post("/api/sessions", json={"transport": "websocket", "profile": "echo"})
+    if created.status_code != 202:
+        stats["refused"] += 1
+        await asyncio.sleep(1)
+        return
+    sid = created.json()["session_id"]
+    deadline = time.monotonic() + 20
+    while True:
+        session = (await api.get(f"/api/sessions/{sid}")).json()
+        if session["status"] == "ready" and session.get("connect"):
+            break
+        if session["status"] in ("failed", "ended", "expired", "cancelled"):
+            stats["failed"] += 1
+            return
+        if time.monotonic() > deadline:
+            stats["failed"] += 1
+            await api.delete(f"/api/sessions/{sid}")
+            return
+        await asyncio.sleep(0.1)
+    client = await ProtobufClient.connect(session["connect"]["ws_url"], FIXTURE)
+    try:
+        await client.wait_for(lambda: client.loudest_rms() > 300, "echo", timeout=20)
+        stats["served"] += 1
+    except AssertionError:
+        stats["silent"] += 1
+    finally:
+        await client.close()  # the session ends client_left
+
+
+async def soak(minutes: float, capacity: int, load: float, sample_s: float) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="voicepool-soak-"))
+    system = System(tmp, settings={
+        "VOICEPOOL_MAX_SESSIONS_PER_USER": "0", "VOICEPOOL_SESSIONS_PER_MINUTE": "0",
+        "VOICEPOOL_STREAM_RETENTION": str(RETENTION_S), "VOICEPOOL_LOG_LEVEL": "WARNING",
+    })  # fmt: skip
+    system.start(workers=1, capacity=capacity)
+    samples: list[dict[str, float]] = []
+    stats = {"served": 0, "failed": 0, "silent": 0, "refused": 0}
+    try:
+        token = system.create_user("soak")
+        worker = system.workers[0]
+        async with httpx.AsyncClient(
+            base_url=system.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        ) as api:
+            stop_at = time.monotonic() + minutes * 60
+            callers = max(int(capacity * load), 1)
+
+            async def caller() -> None:
+                while time.monotonic() < stop_at:
+                    await _one_session(api, stats)
+
+            async def sampler() -> None:
+                started = time.monotonic()
+                while time.monotonic() < stop_at:
+                    await asyncio.sleep(sample_s)
+                    with system.redis as r:
+                        beat = r.get(f"vp:worker:{system.live_workers()[0]['id']}")
+                        keys = r.dbsize()
+                    samples.append({
+                        "t_s": round(time.monotonic() - started, 1), "served": stats["served"],
+                        **_proc(worker.pid), "tasks": json.loads(beat)["tasks"] if beat else -1,
+                        "redis_keys": keys,
+                    })  # fmt: skip
+
+            await asyncio.gather(sampler(), *(caller() for _ in range(callers)))
+            await asyncio.sleep(RETENTION_S + 5)  # let finished sessions' keys expire
+            with system.redis as r:
+                beat = json.loads(r.get(f"vp:worker:{system.live_workers()[0]['id']}") or "{}")
+                settled = {**_proc(worker.pid), "tasks": beat.get("tasks", -1),
+                           "redis_keys": r.dbsize(), "active": beat.get("active", -1)}  # fmt: skip
+    finally:
+        system.stop()
+    half = samples[len(samples) // 2 :]  # after warm-up: caches and pools have filled
+    return {
+        "minutes": minutes, "capacity": capacity, "callers": max(int(capacity * load), 1),
+        **stats,
+        "rss_mb_per_100_sessions": round(
+            100 * _slope([s["served"] for s in half], [s["rss_mb"] for s in half]), 3
+        ),
+        "rss_mb_per_hour": round(
+            3600 * _slope([s["t_s"] for s in half], [s["rss_mb"] for s in half]), 2
+        ),
+        "first": samples[0] if samples else {}, "last": samples[-1] if samples else {},
+        "settled": settled, "samples": samples,
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=30)
+    parser.add_argument("--capacity", type=int, default=8)
+    parser.add_argument("--load", type=float, default=0.7, help="share of slots kept busy")
+    parser.add_argument("--sample", type=float, default=30, help="seconds between samples")
+    parser.add_argument("--json", type=Path, help="also write the full result here")
+    args = parser.parse_args()
+    from loguru import logger  # the client's Pipecat serializer logs every message at DEBUG
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    result = asyncio.run(soak(args.minutes, args.capacity, args.load, args.sample))
+    first, last, settled = result["first"], result["last"], result["settled"]
+    print(f"| soak | {result['minutes']:g} min, {result['callers']} callers on "
+          f"{result['capacity']} slots | served {result['served']}, failed "
+          f"{result['failed']}, silent {result['silent']}, "
+          f"refused {result['refused']} |")  # fmt: skip
+    print(
+        f"RSS slope: {result['rss_mb_per_100_sessions']} MB per 100 sessions, "
+        f"{result['rss_mb_per_hour']} MB per hour (second half)"
+    )
+    print(f"worker RSS {first.get('rss_mb', 0):.0f} → {last.get('rss_mb', 0):.0f} MB; fds "
+          f"{first.get('fds')} → {last.get('fds')} → settled {settled['fds']}; tasks "
+          f"{first.get('tasks')} → {last.get('tasks')} → settled {settled['tasks']} "
+          f"(active {settled['active']}); redis keys {first.get('redis_keys')} → "
+          f"{last.get('redis_keys')} → settled {settled['redis_keys']}")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
