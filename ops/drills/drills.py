@@ -16,6 +16,8 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +33,7 @@ import httpx  # noqa: E402
 from shared.connections import redis_client  # noqa: E402
 from shared.events import Reason, SessionState  # noqa: E402
 from shared.live import LiveSessions  # noqa: E402
+from tests.support.postgres import PostgresServer  # noqa: E402
 from tests.support.system import System  # noqa: E402
 
 HEARTBEAT_TTL = 4.0
@@ -123,6 +126,61 @@ async def kill_api(system: System, api: httpx.AsyncClient) -> Row:
                lost, took)  # fmt: skip
 
 
+async def _run(args: list[str], check: bool = True) -> None:
+    await asyncio.to_thread(subprocess.run, args, check=check)
+
+
+async def _pour(system: System, api: httpx.AsyncClient, count: int) -> dict:
+    """A queued session (no worker takes it) and ``count`` events published into it."""
+    session = (await api.post("/api/sessions", json={"transport": "webrtc"})).json()
+    redis = redis_client(system.redis_server.url)  # type: ignore[union-attr]
+    live = LiveSessions(redis)
+    await live.transition(session["session_id"], SessionState.STARTING, Reason.PICKED_UP,
+                          allowed_from={SessionState.QUEUED}, worker_id="drill")  # fmt: skip
+    payload = {"text": "x" * 200}
+    for i in range(count):
+        await live.publish(session["session_id"], "drill.tick", {"i": i, **payload})
+    await redis.aclose()
+    return session
+
+
+async def postgres_restart(system: System, api: httpx.AsyncClient) -> Row:
+    """Restart PostgreSQL while the persister writes; it reconnects and stores everything."""
+    server: PostgresServer = system.postgres  # type: ignore[attr-defined]
+    pouring = asyncio.create_task(_pour(system, api, 3000))
+    await asyncio.sleep(0.5)
+    stopped = time.monotonic()
+    server.restart()
+    session = await pouring
+    expected = 3000 + 2
+    await _wait(lambda: _at_least(api, session["conversation_id"], expected), 60)
+    took = time.monotonic() - stopped
+    return Row("restart PostgreSQL", "3000 events being persisted",
+               "the persister reconnected; history complete",
+               await _lost_events(system, api, [session]), took)  # fmt: skip
+
+
+async def sqlite_disk_full(system: System, api: httpx.AsyncClient) -> Row:
+    """The SQLite disk fills up: clear errors, nothing acknowledged, no corruption; room
+    made, everything is stored."""
+    mount: Path = system.tiny_mount  # type: ignore[attr-defined]
+    session = await _pour(system, api, 12000)
+    await asyncio.sleep(3.0)  # the persister hits the full disk and keeps the entries pending
+    log = (system.tmp / "api.log").read_text()
+    saw = "database or disk is full" in log
+    with system.redis as r:
+        held = r.xlen("vp:ingest")  # nothing unstored is acknowledged, so nothing is trimmed
+    grown = time.monotonic()
+    await _run(["mount", "-o", "remount,size=64M", str(mount)])
+    await _wait(lambda: _at_least(api, session["conversation_id"], 12000 + 2), 120)
+    took = time.monotonic() - grown
+    check = sqlite3.connect(mount / "voicepool.db").execute("PRAGMA integrity_check").fetchone()
+    return Row("SQLite disk full", "12000 events, DB on a 1.5 MB filesystem",
+               f"persister logged {'disk full' if saw else 'no disk-full error'}; {held} entries "
+               f"held in Redis; integrity_check {check[0]}",
+               await _lost_events(system, api, [session]), took)  # fmt: skip
+
+
 async def restart_redis(system: System, api: httpx.AsyncClient) -> Row:
     session = (await api.post("/api/sessions", json={"transport": "webrtc"})).json()
     await _wait(lambda: _status_is(api, session["session_id"], {"ready"}), 15)
@@ -167,19 +225,37 @@ async def _at_least(api: httpx.AsyncClient, conversation_id: str, count: int) ->
         return False
 
 
-DRILLS = {"kill_worker": kill_worker, "kill_api": kill_api, "restart_redis": restart_redis}
+DRILLS = {
+    "kill_worker": kill_worker,
+    "kill_api": kill_api,
+    "restart_redis": restart_redis,
+    "postgres_restart": postgres_restart,
+    "sqlite_disk_full": sqlite_disk_full,
+}
 
 
 async def run(only: list[str]) -> list[Row]:
     rows = []
     for name in only:
         tmp = Path(tempfile.mkdtemp(prefix=f"voicepool-drill-{name}-"))
-        system = System(tmp, settings={
+        settings = {
             "VOICEPOOL_HEARTBEAT_TTL": str(HEARTBEAT_TTL),
             "VOICEPOOL_MAX_SESSIONS_PER_USER": "0",
             "VOICEPOOL_PERSISTER_CLAIM_IDLE_MS": "500",
-        })  # fmt: skip
-        system.start(workers=2, capacity=4)
+            "VOICEPOOL_QUEUE_TTL": "600",
+        }
+        postgres, mount = None, None
+        if name == "postgres_restart":
+            postgres = PostgresServer.start()
+            settings["VOICEPOOL_DATABASE_URL"] = postgres.create_database()
+        if name == "sqlite_disk_full":
+            mount = tmp / "tiny"
+            mount.mkdir()
+            await _run(["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(mount)])
+            settings["VOICEPOOL_DATABASE_URL"] = f"sqlite+aiosqlite:///{mount / 'voicepool.db'}"
+        system = System(tmp, settings=settings)
+        system.postgres, system.tiny_mount = postgres, mount  # type: ignore[attr-defined]
+        system.start(workers=0 if postgres or mount else 2, capacity=4)
         try:
             token = system.create_user("drill")
             async with httpx.AsyncClient(
@@ -188,6 +264,10 @@ async def run(only: list[str]) -> list[Row]:
                 rows.append(await DRILLS[name](system, api))
         finally:
             system.stop()
+            if postgres:
+                postgres.stop()
+            if mount:
+                await _run(["umount", str(mount)], check=False)
     return rows
 
 
