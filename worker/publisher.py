@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from shared.live import LiveSessions
@@ -26,6 +27,9 @@ class EventPublisher:
     def __init__(self, live: LiveSessions, session_id: str):
         self.live = live
         self.session_id = session_id
+        self.speaker: Callable[[], dict[str, str] | None] | None = None
+        """Who is speaking, where a transport can tell (several people in a Daily room):
+        every ``user.*`` event then names its participant."""
         self.published = 0
         self.failed = 0
         self._queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
@@ -34,6 +38,10 @@ class EventPublisher:
     def emit(self, type: str, data: dict[str, Any] | None = None) -> None:
         payload = dict(data or {})
         payload.setdefault("at", round(time.time(), 6))
+        if self.speaker is not None and type.startswith("user."):
+            who = self.speaker()
+            if who:
+                payload.setdefault("participant", who)
         self._queue.put_nowait((type, payload))
 
     async def _run(self) -> None:

@@ -146,6 +146,7 @@ class SessionRunner:
         return peer in done and not self._end_requested.is_set()
 
     def _build_pipeline(self) -> PipelineWorker:
+        self.publisher.speaker = getattr(self.transport, "current_speaker", None)
         transport = self.transport.build(
             TransportParams(audio_in_enabled=True, audio_out_enabled=True)
         )

@@ -374,3 +374,50 @@ async def test_daily_failure_fails_the_session(rooms: Rooms, route: str, status:
     final = (await rooms.events(session_id))[-1]["data"]
     assert final["state"] == "failed" and f"({status})" in final["message"]
     assert rooms.daily.rooms == {}  # nothing left behind at Daily
+
+
+async def test_user_events_name_the_participant_who_spoke(daily: FakeDaily) -> None:
+    """Several people in one room: Daily's active speaker is stamped on every user event."""
+    from worker.publisher import EventPublisher
+
+    transport = DailySessionTransport("s1", _options(daily))
+    await transport.prepare()
+    built = transport.build(TransportParams(audio_in_enabled=True, audio_out_enabled=True))
+    assert transport.current_speaker() is None
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.events: list[tuple[str, dict[str, Any]]] = []
+
+        async def publish(self, _sid: str, kind: str, data: dict[str, Any]) -> bool:
+            self.events.append((kind, data))
+            return True
+
+    recorder = Recorder()
+    publisher = EventPublisher(recorder, "s1")  # type: ignore[arg-type]
+    publisher.speaker = transport.current_speaker
+
+    await built._call_event_handler(
+        "on_active_speaker_changed", {"id": "p-ana", "info": {"userName": "ana", "userId": "u1"}}
+    )
+    publisher.emit("user.turn_started", {})
+    await built._call_event_handler(
+        "on_active_speaker_changed", {"id": "bot", "info": {"userName": BOT_NAME, "isLocal": True}}
+    )  # the bot talking changes nothing
+    await built._call_event_handler(
+        "on_active_speaker_changed", {"id": "p-bo", "info": {"userName": "bo", "userId": "u2"}}
+    )
+    publisher.emit("user.transcript", {"text": "and me"})
+    publisher.emit("bot.started_speaking", {})
+    await publisher.flush()
+    await publisher.aclose()
+    await transport.aclose()
+
+    by_kind = {kind: data for kind, data in recorder.events}
+    assert by_kind["user.turn_started"]["participant"] == {
+        "id": "p-ana",
+        "name": "ana",
+        "user_id": "u1",
+    }
+    assert by_kind["user.transcript"]["participant"]["name"] == "bo"
+    assert "participant" not in by_kind["bot.started_speaking"]

@@ -60,6 +60,9 @@ class SessionTransport(Protocol):
     async def aclose(self) -> None:
         """Release what ``prepare`` took (peer connections, rooms, ports)."""
 
+    # Optional: ``current_speaker() -> dict | None`` for transports with several people
+    # (Daily); user events are then attributed to that participant.
+
 
 def build_transport(kind: str, session_id: str, options: WorkerOptions) -> SessionTransport:
     if kind == "webrtc":

@@ -73,6 +73,8 @@ class RoomTransport(DailyTransport):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.present: set[str] = set()
+        self.speaker: dict[str, str] | None = None
+        """Who Daily last said is speaking (not the bot): user events carry it."""
 
         @self.event_handler("on_joined")
         async def _already_there(_transport: object, _data: object) -> None:
@@ -83,6 +85,15 @@ class RoomTransport(DailyTransport):
                     await self._call_event_handler("on_client_connected", joined)
 
     async def _call_event_handler(self, event_name: str, *args: Any, **kwargs: Any) -> None:
+        if event_name == "on_active_speaker_changed" and args:
+            participant = dict(args[0] or {})
+            info = dict(participant.get("info") or {})
+            if participant.get("id") and not info.get("isLocal"):
+                self.speaker = {
+                    "id": str(participant["id"]),
+                    "name": str(info.get("userName") or ""),
+                    "user_id": str(info.get("userId") or ""),
+                }
         if event_name in ("on_client_connected", "on_client_disconnected") and args:
             pid = str(dict(args[0]).get("id", ""))
             if event_name == "on_client_connected":
@@ -109,6 +120,7 @@ class DailySessionTransport:
         self.room: DailyRoomObject | None = None
         self.expires_at = 0.0
         self._bot_token = ""
+        self._room_transport: RoomTransport | None = None
         self._owner_token = ""
 
     async def prepare(self) -> dict[str, Any]:
@@ -174,7 +186,14 @@ class DailySessionTransport:
             "camera_out_enabled": False,
             "transcription_enabled": False,
         }
-        return RoomTransport(self.room.url, self._bot_token, BOT_NAME, DailyParams(**values))
+        self._room_transport = RoomTransport(
+            self.room.url, self._bot_token, BOT_NAME, DailyParams(**values)
+        )
+        return self._room_transport
+
+    def current_speaker(self) -> dict[str, str] | None:
+        """The participant speaking now, by Daily's active-speaker detection."""
+        return self._room_transport.speaker if self._room_transport else None
 
     async def handle_signal(self, kind: str, payload: dict[str, Any]) -> Any:
         if kind != "participant":
