@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass
 
 from sqlmodel import select
 from sse_starlette import ServerSentEvent
@@ -52,21 +53,35 @@ async def wait_for_state(
                 last_id = entries[-1][0]
 
 
-def _sse(event: Event) -> ServerSentEvent:
+@dataclass(frozen=True)
+class Rendered:
+    """One event, encoded for the wire once however many subscribers send it."""
+
+    id: str
+    wire: bytes
+    final: bool
+
+
+def _sse(event: Event) -> bytes:
     return ServerSentEvent(
         id=event.stream_id,
         event=event.type,
         data=json.dumps(event.model_dump(exclude={"stream_id"})),
-    )
+    ).encode()
 
 
 def _is_final(event: Event) -> bool:
     return event.type == EventType.SESSION_STATE and event.data.get("state") in FINAL_STATES
 
 
+def render(entry_id: str, fields: dict[str, str]) -> Rendered:
+    event = Event.from_stream_fields(fields, entry_id)
+    return Rendered(entry_id, _sse(event), _is_final(event))
+
+
 async def session_event_stream(
     state: AppState, row: VoiceSession, after: str
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncIterator[bytes]:
     """The session's events after ``after``, live, until its final state."""
     stream = keys.session_events(row.id)
     if not await state.redis.exists(stream):
@@ -81,29 +96,25 @@ async def session_event_stream(
             backlog = await state.redis.xrange(stream, min=start, count=READ_COUNT)
             for entry_id, fields in backlog:
                 last_id = entry_id
-                event = Event.from_stream_fields(fields, entry_id)
-                yield _sse(event)
-                if _is_final(event):
+                item = render(entry_id, fields)
+                yield item.wire
+                if item.final:
                     return
             if len(backlog) < READ_COUNT:
                 break
-        while (entry := await live.get()) is not None:
-            entry_id, fields = entry
-            if not after_id(entry_id, last_id):
+        while (item := await live.get()) is not None:
+            if not after_id(item.id, last_id):
                 continue  # already sent from the backlog
-            last_id = entry_id
-            event = Event.from_stream_fields(fields, entry_id)
-            yield _sse(event)
-            if _is_final(event):
+            last_id = item.id
+            yield item.wire
+            if item.final:
                 return
     # The live stream expired under us: the rest is in SQL.
     async for event in _stored_events(state, row, last_id):
         yield event
 
 
-async def _stored_events(
-    state: AppState, row: VoiceSession, after: str
-) -> AsyncIterator[ServerSentEvent]:
+async def _stored_events(state: AppState, row: VoiceSession, after: str) -> AsyncIterator[bytes]:
     """Replay from SQL once the live stream has expired (or never existed)."""
     floor = _parse_id(after)
     async with state.store.session() as db:

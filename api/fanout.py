@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -23,14 +24,15 @@ READ_BLOCK_MS = 15000
 READ_COUNT = 500
 GONE = None  # queued to subscribers when the stream no longer exists
 
-Entry = tuple[str, dict[str, str]]
+Render = Callable[[str, dict[str, str]], Any]  # one stream entry → what subscribers send
 
 
 class _Hub:
-    def __init__(self, redis: aioredis.Redis, stream: str):
+    def __init__(self, redis: aioredis.Redis, stream: str, render: Render):
         self.redis = redis
         self.stream = stream
-        self.queues: set[asyncio.Queue[Entry | None]] = set()
+        self.render = render
+        self.queues: set[asyncio.Queue[Any]] = set()
         self.started = asyncio.Event()
         self.task = asyncio.create_task(self._run(), name=f"fanout-{stream}")
 
@@ -56,23 +58,26 @@ class _Hub:
                     return
                 continue
             for _stream, entries in reply:
-                for entry in entries:
-                    last = entry[0]
+                for entry_id, fields in entries:
+                    last = entry_id
+                    rendered = self.render(entry_id, fields)  # once, for every subscriber
                     for queue in self.queues:
-                        queue.put_nowait(entry)
+                        queue.put_nowait(rendered)
 
 
 class StreamFanout:
-    def __init__(self, redis: aioredis.Redis):
+    def __init__(self, redis: aioredis.Redis, render: Render):
         self.redis = redis
+        self.render = render
         self._hubs: dict[str, _Hub] = {}
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, stream: str) -> AsyncIterator[asyncio.Queue[Entry | None]]:
+    async def subscribe(self, stream: str) -> AsyncIterator[asyncio.Queue[Any]]:
+        """Rendered entries of ``stream`` as they arrive; ``GONE`` when it expires."""
         hub = self._hubs.get(stream)
         if hub is None or hub.task.done():
-            hub = self._hubs[stream] = _Hub(self.redis, stream)
-        queue: asyncio.Queue[Entry | None] = asyncio.Queue()
+            hub = self._hubs[stream] = _Hub(self.redis, stream, self.render)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
         hub.queues.add(queue)
         try:
             await hub.started.wait()

@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api.deps import AppState
 from api.errors import install_error_handlers
+from api.events import render
 from api.fanout import StreamFanout
 from api.frontend import mount_frontend
 from api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware, SecurityHeadersMiddleware
@@ -53,7 +54,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
             live=live,
             store=Store(settings.sqlalchemy_url),
             signals=WorkerSignals(redis, timeout=settings.signal_timeout),
-            fanout=StreamFanout(redis),
+            fanout=StreamFanout(redis, render),
         )
         app.state.voicepool = state
         tasks: list[asyncio.Task[None]] = []
