@@ -19,7 +19,7 @@ import time
 from api import metrics
 from shared import keys
 from shared.events import LIVE_STATES, OWNED_STATES, EventType, Reason, SessionState
-from shared.live import LiveSessions, estimate_wait
+from shared.live import LiveSessions, start_rate, wait_at
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class Reaper:
             replies = await pipe.execute()
         now = time.time()
         ended: list[tuple[str, str]] = []
+        waiting: list[tuple[str, str, str, str | None]] = []
         for i, sid in enumerate(session_ids):
             (state, created_ts, pool, job_id, told), alive = replies[2 * i], replies[2 * i + 1]
             if state is None:  # hash expired or never written: nothing to announce
@@ -82,19 +83,35 @@ class Reaper:
                     await self.redis.delete(f"arq:job:{job}")
                     ended.append((sid, Reason.NO_CAPACITY))
             elif state == SessionState.QUEUED:
-                await self._tell_position(sid, pool or "", job_id or sid, told)
+                waiting.append((sid, pool or "", job_id or sid, told))
+        await self._tell_positions(waiting)
         return ended
 
-    async def _tell_position(self, sid: str, pool: str, job_id: str, told: str | None) -> None:
-        """Publish the place in the queue and the expected wait when the place changes."""
-        position = await self.live.queue_position(pool, job_id)
-        if position is None or str(position) == told:
+    async def _tell_positions(self, waiting: list[tuple[str, str, str, str | None]]) -> None:
+        """Publish each queued session's place and expected wait when its place changed.
+
+        One pipelined round trip for all the places, one start rate per pool: the
+        cost of a sweep must not grow by a round trip per waiting session.
+        """
+        if not waiting:
             return
-        await self.redis.hset(keys.session(sid), "queue_position", position)
-        eta = await estimate_wait(self.redis, pool, position)
-        await self.live.publish(
-            sid, EventType.SESSION_QUEUE, {"position": position, "estimated_wait_s": eta}
-        )
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _sid, pool, job_id, _told in waiting:
+                pipe.zrank(keys.queue(pool), job_id)
+            ranks = await pipe.execute()
+        rates: dict[str, float] = {}
+        for (sid, pool, _job_id, told), rank in zip(waiting, ranks, strict=True):
+            if rank is None or str(rank + 1) == told:
+                continue
+            position = rank + 1
+            if pool not in rates:
+                rates[pool] = await start_rate(self.redis, pool)
+            await self.redis.hset(keys.session(sid), "queue_position", position)
+            await self.live.publish(
+                sid,
+                EventType.SESSION_QUEUE,
+                {"position": position, "estimated_wait_s": wait_at(position, rates[pool])},
+            )
 
     async def observe_fleet(self) -> None:
         """Refresh the per-pool gauges: queue depth, live sessions, workers, capacity."""

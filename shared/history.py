@@ -8,7 +8,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -64,15 +63,21 @@ async def transcript_history(
     ]
 
 
-async def session_counts(db: AsyncSession, conversation_ids: list[str]) -> dict[str, int]:
+async def sessions_by_conversation(
+    db: AsyncSession, conversation_ids: list[str]
+) -> dict[str, list[VoiceSession]]:
+    """The sessions of several conversations, in one query."""
+    grouped: dict[str, list[VoiceSession]] = {cid: [] for cid in conversation_ids}
     if not conversation_ids:
-        return {}
+        return grouped
     rows = await db.exec(
-        select(VoiceSession.conversation_id, func.count())
+        select(VoiceSession)
         .where(VoiceSession.conversation_id.in_(conversation_ids))  # type: ignore[attr-defined]
-        .group_by(VoiceSession.conversation_id)
+        .order_by(VoiceSession.created_at)  # type: ignore[arg-type]
     )
-    return dict(rows.all())  # type: ignore[arg-type]
+    for session in rows.all():
+        grouped[session.conversation_id].append(session)
+    return grouped
 
 
 def session_duration(session: VoiceSession) -> float:

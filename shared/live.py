@@ -123,13 +123,21 @@ async def record_start(redis: aioredis.Redis, pool: str, session_id: str) -> Non
         await pipe.execute()
 
 
-async def estimate_wait(redis: aioredis.Redis, pool: str, position: int) -> float | None:
-    """Seconds until a session at ``position`` starts, from the pool's recent start rate."""
+async def start_rate(redis: aioredis.Redis, pool: str) -> float:
+    """Sessions started per second in the pool, over the recent window."""
     now = time.time()
     starts = await redis.zcount(keys.pool_starts(pool), now - START_RATE_WINDOW_S, now)
-    if not starts:
-        return None
-    return round(position * START_RATE_WINDOW_S / starts, 1)
+    return starts / START_RATE_WINDOW_S
+
+
+def wait_at(position: int, rate: float) -> float | None:
+    """Seconds until a session at ``position`` starts, at ``rate`` starts per second."""
+    return round(position / rate, 1) if rate > 0 else None
+
+
+async def estimate_wait(redis: aioredis.Redis, pool: str, position: int) -> float | None:
+    """Seconds until a session at ``position`` starts, from the pool's recent start rate."""
+    return wait_at(position, await start_rate(redis, pool))
 
 
 class OwnerLimitReached(Exception):

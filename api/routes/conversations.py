@@ -16,8 +16,8 @@ from shared.history import (
     conversation_sessions,
     export_json,
     export_markdown,
-    session_counts,
     session_duration,
+    sessions_by_conversation,
 )
 from shared.models import Conversation, User, as_utc
 
@@ -48,17 +48,17 @@ async def list_conversations(
             .limit(limit)
         )
     ).all()
-    counts = await session_counts(db, [r.id for r in rows])
+    grouped = await sessions_by_conversation(db, [r.id for r in rows])
     summaries = []
     for row in rows:
-        sessions = await conversation_sessions(db, row.id)
+        sessions = grouped[row.id]
         summaries.append(
             ConversationSummary(
                 conversation_id=row.id,
                 title=row.title,
                 created_at=as_utc(row.created_at),
                 updated_at=as_utc(row.updated_at),
-                session_count=counts.get(row.id, 0),
+                session_count=len(sessions),
                 duration_s=round(sum(session_duration(s) for s in sessions), 3),
             )
         )
