@@ -65,12 +65,14 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-## Benchmarks (about 12 minutes); results under ops/bench/results/ (Markdown and JSON).
+## Benchmarks (about 17 minutes); results under ops/bench/results/ (Markdown and JSON).
 bench: install
 	$(BIN)/python ops/bench/dispatch.py
 	$(BIN)/python ops/bench/events.py
 	$(BIN)/python ops/bench/assistant_latency.py
 	$(BIN)/python ops/bench/density.py
+	$(BIN)/python ops/bench/density_webrtc.py
+	$(BIN)/python ops/bench/api.py
 
 ## Fault drills: a table of faults, what users saw, events lost (must be 0), recovery time.
 drills: install
