@@ -66,7 +66,9 @@ lint: install
 	$(BIN)/ruff format --check .
 
 ## Benchmarks (about 17 minutes); results under ops/bench/results/ (Markdown and JSON).
+## The API benchmark's load tool is Debian's wrk, installed here when missing.
 bench: install
+	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python ops/bench/dispatch.py
 	$(BIN)/python ops/bench/events.py
 	$(BIN)/python ops/bench/assistant_latency.py
