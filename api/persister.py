@@ -12,7 +12,6 @@ trimming can never drop an event that is not stored.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -240,8 +239,3 @@ def _count_transition(event: Event, labels: dict[str, str]) -> None:
         metrics.SESSIONS_ENDED.labels(
             **labels, state=state, reason=event.data.get("reason", "")
         ).inc()
-
-
-async def run_persister(persister: Persister) -> None:
-    with contextlib.suppress(asyncio.CancelledError):
-        await persister.run()

@@ -11,7 +11,6 @@ compare-and-set in Redis, so several API processes may reap side by side.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -161,8 +160,3 @@ class Reaper:
             metrics.REAPED_SESSIONS.labels(reason=reason).inc()
             log.info("session %s %s (%s)", sid, to, reason)
         return changed
-
-
-async def run_reaper(reaper: Reaper) -> None:
-    with contextlib.suppress(asyncio.CancelledError):
-        await reaper.run()

@@ -110,10 +110,6 @@ class SessionRunner:
     def duration(self) -> float:
         return time.monotonic() - self.started_at
 
-    @property
-    def done(self) -> bool:
-        return self._task is not None and self._task.done()
-
     # --- signalling (relayed from the API) ---------------------------------------
 
     async def handle_signal(self, kind: str, payload: dict[str, Any]) -> Any:
