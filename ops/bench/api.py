@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from measure import machine_facts  # ops/bench/measure.py
+from measure import machine_facts, write_results  # ops/bench/measure.py
 
 if TYPE_CHECKING:
     import psutil
@@ -493,11 +493,7 @@ def main(argv: list[str] | None = None) -> None:
             f"Total run time {time.monotonic() - started:.0f} s (seeding {seed_s:.0f} s).",
         ],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "api.json").write_text(json.dumps(result, indent=2) + "\n")
-    report = markdown(result)
-    (args.out / "api.md").write_text(report)
-    print("\n" + report, flush=True)
+    write_results(args.out, "api", result, markdown)
 
 
 if __name__ == "__main__":

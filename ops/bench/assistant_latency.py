@@ -78,7 +78,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
-from measure import machine_facts, percentile  # ops/bench/measure.py
+from measure import machine_facts, percentile, stop_process, write_results  # ops/bench/measure.py
 
 DESCRIPTION = "Latency and CPU the assistant pipeline adds over a bare pass-through pipeline."
 ROOT = Path(__file__).resolve().parents[2]
@@ -580,16 +580,6 @@ def start_fake(answer: str, log: Path) -> tuple[subprocess.Popen[str], str]:
         stop_process(proc)
         raise RuntimeError(f"the fake model did not start: {line!r}\n{tail(log)}")
     return proc, line.split()[-1]
-
-
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 15) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def start_system(
@@ -1346,11 +1336,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     if spy is not None:
         result["py_spy"] = spy
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "assistant_latency.json").write_text(json.dumps(result, indent=2) + "\n")
-    report = markdown(result)
-    (args.out / "assistant_latency.md").write_text(report)
-    print("\n" + report, flush=True)
+    write_results(args.out, "assistant_latency", result, markdown)
 
 
 if __name__ == "__main__":

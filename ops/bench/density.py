@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
-from measure import machine_facts, percentile  # ops/bench/measure.py
+from measure import machine_facts, percentile, stop_process, write_results  # ops/bench/measure.py
 
 DESCRIPTION = "Density: assistant sessions per worker process before it adds latency."
 ROOT = Path(__file__).resolve().parents[2]
@@ -209,16 +209,6 @@ class FakeModel:
 
     def stop(self) -> None:
         stop_process(self.proc)
-
-
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 15) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # --- the clients -----------------------------------------------------------------------
@@ -764,11 +754,7 @@ def main(argv: list[str] | None = None) -> None:
             f"Total run time {time.monotonic() - started:.0f} s.",
         ],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "density.json").write_text(json.dumps(result, indent=2) + "\n")
-    report = markdown(result)
-    (args.out / "density.md").write_text(report)
-    print("\n" + report, flush=True)
+    write_results(args.out, "density", result, markdown)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ from density import (  # ops/bench/density.py
     stop_workers,
     wait_ended,
 )
-from measure import machine_facts, percentile  # ops/bench/measure.py
+from measure import machine_facts, percentile, write_results  # ops/bench/measure.py
 
 if TYPE_CHECKING:
     import psutil
@@ -439,11 +439,7 @@ def main(argv: list[str] | None = None) -> None:
             f"Total run time {time.monotonic() - started:.0f} s.",
         ],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "density_webrtc.json").write_text(json.dumps(result, indent=2) + "\n")
-    report = markdown(result)
-    (args.out / "density_webrtc.md").write_text(report)
-    print("\n" + report, flush=True)
+    write_results(args.out, "density_webrtc", result, markdown)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import redis.asyncio as aioredis
-from measure import machine_facts, percentile  # ops/bench/measure.py
+from measure import machine_facts, percentile, write_results  # ops/bench/measure.py
 
 DESCRIPTION = "Dispatch latency: a warm voicepool worker vs. a fresh process per session."
 ROOT = Path(__file__).resolve().parents[2]
@@ -638,11 +638,7 @@ def main(argv: list[str] | None = None) -> None:
             "baseline": [asdict(r) for r in baseline],
         },
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "dispatch.json").write_text(json.dumps(result, indent=2) + "\n")
-    report = markdown(result)
-    (args.out / "dispatch.md").write_text(report)
-    print("\n" + report, flush=True)
+    write_results(args.out, "dispatch", result, markdown)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
+import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -59,3 +61,25 @@ def machine_facts() -> dict[str, Any]:
         "commit": _git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else ""),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 15) -> None:
+    """SIGINT (a clean stop), then SIGKILL if it does not exit in ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def write_results(
+    out: Path, name: str, result: dict[str, Any], markdown: Callable[[dict[str, Any]], str]
+) -> None:
+    """``out/name.json`` and ``out/name.md``, and the Markdown printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    report = markdown(result)
+    (out / f"{name}.md").write_text(report)
+    print("\n" + report, flush=True)
