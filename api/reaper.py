@@ -37,6 +37,7 @@ class Reaper:
         self.queue_ttl = queue_ttl
         self.interval = interval
         self.pools = pools or []
+        self._still_live: list[tuple[str, str]] = []  # (pool, state), as the last sweep saw
 
     async def run(self) -> None:
         while True:
@@ -52,6 +53,7 @@ class Reaper:
     async def sweep(self) -> list[tuple[str, str]]:
         """One pass over live sessions; returns (session id, reason) of those it ended."""
         session_ids = sorted(await self.redis.smembers(keys.LIVE_SESSIONS))
+        self._still_live = []
         if not session_ids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -66,6 +68,7 @@ class Reaper:
         waiting: list[tuple[str, str, str, str | None]] = []
         for i, sid in enumerate(session_ids):
             (state, created_ts, pool, job_id, told), alive = replies[2 * i], replies[2 * i + 1]
+            ended_before = len(ended)
             if state is None:  # hash expired or never written: nothing to announce
                 await self.redis.srem(keys.LIVE_SESSIONS, sid)
             elif state in OWNED_STATES and not alive:
@@ -83,6 +86,8 @@ class Reaper:
                     ended.append((sid, Reason.NO_CAPACITY))
             elif state == SessionState.QUEUED:
                 waiting.append((sid, pool or "", job_id or sid, told))
+            if state is not None and len(ended) == ended_before:  # still live after this sweep
+                self._still_live.append((pool or "", state))
         await self._tell_positions(waiting)
         return ended
 
@@ -113,20 +118,20 @@ class Reaper:
             )
 
     async def observe_fleet(self) -> None:
-        """Refresh the per-pool gauges: queue depth, live sessions, workers, capacity."""
-        session_ids = sorted(await self.redis.smembers(keys.LIVE_SESSIONS))
+        """Refresh the per-pool gauges: queue depth, live sessions, workers, capacity.
+
+        Live sessions by state come from the sweep just before, which read them already.
+        """
         worker_ids = sorted(await self.redis.smembers(keys.WORKERS))
         async with self.redis.pipeline(transaction=False) as pipe:
             for pool in self.pools:
                 pipe.zcard(keys.queue(pool))
-            for sid in session_ids:
-                pipe.hmget(keys.session(sid), "pool", "state")
             for wid in worker_ids:
                 pipe.get(keys.worker(wid))
             replies = await pipe.execute()
         depths = replies[: len(self.pools)]
-        states = replies[len(self.pools) : len(self.pools) + len(session_ids)]
-        beats = replies[len(self.pools) + len(session_ids) :]
+        beats = replies[len(self.pools) :]
+        states = self._still_live
         for pool, depth in zip(self.pools, depths, strict=True):
             metrics.QUEUE_DEPTH.labels(pool=pool).set(depth)
         live: dict[tuple[str, str], int] = {
