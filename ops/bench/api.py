@@ -44,7 +44,6 @@ import datetime as dt
 import json
 import math
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -52,11 +51,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import profiling  # ops/bench/profiling.py
 from measure import machine_facts, write_results  # ops/bench/measure.py
 
 if TYPE_CHECKING:
@@ -109,6 +108,8 @@ def lua_script(kind: str, token: str, ids: list[str]) -> str:
         raise ValueError(kind)
     return body + DONE_LUA
 
+
+OURS = ("api", "shared")  # this process's own packages, in the profiles
 
 # Reads first: every create leaves a queued session behind (no workers), which the API's
 # reaper then visits on each sweep, so creates run last.
@@ -242,68 +243,6 @@ def queued(system: System) -> int:
         return int(r.zcard(keys.queue("server")))
 
 
-def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
-    exe = Path(sys.executable).parent / "py-spy"
-    if not exe.exists():
-        print("  py-spy not found (.venv/bin/pip install py-spy): no profile", flush=True)
-        return None
-    return subprocess.Popen(
-        [str(exe), "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
-         "--rate", "100", "--format", "raw", "--nonblocking", "--output", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-def summarize(path: Path, top: int = 12) -> dict[str, Any]:
-    """Collapsed py-spy stacks → hottest functions as shares of working samples."""
-    from assistant_latency import IDLE_LEAVES, PLUMBING, _frame_name
-
-    own: dict[str, int] = {}
-    inclusive: dict[str, int] = {}
-    total = idle = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [_frame_name(f) for f in stack.split(";") if f]
-        if not frames:
-            continue
-        if frames[-1].endswith(IDLE_LEAVES) or frames[-1].startswith("select ("):
-            idle += count
-            continue
-        total += count
-        own[frames[-1]] = own.get(frames[-1], 0) + count
-        for name in set(frames):
-            inclusive[name] = inclusive.get(name, 0) + count
-
-    def plumbing(name: str) -> bool:
-        return any(p in name for p in PLUMBING)
-
-    def ranked(table: dict[str, int], keep: Callable[[str], bool]) -> list[dict[str, Any]]:
-        rows = sorted(((n, c) for n, c in table.items() if keep(n)), key=lambda x: -x[1])
-        return [{"function": n, "share": round(c / max(total, 1), 3)} for n, c in rows[:top]]
-
-    def ours(name: str) -> bool:
-        return bool(re.search(r"\((api|shared)/", name)) and not plumbing(name)
-
-    def package(name: str) -> str:
-        where = name.rpartition("(")[2].rstrip(")")
-        return where.split("/", 1)[0] if "/" in where else where
-
-    by_package: dict[str, int] = {}
-    for name, c in own.items():
-        by_package[package(name)] = by_package.get(package(name), 0) + c
-    return {
-        "working_samples": total,
-        "waiting_samples": idle,
-        "self_by_package": ranked(by_package, lambda _: True),
-        "self_time": ranked(own, lambda _: True),
-        "inclusive_ours": ranked(inclusive, ours),
-        "inclusive_all": ranked(inclusive, lambda n: not plumbing(n)),
-    }
-
-
 # --- report ----------------------------------------------------------------------------------
 
 
@@ -426,14 +365,17 @@ def main(argv: list[str] | None = None) -> None:
                 mid = args.concurrency[len(args.concurrency) // 2]
                 for kind in ("list", "detail", "create"):
                     out = tmp / f"spy-{kind}.txt"
-                    spy = py_spy(api_proc.pid, args.spy_seconds, out)
+                    spy = profiling.start(api_proc.pid, args.spy_seconds, out)
                     if spy is None:
                         break
                     time.sleep(0.3)
                     run_wrk(system.api_url, scripts[kind], mid, args.spy_seconds, api_proc)
                     spy.wait(args.spy_seconds + 30)
                     if out.exists():
-                        spies[kind] = {"connections": mid, **summarize(out)}
+                        spies[kind] = {
+                            "connections": mid,
+                            **profiling.summarize(out, ours=OURS, top=12),
+                        }
                         print(f"  py-spy {kind}: {spies[kind]['self_by_package'][:4]}", flush=True)
         except Exception:
             print(system.log_tail(), file=sys.stderr)

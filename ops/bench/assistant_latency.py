@@ -78,6 +78,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
+import profiling  # ops/bench/profiling.py
 from measure import machine_facts, percentile, stop_process, write_results  # ops/bench/measure.py
 
 DESCRIPTION = "Latency and CPU the assistant pipeline adds over a bare pass-through pipeline."
@@ -707,17 +708,9 @@ async def wait_for_traces(trace_dir: Path, session_ids: list[str]) -> list[dict[
     return [json.loads(p.read_text()) for p in paths]
 
 
-def start_py_spy(pid: int, seconds: float, out: Path, into: list[subprocess.Popen[bytes]]) -> None:
-    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(exe).exists():
-        print("  py-spy not found (.venv/bin/pip install py-spy); no profile", flush=True)
-        return
-    into.append(subprocess.Popen(
-        [exe, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
-         "--rate", "100", "--format", "raw", "--nonblocking", "--output", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    ))  # fmt: skip
+def _start_spy(pid: int, seconds: float, out: Path, into: list[subprocess.Popen[bytes]]) -> None:
+    if (spy := profiling.start(pid, seconds, out)) is not None:
+        into.append(spy)
 
 
 async def run_all(
@@ -765,9 +758,7 @@ async def run_all(
                 if args.py_spy and index == last and pipeline == "assistant":
                     profile_out = tmp / "py-spy.txt"
                     pid = procs["worker"].pid
-                    on_window = functools.partial(
-                        start_py_spy, pid, args.duration, profile_out, spy
-                    )
+                    on_window = functools.partial(_start_spy, pid, args.duration, profile_out, spy)
                 print(f"{pipeline}: {n} session(s), {args.duration:.0f} s", flush=True)
                 try:
                     await run_phase(api, phase, args, wav, procs, on_window)
@@ -964,78 +955,6 @@ def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _ratio(a: float | None, b: float | None) -> float:
     return round(a / b, 1) if a is not None and b else math.nan
-
-
-# Leaf frames where a sampled thread is waiting, not working (py-spy's own idle detection
-# misses these C-level waits under --nonblocking).
-IDLE_LEAVES = (
-    "select (selectors.py)",
-    "Condition.wait (threading.py)",
-    "_worker (concurrent/futures/thread.py)",
-    "Event.wait (threading.py)",
-)
-# Frames on (nearly) every stack: the event loop, thread start-up, the command line.
-PLUMBING = (
-    "(asyncio/",
-    "(threading.py",
-    "(runpy.py",
-    "(shared/cli.py",
-    "(concurrent/",
-    "<module>",
-    "worker_main (",
-    "run_coroutine (pipecat/utils/asyncio/task_manager.py)",
-)
-
-
-def summarize_py_spy(path: Path, top: int = 15) -> dict[str, Any]:
-    """Collapsed stacks from ``py-spy record --format raw`` → the hottest functions, as
-    shares of the samples where a thread was working (waiting leaves left out)."""
-    own: dict[str, int] = {}
-    inclusive: dict[str, int] = {}
-    total = idle = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [_frame_name(f) for f in stack.split(";") if f]
-        if not frames:
-            continue
-        if frames[-1].endswith(IDLE_LEAVES):
-            idle += count
-            continue
-        total += count
-        own[frames[-1]] = own.get(frames[-1], 0) + count
-        for name in set(frames):
-            inclusive[name] = inclusive.get(name, 0) + count
-
-    def ranked(table: dict[str, int], keep: Callable[[str], bool]) -> list[dict[str, Any]]:
-        rows = sorted(((n, c) for n, c in table.items() if keep(n)), key=lambda x: -x[1])
-        return [{"function": n, "share": round(c / max(total, 1), 3)} for n, c in rows[:top]]
-
-    def plumbing(name: str) -> bool:
-        return any(p in name for p in PLUMBING)
-
-    def ours(name: str) -> bool:
-        return not plumbing(name) and any(f"({d}/" in name for d in ("worker", "shared"))
-
-    return {
-        "working_samples": total,
-        "waiting_samples": idle,
-        "self_time": ranked(own, lambda _: True),
-        "inclusive_ours": ranked(inclusive, ours),
-        "inclusive_all": ranked(inclusive, lambda n: not plumbing(n)),
-    }
-
-
-def _frame_name(frame: str) -> str:
-    """``func (path/to/file.py:123)`` → ``func (short/path.py)``."""
-    name, _, where = frame.partition(" (")
-    where = where.rstrip(")").rsplit(":", 1)[0]
-    for prefix in (str(ROOT) + "/", "site-packages/"):
-        if prefix in where:
-            where = where.split(prefix, 1)[1]
-    return f"{name} ({where})" if where else name
 
 
 # --- report --------------------------------------------------------------------------------
@@ -1259,7 +1178,7 @@ def main(argv: list[str] | None = None) -> None:
             )  # fmt: skip
             spy = None
             if spy_out is not None and spy_out.exists():
-                spy = summarize_py_spy(spy_out)
+                spy = profiling.summarize(spy_out)
                 args.out.mkdir(parents=True, exist_ok=True)
                 shutil.copy(spy_out, args.out / "assistant_latency.py-spy.txt")
         except Exception:

@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
+import profiling  # ops/bench/profiling.py
 from measure import machine_facts, percentile, stop_process, write_results  # ops/bench/measure.py
 
 DESCRIPTION = "Density: assistant sessions per worker process before it adds latency."
@@ -432,29 +433,11 @@ async def run_phase(
             elif t < cutoff:
                 phase.b_lost += 1
         if spy is not None:
-            await profile_worker(procs["worker"][0].pid, args.spy_seconds, spy)
+            await profiling.record(procs["worker"][0].pid, args.spy_seconds, spy)
     finally:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
         await wait_ended(api, [sid for sid, _ in opened])
     return phase
-
-
-async def profile_worker(pid: int, seconds: float, out: Path) -> None:
-    exe = Path(sys.executable).parent / "py-spy"
-    if not exe.exists():
-        print("  py-spy not found (.venv/bin/pip install py-spy): no profile", flush=True)
-        return
-    proc = await asyncio.create_subprocess_exec(
-        str(exe), "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
-        "--rate", "100", "--format", "raw", "--nonblocking", "--output", str(out),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        await asyncio.wait_for(proc.wait(), seconds + 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 # --- statistics and report -------------------------------------------------------------
@@ -700,7 +683,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(HERE))
-    from assistant_latency import summarize_py_spy
     from loguru import logger
 
     logger.remove()  # Pipecat's serializer logs every message at DEBUG: not in the clients' CPU
@@ -716,7 +698,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             system = start_system(tmp / "system", fake.url)
             single, multi, spy = asyncio.run(run_all(args, system, fake, tmp))
-            profile = summarize_py_spy(spy) if spy is not None and spy.exists() else None
+            profile = profiling.summarize(spy) if spy is not None and spy.exists() else None
         except Exception:
             if system is not None:
                 print(system.log_tail(), file=sys.stderr)

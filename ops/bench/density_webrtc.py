@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
+import profiling  # ops/bench/profiling.py
 from density import (  # ops/bench/density.py
     RATE,
     SESSION_TIMEOUT_S,
@@ -50,7 +51,6 @@ from density import (  # ops/bench/density.py
     FakeModel,
     caller_audio,
     proc_cpu,
-    profile_worker,
     rss_mb,
     slope,
     start_system,
@@ -190,7 +190,7 @@ async def run_phase(
         for _, c in opened:
             phase.turn_ms += [ms for end, ms in c.turns_ms if t0 <= end <= t1]
         if spy is not None:
-            await profile_worker(procs["worker"][0].pid, args.spy_seconds, spy)
+            await profiling.record(procs["worker"][0].pid, args.spy_seconds, spy)
     finally:
         for sid, _ in opened:
             with contextlib.suppress(httpx.HTTPError):
@@ -354,7 +354,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(HERE))
-    from assistant_latency import summarize_py_spy
     from loguru import logger
 
     logger.remove()
@@ -376,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             system = start_system(tmp / "system", fake.url)
             single, multi, spy = asyncio.run(run_all(args, system, fake, wav, tmp))
-            profile = summarize_py_spy(spy) if spy is not None and spy.exists() else None
+            profile = profiling.summarize(spy) if spy is not None and spy.exists() else None
         except Exception:
             if system is not None:
                 print(system.log_tail(), file=sys.stderr)
