@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: dev test test-quick test-deps lint bench drills install clean frontend frontend-test frontend-if-npm
+.PHONY: dev test test-quick test-deps lint bench drills soak install clean frontend frontend-test frontend-if-npm
 
 # The web app (frontend/): npm ci when node_modules is missing or older than the
 # lock file, and a build when frontend/dist is missing or older than the sources.
@@ -79,6 +79,10 @@ bench: install
 ## Fault drills: a table of faults, what users saw, events lost (must be 0), recovery time.
 drills: install
 	$(BIN)/python ops/drills/drills.py
+
+## Soak (30 minutes): session churn at 70 % of capacity; RSS slope, tasks, descriptors, keys.
+soak: install
+	$(BIN)/python ops/drills/soak.py --minutes 30
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

@@ -32,6 +32,7 @@ from tests.support.system import System  # noqa: E402
 from tests.support.ws_client import ProtobufClient  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "hello.wav"
+RESULTS = Path(__file__).parent / "results"
 RETENTION_S = 20  # finished sessions' streams expire fast, so leaked keys would show
 
 
@@ -125,7 +126,8 @@ async def soak(minutes: float, capacity: int, load: float, sample_s: float) -> d
         system.stop()
     half = samples[len(samples) // 2 :]  # after warm-up: caches and pools have filled
     return {
-        "minutes": minutes, "capacity": capacity, "callers": max(int(capacity * load), 1),
+        "minutes": minutes, "capacity": capacity, "load": load,
+        "callers": max(int(capacity * load), 1),
         **stats,
         "rss_mb_per_100_sessions": round(
             100 * _slope([s["served"] for s in half], [s["rss_mb"] for s in half]), 3
@@ -138,35 +140,58 @@ async def soak(minutes: float, capacity: int, load: float, sample_s: float) -> d
     }  # fmt: skip
 
 
+def markdown(result: dict[str, Any], command: str) -> str:
+    first, last, settled = result["first"], result["last"], result["settled"]
+
+    def row(name: str, key: str, fmt: str = "{:.0f}", note: str = "") -> str:
+        values = (first.get(key), last.get(key), settled.get(key))
+        cells = ["n/a" if v is None else fmt.format(v) for v in values]
+        return f"| {name} | {cells[0]} | {cells[1]} | {cells[2]}{note} |"
+
+    return "\n".join([
+        f"# Soak: session churn at {result['load']:.0%} of capacity",
+        "",
+        f"Command: `{command}` (one worker, {result['capacity']} slots, {result['callers']} "
+        "callers; echo sessions over the WebSocket transport, each streaming the spoken "
+        f"fixture, hearing the echo, hanging up). {os.cpu_count()} CPUs, shared.",
+        "",
+        "| sessions served | failed | silent | refused |",
+        "|---:|---:|---:|---:|",
+        f"| {result['served']} | {result['failed']} | {result['silent']} | {result['refused']} |",
+        "",
+        "| measure | first sample | last sample | settled (idle, after stream retention) |",
+        "|---|---:|---:|---:|",
+        row("worker RSS MB", "rss_mb"),
+        row("worker open files", "fds"),
+        row("worker asyncio tasks", "tasks", note=f" ({settled.get('active')} sessions active)"),
+        row("Redis keys", "redis_keys"),
+        "",
+        f"RSS slope over the second half (after warm-up): {result['rss_mb_per_100_sessions']} MB "
+        f"per 100 sessions, {result['rss_mb_per_hour']} MB per hour. Settled values are taken "
+        f"{RETENTION_S + 5} s after the churn stops, once finished sessions' streams expired.",
+        "",
+    ])  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30)
     parser.add_argument("--capacity", type=int, default=8)
     parser.add_argument("--load", type=float, default=0.7, help="share of slots kept busy")
     parser.add_argument("--sample", type=float, default=30, help="seconds between samples")
-    parser.add_argument("--json", type=Path, help="also write the full result here")
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="where soak.md and soak.json go")  # fmt: skip
     args = parser.parse_args()
     from loguru import logger  # the client's Pipecat serializer logs every message at DEBUG
 
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
     result = asyncio.run(soak(args.minutes, args.capacity, args.load, args.sample))
-    first, last, settled = result["first"], result["last"], result["settled"]
-    print(f"| soak | {result['minutes']:g} min, {result['callers']} callers on "
-          f"{result['capacity']} slots | served {result['served']}, failed "
-          f"{result['failed']}, silent {result['silent']}, "
-          f"refused {result['refused']} |")  # fmt: skip
-    print(
-        f"RSS slope: {result['rss_mb_per_100_sessions']} MB per 100 sessions, "
-        f"{result['rss_mb_per_hour']} MB per hour (second half)"
-    )
-    print(f"worker RSS {first.get('rss_mb', 0):.0f} → {last.get('rss_mb', 0):.0f} MB; fds "
-          f"{first.get('fds')} → {last.get('fds')} → settled {settled['fds']}; tasks "
-          f"{first.get('tasks')} → {last.get('tasks')} → settled {settled['tasks']} "
-          f"(active {settled['active']}); redis keys {first.get('redis_keys')} → "
-          f"{last.get('redis_keys')} → settled {settled['redis_keys']}")  # fmt: skip
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    text = markdown(result, "python ops/drills/soak.py " + " ".join(sys.argv[1:]))
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "soak.md").write_text(text)
+    (args.out / "soak.json").write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
