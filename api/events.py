@@ -17,6 +17,7 @@ from sse_starlette import ServerSentEvent
 
 from api.deps import AppState
 from api.fanout import after as after_id
+from api.fanout import next_batch
 from shared import keys
 from shared.events import FINAL_STATES, Event, EventType
 from shared.models import EventRecord, VoiceSession
@@ -102,13 +103,20 @@ async def session_event_stream(
                     return
             if len(backlog) < READ_COUNT:
                 break
-        while (item := await live.get()) is not None:
-            if not after_id(item.id, last_id):
-                continue  # already sent from the backlog
-            last_id = item.id
-            yield item.wire
-            if item.final:
-                return
+        caught_up = False  # once past the backlog, the hub's order is the stream's order
+        while (batch := await next_batch(live)) is not None:
+            wires: list[bytes] = []
+            for item in batch:
+                if not caught_up and not after_id(item.id, last_id):
+                    continue  # already sent from the backlog
+                caught_up = True
+                last_id = item.id
+                wires.append(item.wire)
+                if item.final:
+                    yield b"".join(wires)
+                    return
+            if wires:
+                yield b"".join(wires)
     # The live stream expired under us: the rest is in SQL.
     async for event in _stored_events(state, row, last_id):
         yield event

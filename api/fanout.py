@@ -95,6 +95,25 @@ class StreamFanout:
         self._hubs.clear()
 
 
+async def next_batch(queue: asyncio.Queue[Any]) -> list[Any] | None:
+    """Everything queued for a subscriber (waiting for the first); None once ``GONE``.
+
+    A subscriber that fell behind (a slow client, or a process busy with many
+    subscribers) sends what queued up in one write, not one write per event:
+    past saturation each write carries more events instead of the backlog
+    growing.
+    """
+    items = [await queue.get()]
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    if items[-1] is GONE:  # always last: the hub stops after queueing it
+        if len(items) == 1:
+            return None
+        queue.put_nowait(GONE)  # for the next call, after these are sent
+        return items[:-1]
+    return items
+
+
 def after(a: str, b: str) -> bool:
     """Whether stream id ``a`` comes after ``b``."""
     a_ms, _, a_seq = a.partition("-")
