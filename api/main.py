@@ -24,6 +24,7 @@ from api.routes import auth, conversations, health, participants, sessions, star
 from api.signals import WorkerSignals
 from shared import __version__
 from shared.connections import arq_redis_settings, redis_client
+from shared.gc_freeze import freeze_startup_objects
 from shared.live import LiveSessions
 from shared.settings import Settings, get_settings
 from shared.store import Store, migrate_async
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
                 asyncio.create_task(persister.run(), name="persister"),
                 asyncio.create_task(reaper.run(), name="reaper"),
             ]
+        freeze_startup_objects()
         try:
             yield
         finally:

@@ -28,6 +28,7 @@ from arq.worker import func
 from shared import keys
 from shared.connections import arq_redis_settings, redis_client
 from shared.events import Reason, SessionState
+from shared.gc_freeze import freeze_startup_objects
 from shared.live import LiveSessions, alive_ms, record_start
 from worker import metrics
 from worker.options import JOB_TIMEOUT_S, POLL_DELAY_S, SIGNAL_BLOCK_S, WorkerOptions
@@ -129,6 +130,7 @@ class VoicepoolWorker:
             ctx={"voicepool": self},
             log_results=False,
         )
+        log.info("froze %d start-up objects", freeze_startup_objects())  # short GC pauses
         await self._heartbeat()  # visible to operators before the first job
         self._tasks = [
             asyncio.create_task(self._arq.main(), name="arq"),
