@@ -432,6 +432,10 @@ def main(argv: list[str] | None = None) -> None:
             f"{idle['queued_sessions']} sessions queued, the idle API process used "
             f"{idle['api_cores']} cores. The py-spy runs come after that, so their profiles "
             "include the reaper's share.",
+            "Reading the profiles: `aiosqlite` self time is SQLite running statements in "
+            "aiosqlite's threads (their waits between statements count as waiting); "
+            "`asyncio` self time is `Runner.run`, i.e. uvloop's C event loop (callbacks, "
+            "socket I/O, and its epoll waits, which py-spy cannot tell apart).",
             f"Total run time {time.monotonic() - started:.0f} s (seeding {seed_s:.0f} s).",
         ],
     }

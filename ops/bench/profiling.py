@@ -8,6 +8,7 @@ summary = summarize(out, ours=("api", "shared"))
 from __future__ import annotations
 
 import asyncio
+import inspect
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,24 @@ IDLE_LEAVES = (
     "_worker (concurrent/futures/thread.py)",
     "Event.wait (threading.py)",
 )
+
+
+# A thread of aiosqlite (one per pooled SQLite connection) blocks in ``tx.get()`` between
+# statements; its function's other lines run the statement. Told apart by line number.
+def _aiosqlite_wait_leaf() -> tuple[str, str] | None:
+    try:
+        import aiosqlite.core
+    except ImportError:
+        return None
+    lines, first = inspect.getsourcelines(aiosqlite.core._connection_worker_thread)
+    for offset, text in enumerate(lines):
+        if "tx.get()" in text:
+            return "_connection_worker_thread (", f"aiosqlite/core.py:{first + offset})"
+    return None
+
+
+IDLE_RAW_LEAVES = tuple(leaf for leaf in (_aiosqlite_wait_leaf(),) if leaf)
+
 # Frames on (nearly) every stack: the event loop, thread start-up, the command line.
 PLUMBING = (
     "(asyncio/",
@@ -89,10 +108,15 @@ def summarize(
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_frame_name(f) for f in stack.split(";") if f]
+        raw = [f for f in stack.split(";") if f]
+        frames = [_frame_name(f) for f in raw]
         if not frames:
             continue
-        if frames[-1].endswith(IDLE_LEAVES) or frames[-1].startswith("select ("):
+        if (
+            frames[-1].endswith(IDLE_LEAVES)
+            or frames[-1].startswith("select (")
+            or any(raw[-1].startswith(f) and raw[-1].endswith(w) for f, w in IDLE_RAW_LEAVES)
+        ):
             idle += count
             continue
         total += count
