@@ -134,7 +134,7 @@ class Persister:
             }
             for e in events
         ]
-        async with self.store.session() as db:
+        async with self.store.writing(), self.store.session() as db:
             # One statement, many parameter sets: SQLAlchemy batches them into
             # multi-row INSERTs itself ("insertmanyvalues"), much cheaper than
             # compiling one giant VALUES clause per batch. RETURNING counts only

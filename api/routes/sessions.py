@@ -106,7 +106,6 @@ async def create_session(
         conversation.updated_at = utcnow()
     else:
         conversation = Conversation(id=new_id(), user_id=user.id)
-    db.add(conversation)
     row = VoiceSession(
         id=new_id(),
         conversation_id=conversation.id,
@@ -115,8 +114,10 @@ async def create_session(
         transport=body.transport,
         profile=profile,
     )
-    db.add(row)
-    await db.commit()  # before Redis: the persister may see this session's events at once
+    async with state.store.writing():
+        db.add(conversation)
+        db.add(row)
+        await db.commit()  # before Redis: the persister may see this session's events at once
 
     history = await transcript_history(db, conversation.id, settings.history_max_messages)
     created = time.time()
@@ -144,15 +145,17 @@ async def create_session(
             _expires=settings.queue_ttl,
         )
     except OwnerLimitReached as exc:  # lost a race with a concurrent request
-        await db.delete(row)
-        if new_conversation:
-            await db.delete(conversation)
-        await db.commit()
+        async with state.store.writing():
+            await db.delete(row)
+            if new_conversation:
+                await db.delete(conversation)
+            await db.commit()
         raise _too_many(pool, exc.limit) from exc
     except Exception as exc:
         row.state, row.reason = SessionState.FAILED, "queue_unavailable"
-        db.add(row)
-        await db.commit()
+        async with state.store.writing():
+            db.add(row)
+            await db.commit()
         raise ApiError(503, "queue_unavailable", "the session queue is unreachable") from exc
     metrics.SESSIONS_REQUESTED.labels(pool=pool, transport=body.transport, profile=profile).inc()
     return await _describe(state, row)
