@@ -121,7 +121,8 @@ async def soak(minutes: float, capacity: int, load: float, sample_s: float) -> d
             with system.redis as r:
                 beat = json.loads(r.get(f"vp:worker:{system.live_workers()[0]['id']}") or "{}")
                 settled = {**_proc(worker.pid), "tasks": beat.get("tasks", -1),
-                           "redis_keys": r.dbsize(), "active": beat.get("active", -1)}  # fmt: skip
+                           "redis_keys": r.dbsize(), "active": beat.get("active", -1),
+                           "redis_key_names": sorted(r.scan_iter(count=1000))[:100]}  # fmt: skip
     finally:
         system.stop()
     half = samples[len(samples) // 2 :]  # after warm-up: caches and pools have filled
@@ -166,11 +167,42 @@ def markdown(result: dict[str, Any], command: str) -> str:
         row("worker asyncio tasks", "tasks", note=f" ({settled.get('active')} sessions active)"),
         row("Redis keys", "redis_keys"),
         "",
-        f"RSS slope over the second half (after warm-up): {result['rss_mb_per_100_sessions']} MB "
-        f"per 100 sessions, {result['rss_mb_per_hour']} MB per hour. Settled values are taken "
+        "Worker RSS by quarter of the run (the allocator hands memory back in a sawtooth, "
+        "so compare peaks and means, not single samples):",
+        "",
+        "| quarter | sessions served | RSS min MB | RSS mean MB | RSS max MB |",
+        "|---:|---|---:|---:|---:|",
+        *_quarter_rows(result["samples"]),
+        "",
+        *_settled_keys(settled.get("redis_key_names")),
+        f"Least-squares RSS slope over the second half: {result['rss_mb_per_100_sessions']} MB "
+        f"per 100 sessions ({result['rss_mb_per_hour']} MB per hour); a line through a "
+        "sawtooth, so read it with the quarters above. Settled values are taken "
         f"{RETENTION_S + 5} s after the churn stops, once finished sessions' streams expired.",
         "",
     ])  # fmt: skip
+
+
+def _settled_keys(names: list[str] | None) -> list[str]:
+    if not names:
+        return []
+    return [
+        f"Redis keys once settled: {', '.join(f'`{k}`' for k in names)}. A `vp:wstoken:*` is "
+        "a connection token a status poll minted and nobody used; it expires after "
+        "`VOICEPOOL_WS_TOKEN_TTL`.",
+        "",
+    ]
+
+
+def _quarter_rows(samples: list[dict[str, float]]) -> list[str]:
+    size = len(samples) // 4
+    rows = []
+    for n in range(4 if size else 0):
+        part = samples[n * size : (n + 1) * size]
+        rss = [s["rss_mb"] for s in part]
+        rows.append(f"| {n + 1} | {part[0]['served']:.0f} to {part[-1]['served']:.0f} | "
+                    f"{min(rss):.1f} | {sum(rss) / len(rss):.1f} | {max(rss):.1f} |")  # fmt: skip
+    return rows
 
 
 def main() -> None:
