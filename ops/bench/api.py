@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import profiling  # ops/bench/profiling.py
-from measure import machine_facts, write_results  # ops/bench/measure.py
+from measure import cpu_seconds, machine_facts, write_results  # ops/bench/measure.py
 
 if TYPE_CHECKING:
     import psutil
@@ -194,11 +194,6 @@ async def seed(system: System, token: str, conversations: int, events: int) -> l
 # --- one load run ----------------------------------------------------------------------------
 
 
-def cpu_s(p: psutil.Process) -> float:
-    t = p.cpu_times()
-    return t.user + t.system
-
-
 def machine_busy() -> float:
     import psutil
 
@@ -211,9 +206,9 @@ def run_wrk(
 ) -> dict[str, Any]:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
            "-s", str(script), url]  # fmt: skip
-    c0, m0, t0 = cpu_s(api), machine_busy(), time.monotonic()
+    c0, m0, t0 = cpu_seconds(api), machine_busy(), time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    c1, m1, t1 = cpu_s(api), machine_busy(), time.monotonic()
+    c1, m1, t1 = cpu_seconds(api), machine_busy(), time.monotonic()
     line = next((ln for ln in out.splitlines() if ln.startswith("WRKJSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary:\n{out}")
@@ -357,9 +352,9 @@ def main(argv: list[str] | None = None) -> None:
                     rows.append(r)
                     print(f"  {json.dumps(r)}", flush=True)
             idle = {"queued_sessions": queued(system)}
-            c0, t0 = cpu_s(api_proc), time.monotonic()
+            c0, t0 = cpu_seconds(api_proc), time.monotonic()
             time.sleep(3)
-            idle["api_cores"] = round((cpu_s(api_proc) - c0) / (time.monotonic() - t0), 3)
+            idle["api_cores"] = round((cpu_seconds(api_proc) - c0) / (time.monotonic() - t0), 3)
             print(f"  idle API after the creates: {idle}", flush=True)
             if args.spy_seconds > 0:
                 mid = args.concurrency[len(args.concurrency) // 2]

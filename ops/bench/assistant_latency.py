@@ -77,9 +77,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import measure  # ops/bench/measure.py
 import numpy as np
 import profiling  # ops/bench/profiling.py
-from measure import machine_facts, percentile, stop_process, write_results  # ops/bench/measure.py
+from measure import machine_facts, percentile, stop_process, write_results
 
 DESCRIPTION = "Latency and CPU the assistant pipeline adds over a bare pass-through pipeline."
 ROOT = Path(__file__).resolve().parents[2]
@@ -627,8 +628,7 @@ def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, proc in procs.items():
         with contextlib.suppress(psutil.Error):
-            times = proc.cpu_times()
-            out[name] = times.user + times.system
+            out[name] = measure.cpu_seconds(proc)
     machine = psutil.cpu_times()
     out["machine_total"] = sum(machine)
     out["machine_idle"] = machine.idle + getattr(machine, "iowait", 0.0)

@@ -67,7 +67,13 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import numpy as np
 import profiling  # ops/bench/profiling.py
-from measure import machine_facts, percentile, stop_process, write_results  # ops/bench/measure.py
+from measure import (  # ops/bench/measure.py
+    cpu_seconds,
+    machine_facts,
+    percentile,
+    stop_process,
+    write_results,
+)
 
 DESCRIPTION = "Density: assistant sessions per worker process before it adds latency."
 ROOT = Path(__file__).resolve().parents[2]
@@ -366,8 +372,7 @@ def proc_cpu(procs: dict[str, list[psutil.Process]]) -> dict[str, float]:
         total = 0.0
         for p in group:
             with contextlib.suppress(psutil.Error):
-                t = p.cpu_times()
-                total += t.user + t.system
+                total += cpu_seconds(p)
         out[name] = total
     m = psutil.cpu_times()
     out["machine_busy"] = sum(m) - m.idle - getattr(m, "iowait", 0.0)
@@ -597,6 +602,22 @@ def stop_workers(system: System, procs: list[subprocess.Popen[bytes]]) -> None:
         time.sleep(0.2)
 
 
+def supporting_processes(system: System, fake: FakeModel) -> dict[str, list[psutil.Process]]:
+    """Everything but the workers whose CPU a phase reports: the fake model, this
+    process (the clients), the API and Redis."""
+    import psutil
+
+    procs: dict[str, list[psutil.Process]] = {
+        "fake_model": [psutil.Process(fake.proc.pid)],
+        "clients": [psutil.Process()],
+    }
+    if system.api is not None:
+        procs["api"] = [psutil.Process(system.api.pid)]
+    if system.redis_server is not None and system.redis_server.process is not None:
+        procs["redis"] = [psutil.Process(system.redis_server.process.pid)]
+    return procs
+
+
 async def run_all(
     args: argparse.Namespace, system: System, fake: FakeModel, tmp: Path
 ) -> tuple[list[Phase], list[Phase], Path | None]:
@@ -604,14 +625,7 @@ async def run_all(
 
     token = system.create_user("bench")
     headers = {"Authorization": f"Bearer {token}"}
-    common: dict[str, list[psutil.Process]] = {
-        "fake_model": [psutil.Process(fake.proc.pid)],
-        "clients": [psutil.Process()],
-    }
-    if system.api is not None:
-        common["api"] = [psutil.Process(system.api.pid)]
-    if system.redis_server is not None and system.redis_server.process is not None:
-        common["redis"] = [psutil.Process(system.redis_server.process.pid)]
+    common = supporting_processes(system, fake)
     single: list[Phase] = []
     multi: list[Phase] = []
     spy: Path | None = None

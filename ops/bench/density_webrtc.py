@@ -56,6 +56,7 @@ from density import (  # ops/bench/density.py
     start_system,
     start_workers,
     stop_workers,
+    supporting_processes,
     wait_ended,
 )
 from measure import machine_facts, percentile, write_results  # ops/bench/measure.py
@@ -296,14 +297,7 @@ async def run_all(
 
     allow_loopback_ice()
     token = system.create_user("bench")
-    common: dict[str, list[psutil.Process]] = {
-        "fake_model": [psutil.Process(fake.proc.pid)],
-        "clients": [psutil.Process()],
-    }
-    if system.api is not None:
-        common["api"] = [psutil.Process(system.api.pid)]
-    if system.redis_server is not None and system.redis_server.process is not None:
-        common["redis"] = [psutil.Process(system.redis_server.process.pid)]
+    common = supporting_processes(system, fake)
     single: list[Phase] = []
     multi: list[Phase] = []
     spy: Path | None = None

@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+import psutil  # noqa: E402
+from measure import cpu_seconds, percentile  # noqa: E402  (ops/bench/measure.py)
 from probes import open_sse, open_xread  # noqa: E402  (ops/bench/probes.py)
 from sqlalchemy import insert  # noqa: E402
 
@@ -51,17 +53,18 @@ RESULTS = Path(__file__).parent / "results"
 PUBLISHERS = 32  # concurrent publishing tasks (a worker's sessions publish side by side)
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
-
-
-async def bench_publish(redis_url: str, events: int) -> dict[str, float]:
+async def _publishing_sessions(redis_url: str) -> tuple[Any, LiveSessions]:
+    """An empty Redis with one live session per publisher: s0, s1, …"""
     redis = redis_client(redis_url)
     await redis.flushall()
     live = LiveSessions(redis)
     for i in range(PUBLISHERS):
         await live.create(f"s{i}", "u", {"conversation_id": "c"})
+    return redis, live
+
+
+async def bench_publish(redis_url: str, events: int) -> dict[str, float]:
+    redis, live = await _publishing_sessions(redis_url)
     per_task = events // PUBLISHERS
     data = {"turn": 1, "duration_s": 1.234}
 
@@ -103,11 +106,7 @@ async def bench_persist(redis_url: str, database_url: str, events: int) -> dict[
     await migrate_async(url)
     store = Store(url)
     await _seed_rows(store, PUBLISHERS)
-    redis = redis_client(redis_url)
-    await redis.flushall()
-    live = LiveSessions(redis)
-    for i in range(PUBLISHERS):
-        await live.create(f"s{i}", "u", {"conversation_id": "c"})
+    redis, live = await _publishing_sessions(redis_url)
     per_task = events // PUBLISHERS
     await asyncio.gather(
         *(
@@ -157,7 +156,7 @@ async def bench_fanout(subscribers: int, events: int) -> dict[str, Any]:
                                    "VOICEPOOL_QUEUE_TTL": "3600",
                                    "VOICEPOOL_LOG_LEVEL": "WARNING"})  # fmt: skip
     system.start(workers=0)
-    api_pid = system.api.pid  # type: ignore[union-attr]
+    api_proc = psutil.Process(system.api.pid)  # type: ignore[union-attr]
     try:
         token = system.create_user("bench")
         auth = {"Authorization": f"Bearer {token}"}
@@ -191,27 +190,23 @@ async def bench_fanout(subscribers: int, events: int) -> dict[str, Any]:
         statuses = await asyncio.wait_for(asyncio.gather(*(s.opened for s in streams)), 120)
         await asyncio.sleep(1.0)  # everyone has replayed the backlog
         sse_latencies.clear()
-        cpu_before = _cpu_seconds(api_pid)
+        cpu_before = cpu_seconds(api_proc)
         await publish()
         await asyncio.wait_for(asyncio.gather(*(s.done for s in streams)), 120)
-        api_cpu = _cpu_seconds(api_pid) - cpu_before
+        api_cpu = cpu_seconds(api_proc) - cpu_before
         await redis.aclose()
     finally:
         system.stop()
     ms = 1000
     return {"subscribers": subscribers, "events": events,
-            "sse_p50_ms": pct(sse_latencies, 0.5) * ms, "sse_p99_ms": pct(sse_latencies, 0.99) * ms,
+            "sse_p50_ms": percentile(sse_latencies, 50) * ms,
+            "sse_p99_ms": percentile(sse_latencies, 99) * ms,
             "sse_max_ms": max(sse_latencies) * ms,
-            "xread_p50_ms": pct(xread_latencies, 0.5) * ms,
-            "xread_p99_ms": pct(xread_latencies, 0.99) * ms,
+            "xread_p50_ms": percentile(xread_latencies, 50) * ms,
+            "xread_p99_ms": percentile(xread_latencies, 99) * ms,
             "api_cpu_us_per_delivery": api_cpu / max(len(sse_latencies), 1) * 1e6,
             "deliveries": len(sse_latencies), "expected": subscribers * events,
             "statuses": {s: statuses.count(s) for s in set(statuses)}}  # fmt: skip
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""What every benchmark here shares: percentiles and the facts of the machine it ran on."""
+"""What every benchmark here shares: percentiles, CPU time, the facts of the machine it ran on."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import subprocess
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,6 +27,12 @@ def percentile(values: Sequence[float], q: float) -> float:
     pos = (len(ordered) - 1) * q / 100
     low, high = math.floor(pos), math.ceil(pos)
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    """User + system CPU seconds the process has used so far."""
+    times = proc.cpu_times()
+    return times.user + times.system
 
 
 def _git(*args: str) -> str:
