@@ -43,6 +43,11 @@ LIVE_SESSIONS = Gauge(
     "voicepool_live_sessions", "Sessions not yet ended, per pool and state.", ["pool", "state"]
 )
 POOL_WORKERS = Gauge("voicepool_pool_workers", "Workers with a live heartbeat.", ["pool"])
+POOL_WORKERS_STALLED = Gauge(
+    "voicepool_pool_workers_stalled",
+    "Workers whose heartbeat lives but whose queue poll loop has not run for a few seconds.",
+    ["pool"],
+)
 POOL_CAPACITY = Gauge(
     "voicepool_pool_capacity_sessions", "Session slots of live, non-draining workers.", ["pool"]
 )

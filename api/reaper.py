@@ -6,21 +6,31 @@ worker is gone, and the session fails with ``worker_lost`` within the
 heartbeat TTL. A queued session that no worker took within the queue TTL
 expires with ``no_capacity`` and leaves the queue. Transitions are atomic
 compare-and-set in Redis, so several API processes may reap side by side.
+
+A missing heartbeat is evidence only if the reaper could have seen it. Redis
+being unreachable, Redis restarting (its keys' deadlines passed while it was
+down) or this process not running for a while (a paused machine) say nothing
+about the workers, so after any of them every worker gets a full heartbeat TTL
+to beat again before a session is judged lost or a queued one expired.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 
 from api import metrics
 from shared import keys
 from shared.events import LIVE_STATES, OWNED_STATES, EventType, Reason, SessionState
+from shared.fleet import WorkerBeat
 from shared.live import LiveSessions, start_rate, wait_at
 
 log = logging.getLogger(__name__)
+
+# A round of this loop that comes this much later than planned means the process
+# (or the whole machine) was not running: what it would have seen is unknown.
+LOOP_GAP_S = 2.0
 
 
 class Reaper:
@@ -38,17 +48,52 @@ class Reaper:
         self.interval = interval
         self.pools = pools or []
         self._still_live: list[tuple[str, str]] = []  # (pool, state), as the last sweep saw
+        self._judge_from = 0.0  # monotonic time before which nobody is judged lost
+        self._blind = False  # the last round could not reach Redis
+        self._redis_run_id: str | None = None
+        self._last_round: float | None = None
+
+    @property
+    def judging(self) -> bool:
+        """False during the grace that follows Redis being away or restarted."""
+        return time.monotonic() >= self._judge_from
+
+    def _grant_grace(self, why: str) -> None:
+        self._judge_from = time.monotonic() + self.live.heartbeat_ttl
+        log.warning("reaper: %s; judging no session for %.1f s", why, self.live.heartbeat_ttl)
 
     async def run(self) -> None:
         while True:
             try:
+                await self.check_redis()
                 await self.sweep()
                 await self.observe_fleet()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._blind = True
                 log.warning("reaper: %s", exc)
             await asyncio.sleep(self.interval)
+
+    async def check_redis(self) -> None:
+        """Grant the grace when this round follows a blind spot: Redis unreachable or
+        restarted since the last round, or this loop not running for a while."""
+        now = time.monotonic()
+        late = self._last_round is not None and now - self._last_round > self.interval + LOOP_GAP_S
+        self._last_round = now
+        info = await self.redis.info("server")
+        run_id, uptime = info.get("run_id"), float(info.get("uptime_in_seconds", 0))
+        restarted = self._redis_run_id is not None and run_id != self._redis_run_id
+        if self._redis_run_id is None and uptime < self.live.heartbeat_ttl:
+            restarted = True  # first sight of a Redis that has just started
+        self._redis_run_id = run_id
+        if self._blind:
+            self._grant_grace("Redis answers again")
+        elif restarted:
+            self._grant_grace("Redis restarted")
+        elif late:
+            self._grant_grace("the reaper did not run for a while")
+        self._blind = False
 
     async def sweep(self) -> list[tuple[str, str]]:
         """One pass over live sessions; returns (session id, reason) of those it ended."""
@@ -71,12 +116,16 @@ class Reaper:
             ended_before = len(ended)
             if state is None:  # hash expired or never written: nothing to announce
                 await self.redis.srem(keys.LIVE_SESSIONS, sid)
-            elif state in OWNED_STATES and not alive:
+            elif state in OWNED_STATES and not alive and self.judging:
                 if await self._end(
                     sid, SessionState.FAILED, Reason.WORKER_LOST, {SessionState(state)}
                 ):
                     ended.append((sid, Reason.WORKER_LOST))
-            elif state == SessionState.QUEUED and now - float(created_ts or now) > self.queue_ttl:
+            elif (
+                state == SessionState.QUEUED
+                and self.judging
+                and now - float(created_ts or now) > self.queue_ttl
+            ):
                 if await self._end(
                     sid, SessionState.EXPIRED, Reason.NO_CAPACITY, {SessionState.QUEUED}
                 ):
@@ -144,18 +193,20 @@ class Reaper:
             metrics.LIVE_SESSIONS.labels(pool=pool, state=state).set(count)
         workers = dict.fromkeys(self.pools, 0)
         capacity = dict.fromkeys(self.pools, 0)
+        stalled = dict.fromkeys(self.pools, 0)
         for wid, beat in zip(worker_ids, beats, strict=True):
             if beat is None:  # heartbeat expired: the worker is gone
                 await self.redis.srem(keys.WORKERS, wid)
                 continue
-            status = json.loads(beat)
-            pool = status.get("pool", "")
+            status = WorkerBeat.model_validate_json(beat)
+            pool = status.pool
             workers[pool] = workers.get(pool, 0) + 1
-            if not status.get("draining"):
-                capacity[pool] = capacity.get(pool, 0) + int(status.get("capacity", 0))
+            capacity[pool] = capacity.get(pool, 0) + status.serving_capacity
+            stalled[pool] = stalled.get(pool, 0) + int(status.stalled)
         for pool, count in workers.items():
             metrics.POOL_WORKERS.labels(pool=pool).set(count)
             metrics.POOL_CAPACITY.labels(pool=pool).set(capacity[pool])
+            metrics.POOL_WORKERS_STALLED.labels(pool=pool).set(stalled[pool])
 
     async def _end(
         self, sid: str, to: SessionState, reason: Reason, allowed: set[SessionState]

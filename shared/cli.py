@@ -154,7 +154,9 @@ def _run_worker(
     options = WorkerOptions.from_settings(
         settings, pool=pool, capacity=capacity, metrics_port=metrics_port
     )
-    asyncio.run(VoicepoolWorker(options).run())
+    code = asyncio.run(VoicepoolWorker(options).run())
+    if code:
+        sys.exit(code)  # a supervised task failed for good: let systemd/compose restart us
 
 
 def _dev(settings: Settings, port: int, workers: int, capacity: int) -> None:

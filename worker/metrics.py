@@ -9,6 +9,8 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10)
+# From a healthy loop's scheduling noise (≤ 1 ms) to a stall that breaks every call.
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 CAPACITY = Gauge("voicepool_worker_capacity_sessions", "Session slots of this worker.", ["pool"])
 ACTIVE = Gauge("voicepool_worker_active_sessions", "Sessions this worker runs now.", ["pool"])
@@ -40,8 +42,33 @@ USER_BOT_LATENCY_SECONDS = Histogram(
 PIPELINE_ERRORS = Counter(
     "voicepool_pipeline_errors_total", "Pipeline errors by kind.", ["pool", "kind"]
 )
+EVENT_LOOP_LAG_SECONDS = Histogram(
+    "voicepool_worker_event_loop_lag_seconds",
+    "How late the worker's event loop woke a sleeping task (sampled; see worker/loop_monitor.py).",
+    ["pool"],
+    buckets=LOOP_LAG_BUCKETS,
+)
+PIPELINE_HEARTBEAT_TIMEOUTS = Counter(
+    "voicepool_worker_pipeline_heartbeat_timeouts_total",
+    "Pipecat heartbeat timeouts: a session's pipeline passed no heartbeat frame in time.",
+    ["pool"],
+)
 PUBLISH_ERRORS = Counter(
     "voicepool_event_publish_errors_total", "Events that could not be published to Redis."
+)
+EVENTS_BUFFERED = Gauge(
+    "voicepool_worker_events_buffered",
+    "Events held in memory until Redis takes them (non-zero while Redis is away).",
+)
+EVENTS_DROPPED = Counter(
+    "voicepool_worker_events_dropped_total",
+    "Events dropped because a session's buffer filled during a Redis outage "
+    "(each gap is recorded as a session.gap event).",
+)
+SUPERVISED_RESTARTS = Counter(
+    "voicepool_worker_task_restarts_total",
+    "Restarts of a worker's long-lived tasks after a transient failure (Redis away).",
+    ["task"],
 )
 
 

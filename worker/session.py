@@ -27,6 +27,7 @@ from shared.logs import redact
 from worker import metrics
 from worker.observers import SessionEventObserver
 from worker.options import WorkerOptions
+from worker.pipeline_health import HEARTBEAT_MONITOR_S, count_heartbeat_timeouts
 from worker.profiles import Profile, SessionContext, build_profile
 from worker.publisher import EventPublisher
 from worker.transports import SessionTransport, SignalError, build_transport
@@ -150,11 +151,8 @@ class SessionRunner:
         @transport.event_handler("on_client_connected")
         async def _connected(_transport: object, _client: object) -> None:
             self._client_connected = True
-            await self.live.transition(
-                self.id,
-                SessionState.CONNECTED,
-                Reason.CLIENT_CONNECTED,
-                allowed_from={SessionState.READY},
+            self.publisher.transition(
+                SessionState.CONNECTED, Reason.CLIENT_CONNECTED, allowed_from={SessionState.READY}
             )
             await self.profile.on_client_connected(worker.queue_frame)
 
@@ -170,6 +168,8 @@ class SessionRunner:
                 audio_out_sample_rate=self.profile.audio_out_sample_rate,
                 enable_metrics=True,
                 enable_usage_metrics=True,
+                enable_heartbeats=True,  # a stuck pipeline shows in a metric and an alert
+                heartbeats_monitor_secs=HEARTBEAT_MONITOR_S,
             ),
             observers=[SessionEventObserver(self.publisher), *self.profile.observers()],
             idle_timeout_secs=self.options.idle_timeout,
@@ -187,6 +187,7 @@ class SessionRunner:
             if frame.fatal:
                 self.end(Reason.PIPELINE_ERROR)
 
+        count_heartbeat_timeouts(worker, pool=self.options.pool, session_id=self.id)
         return worker
 
     async def _run_pipeline(self) -> None:
@@ -220,19 +221,18 @@ class SessionRunner:
         reason = self.end_reason or Reason.CLIENT_LEFT
         state = SessionState.FAILED if reason in FAILURE_REASONS else SessionState.ENDED
         try:
-            await self.publisher.flush()
-            await self.live.transition(
-                self.id,
+            # After every event of the call; while Redis is away, it waits for it.
+            self.publisher.transition(
                 state,
                 reason,
                 allowed_from=OWNED_STATES,
                 data={"duration_s": round(self.duration, 3)}
                 | ({"message": self.end_message} if self.end_message else {}),
             )
+            await self.publisher.aclose()
         except Exception:
             log.exception("session %s: could not record its end", self.id)
         finally:
-            await self.publisher.aclose()
             with contextlib.suppress(Exception):
                 await self.transport.aclose()
             self._on_finished(self)

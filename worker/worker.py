@@ -8,7 +8,11 @@ Capacity is explicit: when every slot is used the worker stops picking jobs
 
 DESIGN decision 2: liveness is ours. This process refreshes its own heartbeat
 and each session's; the API's reaper fails the sessions of a worker whose
-heartbeats stopped.
+heartbeats stopped. Every long-lived task (arq's poll loop, heartbeats, control
+messages) runs under a ``TaskSupervisor``: restarted while Redis is away, fatal
+otherwise. The heartbeat says when the poll loop last went round, so a worker
+that is not polling is never counted as capacity. Redis being away ends no
+call: media never touches it, and each session's events wait in its publisher.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 import os
 import signal
 import time
+from functools import partial
 from typing import Any
 
 from arq import Worker
@@ -27,13 +32,16 @@ from arq.worker import func
 
 from shared import keys
 from shared.connections import arq_redis_settings, redis_client
-from shared.events import Reason, SessionState
+from shared.events import FINAL_STATES, Reason, SessionState
+from shared.fleet import WorkerBeat
 from shared.gc_freeze import freeze_startup_objects
 from shared.live import LiveSessions, alive_ms, record_start
 from worker import metrics
+from worker.loop_monitor import watch_event_loop
 from worker.options import JOB_TIMEOUT_S, POLL_DELAY_S, SIGNAL_BLOCK_S, WorkerOptions
 from worker.profiles import preload_profiles
 from worker.session import SessionRunner
+from worker.supervisor import TaskSupervisor
 from worker.transports import SignalError, TransportError
 from worker.transports.websocket import WebSocketListener, WebSocketSessionTransport
 
@@ -44,6 +52,7 @@ REPLY_TTL_S = 60
 # A requeued job's own expiry only keeps arq from holding it forever: the API's
 # reaper expires the session by its creation time (VOICEPOOL_QUEUE_TTL) anyway.
 REQUEUE_EXPIRES_S = 300
+SHUTDOWN_PUBLISH_S = 15.0  # at exit, how long sessions' held events may wait for Redis
 OWNER_CONNECT = "owner_connect"  # session hash field: what only the owner may see to connect
 
 
@@ -72,6 +81,7 @@ class SessionWorker(Worker):
         self.allow_pick_jobs = free > 0
         self.queue_read_limit = max(free, 1)
         await super()._poll_iteration()
+        self.voicepool.polled_at = time.time()  # the heartbeat tells the fleet
 
 
 class VoicepoolWorker:
@@ -91,7 +101,10 @@ class VoicepoolWorker:
         )
         self._arq: SessionWorker | None = None
         self.ws_listener = WebSocketListener(self.redis, self._websocket_session, options)
-        self._tasks: list[asyncio.Task[None]] = []
+        self.polled_at = time.time()
+        self.supervisor = TaskSupervisor(
+            on_restart=lambda name: metrics.SUPERVISED_RESTARTS.labels(task=name).inc()
+        )
         self._background: set[asyncio.Task[Any]] = set()
         self._stopped = asyncio.Event()
         self._signals_seen = 0
@@ -99,14 +112,17 @@ class VoicepoolWorker:
     # --- capacity -----------------------------------------------------------------
 
     def free_slots(self, in_flight: int = 0) -> int:
-        if self.draining:
+        if self.draining or self.supervisor.failed.is_set():
             return 0
         return max(self.options.capacity - len(self.sessions) - in_flight, 0)
 
     # --- lifecycle ------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Serve the pool until stopped (SIGTERM drains, SIGINT or a second SIGTERM ends now)."""
+    async def run(self) -> int:
+        """Serve the pool until stopped (SIGTERM drains, SIGINT or a second SIGTERM ends now).
+
+        Returns the process's exit code: 1 when a long-lived task failed for good.
+        """
         if self.options.webrtc_host_addresses:
             restrict_ice_host_addresses(self.options.webrtc_host_addresses)
         self._install_signal_handlers()
@@ -115,6 +131,7 @@ class VoicepoolWorker:
         self.options.ws_advertised_url = await self.ws_listener.start()
         metrics.serve(self.options.metrics_port, self.options.metrics_host)
         metrics.CAPACITY.labels(pool=self.options.pool).set(self.options.capacity)
+        metrics.PIPELINE_HEARTBEAT_TIMEOUTS.labels(pool=self.options.pool)  # 0 before the first
         self._arq = SessionWorker(
             self,
             functions=[func(start_session, name=START_JOB, max_tries=1, timeout=JOB_TIMEOUT_S)],
@@ -132,19 +149,26 @@ class VoicepoolWorker:
         )
         log.info("froze %d start-up objects", freeze_startup_objects())  # short GC pauses
         await self._heartbeat()  # visible to operators before the first job
-        self._tasks = [
-            asyncio.create_task(self._arq.main(), name="arq"),
-            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-            asyncio.create_task(self._signal_loop(), name="signals"),
-        ]
+        self.supervisor.start("arq", self._arq.main)
+        self.supervisor.start("heartbeat", self._heartbeat_loop)
+        self.supervisor.start("signals", self._signal_loop)
+        self.supervisor.start("event-loop", partial(watch_event_loop, self.options.pool))
         log.info(
             "worker %s serving pool %r with %d slots",
             self.id,
             self.options.pool,
             self.options.capacity,
         )
-        await self._stopped.wait()
+        stopped = asyncio.create_task(self._stopped.wait())
+        failed = asyncio.create_task(self.supervisor.failed.wait())
+        await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        failed.cancel()
+        if self.supervisor.failure is not None:
+            log.critical("worker %s stopping: %r", self.id, self.supervisor.failure)
+            self._spawn(self._heartbeat_once())  # no free slots from here on
         await self.aclose()
+        return 1 if self.supervisor.failure is not None else 0
 
     async def drain(self, timeout: float | None = None) -> None:
         """Take no new sessions; let live ones finish up to ``timeout``, then end them."""
@@ -175,13 +199,12 @@ class VoicepoolWorker:
         self.draining = True
         if self._arq is not None:
             self._arq.allow_pick_jobs = False
-        await self.end_all(Reason.WORKER_SHUTDOWN)
+        try:  # with Redis away, sessions' final events wait for it, but not forever
+            await asyncio.wait_for(self.end_all(Reason.WORKER_SHUTDOWN), SHUTDOWN_PUBLISH_S)
+        except TimeoutError:
+            log.error("worker %s: sessions' last events did not reach Redis", self.id)
         await self.ws_listener.aclose()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self.supervisor.aclose()
         if self._arq is not None:
             with contextlib.suppress(Exception):
                 await self._arq.close()
@@ -323,32 +346,43 @@ class VoicepoolWorker:
 
     # --- heartbeats -------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "pool": self.options.pool,
-            "host": self.options.host,
-            "pid": os.getpid(),
-            "version": self.options.version,
-            "capacity": self.options.capacity,
-            "active": len(self.sessions),
-            "draining": self.draining,
-            "load": round(os.getloadavg()[0], 2),
-            "tasks": len(asyncio.all_tasks()),  # a leak shows here first
-            "started_at": self.started_at,
-            "ts": time.time(),
-        }
+    def status(self) -> WorkerBeat:
+        return WorkerBeat(
+            id=self.id,
+            pool=self.options.pool,
+            host=self.options.host,
+            pid=os.getpid(),
+            version=self.options.version,
+            capacity=self.options.capacity,
+            active=len(self.sessions),
+            draining=self.draining or self.supervisor.failed.is_set(),
+            load=round(os.getloadavg()[0], 2),
+            tasks=len(asyncio.all_tasks()),  # a leak shows here first
+            started_at=self.started_at,
+            ts=time.time(),
+            polled_at=self.polled_at,
+        )
 
     async def _heartbeat(self) -> None:
         metrics.ACTIVE.labels(pool=self.options.pool).set(len(self.sessions))
         metrics.DRAINING.labels(pool=self.options.pool).set(int(self.draining))
         ttl_ms = alive_ms(self.options.heartbeat_ttl)
+        session_ids = list(self.sessions)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(keys.worker(self.id), json.dumps(self.status()), px=ttl_ms)
+            pipe.set(keys.worker(self.id), self.status().model_dump_json(), px=ttl_ms)
             pipe.sadd(keys.WORKERS, self.id)
-            for sid in self.sessions:
-                pipe.set(keys.session_alive(sid), self.id, px=ttl_ms, xx=True)
-            await pipe.execute()
+            for sid in session_ids:
+                # Not XX: after a Redis restart the key may have expired while the call lived.
+                pipe.set(keys.session_alive(sid), self.id, px=ttl_ms)
+                pipe.hget(keys.session(sid), "state")
+            replies = await pipe.execute()
+        for sid, state in zip(session_ids, replies[3::2], strict=True):
+            runner = self.sessions.get(sid)
+            if state in FINAL_STATES and runner is not None and runner.end_reason is None:
+                # Ended from outside (the reaper, once it could not see us): stop the call
+                # rather than run a session nobody can see.
+                log.warning("session %s is %s in Redis; ending it here", sid, state)
+                runner.end(Reason.WORKER_LOST)
 
     async def _heartbeat_once(self) -> None:
         with contextlib.suppress(Exception):  # the loop's next beat covers a failure
@@ -373,8 +407,16 @@ class VoicepoolWorker:
                 log.warning("signal read failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            if item is not None:
-                self._spawn(self._answer(json.loads(item[1])))
+            if item is None:
+                continue
+            try:
+                message = json.loads(item[1])
+                if not isinstance(message, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:  # never fatal to the loop
+                log.error("skipping a malformed control message: %s", exc)
+                continue
+            self._spawn(self._answer(message))
 
     async def _answer(self, message: dict[str, Any]) -> None:
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated
 
@@ -12,6 +11,7 @@ from pydantic import BaseModel, Field
 from api.deps import CurrentUser, StateDep, is_admin
 from api.errors import ApiError
 from shared import keys
+from shared.fleet import WorkerBeat
 from shared.live import estimate_wait
 from shared.models import User
 
@@ -38,6 +38,11 @@ class WorkerOut(BaseModel):
     load: float
     heartbeat_age_s: float
     started_at: float
+    stalled: bool = Field(
+        description="Its heartbeat lives but its queue poll loop has not run for a few "
+        "seconds: its slots are not counted as capacity."
+    )
+    poll_age_s: float | None = Field(description="Seconds since its poll loop last ran.")
 
 
 class PoolOut(BaseModel):
@@ -55,22 +60,24 @@ class DrainRequest(BaseModel):
     )
 
 
-async def live_workers(state: StateDep) -> list[WorkerOut]:
+async def live_beats(state: StateDep) -> list[WorkerBeat]:
     ids = sorted(await state.redis.smembers(keys.WORKERS))
     beats = await state.redis.mget([keys.worker(i) for i in ids]) if ids else []
+    return [WorkerBeat.model_validate_json(beat) for beat in beats if beat is not None]
+
+
+def _worker_out(beat: WorkerBeat, now: float) -> WorkerOut:
+    return WorkerOut(
+        **beat.model_dump(include=set(WorkerOut.model_fields)),
+        heartbeat_age_s=round(max(now - beat.ts, 0.0), 3),
+        stalled=beat.stalled,
+        poll_age_s=beat.poll_age,
+    )
+
+
+async def live_workers(state: StateDep) -> list[WorkerOut]:
     now = time.time()
-    workers = []
-    for beat in beats:
-        if beat is None:
-            continue
-        status = json.loads(beat)
-        workers.append(
-            WorkerOut(
-                **{k: status[k] for k in WorkerOut.model_fields if k in status},
-                heartbeat_age_s=round(max(now - status["ts"], 0.0), 3),
-            )
-        )
-    return workers
+    return [_worker_out(beat, now) for beat in await live_beats(state)]
 
 
 @router.get("/workers", response_model=list[WorkerOut])
@@ -82,16 +89,16 @@ async def list_workers(_admin: AdminUser, state: StateDep) -> list[WorkerOut]:
 @router.get("/pools", response_model=list[PoolOut])
 async def list_pools(_admin: AdminUser, state: StateDep) -> list[PoolOut]:
     """Per pool: workers, free and used capacity, queue depth and expected wait."""
-    workers = await live_workers(state)
+    beats = await live_beats(state)
     pools = []
     for pool in state.settings.pools:
-        members = [w for w in workers if w.pool == pool]
+        members = [w for w in beats if w.pool == pool]
         queued = await state.redis.zcard(keys.queue(pool))
         pools.append(
             PoolOut(
                 pool=pool,
                 workers=len(members),
-                capacity=sum(w.capacity for w in members if not w.draining),
+                capacity=sum(w.serving_capacity for w in members),
                 active=sum(w.active for w in members),
                 queued=queued,
                 estimated_wait_s=await estimate_wait(state.redis, pool, queued) if queued else 0,

@@ -239,6 +239,35 @@ ROOM_LEFT = {
     ],
 }
 
+# Two worker processes of the server pool, sampling their loop lag 20 times a
+# second (300 samples a scrape): w1's loop is late by 100-250 ms in a tenth of
+# them, w2's never by more than 5 ms. w1 has a stuck pipeline (a heartbeat
+# timeout every scrape); w2 had one very long bot reply (one timeout).
+LAG_BUCKET = "voicepool_worker_event_loop_lag_seconds_bucket"
+HEARTBEAT_TIMEOUTS = "voicepool_worker_pipeline_heartbeat_timeouts_total"
+WORKER_HEALTH = {
+    "interval": "15s",
+    "input_series": [
+        series(LAG_BUCKET, "0+270x80", instance="w1", pool="server", le="0.1"),
+        *(
+            series(LAG_BUCKET, "0+300x80", instance="w1", pool="server", le=le)
+            for le in ("0.25", "+Inf")
+        ),
+        *(
+            series(LAG_BUCKET, "0+300x80", instance="w2", pool="server", le=le)
+            for le in ("0.005", "0.1", "0.25", "+Inf")
+        ),
+        series(HEARTBEAT_TIMEOUTS, "0+1x80", instance="w1", pool="server"),
+        series(HEARTBEAT_TIMEOUTS, "0x30 1x50", instance="w2", pool="server"),
+    ],
+    "alert_rule_test": [
+        expect("VoicepoolWorkerEventLoopLagging", severity="warning", pool="server", instance="w1"),
+        expect(
+            "VoicepoolPipelineHeartbeatTimeouts", severity="warning", pool="server", instance="w1"
+        ),
+    ],
+}
+
 
 def test_alerts_fire_on_fleet_scenarios(tmp_path: Path) -> None:
     # promtool compares annotations too: test the expressions on a copy without them.
@@ -249,7 +278,7 @@ def test_alerts_fire_on_fleet_scenarios(tmp_path: Path) -> None:
     tests = {
         "rule_files": ["alerts.yml"],
         "evaluation_interval": "15s",
-        "tests": [FULL_FLEET, ROOM_LEFT],
+        "tests": [FULL_FLEET, ROOM_LEFT, WORKER_HEALTH],
     }
     (tmp_path / "test.yml").write_text(yaml.safe_dump(tests))
     result = promtool("test", "rules", "test.yml", cwd=tmp_path)

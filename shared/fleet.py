@@ -1,0 +1,47 @@
+"""A worker's heartbeat: what it tells the fleet about itself, read the same way everywhere.
+
+The worker writes it (``keys.worker(id)``, short TTL) every heartbeat; the API
+lists it to operators and the reaper counts capacity from it. A worker is
+counted as capacity only while it is polling its queue: the heartbeat carries
+when the poll loop last went round, so a worker whose heartbeat lives on while
+its poll loop is stuck shows as ``stalled`` with no free slots.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+# arq polls every 10 ms; a loop that has not gone round for this long is stuck
+# (a Redis outage stalls it too, for as long as the outage lasts).
+POLL_STALL_S = 3.0
+
+
+class WorkerBeat(BaseModel):
+    id: str
+    pool: str
+    host: str
+    pid: int = 0
+    version: str = ""
+    capacity: int
+    active: int
+    draining: bool = False
+    load: float = 0.0
+    tasks: int = 0
+    started_at: float = 0.0
+    ts: float
+    polled_at: float | None = None
+    """When the worker's queue poll loop last completed a round (None: an older worker)."""
+
+    @property
+    def poll_age(self) -> float | None:
+        """Seconds since the poll loop went round, as of this beat (one host's clock)."""
+        return None if self.polled_at is None else round(max(self.ts - self.polled_at, 0.0), 3)
+
+    @property
+    def stalled(self) -> bool:
+        return self.poll_age is not None and self.poll_age > POLL_STALL_S
+
+    @property
+    def serving_capacity(self) -> int:
+        """Slots this worker offers the pool: none while draining or stalled."""
+        return 0 if self.draining or self.stalled else self.capacity
