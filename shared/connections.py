@@ -18,6 +18,8 @@ from redis.retry import Retry
 # A Redis restart or failover should look like a short pause, not an error:
 # retry a command on connection errors for about 3 s before giving up.
 RETRY_ERRORS = [RedisConnectionError, RedisTimeoutError, ConnectionResetError]
+# What "Redis is away" looks like once those retries are spent (an ``except`` clause).
+REDIS_AWAY: tuple[type[Exception], ...] = tuple(RETRY_ERRORS)
 
 
 def _retry() -> Retry:

@@ -64,6 +64,7 @@ class Reason(StrEnum):
 class EventType(StrEnum):
     SESSION_STATE = "session.state"
     SESSION_QUEUE = "session.queue"  # place in the queue and estimated wait, while queued
+    SESSION_GAP = "session.gap"  # events a worker had to drop while Redis was away
     USER_TURN_STARTED = "user.turn_started"
     USER_TURN_STOPPED = "user.turn_stopped"
     BOT_STARTED_SPEAKING = "bot.started_speaking"

@@ -43,6 +43,16 @@ local function publish(etype, data)
     'live_id', id)
   return id
 end
+
+-- A publisher retrying after a lost reply must not write twice: its events carry
+-- an increasing number (0: none), and the hash remembers the highest applied.
+local function already_applied(pseq)
+  local n = tonumber(pseq)
+  if n == 0 then return false end
+  if n <= tonumber(redis.call('HGET', KEYS[1], 'pub_seq') or '0') then return true end
+  redis.call('HSET', KEYS[1], 'pub_seq', n)
+  return false
+end
 """
 
 # KEYS: 6 the owner's set of live sessions
@@ -63,7 +73,8 @@ return {1, publish('session.state', ARGV[4])}
 )
 
 # ARGV: 4 to_state, 5 reason, 6 allowed from-states (space separated), 7 data JSON,
-#       8 alive TTL ms, 9 worker id ('' keeps it), 10 retention seconds, 11 final (1/0)
+#       8 alive TTL ms, 9 worker id ('' keeps it), 10 retention seconds, 11 final (1/0),
+#       12 publisher seq (0: none)
 _TRANSITION = (
     _PUBLISH_FN
     + """
@@ -73,7 +84,14 @@ local allowed = false
 for s in string.gmatch(ARGV[6], '%S+') do
   if s == current then allowed = true end
 end
-if not allowed then return {0, current} end
+if not allowed then
+  local n = tonumber(ARGV[12])
+  if n > 0 and n <= tonumber(redis.call('HGET', KEYS[1], 'pub_seq') or '0') then
+    return {1, 'applied before'}  -- our own earlier attempt moved it on
+  end
+  return {0, current}
+end
+if already_applied(ARGV[12]) then return {1, 'applied before'} end
 redis.call('HSET', KEYS[1], 'state', ARGV[4], 'reason', ARGV[5], ARGV[4] .. '_ts', ARGV[3])
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'worker_id', ARGV[9]) end
 local data = cjson.decode(ARGV[7])
@@ -97,7 +115,7 @@ return {1, id}
 """
 )
 
-# ARGV: 4 event type, 5 data JSON
+# ARGV: 4 event type, 5 data JSON, 6 publisher seq (0: none)
 _PUBLISH = (
     _PUBLISH_FN
     + """
@@ -106,6 +124,7 @@ if not state or state == 'ended' or state == 'failed' or state == 'expired'
    or state == 'cancelled' then
   return false
 end
+if already_applied(ARGV[6]) then return 'applied before' end
 return publish(ARGV[4], ARGV[5])
 """
 )
@@ -174,8 +193,8 @@ class LiveSessions:
             keys.session_alive(session_id),
         ]
 
-    def _head(self, session_id: str) -> list[Any]:
-        return [session_id, self.stream_maxlen, repr(time.time())]
+    def _head(self, session_id: str, at: float | None = None) -> list[Any]:
+        return [session_id, self.stream_maxlen, repr(at or time.time())]
 
     async def create(
         self, session_id: str, owner: str, fields: dict[str, str], *, owner_limit: int = 0
@@ -206,15 +225,19 @@ class LiveSessions:
         allowed_from: Iterable[SessionState],
         data: dict[str, Any] | None = None,
         worker_id: str = "",
+        publisher_seq: int = 0,
+        at: float | None = None,
     ) -> tuple[bool, str]:
         """Move a session to ``to`` if it is in one of ``allowed_from``.
 
         Returns (changed, stream id of the event) or (False, the current state).
+        ``publisher_seq`` (increasing per session) makes a retry of the same call a no-op;
+        ``at`` is when it happened, if not now (an event held back while Redis was away).
         """
         changed, value = await self._transition(
             keys=self._keys(session_id),
             args=[
-                *self._head(session_id),
+                *self._head(session_id, at),
                 str(to),
                 str(reason),
                 " ".join(str(s) for s in allowed_from),
@@ -223,15 +246,28 @@ class LiveSessions:
                 worker_id,
                 int(self.stream_retention),
                 "1" if to in FINAL_STATES else "0",
+                publisher_seq,
             ],
         )
         return bool(changed), value
 
-    async def publish(self, session_id: str, type: EventType | str, data: dict[str, Any]) -> bool:
-        """Append an event to a live session; False if the session is gone or final."""
+    async def publish(
+        self,
+        session_id: str,
+        type: EventType | str,
+        data: dict[str, Any],
+        *,
+        publisher_seq: int = 0,
+        at: float | None = None,
+    ) -> bool:
+        """Append an event to a live session; False if the session is gone or final.
+
+        ``publisher_seq`` (increasing per session) makes a retry of the same event a no-op;
+        ``at`` is when it happened, if not now.
+        """
         entry_id = await self._publish(
             keys=self._keys(session_id),
-            args=[*self._head(session_id), str(type), json.dumps(data)],
+            args=[*self._head(session_id, at), str(type), json.dumps(data), publisher_seq],
         )
         return entry_id is not None
 

@@ -389,7 +389,7 @@ async def test_user_events_name_the_participant_who_spoke(daily: FakeDaily) -> N
         def __init__(self) -> None:
             self.events: list[tuple[str, dict[str, Any]]] = []
 
-        async def publish(self, _sid: str, kind: str, data: dict[str, Any]) -> bool:
+        async def publish(self, _sid: str, kind: str, data: dict[str, Any], **_: Any) -> bool:
             self.events.append((kind, data))
             return True
 
