@@ -16,6 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from api import web_sessions
 from api.errors import ApiError
 from api.fanout import StreamFanout
+from api.limits import Leases
 from api.signals import WorkerSignals
 from shared.live import LiveSessions
 from shared.models import User
@@ -35,6 +36,10 @@ class AppState:
     store: Store
     signals: WorkerSignals
     fanout: StreamFanout
+    streams: Leases
+    """Each user's open event streams (VOICEPOOL_MAX_STREAMS_PER_USER)."""
+    signalling: Leases
+    """Each user's SDP offers and ICE patches in flight (VOICEPOOL_MAX_SIGNALS_PER_USER)."""
 
 
 def get_state(request: Request) -> AppState:

@@ -13,6 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.connections import REDIS_AWAY
+
 
 class ApiError(HTTPException):
     def __init__(
@@ -65,6 +67,18 @@ async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONRes
     )
 
 
+async def _redis_away(_request: Request, _exc: Exception) -> JSONResponse:
+    # Redis restarting or failing over: a pause to retry after, not a server fault.
+    message = "the session service is briefly unavailable; try again in a moment"
+    return JSONResponse(
+        status_code=503,
+        content={"detail": {"code": "redis_unavailable", "message": message}, "info": message},
+        headers={"Retry-After": "2"},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    for error in REDIS_AWAY:
+        app.add_exception_handler(error, _redis_away)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]

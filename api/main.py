@@ -17,6 +17,7 @@ from api.errors import install_error_handlers
 from api.events import render
 from api.fanout import StreamFanout
 from api.frontend import mount_frontend
+from api.limits import STREAM_LEASE_S, Leases, too_many_signals, too_many_streams
 from api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware, SecurityHeadersMiddleware
 from api.persister import Persister
 from api.reaper import Reaper
@@ -56,9 +57,19 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
             store=Store(settings.sqlalchemy_url),
             signals=WorkerSignals(redis, timeout=settings.signal_timeout),
             fanout=StreamFanout(redis, render),
+            streams=Leases(redis, "sse", lease_s=STREAM_LEASE_S, refusal=too_many_streams),
+            signalling=Leases(
+                redis,
+                "signal",
+                # Held for one request: the wait for ready plus the worker's answer.
+                lease_s=settings.ready_wait + settings.signal_timeout + 5,
+                refusal=too_many_signals,
+            ),
         )
         app.state.voicepool = state
-        tasks: list[asyncio.Task[None]] = []
+        tasks: list[asyncio.Task[None]] = [
+            asyncio.create_task(state.streams.run(), name="stream-leases")
+        ]
         if background:
             persister = Persister(
                 redis,
@@ -72,7 +83,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
                 interval=settings.reaper_interval,
                 pools=list(settings.pools),
             )
-            tasks = [
+            tasks += [
                 asyncio.create_task(persister.run(), name="persister"),
                 asyncio.create_task(reaper.run(), name="reaper"),
             ]
@@ -85,6 +96,8 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await state.streams.aclose()
+            await state.signalling.aclose()
             await state.fanout.aclose()
             await state.arq.aclose()
             await redis.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -67,6 +68,29 @@ class SdpOffer(Strict):
     request_data: dict[str, Any] | None = Field(None, alias="requestData")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+_SDP_LINE = re.compile(r"^[a-z]=\S")
+
+
+def sdp_offer_problem(sdp: str) -> str | None:
+    """Why ``sdp`` is not an SDP offer voicepool can answer (RFC 8866), or None.
+
+    Checked before a worker sees it: aiortc answers almost any text, and a peer
+    built from garbage would hold a session slot until the idle timeout.
+    """
+    lines = [line for line in sdp.replace("\r\n", "\n").split("\n") if line]
+    if not lines or lines[0] != "v=0":
+        return "an SDP offer starts with the line v=0"
+    bad = next((line for line in lines if not _SDP_LINE.match(line)), None)
+    if bad is not None:
+        return f"not an SDP line: {bad[:40]!r}"
+    kinds = {line[0] for line in lines}
+    if not {"o", "s", "t"} <= kinds:
+        return "an SDP offer needs its o=, s= and t= lines"
+    if not any(line.startswith("m=audio ") for line in lines):
+        return "the offer has no audio (m=audio) section"
+    return None
 
 
 class SdpAnswer(BaseModel):

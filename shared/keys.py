@@ -64,6 +64,11 @@ def ws_token(token_hash: str) -> str:
     return f"{PREFIX}:wstoken:{token_hash}"
 
 
+def leases(scope: str, who: str) -> str:
+    """Sorted set: a user's open event streams or requests in flight, scored by lease end."""
+    return f"{PREFIX}:leases:{scope}:{who}"
+
+
 def session_invites(session_id: str) -> str:
     """Set: ids of the users the owner invited into the session's Daily room."""
     return f"{PREFIX}:session:{session_id}:invites"

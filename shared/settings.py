@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     max_streams_per_user: int = Field(
         20, ge=0, description="Open SSE event streams per user (0: no limit)."
     )
+    max_signals_per_user: int = Field(
+        8,
+        ge=0,
+        description="SDP offers and ICE patches one user may have in flight at once "
+        "(429 above; 0: no limit).",
+    )
     cors_origins: CommaList = Field(
         [], description="Origins allowed to call the API from a browser (none: CORS off)."
     )

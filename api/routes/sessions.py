@@ -14,7 +14,14 @@ from api.connect import owner_connect
 from api.deps import CurrentUser, SessionDep, StateDep, is_admin
 from api.errors import ApiError, not_found
 from api.events import session_event_stream, wait_for_state
-from api.schemas import IcePatch, SdpAnswer, SdpOffer, SessionCreate, SessionOut
+from api.schemas import (
+    IcePatch,
+    SdpAnswer,
+    SdpOffer,
+    SessionCreate,
+    SessionOut,
+    sdp_offer_problem,
+)
 from shared import keys
 from shared.events import FINAL_STATES, OWNED_STATES, Reason, SessionState
 from shared.history import transcript_history
@@ -144,9 +151,10 @@ async def create_session(
             _queue_name=keys.queue(pool),
             _expires=settings.queue_ttl,
         )
-    except OwnerLimitReached as exc:  # lost a race with a concurrent request
+    except OwnerLimitReached as exc:  # lost a race with a concurrent request: leave nothing
         async with state.store.writing():
             await db.delete(row)
+            await db.flush()  # the session before its conversation (foreign key)
             if new_conversation:
                 await db.delete(conversation)
             await db.commit()
@@ -213,6 +221,13 @@ async def end_session(
     return await _describe(state, row)
 
 
+async def _signalled_session(state: StateDep, user: User, session_id: str) -> VoiceSession:
+    """The caller's own session, read in a short database session: signalling waits
+    for the session to be ready and must hold no pooled connection meanwhile."""
+    async with state.store.session() as db:
+        return await _owned_session(db, user, session_id, owner_only=True)
+
+
 async def _owning_worker(state: StateDep, row: VoiceSession) -> str:
     """Wait (bounded) until the session is ready and return the id of its worker."""
     current = await wait_for_state(
@@ -237,20 +252,28 @@ async def _owning_worker(state: StateDep, row: VoiceSession) -> str:
 
 @router.post("/{session_id}/offer", response_model=SdpAnswer)
 async def send_offer(
-    session_id: str, body: SdpOffer, user: CurrentUser, db: SessionDep, state: StateDep
+    session_id: str, body: SdpOffer, user: CurrentUser, state: StateDep
 ) -> SdpAnswer:
-    """Relay a WebRTC SDP offer to the session's worker; waits for ``ready`` if needed."""
-    row = await _owned_session(db, user, session_id, owner_only=True)
-    worker_id = await _owning_worker(state, row)
-    answer = await state.signals.request(
-        worker_id, "offer", session_id=row.id, payload=body.model_dump(exclude_none=True)
-    )
+    """Relay a WebRTC SDP offer to the session's worker; waits for ``ready`` if needed.
+
+    An offer that is not SDP gets 400 ``invalid_offer`` and changes nothing; a user
+    may have ``VOICEPOOL_MAX_SIGNALS_PER_USER`` offers and ICE patches in flight.
+    """
+    row = await _signalled_session(state, user, session_id)
+    problem = sdp_offer_problem(body.sdp)
+    if problem is not None:
+        raise ApiError(400, "invalid_offer", problem)
+    async with state.signalling.hold(user.id, limit=state.settings.max_signals_per_user):
+        worker_id = await _owning_worker(state, row)
+        answer = await state.signals.request(
+            worker_id, "offer", session_id=row.id, payload=body.model_dump(exclude_none=True)
+        )
     return SdpAnswer(**answer)
 
 
 @router.patch("/{session_id}/offer", status_code=204)
 async def add_ice_candidates(
-    session_id: str, body: IcePatch, user: CurrentUser, db: SessionDep, state: StateDep
+    session_id: str, body: IcePatch, user: CurrentUser, state: StateDep
 ) -> Response:
     """Relay trickled ICE candidates to the session's worker.
 
@@ -258,10 +281,13 @@ async def add_ice_candidates(
     session has gone (a browser still trickling as the call ends) are dropped
     with 204 rather than reported as errors.
     """
-    row = await _owned_session(db, user, session_id, owner_only=True)
+    row = await _signalled_session(state, user, session_id)
     try:
-        worker_id = await _owning_worker(state, row)
-        await state.signals.request(worker_id, "ice", session_id=row.id, payload=body.model_dump())
+        async with state.signalling.hold(user.id, limit=state.settings.max_signals_per_user):
+            worker_id = await _owning_worker(state, row)
+            await state.signals.request(
+                worker_id, "ice", session_id=row.id, payload=body.model_dump()
+            )
     except ApiError as exc:
         if exc.code not in ("session_ended", "unknown_session", "unknown_peer"):
             raise
@@ -289,16 +315,16 @@ async def stream_events(
     start = last_event_id or after or "0-0"
     if not _valid_stream_id(start):
         raise ApiError(422, "invalid_event_id", "Last-Event-ID must be a stream id like 1-0")
-    await limits.take_slot(state.redis, "sse", user.id, limit=state.settings.max_streams_per_user)
+    lease = await state.streams.take(user.id, limit=state.settings.max_streams_per_user)
     metrics.SSE_CLIENTS.inc()
 
     async def events():  # type: ignore[no-untyped-def]
         try:
             async for event in session_event_stream(state, row, start):
                 yield event
-        finally:
+        finally:  # runs when the client goes away too (the generator is cancelled)
             metrics.SSE_CLIENTS.dec()
-            await limits.release_slot(state.redis, "sse", user.id)
+            state.streams.release(lease)
 
     return EventSourceResponse(events(), ping=15, send_timeout=30)
 

@@ -98,6 +98,7 @@ async def start(
         state,
     )
     session_id = created.session_id
+    await db.close()  # hold no pooled connection while waiting for a worker
     response.headers["X-Session-Id"] = session_id
     response.headers["Location"] = f"/api/sessions/{session_id}"
     current = await wait_for_state(
@@ -131,9 +132,9 @@ async def start(
     summary="Send SDP offer (the path Pipecat's client derives from /api/start)",
 )
 async def pipecat_offer(
-    session_id: str, body: SdpOffer, user: CurrentUser, db: SessionDep, state: StateDep
+    session_id: str, body: SdpOffer, user: CurrentUser, state: StateDep
 ) -> SdpAnswer:
-    return await send_offer(session_id, body, user, db, state)
+    return await send_offer(session_id, body, user, state)
 
 
 @router.patch(
@@ -142,6 +143,6 @@ async def pipecat_offer(
     summary="Add ICE candidates (the path Pipecat's client derives from /api/start)",
 )
 async def pipecat_ice(
-    session_id: str, body: IcePatch, user: CurrentUser, db: SessionDep, state: StateDep
+    session_id: str, body: IcePatch, user: CurrentUser, state: StateDep
 ) -> Response:
-    return await add_ice_candidates(session_id, body, user, db, state)
+    return await add_ice_candidates(session_id, body, user, state)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.sdp import VALID_OFFER
+
 
 @pytest.fixture
 async def alice(api) -> str:  # type: ignore[no-untyped-def]
@@ -84,7 +86,7 @@ async def test_offer_for_an_ended_session_is_409(api, alice) -> None:  # type: i
     for _ in range(2):
         response = await api.client.post(
             f"/api/sessions/{session['session_id']}/offer",
-            json={"sdp": "v=0\r\n", "type": "offer"},
+            json={"sdp": VALID_OFFER, "type": "offer"},
             headers=api.auth(alice),
         )
         assert response.status_code == 409
@@ -95,7 +97,7 @@ async def test_offer_waits_for_ready_then_says_not_ready(api, alice) -> None:  #
     session = await _create(api, alice)  # no worker: never ready within ready_wait
     response = await api.client.post(
         f"/api/sessions/{session['session_id']}/offer",
-        json={"sdp": "v=0\r\n", "type": "offer"},
+        json={"sdp": VALID_OFFER, "type": "offer"},
         headers=api.auth(alice),
     )
     assert response.status_code == 409

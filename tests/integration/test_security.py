@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from shared.logs import RedactingFormatter, add_secret, redact
+from tests.support.sdp import VALID_OFFER
 
 ROOT = Path(__file__).parents[2]
 
@@ -27,7 +28,7 @@ async def _setup(api):  # type: ignore[no-untyped-def]
 async def test_access_matrix(api) -> None:  # type: ignore[no-untyped-def]
     alice, bob, admin, session = await _setup(api)
     sid, cid = session["session_id"], session["conversation_id"]
-    offer = {"sdp": "v=0\r\n", "type": "offer"}
+    offer = {"sdp": VALID_OFFER, "type": "offer"}
     ice = {"pc_id": "p", "candidates": []}
     # (method, path, body) → expected status for (owner, other user, admin)
     matrix = [
@@ -110,7 +111,7 @@ async def test_event_streams_per_user_are_bounded(make_api) -> None:  # type: ig
                 "/api/sessions", json={"transport": "webrtc"}, headers=api.auth(token)
             )
         ).json()
-        await api.state.redis.set("vp:open:sse:" + (await _user_id(api, "watcher")), 1)
+        await api.state.streams.take(await _user_id(api, "watcher"), limit=1)  # another tab
         refused = await api.client.get(session["events_url"], headers=api.auth(token))
         assert refused.status_code == 429
         assert refused.json()["detail"]["code"] == "too_many_streams"

@@ -72,7 +72,9 @@ class SmallWebRTCSessionTransport:
         except HTTPException as exc:  # single-connection rule of the request handler
             raise SignalError("already_connected", str(exc.detail)) from exc
         except Exception as exc:
-            raise SignalError("bad_offer", f"the SDP offer was not accepted: {exc}", 400) from exc
+            raise SignalError(
+                "invalid_offer", f"the SDP offer was not accepted: {exc}", 400
+            ) from exc
         return dict(answer)
 
     async def _ice(self, payload: dict[str, Any]) -> None:
