@@ -7,7 +7,8 @@ import { api } from "../lib/api";
 import { useConfig } from "../lib/config";
 import type { ConversationDetail } from "../lib/types";
 import { conversationViews } from "../session/events";
-import { endProblem, formatWait, reasonText, STATE_LABELS } from "../session/messages";
+import { isRetryable } from "../session/eventStream";
+import { endProblem, formatWait, reasonText, STATE_LABELS, streamRefusalProblem } from "../session/messages";
 import { useVoiceSession, WEB_APP_TRANSPORTS } from "../session/VoiceSession";
 
 const STEPS = ["queued", "starting", "ready", "connected"] as const;
@@ -88,6 +89,9 @@ export function Talk() {
   const userSpeaking = view.userSpeaking || (connected && voice.rtvi.userSpeaking);
   const botSpeaking = view.botSpeaking || (connected && voice.rtvi.botSpeaking);
   const mediaLive = voice.transportState === "connected" || voice.transportState === "ready";
+  // The API refused the live events: what the page shows is stale until they flow again.
+  const refusal = voice.streamRefusal && !view.final ? voice.streamRefusal : null;
+  const refusalProblem = refusal ? streamRefusalProblem(refusal) : null;
 
   return (
     <main id="main" className="page talk">
@@ -172,9 +176,28 @@ export function Talk() {
 
       {voice.problem ? <ProblemBox problem={voice.problem} onDismiss={voice.dismissProblem} /> : null}
       {finished ? <ProblemBox problem={finished} /> : null}
+      {refusal && refusalProblem ? (
+        <div className="problem" role="alert" data-testid="stream-refused" data-code={refusal.code}>
+          <div>
+            <strong>{refusalProblem.title}</strong>
+            {refusalProblem.detail ? <p>{refusalProblem.detail}</p> : null}
+          </div>
+          {isRetryable(refusal) ? (
+            <button type="button" className="problem-action" onClick={voice.reconnectEvents}>
+              {refusal.retryInMs != null ? "Try again now" : "Try again"}
+            </button>
+          ) : null}
+        </div>
+      ) : null}
 
       <section className="card status" aria-label="Session status">
-        <p className="status-line" role="status" data-testid="session-status" data-status={view.status ?? phase}>
+        <p
+          className="status-line"
+          role="status"
+          data-testid="session-status"
+          data-status={view.status ?? phase}
+          data-stream={refusal ? "refused" : voice.streamStatus ?? undefined}
+        >
           <StatusText />
         </p>
         <ol className="steps">
@@ -207,13 +230,18 @@ export function Talk() {
             testId="bot-level"
           />
         </div>
-        {voice.streamStatus === "reconnecting" && !view.final ? (
+        {voice.streamStatus === "reconnecting" && !view.final && !refusal ? (
           <p className="note" data-testid="stream-reconnecting">
             Reconnecting to the live events…
           </p>
         ) : null}
-        {voice.streamStatus === "failed" && !view.final ? (
-          <p className="note">Lost the live events; the call may still be going on.</p>
+        {voice.streamStatus === "failed" && !view.final && !refusal ? (
+          <p className="note" data-testid="stream-failed">
+            Lost the live events; the call may still be going on.{" "}
+            <button type="button" className="button-link" onClick={voice.reconnectEvents}>
+              Try again
+            </button>
+          </p>
         ) : null}
       </section>
 
@@ -241,7 +269,7 @@ export function Talk() {
 }
 
 function StatusText() {
-  const { phase, view, transportState, botReady } = useVoiceSession();
+  const { phase, view, transportState, botReady, streamStatus, streamRefusal } = useVoiceSession();
   switch (phase) {
     case "idle":
       return <>Not started.</>;
@@ -259,6 +287,16 @@ function StatusText() {
           {endProblem(view.status, view.reason) ? "" : reasonText(view.reason)}
         </>
       );
+  }
+  if (streamRefusal || streamStatus === "failed") {
+    // No events come in: don't show the last state as if it were live.
+    const last = view.status ? STATE_LABELS[view.status] ?? view.status : null;
+    return (
+      <>
+        <strong>Live updates stopped</strong>
+        {last ? ` — last known state: ${last}.` : " — the session's state is unknown."}
+      </>
+    );
   }
   switch (view.status) {
     case "queued": {

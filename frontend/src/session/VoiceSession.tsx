@@ -27,7 +27,7 @@ import {
 import { api, ApiError, csrfHeaders, errorFromResponse, getCsrfToken } from "../lib/api";
 import type { SessionOut } from "../lib/types";
 import { audioContext, monitorTrack, type LevelMonitor } from "./audio";
-import { openEventStream, type EventStream, type StreamStatus } from "./eventStream";
+import { openEventStream, type EventStream, type StreamRefusal, type StreamStatus } from "./eventStream";
 import { currentView, initialStream, streamReducer, type SessionView, type StreamState } from "./events";
 import { BrowserMediaManager } from "./mediaManager";
 import { apiProblem, micProblem, type Problem } from "./messages";
@@ -58,6 +58,8 @@ export interface VoiceSessionApi {
   view: SessionView;
   stream: StreamState;
   streamStatus: StreamStatus | null;
+  /** The API refused the live events (until they flow again): what is shown is stale. */
+  streamRefusal: StreamRefusal | null;
   transportState: TransportState;
   /** The bot answered the client's ready message (RTVI bot-ready). */
   botReady: boolean;
@@ -69,6 +71,8 @@ export interface VoiceSessionApi {
   stop(): Promise<void>;
   setMicEnabled(enabled: boolean): void;
   dismissProblem(): void;
+  /** Open the live events again now (after a refusal, or when they were lost). */
+  reconnectEvents(): void;
   localLevel(): number;
   remoteLevel(): number;
 }
@@ -132,6 +136,7 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
   const [session, setSession] = useState<SessionOut | null>(null);
   const [pending, setPending] = useState<"mic" | "creating" | "stopping" | null>(null);
   const [streamStatus, setStreamStatus] = useState<StreamStatus | null>(null);
+  const [streamRefusal, setStreamRefusal] = useState<StreamRefusal | null>(null);
   const [transportState, setTransportState] = useState<TransportState>("disconnected");
   const [botReady, setBotReady] = useState(false);
   const [rtvi, setRtvi] = useState({ userSpeaking: false, botSpeaking: false });
@@ -346,9 +351,14 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
       });
       setSession(created);
       setPending(null);
+      setStreamRefusal(null);
       eventsRef.current = openEventStream(created.events_url, {
         onEvent: (event) => dispatch({ type: "event", event }),
-        onStatus: setStreamStatus,
+        onStatus: (status) => {
+          setStreamStatus(status);
+          if (status === "open") setStreamRefusal(null); // flowing again
+        },
+        onRefused: setStreamRefusal,
       });
     },
     [clientFor],
@@ -365,7 +375,10 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
         dispatch({ type: "snapshot", status: ended.status, reason: ended.reason });
       }
     } catch (error) {
-      if (!(error instanceof ApiError && error.status === 404)) {
+      if (error instanceof ApiError && error.status === 404) {
+        // Gone already (its stream may have been refused, 404, so no final state comes).
+        if (sessionRef.current === current) dispatch({ type: "snapshot", status: "ended", reason: null });
+      } else {
         setProblem(apiProblem(error, "The session could not be ended"));
       }
     } finally {
@@ -431,13 +444,14 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
         transport: transportState,
         botReady,
         streamStatus,
+        streamRefusal: streamRefusal?.code ?? null,
         events: stream.events.length,
         duplicates: stream.duplicates,
         lastSeq: stream.events.length ? stream.events[stream.events.length - 1].seq : 0,
       }),
       interruptEvents: () => eventsRef.current?.interrupt(),
     };
-  }, [phase, transportState, botReady, streamStatus, stream]);
+  }, [phase, transportState, botReady, streamStatus, streamRefusal, stream]);
 
   const value: VoiceSessionApi = {
     phase,
@@ -445,6 +459,7 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
     view,
     stream,
     streamStatus,
+    streamRefusal,
     transportState,
     botReady,
     rtvi,
@@ -454,6 +469,7 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
     stop,
     setMicEnabled,
     dismissProblem: useCallback(() => setProblem(null), []),
+    reconnectEvents: useCallback(() => eventsRef.current?.reconnect(), []),
     localLevel: useCallback(() => local.current?.rms() ?? 0, []),
     remoteLevel: useCallback(() => remote.current?.rms() ?? 0, []),
   };

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { ApiError } from "../lib/api";
-import { apiProblem, endProblem, formatDuration, micProblem } from "./messages";
+import { apiProblem, endProblem, formatDuration, micProblem, streamRefusalProblem } from "./messages";
 
 describe("plain-words errors", () => {
   it("explains capacity refusals, with the wait", () => {
@@ -26,6 +26,28 @@ describe("plain-words errors", () => {
     expect(endProblem("failed", "worker_lost")?.title).toBe("The session failed");
     expect(endProblem("expired", "no_capacity")?.title).toBe("No capacity right now");
     expect(endProblem("ended", "client_ended")).toBeNull();
+  });
+
+  it("explains refused live events, with what happens next", () => {
+    const message = "at most 20 open event streams per user; close other tabs or wait a minute";
+    expect(
+      streamRefusalProblem({ status: 429, code: "too_many_streams", message, retryAfterS: 10, retryInMs: 10_000 }),
+    ).toEqual({
+      title: "Live updates stopped: too many open pages",
+      detail: "At most 20 open event streams per user; close other tabs or wait a minute. Trying again in about 10 s.",
+    });
+    expect(
+      streamRefusalProblem({ status: 503, code: "redis_unavailable", message: "", retryInMs: null }),
+    ).toEqual({
+      title: "Live updates stopped: the server is having trouble",
+      detail: "The server can't reach its event store. Stopped trying for now.",
+    });
+    expect(streamRefusalProblem({ status: 401, code: "unauthorized", message: "…", retryInMs: null }).title).toBe(
+      "Your sign-in has expired",
+    );
+    expect(streamRefusalProblem({ status: 404, code: "not_found", message: "…", retryInMs: null }).title).toBe(
+      "This session is gone",
+    );
   });
 
   it("formats durations", () => {

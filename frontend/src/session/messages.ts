@@ -1,6 +1,7 @@
 // Everything the app tells a person about states, reasons and errors, in plain words.
 
 import { ApiError } from "../lib/api";
+import type { StreamRefusal } from "./eventStream";
 
 export interface Problem {
   title: string;
@@ -59,6 +60,51 @@ export function apiProblem(error: unknown, doing = "That did not work"): Problem
     default:
       return { title: doing, detail: error.message };
   }
+}
+
+/** A message from the API as a sentence: "at most 20 …" → "At most 20 …." */
+const sentence = (text: string) => {
+  const t = text.trim();
+  if (!t) return "";
+  return `${t[0].toUpperCase()}${t.slice(1)}${/[.!?…]$/.test(t) ? "" : "."}`;
+};
+
+/** The API refused the session's live events (see eventStream.ts): why, and what happens next. */
+export function streamRefusalProblem(refusal: StreamRefusal): Problem {
+  if (refusal.status === 401) {
+    return {
+      title: "Your sign-in has expired",
+      detail: "Live updates for this session stopped. Sign out, then sign in again to go on.",
+    };
+  }
+  if (refusal.status === 404 || refusal.status === 410) {
+    return {
+      title: "This session is gone",
+      detail: "The server no longer knows it, so there are no live updates to show. Press Stop, then start a new session.",
+    };
+  }
+  const next =
+    refusal.retryInMs != null
+      ? `Trying again in about ${seconds(Math.max(1, refusal.retryInMs / 1000))}.`
+      : "Stopped trying for now.";
+  const said = sentence(refusal.message);
+  const detail = (explanation: string) => [said || explanation, next].join(" ");
+  switch (refusal.code) {
+    case "too_many_streams":
+      return {
+        title: "Live updates stopped: too many open pages",
+        detail: detail("You have too many voicepool pages open. Close some tabs."),
+      };
+    case "rate_limited":
+      return { title: "Live updates stopped: too many requests", detail: detail("Too many requests in a short time.") };
+    case "redis_unavailable":
+      return { title: "Live updates stopped: the server is having trouble", detail: detail("The server can't reach its event store.") };
+  }
+  if (refusal.status === 403) return { title: "Live updates aren't allowed", detail: said || undefined };
+  if (refusal.status >= 500) {
+    return { title: "Live updates stopped: the server is having trouble", detail: detail("The server couldn't send them.") };
+  }
+  return { title: "Live updates stopped", detail: detail(`The server refused them (HTTP ${refusal.status}).`) };
 }
 
 /** The microphone could not be opened: getUserMedia's error (or the SDK's DeviceError). */
