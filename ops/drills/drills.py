@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -22,8 +23,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -33,10 +35,16 @@ import httpx  # noqa: E402
 from shared.connections import redis_client  # noqa: E402
 from shared.events import Reason, SessionState  # noqa: E402
 from shared.live import LiveSessions  # noqa: E402
+from tests.support.api import connect_webrtc  # noqa: E402
 from tests.support.postgres import PostgresServer  # noqa: E402
 from tests.support.system import System  # noqa: E402
+from tests.support.webrtc_client import allow_loopback_ice  # noqa: E402
+from tests.support.ws_client import ProtobufClient  # noqa: E402
 
 HEARTBEAT_TTL = 4.0
+HELLO_WAV = ROOT / "tests" / "fixtures" / "hello.wav"
+ECHO_RMS = 300  # the fixture's speech is ~1000-1800 RMS; silence is ~0
+LOOP_PAUSE_S = 2.5  # clients say their line again after this pause: the bot's turn
 
 
 @dataclass
@@ -46,6 +54,7 @@ class Row:
     user_saw: str
     lost: int
     recovery_s: float
+    facts: dict[str, Any] = field(default_factory=dict)  # for the tests; not printed
 
 
 async def _wait(predicate: Callable[[], Awaitable[bool]], timeout: float) -> float:
@@ -181,22 +190,141 @@ async def sqlite_disk_full(system: System, api: httpx.AsyncClient) -> Row:
                await _lost_events(system, api, [session]), took)  # fmt: skip
 
 
-async def restart_redis(system: System, api: httpx.AsyncClient) -> Row:
-    session = (await api.post("/api/sessions", json={"transport": "webrtc"})).json()
-    await _wait(lambda: _status_is(api, session["session_id"], {"ready"}), 15)
+async def _until_ok(call: Callable[[], Awaitable[httpx.Response]], timeout: float = 10):  # type: ignore[no-untyped-def]
+    """A user's request, repeated while the API answers 503 (Redis still coming back)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await call()
+        if response.status_code != 503 or time.monotonic() > deadline:
+            return response
+        await asyncio.sleep(0.1)
+
+
+async def _ready_session(api: httpx.AsyncClient, transport: str = "webrtc") -> dict:
+    created = (await api.post("/api/sessions", json={"transport": transport})).json()
+    await _wait(lambda: _status_is(api, created["session_id"], {"ready"}), 15)
+    return (await api.get(f"/api/sessions/{created['session_id']}")).json()
+
+
+async def _ws_heard(client: ProtobufClient, since: int, timeout: float) -> bool:
+    try:
+        await client.wait_for(lambda: client.loudest_rms(since=since) > ECHO_RMS, "echo", timeout)
+        return True
+    except AssertionError:
+        return False
+
+
+async def _rtc_heard(client: Any, since_s: float, timeout: float) -> bool:
+    try:
+        await client.wait_for_audio(ECHO_RMS, start_s=since_s, timeout=timeout)
+        return True
+    except TimeoutError:
+        return False
+
+
+def _duplicates_and_disorder(entries: list[dict[str, str]]) -> tuple[int, int]:
+    """Events written twice (same type and data), and worker events out of the order
+    they were made in (their ``at`` must not go back as ``seq`` goes up)."""
+    seen: set[tuple[str, str]] = set()
+    duplicates = disorder = 0
+    last_at = 0.0
+    for e in entries:
+        key = (e["type"], e["data"])
+        duplicates += key in seen
+        seen.add(key)
+        at = json.loads(e["data"]).get("at")
+        if at is not None:
+            disorder += at < last_at
+            last_at = max(last_at, at)
+    return duplicates, disorder
+
+
+async def redis_outage(
+    system: System, api: httpx.AsyncClient, *, down_s: float, graceful: bool = False
+) -> Row:
+    """Redis killed (or restarted gracefully) while a WebRTC call and a WebSocket call are
+    live, two more sessions wait ready and one is queued. Users act the moment it is back:
+    two sessions end, a new one starts. The calls must stay connected and keep echoing,
+    the queued session start, the new one be ready within 3 s, and every event the worker
+    made reach SQL once, in order."""
+    allow_loopback_ice()
+    call = await _ready_session(api)
+    rtc = await connect_webrtc(api, call["session_id"], str(HELLO_WAV), loop_pause_s=LOOP_PAUSE_S)
+    ws_call = await _ready_session(api, "websocket")
+    ws = await ProtobufClient.connect(ws_call["connect"]["ws_url"], HELLO_WAV, loop=True)
+    blockers = [await _ready_session(api) for _ in range(2)]  # the worker is full now
+    queued = (await api.post("/api/sessions", json={"transport": "webrtc"})).json()
+    assert queued["status"] == "queued", queued
+    calls = [call, ws_call]
+    await _wait(lambda: _all_status(api, calls, {"connected"}), 15)
+    assert await _rtc_heard(rtc, 0, 20) and await _ws_heard(ws, 0, 20), "no echo before the fault"
+
     assert system.redis_server is not None
-    system.redis_server.stop()  # SIGTERM: AOF flushed
-    down = time.monotonic()
-    await asyncio.sleep(1.0)
+    heard_rtc, heard_ws = rtc.received_seconds(), len(ws.audio)
+    (system.redis_server.stop if graceful else system.redis_server.kill)()
+    down_at = time.monotonic()
+    echoed_while_down = None
+    if down_s >= 5:  # long enough for a turn: the calls go on without Redis
+        echoed_while_down = await _rtc_heard(rtc, heard_rtc, down_s - 1) and await _ws_heard(
+            ws, heard_ws, max(down_s - 1 - (time.monotonic() - down_at), 0.1)
+        )
+    await asyncio.sleep(max(down_s - (time.monotonic() - down_at), 0))
     system.redis_server.start()
-    took = await _wait(lambda: _ready(system), 30)
-    took += time.monotonic() - down - took
-    status = (await api.get(f"/api/sessions/{session['session_id']}")).json()
-    ended = await api.delete(f"/api/sessions/{session['session_id']}")
-    await asyncio.sleep(1.0)
-    return Row("restart Redis (AOF)", "1 ready session",
-               f"session {status['status']} after restart, then {ended.json()['status']}",
-               await _lost_events(system, api, [session]), took)  # fmt: skip
+    back_at = time.monotonic()
+    down_for = back_at - down_at
+
+    for blocker in blockers:  # users act at once: two end, one starts
+        await _until_ok(lambda b=blocker: api.delete(f"/api/sessions/{b['session_id']}"))
+    fresh = await _until_ok(lambda: api.post("/api/sessions", json={"transport": "webrtc"}))
+    fresh = fresh.json()
+    waiting = [queued, fresh]
+    await _wait(lambda: _all_status(api, waiting, {"ready"}), 15)
+    recovered_s = time.monotonic() - back_at
+    statuses = {
+        s["session_id"]: (await api.get(f"/api/sessions/{s['session_id']}")).json()["status"]
+        for s in calls
+    }
+    heard_rtc, heard_ws = rtc.received_seconds(), len(ws.audio)
+    echo_after = await _rtc_heard(rtc, heard_rtc, 15) and await _ws_heard(ws, heard_ws, 15)
+
+    everyone = [*calls, *blockers, queued, fresh]
+    for s in [*calls, queued, fresh]:
+        await api.delete(f"/api/sessions/{s['session_id']}")
+    await rtc.close()
+    await ws.close()
+    await _wait(lambda: _all_status(api, everyone, {"ended", "cancelled", "failed"}), 15)
+    await asyncio.sleep(1.5)  # the persister stores the last events
+    lost = await _lost_events(system, api, everyone)
+    duplicates = disorder = 0
+    call_states: list[list[str]] = []
+    with system.redis as r:
+        for s in everyone:
+            entries = [f for _, f in r.xrange(f"vp:session:{s['session_id']}:events")]
+            d, o = _duplicates_and_disorder(entries)
+            duplicates, disorder = duplicates + d, disorder + o
+            if s in calls:
+                call_states.append(
+                    [
+                        json.loads(e["data"])["state"]
+                        for e in entries
+                        if e["type"] == "session.state"
+                    ]
+                )
+    fault = f"Redis {'restarted (SIGTERM, AOF)' if graceful else 'kill -9'}, {down_for:.1f} s down"
+    saw = (
+        f"calls {'/'.join(sorted(set(statuses.values())))} throughout"
+        + (f", echo while down {'yes' if echoed_while_down else 'no'}" if down_s >= 5 else "")
+        + f", echo after {'yes' if echo_after else 'no'}; queued one started; "
+        f"{duplicates} duplicate, {disorder} out of order"
+    )
+    return Row(
+        fault, "WebRTC + WebSocket call, 2 ready, 1 queued", saw, lost, recovered_s,
+        facts={
+            "statuses": statuses, "call_states": call_states, "echo_after": echo_after,
+            "echoed_while_down": echoed_while_down, "duplicates": duplicates,
+            "disorder": disorder, "down_s": down_for,
+        },
+    )  # fmt: skip
 
 
 async def _ready(system: System) -> bool:
@@ -225,10 +353,14 @@ async def _at_least(api: httpx.AsyncClient, conversation_id: str, count: int) ->
         return False
 
 
-DRILLS = {
+DRILLS: dict[str, Callable[[System, httpx.AsyncClient], Awaitable[Row]]] = {
     "kill_worker": kill_worker,
     "kill_api": kill_api,
-    "restart_redis": restart_redis,
+    "redis_kill_0.3s": functools.partial(redis_outage, down_s=0.3),
+    "redis_kill_2s": functools.partial(redis_outage, down_s=2),
+    "redis_kill_10s": functools.partial(redis_outage, down_s=10),
+    "redis_kill_30s": functools.partial(redis_outage, down_s=30),
+    "redis_restart": functools.partial(redis_outage, down_s=1, graceful=True),
     "postgres_restart": postgres_restart,
     "sqlite_disk_full": sqlite_disk_full,
 }
@@ -255,7 +387,10 @@ async def run(only: list[str]) -> list[Row]:
             settings["VOICEPOOL_DATABASE_URL"] = f"sqlite+aiosqlite:///{mount / 'voicepool.db'}"
         system = System(tmp, settings=settings)
         system.postgres, system.tiny_mount = postgres, mount  # type: ignore[attr-defined]
-        system.start(workers=0 if postgres or mount else 2, capacity=4)
+        shape = {"workers": 0} if postgres or mount else {"workers": 2}
+        if name.startswith("redis_"):
+            shape = {"workers": 1}  # full at 4: the fifth session queues
+        system.start(capacity=4, **shape)
         try:
             token = system.create_user("drill")
             async with httpx.AsyncClient(

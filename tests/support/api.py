@@ -38,9 +38,17 @@ async def wait_for_status(
 
 
 async def connect_webrtc(
-    api: httpx.AsyncClient, session_id: str, wav: str | None, *, wait: bool = True
+    api: httpx.AsyncClient,
+    session_id: str,
+    wav: str | None,
+    *,
+    wait: bool = True,
+    loop_pause_s: float | None = None,
 ) -> WebRTCTestClient:
-    client = WebRTCTestClient(wav)
+    """A WebRTC peer playing ``wav`` (again and again, with pauses, if ``loop_pause_s``)."""
+    client = WebRTCTestClient(
+        wav, loop_audio=loop_pause_s is not None, loop_pause_s=loop_pause_s or 0.0
+    )
 
     async def send_offer(offer: dict[str, Any]) -> dict[str, Any]:
         response = await api.post(f"/api/sessions/{session_id}/offer", json=offer)

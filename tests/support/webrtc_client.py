@@ -80,12 +80,15 @@ class WavAudioTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, wav_path: str | None, *, loop: bool = False) -> None:
+    def __init__(self, wav_path: str | None, *, loop: bool = False, pause_s: float = 0.0) -> None:
         super().__init__()
         if wav_path is None:
             self._samples, self._rate = np.zeros(0, dtype=np.int16), RECEIVED_SAMPLE_RATE
         else:
             self._samples, self._rate = _read_wav_mono_s16(wav_path)
+        if loop and pause_s and len(self._samples):  # a pause after each repeat
+            pause = np.zeros(int(self._rate * pause_s), dtype=np.int16)
+            self._samples = np.concatenate([self._samples, pause])
         self._loop = loop and len(self._samples) > 0
         self._frame_samples = self._rate * FRAME_MS // 1000
         self._time_base = fractions.Fraction(1, self._rate)
@@ -144,8 +147,10 @@ class WebRTCTestClient:
         await client.close()
     """
 
-    def __init__(self, wav_path: str | None, *, loop_audio: bool = False) -> None:
-        self.track = WavAudioTrack(wav_path, loop=loop_audio)
+    def __init__(
+        self, wav_path: str | None, *, loop_audio: bool = False, loop_pause_s: float = 0.0
+    ) -> None:
+        self.track = WavAudioTrack(wav_path, loop=loop_audio, pause_s=loop_pause_s)
         self.pc_id: str | None = None
         # All remote audio so far, mono s16 little-endian at RECEIVED_SAMPLE_RATE.
         self.received_pcm = bytearray()

@@ -21,6 +21,7 @@ from pipecat.serializers.protobuf import ProtobufFrameSerializer
 from websockets.asyncio.client import ClientConnection
 
 FRAME_MS = 20
+LOOP_PAUSE_S = 2.5  # between repeats of a looped WAV: the echo bot's turn
 
 
 class ProtobufClient:
@@ -31,18 +32,24 @@ class ProtobufClient:
     the way Pipecat's JS client does (RTVI ``client-ready``).
     """
 
-    def __init__(self, websocket: ClientConnection, wav: Path | None = None):
+    def __init__(self, websocket: ClientConnection, wav: Path | None = None, *, loop: bool = False):
         self.ws = websocket
         self.serializer = ProtobufFrameSerializer()
         self.audio: list[tuple[np.ndarray, int]] = []  # (samples, sample rate)
         self.messages: list[dict[str, Any]] = []
         self.closed = asyncio.Event()
         self._samples, self._rate = _read_wav(wav) if wav else (np.zeros(0, np.int16), 16000)
+        if loop:  # say it again and again, with a pause the echo bot answers in
+            pause = np.zeros(int(self._rate * LOOP_PAUSE_S), np.int16)
+            self._samples = np.concatenate([self._samples, pause])
+        self._loop = loop
         self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._send())]
 
     @classmethod
-    async def connect(cls, url: str, wav: Path | None = None) -> ProtobufClient:
-        client = cls(await websockets.connect(url, max_size=None, open_timeout=5), wav)
+    async def connect(
+        cls, url: str, wav: Path | None = None, *, loop: bool = False
+    ) -> ProtobufClient:
+        client = cls(await websockets.connect(url, max_size=None, open_timeout=5), wav, loop=loop)
         about = {"version": "1.0.0", "about": {"library": "tests"}}
         await client.send_message(
             {"label": "rtvi-ai", "type": "client-ready", "id": "c1", "data": about}
@@ -61,7 +68,8 @@ class ProtobufClient:
         start, n = time.monotonic(), 0
         with contextlib.suppress(websockets.ConnectionClosed):
             while True:
-                chunk = self._samples[n * step : (n + 1) * step]
+                at = n * step % len(self._samples) if self._loop else n * step
+                chunk = self._samples[at : at + step]
                 if len(chunk) < step:
                     chunk = np.concatenate([chunk, np.zeros(step - len(chunk), np.int16)])
                 frame = OutputAudioRawFrame(
@@ -87,12 +95,13 @@ class ProtobufClient:
         finally:
             self.closed.set()
 
-    def loudest_rms(self, window_s: float = 0.1) -> float:
-        """Loudest RMS over ``window_s`` of the bot's audio so far (int16 scale)."""
-        if not self.audio:
+    def loudest_rms(self, window_s: float = 0.1, *, since: int = 0) -> float:
+        """Loudest RMS over ``window_s`` of the bot's audio (int16 scale), from frame
+        ``since`` on (pass an earlier ``len(client.audio)`` to ignore what came before)."""
+        if len(self.audio) <= since:
             return 0.0
         rate = self.audio[-1][1]
-        samples = np.concatenate([a for a, _ in self.audio]).astype(np.float64)
+        samples = np.concatenate([a for a, _ in self.audio[since:]]).astype(np.float64)
         window = int(rate * window_s)
         if len(samples) < window:
             return 0.0
