@@ -54,7 +54,11 @@ def alembic_config(url: str) -> Config:
 
 
 def migrate(url: str, revision: str = "head") -> None:
-    """Bring the schema up to ``revision`` (blocking; runs its own event loop)."""
+    """Bring the schema up to ``revision`` (blocking; runs its own event loop).
+
+    Safe from any number of processes at once: migrations/env.py serializes them on a
+    database lock, and the ones that waited find the schema already there.
+    """
     command.upgrade(alembic_config(url), revision)
 
 

@@ -1,0 +1,108 @@
+"""Concurrent migrators as real processes: API replicas and `voicepool migrate` start at once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
+from sqlmodel import SQLModel
+
+import shared.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from shared.settings import Settings
+from shared.store import Store, alembic_config
+from tests.support.postgres import PostgresServer
+
+ROOT = Path(__file__).resolve().parents[2]
+MIGRATORS = 3
+
+
+def _start_migrators(database_url: str, tmp_path: Path) -> list[subprocess.Popen[str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEPOOL_")}
+    env |= {"VOICEPOOL_DATABASE_URL": database_url, "VOICEPOOL_DATA_DIR": str(tmp_path / "var")}
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "migrate"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(MIGRATORS)
+    ]
+
+
+def _assert_all_succeed(procs: list[subprocess.Popen[str]]) -> None:
+    outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+    for proc, output in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, output
+
+
+async def _assert_at_head_once(store: Store) -> None:
+    head = ScriptDirectory.from_config(alembic_config(store.url)).get_current_head()
+    async with store.engine.connect() as conn:
+        versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+        tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+    assert [v for (v,) in versions] == [head]
+    assert tables == set(SQLModel.metadata.tables) | {"alembic_version"}
+
+
+async def _lock_waiters(store: Store) -> int:
+    async with store.engine.connect() as conn:
+        query = text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+        return (await conn.execute(query)).scalar_one()
+
+
+async def test_concurrent_migrate_reaches_head_once(database_url: str, tmp_path: Path) -> None:
+    procs = _start_migrators(database_url, tmp_path)
+    try:
+        _assert_all_succeed(procs)
+    finally:
+        for proc in procs:
+            proc.kill()
+    store = Store(Settings(database_url=database_url).sqlalchemy_url)
+    try:
+        await _assert_at_head_once(store)
+    finally:
+        await store.aclose()
+
+
+async def test_migrators_arriving_mid_migration_wait(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """The race made certain: all three arrive while another migration is in flight.
+
+    A transaction here creates ``alembic_version`` and stays open, as a migrator busy
+    creating tables would. Unserialized migrators all queue on that CREATE and, once it
+    rolls back, two collide with the third (UniqueViolationError); serialized ones wait
+    their turn and find the schema at head.
+    """
+    database_url = postgres_server.create_database()
+    store = Store(Settings(database_url=database_url).sqlalchemy_url)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        async with store.engine.connect() as gate:
+            await gate.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32))"))
+            procs = _start_migrators(database_url, tmp_path)
+            deadline = time.monotonic() + 60
+            while True:  # until all three are waiting on a lock
+                count = await _lock_waiters(store)
+                if count >= MIGRATORS:
+                    break
+                exited = [proc for proc in procs if proc.poll() is not None]
+                assert not exited, exited[0].communicate()[0]
+                assert time.monotonic() < deadline, f"{count} of {MIGRATORS} migrators waiting"
+                await asyncio.sleep(0.05)
+            await gate.rollback()
+        _assert_all_succeed(procs)
+        await _assert_at_head_once(store)
+    finally:
+        for proc in procs:
+            proc.kill()
+        await store.aclose()
