@@ -17,8 +17,13 @@ from api.errors import install_error_handlers
 from api.events import render
 from api.fanout import StreamFanout
 from api.frontend import mount_frontend
-from api.limits import STREAM_LEASE_S, Leases, too_many_signals, too_many_streams
-from api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware, SecurityHeadersMiddleware
+from api.limits import Leases, too_many_signals, too_many_streams
+from api.middleware import (
+    BodyLimitMiddleware,
+    CredentialConcurrencyMiddleware,
+    RequestMetricsMiddleware,
+    SecurityHeadersMiddleware,
+)
 from api.persister import Persister
 from api.reaper import Reaper
 from api.routes import auth, conversations, health, participants, sessions, start, workers
@@ -57,7 +62,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
             store=Store(settings.sqlalchemy_url),
             signals=WorkerSignals(redis, timeout=settings.signal_timeout),
             fanout=StreamFanout(redis, render),
-            streams=Leases(redis, "sse", lease_s=STREAM_LEASE_S, refusal=too_many_streams),
+            streams=Leases(redis, "sse", lease_s=settings.stream_lease, refusal=too_many_streams),
             signalling=Leases(
                 redis,
                 "signal",
@@ -130,5 +135,6 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "X-CSRF-Token", "Last-Event-ID"],
         )
+    app.add_middleware(CredentialConcurrencyMiddleware, limit=settings.max_requests_per_credential)
     app.add_middleware(RequestMetricsMiddleware)
     return app

@@ -66,6 +66,10 @@ PERSISTER_PENDING = Gauge(
 REAPED_SESSIONS = Counter(
     "voicepool_reaped_sessions_total", "Sessions ended by the reaper.", ["reason"]
 )
+REQUESTS_REFUSED = Counter(
+    "voicepool_http_requests_refused_total",
+    "Requests refused before authentication: their credential had too many in flight.",
+)
 SSE_CLIENTS = Gauge("voicepool_sse_clients", "Open Server-Sent Event streams.")
 HTTP_REQUESTS = Counter(
     "voicepool_http_requests_total", "HTTP requests by route and status.", ["route", "status"]

@@ -1,13 +1,16 @@
-"""ASGI middleware: request body size limit and per-route request counting."""
+"""ASGI middleware: request body size limit, per-credential concurrency, request counting."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
 from api.frontend import SECURITY_HEADERS
+from api.web_sessions import COOKIE
 
 
 def json_depth(body: bytes) -> int:
@@ -87,7 +90,9 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
 
-async def _refuse(send: Send, status: int, code: str, message: str) -> None:
+async def _refuse(
+    send: Send, status: int, code: str, message: str, headers: list[tuple[bytes, bytes]] = ()
+) -> None:
     body = json.dumps({"detail": {"code": code, "message": message}}).encode()
     await send(
         {
@@ -96,6 +101,7 @@ async def _refuse(send: Send, status: int, code: str, message: str) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *headers,
             ],
         }
     )
@@ -145,3 +151,56 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+def credential_key(scope: Scope) -> str | None:
+    """Who a request claims to be, from its headers alone (not checked here): a bearer
+    token's id, or a digest of the session cookie. None for anonymous requests."""
+    authorization = cookie = None
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            authorization = value
+        elif name == b"cookie":
+            cookie = value
+    if authorization is not None:
+        token = authorization.partition(b" ")[2].strip()
+        return "t:" + token.rsplit(b"_", 1)[0][:48].decode("latin-1")  # vp_<id>, not the secret
+    if cookie is not None and COOKIE.encode() in cookie:
+        return "c:" + hashlib.blake2b(cookie, digest_size=12).hexdigest()
+    return None
+
+
+class CredentialConcurrencyMiddleware:
+    """At most ``limit`` requests in flight per credential in this process; 429 beyond.
+
+    This runs before authentication, so a flood from one user is turned away for
+    the price of reading a header, instead of each request costing database and
+    Redis round trips while other users' requests queue behind it. Event streams
+    (long by nature, bounded by their own per-user limit) are not counted.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app = app
+        self.limit = limit
+        self.in_flight: Counter[str] = Counter()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = credential_key(scope) if scope["type"] == "http" and self.limit > 0 else None
+        if key is None or scope["path"].endswith("/events"):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight[key] >= self.limit:
+            metrics.REQUESTS_REFUSED.inc()
+            await _refuse(
+                send, 429, "too_many_requests",
+                f"at most {self.limit} requests in flight per user; wait for the others",
+                [(b"retry-after", b"1")],
+            )  # fmt: skip
+            return
+        self.in_flight[key] += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight[key] -= 1
+            if not self.in_flight[key]:
+                del self.in_flight[key]

@@ -47,6 +47,18 @@ class Settings(BaseSettings):
     max_streams_per_user: int = Field(
         20, ge=0, description="Open SSE event streams per user (0: no limit)."
     )
+    stream_lease: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds an open event stream's slot outlives an API process that died "
+        "(streams renew it every third of this).",
+    )
+    max_requests_per_credential: int = Field(
+        16,
+        ge=0,
+        description="Requests one token or browser session may have in flight in one API "
+        "process (429 above, before any database work; event streams not counted; 0: no limit).",
+    )
     max_signals_per_user: int = Field(
         8,
         ge=0,
