@@ -18,6 +18,8 @@ from typing import Any
 from pipecat.frames.frames import ErrorFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.transports.base_input import BaseInputTransport
+from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import TransportParams
 from pipecat.workers.runner import WorkerRunner
 
@@ -184,8 +186,15 @@ class SessionRunner:
         async def _error(_worker: object, frame: ErrorFrame) -> None:
             kind = type(frame.processor).__name__ if frame.processor else "pipeline"
             metrics.PIPELINE_ERRORS.labels(pool=self.options.pool, kind=kind).inc()
-            if frame.fatal:
-                self.end(Reason.PIPELINE_ERROR)
+            transport_broken = (
+                isinstance(frame.processor, BaseInputTransport | BaseOutputTransport)
+                and not frame.processor.is_usable
+            )
+            if frame.fatal or transport_broken:
+                # A transport that can no longer do its job (an output whose writes time
+                # out, say) would leave a call that says "connected" and does nothing:
+                # end it, saying why. (The model's failures have reasons of their own.)
+                self.end(Reason.PIPELINE_ERROR, f"{kind} can no longer do its job: {frame.error}")
 
         count_heartbeat_timeouts(worker, pool=self.options.pool, session_id=self.id)
         return worker
