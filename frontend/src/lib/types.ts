@@ -95,6 +95,9 @@ export interface WorkerOut {
   load: number;
   heartbeat_age_s: number;
   started_at: number;
+  /** Its heartbeat lives but its queue poll loop has not run for a few seconds. */
+  stalled: boolean;
+  poll_age_s: number | null;
 }
 
 export interface PoolOut {

@@ -145,7 +145,17 @@ export function Operators() {
                     <td>
                       {w.active} / {w.capacity}
                     </td>
-                    <td>{w.draining ? <span className="tag tag-failed">draining</span> : <span className="tag tag-completed">taking sessions</span>}</td>
+                    <td>
+                      {w.draining ? (
+                        <span className="tag tag-failed">draining</span>
+                      ) : w.stalled ? (
+                        <span className="tag tag-failed" title="Its heartbeat lives, but it has not polled its queue: its slots are not counted.">
+                          stalled: not polled for {formatDuration(w.poll_age_s ?? 0)}
+                        </span>
+                      ) : (
+                        <span className="tag tag-completed">taking sessions</span>
+                      )}
+                    </td>
                     <td className={w.heartbeat_age_s > 3 ? "stale" : undefined}>{formatDuration(w.heartbeat_age_s)} ago</td>
                     <td>
                       <div className="actions">
