@@ -76,9 +76,12 @@ bench: install
 	$(BIN)/python ops/bench/density_webrtc.py
 	$(BIN)/python ops/bench/api.py
 
-## Fault drills: a table of faults, what users saw, events lost (must be 0), recovery time.
+## Fault drills: a table of faults, what users saw, events lost (must be 0), recovery time;
+## written to ops/drills/results/drills.md (about 10 minutes). The request-rate flood uses wrk.
 drills: install
-	$(BIN)/python ops/drills/drills.py
+	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python ops/drills/drills.py --json ops/drills/results/drills.json \
+		--markdown ops/drills/results/drills.md
 
 ## Soak (30 minutes): session churn at 70 % of capacity; RSS slope, tasks, descriptors, keys.
 soak: install

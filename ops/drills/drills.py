@@ -239,8 +239,21 @@ def _duplicates_and_disorder(entries: list[dict[str, str]]) -> tuple[int, int]:
     return duplicates, disorder
 
 
+def _pause(system: System, sig: signal.Signals) -> None:
+    """Stop (or continue) every process of the system, as a paused machine or VM would."""
+    assert system.redis_server is not None and system.redis_server.process is not None
+    for proc in [system.redis_server.process, system.api, *system.workers]:
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, sig)
+
+
 async def redis_outage(
-    system: System, api: httpx.AsyncClient, *, down_s: float, graceful: bool = False
+    system: System,
+    api: httpx.AsyncClient,
+    *,
+    down_s: float,
+    graceful: bool = False,
+    paused: bool = False,
 ) -> Row:
     """Redis killed (or restarted gracefully) while a WebRTC call and a WebSocket call are
     live, two more sessions wait ready and one is queued. Users act the moment it is back:
@@ -261,15 +274,21 @@ async def redis_outage(
 
     assert system.redis_server is not None
     heard_rtc, heard_ws = rtc.received_seconds(), len(ws.audio)
-    (system.redis_server.stop if graceful else system.redis_server.kill)()
+    if paused:  # the whole machine stops: Redis, the API and the worker
+        _pause(system, signal.SIGSTOP)
+    else:
+        (system.redis_server.stop if graceful else system.redis_server.kill)()
     down_at = time.monotonic()
     echoed_while_down = None
-    if down_s >= 5:  # long enough for a turn: the calls go on without Redis
+    if down_s >= 5 and not paused:  # long enough for a turn: the calls go on without Redis
         echoed_while_down = await _rtc_heard(rtc, heard_rtc, down_s - 1) and await _ws_heard(
             ws, heard_ws, max(down_s - 1 - (time.monotonic() - down_at), 0.1)
         )
     await asyncio.sleep(max(down_s - (time.monotonic() - down_at), 0))
-    system.redis_server.start()
+    if paused:
+        _pause(system, signal.SIGCONT)
+    else:
+        system.redis_server.start()
     back_at = time.monotonic()
     down_for = back_at - down_at
 
@@ -285,7 +304,10 @@ async def redis_outage(
         for s in calls
     }
     heard_rtc, heard_ws = rtc.received_seconds(), len(ws.audio)
-    echo_after = await _rtc_heard(rtc, heard_rtc, 15) and await _ws_heard(ws, heard_ws, 15)
+    rtc_after, ws_after = await asyncio.gather(
+        _rtc_heard(rtc, heard_rtc, 15), _ws_heard(ws, heard_ws, 15)
+    )
+    echo_after = rtc_after and ws_after
 
     everyone = [*calls, *blockers, queued, fresh]
     for s in [*calls, queued, fresh]:
@@ -310,11 +332,19 @@ async def redis_outage(
                         if e["type"] == "session.state"
                     ]
                 )
-    fault = f"Redis {'restarted (SIGTERM, AOF)' if graceful else 'kill -9'}, {down_for:.1f} s down"
+    how = "restarted (SIGTERM, AOF)" if graceful else "kill -9"
+    fault = f"Redis {how}, {down_for:.1f} s down"
+    if paused:
+        fault = f"the machine paused {down_for:.1f} s (SIGSTOP Redis, API, worker)"
     saw = (
         f"calls {'/'.join(sorted(set(statuses.values())))} throughout"
-        + (f", echo while down {'yes' if echoed_while_down else 'no'}" if down_s >= 5 else "")
-        + f", echo after {'yes' if echo_after else 'no'}; queued one started; "
+        + (
+            f", echo while down {'yes' if echoed_while_down else 'no'}"
+            if echoed_while_down is not None
+            else ""
+        )
+        + f", echo after: WebRTC {'yes' if rtc_after else 'no'}, WebSocket "
+        f"{'yes' if ws_after else 'no'}; queued one started; "
         f"{duplicates} duplicate, {disorder} out of order"
     )
     return Row(
@@ -324,6 +354,308 @@ async def redis_outage(
             "echoed_while_down": echoed_while_down, "duplicates": duplicates,
             "disorder": disorder, "down_s": down_for,
         },
+    )  # fmt: skip
+
+
+# --- worker supervision ----------------------------------------------------------------
+
+
+async def poll_loop_fails(system: System, api: httpx.AsyncClient) -> Row:
+    """Redis refuses the command arq polls with (an ACL change): the worker's poll loop
+    fails for good. It must exit non-zero, never be listed with free slots meanwhile,
+    and a worker started in its place (as systemd would) serves the next session."""
+    admin = system.create_user("operator", admin=True)
+    victim = system.workers[0]
+    with system.redis as r:
+        r.execute_command("ACL", "SETUSER", "default", "-zrangebyscore")
+    broken_at = time.monotonic()
+    free_while_failing = 0
+    async with httpx.AsyncClient(
+        base_url=system.api_url, headers={"Authorization": f"Bearer {admin}"}, timeout=10
+    ) as ops:
+        while victim.poll() is None and time.monotonic() - broken_at < 30:
+            pools = (await ops.get("/api/pools")).json()
+            free_while_failing = max(free_while_failing, sum(p["capacity"] for p in pools))
+            await asyncio.sleep(0.05)
+    exited_after = time.monotonic() - broken_at
+    with system.redis as r:
+        r.execute_command("ACL", "SETUSER", "default", "+@all")
+    system.start_worker(capacity=4)  # the service manager's restart
+    session = (await api.post("/api/sessions", json={"transport": "webrtc"})).json()
+    await _wait(lambda: _status_is(api, session["session_id"], {"ready"}), 30)
+    recovered = time.monotonic() - broken_at
+    await api.delete(f"/api/sessions/{session['session_id']}")
+    return Row(
+        "worker's poll loop fails for good (Redis ACL refuses it)", "1 idle worker",
+        f"worker exited {victim.returncode} after {exited_after:.1f} s; free slots listed "
+        f"meanwhile: {free_while_failing}; a new worker served the next session",
+        0, recovered,
+        facts={"returncode": victim.returncode, "free_while_failing": free_while_failing},
+    )  # fmt: skip
+
+
+# --- hostile and careless users ------------------------------------------------------
+
+
+async def _open_and_abandon(system: System, token: str, url: str) -> int:
+    """Open the event stream, read its first event, and go away without a word."""
+    async with (
+        httpx.AsyncClient(base_url=system.api_url, timeout=10) as client,
+        client.stream("GET", url, headers={"Authorization": f"Bearer {token}"}) as response,
+    ):
+        if response.status_code == 200:
+            async for _chunk in response.aiter_bytes():
+                break
+        return response.status_code
+
+
+async def sse_abandoned(system: System, api: httpx.AsyncClient) -> Row:
+    """50 page reloads (streams opened and dropped), then streams held open while the API
+    is killed: the user's next stream opens each time."""
+    token = api.headers["Authorization"].removeprefix("Bearer ")
+    session = (await api.post("/api/sessions", json={"transport": "webrtc"})).json()
+    url = session["events_url"]
+    codes = [await _open_and_abandon(system, token, url) for _ in range(50)]
+    after_reloads = await _open_and_abandon(system, token, url)
+    limit = int(system.settings["VOICEPOOL_MAX_STREAMS_PER_USER"])
+    held = [  # every slot taken by open streams, then the API dies under them
+        await httpx.AsyncClient(base_url=system.api_url, timeout=None).send(
+            httpx.Request(
+                "GET", system.api_url + url, headers={"Authorization": f"Bearer {token}"}
+            ),
+            stream=True,
+        )
+        for _ in range(limit)
+    ]
+    refused_while_full = await _open_and_abandon(system, token, url)
+    assert system.api is not None
+    os.kill(system.api.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    system.api = system._spawn("api-restarted", "api", "--port", str(system.api_port))
+    await _wait(lambda: _ready(system), 30)
+    for response in held:
+        await response.aclose()
+    reopened = None
+    while time.monotonic() - killed < 120:
+        reopened = await _open_and_abandon(system, token, url)
+        if reopened == 200:
+            break
+        await asyncio.sleep(0.25)
+    took = time.monotonic() - killed
+    lease = float(system.settings["VOICEPOOL_STREAM_LEASE"])
+    return Row(
+        "50 stream reloads; then API kill -9 with every stream slot open",
+        f"1 queued session, {limit} streams per user, {lease:.0f} s lease",
+        f"reloads: {codes.count(200)}/50 opened, then {after_reloads}; while full: "
+        f"{refused_while_full}; after the API restart: {reopened}",
+        0, took,
+        facts={"codes": codes, "after_reloads": after_reloads, "refused": refused_while_full,
+               "reopened": reopened, "lease": lease},
+    )  # fmt: skip
+
+
+async def _timed(client: httpx.AsyncClient, method: str, url: str, **kw: Any) -> float:
+    started = time.perf_counter()
+    response = await client.request(method, url, **kw)
+    assert response.status_code < 500, response.text
+    return time.perf_counter() - started
+
+
+class Bystander:
+    """Another user, timing ordinary requests (their session, /readyz) one after another,
+    over a connection opened beforehand."""
+
+    def __init__(self, system: System):
+        self.system = system
+        self.token = system.create_user(f"bystander{time.monotonic_ns()}")
+        self.client = httpx.AsyncClient(
+            base_url=system.api_url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60
+        )
+        self.session_id = ""
+
+    async def __aenter__(self) -> Bystander:
+        mine = (await self.client.post("/api/sessions", json={"transport": "webrtc"})).json()
+        self.session_id = mine["session_id"]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.client.delete(f"/api/sessions/{self.session_id}")
+        await self.client.aclose()
+
+    async def time_for(self, seconds: float) -> list[float]:
+        took: list[float] = []
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            took.append(await _timed(self.client, "GET", f"/api/sessions/{self.session_id}"))
+            took.append(await _timed(self.client, "GET", "/readyz"))
+        return took
+
+
+def log_error(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+def _ms(values: list[float]) -> str:
+    return f"{_p(values, 0.5) * 1000:.0f}/{_p(values, 0.99) * 1000:.0f} ms"
+
+
+async def flood_offers(api_url: str, token: str, url: str, offers: int, seconds: float) -> dict:
+    """Keep ``offers`` SDP offers in flight for ``seconds`` (each answered one is sent
+    again); returns how they were answered. Runs in a process of its own."""
+    from tests.support.sdp import VALID_OFFER
+
+    body = {"sdp": VALID_OFFER, "type": "offer"}
+    codes: dict[int, int] = {}
+    until = time.monotonic() + seconds
+
+    async def keep_sending(hostile: httpx.AsyncClient) -> None:
+        while time.monotonic() < until:
+            try:
+                status = (await hostile.post(url, json=body)).status_code
+            except httpx.HTTPError:
+                status = 0  # no answer at all
+            codes[status] = codes.get(status, 0) + 1
+
+    async with httpx.AsyncClient(
+        base_url=api_url,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+        limits=httpx.Limits(max_connections=offers, max_keepalive_connections=offers),
+    ) as hostile:
+        await asyncio.gather(*(keep_sending(hostile) for _ in range(offers)))
+    return codes
+
+
+async def offer_flood(system: System, api: httpx.AsyncClient, *, offers: int = 300) -> Row:
+    """One user keeps 300 SDP offers in flight to a session no worker has taken (from a
+    process of its own: each answered offer is sent again) for 10 s; another user's
+    requests are timed meanwhile, and for as long without the flood, in the same run."""
+    flood_s = 10
+    session = (await api.post("/api/sessions", json={"transport": "webrtc"})).json()
+    token = api.headers["Authorization"].removeprefix("Bearer ")
+    args = [system.api_url, token, f"/api/sessions/{session['session_id']}/offer"]
+    async with Bystander(system) as bystander:
+        quiet = await bystander.time_for(flood_s)
+        flood = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--flood", *args, str(offers), str(flood_s),
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        await asyncio.sleep(1.0)  # the flood is on
+        busy = await bystander.time_for(flood_s - 2)
+        out, _ = await flood.communicate()
+    codes = {int(k): v for k, v in json.loads(out).items()}
+    ratio = _p(busy, 0.99) / _p(quiet, 0.99)
+    return Row(
+        f"{offers} SDP offers kept in flight by one user for {flood_s} s",
+        "1 queued session, no worker",
+        f"{sum(codes.values())} offers: {codes.get(429, 0)}x429, {codes.get(409, 0)}x409 "
+        f"not_ready, {sum(v for k, v in codes.items() if k >= 500)}x5xx, {codes.get(0, 0)} "
+        f"unanswered; another user's p50/p99 {_ms(busy)} over {len(busy)} requests (without "
+        f"the flood {_ms(quiet)}; p99 {ratio:.1f}x)",
+        0, 0.0,
+        facts={"codes": codes, "busy_p99": _p(busy, 0.99), "quiet_p99": _p(quiet, 0.99),
+               "busy": len(busy)},
+    )  # fmt: skip
+
+
+async def offer_rate_flood(system: System, api: httpx.AsyncClient, *, offers: int = 300) -> Row:
+    """As ``offer_flood``, but sent by wrk as fast as one API process can refuse them: a
+    request-rate flood. Refusals cost no database or Redis work, but the process itself
+    saturates; a deployment puts a per-client rate limit in its reverse proxy for this."""
+    from tests.support.sdp import VALID_OFFER
+
+    flood_s = 10
+    session = (await api.post("/api/sessions", json={"transport": "webrtc"})).json()
+    script = system.tmp / "offer.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = {json.dumps(json.dumps({'sdp': VALID_OFFER, 'type': 'offer'}))}\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "{api.headers["Authorization"]}"\n'
+    )
+    wrk = [
+        "wrk", "-t", "2", "-c", str(offers), "-d", f"{flood_s}s", "--timeout", "30s",
+        "-s", str(script), f"{system.api_url}/api/sessions/{session['session_id']}/offer",
+    ]  # fmt: skip
+    async with Bystander(system) as bystander:
+        quiet = await bystander.time_for(flood_s)
+        flood = await asyncio.create_subprocess_exec(*wrk, stdout=subprocess.PIPE)
+        await asyncio.sleep(1.0)  # the flood is on
+        busy = await bystander.time_for(flood_s - 2)
+        out = (await flood.communicate())[0].decode()
+    sent = int(out.split(" requests in ")[0].split()[-1])
+    refused = out.split("Non-2xx or 3xx responses: ")[-1].split()[0] if "Non-2xx" in out else "0"
+    ratio = _p(busy, 0.99) / _p(quiet, 0.99)
+    return Row(
+        f"{offers} SDP offers kept in flight by one user for {flood_s} s (wrk)",
+        "1 queued session, no worker",
+        f"{sent} offers, {refused} refused (429, or 409 once the wait for ready ran out); "
+        f"another user's p50/p99 {_ms(busy)} over {len(busy)} requests (without the flood "
+        f"{_ms(quiet)}; p99 {ratio:.1f}x)",
+        0, 0.0,
+        facts={"sent": sent, "busy_p99": _p(busy, 0.99), "quiet_p99": _p(quiet, 0.99),
+               "busy": len(busy)},
+    )  # fmt: skip
+
+
+async def bad_requests(system: System, api: httpx.AsyncClient) -> Row:
+    """Concurrent creates over the per-user limit, and offers that are not SDP."""
+    limit = int(system.settings["VOICEPOOL_MAX_SESSIONS_PER_USER"])
+    creates = await asyncio.gather(
+        *(api.post("/api/sessions", json={"transport": "webrtc"}) for _ in range(8))
+    )
+    codes = sorted(r.status_code for r in creates)
+    accepted = [r.json() for r in creates if r.status_code == 202]
+    listed = (await api.get("/api/conversations")).json()
+    conversations = len(listed if isinstance(listed, list) else listed.get("items", listed))
+    session = accepted[0]
+    before = (await api.get(f"/api/sessions/{session['session_id']}")).json()["status"]
+    offers = [
+        await api.post(
+            f"/api/sessions/{session['session_id']}/offer", json={"sdp": sdp, "type": "offer"}
+        )
+        for sdp in ("hello", "", "v=0", "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n")
+    ]
+    after = (await api.get(f"/api/sessions/{session['session_id']}")).json()["status"]
+    offer_codes = sorted({(r.status_code, r.json()["detail"]["code"]) for r in offers})
+    for s in accepted:
+        await api.delete(f"/api/sessions/{s['session_id']}")
+    return Row(
+        f"8 concurrent creates over a limit of {limit}; 4 offers that are not SDP",
+        "a user with no sessions",
+        f"creates: {codes.count(202)}x202, {codes.count(429)}x429, {codes.count(500)}x500, "
+        f"{conversations} conversations kept; offers: "
+        + ", ".join(f"{c} {code}" for c, code in offer_codes)
+        + f"; session {before} → {after}",
+        0, 0.0,
+        facts={"codes": codes, "conversations": conversations, "limit": limit,
+               "offer_codes": offer_codes, "before": before, "after": after},
+    )  # fmt: skip
+
+
+async def concurrent_migrate(system: System, api: httpx.AsyncClient) -> Row:
+    """Three replicas migrate a fresh PostgreSQL database at once."""
+    server: PostgresServer = system.postgres  # type: ignore[attr-defined]
+    url = server.create_database()
+    env = {**system.env, "VOICEPOOL_DATABASE_URL": url}
+    started = time.monotonic()
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "shared.cli", "migrate", env=env, cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for _ in range(3)
+    ]  # fmt: skip
+    codes = [await asyncio.wait_for(p.wait(), 60) for p in procs]
+    took = time.monotonic() - started
+    return Row(
+        "3 `voicepool migrate` at once on a fresh PostgreSQL", "an empty database",
+        f"exit codes {codes}", 0, took, facts={"codes": codes},
     )  # fmt: skip
 
 
@@ -361,8 +693,26 @@ DRILLS: dict[str, Callable[[System, httpx.AsyncClient], Awaitable[Row]]] = {
     "redis_kill_10s": functools.partial(redis_outage, down_s=10),
     "redis_kill_30s": functools.partial(redis_outage, down_s=30),
     "redis_restart": functools.partial(redis_outage, down_s=1, graceful=True),
+    "redis_machine_pause_25s": functools.partial(redis_outage, down_s=25, paused=True),
+    "poll_loop_fails": poll_loop_fails,
+    "sse_abandoned": sse_abandoned,
+    "offer_flood": offer_flood,
+    "offer_rate_flood": offer_rate_flood,
+    "bad_requests": bad_requests,
+    "concurrent_migrate": concurrent_migrate,
     "postgres_restart": postgres_restart,
     "sqlite_disk_full": sqlite_disk_full,
+}
+
+
+# Workers and settings a drill needs beyond the defaults (2 workers of 4 slots).
+SETUPS: dict[str, tuple[int, dict[str, str]]] = {
+    **{name: (1, {}) for name in DRILLS if name.startswith("redis_")},  # 5th session queues
+    "poll_loop_fails": (1, {}),
+    "sse_abandoned": (0, {"VOICEPOOL_MAX_STREAMS_PER_USER": "20", "VOICEPOOL_STREAM_LEASE": "6"}),
+    "offer_flood": (0, {"VOICEPOOL_READY_WAIT": "10"}),
+    "offer_rate_flood": (0, {"VOICEPOOL_READY_WAIT": "10"}),
+    "bad_requests": (0, {"VOICEPOOL_MAX_SESSIONS_PER_USER": "3"}),
 }
 
 
@@ -376,8 +726,10 @@ async def run(only: list[str]) -> list[Row]:
             "VOICEPOOL_PERSISTER_CLAIM_IDLE_MS": "500",
             "VOICEPOOL_QUEUE_TTL": "600",
         }
+        workers, extra = SETUPS.get(name, (2, {}))
+        settings.update(extra)
         postgres, mount = None, None
-        if name == "postgres_restart":
+        if name in ("postgres_restart", "concurrent_migrate"):
             postgres = PostgresServer.start()
             settings["VOICEPOOL_DATABASE_URL"] = postgres.create_database()
         if name == "sqlite_disk_full":
@@ -387,10 +739,7 @@ async def run(only: list[str]) -> list[Row]:
             settings["VOICEPOOL_DATABASE_URL"] = f"sqlite+aiosqlite:///{mount / 'voicepool.db'}"
         system = System(tmp, settings=settings)
         system.postgres, system.tiny_mount = postgres, mount  # type: ignore[attr-defined]
-        shape = {"workers": 0} if postgres or mount else {"workers": 2}
-        if name.startswith("redis_"):
-            shape = {"workers": 1}  # full at 4: the fifth session queues
-        system.start(capacity=4, **shape)
+        system.start(workers=0 if postgres or mount else workers, capacity=4)
         try:
             token = system.create_user("drill")
             async with httpx.AsyncClient(
@@ -407,17 +756,35 @@ async def run(only: list[str]) -> list[Row]:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--flood"]:  # offer_flood's own process
+        api_url, token, url, offers, seconds = sys.argv[2:7]
+        codes = asyncio.run(flood_offers(api_url, token, url, int(offers), float(seconds)))
+        print(json.dumps(codes))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=sorted(DRILLS))
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--markdown", type=Path, help="also write the table here")
     args = parser.parse_args()
     rows = asyncio.run(run(args.only or list(DRILLS)))
-    print("| fault | what was running | what the user saw | stored events lost | recovery s |")
-    print("|---|---|---|---:|---:|")
-    for r in rows:
-        print(f"| {r.fault} | {r.running} | {r.user_saw} | {r.lost} | {r.recovery_s:.2f} |")
+    table = [
+        "| fault | what was running | what the user saw | stored events lost | recovery s |",
+        "|---|---|---|---:|---:|",
+        *(
+            f"| {r.fault} | {r.running} | {r.user_saw} | {r.lost} | {r.recovery_s:.2f} |"
+            for r in rows
+        ),
+    ]
+    print("\n".join(table))
+    if args.markdown:
+        args.markdown.write_text(
+            "# Fault drills\n\n`make drills` on a 2-core machine; recovery is from the fault "
+            "(Redis outages: from Redis answering again) to users being served.\n\n"
+            + "\n".join(table)
+            + "\n"
+        )
     if args.json:
-        args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=2))
+        args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=2, default=str))
     if any(r.lost for r in rows):
         sys.exit(1)
 

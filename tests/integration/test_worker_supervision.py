@@ -1,0 +1,146 @@
+"""A worker's long-lived tasks are watched (a real worker in this process, real Redis):
+a transient failure restarts its poll loop, any other ends the worker with exit code 1,
+and a poll loop that hangs shows as ``stalled`` with no capacity."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from prometheus_client import REGISTRY
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from api.reaper import Reaper
+from shared import keys
+from shared.fleet import POLL_STALL_S, WorkerBeat
+from shared.live import LiveSessions
+from worker.options import WorkerOptions
+from worker.worker import SessionWorker, VoicepoolWorker
+
+POOL = "supervised"
+
+
+@pytest.fixture
+async def start_worker(redis, redis_server, monkeypatch) -> AsyncIterator[Callable]:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(VoicepoolWorker, "_install_signal_handlers", lambda self: None)
+    running: list[tuple[VoicepoolWorker, asyncio.Task[int]]] = []
+
+    async def start(fault: Callable[[int], object] | None = None) -> VoicepoolWorker:
+        """Start a worker whose poll iteration number N first calls ``fault(N)``."""
+        if fault is not None:
+            rounds = 0
+            original = SessionWorker._poll_iteration
+
+            async def faulty(self: SessionWorker) -> None:
+                nonlocal rounds
+                rounds += 1
+                outcome = fault(rounds)
+                if asyncio.iscoroutine(outcome):
+                    await outcome
+                await original(self)
+
+            monkeypatch.setattr(SessionWorker, "_poll_iteration", faulty)
+        worker = VoicepoolWorker(
+            WorkerOptions(
+                redis_url=redis_server.url, pool=POOL, capacity=2,
+                heartbeat_interval=0.2, heartbeat_ttl=3,
+            )
+        )  # fmt: skip
+        began = time.time()
+        running.append((worker, asyncio.create_task(worker.run())))
+        await _until(lambda: _polling(redis, worker, began))
+        return worker
+
+    yield start
+    for worker, task in running:
+        worker.stop()
+        await asyncio.wait_for(task, 20)
+
+
+async def _beat(redis, worker: VoicepoolWorker) -> WorkerBeat | None:  # type: ignore[no-untyped-def]
+    raw = await redis.get(keys.worker(worker.id))
+    return WorkerBeat.model_validate_json(raw) if raw else None
+
+
+async def _until(predicate: Callable[[], object], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():  # type: ignore[misc]
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_transient_failure_restarts_the_poll_loop(start_worker, redis) -> None:  # type: ignore[no-untyped-def]
+    def drop_redis_once(n: int) -> None:
+        if n == 20:
+            raise RedisConnectionError("Connection closed by server.")
+
+    worker = await start_worker(drop_redis_once)
+    await _until(lambda: _restarted(worker))
+    polled = worker.polled_at
+    await _until(lambda: _later(worker, polled))  # polling again
+    assert not worker.supervisor.failed.is_set()
+    beat = await _beat(redis, worker)
+    assert beat is not None and beat.serving_capacity == 2
+
+
+async def _polling(redis, worker: VoicepoolWorker, since: float) -> bool:  # type: ignore[no-untyped-def]
+    return worker.polled_at > since and await _beat(redis, worker) is not None
+
+
+async def _restarted(worker: VoicepoolWorker) -> bool:
+    return worker.supervisor.restarts("arq") == 1
+
+
+async def _later(worker: VoicepoolWorker, than: float) -> bool:
+    return worker.polled_at > than
+
+
+async def test_any_other_failure_ends_the_worker_with_exit_code_1(start_worker, redis) -> None:  # type: ignore[no-untyped-def]
+    def break_for_good(n: int) -> None:
+        if n == 20:
+            raise RuntimeError("a bug in the poll loop")
+
+    worker = await start_worker(break_for_good)
+    await asyncio.wait_for(worker.supervisor.failed.wait(), 10)
+    assert worker.free_slots() == 0  # from the moment it failed
+    run = next(t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "VoicepoolWorker.run")  # type: ignore[union-attr]
+    assert await asyncio.wait_for(run, 20) == 1
+    assert await _beat(redis, worker) is None  # gone from the fleet, not listed as capacity
+
+
+async def test_a_hung_poll_loop_is_stalled_and_no_capacity(start_worker, redis) -> None:  # type: ignore[no-untyped-def]
+    release = asyncio.Event()
+
+    async def hang(n: int) -> None:
+        if n == 20:
+            await release.wait()  # stuck, but the heartbeat goes on
+
+    worker = await start_worker(hang)
+    reaper = Reaper(LiveSessions(redis), queue_ttl=30, pools=[POOL])
+    await reaper.observe_fleet()
+    assert _gauge("voicepool_pool_capacity_sessions") == 2
+
+    async def stalled() -> bool:
+        beat = await _beat(redis, worker)
+        return beat is not None and beat.stalled
+
+    await _until(stalled, timeout=POLL_STALL_S + 5)
+    beat = await _beat(redis, worker)
+    assert beat is not None and beat.serving_capacity == 0 and beat.poll_age > POLL_STALL_S  # type: ignore[operator]
+    await reaper.observe_fleet()
+    assert _gauge("voicepool_pool_capacity_sessions") == 0
+    assert _gauge("voicepool_pool_workers_stalled") == 1
+
+    release.set()  # it comes unstuck: capacity again
+    await _until(lambda: _serving(redis, worker))
+
+
+async def _serving(redis, worker: VoicepoolWorker) -> bool:  # type: ignore[no-untyped-def]
+    beat = await _beat(redis, worker)
+    return beat is not None and beat.serving_capacity == 2
+
+
+def _gauge(name: str) -> float | None:
+    return REGISTRY.get_sample_value(name, {"pool": POOL})
