@@ -37,11 +37,6 @@ async def hit(redis: aioredis.Redis, scope: str, who: str, *, limit: int, per_s:
         )  # fmt: skip
 
 
-# An open event stream's lease: renewed every third of it while the stream is
-# open, so the streams of an API process that died free up within this long.
-STREAM_LEASE_S = 60.0
-
-
 def too_many_streams(limit: int) -> ApiError:
     return ApiError(
         429, "too_many_streams",
