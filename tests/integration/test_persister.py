@@ -137,3 +137,32 @@ async def test_trimming_never_drops_an_unacknowledged_entry(redis, store) -> Non
     async with store.session() as db:
         count = (await db.exec(select(func.count()).select_from(EventRecord))).one()
     assert count == published
+
+
+async def test_a_failed_batch_is_stored_again_at_once_not_adopted_later(redis, store) -> None:  # type: ignore[no-untyped-def]
+    """The database refuses a few batches (a full disk): the same persister stores what it
+    read as soon as the database takes writes again, without waiting to adopt its own
+    entries as abandoned."""
+    live = LiveSessions(redis)
+    published = await _publish_session(live, events=120)
+
+    class DiskFull(Persister):
+        refusals = 2
+
+        async def store_entries(self, entries):  # type: ignore[no-untyped-def]
+            if self.refusals:
+                self.refusals -= 1
+                raise OSError("database or disk is full")
+            await super().store_entries(entries)
+
+    persister = DiskFull(redis, store, consumer="p", batch_size=50, claim_idle_ms=3_600_000)
+    await persister.ensure_group()
+    for _ in range(2):  # as run() does: a failed step leaves its entries pending
+        with pytest.raises(OSError):
+            await persister.step(block_ms=50)
+        persister._retry_own = True
+    # The second attempt was the same batch again, not a new one read on top of it.
+    assert (await redis.xpending(keys.INGEST_STREAM, keys.PERSISTER_GROUP))["pending"] == 50
+    await _drain(persister)  # claim_idle_ms of an hour: nothing is adopted, all is retried
+    assert [seq for seq, _ in await _stored(store)] == list(range(1, published + 1))
+    assert (await redis.xpending(keys.INGEST_STREAM, keys.PERSISTER_GROUP))["pending"] == 0
