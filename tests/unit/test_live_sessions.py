@@ -93,3 +93,34 @@ async def test_reaper_fails_lost_sessions_and_expires_stale_queued_ones(redis) -
     assert await reaper.sweep() == [("owned", "worker_lost")]
     assert (await live.get("owned"))["state"] == "failed"
     assert (await live.get("fresh"))["state"] == "queued"
+
+
+async def test_reaper_judges_nobody_until_workers_could_beat_again(redis) -> None:  # type: ignore[no-untyped-def]
+    """After Redis was unreachable, restarted, or the reaper itself did not run, a missing
+    heartbeat says nothing yet: every worker gets a full TTL before anyone is judged."""
+    live = LiveSessions(redis, heartbeat_ttl=0.5)
+    reaper = Reaper(live, queue_ttl=5, interval=0.05)
+    await reaper.check_redis()  # (a Redis younger than the TTL is forgiven once too)
+    await asyncio.sleep(0.55)
+    await reaper.check_redis()
+    assert reaper.judging
+    await _new(live, "owned")
+    await live.transition("owned", SessionState.STARTING, Reason.PICKED_UP,
+                          allowed_from={SessionState.QUEUED}, worker_id="w1")  # fmt: skip
+    await redis.delete(keys.session_alive("owned"))  # as if its key lapsed during an outage
+
+    for blind_spot in ("unreachable", "restarted", "paused"):
+        if blind_spot == "unreachable":
+            reaper._blind = True  # what run() records when a round fails
+        elif blind_spot == "restarted":
+            reaper._redis_run_id = "an earlier redis-server"
+        else:
+            reaper._last_round = time.monotonic() - 10
+        await reaper.check_redis()
+        assert not reaper.judging, blind_spot
+        assert await reaper.sweep() == [], blind_spot
+        await asyncio.sleep(0.55)
+        await reaper.check_redis()
+        assert reaper.judging, blind_spot
+
+    assert await reaper.sweep() == [("owned", "worker_lost")]  # now it could have beaten

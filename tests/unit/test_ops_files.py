@@ -259,12 +259,14 @@ WORKER_HEALTH = {
         ),
         series(HEARTBEAT_TIMEOUTS, "0+1x80", instance="w1", pool="server"),
         series(HEARTBEAT_TIMEOUTS, "0x30 1x50", instance="w2", pool="server"),
+        series("voicepool_pool_workers_stalled", "0x10 1x70", pool="server", instance="api"),
     ],
     "alert_rule_test": [
         expect("VoicepoolWorkerEventLoopLagging", severity="warning", pool="server", instance="w1"),
         expect(
             "VoicepoolPipelineHeartbeatTimeouts", severity="warning", pool="server", instance="w1"
         ),
+        expect("VoicepoolWorkersStalled", severity="warning", pool="server"),
     ],
 }
 
