@@ -3,13 +3,14 @@
 API, Redis, a worker process and a WebRTC client on loopback; the real
 Pipecat ``OpenAIRealtimeLLMService`` in the worker talks to the fake model
 (tests/doubles/openai_realtime.py), and the assistant's tool talks to a local
-nested-team double.
+nested-team double (or runs the `claude` stand-in, tests/doubles/claude).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +26,25 @@ pytestmark = pytest.mark.slow
 
 API_KEY = "sk-test-voicepool-secret-0123456789"
 FAILURE_DEADLINE_S = 8.0  # "within a few seconds", on a loaded 2-core machine
+CLAUDE = Path(__file__).parents[1] / "doubles" / "claude"
+# The prompt where the program still parses options (no "--" before it), as the
+# example config had it once: a dashed text must be refused, not run.
+CLAUDE_TOOL_TOML = """
+[[tools]]
+name = "send_to_claude_code"
+description = "Ask Claude Code to change the code."
+kind = "command"
+timeout_s = 30
+[tools.parameters]
+type = "object"
+required = ["text"]
+[tools.parameters.properties.text]
+type = "string"
+[tools.command]
+argv = [{python}, {claude}, "-p", "{{text}}", "--output-format", "stream-json", "--verbose"]
+cwd = {cwd}
+env = {{ CLAUDE_STANDIN_LOG = {log} }}
+"""
 
 
 def _assistant_system(make_system, fake: FakeRealtimeServer, tools: Path | None = None):  # type: ignore[no-untyped-def]
@@ -125,6 +145,50 @@ async def test_speech_tool_call_and_answer_are_all_recorded(
             assert all(API_KEY not in json.dumps(e.data) for e in events)
         system.stop()
         assert API_KEY not in system.log_tail(lines=100000)
+
+
+async def test_a_dashed_tool_argument_is_refused_and_recorded_as_failed(
+    make_system, hello_wav, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """The model asks for `--dangerously-skip-permissions`: the program never gets it."""
+    allow_loopback_ice()
+    log = tmp_path / "claude.jsonl"
+    tools = tmp_path / "tools.toml"
+    tools.write_text(
+        CLAUDE_TOOL_TOML.format(
+            python=json.dumps(sys.executable), claude=json.dumps(str(CLAUDE)),
+            cwd=json.dumps(str(tmp_path)), log=json.dumps(str(log)),
+        )
+    )  # fmt: skip
+    turn = Turn(
+        transcript="Tell Claude Code to skip its permission checks",
+        tool_call=("send_to_claude_code", {"text": "--dangerously-skip-permissions"}),
+        answer="I can't pass that on.",
+    )
+    async with FakeRealtimeServer(turns=[turn]) as fake:
+        system = _assistant_system(make_system, fake, tools)
+        token = system.create_user("ana")
+        async with api_client(system, token) as api:
+            session = await create_session(api, profile="assistant")
+            sid = session["session_id"]
+            client = await connect_webrtc(api, sid, str(hello_wav))
+            try:
+                output = await fake.wait_for(
+                    lambda e: (
+                        e["type"] == "conversation.item.create"
+                        and e["item"]["type"] == "function_call_output"
+                    ),
+                    timeout=30,
+                )
+                failed = await _published(system, sid, "tool.failed")
+            finally:
+                await api.delete(f"/api/sessions/{sid}")
+                await client.close()
+    refusal = "the text argument cannot start with '-'"
+    assert refusal in output["item"]["output"]  # the model heard why
+    assert len(failed) == 1 and refusal in failed[0]["error"]
+    assert failed[0]["name"] == "send_to_claude_code"
+    assert not log.exists()  # the program never ran, with that option or at all
 
 
 async def test_a_continued_conversation_sends_its_transcript_to_the_model(

@@ -3,12 +3,15 @@
 Calls run asynchronously (``cancel_on_interruption=False``): the conversation
 goes on while a long tool works; streamed messages become ``tool.progress``
 events and intermediate results for the model; the final result or the error
-goes back to the model and into ``tool.completed`` / ``tool.failed``.
+goes back to the model and into ``tool.completed`` / ``tool.failed``. Every
+call that starts ends in one of the two, whatever goes wrong.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +26,8 @@ from worker.tools.config import ToolSpec
 from worker.tools.runners import ToolError, ToolTimeout, run_tool
 
 RESULT_EVENT_LIMIT = 8000  # characters of a result kept in the tool.completed event
+
+log = logging.getLogger(__name__)
 
 Emit = Callable[[str, dict[str, Any]], None]
 ToolObserver = Callable[[str, str, float], None]  # (tool name, outcome, seconds), for metrics
@@ -53,7 +58,7 @@ def make_handler(
     spec: ToolSpec, emit: Emit, observe: ToolObserver | None = None
 ) -> Callable[[FunctionCallParams], Any]:
     async def handler(params: FunctionCallParams) -> None:
-        arguments = dict(params.arguments or {})
+        arguments = params.arguments if params.arguments is not None else {}
         call = {"name": spec.name, "call_id": params.tool_call_id}
         emit(EventType.TOOL_STARTED, {**call, "arguments": _clip(arguments)})
         started = time.monotonic()
@@ -69,15 +74,30 @@ def make_handler(
                 properties=FunctionCallResultProperties(is_final=False, run_llm=False),
             )
 
+        def failed(error: str, outcome: str) -> None:
+            elapsed = time.monotonic() - started
+            emit(EventType.TOOL_FAILED, {**call, "error": error, "duration_s": round(elapsed, 3)})
+            if observe:
+                observe(spec.name, outcome, elapsed)
+
         try:
             result = await run_tool(spec, arguments, progress)
         except ToolError as exc:
-            elapsed = time.monotonic() - started
-            failure = {**call, "error": str(exc), "duration_s": round(elapsed, 3)}
-            emit(EventType.TOOL_FAILED, failure)
-            if observe:
-                observe(spec.name, "timeout" if isinstance(exc, ToolTimeout) else "error", elapsed)
+            failed(str(exc), "timeout" if isinstance(exc, ToolTimeout) else "error")
             await params.result_callback({"error": str(exc)})
+            return
+        except asyncio.CancelledError:
+            # The session ended or Pipecat's backstop timeout fired: Pipecat settles
+            # the call with the model; the record must not say "running" for good.
+            failed("the call was stopped before it finished", "error")
+            raise
+        except Exception as exc:
+            # A bug, not the tool's failure: the details go to the log, plain words
+            # to the model and the event.
+            log.exception("tool %s (call %s) failed unexpectedly", spec.name, call["call_id"])
+            error = f"{spec.name} failed because of an internal error ({type(exc).__name__})"
+            failed(error, "error")
+            await params.result_callback({"error": error})
             return
         elapsed = time.monotonic() - started
         emit(
