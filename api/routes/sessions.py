@@ -33,6 +33,7 @@ router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 
 START_JOB = "start_session"
 END_WAIT_S = 5.0
+START_JOB_SLACK_S = 300
 
 
 async def _owned_session(
@@ -149,7 +150,10 @@ async def create_session(
             row.id,
             _job_id=row.id,
             _queue_name=keys.queue(pool),
-            _expires=settings.queue_ttl,
+            # The reaper expires the session at its queue TTL (after any grace for a
+            # Redis outage) and removes the job; arq's own expiry only bounds a leak,
+            # and must not drop a job whose session is still waiting.
+            _expires=settings.queue_ttl + START_JOB_SLACK_S,
         )
     except OwnerLimitReached as exc:  # lost a race with a concurrent request: leave nothing
         async with state.store.writing():
