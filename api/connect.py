@@ -4,7 +4,9 @@ Events are stored for good, exported and shown to admins; a single-use token in
 one would let whoever reads it first take the call, and a meeting token would
 let anyone join the room. So the worker keeps them in the session's Redis hash
 (``owner_connect``), and the API gives them to the owner only: in
-``GET /api/sessions/{id}`` (``connect``) and in ``POST /api/start``.
+``POST /api/sessions/{id}/connect`` and ``POST /api/start``, which mint a
+WebSocket token, and, for a Daily room (stored, not minted), in
+``GET /api/sessions/{id}`` too (``connect``). A read never mints a credential.
 """
 
 from __future__ import annotations
@@ -25,27 +27,44 @@ def _with_token(url: str, token: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}{urlencode({'token': token})}"
 
 
+def connect_url(row: VoiceSession) -> str | None:
+    """Where the owner asks for connection parameters; None for WebRTC (it sends an offer)."""
+    return None if row.transport == "webrtc" else f"/api/sessions/{row.id}/connect"
+
+
+def room_connect(row: VoiceSession, live: dict[str, str]) -> dict[str, Any] | None:
+    """A Daily session's room and owner's token while people can join, else None.
+
+    Stored by the worker, so reading it creates nothing: ``GET /api/sessions/{id}``
+    may show it.
+    """
+    stored = json.loads(live.get(OWNER_CONNECT) or "{}")
+    if (
+        row.transport == "daily"
+        and live.get("state") in (SessionState.READY, SessionState.CONNECTED)
+        and stored.get("room_url")
+    ):
+        return {"room_url": stored["room_url"], "token": stored["token"]}
+    return None
+
+
 async def owner_connect(
     state: AppState, row: VoiceSession, live: dict[str, str]
 ) -> dict[str, Any] | None:
     """Connection parameters for the session's owner, or None while there are none.
 
     A WebSocket token is minted per call (single use, ``VOICEPOOL_WS_TOKEN_TTL``), only
-    while the session waits for its client; a Daily room takes people while it lives.
+    while the session waits for its client: call this only for an explicit request to
+    connect, never for a read. A Daily room takes people while it lives.
     """
-    status = live.get("state")
     stored = json.loads(live.get(OWNER_CONNECT) or "{}")
-    if row.transport == "websocket" and status == SessionState.READY and stored.get("ws_url"):
+    if row.transport == "websocket":
+        if live.get("state") != SessionState.READY or not stored.get("ws_url"):
+            return None
         ttl = state.settings.ws_token_ttl
         token = await ws_tokens.mint(state.redis, row.id, ttl)
         return {"ws_url": _with_token(stored["ws_url"], token), "expires_in_s": ttl}
-    if (
-        row.transport == "daily"
-        and status in (SessionState.READY, SessionState.CONNECTED)
-        and stored.get("room_url")
-    ):
-        return {"room_url": stored["room_url"], "token": stored["token"]}
-    return None
+    return room_connect(row, live)
 
 
 def start_response(

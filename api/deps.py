@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Annotated
+import ipaddress
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel.ext.asyncio.session import AsyncSession
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import web_sessions
 from api.errors import ApiError
@@ -19,10 +23,10 @@ from api.fanout import StreamFanout
 from api.limits import Leases
 from api.signals import WorkerSignals
 from shared.live import LiveSessions
-from shared.models import User
+from shared.models import User, as_utc
 from shared.settings import Settings
 from shared.store import Store
-from shared.users import authenticate, get_user_by_name
+from shared.users import get_user_by_name, signout_generation, valid_token
 
 
 @dataclass
@@ -59,22 +63,120 @@ _bearer = HTTPBearer(auto_error=False, description="A token from `voicepool user
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
+# --- reverse proxies -------------------------------------------------------------------
+
+PEER = "voicepool.peer"
+"""Scope key: the socket peer (host, port), kept before X-Forwarded-For replaces ``client``."""
+
+
+class _KeepPeer:
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope[PEER] = scope.get("client")
+        await self.app(scope, receive, send)
+
+
+def behind_proxies(app: ASGIApp, trusted: Sequence[str]) -> ASGIApp:
+    """``app`` believing X-Forwarded-For/-Proto from the ``trusted`` peers only (none: nobody).
+
+    uvicorn's own proxy handling must be off (``proxy_headers=False``): it runs
+    outermost, so the app could no longer tell the proxy's connection from an
+    address a client merely claimed. The same middleware runs here, inside a
+    step that records the real peer first.
+    """
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    inner = ProxyHeadersMiddleware(app, trusted_hosts=list(trusted)) if trusted else app
+    return _KeepPeer(inner)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(entries: tuple[str, ...]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+
+
+def is_trusted_proxy(host: str | None, trusted: Sequence[str]) -> bool:
+    """Whether ``host`` (an address) is in ``trusted`` (addresses and CIDR networks)."""
+    if not host or not trusted:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack socket reports IPv4 peers this way
+    return any(address in network for network in _networks(tuple(trusted)))
+
+
+def socket_peer(request: Request) -> str | None:
+    """The address of the connection itself, whatever X-Forwarded-For says."""
+    peer = request.scope.get(PEER, request.scope.get("client"))
+    return peer[0] if peer else None
+
 
 def _proxied_user_name(request: Request, settings: Settings) -> str | None:
     """Trusted-proxy mode: the user an authenticating proxy vouches for, if configured
-    and only when the request comes from one of the configured proxy addresses."""
+    and only on a connection from one of the configured proxies (the socket peer: a
+    forwarded address is only what somebody claimed)."""
     header = settings.trusted_proxy_header
-    if not header or request.client is None or request.client.host not in settings.trusted_proxies:
+    if not header or not is_trusted_proxy(socket_peer(request), settings.trusted_proxies):
         return None
     name = request.headers.get(header)
     return name if name and len(name) <= 64 else None
 
 
-async def get_current_user(
+# --- the caller --------------------------------------------------------------------------
+
+
+@dataclass
+class Caller:
+    """Who is calling and with which credential, so a long response (an event stream)
+    can check now and then that the credential still holds."""
+
+    user: User
+    via: Literal["proxy", "cookie", "token"]
+    credential: str = field(default="", repr=False)
+    """The session cookie or the bearer token (kept out of reprs, and so of logs)."""
+    expires_at: float | None = None
+    """Unix time the bearer token expires, if it does."""
+    generation: int | None = None
+    """The user's sign-out generation when last checked (None: not yet)."""
+
+    async def still_valid(self, state: AppState) -> bool:
+        """False once the credential was revoked, signed out or expired.
+
+        Cheap in the common case: a cookie is its session's lookup in Redis; a
+        token is its expiry and the user's sign-out generation, and the database
+        only when that changed (the first check always looks: a revocation may have landed
+        between identifying the caller and reading the generation).
+        """
+        if self.via == "cookie":
+            return await web_sessions.lookup(state.redis, self.credential) is not None
+        if self.via != "token":
+            return True  # the proxy vouches per request; it has no credential to revoke here
+        if self.expires_at is not None and time.time() >= self.expires_at:
+            return False
+        generation = await signout_generation(state.redis, self.user.id)
+        if generation == self.generation:
+            return True
+        async with state.store.session() as db:
+            if await valid_token(db, self.credential) is None:
+                return False
+        self.generation = generation
+        return True
+
+
+async def get_caller(
     request: Request,
     state: StateDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> User:
+) -> Caller:
     """The caller, from a bearer token or from the browser's session cookie.
 
     Cookie-authenticated requests that change something must also carry the
@@ -86,49 +188,61 @@ async def get_current_user(
         return await _identify(request, db, state, credentials)
 
 
+async def get_current_user(caller: Annotated[Caller, Depends(get_caller)]) -> User:
+    return caller.user
+
+
 async def _identify(
     request: Request,
     db: AsyncSession,
     state: AppState,
     credentials: HTTPAuthorizationCredentials | None,
-) -> User:
+) -> Caller:
     proxied = _proxied_user_name(request, state.settings)
     if proxied is not None:
         user = await get_user_by_name(db, proxied)
         if user is None:
             raise ApiError(401, "unknown_user", "the proxy named a user that does not exist")
-        return user
+        return Caller(user, "proxy")
     if credentials is None:
         cookie = request.cookies.get(web_sessions.COOKIE)
         found = await web_sessions.lookup(state.redis, cookie) if cookie else None
-        if found is None:
+        if cookie is None or found is None:
             raise ApiError(
                 401, "unauthorized", "sign in, or send Authorization: Bearer <token>",
                 headers={"WWW-Authenticate": "Bearer"},
             )  # fmt: skip
         user_id, csrf = found
-        if request.method not in SAFE_METHODS and not hmac.compare_digest(
-            request.headers.get("X-CSRF-Token", ""), csrf
-        ):
-            raise ApiError(403, "csrf_failed", "missing or wrong X-CSRF-Token header")
+        check_csrf(request, csrf)
         user = await db.get(User, user_id)
         if user is None:
             raise ApiError(401, "unauthorized", "the signed-in user no longer exists")
-        return user
+        return Caller(user, "cookie", cookie)
     if credentials.scheme.lower() != "bearer":
         raise ApiError(
             401, "unauthorized", "send Authorization: Bearer <token>",
             headers={"WWW-Authenticate": "Bearer"},
         )  # fmt: skip
-    user = await authenticate(db, credentials.credentials)
-    if user is None:
+    token = await valid_token(db, credentials.credentials)
+    user = await db.get(User, token.user_id) if token is not None else None
+    if token is None or user is None:
         raise ApiError(
             401, "invalid_token", "the token is unknown, revoked or expired",
             headers={"WWW-Authenticate": "Bearer"},
         )  # fmt: skip
-    return user
+    expires = as_utc(token.expires_at).timestamp() if token.expires_at is not None else None
+    return Caller(user, "token", credentials.credentials, expires)
 
 
+def check_csrf(request: Request, csrf: str) -> None:
+    """Cookie-authenticated requests that change something carry the session's CSRF token."""
+    if request.method not in SAFE_METHODS and not hmac.compare_digest(
+        request.headers.get("X-CSRF-Token", ""), csrf
+    ):
+        raise ApiError(403, "csrf_failed", "missing or wrong X-CSRF-Token header")
+
+
+CurrentCaller = Annotated[Caller, Depends(get_caller)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 

@@ -112,10 +112,14 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         title="voicepool",
         version=__version__,
         summary="Real-time voice assistant sessions at scale.",
-        lifespan=lifespan,
+        lifespan=health.with_metrics_listener(lifespan, settings),
+        # Off (production): the schema maps every route; health.mount makes them 404.
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
+        openapi_url="/openapi.json" if settings.api_docs else None,
     )
     install_error_handlers(app)
-    app.include_router(health.router)
+    health.mount(app, settings)  # /healthz, /readyz, /metrics (unless METRICS_BIND moves it)
     app.include_router(auth.router)
     app.include_router(sessions.router)
     app.include_router(participants.router)

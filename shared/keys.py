@@ -34,6 +34,12 @@ def user_live(user_id: str) -> str:
     return f"{PREFIX}:user:{user_id}:live"
 
 
+def user_signouts(user_id: str) -> str:
+    """String: the user's sign-out generation (a counter; absent means 0). No TTL: it must
+    outlive every browser session opened before it, and there is one per revoked user."""
+    return f"{PREFIX}:user:{user_id}:signouts"
+
+
 def pool_starts(pool: str) -> str:
     """Sorted set: recent session starts in a pool (for queue wait estimates)."""
     return f"{PREFIX}:pool:{pool}:starts"

@@ -2,7 +2,8 @@
 
 Pipecat logs through loguru; both it and the standard library go through the
 same redaction, so an API key or a bearer token that ends up in a message
-(an exception quoting a URL or a header, say) is masked before it is written.
+(an exception quoting a URL or a header, say) is masked before it is written,
+and so is the password of any URL (``redis://:***@host:6379/0``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ SECRET_PATTERNS = [
     re.compile(r"sk-[A-Za-z0-9_-]{8,}"),
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
 ]
+# The password of any scheme://user:password@host URL (Redis, PostgreSQL, a proxy):
+# up to the last "@" before the path, so a password with a raw "@" is masked whole.
+URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s/]*@")
 _extra_secrets: list[str] = []
 
 
@@ -32,6 +36,7 @@ def add_secret(value: str | None) -> None:
 def redact(text: str) -> str:
     for secret in _extra_secrets:
         text = text.replace(secret, "[redacted]")
+    text = URL_PASSWORD.sub(r"\1***@", text)
     for pattern in SECRET_PATTERNS:
         text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "[redacted]", text)
     return text

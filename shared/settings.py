@@ -9,6 +9,7 @@ on one machine: embedded Redis, SQLite under ``var/``, SmallWebRTC, and the
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -73,7 +74,31 @@ class Settings(BaseSettings):
         description="Header naming the signed-in user, set by an authenticating reverse proxy.",
     )
     trusted_proxies: CommaList = Field(
-        [], description="Addresses of the proxy allowed to set that header."
+        [],
+        description="Addresses or CIDR networks of the reverse proxies in front of the API: "
+        "the only peers whose X-Forwarded-For/-Proto are believed and who may set "
+        "TRUSTED_PROXY_HEADER (none: nobody, loopback included).",
+    )
+    api_http: Literal["h11", "httptools"] = Field(
+        "h11",
+        description="The API's HTTP parser. h11 bounds request heads (one unfinished after "
+        "16 KiB is refused); httptools costs less per request and per event-stream write but "
+        "buffers headers without limit: choose it only behind a reverse proxy that bounds them.",
+    )
+    api_docs: bool = Field(
+        True,
+        description="Serve /docs, /redoc and /openapi.json (on for development; production: "
+        "false, the schema maps every route for whoever asks).",
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="When set, the API's /metrics needs `Authorization: Bearer` this token "
+        "(401 otherwise; on METRICS_BIND too). Unset: open, as /healthz.",
+    )
+    metrics_bind: str | None = Field(
+        None,
+        description="host:port to serve the API's metrics on instead of /metrics on the API "
+        "port (a listener of its own, e.g. on a private network; the API port answers 404).",
     )
 
     # --- sessions and dispatch ---------------------------------------------
@@ -238,6 +263,39 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("metrics_token", "metrics_bind", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # compose passes ${VAR:-} through as "": that must not mean "the token is empty".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("metrics_bind")
+    @classmethod
+    def _host_and_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            host, _, port = value.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("METRICS_BIND is host:port, e.g. 127.0.0.1:9101")
+        return value
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """METRICS_BIND as (host, port); IPv6 hosts without their brackets."""
+        if self.metrics_bind is None:
+            return None
+        host, _, port = self.metrics_bind.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses_or_networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR network") from None
         return value
 
     @property

@@ -4,19 +4,31 @@ A token reads ``vp_<id>_<secret>``: the id finds the row, the secret is
 checked against a salted SHA-256 hash. Secrets are 32 random bytes, so a
 fast hash is enough (there is nothing to brute-force); the plain token is
 shown once, at creation, and never stored.
+
+Revoking also signs the user out: a counter per user in Redis (their sign-out
+generation) goes up, which ends every browser session opened before it, and
+makes open event streams re-check their credential; the user's live sessions
+end with reason ``revoked``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import json
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
+import redis.asyncio as aioredis
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from shared import keys
+from shared.events import OWNED_STATES, Reason, SessionState
+from shared.live import LiveSessions
 from shared.models import ApiToken, User, as_utc, utcnow
 
 TOKEN_PREFIX = "vp"
@@ -65,8 +77,8 @@ async def issue_token(
     return IssuedToken(token=f"{TOKEN_PREFIX}_{token_id}_{secret}", token_id=token_id, user=user)
 
 
-async def authenticate(db: AsyncSession, token: str) -> User | None:
-    """The user a bearer token belongs to, or None if it is unknown, revoked or expired."""
+async def valid_token(db: AsyncSession, token: str) -> ApiToken | None:
+    """The row of a bearer token, or None if it is unknown, revoked or expired."""
     parts = token.split("_", 2)
     if len(parts) != 3 or parts[0] != TOKEN_PREFIX:
         return None
@@ -78,8 +90,95 @@ async def authenticate(db: AsyncSession, token: str) -> User | None:
         return None
     if row.expires_at is not None and as_utc(row.expires_at) <= utcnow():
         return None
-    return await db.get(User, row.user_id)
+    return row
+
+
+async def authenticate(db: AsyncSession, token: str) -> User | None:
+    """The user a bearer token belongs to, or None if it is unknown, revoked or expired."""
+    row = await valid_token(db, token)
+    return None if row is None else await db.get(User, row.user_id)
 
 
 async def get_user_by_name(db: AsyncSession, name: str) -> User | None:
     return (await db.exec(select(User).where(User.name == name))).first()
+
+
+# --- signing out everywhere -------------------------------------------------------------
+
+SIGNAL_LIST_TTL_S = 60  # as api/signals.py: messages to a worker that died are not kept
+END_REPLY_WAIT_S = 5.0  # how long to wait for workers to confirm the ends
+STRAGGLER_WAIT_S = 1.0  # before looking again for sessions created during the first look
+
+
+async def signout_generation(redis: aioredis.Redis, user_id: str) -> int:
+    return int(await redis.get(keys.user_signouts(user_id)) or 0)
+
+
+async def sign_out_everywhere(redis: aioredis.Redis, live: LiveSessions, user_id: str) -> int:
+    """End the user's browser sessions (and so their event streams) and live sessions.
+
+    Call it after the tokens are revoked in the database: a sign-in racing it
+    either sees the revoked token or stores the old generation. Returns how many
+    live sessions were ended (queued ones cancelled, running ones ended by their
+    worker, reason ``revoked``).
+    """
+    await redis.incr(keys.user_signouts(user_id))
+    ended: set[str] = set()
+    # The second look catches sessions created by requests that were authenticated
+    # just before the revocation and were still in flight during the first.
+    for attempt in range(2):
+        if attempt:
+            await asyncio.sleep(STRAGGLER_WAIT_S)
+        replies: set[str] = set()
+        for session_id in await redis.smembers(keys.user_live(user_id)):
+            if session_id in ended:
+                continue
+            outcome = await _end_session(redis, live, session_id)
+            if outcome is not None:
+                ended.add(session_id)
+                if outcome:
+                    replies.add(outcome)
+        # Workers answer at once; a dead one never does (its sessions are the reaper's).
+        deadline = time.monotonic() + END_REPLY_WAIT_S
+        while replies and (left := deadline - time.monotonic()) > 0:
+            reply = await redis.blpop(list(replies), timeout=left)
+            if reply is None:
+                break
+            replies.discard(reply[0])
+    return len(ended)
+
+
+async def _end_session(redis: aioredis.Redis, live: LiveSessions, session_id: str) -> str | None:
+    """Cancel a queued session or ask its worker to end it (reason ``revoked``).
+
+    Returns None if it was already final or had no worker to ask, "" when it was
+    cancelled here, else the key the worker's reply arrives on.
+    """
+    meta = await live.get(session_id)
+    if meta.get("state") == SessionState.QUEUED:
+        cancelled, _ = await live.transition(
+            session_id, SessionState.CANCELLED, Reason.REVOKED, allowed_from={SessionState.QUEUED}
+        )
+        if cancelled:
+            job_id = meta.get("job_id", session_id)
+            await redis.zrem(keys.queue(meta.get("pool", "")), job_id)
+            await redis.delete(f"arq:job:{job_id}")
+            return ""
+        meta = await live.get(session_id)  # a worker took it meanwhile
+    worker_id = meta.get("worker_id")
+    if meta.get("state") not in OWNED_STATES or not worker_id:
+        return None  # final already; one whose worker died is the reaper's
+    # The same "end" control message the API's DELETE sends, through the worker's list.
+    request_id = secrets.token_hex(12)
+    message = {
+        "id": request_id,
+        "kind": "end",
+        "session_id": session_id,
+        "payload": {"reason": Reason.REVOKED},
+    }
+    queue = keys.worker_signals(worker_id)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.rpush(queue, json.dumps(message))
+        pipe.expire(queue, SIGNAL_LIST_TTL_S)
+        await pipe.execute()
+    return keys.reply(request_id)

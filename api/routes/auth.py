@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from api import limits, web_sessions
-from api.deps import CurrentUser, SessionDep, StateDep
+from api.deps import CurrentUser, SessionDep, StateDep, check_csrf
 from api.errors import ApiError
 from api.schemas import Strict
 from shared.users import authenticate
@@ -39,16 +41,38 @@ def _secure(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
+def _client_key(request: Request) -> str:
+    """Who a sign-in attempt is counted against: the client's address. That is the socket
+    peer unless the peer is a trusted proxy (only then has X-Forwarded-For replaced it);
+    an IPv6 client counts by its /64, which one host can fill with addresses at will."""
+    host = request.client.host if request.client else "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else address)
+
+
 @router.post("/auth/login", response_model=Me)
 async def sign_in(body: SignIn, request: Request, response: Response, db: SessionDep,
                   state: StateDep) -> Me:  # fmt: skip
     """Exchange a bearer token for an HttpOnly session cookie (and a CSRF token)."""
-    client = request.client.host if request.client else "unknown"
-    await limits.hit(state.redis, "login", client, limit=state.settings.logins_per_minute, per_s=60)
+    limit = state.settings.logins_per_minute
+    await limits.hit(state.redis, "login", _client_key(request), limit=limit, per_s=60)
     user = await authenticate(db, body.token)
     if user is None:
         raise ApiError(401, "invalid_token", "the token is unknown, revoked or expired")
     cookie, csrf = await web_sessions.open_session(state.redis, user.id)
+    # Once more, after the session records the user's sign-out generation: a revocation
+    # that landed in between has either raised it (the session is dead on arrival) or
+    # revoked the token, seen here.
+    async with state.store.session() as fresh:  # a new transaction sees the revocation
+        still = await authenticate(fresh, body.token)
+    if still is None:
+        await web_sessions.close_session(state.redis, cookie)
+        raise ApiError(401, "invalid_token", "the token is unknown, revoked or expired")
     response.set_cookie(
         web_sessions.COOKIE, cookie, max_age=web_sessions.LIFETIME_S, httponly=True,
         samesite="strict", secure=_secure(request), path="/",
@@ -58,8 +82,12 @@ async def sign_in(body: SignIn, request: Request, response: Response, db: Sessio
 
 @router.post("/auth/logout", status_code=204)
 async def sign_out(request: Request, state: StateDep) -> Response:
+    """End the browser session; like every cookie request that changes something, it
+    needs the session's X-CSRF-Token (another site must not sign the user out)."""
     cookie = request.cookies.get(web_sessions.COOKIE)
-    if cookie:
+    found = await web_sessions.lookup(state.redis, cookie) if cookie else None
+    if cookie and found is not None:
+        check_csrf(request, found[1])
         await web_sessions.close_session(state.redis, cookie)
     response = Response(status_code=204)
     response.delete_cookie(web_sessions.COOKIE, path="/", httponly=True, samesite="strict")

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 from sse_starlette import EventSourceResponse
 
 from api import limits, metrics
-from api.connect import owner_connect
-from api.deps import CurrentUser, SessionDep, StateDep, is_admin
+from api.connect import connect_url, owner_connect, room_connect
+from api.deps import AppState, Caller, CurrentCaller, CurrentUser, SessionDep, StateDep, is_admin
 from api.errors import ApiError, not_found
 from api.events import session_event_stream, wait_for_state
 from api.schemas import (
     IcePatch,
+    RoomConnect,
     SdpAnswer,
     SdpOffer,
     SessionCreate,
     SessionOut,
+    WebSocketConnect,
     sdp_offer_problem,
 )
 from shared import keys
@@ -30,10 +36,12 @@ from shared.models import Conversation, User, VoiceSession, as_utc, utcnow
 from shared.users import new_id
 
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
+log = logging.getLogger(__name__)
 
 START_JOB = "start_session"
 END_WAIT_S = 5.0
 START_JOB_SLACK_S = 300
+CREDENTIAL_CHECK_S = 2.0  # an event stream outlives its credential by at most this
 
 
 async def _owned_session(
@@ -66,6 +74,7 @@ async def _describe(state: StateDep, row: VoiceSession) -> SessionOut:
         created_at=as_utc(row.created_at),
         events_url=f"/api/sessions/{row.id}/events",
         offer_url=f"/api/sessions/{row.id}/offer",
+        connect_url=connect_url(row),
     )
 
 
@@ -188,8 +197,39 @@ async def get_session(
     row = await _owned_session(db, user, session_id)
     described = await _describe(state, row)
     if row.user_id == user.id:  # not for admins looking on: the secrets are the owner's
-        described.connect = await owner_connect(state, row, await state.live.get(row.id))
+        # Only what is stored: a read mints no WebSocket token (POST …/connect does).
+        described.connect = room_connect(row, await state.live.get(row.id))
     return described
+
+
+@router.post("/{session_id}/connect", response_model=WebSocketConnect | RoomConnect)
+async def connect_session(
+    session_id: str, user: CurrentUser, db: SessionDep, state: StateDep
+) -> WebSocketConnect | RoomConnect:
+    """Owner only: what the client connects with. A WebSocket session gets a fresh token
+    (single use, valid ``VOICEPOOL_WS_TOKEN_TTL`` seconds) per call, while it waits for its
+    client; a Daily session its room and the owner's meeting token."""
+    row = await _owned_session(db, user, session_id, owner_only=True)
+    if row.transport == "webrtc":
+        raise ApiError(
+            409, "no_connect",
+            f"a WebRTC session connects by sending its SDP offer to /api/sessions/{row.id}/offer",
+        )  # fmt: skip
+    live = await state.live.get(row.id)
+    current = live.get("state", row.state)
+    if current in FINAL_STATES:
+        raise ApiError(409, "session_ended", f"the session has already {current}")
+    if current in (SessionState.QUEUED, SessionState.STARTING):
+        raise ApiError(
+            409, "not_ready", "the session is still waiting for a worker; try again",
+            headers={"Retry-After": "2"},
+        )  # fmt: skip
+    connect = await owner_connect(state, row, live)
+    if connect is None:  # a WebSocket call takes one client, and it has it
+        raise ApiError(409, "already_connected", "the session is no longer waiting for a client")
+    if row.transport == "websocket":
+        return WebSocketConnect(**connect)
+    return RoomConnect(**connect)
 
 
 @router.delete("/{session_id}", response_model=SessionOut)
@@ -298,10 +338,65 @@ async def add_ice_candidates(
     return Response(status_code=204)
 
 
+async def _while_valid(
+    source: AsyncIterator[bytes], caller: Caller, state: AppState
+) -> AsyncIterator[bytes]:
+    """``source`` until it ends or the caller's credential stops holding: a revoked,
+    signed-out or expired credential must not keep receiving a call's events.
+
+    A task checks every ``CREDENTIAL_CHECK_S``, so nothing is added per event (an
+    API process sends tens of thousands a second). When the credential fails while
+    the stream waits for events, the wait is cancelled (that cancellation is ours
+    to absorb); while the client is being written to, the stream stops after it.
+    """
+    consumer: asyncio.Task[object] | None = None
+    waiting = stopped = False
+    cancels_before = 0
+
+    async def watch() -> None:
+        nonlocal stopped, cancels_before
+        while True:
+            await asyncio.sleep(CREDENTIAL_CHECK_S)
+            try:
+                valid = await caller.still_valid(state)
+            except Exception as exc:  # Redis or the database away: the stream waits too
+                log.warning("could not re-check an event stream's credential: %s", exc)
+                continue
+            if not valid:
+                stopped = True
+                if waiting and consumer is not None:
+                    cancels_before = consumer.cancelling()
+                    consumer.cancel()
+                return
+
+    watcher = asyncio.create_task(watch())
+    try:
+        while not stopped:
+            consumer = asyncio.current_task()
+            waiting = True
+            try:
+                item = await anext(source)
+            except StopAsyncIteration:
+                return
+            except asyncio.CancelledError:
+                # Ours alone (the client going away cancels too): end the stream quietly.
+                if stopped and consumer is not None and consumer.uncancel() <= cancels_before:
+                    return
+                raise
+            finally:
+                waiting = False
+            if stopped:
+                return
+            yield item
+    finally:
+        watcher.cancel()
+        await source.aclose()
+
+
 @router.get("/{session_id}/events")
 async def stream_events(
     session_id: str,
-    user: CurrentUser,
+    caller: CurrentCaller,
     state: StateDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     after: Annotated[
@@ -311,8 +406,10 @@ async def stream_events(
     """Server-Sent Events: ``id`` is the stream entry id, ``event`` the type, ``data`` JSON.
 
     The stream replays from the start (or after ``Last-Event-ID``) and closes
-    after the session's final state.
+    after the session's final state, or within ``CREDENTIAL_CHECK_S`` of the
+    caller's credential being revoked, signed out or expiring.
     """
+    user = caller.user
     # A short database session: the stream may stay open for the whole call.
     async with state.store.session() as db:
         row = await _owned_session(db, user, session_id)
@@ -324,8 +421,10 @@ async def stream_events(
 
     async def events():  # type: ignore[no-untyped-def]
         try:
-            async for event in session_event_stream(state, row, start):
-                yield event
+            stream = _while_valid(session_event_stream(state, row, start), caller, state)
+            async with contextlib.aclosing(stream):
+                async for event in stream:
+                    yield event
         finally:  # runs when the client goes away too (the generator is cancelled)
             metrics.SSE_CLIENTS.dec()
             state.streams.release(lease)

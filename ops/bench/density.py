@@ -328,7 +328,10 @@ async def open_session(api: httpx.AsyncClient) -> tuple[str, str]:
     while time.monotonic() < deadline:
         body = (await api.get(f"/api/sessions/{sid}")).json()
         if body["status"] == "ready":
-            return sid, body["connect"]["ws_url"]
+            connect = await api.post(f"/api/sessions/{sid}/connect")
+            if connect.status_code != 200:
+                raise RuntimeError(f"POST connect: {connect.status_code} {connect.text}")
+            return sid, connect.json()["ws_url"]
         if body["status"] in ("ended", "failed", "expired", "cancelled"):
             raise RuntimeError(f"session {sid} became {body['status']}: {body.get('reason')}")
         await asyncio.sleep(0.05)

@@ -74,7 +74,8 @@ def _command(*args: str) -> bytes:
 class XreadProbe(asyncio.Protocol):
     """One subscriber reading the stream straight from Redis: XREAD BLOCK in a loop."""
 
-    def __init__(self, stream: str, last: int, latencies: list[float]):
+    def __init__(self, stream: str, last: int, latencies: list[float], password: str | None = None):
+        self.password = password
         self.stream = stream
         self.last = last
         self.latencies = latencies
@@ -85,6 +86,8 @@ class XreadProbe(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        if self.password:  # its +OK is the first reply, skipped in data_received
+            self._transport.write(_command("AUTH", self.password))
         self._ask(self._after)
 
     def _ask(self, after: str) -> None:
@@ -95,6 +98,9 @@ class XreadProbe(asyncio.Protocol):
         now = time.time()
         self._reader.feed(data)
         while (reply := self._reader.gets()) is not False:
+            if self.password and reply == b"OK":
+                self.password = None  # authenticated
+                continue
             after = self._after
             for _stream, entries in reply or ():
                 for entry_id, flat in entries:
@@ -130,6 +136,8 @@ async def open_xread(redis_url: str, stream: str, last: int, latencies: list[flo
     parts = urlsplit(redis_url)
     loop = asyncio.get_running_loop()
     _, probe = await loop.create_connection(
-        lambda: XreadProbe(stream, last, latencies), parts.hostname or "127.0.0.1", parts.port
+        lambda: XreadProbe(stream, last, latencies, parts.password),
+        parts.hostname or "127.0.0.1",
+        parts.port,
     )
     return probe

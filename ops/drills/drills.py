@@ -264,7 +264,8 @@ async def redis_outage(
     call = await _ready_session(api)
     rtc = await connect_webrtc(api, call["session_id"], str(HELLO_WAV), loop_pause_s=LOOP_PAUSE_S)
     ws_call = await _ready_session(api, "websocket")
-    ws = await ProtobufClient.connect(ws_call["connect"]["ws_url"], HELLO_WAV, loop=True)
+    ws_url = (await api.post(f"/api/sessions/{ws_call['session_id']}/connect")).json()["ws_url"]
+    ws = await ProtobufClient.connect(ws_url, HELLO_WAV, loop=True)
     blockers = [await _ready_session(api) for _ in range(2)]  # the worker is full now
     queued = (await api.post("/api/sessions", json={"transport": "webrtc"})).json()
     assert queued["status"] == "queued", queued

@@ -61,7 +61,7 @@ async def _one_session(api: httpx.AsyncClient, stats: dict[str, int]) -> None:
     deadline = time.monotonic() + 20
     while True:
         session = (await api.get(f"/api/sessions/{sid}")).json()
-        if session["status"] == "ready" and session.get("connect"):
+        if session["status"] == "ready":
             break
         if session["status"] in ("failed", "ended", "expired", "cancelled"):
             stats["failed"] += 1
@@ -71,7 +71,12 @@ async def _one_session(api: httpx.AsyncClient, stats: dict[str, int]) -> None:
             await api.delete(f"/api/sessions/{sid}")
             return
         await asyncio.sleep(0.1)
-    client = await ProtobufClient.connect(session["connect"]["ws_url"], FIXTURE)
+    connect = await api.post(f"/api/sessions/{sid}/connect")  # the token: one per connection
+    if connect.status_code != 200:
+        stats["failed"] += 1
+        await api.delete(f"/api/sessions/{sid}")
+        return
+    client = await ProtobufClient.connect(connect.json()["ws_url"], FIXTURE)
     try:
         await client.wait_for(lambda: client.loudest_rms() > 300, "echo", timeout=20)
         stats["served"] += 1

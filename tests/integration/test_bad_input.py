@@ -214,7 +214,9 @@ async def test_cookie_sign_in_needs_csrf_for_changes_and_signs_out(api) -> None:
     assert wrong.status_code == 403
     made = await api.client.post("/api/sessions", json=body, headers={"X-CSRF-Token": csrf})
     assert made.status_code == 202
-    assert (await api.client.post("/api/auth/logout")).status_code == 204
+    assert (await api.client.post("/api/auth/logout")).status_code == 403  # CSRF here too
+    logout = await api.client.post("/api/auth/logout", headers={"X-CSRF-Token": csrf})
+    assert logout.status_code == 204
     assert (await api.client.get("/api/me")).status_code == 401
 
 

@@ -6,8 +6,12 @@ import asyncio
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
+
+from shared import keys
 from shared.logs import RedactingFormatter, add_secret, redact
 from tests.support.sdp import VALID_OFFER
 
@@ -165,17 +169,164 @@ async def test_trusted_proxy_identity_only_from_the_proxy(make_api) -> None:  # 
         assert unknown.status_code == 401
 
 
+async def _revoke(api, name: str, *, redis: bool = True) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    """``voicepool users revoke NAME`` as an operator runs it, beside the running API."""
+    env = {"VOICEPOOL_DATABASE_URL": api.state.settings.sqlalchemy_url, "PATH": "/usr/bin:/bin"}
+    if redis:
+        env["VOICEPOOL_REDIS_URL"] = api.state.settings.redis_url
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "shared.cli", "users", "revoke", name],
+        env=env, cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+
+
+def _browser(api) -> httpx.AsyncClient:  # type: ignore[no-untyped-def]
+    """Another client of the same app, with a cookie jar of its own."""
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=api.app), base_url="http://voicepool.test"
+    )
+
+
+async def _sign_in(browser: httpx.AsyncClient, token: str) -> str:
+    response = await browser.post("/api/auth/login", json={"token": token})
+    assert response.status_code == 200, response.text
+    return response.json()["csrf_token"]
+
+
+async def _streams_open(api, user: str, count: int) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the user holds ``count`` event streams open (by their leases)."""
+    return await api.state.redis.zcard(keys.leases("sse", await _user_id(api, user))) == count
+
+
+async def _eventually(check, timeout: float = 5.0) -> float:  # type: ignore[no-untyped-def]
+    """Wait until ``await check()`` is true; returns when it was seen so."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+    return time.monotonic()
+
+
 async def test_revoked_tokens_stop_working(api, tmp_path) -> None:  # type: ignore[no-untyped-def]
     token = await api.token("leaver")
     assert (await api.client.get("/api/me", headers=api.auth(token))).status_code == 200
-    env = {"VOICEPOOL_DATABASE_URL": api.state.settings.sqlalchemy_url, "PATH": "/usr/bin:/bin"}
-    out = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "shared.cli", "users", "revoke", "leaver"],
-        env=env, cwd=ROOT, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    assert "revoked 1 token" in out.stdout
+    out = await _revoke(api, "leaver")
+    assert out.returncode == 0, out.stderr
+    assert "revoked 1 token" in out.stdout and "ended 0 live session(s)" in out.stdout
     assert (await api.client.get("/api/me", headers=api.auth(token))).status_code == 401
+    # Without the API's Redis the command cannot sign anyone out, and says so.
+    await api.token("other")
+    partial = await _revoke(api, "other", redis=False)
+    assert partial.returncode == 1 and "VOICEPOOL_REDIS_URL" in partial.stderr
+
+
+async def test_logout_needs_the_csrf_token(api) -> None:  # type: ignore[no-untyped-def]
+    token = await api.token("clicker")
+    async with _browser(api) as browser:
+        csrf = await _sign_in(browser, token)
+        session = await browser.post(
+            "/api/sessions", json={"transport": "webrtc"}, headers={"X-CSRF-Token": csrf}
+        )
+        assert session.status_code == 202
+        stream = asyncio.create_task(browser.get(session.json()["events_url"], timeout=None))
+        await _eventually(lambda: _streams_open(api, "clicker", 1))
+        # Another site making the browser post here must not sign the user out.
+        forged = await browser.post("/api/auth/logout")
+        assert forged.status_code == 403 and forged.json()["detail"]["code"] == "csrf_failed"
+        assert (await browser.get("/api/me")).status_code == 200
+        signed = await browser.post("/api/auth/logout", headers={"X-CSRF-Token": csrf})
+        assert signed.status_code == 204
+        signed_out = time.monotonic()
+        # The open event stream ends with the sign-in.
+        await asyncio.wait_for(stream, 6)
+        assert time.monotonic() - signed_out <= 5
+        assert (await browser.get("/api/me")).status_code == 401
+
+
+async def test_revoking_signs_out_browsers_ends_streams_and_sessions(api) -> None:  # type: ignore[no-untyped-def]
+    alice = await api.token("alice")
+    root = await api.token("root", role="admin")
+    made = await api.client.post(
+        "/api/sessions", json={"transport": "webrtc"}, headers=api.auth(alice)
+    )
+    assert made.status_code == 202
+    sid, events_url = made.json()["session_id"], made.json()["events_url"]
+    async with _browser(api) as browser, _browser(api) as alice_browser:
+        await _sign_in(browser, root)
+        await _sign_in(alice_browser, alice)
+        # The admin watches alice's session, with the cookie and with the token.
+        by_cookie = asyncio.create_task(browser.get(events_url, timeout=None))
+        by_token = asyncio.create_task(
+            api.client.get(events_url, headers=api.auth(root), timeout=None)
+        )
+        await _eventually(lambda: _streams_open(api, "root", 2))
+
+        async def token_refused() -> bool:
+            return (await api.client.get("/api/me", headers=api.auth(root))).status_code == 401
+
+        # When the revocation lands (the command itself takes a while to start).
+        watcher = asyncio.create_task(_eventually(token_refused, timeout=60))
+        out = await _revoke(api, "root")
+        assert out.returncode == 0, out.stderr
+        revoked_at = await asyncio.wait_for(watcher, 1)
+        # The cookie from before is dead too, and the token buys no new one.
+        assert (await browser.get("/api/me")).status_code == 401
+        assert (await browser.post("/api/auth/login", json={"token": root})).status_code == 401
+        for stream in (by_cookie, by_token):
+            await asyncio.wait_for(stream, max(revoked_at + 5.5 - time.monotonic(), 0.1))
+            assert stream.result().status_code == 200
+        assert time.monotonic() - revoked_at <= 5.5  # 5 s, and this test's polling
+        # Nobody else was affected: alice's session waits on, her browser is signed in.
+        assert (await alice_browser.get("/api/me")).status_code == 200
+        still = await api.client.get(f"/api/sessions/{sid}", headers=api.auth(alice))
+        assert still.json()["status"] == "queued"
+
+        # Revoking alice cancels her queued session, with the reason.
+        out = await _revoke(api, "alice")
+        assert (await alice_browser.get("/api/me")).status_code == 401
+        live = await api.state.live.get(sid)
+        assert (live["state"], live["reason"]) == ("cancelled", "revoked")
+        assert "ended 1 live session(s)" in out.stdout, out.stdout + out.stderr
+
+
+async def test_an_event_stream_ends_when_its_token_expires(api) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from shared.models import utcnow
+    from shared.users import create_user, issue_token
+
+    async with api.state.store.session() as db:
+        user = await create_user(db, "brief")
+        expires = utcnow() + timedelta(seconds=3)
+        token = (await issue_token(db, user, expires_at=expires)).token
+    made = await api.client.post(
+        "/api/sessions", json={"transport": "webrtc"}, headers=api.auth(token)
+    )
+    assert made.status_code == 202
+    stream = asyncio.create_task(
+        api.client.get(made.json()["events_url"], headers=api.auth(token), timeout=None)
+    )
+    await asyncio.wait_for(stream, 3 + 6)
+    closed_after = time.time() - expires.timestamp()
+    assert -0.1 <= closed_after <= 5, closed_after
+
+
+def test_trusted_proxies_are_addresses_or_networks() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from api.deps import is_trusted_proxy
+    from shared.settings import Settings
+
+    settings = Settings(_env_file=None, trusted_proxies="10.1.0.0/16, 127.0.0.1, fd00::/8")
+    trusted = settings.trusted_proxies
+    assert is_trusted_proxy("10.1.2.3", trusted) and is_trusted_proxy("127.0.0.1", trusted)
+    assert is_trusted_proxy("::ffff:10.1.9.9", trusted) and is_trusted_proxy("fd00::1", trusted)
+    assert not is_trusted_proxy("10.2.0.1", trusted) and not is_trusted_proxy("127.0.0.2", trusted)
+    assert not is_trusted_proxy("127.0.0.1", []) and not is_trusted_proxy("testclient", trusted)
+    with pytest.raises(ValidationError, match="not an IP address"):
+        Settings(_env_file=None, trusted_proxies="proxy.internal")
 
 
 def test_logs_mask_keys_and_tokens() -> None:

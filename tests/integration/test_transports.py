@@ -42,6 +42,17 @@ async def _ready(api: httpx.AsyncClient, transport: str) -> dict[str, Any]:
     return await wait_for_status(api, created.json()["session_id"], {"ready"})
 
 
+async def _connect(api: httpx.AsyncClient, session_id: str) -> dict[str, Any]:
+    connect = await api.post(f"/api/sessions/{session_id}/connect")
+    assert connect.status_code == 200, connect.text
+    return connect.json()
+
+
+def _ws_tokens(system: Any) -> int:
+    with system.redis as r:
+        return len(r.keys("vp:wstoken:*"))
+
+
 async def _events(system: Any, session_id: str) -> list[dict[str, Any]]:
     with system.redis as r:
         entries = r.xrange(f"vp:session:{session_id}:events")
@@ -71,10 +82,11 @@ async def test_websocket_echo_session_end_to_end(make_system, hello_wav) -> None
     async with api_client(system, system.create_user("alice")) as api:
         session = await _ready(api, "websocket")
         session_id = session["session_id"]
-        ws_url = session["connect"]["ws_url"]
+        connect = await _connect(api, session_id)
+        ws_url = connect["ws_url"]
         token = ws_url.split("token=", 1)[1]
         assert ws_url.startswith("ws://127.0.0.1:") and "/ws?token=" in ws_url
-        assert session["connect"]["expires_in_s"] == 60
+        assert connect["expires_in_s"] == 60
 
         client = await ProtobufClient.connect(ws_url, hello_wav)
         try:
@@ -124,27 +136,45 @@ async def test_websocket_tokens_are_single_use(make_system) -> None:  # type: ig
     async with api_client(system, alice) as api, api_client(system, bob) as bob_api:
         session = await _ready(api, "websocket")
         session_id = session["session_id"]
-        base = session["connect"]["ws_url"].split("?", 1)[0]
+        connect_url = f"/api/sessions/{session_id}/connect"
+        assert session["connect_url"] == connect_url and session["connect"] is None
 
-        # Someone else's view of the session has no token (it is a 404 to them anyway).
+        # Reading the session creates no credential: only POST …/connect mints a token.
+        before = _ws_tokens(system)
+        for _ in range(5):
+            read = (await api.get(f"/api/sessions/{session_id}")).json()
+            assert read["status"] == "ready" and read["connect"] is None
+        assert _ws_tokens(system) == before == 0
+
+        # Someone else cannot get a token (the session is a 404 to them anyway).
         assert (await bob_api.get(f"/api/sessions/{session_id}")).status_code == 404
+        assert (await bob_api.post(connect_url)).status_code == 404
+        assert _ws_tokens(system) == 0
 
+        first = (await _connect(api, session_id))["ws_url"]
+        assert _ws_tokens(system) == 1  # one request, one token
+        spare = (await _connect(api, session_id))["ws_url"]
+        base = first.split("?", 1)[0]
         assert await _refused(base)  # no token
         assert await _refused(f"{base}?token=forged-{'x' * 30}")
         assert await _refused(f"{base}?token={'y' * 500}")
 
-        first = (await api.get(f"/api/sessions/{session_id}")).json()["connect"]["ws_url"]
-        spare = (await api.get(f"/api/sessions/{session_id}")).json()["connect"]["ws_url"]
         client = await ProtobufClient.connect(first)
         try:
             await wait_for_status(api, session_id, {"connected"})
             assert await _refused(first)  # reused
             assert await _refused(spare)  # valid, but the session has its client
             assert (await api.get(f"/api/sessions/{session_id}")).json()["connect"] is None
+            taken = await api.post(connect_url)
+            assert (taken.status_code, taken.json()["detail"]["code"]) == (
+                409, "already_connected"
+            )  # fmt: skip
 
             ended = await api.delete(f"/api/sessions/{session_id}")
             assert (ended.json()["status"], ended.json()["reason"]) == ("ended", "client_ended")
             await asyncio.wait_for(client.closed.wait(), 10)  # the worker closed our socket
+            late = await api.post(connect_url)
+            assert (late.status_code, late.json()["detail"]["code"]) == (409, "session_ended")
         finally:
             await client.close()
 
@@ -267,3 +297,52 @@ async def test_rooms_only_for_daily_sessions(api) -> None:  # type: ignore[no-un
     for who, status in [(bob, 404), (alice, 409)]:
         response = await api.client.post(f"/api/sessions/{session_id}/participants", headers=who)
         assert response.status_code == status, response.text
+
+
+async def test_connect_route_refusals(api) -> None:  # type: ignore[no-untyped-def]
+    """POST /api/sessions/{id}/connect: owner only, and only while there is something to
+    connect to. No worker runs here, so the sessions stay queued."""
+    alice_token = await api.token("alice")
+    alice = api.auth(alice_token)
+    bob = api.auth(await api.token("bob"))
+    admin = api.auth(await api.token("root", role="admin"))
+
+    async def refused(session_id: str, who: dict[str, str]) -> tuple[int, str]:
+        response = await api.client.post(f"/api/sessions/{session_id}/connect", headers=who)
+        return response.status_code, response.json()["detail"]["code"]
+
+    rtc = (await api.client.post("/api/sessions", json={}, headers=alice)).json()
+    assert rtc["connect_url"] is None  # WebRTC connects by SDP offer
+    assert await refused(rtc["session_id"], alice) == (409, "no_connect")
+
+    ws = await api.client.post("/api/sessions", json={"transport": "websocket"}, headers=alice)
+    session_id = ws.json()["session_id"]
+    assert ws.json()["connect_url"] == f"/api/sessions/{session_id}/connect"
+    early = await api.client.post(f"/api/sessions/{session_id}/connect", headers=alice)
+    assert (early.status_code, early.json()["detail"]["code"]) == (409, "not_ready")
+    assert int(early.headers["Retry-After"]) >= 1
+    for other in (bob, admin):  # an admin may read the session, not take the call
+        assert await refused(session_id, other) == (404, "session_not_found")
+    assert await refused("no-such-session", alice) == (404, "session_not_found")
+
+    # Tokens are minted by the connect route alone, never by reads or refusals.
+    for _ in range(3):
+        assert (await api.client.get(f"/api/sessions/{session_id}", headers=alice)).json()[
+            "connect"
+        ] is None
+    assert [k async for k in api.state.redis.scan_iter("vp:wstoken:*")] == []
+
+    # It is a POST: signed in with the cookie, it needs the CSRF token like any change.
+    transport = httpx.ASGITransport(app=api.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://voicepool.test") as web:
+        signed_in = await web.post("/api/auth/login", json={"token": alice_token})
+        csrf = signed_in.json()["csrf_token"]
+        forged = await web.post(f"/api/sessions/{session_id}/connect")
+        assert (forged.status_code, forged.json()["detail"]["code"]) == (403, "csrf_failed")
+        checked = await web.post(
+            f"/api/sessions/{session_id}/connect", headers={"X-CSRF-Token": csrf}
+        )
+        assert (checked.status_code, checked.json()["detail"]["code"]) == (409, "not_ready")
+
+    await api.client.delete(f"/api/sessions/{session_id}", headers=alice)
+    assert await refused(session_id, alice) == (409, "session_ended")

@@ -295,6 +295,9 @@ async def test_daily_session_invites_and_participants(
     session = (await client.get(f"/api/sessions/{session_id}", headers=alice)).json()
     assert session["status"] == "ready" and session["transport"] == "daily"
     assert session["connect"] == {"room_url": body["dailyRoom"], "token": body["dailyToken"]}
+    assert session["connect_url"] == f"/api/sessions/{session_id}/connect"
+    connect = await client.post(session["connect_url"], headers=alice)
+    assert connect.status_code == 200 and connect.json() == session["connect"]  # stored, as read
 
     # Invitations: only the owner invites; only the owner and the invited get tokens.
     participants = f"/api/sessions/{session_id}/participants"
@@ -345,6 +348,8 @@ async def test_daily_session_invites_and_participants(
         await asyncio.sleep(0.05)
     after = (await client.get(f"/api/sessions/{session_id}", headers=alice)).json()
     assert after["connect"] is None
+    late = await client.post(f"/api/sessions/{session_id}/connect", headers=alice)
+    assert (late.status_code, late.json()["detail"]["code"]) == (409, "session_ended")
     assert (await client.post(participants, headers=alice)).status_code == 409
     assert daily.unauthorized == 0
 

@@ -44,8 +44,10 @@ export interface SessionOut {
   created_at: string;
   events_url: string;
   offer_url: string;
-  /** For the owner while the session can be joined: a Daily room (`room_url`, `token`), … */
-  connect?: { room_url?: string; token?: string; ws_url?: string; expires_in_s?: number } | null;
+  /** POST here for connection parameters (websocket: a single-use token); null for webrtc. */
+  connect_url?: string | null;
+  /** Daily only, for the owner while the room can be joined (a read never mints a token). */
+  connect?: { room_url?: string; token?: string } | null;
 }
 
 /** One event, as sent over SSE (`data:`) and stored (`/api/conversations/{id}`). */
