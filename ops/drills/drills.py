@@ -550,16 +550,26 @@ async def offer_flood(system: System, api: httpx.AsyncClient, *, offers: int = 3
         busy = await bystander.time_for(flood_s - 2)
         out, _ = await flood.communicate()
     codes = {int(k): v for k, v in json.loads(out).items()}
-    ratio = _p(busy, 0.99) / _p(quiet, 0.99)
-    return Row(
-        f"{offers} SDP offers kept in flight by one user for {flood_s} s",
-        "1 queued session, no worker",
+    answered = (
         f"{sum(codes.values())} offers: {codes.get(429, 0)}x429, {codes.get(409, 0)}x409 "
         f"not_ready, {sum(v for k, v in codes.items() if k >= 500)}x5xx, {codes.get(0, 0)} "
-        f"unanswered; another user's p50/p99 {_ms(busy)} over {len(busy)} requests (without "
+        "unanswered"
+    )
+    return _flood_row(f"{offers} SDP offers kept in flight by one user for {flood_s} s",
+                      answered, busy, quiet, codes=codes)  # fmt: skip
+
+
+def _flood_row(
+    fault: str, answered: str, busy: list[float], quiet: list[float], **facts: Any
+) -> Row:
+    """A flood drill's row: how the flood was answered, and what another user saw."""
+    ratio = _p(busy, 0.99) / _p(quiet, 0.99)
+    return Row(
+        fault, "1 queued session, no worker",
+        f"{answered}; another user's p50/p99 {_ms(busy)} over {len(busy)} requests (without "
         f"the flood {_ms(quiet)}; p99 {ratio:.1f}x)",
         0, 0.0,
-        facts={"codes": codes, "busy_p99": _p(busy, 0.99), "quiet_p99": _p(quiet, 0.99),
+        facts={**facts, "busy_p99": _p(busy, 0.99), "quiet_p99": _p(quiet, 0.99),
                "busy": len(busy)},
     )  # fmt: skip
 
@@ -591,17 +601,9 @@ async def offer_rate_flood(system: System, api: httpx.AsyncClient, *, offers: in
         out = (await flood.communicate())[0].decode()
     sent = int(out.split(" requests in ")[0].split()[-1])
     refused = out.split("Non-2xx or 3xx responses: ")[-1].split()[0] if "Non-2xx" in out else "0"
-    ratio = _p(busy, 0.99) / _p(quiet, 0.99)
-    return Row(
-        f"{offers} SDP offers kept in flight by one user for {flood_s} s (wrk)",
-        "1 queued session, no worker",
-        f"{sent} offers, {refused} refused (429, or 409 once the wait for ready ran out); "
-        f"another user's p50/p99 {_ms(busy)} over {len(busy)} requests (without the flood "
-        f"{_ms(quiet)}; p99 {ratio:.1f}x)",
-        0, 0.0,
-        facts={"sent": sent, "busy_p99": _p(busy, 0.99), "quiet_p99": _p(quiet, 0.99),
-               "busy": len(busy)},
-    )  # fmt: skip
+    answered = f"{sent} offers, {refused} refused (429, or 409 once the wait for ready ran out)"
+    return _flood_row(f"{offers} SDP offers kept in flight by one user for {flood_s} s (wrk)",
+                      answered, busy, quiet, sent=sent)  # fmt: skip
 
 
 async def bad_requests(system: System, api: httpx.AsyncClient) -> Row:

@@ -370,6 +370,15 @@ async def test_http_answers_too_long_or_not_json_are_clear_errors() -> None:
             await run_tool(http_tool(endpoint.url), {}, ignore)
 
 
+async def test_http_redirects_are_not_followed() -> None:
+    """A redirect would carry the config's headers (its bearer token) somewhere else."""
+    async with Endpoint() as elsewhere, Endpoint() as endpoint:
+        endpoint.answer = web.Response(status=307, headers={"Location": f"{elsewhere.url}/x"})
+        with pytest.raises(ToolError, match=r"answered 307 \(a redirect\)"):
+            await run_tool(http_tool(f"{endpoint.url}/weather"), {}, ignore)
+    assert elsewhere.received == []
+
+
 def test_the_shipped_example_config_is_valid() -> None:
     tools = {t.name: t for t in load_tools(EXAMPLE)}
     assert {"send_to_nested", "send_to_claude_code"} <= set(tools)

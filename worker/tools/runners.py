@@ -286,8 +286,16 @@ async def run_http(options: HttpOptions, arguments: dict[str, Any], progress: Pr
     try:
         async with (
             aiohttp.ClientSession() as session,
-            session.post(options.url, json=arguments, headers=options.headers) as response,
+            # No redirects: they would carry the config's headers (a bearer token) to
+            # wherever the service points; the URL is the config's, and only it.
+            session.post(
+                options.url, json=arguments, headers=options.headers, allow_redirects=False
+            ) as response,
         ):
+            if 300 <= response.status < 400:
+                raise ToolError(
+                    f"the service answered {response.status} (a redirect), which tools don't follow"
+                )
             body = bytearray()
             async for chunk in response.content.iter_chunked(65536):
                 body.extend(chunk)
