@@ -84,13 +84,15 @@ class Reaper:
         info = await self.redis.info("server")
         run_id, uptime = info.get("run_id"), float(info.get("uptime_in_seconds", 0))
         restarted = self._redis_run_id is not None and run_id != self._redis_run_id
-        if self._redis_run_id is None and uptime < self.live.heartbeat_ttl:
-            restarted = True  # first sight of a Redis that has just started
+        # First sight of a Redis that has just started: it may have restarted under us.
+        young = self._redis_run_id is None and uptime < self.live.heartbeat_ttl
         self._redis_run_id = run_id
         if self._blind:
             self._grant_grace("Redis answers again")
         elif restarted:
             self._grant_grace("Redis restarted")
+        elif young:
+            self._grant_grace(f"Redis started {uptime:.0f} s ago")
         elif late:
             self._grant_grace("the reaper did not run for a while")
         self._blind = False
