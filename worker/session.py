@@ -36,6 +36,12 @@ from worker.transports import SessionTransport, SignalError, build_transport
 
 log = logging.getLogger(__name__)
 
+# Ends the service decides on, not the people in the call: the bot finishes what it
+# is saying (Pipecat drains the frames in flight) instead of stopping mid-word, for
+# at most GRACEFUL_END_S; any other end (the client left, an error) is immediate.
+GRACEFUL_ENDS = frozenset({Reason.MAX_DURATION, Reason.WORKER_DRAINING})
+GRACEFUL_END_S = 8.0
+
 FAILURE_REASONS = frozenset(
     {
         Reason.PIPELINE_ERROR,
@@ -102,7 +108,22 @@ class SessionRunner:
             self.end_message = redact(message) if message else None
         self._end_requested.set()
         if self._pipeline is not None and self._cancel is None:
-            self._cancel = asyncio.create_task(self._pipeline.cancel(reason=str(reason)))
+            stop = self._end_gracefully if reason in GRACEFUL_ENDS else self._cancel_now
+            self._cancel = asyncio.create_task(stop(self._pipeline, str(reason)))
+
+    @staticmethod
+    async def _cancel_now(pipeline: PipelineWorker, reason: str) -> None:
+        await pipeline.cancel(reason=reason)
+
+    @staticmethod
+    async def _end_gracefully(pipeline: PipelineWorker, reason: str) -> None:
+        try:
+            async with asyncio.timeout(GRACEFUL_END_S):
+                await pipeline.end(reason=reason)  # drains what is in flight, then ends
+                await pipeline.wait()
+        except TimeoutError:
+            log.info("%s: graceful end took over %.0f s; cancelling", pipeline, GRACEFUL_END_S)
+            await pipeline.cancel(reason=reason)
 
     async def wait(self) -> None:
         if self._task is not None:
