@@ -248,3 +248,12 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 
 def is_admin(user: User) -> bool:
     return user.role == "admin"
+
+
+def require_admin(user: CurrentUser) -> User:
+    if not is_admin(user):
+        raise ApiError(403, "admin_only", "only administrators may see or change the fleet")
+    return user
+
+
+AdminUser = Annotated[User, Depends(require_admin)]

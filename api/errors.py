@@ -35,6 +35,28 @@ def not_found(what: str = "session") -> ApiError:
     return ApiError(404, f"{what}_not_found", f"no such {what}")
 
 
+def session_ended(how: str) -> ApiError:
+    return ApiError(409, "session_ended", f"the session has already {how}")
+
+
+def not_ready(
+    message: str = "the session is still waiting for a worker; try again",
+    *,
+    session_id: str | None = None,
+) -> ApiError:
+    # 409, not 503: the server is fine, the session is just not there yet.
+    if session_id is None:
+        return ApiError(409, "not_ready", message, headers={"Retry-After": "2"})
+    return ApiError(
+        409, "not_ready", message,
+        headers={"Retry-After": "2", "X-Session-Id": session_id}, session_id=session_id,
+    )  # fmt: skip
+
+
+def already_connected() -> ApiError:
+    return ApiError(409, "already_connected", "the session is no longer waiting for a client")
+
+
 def _describe(error: dict[str, Any]) -> str:
     where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
     return f"{where}: {error.get('msg')}" if where else str(error.get("msg"))

@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlmodel import select
 
 from api.deps import CurrentUser, SessionDep
-from api.errors import not_found
 from api.schemas import ConversationDetail, ConversationSummary, EventOut, SessionBrief
+from api.services import ownership
 from shared.history import (
     conversation_events,
     conversation_sessions,
@@ -25,10 +25,7 @@ router = APIRouter(prefix="/api/conversations", tags=["conversations"])
 
 
 async def _owned(db: SessionDep, user: User, conversation_id: str) -> Conversation:
-    row = await db.get(Conversation, conversation_id) if len(conversation_id) <= 64 else None
-    if row is None or (row.user_id != user.id and user.role != "admin"):
-        raise not_found("conversation")
-    return row
+    return await ownership.owned(db, Conversation, conversation_id, user, what="conversation")
 
 
 @router.get("", response_model=list[ConversationSummary])

@@ -13,13 +13,8 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from api.deps import CurrentUser, SessionDep, StateDep
-from api.errors import ApiError, not_found
-from api.routes.sessions import _owning_worker
 from api.schemas import Strict
-from shared import keys
-from shared.events import FINAL_STATES
-from shared.models import User, VoiceSession
-from shared.users import get_user_by_name
+from api.services import participants
 
 router = APIRouter(prefix="/api/sessions", tags=["participants"])
 
@@ -40,43 +35,13 @@ class ParticipantToken(BaseModel):
     user: str
 
 
-async def _session(db: SessionDep, session_id: str) -> VoiceSession | None:
-    return await db.get(VoiceSession, session_id) if len(session_id) <= 64 else None
-
-
-def _room_only(row: VoiceSession) -> None:
-    if row.transport != "daily":
-        raise ApiError(409, "not_a_room", "only a Daily session has a room others can join")
-
-
-async def _own_room(db: SessionDep, user: User, session_id: str, state: StateDep) -> VoiceSession:
-    """The caller's own live Daily session (others' answer 404, as if they did not exist)."""
-    row = await _session(db, session_id)
-    if row is None or row.user_id != user.id:
-        raise not_found("session")
-    _room_only(row)
-    status = (await state.live.get(row.id)).get("state", row.state)
-    if status in FINAL_STATES:
-        raise ApiError(409, "session_ended", f"the session has already {status}")
-    return row
-
-
 @router.post("/{session_id}/invites", status_code=201, response_model=InviteOut)
 async def invite(
     session_id: str, body: InviteIn, user: CurrentUser, db: SessionDep, state: StateDep
 ) -> InviteOut:
     """Owner only: let the named user get meeting tokens for this session's room."""
-    row = await _own_room(db, user, session_id, state)
-    invitee = await get_user_by_name(db, body.user)
-    if invitee is None:
-        raise ApiError(404, "user_not_found", f"no user {body.user!r}")
-    key = keys.session_invites(row.id)
-    lifetime = state.settings.queue_ttl + state.settings.max_session_duration
-    async with state.redis.pipeline(transaction=True) as pipe:
-        pipe.sadd(key, invitee.id)
-        pipe.expire(key, int(lifetime) + 60)
-        await pipe.execute()
-    return InviteOut(session_id=row.id, user=invitee.name)
+    invitee = await participants.invite(state, db, user, session_id, body.user)
+    return InviteOut(session_id=session_id, user=invitee.name)
 
 
 @router.delete("/{session_id}/invites/{name}", status_code=204)
@@ -85,10 +50,7 @@ async def uninvite(
 ) -> Response:
     """Owner only: no more tokens for this user (one already handed out keeps working
     until it expires)."""
-    row = await _own_room(db, user, session_id, state)
-    invitee = await get_user_by_name(db, name)
-    if invitee is not None:
-        await state.redis.srem(keys.session_invites(row.id), invitee.id)
+    await participants.uninvite(state, db, user, session_id, name)
     return Response(status_code=204)
 
 
@@ -98,19 +60,5 @@ async def participant_token(
 ) -> ParticipantToken:
     """A fresh, expiring meeting token for the session's room: for its owner, or for a user
     the owner invited. Anyone else gets 404."""
-    row = await _session(db, session_id)
-    allowed = row is not None and (
-        row.user_id == user.id
-        or bool(await state.redis.sismember(keys.session_invites(row.id), user.id))
-    )
-    if row is None or not allowed:
-        raise not_found("session")
-    _room_only(row)
-    worker_id = await _owning_worker(state, row)
-    result = await state.signals.request(
-        worker_id,
-        "participant",
-        session_id=row.id,
-        payload={"user_name": user.name, "user_id": user.id},
-    )
-    return ParticipantToken(**result, user=user.name)
+    minted = await participants.token(state, db, user, session_id)
+    return ParticipantToken(**minted, user=user.name)

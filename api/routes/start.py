@@ -13,22 +13,16 @@ request's headers; the two routes at the end serve that path.
 
 from __future__ import annotations
 
-import contextlib
-import json
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response
 from pydantic import ConfigDict, Field
 
-from api.connect import owner_connect, start_response
+from api.connect import start_response
 from api.deps import CurrentUser, SessionDep, StateDep
 from api.errors import ApiError
-from api.events import wait_for_state
-from api.routes.sessions import add_ice_candidates, create_session, end_session, send_offer
 from api.schemas import AssistantOptions, IcePatch, SdpAnswer, SdpOffer, SessionCreate, Strict
-from shared import keys
-from shared.events import FINAL_STATES, SessionState
-from shared.models import VoiceSession
+from api.services import sessions
 
 router = APIRouter(prefix="/api", tags=["start"])
 
@@ -60,18 +54,6 @@ class StartRequest(Strict):
     body: StartBody | None = None
 
 
-async def _failure(state: StateDep, session_id: str, status: str) -> ApiError:
-    """The session's final state as an error: its reason is the code, its message the text."""
-    live = await state.live.get(session_id)
-    reason = live.get("reason") or "session_ended"
-    message = f"the session is {status} ({reason})"
-    entries = await state.redis.xrevrange(keys.session_events(session_id), count=1)
-    if entries:
-        data = json.loads(entries[0][1].get("data", "{}"))
-        message = data.get("message") or message
-    return ApiError(503, reason, message, session_id=session_id)
-
-
 @router.post(
     "/start",
     responses={200: {"description": "What the Pipecat client's transport connects with."}},
@@ -85,44 +67,16 @@ async def start(
     if body.create_daily_room and transport != "daily":
         raise ApiError(422, "invalid_request", f"createDailyRoom asks for Daily, not {transport}")
     choices = body.body or StartBody()
-    created = await create_session(
-        SessionCreate(
-            transport=transport,
-            profile=choices.profile,
-            conversation_id=choices.conversation_id,
-            pool=choices.pool,
-            options=choices.options,
-        ),
-        user,
-        db,
-        state,
+    request = SessionCreate(
+        transport=transport,
+        profile=choices.profile,
+        conversation_id=choices.conversation_id,
+        pool=choices.pool,
+        options=choices.options,
     )
-    session_id = created.session_id
-    await db.close()  # hold no pooled connection while waiting for a worker
-    response.headers["X-Session-Id"] = session_id
-    response.headers["Location"] = f"/api/sessions/{session_id}"
-    current = await wait_for_state(
-        state,
-        session_id,
-        {SessionState.READY, SessionState.CONNECTED, *FINAL_STATES},
-        timeout=state.settings.ready_wait,
-    )
-    if current in FINAL_STATES:
-        raise await _failure(state, session_id, str(current))
-    if current not in (SessionState.READY, SessionState.CONNECTED):
-        # Nobody will connect to what the client gave up on: do not leave it queued.
-        with contextlib.suppress(ApiError):
-            await end_session(session_id, user, db, state)
-        # 409 as for an early SDP offer: the server is fine, no worker was free in time.
-        raise ApiError(
-            409, "not_ready", "no worker could start the session in time; try again",
-            headers={"Retry-After": "2", "X-Session-Id": session_id}, session_id=session_id,
-        )  # fmt: skip
-    row = await db.get(VoiceSession, session_id)
-    assert row is not None
-    connect = await owner_connect(state, row, await state.live.get(session_id))
-    if connect is None and transport != "webrtc":  # the session moved on meanwhile
-        raise ApiError(409, "already_connected", "the session is no longer waiting for a client")
+    row, connect = await sessions.start(state, db, user, request)
+    response.headers["X-Session-Id"] = row.id
+    response.headers["Location"] = f"/api/sessions/{row.id}"
     return start_response(state, row, connect)
 
 
@@ -134,7 +88,7 @@ async def start(
 async def pipecat_offer(
     session_id: str, body: SdpOffer, user: CurrentUser, state: StateDep
 ) -> SdpAnswer:
-    return await send_offer(session_id, body, user, state)
+    return SdpAnswer(**await sessions.relay_offer(state, user, session_id, body))
 
 
 @router.patch(
@@ -145,4 +99,5 @@ async def pipecat_offer(
 async def pipecat_ice(
     session_id: str, body: IcePatch, user: CurrentUser, state: StateDep
 ) -> Response:
-    return await add_ice_candidates(session_id, body, user, state)
+    await sessions.relay_ice(state, user, session_id, body)
+    return Response(status_code=204)

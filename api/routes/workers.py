@@ -5,24 +5,14 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body
 from pydantic import BaseModel, Field
 
-from api.deps import CurrentUser, StateDep, is_admin
+from api.deps import AdminUser, StateDep
 from api.errors import ApiError
 from shared import keys
 from shared.fleet import WorkerBeat
 from shared.live import estimate_wait
-from shared.models import User
-
-
-def require_admin(user: CurrentUser) -> User:
-    if not is_admin(user):
-        raise ApiError(403, "admin_only", "only administrators may see or change the fleet")
-    return user
-
-
-AdminUser = Annotated[User, Depends(require_admin)]
 
 router = APIRouter(prefix="/api", tags=["fleet"])
 

@@ -1,0 +1,77 @@
+"""More people in a Daily session: invitations (a Redis set beside the session) and
+meeting tokens, minted by the worker that owns the room."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from api.deps import AppState
+from api.errors import ApiError, not_found, session_ended
+from api.services import ownership, sessions
+from shared import keys
+from shared.events import FINAL_STATES
+from shared.models import User, VoiceSession
+from shared.users import get_user_by_name
+
+
+def _room_only(row: VoiceSession) -> None:
+    if row.transport != "daily":
+        raise ApiError(409, "not_a_room", "only a Daily session has a room others can join")
+
+
+async def own_room(state: AppState, db: AsyncSession, user: User, session_id: str) -> VoiceSession:
+    """The caller's own live Daily session (others' answer 404, as if they did not exist)."""
+    row = await sessions.owned(db, user, session_id, owner_only=True)
+    _room_only(row)
+    status = (await state.live.get(row.id)).get("state", row.state)
+    if status in FINAL_STATES:
+        raise session_ended(status)
+    return row
+
+
+async def invite(state: AppState, db: AsyncSession, user: User, session_id: str, name: str) -> User:
+    """Let the named user get meeting tokens for the caller's room; the invited user."""
+    row = await own_room(state, db, user, session_id)
+    invitee = await get_user_by_name(db, name)
+    if invitee is None:
+        raise ApiError(404, "user_not_found", f"no user {name!r}")
+    key = keys.session_invites(row.id)
+    lifetime = state.settings.queue_ttl + state.settings.max_session_duration
+    async with state.redis.pipeline(transaction=True) as pipe:
+        pipe.sadd(key, invitee.id)
+        pipe.expire(key, int(lifetime) + 60)
+        await pipe.execute()
+    return invitee
+
+
+async def uninvite(
+    state: AppState, db: AsyncSession, user: User, session_id: str, name: str
+) -> None:
+    """No more tokens for the named user (one already handed out keeps working until it
+    expires); naming nobody invited changes nothing."""
+    row = await own_room(state, db, user, session_id)
+    invitee = await get_user_by_name(db, name)
+    if invitee is not None:
+        await state.redis.srem(keys.session_invites(row.id), invitee.id)
+
+
+async def token(state: AppState, db: AsyncSession, user: User, session_id: str) -> dict[str, Any]:
+    """A fresh meeting token for the room, for its owner or a user the owner invited
+    (anyone else: 404): ``room_url``, ``token``, ``expires_at``."""
+    row = await ownership.fetch(db, VoiceSession, session_id)
+    allowed = row is not None and (
+        row.user_id == user.id
+        or bool(await state.redis.sismember(keys.session_invites(row.id), user.id))
+    )
+    if row is None or not allowed:
+        raise not_found("session")
+    _room_only(row)
+    worker_id = await sessions.owning_worker(state, row)
+    return await state.signals.request(
+        worker_id,
+        "participant",
+        session_id=row.id,
+        payload={"user_name": user.name, "user_id": user.id},
+    )

@@ -1,0 +1,379 @@
+"""Sessions apart from HTTP: ownership, admission and start, reading, ending, signalling."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from typing import Any
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from api import limits, metrics
+from api.connect import connect_url, owner_connect
+from api.deps import AppState
+from api.errors import ApiError, already_connected, not_found, not_ready, session_ended
+from api.events import wait_for_state
+from api.schemas import IcePatch, SdpOffer, SessionCreate, SessionOut, sdp_offer_problem
+from api.services import ownership
+from shared import keys
+from shared.events import FINAL_STATES, OWNED_STATES, Reason, SessionState
+from shared.history import transcript_history
+from shared.live import OwnerLimitReached, estimate_wait
+from shared.models import Conversation, User, VoiceSession, as_utc, utcnow
+from shared.users import new_id
+
+START_JOB = "start_session"
+END_WAIT_S = 5.0
+START_JOB_SLACK_S = 300
+RUNNING = (SessionState.READY, SessionState.CONNECTED)
+
+
+# --- whose -------------------------------------------------------------------------------
+
+
+async def owned(
+    db: AsyncSession, user: User, session_id: str, *, owner_only: bool = False
+) -> VoiceSession:
+    """The session if the caller owns it (or, to read it, is an admin); else 404."""
+    return await ownership.owned(
+        db, VoiceSession, session_id, user, what="session", admins=not owner_only
+    )
+
+
+async def owned_briefly(state: AppState, user: User, session_id: str) -> VoiceSession:
+    """The caller's own session, read in a short database session: signalling waits
+    for the session to be ready and must hold no pooled connection meanwhile."""
+    async with state.store.session() as db:
+        return await owned(db, user, session_id, owner_only=True)
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+async def describe(state: AppState, row: VoiceSession) -> SessionOut:
+    live = await state.live.get(row.id)
+    status = live.get("state", row.state)
+    position = None
+    if status == SessionState.QUEUED:
+        position = await state.live.queue_position(row.pool, live.get("job_id", row.id))
+    return SessionOut(
+        session_id=row.id,
+        conversation_id=row.conversation_id,
+        status=status,
+        reason=live.get("reason", row.reason),
+        pool=row.pool,
+        transport=row.transport,
+        profile=row.profile,
+        worker_id=live.get("worker_id") or row.worker_id,
+        queue_position=position,
+        created_at=as_utc(row.created_at),
+        events_url=f"/api/sessions/{row.id}/events",
+        offer_url=f"/api/sessions/{row.id}/offer",
+        connect_url=connect_url(row),
+    )
+
+
+async def connect(state: AppState, row: VoiceSession) -> dict[str, Any]:
+    """What the owner of a WebSocket or Daily session connects with (a WebSocket token is
+    minted afresh, single use, while the session waits for its client)."""
+    if row.transport == "webrtc":
+        raise ApiError(
+            409, "no_connect",
+            f"a WebRTC session connects by sending its SDP offer to /api/sessions/{row.id}/offer",
+        )  # fmt: skip
+    live = await state.live.get(row.id)
+    current = live.get("state", row.state)
+    if current in FINAL_STATES:
+        raise session_ended(current)
+    if current in (SessionState.QUEUED, SessionState.STARTING):
+        raise not_ready()
+    found = await owner_connect(state, row, live)
+    if found is None:  # a WebSocket call takes one client, and it has it
+        raise already_connected()
+    return found
+
+
+# --- creating ----------------------------------------------------------------------------
+
+
+async def create(
+    state: AppState, db: AsyncSession, user: User, request: SessionCreate
+) -> VoiceSession:
+    """A new queued session (and, without ``conversation_id``, a new conversation):
+    its rows committed, its live record written and its start job enqueued; or an
+    error and, for a lost race or an unreachable queue, nothing left half-made."""
+    profile, pool = await _admit(state, user, request)
+    conversation, row, new_conversation = await _insert(state, db, user, request, profile, pool)
+    history = await transcript_history(db, conversation.id, state.settings.history_max_messages)
+    try:
+        await _go_live(state, row, request, history)
+    except OwnerLimitReached as exc:  # lost a race with a concurrent request: leave nothing
+        await _remove(state, db, row, conversation if new_conversation else None)
+        raise _too_many(pool, exc.limit) from exc
+    except Exception as exc:
+        await _mark_failed(state, db, row, "queue_unavailable")
+        raise ApiError(503, "queue_unavailable", "the session queue is unreachable") from exc
+    metrics.SESSIONS_REQUESTED.labels(pool=pool, transport=row.transport, profile=profile).inc()
+    return row
+
+
+async def _admit(state: AppState, user: User, request: SessionCreate) -> tuple[str, str]:
+    """The session's profile and pool, once the request may start one at all."""
+    settings = state.settings
+    await limits.hit(state.redis, "sessions", user.id, limit=settings.sessions_per_minute, per_s=60)
+    profile = request.profile or settings.default_profile
+    if profile not in settings.available_profiles:
+        raise ApiError(
+            422, "profile_unavailable",
+            f"profile {profile!r} is not available here; available: "
+            + ", ".join(settings.available_profiles),
+        )  # fmt: skip
+    if request.transport not in settings.available_transports:
+        raise ApiError(
+            422, "transport_unavailable",
+            f"transport {request.transport!r} is not available here; available: "
+            + ", ".join(settings.available_transports),
+        )  # fmt: skip
+    pool = request.pool or settings.default_pool
+    if pool not in settings.pools:
+        raise ApiError(422, "unknown_pool", f"no pool {pool!r}; pools: {', '.join(settings.pools)}")
+
+    waiting = await state.redis.zcard(keys.queue(pool))
+    if waiting >= settings.max_queue_length:
+        metrics.SESSIONS_REFUSED.labels(pool=pool, reason="no_capacity").inc()
+        retry = await estimate_wait(state.redis, pool, waiting) or settings.queue_ttl
+        raise ApiError(
+            503, "no_capacity",
+            f"pool {pool!r} has {waiting} sessions waiting; try again later",
+            headers={"Retry-After": str(max(int(retry), 1))},
+        )  # fmt: skip
+
+    limit = settings.max_sessions_per_user
+    if limit and await state.redis.scard(keys.user_live(user.id)) >= limit:
+        raise _too_many(pool, limit)
+    return profile, pool
+
+
+async def _insert(
+    state: AppState,
+    db: AsyncSession,
+    user: User,
+    request: SessionCreate,
+    profile: str,
+    pool: str,
+) -> tuple[Conversation, VoiceSession, bool]:
+    """The session's row and its conversation's (new, or the caller's own, touched),
+    committed; and whether the conversation is new."""
+    new_conversation = not request.conversation_id
+    if request.conversation_id:
+        conversation = await db.get(Conversation, request.conversation_id)
+        if conversation is None or conversation.user_id != user.id:
+            raise not_found("conversation")
+        conversation.updated_at = utcnow()
+    else:
+        conversation = Conversation(id=new_id(), user_id=user.id)
+    row = VoiceSession(
+        id=new_id(),
+        conversation_id=conversation.id,
+        user_id=user.id,
+        pool=pool,
+        transport=request.transport,
+        profile=profile,
+    )
+    async with state.store.writing():
+        db.add(conversation)
+        db.add(row)
+        await db.commit()  # before Redis: the persister may see this session's events at once
+    return conversation, row, new_conversation
+
+
+async def _go_live(
+    state: AppState, row: VoiceSession, request: SessionCreate, history: list[dict[str, str]]
+) -> None:
+    """The session's live record (with the conversation so far) and its start job."""
+    settings = state.settings
+    await state.live.create(
+        row.id,
+        row.user_id,
+        {
+            "conversation_id": row.conversation_id,
+            "pool": row.pool,
+            "transport": row.transport,
+            "profile": row.profile,
+            "job_id": row.id,
+            "created_ts": repr(time.time()),
+            "options": request.options.model_dump_json(exclude_none=True)
+            if request.options
+            else "",
+            "history": json.dumps(history) if history else "",
+        },
+        owner_limit=settings.max_sessions_per_user,
+    )
+    await state.arq.enqueue_job(
+        START_JOB,
+        row.id,
+        _job_id=row.id,
+        _queue_name=keys.queue(row.pool),
+        # The reaper expires the session at its queue TTL (after any grace for a
+        # Redis outage) and removes the job; arq's own expiry only bounds a leak,
+        # and must not drop a job whose session is still waiting.
+        _expires=settings.queue_ttl + START_JOB_SLACK_S,
+    )
+
+
+async def _remove(
+    state: AppState, db: AsyncSession, row: VoiceSession, conversation: Conversation | None
+) -> None:
+    """Undo ``_insert``: the session, and the conversation if it was made for it."""
+    async with state.store.writing():
+        await db.delete(row)
+        await db.flush()  # the session before its conversation (foreign key)
+        if conversation is not None:
+            await db.delete(conversation)
+        await db.commit()
+
+
+async def _mark_failed(state: AppState, db: AsyncSession, row: VoiceSession, reason: str) -> None:
+    row.state, row.reason = SessionState.FAILED, reason
+    async with state.store.writing():
+        db.add(row)
+        await db.commit()
+
+
+def _too_many(pool: str, limit: int) -> ApiError:
+    metrics.SESSIONS_REFUSED.labels(pool=pool, reason="too_many_sessions").inc()
+    return ApiError(
+        429, "too_many_sessions", f"you already have {limit} live sessions; end one first",
+        headers={"Retry-After": "5"},
+    )  # fmt: skip
+
+
+async def start(
+    state: AppState, db: AsyncSession, user: User, request: SessionCreate
+) -> tuple[VoiceSession, dict[str, Any] | None]:
+    """Create a session and wait (up to ``VOICEPOOL_READY_WAIT``) until it is ready: the
+    session and what its owner connects with (None for WebRTC, which sends an offer)."""
+    created = await create(state, db, user, request)
+    session_id = created.id
+    await db.close()  # hold no pooled connection while waiting for a worker
+    current = await wait_for_state(
+        state, session_id, {*RUNNING, *FINAL_STATES}, timeout=state.settings.ready_wait
+    )
+    if current in FINAL_STATES:
+        raise await _failure(state, session_id, str(current))
+    if current not in RUNNING:
+        # Nobody will connect to what the client gave up on: do not leave it queued.
+        with contextlib.suppress(ApiError):
+            await end(state, created)
+        # 409 as for an early SDP offer: the server is fine, no worker was free in time.
+        raise not_ready(
+            "no worker could start the session in time; try again", session_id=session_id
+        )
+    row = await db.get(VoiceSession, session_id)
+    assert row is not None
+    found = await owner_connect(state, row, await state.live.get(session_id))
+    if found is None and row.transport != "webrtc":  # the session moved on meanwhile
+        raise already_connected()
+    return row, found
+
+
+async def _failure(state: AppState, session_id: str, status: str) -> ApiError:
+    """The session's final state as an error: its reason is the code, its message the text."""
+    live = await state.live.get(session_id)
+    reason = live.get("reason") or "session_ended"
+    message = f"the session is {status} ({reason})"
+    entries = await state.redis.xrevrange(keys.session_events(session_id), count=1)
+    if entries:
+        data = json.loads(entries[0][1].get("data", "{}"))
+        message = data.get("message") or message
+    return ApiError(503, reason, message, session_id=session_id)
+
+
+# --- ending ------------------------------------------------------------------------------
+
+
+async def end(state: AppState, row: VoiceSession) -> None:
+    """End the session (reason ``client_ended``): a queued one is cancelled and its job
+    removed, a running one is asked to end by its worker (waited for, bounded). Ending
+    an ended session changes nothing."""
+    live = await state.live.get(row.id)
+    current = live.get("state")
+    if current == SessionState.QUEUED:
+        cancelled, _ = await state.live.transition(
+            row.id, SessionState.CANCELLED, Reason.CLIENT_ENDED,
+            allowed_from={SessionState.QUEUED},
+        )  # fmt: skip
+        if cancelled:
+            job_id = live.get("job_id", row.id)
+            await state.redis.zrem(keys.queue(row.pool), job_id)
+            await state.redis.delete(f"arq:job:{job_id}")
+            return
+        live = await state.live.get(row.id)
+        current = live.get("state")
+    if current in OWNED_STATES and live.get("worker_id"):
+        try:
+            await state.signals.request(
+                live["worker_id"], "end", session_id=row.id,
+                payload={"reason": Reason.CLIENT_ENDED},
+            )  # fmt: skip
+        except ApiError as exc:
+            if exc.code != "unknown_session":  # it finished on its own meanwhile
+                raise
+        await wait_for_state(state, row.id, FINAL_STATES, timeout=END_WAIT_S)
+
+
+# --- signalling --------------------------------------------------------------------------
+
+
+async def owning_worker(state: AppState, row: VoiceSession) -> str:
+    """Wait (bounded) until the session is ready and return the id of its worker."""
+    current = await wait_for_state(
+        state, row.id, {*RUNNING, *FINAL_STATES}, timeout=state.settings.ready_wait
+    )
+    if current in FINAL_STATES:
+        raise session_ended(current)
+    if current not in RUNNING:
+        raise not_ready()
+    worker_id = (await state.live.get(row.id)).get("worker_id")
+    if not worker_id:
+        raise ApiError(409, "session_ended", "the session has no worker")
+    return worker_id
+
+
+async def relay_offer(
+    state: AppState, user: User, session_id: str, offer: SdpOffer
+) -> dict[str, Any]:
+    """The worker's SDP answer to the caller's offer; waits for ``ready`` if needed.
+
+    An offer that is not SDP gets 400 ``invalid_offer`` and changes nothing; a user
+    may have ``VOICEPOOL_MAX_SIGNALS_PER_USER`` offers and ICE patches in flight.
+    """
+    row = await owned_briefly(state, user, session_id)
+    problem = sdp_offer_problem(offer.sdp)
+    if problem is not None:
+        raise ApiError(400, "invalid_offer", problem)
+    async with state.signalling.hold(user.id, limit=state.settings.max_signals_per_user):
+        worker_id = await owning_worker(state, row)
+        return await state.signals.request(
+            worker_id, "offer", session_id=row.id, payload=offer.model_dump(exclude_none=True)
+        )
+
+
+async def relay_ice(state: AppState, user: User, session_id: str, patch: IcePatch) -> None:
+    """Pass trickled ICE candidates to the session's worker.
+
+    Candidates are best effort: ones that arrive after their peer connection or
+    session has gone (a browser still trickling as the call ends) are dropped
+    rather than reported as errors.
+    """
+    row = await owned_briefly(state, user, session_id)
+    try:
+        async with state.signalling.hold(user.id, limit=state.settings.max_signals_per_user):
+            worker_id = await owning_worker(state, row)
+            await state.signals.request(
+                worker_id, "ice", session_id=row.id, payload=patch.model_dump()
+            )
+    except ApiError as exc:
+        if exc.code not in ("session_ended", "unknown_session", "unknown_peer"):
+            raise
