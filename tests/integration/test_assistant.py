@@ -99,9 +99,11 @@ async def test_speech_tool_call_and_answer_are_all_recorded(
                     timeout=30,
                 )
                 answers = await _published(system, sid, "assistant.transcript")
+                deadline = time.monotonic() + 30
                 while not any("three flights" in a["text"] for a in answers):
+                    assert time.monotonic() < deadline, (answers, system.log_tail())
                     await asyncio.sleep(0.2)
-                    answers = await _published(system, sid, "assistant.transcript")
+                    answers = await _published(system, sid, "assistant.transcript", timeout=1)
                 await client.wait_for_audio(2000, timeout=10)  # the model's audio reached us
             finally:
                 await api.delete(f"/api/sessions/{sid}")
