@@ -164,7 +164,8 @@ def credential_key(scope: Scope) -> str | None:
             cookie = value
     if authorization is not None:
         token = authorization.partition(b" ")[2].strip()
-        return "t:" + token.rsplit(b"_", 1)[0][:48].decode("latin-1")  # vp_<id>, not the secret
+        # vp_<id>_<secret> (shared.users): the prefix and id only, as authenticate reads them
+        return "t:" + b"_".join(token.split(b"_", 2)[:2])[:48].decode("latin-1")
     if cookie is not None and COOKIE.encode() in cookie:
         return "c:" + hashlib.blake2b(cookie, digest_size=12).hexdigest()
     return None
