@@ -31,28 +31,32 @@ async def hit(redis: aioredis.Redis, scope: str, who: str, *, limit: int, per_s:
         count, _ = await pipe.execute()
     if count > limit:
         retry = per_s - int(time.time()) % per_s
-        raise ApiError(
-            429, "rate_limited", f"too many requests; at most {limit} per {per_s} s",
-            headers={"Retry-After": str(max(retry, 1))},
-        )  # fmt: skip
+        raise too_many(
+            "rate_limited", f"too many requests; at most {limit} per {per_s} s", max(retry, 1)
+        )
+
+
+def too_many(code: str, message: str, retry_after_s: int) -> ApiError:
+    """429 with a stable code, a plain message and when to try again."""
+    return ApiError(429, code, message, headers={"Retry-After": str(retry_after_s)})
 
 
 def too_many_streams(limit: int) -> ApiError:
-    return ApiError(
-        429, "too_many_streams",
+    return too_many(
+        "too_many_streams",
         f"at most {limit} live updates may be open per user; close another tab or window "
         "showing a session, or wait a minute",
-        headers={"Retry-After": "10"},
-    )  # fmt: skip
+        10,
+    )
 
 
 def too_many_signals(limit: int) -> ApiError:
-    return ApiError(
-        429, "too_many_requests",
+    return too_many(
+        "too_many_requests",
         f"at most {limit} connection requests may wait at once per user; "
         "wait for the others to finish",
-        headers={"Retry-After": "2"},
-    )  # fmt: skip
+        2,
+    )
 
 
 # One entry per open stream or request in the user's sorted set, scored by when
