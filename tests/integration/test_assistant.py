@@ -54,6 +54,16 @@ def _assistant_system(make_system, fake: FakeRealtimeServer, tools: Path | None 
     return make_system(workers=1, capacity=2, **settings)
 
 
+async def _tool_output(fake: FakeRealtimeServer) -> dict:
+    """The tool result the model was sent (its function_call_output item)."""
+    return await fake.wait_for(
+        lambda e: (
+            e["type"] == "conversation.item.create" and e["item"]["type"] == "function_call_output"
+        ),
+        timeout=30,
+    )
+
+
 async def _published(system, session_id: str, kind: str, timeout: float = 20) -> list[dict]:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     with system.redis as r:
@@ -91,13 +101,7 @@ async def test_speech_tool_call_and_answer_are_all_recorded(
             sse = asyncio.create_task(read_events(api, session["events_url"]))
             client = await connect_webrtc(api, sid, str(hello_wav))
             try:
-                output = await fake.wait_for(
-                    lambda e: (
-                        e["type"] == "conversation.item.create"
-                        and e["item"]["type"] == "function_call_output"
-                    ),
-                    timeout=30,
-                )
+                output = await _tool_output(fake)
                 answers = await _published(system, sid, "assistant.transcript")
                 deadline = time.monotonic() + 30
                 while not any("three flights" in a["text"] for a in answers):
@@ -175,13 +179,7 @@ async def test_a_dashed_tool_argument_is_refused_and_recorded_as_failed(
             sid = session["session_id"]
             client = await connect_webrtc(api, sid, str(hello_wav))
             try:
-                output = await fake.wait_for(
-                    lambda e: (
-                        e["type"] == "conversation.item.create"
-                        and e["item"]["type"] == "function_call_output"
-                    ),
-                    timeout=30,
-                )
+                output = await _tool_output(fake)
                 failed = await _published(system, sid, "tool.failed")
             finally:
                 await api.delete(f"/api/sessions/{sid}")
