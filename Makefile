@@ -61,9 +61,11 @@ test-deps:
 test-quick: install
 	$(BIN)/pytest -m "not slow"
 
+## Style and types: ruff, then mypy (strict on api, worker, shared and voicepool; see pyproject).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 ## Benchmarks (about 17 minutes); results under ops/bench/results/ (Markdown and JSON).
 ## The API benchmark's load tool is Debian's wrk, installed here when missing.

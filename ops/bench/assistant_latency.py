@@ -493,7 +493,7 @@ def worker_main(argv: list[str]) -> None:
     """``assistant_latency.py _instrumented_worker worker --capacity N``: the real worker."""
     sys.path.insert(0, str(ROOT))
     install_instrumentation(Path(os.environ[TRACE_DIR_ENV]))
-    from shared.cli import main as cli_main
+    from voicepool.cli import main as cli_main
 
     cli_main(argv)
 

@@ -50,7 +50,7 @@ PLUMBING = (
     "(asyncio/",
     "(threading.py",
     "(runpy.py",
-    "(shared/cli.py",
+    "(voicepool/cli.py",
     "(concurrent/",
     "<module>",
     "worker_main (",

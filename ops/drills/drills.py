@@ -649,7 +649,7 @@ async def concurrent_migrate(system: System, api: httpx.AsyncClient) -> Row:
     started = time.monotonic()
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "shared.cli", "migrate", env=env, cwd=ROOT,
+            sys.executable, "-m", "voicepool", "migrate", env=env, cwd=ROOT,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         for _ in range(3)

@@ -27,7 +27,7 @@ def _start_migrators(database_url: str, tmp_path: Path) -> list[subprocess.Popen
     env |= {"VOICEPOOL_DATABASE_URL": database_url, "VOICEPOOL_DATA_DIR": str(tmp_path / "var")}
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "migrate"],
+            [sys.executable, "-m", "voicepool", "migrate"],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

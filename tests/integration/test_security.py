@@ -176,7 +176,7 @@ async def _revoke(api, name: str, *, redis: bool = True) -> subprocess.Completed
         env["VOICEPOOL_REDIS_URL"] = api.state.settings.redis_url
     return await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "shared.cli", "users", "revoke", name],
+        [sys.executable, "-m", "voicepool", "users", "revoke", name],
         env=env, cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
 

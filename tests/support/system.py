@@ -69,7 +69,7 @@ class System:
         log = self.tmp / f"{name}.log"
         self._logs.append(log)
         return subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", *args],
+            [sys.executable, "-m", "voicepool", *args],
             env=self.env,
             cwd=ROOT,
             stdout=log.open("wb"),
@@ -133,7 +133,7 @@ class System:
         return next(w for w in self.workers if w.pid == pid)
 
     def create_user(self, name: str, *, admin: bool = False) -> str:
-        args = [sys.executable, "-m", "shared.cli", "users", "create", name]
+        args = [sys.executable, "-m", "voicepool", "users", "create", name]
         if admin:
             args.append("--admin")
         out = subprocess.run(args, env=self.env, cwd=ROOT, capture_output=True, check=True)
@@ -141,7 +141,7 @@ class System:
 
     def run_cli(self, *args: str) -> str:
         out = subprocess.run(
-            [sys.executable, "-m", "shared.cli", *args],
+            [sys.executable, "-m", "voicepool", *args],
             env=self.env,
             cwd=ROOT,
             capture_output=True,

@@ -89,7 +89,7 @@ def test_both_loggers_of_a_process_mask_url_passwords() -> None:
 
 
 def test_the_dev_banner_shows_no_passwords() -> None:
-    from shared.cli import _banner
+    from voicepool.cli import _banner
     from shared.settings import Settings
 
     settings = Settings(

@@ -215,7 +215,7 @@ def _dev(settings: Settings, port: int, workers: int, capacity: int) -> None:
     child_settings = Settings(_env_file=None, **_from_env(env))
     token = asyncio.run(_dev_token(child_settings))
 
-    base = [sys.executable, "-m", "shared.cli"]
+    base = [sys.executable, "-m", "voicepool"]
     children = [subprocess.Popen([*base, "api", "--port", str(port)], env=env)]
     for i in range(workers):
         worker_args = ["worker", "--capacity", str(capacity), "--metrics-port", str(port + 1 + i)]

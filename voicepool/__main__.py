@@ -1,0 +1,3 @@
+from voicepool.cli import main
+
+main()
