@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from harness.postgres import PostgresServer
+from harness.system import System
 from shared.connections import EmbeddedRedis, redis_client
-from tests.support.postgres import PostgresServer
-from tests.support.system import System
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -71,7 +71,7 @@ def hello_wav() -> Path:
 class InProcessAPI:
     """The FastAPI app with its lifespan running, against real Redis and SQLite."""
 
-    def __init__(self, app, client, state) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, app, client, state) -> None:
         self.app = app
         self.client = client
         self.state = state
@@ -88,7 +88,7 @@ class InProcessAPI:
 
 
 @pytest.fixture
-def make_api(redis: aioredis.Redis, redis_server: EmbeddedRedis, tmp_path: Path):  # type: ignore[no-untyped-def]
+def make_api(redis: aioredis.Redis, redis_server: EmbeddedRedis, tmp_path: Path):
     """``async with make_api(**settings) as api``: the app in-process, real Redis and SQLite."""
     import contextlib
 
@@ -98,7 +98,7 @@ def make_api(redis: aioredis.Redis, redis_server: EmbeddedRedis, tmp_path: Path)
     from shared.settings import Settings
 
     @contextlib.asynccontextmanager
-    async def start(**overrides: object):  # type: ignore[no-untyped-def]
+    async def start(**overrides: object):
         values: dict[str, object] = {
             "redis_url": redis_server.url,
             "database_url": f"sqlite+aiosqlite:///{tmp_path / 'api.db'}",
@@ -119,6 +119,6 @@ def make_api(redis: aioredis.Redis, redis_server: EmbeddedRedis, tmp_path: Path)
 
 
 @pytest.fixture
-async def api(make_api):  # type: ignore[no-untyped-def]
+async def api(make_api):
     async with make_api() as started:
         yield started

@@ -5,13 +5,13 @@ worker process, one after the other:
 
 * assistant: the ``assistant`` profile exactly as the worker builds it (transport in → user
   aggregator → OpenAIRealtimeLLMService → transport out → assistant aggregator), talking to
-  the fake Realtime API (tests/doubles/openai_realtime.py), which runs standalone in its own
+  the fake Realtime API (harness/doubles/openai_realtime.py), which runs standalone in its own
   process with real-time audio pacing (``--pace 1``);
 * bare (the baseline): transport in → a processor that forwards every frame and echoes the
   caller's audio back in 60 ms frames (the size of the fake model's audio deltas) →
   transport out.
 
-The system runs as processes, as tests/support/system.py starts it (embedded Redis, the API
+The system runs as processes, as harness/system.py starts it (embedded Redis, the API
 under uvicorn), except that the single worker is started through this file: it installs
 instrumentation, then runs the ordinary ``voicepool worker`` command. Nothing in worker/ is
 changed; the instrumentation wraps methods of each session's objects (transport, Realtime
@@ -106,8 +106,8 @@ ANSWER_SENTENCE = "Sure, I can help with that, here is what I found for you toda
 if TYPE_CHECKING:
     import psutil
 
-    from tests.support.system import System
-    from tests.support.webrtc_client import WebRTCTestClient
+    from harness.system import System
+    from harness.webrtc_client import WebRTCTestClient
 
 
 def now_ns() -> int:
@@ -491,7 +491,6 @@ def install_instrumentation(trace_dir: Path) -> None:
 
 def worker_main(argv: list[str]) -> None:
     """``assistant_latency.py _instrumented_worker worker --capacity N``: the real worker."""
-    sys.path.insert(0, str(ROOT))
     install_instrumentation(Path(os.environ[TRACE_DIR_ENV]))
     from voicepool.cli import main as cli_main
 
@@ -568,7 +567,7 @@ def tail(path: Path, lines: int = 30) -> str:
 def start_fake(answer: str, log: Path) -> tuple[subprocess.Popen[str], str]:
     """The fake model, standalone in its own process; returns it and its URL."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.doubles.openai_realtime", "--port", "0", "--pace", "1",
+        [sys.executable, "-m", "harness.doubles.openai_realtime", "--port", "0", "--pace", "1",
          "--answer", answer],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -587,8 +586,8 @@ def start_fake(answer: str, log: Path) -> tuple[subprocess.Popen[str], str]:
 def start_system(
     tmp: Path, settings: dict[str, str], capacity: int, worker_env: dict[str, str]
 ) -> System:
-    """Redis and the API as tests/support/system.py starts them; the worker through this file."""
-    from tests.support.system import System
+    """Redis and the API as harness/system.py starts them; the worker through this file."""
+    from harness.system import System
 
     system = System(tmp, settings=settings)
     try:
@@ -639,7 +638,7 @@ def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
 async def open_session(
     api: httpx.AsyncClient, profile: str, wav: Path, opened: list[tuple[str, WebRTCTestClient]]
 ) -> None:
-    from tests.support.webrtc_client import WebRTCTestClient
+    from harness.webrtc_client import WebRTCTestClient
 
     response = await api.post("/api/sessions", json={"transport": "webrtc", "profile": profile})
     if response.status_code != 202:
@@ -722,7 +721,7 @@ async def run_all(
     procs: dict[str, psutil.Process],
     tmp: Path,
 ) -> tuple[list[Phase], list[list[dict[str, Any]]], dict[str, float], Path | None]:
-    from tests.support.webrtc_client import allow_loopback_ice
+    from harness.webrtc_client import allow_loopback_ice
 
     allow_loopback_ice()
     headers = {"Authorization": f"Bearer {token}"}
@@ -1128,7 +1127,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     import psutil
 
-    sys.path.insert(0, str(ROOT))  # tests/ is not an installed package
     args = parse_args(argv)
     facts = machine_facts()
     started = time.monotonic()

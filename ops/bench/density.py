@@ -2,11 +2,11 @@
 
 One invocation, everything as real processes on this machine:
 
-* the fake Realtime model (tests/doubles/openai_realtime.py, ``pace=1``) in its own process,
+* the fake Realtime model (harness/doubles/openai_realtime.py, ``pace=1``) in its own process,
   started through this file (``density.py fake``): a thin subclass records, per marked audio
   frame, when its ``input_audio_buffer.append`` arrived and when each of its own
   ``response.output_audio.delta`` events was sent;
-* embedded Redis and the API as tests/support/system.py starts them, and the workers with
+* embedded Redis and the API as harness/system.py starts them, and the workers with
   the ordinary ``voicepool worker`` command (nothing in worker/ is changed or wrapped);
 * the clients, in this process: one WebSocket per session speaking Pipecat's protobuf frames
   (as tests/integration/test_transports.py does), streaming 24 kHz PCM in 20 ms frames in
@@ -110,7 +110,7 @@ SESSION_TIMEOUT_S = 30.0
 if TYPE_CHECKING:
     import psutil
 
-    from tests.support.system import System
+    from harness.system import System
 
 
 def now_ns() -> int:
@@ -121,8 +121,7 @@ def now_ns() -> int:
 
 
 def fake_main(argv: list[str]) -> None:
-    sys.path.insert(0, str(ROOT))
-    from tests.doubles import openai_realtime as fake
+    from harness.doubles import openai_realtime as fake
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
@@ -572,7 +571,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def start_system(tmp: Path, fake_url: str) -> System:
-    from tests.support.system import System
+    from harness.system import System
 
     settings = {
         "OPENAI_API_KEY": API_KEY,
@@ -698,8 +697,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(HERE))
     from loguru import logger
 
     logger.remove()  # Pipecat's serializer logs every message at DEBUG: not in the clients' CPU

@@ -2,7 +2,7 @@
 
 The WebRTC twin of density.py (same fake model process, same system, same caller loop:
 a 1 s tone then 3 s quiet, staggered across sessions), with aiortc clients
-(tests/support/webrtc_client.py) instead of protobuf WebSockets. Per N, over the measured
+(harness/webrtc_client.py) instead of protobuf WebSockets. Per N, over the measured
 window: worker CPU per session, worker RSS (RSS per additional session = slope vs N), the
 CPU of everything else on the machine, and how much of the real-time audio each client got
 back.
@@ -64,7 +64,7 @@ from measure import machine_facts, percentile, write_results  # ops/bench/measur
 if TYPE_CHECKING:
     import psutil
 
-    from tests.support.system import System
+    from harness.system import System
 
 DESCRIPTION = "Density over SmallWebRTC: assistant sessions per worker, Opus included."
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,7 +79,7 @@ def make_client(wav: Path, shift: int) -> Any:
     """A WebRTCTestClient whose caller loop starts ``shift`` samples in, noting turn times."""
     import av
 
-    from tests.support.webrtc_client import (
+    from harness.webrtc_client import (
         MediaStreamError,
         WavAudioTrack,
         WebRTCTestClient,
@@ -293,7 +293,7 @@ async def run_all(
 ) -> tuple[list[Phase], list[Phase], Path | None]:
     import psutil
 
-    from tests.support.webrtc_client import allow_loopback_ice
+    from harness.webrtc_client import allow_loopback_ice
 
     allow_loopback_ice()
     token = system.create_user("bench")
@@ -346,8 +346,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(HERE))
     from loguru import logger
 
     logger.remove()

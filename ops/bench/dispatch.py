@@ -9,7 +9,7 @@ are comparable on a noisy shared machine:
   the Pipeline and PipelineWorker, prints ``ready`` and exits. Run first, while
   nothing else of ours runs, which if anything favours the baseline.
 * voicepool: the real system as processes (embedded Redis, API under uvicorn,
-  N workers), the way tests/support/system.py starts it. A client times
+  N workers), the way harness/system.py starts it. A client times
   ``POST /api/sessions`` → the ``ready`` state seen on the session's SSE
   stream, then ends the session with DELETE. A Redis XREAD watcher on the same
   stream runs alongside, to show how much of the client number SSE itself adds.
@@ -52,7 +52,7 @@ SESSION_TIMEOUT_S = 30.0
 BASELINE_TIMEOUT_S = 60.0
 
 if TYPE_CHECKING:
-    from tests.support.system import System
+    from harness.system import System
 
 # The baseline child: the same imports and per-session work as a worker
 # (worker/worker.py, worker/session.py), in a fresh interpreter. It reports
@@ -290,8 +290,7 @@ async def run_sessions(
 
 
 def start_system(tmp: Path, workers: int, capacity: int) -> System:
-    sys.path.insert(0, str(ROOT))  # tests/ is not an installed package
-    from tests.support.system import System
+    from harness.system import System
 
     # No per-user limit: the benchmark's one user runs up to workers x capacity at once.
     # Ready sessions that no client joins stay live for the "200 live" phase: a long

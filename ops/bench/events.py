@@ -30,24 +30,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+import psutil
+from measure import cpu_seconds, percentile  # ops/bench/measure.py
+from probes import open_sse, open_xread  # ops/bench/probes.py
+from sqlalchemy import insert
+
+from api.persister import Persister
+from harness.postgres import PostgresServer
+from harness.system import System
+from shared import keys
+from shared.connections import EmbeddedRedis, redis_client
+from shared.live import LiveSessions
+from shared.models import Conversation, EventRecord, User, VoiceSession
+from shared.settings import Settings
+from shared.store import Store, migrate_async
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-import httpx  # noqa: E402
-import psutil  # noqa: E402
-from measure import cpu_seconds, percentile  # noqa: E402  (ops/bench/measure.py)
-from probes import open_sse, open_xread  # noqa: E402  (ops/bench/probes.py)
-from sqlalchemy import insert  # noqa: E402
-
-from api.persister import Persister  # noqa: E402
-from shared import keys  # noqa: E402
-from shared.connections import EmbeddedRedis, redis_client  # noqa: E402
-from shared.live import LiveSessions  # noqa: E402
-from shared.models import Conversation, EventRecord, User, VoiceSession  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from shared.store import Store, migrate_async  # noqa: E402
-from tests.support.postgres import PostgresServer  # noqa: E402
-from tests.support.system import System  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 PUBLISHERS = 32  # concurrent publishing tasks (a worker's sessions publish side by side)

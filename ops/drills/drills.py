@@ -3,7 +3,7 @@
 Each drill prints a table row: the fault, what was running, what the user
 saw, stored events lost (must be 0), and the time to recover. Real processes
 throughout (embedded redis-server, the API under uvicorn, worker processes),
-as tests/support/system.py starts them.
+as harness/system.py starts them.
 
     .venv/bin/python ops/drills/drills.py            # all drills
     .venv/bin/python ops/drills/drills.py --only kill_worker
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -27,20 +28,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from harness.api import connect_webrtc
+from harness.postgres import PostgresServer
+from harness.system import System
+from harness.waiting import eventually
+from harness.webrtc_client import allow_loopback_ice
+from harness.ws_client import ProtobufClient
+from shared.connections import redis_client
+from shared.events import Reason, SessionState
+from shared.live import LiveSessions
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-import httpx  # noqa: E402
-
-from shared.connections import redis_client  # noqa: E402
-from shared.events import Reason, SessionState  # noqa: E402
-from shared.live import LiveSessions  # noqa: E402
-from tests.support.api import connect_webrtc  # noqa: E402
-from tests.support.postgres import PostgresServer  # noqa: E402
-from tests.support.system import System  # noqa: E402
-from tests.support.webrtc_client import allow_loopback_ice  # noqa: E402
-from tests.support.ws_client import ProtobufClient  # noqa: E402
-
 HEARTBEAT_TTL = 4.0
 HELLO_WAV = ROOT / "tests" / "fixtures" / "hello.wav"
 ECHO_RMS = 300  # the fixture's speech is ~1000-1800 RMS; silence is ~0
@@ -55,15 +55,6 @@ class Row:
     lost: int
     recovery_s: float
     facts: dict[str, Any] = field(default_factory=dict)  # for the tests; not printed
-
-
-async def _wait(predicate: Callable[[], Awaitable[bool]], timeout: float) -> float:
-    started = time.monotonic()
-    while not await predicate():
-        if time.monotonic() - started > timeout:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
 
 
 async def _stored_count(api: httpx.AsyncClient, conversation_id: str) -> int:
@@ -82,19 +73,36 @@ async def _lost_events(system: System, api: httpx.AsyncClient, sessions: list[di
     return lost
 
 
+async def _persisted(system: System, api: httpx.AsyncClient, sessions: list[dict]) -> None:
+    """Wait (bounded) for the persister to store what the sessions published; whatever is
+    still missing after that, ``_lost_events`` counts as lost."""
+
+    async def all_stored() -> bool:
+        return await _lost_events(system, api, sessions) == 0
+
+    with contextlib.suppress(AssertionError):
+        await eventually(all_stored, timeout=10, what="every published event stored")
+
+
 async def kill_worker(system: System, api: httpx.AsyncClient) -> Row:
     sessions = [
         (await api.post("/api/sessions", json={"transport": "webrtc"})).json() for _ in range(5)
     ]
     for s in sessions:
-        await _wait(lambda s=s: _status_is(api, s["session_id"], {"ready"}), 15)
+        await eventually(
+            lambda s=s: _status_is(api, s["session_id"], {"ready"}), timeout=15, what="ready"
+        )
     victims = {
         (await api.get(f"/api/sessions/{s['session_id']}")).json()["worker_id"] for s in sessions
     }
     for worker_id in victims:
         os.kill(system.worker_process(worker_id).pid, signal.SIGKILL)
-    took = await _wait(lambda: _all_status(api, sessions, {"failed"}), HEARTBEAT_TTL + 5)
-    await asyncio.sleep(1.0)  # the persister stores the failure events
+    killed = time.monotonic()
+    await eventually(
+        lambda: _all_status(api, sessions, {"failed"}), timeout=HEARTBEAT_TTL + 5, what="failed"
+    )
+    took = time.monotonic() - killed
+    await _persisted(system, api, sessions)  # the failure events
     reasons = {
         (await api.get(f"/api/sessions/{s['session_id']}")).json()["reason"] for s in sessions
     }
@@ -116,16 +124,20 @@ async def kill_api(system: System, api: httpx.AsyncClient) -> Row:
             await live.publish(session["session_id"], "drill.tick", {"i": i})
 
     pouring = asyncio.create_task(pour())
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # time, not a condition: the API dies in the middle of the burst
     assert system.api is not None
     os.kill(system.api.pid, signal.SIGKILL)
     killed = time.monotonic()
     await pouring
     system.api = system._spawn("api-restarted", "api", "--port", str(system.api_port))
     system.settings["VOICEPOOL_PERSISTER_CLAIM_IDLE_MS"] = "500"
-    await _wait(lambda: _ready(system), 30)
+    await eventually(lambda: _ready(system), timeout=30, what="the API ready again")
     expected = burst + 2  # queued, starting, and the ticks
-    await _wait(lambda: _at_least(api, session["conversation_id"], expected), 60)
+    await eventually(
+        lambda: _at_least(api, session["conversation_id"], expected),
+        timeout=60,
+        what=f"{expected} events stored",
+    )
     took = time.monotonic() - killed
     lost = await _lost_events(system, api, [session])
     await live.transition(session["session_id"], SessionState.ENDED, Reason.CLIENT_ENDED,
@@ -157,12 +169,16 @@ async def postgres_restart(system: System, api: httpx.AsyncClient) -> Row:
     """Restart PostgreSQL while the persister writes; it reconnects and stores everything."""
     server: PostgresServer = system.postgres  # type: ignore[attr-defined]
     pouring = asyncio.create_task(_pour(system, api, 3000))
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # time, not a condition: PostgreSQL restarts mid-way through
     stopped = time.monotonic()
     server.restart()
     session = await pouring
     expected = 3000 + 2
-    await _wait(lambda: _at_least(api, session["conversation_id"], expected), 60)
+    await eventually(
+        lambda: _at_least(api, session["conversation_id"], expected),
+        timeout=60,
+        what=f"{expected} events stored",
+    )
     took = time.monotonic() - stopped
     return Row("restart PostgreSQL", "3000 events being persisted",
                "the persister reconnected; history complete",
@@ -174,14 +190,23 @@ async def sqlite_disk_full(system: System, api: httpx.AsyncClient) -> Row:
     made, everything is stored."""
     mount: Path = system.tiny_mount  # type: ignore[attr-defined]
     session = await _pour(system, api, 12000)
-    await asyncio.sleep(3.0)  # the persister hits the full disk and keeps the entries pending
+    with contextlib.suppress(AssertionError):  # the row then says the error never showed
+        await eventually(
+            lambda: "database or disk is full" in (system.tmp / "api.log").read_text(),
+            timeout=10,
+            what="the persister hitting the full disk",
+        )
     log = (system.tmp / "api.log").read_text()
     saw = "database or disk is full" in log
     with system.redis as r:
         held = r.xlen("vp:ingest")  # nothing unstored is acknowledged, so nothing is trimmed
     grown = time.monotonic()
     await _run(["mount", "-o", "remount,size=64M", str(mount)])
-    await _wait(lambda: _at_least(api, session["conversation_id"], 12000 + 2), 120)
+    await eventually(
+        lambda: _at_least(api, session["conversation_id"], 12000 + 2),
+        timeout=120,
+        what="12002 events stored",
+    )
     took = time.monotonic() - grown
     check = sqlite3.connect(mount / "voicepool.db").execute("PRAGMA integrity_check").fetchone()
     return Row("SQLite disk full", "12000 events, DB on a 1.5 MB filesystem",
@@ -190,25 +215,34 @@ async def sqlite_disk_full(system: System, api: httpx.AsyncClient) -> Row:
                await _lost_events(system, api, [session]), took)  # fmt: skip
 
 
-async def _until_ok(call: Callable[[], Awaitable[httpx.Response]], timeout: float = 10):  # type: ignore[no-untyped-def]
+async def _until_ok(
+    call: Callable[[], Awaitable[httpx.Response]], timeout: float = 10
+) -> httpx.Response:
     """A user's request, repeated while the API answers 503 (Redis still coming back)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def answered() -> httpx.Response:
         response = await call()
-        if response.status_code != 503 or time.monotonic() > deadline:
-            return response
-        await asyncio.sleep(0.1)
+        assert response.status_code != 503, response.text
+        return response
+
+    return await eventually(
+        answered, timeout=timeout, interval=0.1, what="an answer other than 503"
+    )
 
 
 async def _ready_session(api: httpx.AsyncClient, transport: str = "webrtc") -> dict:
     created = (await api.post("/api/sessions", json={"transport": transport})).json()
-    await _wait(lambda: _status_is(api, created["session_id"], {"ready"}), 15)
+    await eventually(
+        lambda: _status_is(api, created["session_id"], {"ready"}), timeout=15, what="ready"
+    )
     return (await api.get(f"/api/sessions/{created['session_id']}")).json()
 
 
 async def _ws_heard(client: ProtobufClient, since: int, timeout: float) -> bool:
     try:
-        await client.wait_for(lambda: client.loudest_rms(since=since) > ECHO_RMS, "echo", timeout)
+        await eventually(
+            lambda: client.loudest_rms(since=since) > ECHO_RMS, timeout=timeout, what="echo"
+        )
         return True
     except AssertionError:
         return False
@@ -270,7 +304,9 @@ async def redis_outage(
     queued = (await api.post("/api/sessions", json={"transport": "webrtc"})).json()
     assert queued["status"] == "queued", queued
     calls = [call, ws_call]
-    await _wait(lambda: _all_status(api, calls, {"connected"}), 15)
+    await eventually(
+        lambda: _all_status(api, calls, {"connected"}), timeout=15, what="both calls connected"
+    )
     assert await _rtc_heard(rtc, 0, 20) and await _ws_heard(ws, 0, 20), "no echo before the fault"
 
     assert system.redis_server is not None
@@ -285,7 +321,7 @@ async def redis_outage(
         echoed_while_down = await _rtc_heard(rtc, heard_rtc, down_s - 1) and await _ws_heard(
             ws, heard_ws, max(down_s - 1 - (time.monotonic() - down_at), 0.1)
         )
-    await asyncio.sleep(max(down_s - (time.monotonic() - down_at), 0))
+    await asyncio.sleep(max(down_s - (time.monotonic() - down_at), 0))  # the outage lasts
     if paused:
         _pause(system, signal.SIGCONT)
     else:
@@ -298,7 +334,7 @@ async def redis_outage(
     fresh = await _until_ok(lambda: api.post("/api/sessions", json={"transport": "webrtc"}))
     fresh = fresh.json()
     waiting = [queued, fresh]
-    await _wait(lambda: _all_status(api, waiting, {"ready"}), 15)
+    await eventually(lambda: _all_status(api, waiting, {"ready"}), timeout=15, what="ready")
     recovered_s = time.monotonic() - back_at
     statuses = {
         s["session_id"]: (await api.get(f"/api/sessions/{s['session_id']}")).json()["status"]
@@ -315,8 +351,12 @@ async def redis_outage(
         await api.delete(f"/api/sessions/{s['session_id']}")
     await rtc.close()
     await ws.close()
-    await _wait(lambda: _all_status(api, everyone, {"ended", "cancelled", "failed"}), 15)
-    await asyncio.sleep(1.5)  # the persister stores the last events
+    await eventually(
+        lambda: _all_status(api, everyone, {"ended", "cancelled", "failed"}),
+        timeout=15,
+        what="every session over",
+    )
+    await _persisted(system, api, everyone)  # the last events
     lost = await _lost_events(system, api, everyone)
     duplicates = disorder = 0
     call_states: list[list[str]] = []
@@ -377,13 +417,15 @@ async def poll_loop_fails(system: System, api: httpx.AsyncClient) -> Row:
         while victim.poll() is None and time.monotonic() - broken_at < 30:
             pools = (await ops.get("/api/pools")).json()
             free_while_failing = max(free_while_failing, sum(p["capacity"] for p in pools))
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # a sampling period: watched until the worker exits
     exited_after = time.monotonic() - broken_at
     with system.redis as r:
         r.execute_command("ACL", "SETUSER", "default", "+@all")
     system.start_worker(capacity=4)  # the service manager's restart
     session = (await api.post("/api/sessions", json={"transport": "webrtc"})).json()
-    await _wait(lambda: _status_is(api, session["session_id"], {"ready"}), 30)
+    await eventually(
+        lambda: _status_is(api, session["session_id"], {"ready"}), timeout=30, what="ready"
+    )
     recovered = time.monotonic() - broken_at
     await api.delete(f"/api/sessions/{session['session_id']}")
     return Row(
@@ -433,15 +475,20 @@ async def sse_abandoned(system: System, api: httpx.AsyncClient) -> Row:
     os.kill(system.api.pid, signal.SIGKILL)
     killed = time.monotonic()
     system.api = system._spawn("api-restarted", "api", "--port", str(system.api_port))
-    await _wait(lambda: _ready(system), 30)
+    await eventually(lambda: _ready(system), timeout=30, what="the API ready again")
     for response in held:
         await response.aclose()
     reopened = None
-    while time.monotonic() - killed < 120:
+
+    async def reopens() -> bool:
+        nonlocal reopened
         reopened = await _open_and_abandon(system, token, url)
-        if reopened == 200:
-            break
-        await asyncio.sleep(0.25)
+        return reopened == 200
+
+    with contextlib.suppress(AssertionError):  # the row then says what the stream got
+        await eventually(
+            reopens, timeout=120 - (time.monotonic() - killed), interval=0.25, what="a stream"
+        )
     took = time.monotonic() - killed
     lease = float(system.settings["VOICEPOOL_STREAM_LEASE"])
     return Row(
@@ -508,7 +555,7 @@ def _ms(values: list[float]) -> str:
 async def flood_offers(api_url: str, token: str, url: str, offers: int, seconds: float) -> dict:
     """Keep ``offers`` SDP offers in flight for ``seconds`` (each answered one is sent
     again); returns how they were answered. Runs in a process of its own."""
-    from tests.support.sdp import VALID_OFFER
+    from harness.sdp import VALID_OFFER
 
     body = {"sdp": VALID_OFFER, "type": "offer"}
     codes: dict[int, int] = {}
@@ -546,7 +593,7 @@ async def offer_flood(system: System, api: httpx.AsyncClient, *, offers: int = 3
             sys.executable, __file__, "--flood", *args, str(offers), str(flood_s),
             stdout=subprocess.PIPE,
         )  # fmt: skip
-        await asyncio.sleep(1.0)  # the flood is on
+        await asyncio.sleep(1.0)  # time, not a condition: the flood gets going first
         busy = await bystander.time_for(flood_s - 2)
         out, _ = await flood.communicate()
     codes = {int(k): v for k, v in json.loads(out).items()}
@@ -578,7 +625,7 @@ async def offer_rate_flood(system: System, api: httpx.AsyncClient, *, offers: in
     """As ``offer_flood``, but sent by wrk as fast as one API process can refuse them: a
     request-rate flood. Refusals cost no database or Redis work, but the process itself
     saturates; a deployment puts a per-client rate limit in its reverse proxy for this."""
-    from tests.support.sdp import VALID_OFFER
+    from harness.sdp import VALID_OFFER
 
     flood_s = 10
     session = (await api.post("/api/sessions", json={"transport": "webrtc"})).json()
@@ -596,7 +643,7 @@ async def offer_rate_flood(system: System, api: httpx.AsyncClient, *, offers: in
     async with Bystander(system) as bystander:
         quiet = await bystander.time_for(flood_s)
         flood = await asyncio.create_subprocess_exec(*wrk, stdout=subprocess.PIPE)
-        await asyncio.sleep(1.0)  # the flood is on
+        await asyncio.sleep(1.0)  # time, not a condition: the flood gets going first
         busy = await bystander.time_for(flood_s - 2)
         out = (await flood.communicate())[0].decode()
     sent = int(out.split(" requests in ")[0].split()[-1])

@@ -23,14 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from harness.system import System
+from harness.waiting import eventually
+from harness.ws_client import ProtobufClient
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-import httpx  # noqa: E402
-
-from tests.support.system import System  # noqa: E402
-from tests.support.ws_client import ProtobufClient  # noqa: E402
-
 FIXTURE = ROOT / "tests" / "fixtures" / "hello.wav"
 RESULTS = Path(__file__).parent / "results"
 RETENTION_S = 20  # finished sessions' streams expire fast, so leaked keys would show
@@ -55,22 +54,23 @@ async def _one_session(api: httpx.AsyncClient, stats: dict[str, int]) -> None:
     created = await api.post("/api/sessions", json={"transport": "websocket", "profile": "echo"})
     if created.status_code != 202:
         stats["refused"] += 1
-        await asyncio.sleep(1)
+        await asyncio.sleep(1)  # a back-off: this caller tries again a second later
         return
     sid = created.json()["session_id"]
-    deadline = time.monotonic() + 20
-    while True:
-        session = (await api.get(f"/api/sessions/{sid}")).json()
-        if session["status"] == "ready":
-            break
-        if session["status"] in ("failed", "ended", "expired", "cancelled"):
-            stats["failed"] += 1
-            return
-        if time.monotonic() > deadline:
-            stats["failed"] += 1
-            await api.delete(f"/api/sessions/{sid}")
-            return
-        await asyncio.sleep(0.1)
+
+    async def settled() -> str | None:
+        status = (await api.get(f"/api/sessions/{sid}")).json()["status"]
+        return status if status in ("ready", "failed", "ended", "expired", "cancelled") else None
+
+    try:
+        status = await eventually(settled, timeout=20, interval=0.1, what="the session ready")
+    except AssertionError:
+        stats["failed"] += 1
+        await api.delete(f"/api/sessions/{sid}")
+        return
+    if status != "ready":
+        stats["failed"] += 1
+        return
     connect = await api.post(f"/api/sessions/{sid}/connect")  # the token: one per connection
     if connect.status_code != 200:
         stats["failed"] += 1
@@ -78,7 +78,7 @@ async def _one_session(api: httpx.AsyncClient, stats: dict[str, int]) -> None:
         return
     client = await ProtobufClient.connect(connect.json()["ws_url"], FIXTURE)
     try:
-        await client.wait_for(lambda: client.loudest_rms() > 300, "echo", timeout=20)
+        await eventually(lambda: client.loudest_rms() > 300, timeout=20, what="echo")
         stats["served"] += 1
     except AssertionError:
         stats["silent"] += 1
@@ -111,7 +111,7 @@ async def soak(minutes: float, capacity: int, load: float, sample_s: float) -> d
             async def sampler() -> None:
                 started = time.monotonic()
                 while time.monotonic() < stop_at:
-                    await asyncio.sleep(sample_s)
+                    await asyncio.sleep(sample_s)  # the sampling period
                     with system.redis as r:
                         beat = r.get(f"vp:worker:{system.live_workers()[0]['id']}")
                         keys = r.dbsize()

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.doubles.nested_team import NestedTeam
-from tests.doubles.openai_realtime import FakeRealtimeServer, Turn
-from tests.support.system import ROOT
+from harness.doubles.nested_team import NestedTeam
+from harness.doubles.openai_realtime import FakeRealtimeServer, Turn
+from harness.system import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ def _require_tools() -> str:
     return node
 
 
-async def _run_browser(node: str, env: dict[str, str], system) -> str:  # type: ignore[no-untyped-def]
+async def _run_browser(node: str, env: dict[str, str], system) -> str:
     """Run the script (the model doubles keep serving meanwhile); fail with its output."""
     proc = await asyncio.create_subprocess_exec(
         node,
@@ -78,7 +78,7 @@ async def _run_browser(node: str, env: dict[str, str], system) -> str:  # type: 
     return out.decode()
 
 
-async def test_web_app_in_chromium(make_system, hello_wav: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_web_app_in_chromium(make_system, hello_wav: Path, tmp_path: Path) -> None:
     node = _require_tools()
     turn = Turn(
         transcript="Ask the team to find flights to Oslo",

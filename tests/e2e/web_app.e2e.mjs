@@ -6,7 +6,7 @@
 //   OTHER_TOKEN   another user, who must not see the first one's conversation
 //   ADMIN_TOKEN   (optional) an administrator, for the Operators page
 //   ASSISTANT     (optional) "1" when the `assistant` profile runs against the model
-//                 double (tests/doubles/openai_realtime.py) with the send_to_nested tool
+//                 double (harness/doubles/openai_realtime.py) with the send_to_nested tool
 //   SCENARIO      "main" (default): everything above; "model-down": the `assistant`
 //                 profile's model is unreachable, and a session with it must fail and
 //                 say so in plain words

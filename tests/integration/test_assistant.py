@@ -2,8 +2,8 @@
 
 API, Redis, a worker process and a WebRTC client on loopback; the real
 Pipecat ``OpenAIRealtimeLLMService`` in the worker talks to the fake model
-(tests/doubles/openai_realtime.py), and the assistant's tool talks to a local
-nested-team double (or runs the `claude` stand-in, tests/doubles/claude).
+(harness/doubles/openai_realtime.py), and the assistant's tool talks to a local
+nested-team double (or runs the `claude` stand-in, harness/doubles/claude).
 """
 
 from __future__ import annotations
@@ -16,17 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.doubles.nested_team import NestedTeam
-from tests.doubles.openai_realtime import FakeRealtimeServer, Fault, Turn
-from tests.support.api import api_client, connect_webrtc, create_session, wait_for_status
-from tests.support.sse import read_events
-from tests.support.webrtc_client import allow_loopback_ice
+from harness.api import api_client, connect_webrtc, create_session, wait_for_status
+from harness.doubles import CLAUDE
+from harness.doubles.nested_team import NestedTeam
+from harness.doubles.openai_realtime import FakeRealtimeServer, Fault, Turn
+from harness.sse import read_events
+from harness.system import System
+from harness.waiting import eventually
+from harness.webrtc_client import allow_loopback_ice
 
 pytestmark = pytest.mark.slow
 
 API_KEY = "sk-test-voicepool-secret-0123456789"
 FAILURE_DEADLINE_S = 8.0  # "within a few seconds", on a loaded 2-core machine
-CLAUDE = Path(__file__).parents[1] / "doubles" / "claude"
 # The prompt where the program still parses options (no "--" before it), as the
 # example config had it once: a dashed text must be refused, not run.
 CLAUDE_TOOL_TOML = """
@@ -47,7 +49,7 @@ env = {{ CLAUDE_STANDIN_LOG = {log} }}
 """
 
 
-def _assistant_system(make_system, fake: FakeRealtimeServer, tools: Path | None = None):  # type: ignore[no-untyped-def]
+def _assistant_system(make_system, fake: FakeRealtimeServer, tools: Path | None = None):
     settings = {"OPENAI_API_KEY": API_KEY, "VOICEPOOL_OPENAI_BASE_URL": fake.base_url}
     if tools:
         settings["VOICEPOOL_TOOLS_FILE"] = str(tools)
@@ -64,23 +66,23 @@ async def _tool_output(fake: FakeRealtimeServer) -> dict:
     )
 
 
-async def _published(system, session_id: str, kind: str, timeout: float = 20) -> list[dict]:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
+def _events_of(system: System, session_id: str, kind: str) -> list[dict]:
+    """The data of the session's published events of a kind, so far."""
     with system.redis as r:
-        while True:
-            found = [
-                json.loads(f["data"])
-                for _id, f in r.xrange(f"vp:session:{session_id}:events")
-                if f["type"] == kind
-            ]
-            if found or time.monotonic() > deadline:
-                return found
-            await asyncio.sleep(0.1)
+        entries = r.xrange(f"vp:session:{session_id}:events")
+    return [json.loads(f["data"]) for _id, f in entries if f["type"] == kind]
+
+
+async def _published(system: System, session_id: str, kind: str) -> list[dict]:
+    """The data of the session's published events of a kind, once there is one."""
+    return await eventually(
+        lambda: _events_of(system, session_id, kind), timeout=20, what=f"a {kind} event"
+    )
 
 
 async def test_speech_tool_call_and_answer_are_all_recorded(
     make_system, hello_wav, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     allow_loopback_ice()
     turn = Turn(
         transcript="Ask the team to find flights to Oslo",
@@ -102,12 +104,18 @@ async def test_speech_tool_call_and_answer_are_all_recorded(
             client = await connect_webrtc(api, sid, str(hello_wav))
             try:
                 output = await _tool_output(fake)
-                answers = await _published(system, sid, "assistant.transcript")
-                deadline = time.monotonic() + 30
-                while not any("three flights" in a["text"] for a in answers):
-                    assert time.monotonic() < deadline, (answers, system.log_tail())
-                    await asyncio.sleep(0.2)
-                    answers = await _published(system, sid, "assistant.transcript", timeout=1)
+                try:
+                    await eventually(
+                        lambda: any(
+                            "three flights" in a["text"]
+                            for a in _events_of(system, sid, "assistant.transcript")
+                        ),
+                        timeout=50,
+                        what="the model's answer published",
+                    )
+                except AssertionError as missing:
+                    answers = _events_of(system, sid, "assistant.transcript")
+                    raise AssertionError((str(missing), answers, system.log_tail())) from None
                 await client.wait_for_audio(2000, timeout=10)  # the model's audio reached us
             finally:
                 await api.delete(f"/api/sessions/{sid}")
@@ -139,8 +147,12 @@ async def test_speech_tool_call_and_answer_are_all_recorded(
             assert types.index("tool.started") < types.index("tool.completed")
 
             # Stored, and the export reads as a transcript with the tool steps inline.
-            await asyncio.sleep(1.0)
-            markdown = (await api.get(f"/api/conversations/{cid}/export?format=md")).text
+            async def exported() -> str:
+                markdown = (await api.get(f"/api/conversations/{cid}/export?format=md")).text
+                assert "The team found three flights." in markdown, markdown
+                return markdown
+
+            markdown = await eventually(exported, what="the answer stored")
             assert f"**User:** {turn.transcript}" in markdown
             assert "**Assistant:** The team found three flights." in markdown
             assert "send_to_nested" in markdown
@@ -155,7 +167,7 @@ async def test_speech_tool_call_and_answer_are_all_recorded(
 
 async def test_a_dashed_tool_argument_is_refused_and_recorded_as_failed(
     make_system, hello_wav, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """The model asks for `--dangerously-skip-permissions`: the program never gets it."""
     allow_loopback_ice()
     log = tmp_path / "claude.jsonl"
@@ -193,7 +205,7 @@ async def test_a_dashed_tool_argument_is_refused_and_recorded_as_failed(
 
 async def test_a_continued_conversation_sends_its_transcript_to_the_model(
     make_system, hello_wav
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     allow_loopback_ice()
     async with FakeRealtimeServer(
         turns=[Turn(transcript="My name is Ana", answer="Hi Ana")]
@@ -206,7 +218,13 @@ async def test_a_continued_conversation_sends_its_transcript_to_the_model(
             await _published(system, first["session_id"], "user.transcript")
             await api.delete(f"/api/sessions/{first['session_id']}")
             await client.close()
-            await asyncio.sleep(1.0)  # let the persister store the transcript
+
+            async def transcript_stored() -> bool:
+                url = f"/api/conversations/{first['conversation_id']}"
+                events = (await api.get(url)).json()["events"]
+                return any(e["type"] == "user.transcript" for e in events)
+
+            await eventually(transcript_stored, what="the persister storing the transcript")
 
             seen_before = len(fake.received)
             second = await create_session(
@@ -214,10 +232,13 @@ async def test_a_continued_conversation_sends_its_transcript_to_the_model(
             )
             client = await connect_webrtc(api, second["session_id"], None)
             try:
-                deadline = time.monotonic() + 15
-                while not any(e["type"] == "response.create" for e in fake.received[seen_before:]):
-                    assert time.monotonic() < deadline, "the model was never asked to respond"
-                    await asyncio.sleep(0.1)
+                await eventually(
+                    lambda: any(
+                        e["type"] == "response.create" for e in fake.received[seen_before:]
+                    ),
+                    timeout=15,
+                    what="the model asked to respond",
+                )
                 new = fake.received[seen_before:]
                 first_response = next(
                     i for i, e in enumerate(new) if e["type"] == "response.create"
@@ -242,7 +263,7 @@ FAULTS = [
 ]
 
 
-async def test_each_model_failure_ends_the_session_fast_with_its_reason(make_system) -> None:  # type: ignore[no-untyped-def]
+async def test_each_model_failure_ends_the_session_fast_with_its_reason(make_system) -> None:
     allow_loopback_ice()
     async with FakeRealtimeServer(greeting="Hello there, this greeting is long enough.") as fake:
         system = _assistant_system(make_system, fake)
@@ -276,7 +297,7 @@ async def test_each_model_failure_ends_the_session_fast_with_its_reason(make_sys
             assert (ended["status"], ended["reason"]) == ("failed", "model_unavailable")
 
 
-async def test_local_turn_detection_commits_turns_from_the_worker(make_system, hello_wav) -> None:  # type: ignore[no-untyped-def]
+async def test_local_turn_detection_commits_turns_from_the_worker(make_system, hello_wav) -> None:
     allow_loopback_ice()
     async with FakeRealtimeServer(turns=[Turn(transcript="Local turns work")]) as fake:
         system = _assistant_system(make_system, fake)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.sdp import VALID_OFFER
+from harness.sdp import VALID_OFFER
 
 
 @pytest.fixture
-async def alice(api) -> str:  # type: ignore[no-untyped-def]
+async def alice(api) -> str:
     return await api.token("alice")
 
 
-async def _create(api, token: str) -> dict:  # type: ignore[no-untyped-def]
+async def _create(api, token: str) -> dict:
     response = await api.client.post(
         "/api/sessions", json={"transport": "webrtc", "profile": "echo"}, headers=api.auth(token)
     )
@@ -36,7 +36,7 @@ async def _create(api, token: str) -> dict:  # type: ignore[no-untyped-def]
         (b"[1, 2, 3]", "application/json", "invalid_request"),
     ],
 )
-async def test_bad_session_requests_are_422(api, alice, body, content_type, code) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_session_requests_are_422(api, alice, body, content_type, code) -> None:
     response = await api.client.post(
         "/api/sessions",
         content=body,
@@ -48,7 +48,7 @@ async def test_bad_session_requests_are_422(api, alice, body, content_type, code
     assert detail["message"]
 
 
-async def test_unknown_ids_are_404(api, alice) -> None:  # type: ignore[no-untyped-def]
+async def test_unknown_ids_are_404(api, alice) -> None:
     for method, path in [
         ("GET", "/api/sessions/nope"),
         ("DELETE", "/api/sessions/nope"),
@@ -67,7 +67,7 @@ async def test_unknown_ids_are_404(api, alice) -> None:  # type: ignore[no-untyp
     assert response.status_code == 404
 
 
-async def test_missing_or_wrong_token_is_401(api) -> None:  # type: ignore[no-untyped-def]
+async def test_missing_or_wrong_token_is_401(api) -> None:
     assert (await api.client.get("/api/conversations")).status_code == 401
     for token in ("nonsense", "vp_abc_def", "vp_" + "0" * 16 + "_guess"):
         response = await api.client.get(
@@ -77,7 +77,7 @@ async def test_missing_or_wrong_token_is_401(api) -> None:  # type: ignore[no-un
         assert response.json()["detail"]["code"] == "invalid_token"
 
 
-async def test_offer_for_an_ended_session_is_409(api, alice) -> None:  # type: ignore[no-untyped-def]
+async def test_offer_for_an_ended_session_is_409(api, alice) -> None:
     session = await _create(api, alice)  # no worker runs here: it stays queued
     cancelled = await api.client.delete(
         f"/api/sessions/{session['session_id']}", headers=api.auth(alice)
@@ -93,7 +93,7 @@ async def test_offer_for_an_ended_session_is_409(api, alice) -> None:  # type: i
         assert response.json()["detail"]["code"] == "session_ended"
 
 
-async def test_offer_waits_for_ready_then_says_not_ready(api, alice) -> None:  # type: ignore[no-untyped-def]
+async def test_offer_waits_for_ready_then_says_not_ready(api, alice) -> None:
     session = await _create(api, alice)  # no worker: never ready within ready_wait
     response = await api.client.post(
         f"/api/sessions/{session['session_id']}/offer",
@@ -105,7 +105,7 @@ async def test_offer_waits_for_ready_then_says_not_ready(api, alice) -> None:  #
     assert response.headers["Retry-After"]
 
 
-async def test_bad_offers_are_422(api, alice) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_offers_are_422(api, alice) -> None:
     session = await _create(api, alice)
     url = f"/api/sessions/{session['session_id']}/offer"
     for body in ({"sdp": "v=0"}, {"sdp": 1, "type": "offer"}, {"sdp": "v=0", "type": "answer"}):
@@ -116,7 +116,7 @@ async def test_bad_offers_are_422(api, alice) -> None:  # type: ignore[no-untype
     assert response.status_code == 422
 
 
-async def test_bad_event_ids_are_422(api, alice) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_event_ids_are_422(api, alice) -> None:
     session = await _create(api, alice)
     response = await api.client.get(
         session["events_url"], headers={**api.auth(alice), "Last-Event-ID": "not-an-id"}
@@ -125,7 +125,7 @@ async def test_bad_event_ids_are_422(api, alice) -> None:  # type: ignore[no-unt
     assert response.json()["detail"]["code"] == "invalid_event_id"
 
 
-async def test_oversize_bodies_are_413_and_nothing_is_disturbed(api, alice) -> None:  # type: ignore[no-untyped-def]
+async def test_oversize_bodies_are_413_and_nothing_is_disturbed(api, alice) -> None:
     before = await _create(api, alice)
     huge = b'{"transport": "webrtc", "profile": "' + b"x" * 200_000 + b'"}'
     response = await api.client.post(
@@ -136,7 +136,7 @@ async def test_oversize_bodies_are_413_and_nothing_is_disturbed(api, alice) -> N
     assert response.status_code == 413
     assert response.json()["detail"]["code"] == "body_too_large"
 
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks():
         for _ in range(100):
             yield b" " * 1024  # no Content-Length: counted while streaming
 
@@ -155,7 +155,7 @@ async def test_oversize_bodies_are_413_and_nothing_is_disturbed(api, alice) -> N
     assert {before["conversation_id"], after["conversation_id"]} <= ids
 
 
-async def test_another_users_session_is_404(api, alice) -> None:  # type: ignore[no-untyped-def]
+async def test_another_users_session_is_404(api, alice) -> None:
     mallory = await api.token("mallory")
     session = await _create(api, alice)
     for method, path in [
@@ -176,7 +176,7 @@ async def test_another_users_session_is_404(api, alice) -> None:  # type: ignore
     assert still.json()["status"] == "queued"
 
 
-async def test_the_per_user_limit_answers_429(api) -> None:  # type: ignore[no-untyped-def]
+async def test_the_per_user_limit_answers_429(api) -> None:
     limited = api.state.settings.max_sessions_per_user
     token = await api.token("greedy")
     sessions = [await _create(api, token) for _ in range(limited)]
@@ -194,7 +194,7 @@ async def test_the_per_user_limit_answers_429(api) -> None:  # type: ignore[no-u
     ).status_code == 202
 
 
-async def test_cookie_sign_in_needs_csrf_for_changes_and_signs_out(api) -> None:  # type: ignore[no-untyped-def]
+async def test_cookie_sign_in_needs_csrf_for_changes_and_signs_out(api) -> None:
     token = await api.token("browser")
     assert (await api.client.post("/api/auth/login", json={"token": "vp_x_y"})).status_code == 401
     signed_in = await api.client.post("/api/auth/login", json={"token": token})
@@ -220,7 +220,7 @@ async def test_cookie_sign_in_needs_csrf_for_changes_and_signs_out(api) -> None:
     assert (await api.client.get("/api/me")).status_code == 401
 
 
-async def test_security_headers_and_the_app_fallback(api) -> None:  # type: ignore[no-untyped-def]
+async def test_security_headers_and_the_app_fallback(api) -> None:
     response = await api.client.get("/healthz")
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
     assert response.headers["x-content-type-options"] == "nosniff"

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, ResponseError
 
+from harness.api import wait_for_status
 from shared.connections import EmbeddedRedis, free_port
 
 METRICS_TOKEN = "metrics-t0ken-for-tests"
@@ -20,14 +20,14 @@ METRICS_TOKEN = "metrics-t0ken-for-tests"
 # --- /metrics ---------------------------------------------------------------------------
 
 
-async def test_metrics_are_open_without_a_token(api) -> None:  # type: ignore[no-untyped-def]
+async def test_metrics_are_open_without_a_token(api) -> None:
     """The default is today's: Prometheus scrapes /metrics with no credential."""
     scraped = await api.client.get("/metrics")
     assert scraped.status_code == 200
     assert "voicepool_http_requests_total" in scraped.text
 
 
-async def test_metrics_need_the_token_when_one_is_set(make_api) -> None:  # type: ignore[no-untyped-def]
+async def test_metrics_need_the_token_when_one_is_set(make_api) -> None:
     async with make_api(metrics_token=METRICS_TOKEN) as api:
         for headers in (
             {},
@@ -50,7 +50,7 @@ async def test_metrics_need_the_token_when_one_is_set(make_api) -> None:  # type
         assert (await api.client.get("/healthz")).status_code == 200
 
 
-async def test_metrics_on_a_listener_of_their_own(make_api) -> None:  # type: ignore[no-untyped-def]
+async def test_metrics_on_a_listener_of_their_own(make_api) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     async with make_api(metrics_bind=f"127.0.0.1:{port}", metrics_token=METRICS_TOKEN) as api:
@@ -69,7 +69,7 @@ async def test_metrics_on_a_listener_of_their_own(make_api) -> None:  # type: ig
             await scraper.get(url)
 
 
-async def test_metrics_listener_without_a_token_is_open(make_api) -> None:  # type: ignore[no-untyped-def]
+async def test_metrics_listener_without_a_token_is_open(make_api) -> None:
     port = free_port()
     async with make_api(metrics_bind=f"127.0.0.1:{port}"), httpx.AsyncClient() as scraper:
         scraped = await scraper.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
@@ -101,7 +101,7 @@ def built_web_app(tmp_path: Path) -> Path:
     return dist
 
 
-async def test_docs_are_served_by_default(make_api, built_web_app) -> None:  # type: ignore[no-untyped-def]
+async def test_docs_are_served_by_default(make_api, built_web_app) -> None:
     async with make_api(frontend_dir=built_web_app) as api:
         schema = await api.client.get("/openapi.json")
         assert schema.status_code == 200 and "/api/sessions" in schema.json()["paths"]
@@ -109,7 +109,7 @@ async def test_docs_are_served_by_default(make_api, built_web_app) -> None:  # t
         assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
 
-async def test_docs_can_be_switched_off(make_api, built_web_app) -> None:  # type: ignore[no-untyped-def]
+async def test_docs_can_be_switched_off(make_api, built_web_app) -> None:
     async with make_api(api_docs=False, frontend_dir=built_web_app) as api:
         for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):
             gone = await api.client.get(path)
@@ -123,7 +123,7 @@ async def test_docs_can_be_switched_off(make_api, built_web_app) -> None:  # typ
 # --- the embedded Redis -------------------------------------------------------------------
 
 
-async def test_embedded_redis_refuses_clients_without_its_password(redis_server) -> None:  # type: ignore[no-untyped-def]
+async def test_embedded_redis_refuses_clients_without_its_password(redis_server) -> None:
     assert redis_server.password
     assert redis_server.url == (f"redis://:{redis_server.password}@127.0.0.1:{redis_server.port}/0")
     anonymous = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
@@ -174,7 +174,7 @@ def test_embedded_redis_without_a_password_when_asked(tmp_path: Path) -> None:
         server.stop()
 
 
-async def test_the_whole_system_runs_on_the_passworded_redis(make_system) -> None:  # type: ignore[no-untyped-def]
+async def test_the_whole_system_runs_on_the_passworded_redis(make_system) -> None:
     """The API (redis-py and arq), a worker (arq's poll loop, heartbeats) and the test's
     own client all authenticate with the URL; none of them writes the password to a log."""
     system = make_system(workers=1, capacity=1)  # starting waits for /readyz and the worker
@@ -185,11 +185,8 @@ async def test_the_whole_system_runs_on_the_passworded_redis(make_system) -> Non
     ) as api:
         created = await api.post("/api/sessions", json={"transport": "webrtc"})
         assert created.status_code == 202, created.text
-        session = f"/api/sessions/{created.json()['session_id']}"
-        for _ in range(100):  # the worker took the job from the queue
-            if (await api.get(session)).json()["status"] == "ready":
-                break
-            await asyncio.sleep(0.1)
-        assert (await api.get(session)).json()["status"] == "ready"
-        await api.delete(session)
+        session_id = created.json()["session_id"]
+        # The worker took the job from the queue.
+        await wait_for_status(api, session_id, {"ready"}, timeout=10)
+        await api.delete(f"/api/sessions/{session_id}")
     assert system.redis_server.password not in system.log_tail(lines=10_000)

@@ -3,31 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import pytest
 
-from tests.support.api import api_client, connect_webrtc
-from tests.support.sse import is_final_state, read_events
-from tests.support.webrtc_client import allow_loopback_ice
+from harness.api import api_client, connect_webrtc
+from harness.sse import is_final_state, read_events
+from harness.system import System
+from harness.waiting import eventually
+from harness.webrtc_client import allow_loopback_ice
 
 pytestmark = pytest.mark.slow
 
 ECHO_RMS = 300  # the fixture's speech is ~1000-1800 RMS; silence is ~0
 
 
-async def _stored_events(api: httpx.AsyncClient, conversation_id: str, count: int) -> list[dict]:
-    """The persister stores asynchronously: wait (bounded) until ``count`` events are in."""
-    deadline = time.monotonic() + 10
-    while True:
-        detail = (await api.get(f"/api/conversations/{conversation_id}")).json()
-        if len(detail["events"]) >= count or time.monotonic() > deadline:
-            return detail["events"]
-        await asyncio.sleep(0.1)
+async def _stored_events(
+    api: httpx.AsyncClient, conversation_id: str, count: int
+) -> list[dict] | None:
+    """The conversation's stored events, once there are ``count`` of them."""
+    events = (await api.get(f"/api/conversations/{conversation_id}")).json()["events"]
+    return events if len(events) >= count else None
 
 
-async def test_echo_session_end_to_end(make_system, hello_wav) -> None:  # type: ignore[no-untyped-def]
+def _published_types(system: System, session_id: str) -> list[str]:
+    """The types of the events the worker has published on the session's live stream."""
+    with system.redis as r:
+        return [fields["type"] for _id, fields in r.xrange(f"vp:session:{session_id}:events")]
+
+
+async def test_echo_session_end_to_end(make_system, hello_wav) -> None:
     allow_loopback_ice()
     system = make_system(workers=2, capacity=2)
     token = system.create_user("alice")
@@ -43,7 +48,10 @@ async def test_echo_session_end_to_end(make_system, hello_wav) -> None:  # type:
         client = await connect_webrtc(api, session_id, str(hello_wav))
         try:
             await client.wait_for_audio(ECHO_RMS, timeout=20)  # the bot played our words back
-            await _wait_for_event(system, session_id, "bot.stopped_speaking")
+            await eventually(
+                lambda: "bot.stopped_speaking" in _published_types(system, session_id),
+                what="a bot.stopped_speaking event",
+            )
             assert client.received_rms() > 50
         finally:
             ended = await api.delete(f"/api/sessions/{session_id}")
@@ -74,7 +82,11 @@ async def test_echo_session_end_to_end(make_system, hello_wav) -> None:  # type:
         # The store holds exactly what the worker published (the live stream), once each.
         with system.redis as r:
             published = r.xrange(f"vp:session:{session_id}:events")
-        stored = await _stored_events(api, conversation_id, len(published))
+        # The persister stores asynchronously.
+        stored = await eventually(
+            lambda: _stored_events(api, conversation_id, len(published)),
+            what=f"the persister storing all {len(published)} events",
+        )
         assert [(e["seq"], e["type"]) for e in stored] == [
             (int(f["seq"]), f["type"]) for _id, f in published
         ]
@@ -104,14 +116,3 @@ async def test_echo_session_end_to_end(make_system, hello_wav) -> None:  # type:
 
     exported = system.run_cli("export", conversation_id, "--format", "json")
     assert f'"conversation_id": "{conversation_id}"' in exported
-
-
-async def _wait_for_event(system, session_id: str, kind: str, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    with system.redis as r:
-        while time.monotonic() < deadline:
-            entries = r.xrange(f"vp:session:{session_id}:events")
-            if any(fields["type"] == kind for _id, fields in entries):
-                return
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"no {kind} event within {timeout} s")

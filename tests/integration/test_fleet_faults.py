@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from tests.support.api import api_client, connect_webrtc, create_session, wait_for_status
-from tests.support.sse import read_events
-from tests.support.webrtc_client import allow_loopback_ice
+from harness.api import api_client, connect_webrtc, create_session, wait_for_status
+from harness.sse import read_events
+from harness.webrtc_client import allow_loopback_ice
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ POLL_SLACK = 0.2  # this test looks every 50 ms, over HTTP
 
 async def test_killed_worker_fails_its_session_and_the_other_keeps_serving(
     make_system, hello_wav
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     allow_loopback_ice()
     system = make_system(workers=2, capacity=2)
     token = system.create_user("bob")
@@ -54,7 +54,7 @@ async def test_killed_worker_fails_its_session_and_the_other_keeps_serving(
         await api.delete(f"/api/sessions/{again['session_id']}")
 
 
-async def test_full_pool_queues_then_starts_then_expires(make_system) -> None:  # type: ignore[no-untyped-def]
+async def test_full_pool_queues_then_starts_then_expires(make_system) -> None:
     queue_ttl = 4.0
     system = make_system(workers=1, capacity=1, VOICEPOOL_QUEUE_TTL=str(queue_ttl))
     token = system.create_user("carol")

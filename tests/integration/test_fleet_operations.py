@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 
 import pytest
 
-from tests.support.api import api_client, create_session, wait_for_status
+from harness.api import api_client, create_session, wait_for_status
+from harness.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
 
-async def _wait_exit(proc, timeout: float) -> int:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None:
-        if time.monotonic() > deadline:
-            raise AssertionError("the worker did not exit")
-        await asyncio.sleep(0.05)
-    return proc.returncode
-
-
-async def test_drain_by_api_ends_live_sessions_at_the_timeout_and_exits(make_system) -> None:  # type: ignore[no-untyped-def]
+async def test_drain_by_api_ends_live_sessions_at_the_timeout_and_exits(make_system) -> None:
     system = make_system(workers=1, capacity=2)
     admin = system.create_user("ops", admin=True)
     user = system.create_user("dana")
@@ -37,7 +28,7 @@ async def test_drain_by_api_ends_live_sessions_at_the_timeout_and_exits(make_sys
         assert drained.status_code == 202 and drained.json()["draining"]
 
         waiting = await create_session(api, profile="echo")  # not taken by a draining worker
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # a window: the draining worker must not take it meanwhile
         assert (await api.get(f"/api/sessions/{waiting['session_id']}")).json()[
             "status"
         ] == "queued"
@@ -48,7 +39,9 @@ async def test_drain_by_api_ends_live_sessions_at_the_timeout_and_exits(make_sys
 
         ended = await wait_for_status(api, live["session_id"], {"ended"}, timeout=6)
         assert ended["reason"] == "worker_draining"
-        assert await _wait_exit(system.workers[0], 10) == 0
+        proc = system.workers[0]
+        await eventually(lambda: proc.poll() is not None, timeout=10, what="the worker's exit")
+        assert proc.returncode == 0
 
         # A fresh worker picks up what waited.
         system.start_worker(capacity=2)
@@ -56,22 +49,24 @@ async def test_drain_by_api_ends_live_sessions_at_the_timeout_and_exits(make_sys
         await api.delete(f"/api/sessions/{waiting['session_id']}")
 
 
-async def test_sigterm_lets_live_sessions_finish_then_exits(make_system) -> None:  # type: ignore[no-untyped-def]
+async def test_sigterm_lets_live_sessions_finish_then_exits(make_system) -> None:
     system = make_system(workers=1, capacity=2, VOICEPOOL_DRAIN_TIMEOUT="60")
     user = system.create_user("erin")
     async with api_client(system, user) as api:
         live = await create_session(api, profile="echo")
         await wait_for_status(api, live["session_id"], {"ready"})
         system.workers[0].send_signal(signal.SIGTERM)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # a window: the worker must not exit while a session is live
         assert system.workers[0].poll() is None  # still serving its live session
         assert (await api.get(f"/api/sessions/{live['session_id']}")).json()["status"] == "ready"
 
         await api.delete(f"/api/sessions/{live['session_id']}")  # the session finishes
-        assert await _wait_exit(system.workers[0], 10) == 0  # long before the 60 s timeout
+        proc = system.workers[0]
+        await eventually(lambda: proc.poll() is not None, timeout=10, what="the worker's exit")
+        assert proc.returncode == 0  # long before the 60 s timeout
 
 
-async def test_a_full_queue_refuses_at_once(make_system) -> None:  # type: ignore[no-untyped-def]
+async def test_a_full_queue_refuses_at_once(make_system) -> None:
     system = make_system(workers=1, capacity=1, VOICEPOOL_MAX_QUEUE_LENGTH="1")
     user = system.create_user("finn")
     async with api_client(system, user) as api:
@@ -84,7 +79,7 @@ async def test_a_full_queue_refuses_at_once(make_system) -> None:  # type: ignor
         assert int(refused.headers["Retry-After"]) >= 1
 
 
-async def test_many_open_event_streams_do_not_starve_the_api(make_system) -> None:  # type: ignore[no-untyped-def]
+async def test_many_open_event_streams_do_not_starve_the_api(make_system) -> None:
     """Open streams hold no database connection: 40 of them (pool: 15) and the API still answers."""
     import httpx
 

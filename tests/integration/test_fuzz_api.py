@@ -80,7 +80,7 @@ async def _assert_untouched(api_url: str, victim: str, session_id: str) -> None:
         assert still.status_code == 200
 
 
-async def test_no_request_makes_a_server_error(make_system, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_no_request_makes_a_server_error(make_system, tmp_path) -> None:
     system = make_system(workers=0, **SYSTEM_SETTINGS)
     admin = system.create_user("fuzzer", admin=True)
     victim = system.create_user("victim")
@@ -91,7 +91,7 @@ async def test_no_request_makes_a_server_error(make_system, tmp_path) -> None:  
     await _assert_untouched(system.api_url, victim, theirs)
 
 
-async def test_no_cookie_request_makes_a_server_error(make_system, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_no_cookie_request_makes_a_server_error(make_system, tmp_path) -> None:
     """The same run signed in as the web app is: the session cookie and X-CSRF-Token.
 
     Cookie requests take their own path through authentication (a Redis lookup,

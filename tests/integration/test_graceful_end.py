@@ -7,8 +7,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from tests.support.api import api_client, wait_for_status
-from tests.support.ws_client import ProtobufClient
+from harness.api import api_client, wait_for_status
+from harness.waiting import eventually
+from harness.ws_client import ProtobufClient
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +28,7 @@ def _loud_seconds(client: ProtobufClient) -> float:
     return float((np.sqrt((frames**2).mean(axis=1)) > ECHO_RMS).sum() * 0.02)
 
 
-async def test_a_drain_lets_the_bot_finish_what_it_is_saying(make_system, hello_wav) -> None:  # type: ignore[no-untyped-def]
+async def test_a_drain_lets_the_bot_finish_what_it_is_saying(make_system, hello_wav) -> None:
     system = make_system(workers=1, capacity=1)
     token = system.create_user("dee")
     admin = system.create_user("op", admin=True)
@@ -38,8 +39,8 @@ async def test_a_drain_lets_the_bot_finish_what_it_is_saying(make_system, hello_
         ws_url = (await api.post(f"/api/sessions/{sid}/connect")).json()["ws_url"]
         client = await ProtobufClient.connect(ws_url, hello_wav)
         try:
-            await client.wait_for(
-                lambda: client.got_message("bot-started-speaking"), "the echo", timeout=20
+            await eventually(
+                lambda: client.got_message("bot-started-speaking"), timeout=20, what="the echo"
             )
             worker_id = (await api.get(f"/api/sessions/{sid}")).json()["worker_id"]
             drained = await ops.post(f"/api/workers/{worker_id}/drain", json={"timeout_s": 0})

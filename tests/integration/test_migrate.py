@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 
 import shared.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from harness.postgres import PostgresServer
+from harness.waiting import eventually
 from shared.settings import Settings
 from shared.store import Store, alembic_config
-from tests.support.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATORS = 3
@@ -90,15 +90,16 @@ async def test_migrators_arriving_mid_migration_wait(
         async with store.engine.connect() as gate:
             await gate.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32))"))
             procs = _start_migrators(database_url, tmp_path)
-            deadline = time.monotonic() + 60
-            while True:  # until all three are waiting on a lock
-                count = await _lock_waiters(store)
-                if count >= MIGRATORS:
-                    break
+
+            async def all_waiting() -> bool:
                 exited = [proc for proc in procs if proc.poll() is not None]
-                assert not exited, exited[0].communicate()[0]
-                assert time.monotonic() < deadline, f"{count} of {MIGRATORS} migrators waiting"
-                await asyncio.sleep(0.05)
+                if exited:
+                    pytest.fail(exited[0].communicate()[0])  # ends the wait at once
+                count = await _lock_waiters(store)
+                assert count >= MIGRATORS, f"{count} of {MIGRATORS} migrators waiting"
+                return True
+
+            await eventually(all_waiting, timeout=60, what="every migrator waiting on the lock")
             await gate.rollback()
         _assert_all_succeed(procs)
         await _assert_at_head_once(store)

@@ -19,7 +19,7 @@ class Crash(Exception):
 
 
 @pytest.fixture
-async def store(database_url: str):  # type: ignore[no-untyped-def]
+async def store(database_url: str):
     """The store on SQLite and on PostgreSQL: every test here runs against both."""
     url = Settings(database_url=database_url).sqlalchemy_url
     await migrate_async(url)
@@ -64,17 +64,17 @@ async def _drain(persister: Persister) -> None:
 
 
 class CrashAfterCommit(Persister):
-    async def acknowledge(self, entry_ids):  # type: ignore[no-untyped-def]
+    async def acknowledge(self, entry_ids):
         raise Crash
 
 
 class CrashBeforeCommit(Persister):
-    async def store_entries(self, entries):  # type: ignore[no-untyped-def]
+    async def store_entries(self, entries):
         raise Crash
 
 
 @pytest.mark.parametrize("crashing", [CrashAfterCommit, CrashBeforeCommit])
-async def test_every_event_is_stored_exactly_once_after_a_crash(redis, store, crashing) -> None:  # type: ignore[no-untyped-def]
+async def test_every_event_is_stored_exactly_once_after_a_crash(redis, store, crashing) -> None:
     live = LiveSessions(redis)
     published = await _publish_session(live, events=120)
 
@@ -101,7 +101,7 @@ async def test_every_event_is_stored_exactly_once_after_a_crash(redis, store, cr
     assert await _stored(store) == stored
 
 
-async def test_a_conversation_is_titled_by_its_first_user_words(redis, store) -> None:  # type: ignore[no-untyped-def]
+async def test_a_conversation_is_titled_by_its_first_user_words(redis, store) -> None:
     live = LiveSessions(redis)
     await live.create("s1", "u1", {"conversation_id": "c1"})
     await live.publish("s1", "user.transcript", {"text": "  Book   a table for two tonight "})
@@ -113,7 +113,7 @@ async def test_a_conversation_is_titled_by_its_first_user_words(redis, store) ->
         assert (await db.get(Conversation, "c1")).title == "Book a table for two tonight"
 
 
-async def test_trimming_never_drops_an_unacknowledged_entry(redis, store) -> None:  # type: ignore[no-untyped-def]
+async def test_trimming_never_drops_an_unacknowledged_entry(redis, store) -> None:
     live = LiveSessions(redis)
     published = await _publish_session(live, events=40)
     crashed = CrashAfterCommit(redis, store, consumer="crashed", batch_size=10)
@@ -139,7 +139,7 @@ async def test_trimming_never_drops_an_unacknowledged_entry(redis, store) -> Non
     assert count == published
 
 
-async def test_a_failed_batch_is_stored_again_at_once_not_adopted_later(redis, store) -> None:  # type: ignore[no-untyped-def]
+async def test_a_failed_batch_is_stored_again_at_once_not_adopted_later(redis, store) -> None:
     """The database refuses a few batches (a full disk): the same persister stores what it
     read as soon as the database takes writes again, without waiting to adopt its own
     entries as abandoned."""
@@ -149,7 +149,7 @@ async def test_a_failed_batch_is_stored_again_at_once_not_adopted_later(redis, s
     class DiskFull(Persister):
         refusals = 2
 
-        async def store_entries(self, entries):  # type: ignore[no-untyped-def]
+        async def store_entries(self, entries):
             if self.refusals:
                 self.refusals -= 1
                 raise OSError("database or disk is full")

@@ -13,15 +13,17 @@ import time
 import httpx
 import pytest
 
-from tests.support.api import api_client, create_session, wait_for_status
-from tests.support.sse import read_events
+from harness.api import api_client, create_session, wait_for_status
+from harness.sse import read_events
+from harness.waiting import eventually
+from shared import keys
 
 pytestmark = pytest.mark.slow
 
 PROXY_HEADER = "X-Remote-User"
 
 
-async def test_forwarded_headers_from_an_untrusted_peer_are_ignored(make_system) -> None:  # type: ignore[no-untyped-def]
+async def test_forwarded_headers_from_an_untrusted_peer_are_ignored(make_system) -> None:
     # The proxy lives at 10.9.9.9; this test connects from loopback, which is not it,
     # whatever X-Forwarded-For claims.
     system = make_system(
@@ -52,7 +54,7 @@ async def test_forwarded_headers_from_an_untrusted_peer_are_ignored(make_system)
         assert len(list(r.scan_iter("vp:rate:login:*"))) == 1  # one key, not one per claim
 
 
-async def test_request_heads_are_bounded(make_system) -> None:  # type: ignore[no-untyped-def]
+async def test_request_heads_are_bounded(make_system) -> None:
     system = make_system(workers=0)
     async with httpx.AsyncClient(base_url=system.api_url, timeout=10) as client:
         assert (await client.get("/healthz", headers={"X-Pad": "a" * 8000})).status_code == 200
@@ -66,7 +68,7 @@ async def test_request_heads_are_bounded(make_system) -> None:  # type: ignore[n
         assert status in (400, None)
 
 
-async def test_a_proxy_on_loopback_is_trusted_when_configured(make_system) -> None:  # type: ignore[no-untyped-def]
+async def test_a_proxy_on_loopback_is_trusted_when_configured(make_system) -> None:
     system = make_system(
         workers=0,
         VOICEPOOL_TRUSTED_PROXY_HEADER=PROXY_HEADER,
@@ -95,7 +97,7 @@ async def test_a_proxy_on_loopback_is_trusted_when_configured(make_system) -> No
         assert await login("203.0.113.8") == 401
 
 
-async def test_revoking_a_user_signs_them_out_and_ends_their_sessions(make_system) -> None:  # type: ignore[no-untyped-def]
+async def test_revoking_a_user_signs_them_out_and_ends_their_sessions(make_system) -> None:
     system = make_system(workers=1, capacity=1)
     token = system.create_user("alice")
     ops = system.create_user("ops", admin=True)
@@ -113,7 +115,12 @@ async def test_revoking_a_user_signs_them_out_and_ends_their_sessions(make_syste
         assert (await browser.get("/api/me")).status_code == 200
         # The browser watches the running session.
         events = asyncio.create_task(read_events(browser, running["events_url"]))
-        await asyncio.sleep(0.5)
+
+        def stream_open() -> bool:  # the API holds a lease per open stream
+            with system.redis as r:
+                return any(r.zcard(key) for key in r.scan_iter(keys.leases("sse", "*")))
+
+        await eventually(stream_open, what="the browser's event stream open")
 
         out = await asyncio.to_thread(system.run_cli, "users", "revoke", "alice")
         revoked = time.monotonic()

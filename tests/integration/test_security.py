@@ -11,14 +11,15 @@ from pathlib import Path
 
 import httpx
 
+from harness.sdp import VALID_OFFER
+from harness.waiting import eventually
 from shared import keys
 from shared.logs import RedactingFormatter, add_secret, redact
-from tests.support.sdp import VALID_OFFER
 
 ROOT = Path(__file__).parents[2]
 
 
-async def _setup(api):  # type: ignore[no-untyped-def]
+async def _setup(api):
     alice = await api.token("alice")
     bob = await api.token("bob")
     admin = await api.token("root", role="admin")
@@ -29,7 +30,7 @@ async def _setup(api):  # type: ignore[no-untyped-def]
     return alice, bob, admin, made.json()
 
 
-async def test_access_matrix(api) -> None:  # type: ignore[no-untyped-def]
+async def test_access_matrix(api) -> None:
     alice, bob, admin, session = await _setup(api)
     sid, cid = session["session_id"], session["conversation_id"]
     offer = {"sdp": VALID_OFFER, "type": "offer"}
@@ -83,7 +84,7 @@ async def test_access_matrix(api) -> None:  # type: ignore[no-untyped-def]
     assert refused.status_code == 404
 
 
-async def test_session_creation_and_sign_in_are_rate_limited(make_api) -> None:  # type: ignore[no-untyped-def]
+async def test_session_creation_and_sign_in_are_rate_limited(make_api) -> None:
     async with make_api(sessions_per_minute=2, logins_per_minute=3, max_sessions_per_user=0) as api:
         token = await api.token("eager")
         statuses = [
@@ -105,7 +106,7 @@ async def test_session_creation_and_sign_in_are_rate_limited(make_api) -> None: 
         assert int(limited.headers["Retry-After"]) >= 1
 
 
-async def test_event_streams_per_user_are_bounded(make_api) -> None:  # type: ignore[no-untyped-def]
+async def test_event_streams_per_user_are_bounded(make_api) -> None:
     async with make_api(max_streams_per_user=0) as api:  # 0: unbounded
         assert api.state.settings.max_streams_per_user == 0
     async with make_api(max_streams_per_user=1) as api:
@@ -121,14 +122,14 @@ async def test_event_streams_per_user_are_bounded(make_api) -> None:  # type: ig
         assert refused.json()["detail"]["code"] == "too_many_streams"
 
 
-async def _user_id(api, name: str) -> str:  # type: ignore[no-untyped-def]
+async def _user_id(api, name: str) -> str:
     from shared.users import get_user_by_name
 
     async with api.state.store.session() as db:
         return (await get_user_by_name(db, name)).id
 
 
-async def test_deep_json_is_refused_not_a_500(api) -> None:  # type: ignore[no-untyped-def]
+async def test_deep_json_is_refused_not_a_500(api) -> None:
     token = await api.token("nester")
     deep = b'{"transport": "webrtc", "options": ' + b"[" * 5000 + b"]" * 5000 + b"}"
     response = await api.client.post(
@@ -139,7 +140,7 @@ async def test_deep_json_is_refused_not_a_500(api) -> None:  # type: ignore[no-u
     assert response.json()["detail"]["code"] == "too_deep"
 
 
-async def test_cors_is_off_unless_configured(make_api) -> None:  # type: ignore[no-untyped-def]
+async def test_cors_is_off_unless_configured(make_api) -> None:
     preflight = {
         "Origin": "https://evil.example",
         "Access-Control-Request-Method": "POST",
@@ -156,7 +157,7 @@ async def test_cors_is_off_unless_configured(make_api) -> None:  # type: ignore[
         assert "access-control-allow-origin" not in evil.headers
 
 
-async def test_trusted_proxy_identity_only_from_the_proxy(make_api) -> None:  # type: ignore[no-untyped-def]
+async def test_trusted_proxy_identity_only_from_the_proxy(make_api) -> None:
     async with make_api(trusted_proxy_header="X-Remote-User", trusted_proxies=["10.9.9.9"]) as api:
         await api.token("proxied")
         # The test client is 127.0.0.1, not the configured proxy: the header is ignored.
@@ -169,7 +170,7 @@ async def test_trusted_proxy_identity_only_from_the_proxy(make_api) -> None:  # 
         assert unknown.status_code == 401
 
 
-async def _revoke(api, name: str, *, redis: bool = True) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+async def _revoke(api, name: str, *, redis: bool = True) -> subprocess.CompletedProcess[str]:
     """``voicepool users revoke NAME`` as an operator runs it, beside the running API."""
     env = {"VOICEPOOL_DATABASE_URL": api.state.settings.sqlalchemy_url, "PATH": "/usr/bin:/bin"}
     if redis:
@@ -181,7 +182,7 @@ async def _revoke(api, name: str, *, redis: bool = True) -> subprocess.Completed
     )  # fmt: skip
 
 
-def _browser(api) -> httpx.AsyncClient:  # type: ignore[no-untyped-def]
+def _browser(api) -> httpx.AsyncClient:
     """Another client of the same app, with a cookie jar of its own."""
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=api.app), base_url="http://voicepool.test"
@@ -194,21 +195,12 @@ async def _sign_in(browser: httpx.AsyncClient, token: str) -> str:
     return response.json()["csrf_token"]
 
 
-async def _streams_open(api, user: str, count: int) -> bool:  # type: ignore[no-untyped-def]
+async def _streams_open(api, user: str, count: int) -> bool:
     """Whether the user holds ``count`` event streams open (by their leases)."""
     return await api.state.redis.zcard(keys.leases("sse", await _user_id(api, user))) == count
 
 
-async def _eventually(check, timeout: float = 5.0) -> float:  # type: ignore[no-untyped-def]
-    """Wait until ``await check()`` is true; returns when it was seen so."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-    return time.monotonic()
-
-
-async def test_revoked_tokens_stop_working(api, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_revoked_tokens_stop_working(api, tmp_path) -> None:
     token = await api.token("leaver")
     assert (await api.client.get("/api/me", headers=api.auth(token))).status_code == 200
     out = await _revoke(api, "leaver")
@@ -221,7 +213,7 @@ async def test_revoked_tokens_stop_working(api, tmp_path) -> None:  # type: igno
     assert partial.returncode == 1 and "VOICEPOOL_REDIS_URL" in partial.stderr
 
 
-async def test_logout_needs_the_csrf_token(api) -> None:  # type: ignore[no-untyped-def]
+async def test_logout_needs_the_csrf_token(api) -> None:
     token = await api.token("clicker")
     async with _browser(api) as browser:
         csrf = await _sign_in(browser, token)
@@ -230,7 +222,7 @@ async def test_logout_needs_the_csrf_token(api) -> None:  # type: ignore[no-unty
         )
         assert session.status_code == 202
         stream = asyncio.create_task(browser.get(session.json()["events_url"], timeout=None))
-        await _eventually(lambda: _streams_open(api, "clicker", 1))
+        await eventually(lambda: _streams_open(api, "clicker", 1), timeout=5, what="the stream")
         # Another site making the browser post here must not sign the user out.
         forged = await browser.post("/api/auth/logout")
         assert forged.status_code == 403 and forged.json()["detail"]["code"] == "csrf_failed"
@@ -244,7 +236,7 @@ async def test_logout_needs_the_csrf_token(api) -> None:  # type: ignore[no-unty
         assert (await browser.get("/api/me")).status_code == 401
 
 
-async def test_revoking_signs_out_browsers_ends_streams_and_sessions(api) -> None:  # type: ignore[no-untyped-def]
+async def test_revoking_signs_out_browsers_ends_streams_and_sessions(api) -> None:
     alice = await api.token("alice")
     root = await api.token("root", role="admin")
     made = await api.client.post(
@@ -260,13 +252,16 @@ async def test_revoking_signs_out_browsers_ends_streams_and_sessions(api) -> Non
         by_token = asyncio.create_task(
             api.client.get(events_url, headers=api.auth(root), timeout=None)
         )
-        await _eventually(lambda: _streams_open(api, "root", 2))
+        await eventually(lambda: _streams_open(api, "root", 2), timeout=5, what="both streams")
 
-        async def token_refused() -> bool:
-            return (await api.client.get("/api/me", headers=api.auth(root))).status_code == 401
+        async def refused_at() -> float | None:
+            refused = (await api.client.get("/api/me", headers=api.auth(root))).status_code == 401
+            return time.monotonic() if refused else None
 
         # When the revocation lands (the command itself takes a while to start).
-        watcher = asyncio.create_task(_eventually(token_refused, timeout=60))
+        watcher = asyncio.create_task(
+            eventually(refused_at, timeout=60, interval=0.02, what="the token refused")
+        )
         out = await _revoke(api, "root")
         assert out.returncode == 0, out.stderr
         revoked_at = await asyncio.wait_for(watcher, 1)
@@ -290,7 +285,7 @@ async def test_revoking_signs_out_browsers_ends_streams_and_sessions(api) -> Non
         assert "ended 1 live session(s)" in out.stdout, out.stdout + out.stderr
 
 
-async def test_an_event_stream_ends_when_its_token_expires(api) -> None:  # type: ignore[no-untyped-def]
+async def test_an_event_stream_ends_when_its_token_expires(api) -> None:
     from datetime import timedelta
 
     from shared.models import utcnow

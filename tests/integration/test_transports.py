@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import httpx
@@ -17,10 +16,11 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
+from harness.api import api_client, wait_for_status
+from harness.waiting import eventually
+from harness.webrtc_client import WebRTCTestClient, allow_loopback_ice
+from harness.ws_client import ProtobufClient
 from shared import ws_tokens
-from tests.support.api import api_client, wait_for_status
-from tests.support.webrtc_client import WebRTCTestClient, allow_loopback_ice
-from tests.support.ws_client import ProtobufClient
 
 ECHO_RMS = 300  # the fixture's speech is ~1000-1800 RMS; silence is ~0
 FRAME_MS = 20
@@ -64,20 +64,22 @@ async def _final(api: httpx.AsyncClient, session_id: str) -> dict[str, Any]:
 
 
 async def _stored(api: httpx.AsyncClient, conversation_id: str, types: set[str]) -> list[dict]:
-    """The persister stores asynchronously: wait (bounded) until these types are in."""
-    deadline = time.monotonic() + 10
-    while True:
+    """The stored events, once these types are among them (the persister stores
+    asynchronously)."""
+
+    async def stored() -> list[dict]:
         events = (await api.get(f"/api/conversations/{conversation_id}")).json()["events"]
-        if types <= {e["type"] for e in events} or time.monotonic() > deadline:
-            return events
-        await asyncio.sleep(0.1)
+        assert types <= {e["type"] for e in events}, [e["type"] for e in events]
+        return events
+
+    return await eventually(stored, what=f"stored events of types {sorted(types)}")
 
 
 # --- end to end, through the real system ------------------------------------------------
 
 
 @pytest.mark.slow
-async def test_websocket_echo_session_end_to_end(make_system, hello_wav) -> None:  # type: ignore[no-untyped-def]
+async def test_websocket_echo_session_end_to_end(make_system, hello_wav) -> None:
     system = make_system(workers=2, capacity=2)
     async with api_client(system, system.create_user("alice")) as api:
         session = await _ready(api, "websocket")
@@ -90,17 +92,22 @@ async def test_websocket_echo_session_end_to_end(make_system, hello_wav) -> None
 
         client = await ProtobufClient.connect(ws_url, hello_wav)
         try:
-            await client.wait_for(lambda: client.got_message("bot-ready"), "RTVI bot-ready")
+            await eventually(
+                lambda: client.got_message("bot-ready"), timeout=20, what="RTVI bot-ready"
+            )
             await wait_for_status(api, session_id, {"connected"})
             # The bot plays our words back: loud audio arrives, after the user's turn.
-            await client.wait_for(lambda: client.loudest_rms() > ECHO_RMS, "echoed speech")
+            await eventually(
+                lambda: client.loudest_rms() > ECHO_RMS, timeout=20, what="echoed speech"
+            )
             assert client.audio[-1][1] == 24000  # what Pipecat's JS client plays
-            deadline = time.monotonic() + 10
-            while "bot.stopped_speaking" not in {
-                e["type"] for e in await _events(system, session_id)
-            }:
-                assert time.monotonic() < deadline, "no bot.stopped_speaking"
-                await asyncio.sleep(0.1)
+
+            async def bot_stopped() -> bool:
+                return any(
+                    e["type"] == "bot.stopped_speaking" for e in await _events(system, session_id)
+                )
+
+            await eventually(bot_stopped, what="a bot.stopped_speaking event")
         finally:
             await client.close()  # the client leaves: the session ends on its own
 
@@ -130,7 +137,7 @@ async def test_websocket_echo_session_end_to_end(make_system, hello_wav) -> None
 
 
 @pytest.mark.slow
-async def test_websocket_tokens_are_single_use(make_system) -> None:  # type: ignore[no-untyped-def]
+async def test_websocket_tokens_are_single_use(make_system) -> None:
     system = make_system(workers=1, capacity=2)
     alice, bob = system.create_user("alice"), system.create_user("bob")
     async with api_client(system, alice) as api, api_client(system, bob) as bob_api:
@@ -180,7 +187,7 @@ async def test_websocket_tokens_are_single_use(make_system) -> None:  # type: ig
 
 
 @pytest.mark.slow
-async def test_start_for_each_transport(make_system, hello_wav) -> None:  # type: ignore[no-untyped-def]
+async def test_start_for_each_transport(make_system, hello_wav) -> None:
     allow_loopback_ice()
     system = make_system(workers=2, capacity=2, VOICEPOOL_ICE_SERVERS="stun:127.0.0.1:3478")
     async with api_client(system, system.create_user("alice")) as api:
@@ -220,7 +227,9 @@ async def test_start_for_each_transport(make_system, hello_wav) -> None:  # type
         assert started.headers["Location"] == f"/api/sessions/{session_id}"
         client = await ProtobufClient.connect(started.json()["wsUrl"], hello_wav)
         try:
-            await client.wait_for(lambda: client.got_message("bot-ready"), "RTVI bot-ready")
+            await eventually(
+                lambda: client.got_message("bot-ready"), timeout=20, what="RTVI bot-ready"
+            )
             await wait_for_status(api, session_id, {"connected"})
         finally:
             await client.close()
@@ -235,13 +244,13 @@ async def test_start_for_each_transport(make_system, hello_wav) -> None:  # type
 # --- quick checks, in process -------------------------------------------------------------
 
 
-async def test_ws_tokens_are_single_use_and_expire(redis) -> None:  # type: ignore[no-untyped-def]
+async def test_ws_tokens_are_single_use_and_expire(redis) -> None:
     token = await ws_tokens.mint(redis, "s1", 5)
     assert await ws_tokens.consume(redis, token) == "s1"
     assert await ws_tokens.consume(redis, token) is None  # reused
 
     stale = await ws_tokens.mint(redis, "s1", 0.05)
-    await asyncio.sleep(0.15)
+    await asyncio.sleep(0.15)  # time passing: past the token's 50 ms lifetime
     assert await ws_tokens.consume(redis, stale) is None  # expired
 
     kept = await ws_tokens.mint(redis, "s2", 5)
@@ -253,7 +262,7 @@ async def test_ws_tokens_are_single_use_and_expire(redis) -> None:  # type: igno
     assert await ws_tokens.consume(redis, kept) == "s2"
 
 
-async def test_transport_choices(api) -> None:  # type: ignore[no-untyped-def]
+async def test_transport_choices(api) -> None:
     alice = api.auth(await api.token("alice"))
     config = (await api.client.get("/api/config", headers=alice)).json()
     assert config["transports"] == ["webrtc", "websocket"]
@@ -284,7 +293,7 @@ async def test_transport_choices(api) -> None:  # type: ignore[no-untyped-def]
         assert response.json()["detail"]["code"] == "invalid_request"
 
 
-async def test_rooms_only_for_daily_sessions(api) -> None:  # type: ignore[no-untyped-def]
+async def test_rooms_only_for_daily_sessions(api) -> None:
     alice = api.auth(await api.token("alice"))
     bob = api.auth(await api.token("bob"))
     created = await api.client.post("/api/sessions", json={"profile": "echo"}, headers=alice)
@@ -299,7 +308,7 @@ async def test_rooms_only_for_daily_sessions(api) -> None:  # type: ignore[no-un
         assert response.status_code == status, response.text
 
 
-async def test_connect_route_refusals(api) -> None:  # type: ignore[no-untyped-def]
+async def test_connect_route_refusals(api) -> None:
     """POST /api/sessions/{id}/connect: owner only, and only while there is something to
     connect to. No worker runs here, so the sessions stay queued."""
     alice_token = await api.token("alice")

@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from api.reaper import Reaper
+from harness.waiting import eventually
 from shared import keys
 from shared.fleet import POLL_STALL_S, WorkerBeat
 from shared.live import LiveSessions
@@ -23,7 +24,7 @@ POOL = "supervised"
 
 
 @pytest.fixture
-async def start_worker(redis, redis_server, monkeypatch) -> AsyncIterator[Callable]:  # type: ignore[no-untyped-def]
+async def start_worker(redis, redis_server, monkeypatch) -> AsyncIterator[Callable]:
     monkeypatch.setattr(VoicepoolWorker, "_install_signal_handlers", lambda self: None)
     running: list[tuple[VoicepoolWorker, asyncio.Task[int]]] = []
 
@@ -50,7 +51,7 @@ async def start_worker(redis, redis_server, monkeypatch) -> AsyncIterator[Callab
         )  # fmt: skip
         began = time.time()
         running.append((worker, asyncio.create_task(worker.run())))
-        await _until(lambda: _polling(redis, worker, began))
+        await eventually(lambda: _polling(redis, worker, began), what="the worker polling")
         return worker
 
     yield start
@@ -59,33 +60,26 @@ async def start_worker(redis, redis_server, monkeypatch) -> AsyncIterator[Callab
         await asyncio.wait_for(task, 20)
 
 
-async def _beat(redis, worker: VoicepoolWorker) -> WorkerBeat | None:  # type: ignore[no-untyped-def]
+async def _beat(redis, worker: VoicepoolWorker) -> WorkerBeat | None:
     raw = await redis.get(keys.worker(worker.id))
     return WorkerBeat.model_validate_json(raw) if raw else None
 
 
-async def _until(predicate: Callable[[], object], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():  # type: ignore[misc]
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
-
-
-async def test_a_transient_failure_restarts_the_poll_loop(start_worker, redis) -> None:  # type: ignore[no-untyped-def]
+async def test_a_transient_failure_restarts_the_poll_loop(start_worker, redis) -> None:
     def drop_redis_once(n: int) -> None:
         if n == 20:
             raise RedisConnectionError("Connection closed by server.")
 
     worker = await start_worker(drop_redis_once)
-    await _until(lambda: _restarted(worker))
+    await eventually(lambda: _restarted(worker), what="the poll loop restarted")
     polled = worker.polled_at
-    await _until(lambda: _later(worker, polled))  # polling again
+    await eventually(lambda: _later(worker, polled), what="polling again")
     assert not worker.supervisor.failed.is_set()
     beat = await _beat(redis, worker)
     assert beat is not None and beat.serving_capacity == 2
 
 
-async def _polling(redis, worker: VoicepoolWorker, since: float) -> bool:  # type: ignore[no-untyped-def]
+async def _polling(redis, worker: VoicepoolWorker, since: float) -> bool:
     return worker.polled_at > since and await _beat(redis, worker) is not None
 
 
@@ -97,7 +91,7 @@ async def _later(worker: VoicepoolWorker, than: float) -> bool:
     return worker.polled_at > than
 
 
-async def test_any_other_failure_ends_the_worker_with_exit_code_1(start_worker, redis) -> None:  # type: ignore[no-untyped-def]
+async def test_any_other_failure_ends_the_worker_with_exit_code_1(start_worker, redis) -> None:
     def break_for_good(n: int) -> None:
         if n == 20:
             raise RuntimeError("a bug in the poll loop")
@@ -110,7 +104,7 @@ async def test_any_other_failure_ends_the_worker_with_exit_code_1(start_worker, 
     assert await _beat(redis, worker) is None  # gone from the fleet, not listed as capacity
 
 
-async def test_a_hung_poll_loop_is_stalled_and_no_capacity(start_worker, redis) -> None:  # type: ignore[no-untyped-def]
+async def test_a_hung_poll_loop_is_stalled_and_no_capacity(start_worker, redis) -> None:
     release = asyncio.Event()
 
     async def hang(n: int) -> None:
@@ -126,7 +120,7 @@ async def test_a_hung_poll_loop_is_stalled_and_no_capacity(start_worker, redis) 
         beat = await _beat(redis, worker)
         return beat is not None and beat.stalled
 
-    await _until(stalled, timeout=POLL_STALL_S + 5)
+    await eventually(stalled, timeout=POLL_STALL_S + 5, what="a stalled beat")
     beat = await _beat(redis, worker)
     assert beat is not None and beat.serving_capacity == 0 and beat.poll_age > POLL_STALL_S  # type: ignore[operator]
     await reaper.observe_fleet()
@@ -134,10 +128,10 @@ async def test_a_hung_poll_loop_is_stalled_and_no_capacity(start_worker, redis) 
     assert _gauge("voicepool_pool_workers_stalled") == 1
 
     release.set()  # it comes unstuck: capacity again
-    await _until(lambda: _serving(redis, worker))
+    await eventually(lambda: _serving(redis, worker), what="capacity again")
 
 
-async def _serving(redis, worker: VoicepoolWorker) -> bool:  # type: ignore[no-untyped-def]
+async def _serving(redis, worker: VoicepoolWorker) -> bool:
     beat = await _beat(redis, worker)
     return beat is not None and beat.serving_capacity == 2
 

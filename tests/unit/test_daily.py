@@ -1,4 +1,4 @@
-"""Daily sessions against a local fake of Daily's REST API (tests/doubles/daily_api.py).
+"""Daily sessions against a local fake of Daily's REST API (harness/doubles/daily_api.py).
 
 The worker's room, token and clean-up logic runs for real against the fake;
 so do the API's invitations and participant tokens, with the API and a worker
@@ -25,11 +25,12 @@ from loguru import logger
 from pipecat.transports.base_transport import TransportParams
 from pipecat.transports.daily.transport import DailyTransport
 
+from harness.doubles.daily_api import FakeDaily
+from harness.waiting import eventually
 from shared import keys
 from shared.events import Reason
 from shared.settings import Settings
 from tests.conftest import InProcessAPI
-from tests.doubles.daily_api import FakeDaily
 from worker.options import WorkerOptions
 from worker.transports import SignalError, TransportError
 from worker.transports.daily import (
@@ -187,7 +188,8 @@ async def test_room_client_events_are_first_in_and_last_out(daily: FakeDaily) ->
     for event, pid in [("connected", "a"), ("connected", "b"), ("connected", "b"),
                        ("disconnected", "a"), ("disconnected", "b")]:  # fmt: skip
         await built._call_event_handler(f"on_client_{event}", {"id": pid})
-        await asyncio.sleep(0.01)  # handlers run as tasks
+    # Handlers run as tasks, in order: once the last one out is seen, all have run.
+    await eventually(lambda: "out:b" in seen, timeout=5, what="the handlers run")
     assert seen == ["in:a", "out:b"]
     assert built.present == set()
 
@@ -195,11 +197,10 @@ async def test_room_client_events_are_first_in_and_last_out(daily: FakeDaily) ->
     seen.clear()
     built.participants = lambda: {"local": {"id": "bot"}, "early": {"info": {}}}  # type: ignore[method-assign]
     await built._call_event_handler("on_joined", {})
-    await asyncio.sleep(0.05)
+    await eventually(lambda: seen == ["in:early"], timeout=5, what="the early one counted")
     await built._call_event_handler("on_client_connected", {"id": "early"})
     await built._call_event_handler("on_client_disconnected", {"id": "early"})
-    await asyncio.sleep(0.01)
-    assert seen == ["in:early", "out:early"]
+    await eventually(lambda: seen == ["in:early", "out:early"], timeout=5, what="in once, then out")
     await transport.aclose()
 
 
@@ -229,11 +230,11 @@ async def _dispatch(worker: Any) -> None:
                 started.add(job_id)
                 await worker.redis.zrem(keys.queue("server"), job_id)
                 worker._spawn(worker.start_session(job_id, None))
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # a poll interval, as arq's: this loop runs for good
 
 
 @pytest.fixture
-async def rooms(redis, redis_server, tmp_path: Path, daily: FakeDaily, monkeypatch):  # type: ignore[no-untyped-def]
+async def rooms(redis, redis_server, tmp_path: Path, daily: FakeDaily, monkeypatch):
     from api.main import create_app
     from worker.worker import VoicepoolWorker
 
@@ -342,10 +343,11 @@ async def test_daily_session_invites_and_participants(
     assert (ended.json()["status"], ended.json()["reason"]) == ("ended", "client_ended")
     assert daily.rooms == {} and len(daily.deleted) == 1
     assert not daily.token_valid(body["dailyToken"])
-    deadline = time.monotonic() + 5
-    while await rooms.redis.hexists(keys.session(session_id), "owner_connect"):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+
+    async def token_forgotten() -> bool:
+        return not await rooms.redis.hexists(keys.session(session_id), "owner_connect")
+
+    await eventually(token_forgotten, timeout=5, what="the owner's token forgotten")
     after = (await client.get(f"/api/sessions/{session_id}", headers=alice)).json()
     assert after["connect"] is None
     late = await client.post(f"/api/sessions/{session_id}/connect", headers=alice)

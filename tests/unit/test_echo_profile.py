@@ -7,7 +7,8 @@ from pathlib import Path
 
 from pipecat.audio.vad.vad_analyzer import VADState
 
-from worker.profiles.echo import SAMPLE_RATE, SharedSileroVADAnalyzer
+from worker.profiles.echo import SAMPLE_RATE
+from worker.vad import SharedSileroVADAnalyzer
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "hello.wav"
 

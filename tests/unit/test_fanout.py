@@ -14,7 +14,7 @@ def _render(entry_id: str, fields: dict[str, str]) -> tuple[str, str]:
 async def test_next_batch_takes_everything_queued_and_keeps_gone_for_the_next_call() -> None:
     queue: asyncio.Queue[object] = asyncio.Queue()
     waiting = asyncio.create_task(next_batch(queue))
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.01)  # a window: nothing queued, so it must still be waiting
     assert not waiting.done()  # it waits for the first entry
     queue.put_nowait("a")
     assert await waiting == ["a"]
@@ -24,7 +24,7 @@ async def test_next_batch_takes_everything_queued_and_keeps_gone_for_the_next_ca
     assert await next_batch(queue) is None
 
 
-async def test_subscribers_share_one_reader_and_get_every_entry_in_order(redis) -> None:  # type: ignore[no-untyped-def]
+async def test_subscribers_share_one_reader_and_get_every_entry_in_order(redis) -> None:
     fanout = StreamFanout(redis, _render)
     await redis.xadd("s", {"n": "before"})  # the backlog is the subscriber's, not the hub's
     async with fanout.subscribe("s") as first, fanout.subscribe("s") as second:
@@ -42,7 +42,7 @@ async def test_subscribers_share_one_reader_and_get_every_entry_in_order(redis) 
     await fanout.aclose()
 
 
-async def test_a_stream_that_expires_ends_its_subscribers(redis, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_a_stream_that_expires_ends_its_subscribers(redis, monkeypatch) -> None:
     monkeypatch.setattr("api.fanout.READ_BLOCK_MS", 100)
     fanout = StreamFanout(redis, _render)
     await redis.xadd("s", {"n": "0"})

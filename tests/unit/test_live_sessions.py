@@ -15,7 +15,7 @@ async def _new(live: LiveSessions, sid: str = "s1", **fields: str) -> None:
     await live.create(sid, "u1", {"conversation_id": "c1", "pool": "server", **fields})
 
 
-async def test_only_one_of_two_racing_transitions_wins(redis) -> None:  # type: ignore[no-untyped-def]
+async def test_only_one_of_two_racing_transitions_wins(redis) -> None:
     live = LiveSessions(redis)
     await _new(live)
     results = await asyncio.gather(
@@ -29,7 +29,7 @@ async def test_only_one_of_two_racing_transitions_wins(redis) -> None:  # type: 
     assert [f["seq"] for _, f in events] == ["1", "2"]
 
 
-async def test_events_carry_increasing_seq_in_both_streams(redis) -> None:  # type: ignore[no-untyped-def]
+async def test_events_carry_increasing_seq_in_both_streams(redis) -> None:
     live = LiveSessions(redis)
     await _new(live)
     for i in range(5):
@@ -42,7 +42,7 @@ async def test_events_carry_increasing_seq_in_both_streams(redis) -> None:  # ty
     assert [f["live_id"] for _, f in ingest] == [entry_id for entry_id, _ in session]
 
 
-async def test_a_final_state_is_final(redis) -> None:  # type: ignore[no-untyped-def]
+async def test_a_final_state_is_final(redis) -> None:
     live = LiveSessions(redis, stream_retention=60)
     await _new(live)
     await live.transition("s1", SessionState.STARTING, Reason.PICKED_UP,
@@ -62,7 +62,7 @@ async def test_a_final_state_is_final(redis) -> None:  # type: ignore[no-untyped
     assert 0 < await redis.ttl(keys.session_events("s1")) <= 60
 
 
-async def test_the_owner_limit_is_atomic(redis) -> None:  # type: ignore[no-untyped-def]
+async def test_the_owner_limit_is_atomic(redis) -> None:
     live = LiveSessions(redis)
     attempts = [
         live.create(f"s{i}", "u1", {"conversation_id": "c1"}, owner_limit=3) for i in range(10)
@@ -76,7 +76,7 @@ async def test_the_owner_limit_is_atomic(redis) -> None:  # type: ignore[no-unty
     await live.create("again", "u1", {"conversation_id": "c1"}, owner_limit=3)  # a slot freed
 
 
-async def test_reaper_fails_lost_sessions_and_expires_stale_queued_ones(redis) -> None:  # type: ignore[no-untyped-def]
+async def test_reaper_fails_lost_sessions_and_expires_stale_queued_ones(redis) -> None:
     live = LiveSessions(redis, heartbeat_ttl=10)
     reaper = Reaper(live, queue_ttl=5)
     await _new(live, "owned")
@@ -95,13 +95,13 @@ async def test_reaper_fails_lost_sessions_and_expires_stale_queued_ones(redis) -
     assert (await live.get("fresh"))["state"] == "queued"
 
 
-async def test_reaper_judges_nobody_until_workers_could_beat_again(redis) -> None:  # type: ignore[no-untyped-def]
+async def test_reaper_judges_nobody_until_workers_could_beat_again(redis) -> None:
     """After Redis was unreachable, restarted, or the reaper itself did not run, a missing
     heartbeat says nothing yet: every worker gets a full TTL before anyone is judged."""
     live = LiveSessions(redis, heartbeat_ttl=0.5)
     reaper = Reaper(live, queue_ttl=5, interval=0.05)
     await reaper.check_redis()  # (a Redis younger than the TTL is forgiven once too)
-    await asyncio.sleep(0.55)
+    await asyncio.sleep(0.55)  # time passing: a whole heartbeat TTL
     await reaper.check_redis()
     assert reaper.judging
     await _new(live, "owned")
@@ -119,7 +119,7 @@ async def test_reaper_judges_nobody_until_workers_could_beat_again(redis) -> Non
         await reaper.check_redis()
         assert not reaper.judging, blind_spot
         assert await reaper.sweep() == [], blind_spot
-        await asyncio.sleep(0.55)
+        await asyncio.sleep(0.55)  # time passing: a whole heartbeat TTL
         await reaper.check_redis()
         assert reaper.judging, blind_spot
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 
 from pipecat.frames.frames import Frame, HeartbeatFrame
 from pipecat.pipeline.pipeline import Pipeline
@@ -15,6 +14,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 from prometheus_client import REGISTRY
 
+from harness.waiting import eventually
 from worker.loop_monitor import watch_event_loop
 from worker.pipeline_health import count_heartbeat_timeouts
 
@@ -26,15 +26,6 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a condition the code under test makes true asynchronously."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.01)
-
-
 async def test_lag_monitor_observes_a_blocked_loop() -> None:
     pool = "test-loop-lag"
     before = {s: sample(f"{LAG}_{s}", pool=pool) for s in ("sum", "count")}
@@ -43,7 +34,11 @@ async def test_lag_monitor_observes_a_blocked_loop() -> None:
     await asyncio.sleep(0)  # the monitor is asleep now, due to wake in 10 ms
     asyncio.get_running_loop().call_soon(time.sleep, 0.2)  # a blocking call in some session
 
-    await until(lambda: sample(f"{LAG}_sum", pool=pool) - before["sum"] >= 0.15)
+    await eventually(
+        lambda: sample(f"{LAG}_sum", pool=pool) - before["sum"] >= 0.15,
+        timeout=5,
+        what="the 0.2 s stall in the lag histogram",
+    )
     count = sample(f"{LAG}_count", pool=pool) - before["count"]
     fast = sample(f"{LAG}_bucket", pool=pool, le="0.1") - fast_before
     assert count >= 1 and fast < count  # one sample saw the whole stall
@@ -93,7 +88,11 @@ async def test_heartbeat_timeouts_of_a_stuck_pipeline_are_counted() -> None:
     running = asyncio.create_task(runner.run())
     try:
         # Two monitor periods without a heartbeat: the stall is counted each time.
-        await until(lambda: sample(TIMEOUTS, pool=stuck) - before[stuck] >= 2)
+        await eventually(
+            lambda: sample(TIMEOUTS, pool=stuck) - before[stuck] >= 2,
+            timeout=5,
+            what="two heartbeat timeouts of the stuck pipeline",
+        )
         assert sample(TIMEOUTS, pool=healthy) == before[healthy]  # its heartbeats got through
     finally:
         for worker in workers:

@@ -7,6 +7,7 @@ import asyncio
 import httpx
 
 from api.middleware import CredentialConcurrencyMiddleware, credential_key
+from harness.waiting import eventually
 
 
 def _scope(*headers: tuple[bytes, bytes]) -> dict:
@@ -25,7 +26,7 @@ def test_the_key_names_the_credential_but_never_holds_its_secret() -> None:
 async def test_requests_beyond_the_limit_are_refused_and_the_slot_comes_back() -> None:
     release = asyncio.Event()
 
-    async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    async def app(scope, receive, send) -> None:
         await release.wait()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
@@ -35,12 +36,13 @@ async def test_requests_beyond_the_limit_are_refused_and_the_slot_comes_back() -
     headers = {"Authorization": "Bearer vp_one_secret"}
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         held = [asyncio.create_task(client.get("/api/me", headers=headers)) for _ in range(2)]
-        await asyncio.sleep(0.05)
+        await eventually(lambda: limited.in_flight.total() == 2, timeout=5, what="2 in flight")
         refused = await client.get("/api/me", headers=headers)
         other = asyncio.create_task(
             client.get("/api/me", headers={"Authorization": "Bearer vp_two_x"})
         )
-        await asyncio.sleep(0.05)
+        # Another credential gets in while the first one is at its limit.
+        await eventually(lambda: limited.in_flight.total() == 3, timeout=5, what="3 in flight")
         assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
         assert refused.json()["detail"]["code"] == "too_many_requests"
         release.set()

@@ -52,7 +52,8 @@ from pipecat.workers.runner import WorkerRunner
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 
-from tests.doubles.openai_realtime import FakeRealtimeServer, Fault, Turn
+from harness.doubles.openai_realtime import FakeRealtimeServer, Fault, Turn
+from harness.waiting import eventually
 
 RATE = 24000  # the service's native rate: no resampling on the way in
 FRAME_MS = 20
@@ -105,16 +106,8 @@ class Session:
         start = time.monotonic()
         for i, frame in enumerate(frames if frames is not None else speech()):
             await self.worker.queue_frame(frame)
+            # Pacing, not waiting: one 20 ms frame every 20 ms of wall time.
             await asyncio.sleep(max(0.0, start + (i + 1) * FRAME_MS / 1000 - time.monotonic()))
-
-
-async def until(check: Callable[[], object], timeout: float = 8.0) -> None:
-    """Poll a condition the pipeline makes true asynchronously."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.02)
 
 
 def session_properties(*, tools: ToolsSchema | None = None) -> rt.SessionProperties:
@@ -183,7 +176,7 @@ async def pipeline(
             # greet. (Without it, the first context frame the aggregator pushes after the
             # first user turn would set up the conversation and ask for an extra response.)
             await worker.queue_frame(LLMRunFrame())
-            await until(lambda: session.assistant_said)
+            await eventually(lambda: session.assistant_said, timeout=8, what="the greeting")
         yield session
     finally:
         await worker.queue_frame(EndFrame())
@@ -214,7 +207,7 @@ async def test_a_spoken_turn_is_heard_transcribed_and_answered_with_audio() -> N
         assert server.models == ["gpt-realtime"]
 
         await s.speak()
-        await until(lambda: len(s.assistant_said) == 2)
+        await eventually(lambda: len(s.assistant_said) == 2, timeout=8, what="the answer")
 
         assert server.connections == 1
         assert server.audio_appends == 65  # 1.3 s in 20 ms frames
@@ -275,7 +268,7 @@ async def test_a_tool_call_runs_the_handler_and_its_result_reaches_the_model() -
         assert server.function_outputs == [output["item"]]
         # The service then asks for the follow-up answer itself.
         await server.wait_for(is_type("response.create"))
-        await until(lambda: len(s.assistant_said) == 2)
+        await eventually(lambda: len(s.assistant_said) == 2, timeout=8, what="the answer")
         assert s.assistant_said == [GREETING, "It is 21 degrees."]
         assert s.user_said == ["weather in Paris?"]
         assert not s.errors
@@ -297,7 +290,7 @@ async def test_manual_turns_the_client_commits_and_asks_for_the_response() -> No
         await s.worker.queue_frame(UserStartedSpeakingFrame())
         await s.speak(speech(0.6, 0.0))
         await s.worker.queue_frame(UserStoppedSpeakingFrame())
-        await until(lambda: len(s.assistant_said) == 2)
+        await eventually(lambda: len(s.assistant_said) == 2, timeout=8, what="the answer")
 
         kinds = [e["type"] for e in server.received]
         assert kinds[-2:] == ["input_audio_buffer.commit", "response.create"]
@@ -314,9 +307,15 @@ async def test_speaking_over_the_answer_cancels_it_and_the_service_truncates() -
             # Barge in 1.2 s into the answer. (Sooner than 1 s, while the user aggregator
             # still defers writing the first transcript, Pipecat 1.14 merges both user
             # utterances into one context message.)
-            await until(lambda: len(s.out.of(TTSAudioRawFrame)) >= len(GREETING) + 20)
+            await eventually(
+                lambda: len(s.out.of(TTSAudioRawFrame)) >= len(GREETING) + 20,
+                timeout=8,
+                what="1.2 s of the answer's audio",
+            )
             await s.speak(speech(0.4, 0.6))
-            await until(lambda: len(s.assistant_said) == 3)
+            await eventually(
+                lambda: len(s.assistant_said) == 3, timeout=8, what="the second answer"
+            )
 
             cut, answer = s.assistant_said[1:]
             assert story.startswith(cut.strip()) and len(cut.strip()) < len(story)
@@ -364,7 +363,7 @@ def logged_errors() -> Iterator[list[str]]:
 
 async def test_rejected_handshake_is_one_error_frame_and_a_permanent_one_for_401() -> None:
     async with fake(fault=Fault("reject_handshake")) as server, pipeline(server, greet=False) as s:
-        await until(lambda: s.errors)
+        await eventually(lambda: s.errors, timeout=8, what="an ErrorFrame")
         await s.worker.queue_frame(LLMRunFrame())
         await s.speak(speech(0.2, 0.0))  # everything after is dropped without a word
 
@@ -382,7 +381,7 @@ async def test_a_server_refusal_is_an_error_frame_that_leaves_the_service_usable
         fake(fault=Fault("reject_handshake", status=503)) as server,
         pipeline(server, greet=False) as s,
     ):
-        await until(lambda: s.errors)
+        await eventually(lambda: s.errors, timeout=8, what="an ErrorFrame")
         (error,) = s.errors
         assert error.category is ErrorCategory.SERVER
         assert not error.fatal and s.llm.is_usable  # nothing tells the worker to stop
@@ -394,10 +393,12 @@ async def test_an_error_answering_session_update_is_one_error_frame_then_deafnes
         fake(fault=Fault("error_on_session_update")) as server,
         pipeline(server, greet=False) as s,
     ):
-        await until(lambda: s.errors)
+        await eventually(lambda: s.errors, timeout=8, what="an ErrorFrame")
         await s.worker.queue_frame(LLMRunFrame())
         await s.speak()
-        await asyncio.sleep(0.8)  # the fake answers the utterance; nobody listens
+        # A window, not a wait: the fake answers the utterance meanwhile, and nobody must
+        # hear it.
+        await asyncio.sleep(0.8)
 
         (error,) = s.errors
         assert "invalid_value" in error.error and error.exception is None
@@ -415,7 +416,7 @@ async def test_an_error_event_mid_session_is_one_error_frame_then_deafness() -> 
     turn = Turn(transcript="first", answer="One.")
     async with fake([turn], Fault("error_after_turn")) as server, pipeline(server) as s:
         await s.speak()
-        await until(lambda: s.errors)
+        await eventually(lambda: s.errors, timeout=8, what="an ErrorFrame")
         assert s.assistant_said == [GREETING, "One."]  # the turn itself went through
 
         (error,) = s.errors
@@ -425,7 +426,7 @@ async def test_an_error_event_mid_session_is_one_error_frame_then_deafness() -> 
 
         audio_before = len(s.out.of(TTSAudioRawFrame))
         await s.speak()
-        await asyncio.sleep(0.8)
+        await asyncio.sleep(0.8)  # a window: the fake answers, the service must not hear it
         assert server.audio_appends == 130  # the fake heard and answered the second turn...
         assert s.user_said == ["first"]  # ...but the service no longer reads anything
         assert len(s.out.of(TTSAudioRawFrame)) == audio_before
@@ -448,7 +449,7 @@ async def test_in_manual_turns_a_too_short_commit_is_an_api_error_and_deafness()
         await s.worker.queue_frame(UserStartedSpeakingFrame())
         await s.speak(speech(0.04, 0.0))  # a 40 ms blip
         await s.worker.queue_frame(UserStoppedSpeakingFrame())
-        await until(lambda: s.errors)
+        await eventually(lambda: s.errors, timeout=8, what="an ErrorFrame")
 
         (error,) = s.errors
         assert "input_audio_buffer_commit_empty" in error.error
@@ -456,7 +457,7 @@ async def test_in_manual_turns_a_too_short_commit_is_an_api_error_and_deafness()
         await s.worker.queue_frame(UserStartedSpeakingFrame())
         await s.speak(speech(0.6, 0.0))
         await s.worker.queue_frame(UserStoppedSpeakingFrame())
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # a window: the fake answers, the service must not hear it
         assert server.count("input_audio_buffer.commit") == 2  # the fake took this turn...
         assert not s.user_said and s.assistant_said == [GREETING]  # ...nobody heard it
         spare_the_close_timeout(s)
@@ -473,14 +474,18 @@ async def test_a_socket_closed_mid_answer_is_silent_until_the_next_send_fails(
         pipeline(server, greet=False) as s,
     ):
         await s.speak()  # the close comes ~1.3 s after the speech, once this returns
-        await until(lambda: server.connections == 1 and not server.open_connections)
-        await asyncio.sleep(0.2)
+        await eventually(
+            lambda: server.connections == 1 and not server.open_connections,
+            timeout=8,
+            what="the fake closing the socket",
+        )
+        await asyncio.sleep(0.2)  # a window: no ErrorFrame may follow the close
         assert not s.errors  # the read loop ended; no ErrorFrame for the close itself
         assert 0 < len(s.out.of(TTSAudioRawFrame)) < len(turn.answer)
         assert not s.assistant_said  # the cut-short turn never completes
 
         await s.speak(speech(0.0, 0.1))  # five more frames of (silent) audio
-        await until(lambda: len(s.errors) == 5)
+        await eventually(lambda: len(s.errors) == 5, timeout=8, what="five ErrorFrames")
         assert {e.error.split(":")[0] for e in s.errors} == {"Error sending client event"}
         closed = ConnectionClosedError if close_code == 1011 else ConnectionClosedOK
         assert all(isinstance(e.exception, closed) for e in s.errors)
@@ -501,7 +506,7 @@ async def test_a_malformed_event_kills_the_read_loop_with_a_log_line_only(
         await s.worker.queue_frame(LLMRunFrame())  # ask for the greeting
         await server.wait_for(is_type("response.create"))
         await s.speak()
-        await asyncio.sleep(1.0)  # the fake answers the turn meanwhile
+        await asyncio.sleep(1.0)  # a window: the fake answers the turn, nobody may hear it
 
         assert not s.errors
         assert any("_receive_task_handler unexpected exception" in x for x in logged_errors)
@@ -539,7 +544,7 @@ async def test_the_fake_runs_standalone_for_benchmarks() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.doubles.openai_realtime",
+        "harness.doubles.openai_realtime",
         "--port",
         "0",
         stdout=asyncio.subprocess.PIPE,

@@ -17,7 +17,7 @@ from worker.publisher import EventPublisher
 
 
 @pytest.fixture
-async def outage(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def outage(tmp_path: Path):
     server = EmbeddedRedis(tmp_path / "redis").start()
     redis = redis_client(server.url)
     live = LiveSessions(redis)
@@ -33,7 +33,7 @@ async def _entries(live: LiveSessions) -> list[dict[str, str]]:
     return [fields for _id, fields in await live.redis.xrange(keys.session_events("s1"))]
 
 
-async def test_events_made_while_redis_is_down_arrive_once_in_order(outage) -> None:  # type: ignore[no-untyped-def]
+async def test_events_made_while_redis_is_down_arrive_once_in_order(outage) -> None:
     server, live = outage
     publisher = EventPublisher(live, "s1")
     for i in range(5):
@@ -66,7 +66,7 @@ async def test_events_made_while_redis_is_down_arrive_once_in_order(outage) -> N
     assert publisher.dropped == 0 and publisher.failed == 0
 
 
-async def test_a_retry_after_a_lost_reply_is_written_once(outage) -> None:  # type: ignore[no-untyped-def]
+async def test_a_retry_after_a_lost_reply_is_written_once(outage) -> None:
     _server, live = outage
     assert await live.publish("s1", "drill.tick", {"i": 1}, publisher_seq=7)
     assert await live.publish("s1", "drill.tick", {"i": 1}, publisher_seq=7)  # the retry
@@ -78,7 +78,7 @@ async def test_a_retry_after_a_lost_reply_is_written_once(outage) -> None:  # ty
     assert len(await _entries(live)) == 4  # queued, starting, one tick, ready
 
 
-async def test_a_full_buffer_keeps_the_newest_and_records_the_gap(outage) -> None:  # type: ignore[no-untyped-def]
+async def test_a_full_buffer_keeps_the_newest_and_records_the_gap(outage) -> None:
     server, live = outage
     publisher = EventPublisher(live, "s1", max_buffered=5)
     server.kill()

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.doubles.nested_team import NestedTeam
+from harness.doubles import CLAUDE
+from harness.doubles.nested_team import NestedTeam
+from harness.waiting import eventually
 from worker.tools.config import ToolSpec, load_tools
 from worker.tools.runners import ToolError, ToolTimeout, fill, run_tool
 
-CLAUDE = Path(__file__).parents[1] / "doubles" / "claude"
 EXAMPLE = Path(__file__).parents[2] / "deploy" / "tools.example.toml"
 TEXT_PARAMS = {
     "type": "object",
@@ -28,7 +29,7 @@ TEXT_PARAMS = {
 }
 
 
-def collect(into: list[dict]):  # type: ignore[no-untyped-def]
+def collect(into: list[dict]):
     async def progress(message: dict) -> None:
         into.append(message)
 
@@ -83,14 +84,7 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, just not reaped
 
 
-async def eventually(check, timeout: float = 5) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(0.05)
-
-
-async def test_command_tool_streams_progress_and_returns_the_result(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_command_tool_streams_progress_and_returns_the_result(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-of-the-platform")
     steps: list[dict] = []
     result = await run_tool(command_tool(tmp_path), {"text": "fix the bug"}, collect(steps))
@@ -106,7 +100,7 @@ async def test_command_tool_streams_progress_and_returns_the_result(tmp_path, mo
     ["$(rm -rf /); `id` | cat /etc/passwd && echo pwned > x", "../../etc", "a\nb\x00c'\"*?",
      "{text}", *DASHED],
 )  # fmt: skip
-async def test_command_arguments_arrive_verbatim_as_one_argv_item(tmp_path, hostile) -> None:  # type: ignore[no-untyped-def]
+async def test_command_arguments_arrive_verbatim_as_one_argv_item(tmp_path, hostile) -> None:
     spec = command_tool(tmp_path)
     if "\x00" in hostile:  # no OS can pass a NUL in argv: refused, not truncated
         with pytest.raises(ToolError, match="cannot be passed"):
@@ -124,7 +118,7 @@ async def test_command_arguments_arrive_verbatim_as_one_argv_item(tmp_path, host
 
 
 @pytest.mark.parametrize("dashed", DASHED)
-async def test_a_dashed_value_where_the_program_reads_options_is_refused(tmp_path, dashed) -> None:  # type: ignore[no-untyped-def]
+async def test_a_dashed_value_where_the_program_reads_options_is_refused(tmp_path, dashed) -> None:
     """Before a "--" marker (or with none) a value starting with "-" would be an option."""
     spec = command_tool(tmp_path, argv=LEGACY_ARGV)
     with pytest.raises(ToolError) as refused:
@@ -150,14 +144,14 @@ async def test_a_dashed_value_where_the_program_reads_options_is_refused(tmp_pat
 )  # fmt: skip
 async def test_missing_empty_or_unknown_arguments_never_reach_the_program(
     tmp_path, arguments, error
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     with pytest.raises(ToolError) as refused:
         await run_tool(command_tool(tmp_path), arguments, ignore)
     assert str(refused.value) == error
     assert runs(tmp_path) == []  # never a literal "{text}" run, nor an empty prompt
 
 
-async def test_an_optional_argument_left_out_drops_its_argv_item(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_an_optional_argument_left_out_drops_its_argv_item(tmp_path) -> None:
     params = {"type": "object", "required": ["text"],
               "properties": {"text": {"type": "string"}, "model": {"type": "string"}}}  # fmt: skip
     argv = [sys.executable, str(CLAUDE), "-p", "--model={model}", "--", "{text}"]
@@ -173,7 +167,7 @@ async def test_an_optional_argument_left_out_drops_its_argv_item(tmp_path) -> No
     assert len(runs(tmp_path)) == 3
 
 
-async def test_a_ten_megabyte_line_fails_the_call_and_kills_the_process_group(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_ten_megabyte_line_fails_the_call_and_kills_the_process_group(tmp_path) -> None:
     started = time.monotonic()
     with pytest.raises(ToolError) as stopped:
         await run_tool(command_tool(tmp_path), {"text": "--long-line"}, ignore)
@@ -183,10 +177,14 @@ async def test_a_ten_megabyte_line_fails_the_call_and_kills_the_process_group(tm
     assert time.monotonic() - started < 5  # not the 10 s timeout
     [seen] = runs(tmp_path)
     assert seen["pgid"] == seen["pid"] and seen["child"]  # its own group, with a child in it
-    await eventually(lambda: not alive(seen["pid"]) and not alive(seen["child"]))
+    await eventually(
+        lambda: not alive(seen["pid"]) and not alive(seen["child"]),
+        timeout=5,
+        what="the program and its child gone",
+    )
 
 
-async def test_output_over_the_total_cap_fails_the_call(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_output_over_the_total_cap_fails_the_call(tmp_path) -> None:
     steps: list[dict] = []
     with pytest.raises(ToolError) as stopped:
         await run_tool(command_tool(tmp_path), {"text": "--flood"}, collect(steps))
@@ -198,24 +196,24 @@ async def test_output_over_the_total_cap_fails_the_call(tmp_path) -> None:  # ty
     assert not alive(seen["pid"])
 
 
-async def test_a_hanging_command_hits_its_timeout(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_hanging_command_hits_its_timeout(tmp_path) -> None:
     with pytest.raises(ToolTimeout, match=r"did not finish within 0\.5 s"):
         await run_tool(command_tool(tmp_path, timeout_s=0.5), {"text": "--hang"}, ignore)
 
 
-async def test_a_failing_command_reports_its_status(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_failing_command_reports_its_status(tmp_path) -> None:
     with pytest.raises(ToolError, match="status 3: something broke"):
         await run_tool(command_tool(tmp_path), {"text": "--fail"}, ignore)
 
 
-async def test_a_missing_program_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_missing_program_is_a_clear_error(tmp_path) -> None:
     spec = command_tool(tmp_path)
     spec.command.argv[0] = str(tmp_path / "no-such-program")  # type: ignore[union-attr]
     with pytest.raises(ToolError, match="could not start"):
         await run_tool(spec, {"text": "x"}, ignore)
 
 
-def test_the_program_cannot_be_a_template(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_program_cannot_be_a_template(tmp_path) -> None:
     with pytest.raises(ValueError, match="argv\\[0\\]"):
         command_tool(tmp_path, argv=["{text}", "-p"])
 
@@ -237,7 +235,7 @@ def test_the_program_cannot_be_a_template(tmp_path) -> None:  # type: ignore[no-
        "parameters": {"type": "object", "properties": {}, "required": ["text"]}},
       "parameters.required must list declared properties")],
 )  # fmt: skip
-def test_templates_are_checked_when_the_config_loads(tool, error) -> None:  # type: ignore[no-untyped-def]
+def test_templates_are_checked_when_the_config_loads(tool, error) -> None:
     with pytest.raises(ValueError, match=error):
         ToolSpec.model_validate(
             {"name": "t", "description": "d", "parameters": TEXT_PARAMS, **tool}
@@ -388,7 +386,7 @@ def test_the_shipped_example_config_is_valid() -> None:
                            "{text}"]  # fmt: skip
 
 
-async def test_the_shipped_claude_argv_passes_a_dashed_text_as_the_prompt(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_the_shipped_claude_argv_passes_a_dashed_text_as_the_prompt(tmp_path) -> None:
     spec = {t.name: t for t in load_tools(EXAMPLE)}["send_to_claude_code"]
     assert spec.command is not None
     argv = [sys.executable, str(CLAUDE), *spec.command.argv[1:]]  # the stand-in for `claude`
@@ -436,7 +434,7 @@ async def test_a_failing_tool_is_recorded_and_the_model_hears_why() -> None:
     assert outcomes == [("send_to_nested", "error")]
 
 
-def call_handler(spec: ToolSpec, arguments: object):  # type: ignore[no-untyped-def]
+def call_handler(spec: ToolSpec, arguments: object):
     """The handler the model calls, with what it records and what the model hears."""
     from types import SimpleNamespace
 
@@ -466,7 +464,7 @@ def call_handler(spec: ToolSpec, arguments: object):  # type: ignore[no-untyped-
      (ARGV, "", "the text argument is required but was empty"),
      (ARGV, "--long-line", "wrote a line longer than 1000000 bytes, so it was stopped")],
 )  # fmt: skip
-async def test_a_refused_or_stopped_command_ends_in_tool_failed(  # type: ignore[no-untyped-def]
+async def test_a_refused_or_stopped_command_ends_in_tool_failed(
     tmp_path, argv, text, error
 ) -> None:
     call, events, results, outcomes = call_handler(
@@ -479,7 +477,7 @@ async def test_a_refused_or_stopped_command_ends_in_tool_failed(  # type: ignore
     assert outcomes == ["error"]
 
 
-async def test_a_bug_in_a_runner_still_ends_in_tool_failed(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_a_bug_in_a_runner_still_ends_in_tool_failed(tmp_path, monkeypatch) -> None:
     from worker.tools import calls
 
     async def broken(*_args: object) -> None:
@@ -494,10 +492,10 @@ async def test_a_bug_in_a_runner_still_ends_in_tool_failed(tmp_path, monkeypatch
     assert results == [{"error": error}] and outcomes == ["error"]
 
 
-async def test_a_cancelled_call_is_recorded_as_failed_and_its_program_killed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_cancelled_call_is_recorded_as_failed_and_its_program_killed(tmp_path) -> None:
     call, events, results, _outcomes = call_handler(command_tool(tmp_path), {"text": "--hang"})
     task = asyncio.create_task(call)
-    await eventually(lambda: runs(tmp_path))
+    await eventually(lambda: runs(tmp_path), timeout=5, what="the program started")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -507,7 +505,7 @@ async def test_a_cancelled_call_is_recorded_as_failed_and_its_program_killed(tmp
     assert not alive(runs(tmp_path)[0]["pid"])
 
 
-async def test_arguments_that_are_not_an_object_end_in_tool_failed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_arguments_that_are_not_an_object_end_in_tool_failed(tmp_path) -> None:
     call, events, results, _outcomes = call_handler(command_tool(tmp_path), "fix it")
     await call
     assert events[1][1]["error"] == "the arguments for send_to_claude_code must be a JSON object"

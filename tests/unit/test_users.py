@@ -13,7 +13,7 @@ from shared.users import authenticate, create_user, issue_token
 
 
 @pytest.fixture
-async def db(database_url: str):  # type: ignore[no-untyped-def]
+async def db(database_url: str):
     url = Settings(database_url=database_url).sqlalchemy_url
     await migrate_async(url)
     store = Store(url)
@@ -22,7 +22,7 @@ async def db(database_url: str):  # type: ignore[no-untyped-def]
     await store.aclose()
 
 
-async def test_token_round_trip_and_only_a_hash_is_stored(db) -> None:  # type: ignore[no-untyped-def]
+async def test_token_round_trip_and_only_a_hash_is_stored(db) -> None:
     user = await create_user(db, "alice")
     issued = await issue_token(db, user)
     assert (await authenticate(db, issued.token)).id == user.id
@@ -31,7 +31,7 @@ async def test_token_round_trip_and_only_a_hash_is_stored(db) -> None:  # type: 
     assert secret not in row.hash and secret not in row.salt
 
 
-async def test_wrong_revoked_and_expired_tokens_are_refused(db) -> None:  # type: ignore[no-untyped-def]
+async def test_wrong_revoked_and_expired_tokens_are_refused(db) -> None:
     user = await create_user(db, "bob")
     issued = await issue_token(db, user)
     assert await authenticate(db, issued.token[:-1] + "x") is None
@@ -48,7 +48,7 @@ async def test_wrong_revoked_and_expired_tokens_are_refused(db) -> None:  # type
     assert await authenticate(db, issued.token) is None
 
 
-async def test_user_names_are_unique(db) -> None:  # type: ignore[no-untyped-def]
+async def test_user_names_are_unique(db) -> None:
     await create_user(db, "carol")
     with pytest.raises(ValueError, match="already exists"):
         await create_user(db, "carol")

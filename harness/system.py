@@ -17,7 +17,7 @@ import redis
 
 from shared.connections import EmbeddedRedis, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 60
 
 
@@ -115,6 +115,8 @@ class System:
                 api_ok = False
             if api_ok and len(self.live_workers()) >= workers:
                 return
+            # Not harness.waiting.eventually: this runs without an event loop, and a process
+            # that died must fail the start at once, not after the timeout.
             time.sleep(0.1)
         raise RuntimeError(f"system did not start in time\n{self.log_tail()}")
 

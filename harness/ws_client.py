@@ -79,6 +79,7 @@ class ProtobufClient:
                 assert data is not None
                 await self.ws.send(data)
                 n += 1
+                # Pacing: one 20 ms frame every 20 ms, as a microphone sends them.
                 await asyncio.sleep(max(start + n * FRAME_MS / 1000 - time.monotonic(), 0))
 
     async def _receive(self) -> None:
@@ -107,13 +108,6 @@ class ProtobufClient:
             return 0.0
         energy = np.concatenate([[0.0], np.cumsum(samples**2)])
         return float(np.sqrt(np.max(energy[window:] - energy[:-window]) / window))
-
-    async def wait_for(self, condition: Any, what: str, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {what} within {timeout} s")
-            await asyncio.sleep(0.05)
 
     def got_message(self, kind: str) -> bool:
         return any(m.get("type") == kind for m in self.messages)

@@ -2,7 +2,7 @@
 
 One invocation, everything as real processes on this machine:
 
-* embedded Redis and ONE API process (uvicorn, as tests/support/system.py starts it), no
+* embedded Redis and ONE API process (uvicorn, as harness/system.py starts it), no
   workers (sessions stay queued: creating them is what is measured), SQLite, with the
   per-user and per-minute limits lifted and the queue made long enough never to refuse;
 * the load tool: ``wrk`` (Debian package) on loopback, one thread, keep-alive connections,
@@ -31,7 +31,7 @@ endpoint at the middle concurrency (so the profiler does not disturb the measure
 
 Results go to ops/bench/results/api.{json,md}; the Markdown is printed too.
 
-    .venv/bin/python ops/bench/api.py [--concurrency 1,8,32] [--duration 8] [--seed 200]
+    .venv/bin/python ops/bench/api_throughput.py [--concurrency 1,8,32] [--duration 8] [--seed 200]
                                       [--events 20] [--spy-seconds 6]
 """
 
@@ -61,7 +61,7 @@ from measure import cpu_seconds, machine_facts, write_results  # ops/bench/measu
 if TYPE_CHECKING:
     import psutil
 
-    from tests.support.system import System
+    from harness.system import System
 
 DESCRIPTION = "API: session-create and history-read throughput on one API process."
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,7 +122,7 @@ ENDPOINTS = {
 
 
 def start_system(tmp: Path) -> System:
-    from tests.support.system import System
+    from harness.system import System
 
     settings = {
         "VOICEPOOL_SESSIONS_PER_MINUTE": "0",
@@ -316,8 +316,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(HERE))
     import psutil
 
     args = parse_args(argv)

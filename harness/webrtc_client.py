@@ -123,7 +123,7 @@ class WavAudioTrack(MediaStreamTrack):
         else:
             delay = self._start + self._pts / self._rate - now
             if delay > 0:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # pacing: frames go out in real time
 
         frame = av.AudioFrame.from_ndarray(
             self._next_chunk().reshape(1, -1), format="s16", layout="mono"
@@ -291,6 +291,8 @@ class WebRTCTestClient:
                     f"no {window_s}s window above RMS {min_rms} within {timeout}s "
                     f"(loudest {best:.1f}, received {self.received_seconds():.2f}s)"
                 )
+            # Not harness.waiting.eventually: the scan goes on from where it stopped, and
+            # callers (ops/drills) catch the TimeoutError with the loudest RMS seen.
             await asyncio.sleep(_POLL_S)
 
     async def close(self) -> None:

@@ -44,7 +44,7 @@ Server event sequences (``→`` server to client):
   Misuse gets the real API's ``error`` codes (``response_cancel_not_active``,
   ``conversation_already_has_active_response``, ``input_audio_buffer_commit_empty``, ...).
 
-Run standalone for benchmarks: ``python -m tests.doubles.openai_realtime --port 8765``.
+Run standalone for benchmarks: ``python -m harness.doubles.openai_realtime --port 8765``.
 """
 
 from __future__ import annotations

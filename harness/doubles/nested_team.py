@@ -48,7 +48,7 @@ class NestedTeam:
         task = json.loads(await ws.recv())
         self.tasks.append(task)
         for step in self.progress:
-            await asyncio.sleep(self.delay_s)
+            await asyncio.sleep(self.delay_s)  # a team at work: progress comes over time
             await ws.send(json.dumps({"type": "progress", "text": step}))
         await ws.send(json.dumps({"type": "final", "text": f"{self.answer} ({task.get('text')})"}))
 

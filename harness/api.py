@@ -1,15 +1,14 @@
-"""Helpers for talking to a running system's API in tests."""
+"""Helpers for talking to a running system's API (tests, drills, benchmarks)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import httpx
 
-from tests.support.system import System
-from tests.support.webrtc_client import WebRTCTestClient
+from harness.system import System
+from harness.waiting import eventually
+from harness.webrtc_client import WebRTCTestClient
 
 
 def api_client(system: System, token: str) -> httpx.AsyncClient:
@@ -27,14 +26,14 @@ async def create_session(api: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
 async def wait_for_status(
     api: httpx.AsyncClient, session_id: str, statuses: set[str], timeout: float = 15
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        session = (await api.get(f"/api/sessions/{session_id}")).json()
-        if session["status"] in statuses:
-            return session
-        if time.monotonic() > deadline:
-            raise AssertionError(f"session stayed {session['status']}, wanted {statuses}")
-        await asyncio.sleep(0.05)
+    """The session, once its status is one of ``statuses``."""
+
+    async def reached() -> dict[str, Any]:
+        session: dict[str, Any] = (await api.get(f"/api/sessions/{session_id}")).json()
+        assert session["status"] in statuses, f"the session is {session['status']}"
+        return session
+
+    return await eventually(reached, timeout=timeout, what=f"a session status in {statuses}")
 
 
 async def connect_webrtc(
