@@ -76,7 +76,7 @@ bench: install
 	$(BIN)/python ops/bench/assistant_latency.py
 	$(BIN)/python ops/bench/density.py
 	$(BIN)/python ops/bench/density_webrtc.py
-	$(BIN)/python ops/bench/api.py
+	$(BIN)/python ops/bench/api_throughput.py
 
 ## Fault drills: a table of faults, what users saw, events lost (must be 0), recovery time;
 ## written to ops/drills/results/drills.md (about 10 minutes). The request-rate flood uses wrk.

@@ -8,7 +8,7 @@ import ipaddress
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis
@@ -18,12 +18,14 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import web_sessions
-from api.errors import ApiError
+from api.errors import ApiError, unauthorized
 from api.fanout import StreamFanout
 from api.limits import Leases
+from api.services import ownership
+from api.services.ownership import is_admin
 from api.signals import WorkerSignals
 from shared.live import LiveSessions
-from shared.models import User, as_utc
+from shared.models import Conversation, User, VoiceSession, as_utc
 from shared.settings import Settings
 from shared.store import Store
 from shared.users import get_user_by_name, signout_generation, valid_token
@@ -47,7 +49,8 @@ class AppState:
 
 
 def get_state(request: Request) -> AppState:
-    return request.app.state.voicepool
+    state: AppState = request.app.state.voicepool  # set by the lifespan (api.main)
+    return state
 
 
 async def get_db(state: Annotated[AppState, Depends(get_state)]) -> AsyncIterator[AsyncSession]:
@@ -89,8 +92,10 @@ def behind_proxies(app: ASGIApp, trusted: Sequence[str]) -> ASGIApp:
     """
     from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-    inner = ProxyHeadersMiddleware(app, trusted_hosts=list(trusted)) if trusted else app
-    return _KeepPeer(inner)
+    if not trusted:
+        return _KeepPeer(app)
+    proxied = ProxyHeadersMiddleware(app, trusted_hosts=list(trusted))  # type: ignore[arg-type]  # uvicorn types ASGI apps by its own TypedDict scopes, starlette's ASGIApp by mappings
+    return _KeepPeer(cast(ASGIApp, proxied))
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -208,10 +213,7 @@ async def _identify(
         cookie = request.cookies.get(web_sessions.COOKIE)
         found = await web_sessions.lookup(state.redis, cookie) if cookie else None
         if cookie is None or found is None:
-            raise ApiError(
-                401, "unauthorized", "sign in, or send Authorization: Bearer <token>",
-                headers={"WWW-Authenticate": "Bearer"},
-            )  # fmt: skip
+            raise unauthorized("sign in, or send Authorization: Bearer <token>")
         user_id, csrf = found
         check_csrf(request, csrf)
         user = await db.get(User, user_id)
@@ -219,17 +221,11 @@ async def _identify(
             raise ApiError(401, "unauthorized", "the signed-in user no longer exists")
         return Caller(user, "cookie", cookie)
     if credentials.scheme.lower() != "bearer":
-        raise ApiError(
-            401, "unauthorized", "send Authorization: Bearer <token>",
-            headers={"WWW-Authenticate": "Bearer"},
-        )  # fmt: skip
+        raise unauthorized("send Authorization: Bearer <token>")
     token = await valid_token(db, credentials.credentials)
     user = await db.get(User, token.user_id) if token is not None else None
     if token is None or user is None:
-        raise ApiError(
-            401, "invalid_token", "the token is unknown, revoked or expired",
-            headers={"WWW-Authenticate": "Bearer"},
-        )  # fmt: skip
+        raise unauthorized("the token is unknown, revoked or expired", "invalid_token")
     expires = as_utc(token.expires_at).timestamp() if token.expires_at is not None else None
     return Caller(user, "token", credentials.credentials, expires)
 
@@ -246,10 +242,6 @@ CurrentCaller = Annotated[Caller, Depends(get_caller)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
-def is_admin(user: User) -> bool:
-    return user.role == "admin"
-
-
 def require_admin(user: CurrentUser) -> User:
     if not is_admin(user):
         raise ApiError(403, "admin_only", "only administrators may see or change the fleet")
@@ -257,3 +249,25 @@ def require_admin(user: CurrentUser) -> User:
 
 
 AdminUser = Annotated[User, Depends(require_admin)]
+
+
+async def get_owned_session(session_id: str, user: CurrentUser, db: SessionDep) -> VoiceSession:
+    return await ownership.owned(db, VoiceSession, session_id, user, what="session")
+
+
+async def get_owners_session(session_id: str, user: CurrentUser, db: SessionDep) -> VoiceSession:
+    return await ownership.owned(db, VoiceSession, session_id, user, what="session", admins=False)
+
+
+async def get_owned_conversation(
+    conversation_id: str, user: CurrentUser, db: SessionDep
+) -> Conversation:
+    return await ownership.owned(db, Conversation, conversation_id, user, what="conversation")
+
+
+OwnedSession = Annotated[VoiceSession, Depends(get_owned_session)]
+"""The path's session, if the caller owns it or is an admin looking on; else 404."""
+OwnersSession = Annotated[VoiceSession, Depends(get_owners_session)]
+"""The path's session, only for its owner (connecting, signalling, inviting); else 404."""
+OwnedConversation = Annotated[Conversation, Depends(get_owned_conversation)]
+"""The path's conversation, if the caller owns it or is an admin; else 404."""

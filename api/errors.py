@@ -47,10 +47,35 @@ def not_ready(
     # 409, not 503: the server is fine, the session is just not there yet.
     if session_id is None:
         return ApiError(409, "not_ready", message, headers={"Retry-After": "2"})
+    headers = {"Retry-After": "2", "X-Session-Id": session_id}
+    return ApiError(409, "not_ready", message, headers=headers, session_id=session_id)
+
+
+def unauthorized(message: str, code: str = "unauthorized") -> ApiError:
+    """401 that names the scheme to answer with (RFC 9110 asks for WWW-Authenticate)."""
+    return ApiError(401, code, message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def not_offered(kind: str, value: str, available: list[str]) -> ApiError:
+    """422 ``{kind}_unavailable``: a profile or transport this deployment does not offer."""
+    offered = ", ".join(available)
     return ApiError(
-        409, "not_ready", message,
-        headers={"Retry-After": "2", "X-Session-Id": session_id}, session_id=session_id,
-    )  # fmt: skip
+        422, f"{kind}_unavailable", f"{kind} {value!r} is not available here; available: {offered}"
+    )
+
+
+def too_many(code: str, message: str, retry_after_s: float) -> ApiError:
+    """429 for a caller over a limit: a stable code, a plain message, when to try again."""
+    return ApiError(429, code, message, headers={"Retry-After": _seconds(retry_after_s)})
+
+
+def no_capacity(message: str, retry_after_s: float) -> ApiError:
+    """503 ``no_capacity``: the pool is full for everyone, not just this caller."""
+    return ApiError(503, "no_capacity", message, headers={"Retry-After": _seconds(retry_after_s)})
+
+
+def _seconds(value: float) -> str:
+    return str(max(int(value), 1))
 
 
 def already_connected() -> ApiError:
@@ -78,7 +103,7 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
 
 
 async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    detail = exc.detail
+    detail: object = exc.detail  # typed str; FastAPI's HTTPException carries any JSON value
     if not isinstance(detail, dict):
         code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(
             exc.status_code, "http_error"
@@ -100,7 +125,7 @@ async def _redis_away(_request: Request, _exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]  # starlette: handlers typed for Exception, not a subclass
     for error in REDIS_AWAY:
         app.add_exception_handler(error, _redis_away)
-    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]  # starlette: handlers typed for Exception, not a subclass

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Collection
 from dataclasses import dataclass
+from typing import cast
 
-from sqlmodel import select
+from sqlmodel import col, select
 from sse_starlette import ServerSentEvent
 
 from api.deps import AppState
@@ -42,7 +43,9 @@ async def wait_for_state(
     stream = keys.session_events(session_id)
     last_id = "0-0"
     while True:
-        current = await state.redis.hget(keys.session(session_id), "state")
+        current = await cast(
+            "Awaitable[str | None]", state.redis.hget(keys.session(session_id), "state")
+        )
         if current is None or current in targets:
             return current
         remaining_ms = int((deadline - time.monotonic()) * 1000)
@@ -82,7 +85,7 @@ def render(entry_id: str, fields: dict[str, str]) -> Rendered:
 
 async def session_event_stream(
     state: AppState, row: VoiceSession, after: str
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The session's events after ``after``, live, until its final state."""
     stream = keys.session_events(row.id)
     if not await state.redis.exists(stream):
@@ -130,7 +133,7 @@ async def _stored_events(state: AppState, row: VoiceSession, after: str) -> Asyn
             await db.exec(
                 select(EventRecord)
                 .where(EventRecord.session_id == row.id)
-                .order_by(EventRecord.seq)  # type: ignore[arg-type]
+                .order_by(col(EventRecord.seq))
             )
         ).all()
     for record in records:

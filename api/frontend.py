@@ -1,4 +1,4 @@
-"""Serving the built web app (``frontend/dist``) at ``/``, with security headers.
+"""Serving the built web app (``frontend/dist``) at ``/`` (its security headers: api/middleware.py).
 
 Any path that is not an API route and not a built file gets ``index.html``,
 so the app's own routes (``/history``, ``/operators``) survive a reload.
@@ -12,32 +12,6 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse, Response
 
 DEFAULT_DIST = Path(__file__).resolve().parents[1] / "frontend" / "dist"
-
-# The Pipecat client needs: fetch/SSE to this origin, WebRTC media (no CSP
-# directive governs RTCPeerConnection), blob: audio for the bot's track, and
-# Daily's iframe-free SDK talking to Daily's servers when that transport is used.
-CONTENT_SECURITY_POLICY = "; ".join(
-    [
-        "default-src 'self'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self' data:",
-        "media-src 'self' blob:",
-        "connect-src 'self' https://*.daily.co wss://*.daily.co",
-        "worker-src 'self' blob:",
-        "frame-ancestors 'none'",
-        "base-uri 'none'",
-        "form-action 'self'",
-        "object-src 'none'",
-    ]
-)
-SECURITY_HEADERS = [
-    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"permissions-policy", b"microphone=(self), camera=(), geolocation=()"),
-]
 
 
 def mount_frontend(app: FastAPI, dist: Path | None) -> None:

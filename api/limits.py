@@ -8,12 +8,12 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from api.errors import ApiError
+from api.errors import ApiError, too_many
 from shared import keys
 
 log = logging.getLogger(__name__)
@@ -34,11 +34,6 @@ async def hit(redis: aioredis.Redis, scope: str, who: str, *, limit: int, per_s:
         raise too_many(
             "rate_limited", f"too many requests; at most {limit} per {per_s} s", max(retry, 1)
         )
-
-
-def too_many(code: str, message: str, retry_after_s: int) -> ApiError:
-    """429 with a stable code, a plain message and when to try again."""
-    return ApiError(429, code, message, headers={"Retry-After": str(retry_after_s)})
 
 
 def too_many_streams(limit: int) -> ApiError:
@@ -97,7 +92,7 @@ class Leases:
         self._refusal = refusal
         self._take = redis.register_script(_TAKE)
         self._held: dict[str, str] = {}  # holder id → user
-        self._releasing: set[asyncio.Task[None]] = set()
+        self._releasing: set[asyncio.Task[int]] = set()
 
     def _key(self, who: str) -> str:
         return keys.leases(self.scope, who)
@@ -117,7 +112,8 @@ class Leases:
         who = self._held.pop(holder, None)
         if who is None:
             return
-        task = asyncio.get_running_loop().create_task(self.redis.zrem(self._key(who), holder))
+        removal = cast("Coroutine[Any, Any, int]", self.redis.zrem(self._key(who), holder))
+        task = asyncio.get_running_loop().create_task(removal)
         self._releasing.add(task)
         task.add_done_callback(self._released)
 

@@ -41,13 +41,14 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None, *, background: bool = True) -> FastAPI:
     """Build the app. ``background=False`` leaves the persister and reaper off (for tests)."""
     settings = settings or get_settings()
-    if settings.redis_url is None:
+    redis_url = settings.redis_url
+    if redis_url is None:
         raise ValueError("the API needs VOICEPOOL_REDIS_URL (voicepool dev sets it)")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await migrate_async(settings.sqlalchemy_url)
-        redis = redis_client(settings.redis_url)
+        redis = redis_client(redis_url)
         live = LiveSessions(
             redis,
             heartbeat_ttl=settings.heartbeat_ttl,
@@ -57,7 +58,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         state = AppState(
             settings=settings,
             redis=redis,
-            arq=await create_pool(arq_redis_settings(settings.redis_url)),
+            arq=await create_pool(arq_redis_settings(redis_url)),
             live=live,
             store=Store(settings.sqlalchemy_url),
             signals=WorkerSignals(redis, timeout=settings.signal_timeout),

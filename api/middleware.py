@@ -1,16 +1,43 @@
-"""ASGI middleware: request body size limit, per-credential concurrency, request counting."""
+"""ASGI middleware: request body size limit, per-credential concurrency, request counting,
+security headers."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
-from api.frontend import SECURITY_HEADERS
 from api.web_sessions import COOKIE
+
+# The Pipecat client needs: fetch/SSE to this origin, WebRTC media (no CSP
+# directive governs RTCPeerConnection), blob: audio for the bot's track, and
+# Daily's iframe-free SDK talking to Daily's servers when that transport is used.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "media-src 'self' blob:",
+        "connect-src 'self' https://*.daily.co wss://*.daily.co",
+        "worker-src 'self' blob:",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "object-src 'none'",
+    ]
+)
+SECURITY_HEADERS = [
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"permissions-policy", b"microphone=(self), camera=(), geolocation=()"),
+]
 
 
 def json_depth(body: bytes) -> int:
@@ -91,7 +118,7 @@ class BodyLimitMiddleware:
 
 
 async def _refuse(
-    send: Send, status: int, code: str, message: str, headers: list[tuple[bytes, bytes]] = ()
+    send: Send, status: int, code: str, message: str, headers: Sequence[tuple[bytes, bytes]] = ()
 ) -> None:
     body = json.dumps({"detail": {"code": code, "message": message}}).encode()
     await send(

@@ -24,6 +24,8 @@ from redis.exceptions import ResponseError
 from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import col
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api import metrics
 from shared import keys
@@ -161,7 +163,7 @@ class Persister:
             statement = (
                 self._insert(EventRecord)
                 .on_conflict_do_nothing(index_elements=["session_id", "seq"])
-                .returning(EventRecord.id)  # type: ignore[arg-type]
+                .returning(col(EventRecord.id))
             )
             result = await db.execute(statement, rows)
             inserted = len(result.all())
@@ -176,7 +178,9 @@ class Persister:
             if labels is not None:
                 _count_transition(event, labels)
 
-    async def _apply_state(self, db: Any, event: Event) -> tuple[Event, dict[str, str] | None]:
+    async def _apply_state(
+        self, db: AsyncSession, event: Event
+    ) -> tuple[Event, dict[str, str] | None]:
         """Move the session row to the event's state unless a later event already did."""
         state = event.data.get("state")
         values: dict[str, Any] = {
@@ -193,14 +197,14 @@ class Persister:
             values["worker_id"] = event.data["worker_id"]
         result = await db.exec(
             update(VoiceSession)
-            .where(VoiceSession.id == event.session_id)  # type: ignore[arg-type]
-            .where(VoiceSession.state_seq < event.seq)  # type: ignore[arg-type]
+            .where(col(VoiceSession.id) == event.session_id)
+            .where(col(VoiceSession.state_seq) < event.seq)
             .values(**values)
             .returning(
-                VoiceSession.pool,  # type: ignore[arg-type]
-                VoiceSession.created_at,  # type: ignore[arg-type]
-                VoiceSession.transport,  # type: ignore[arg-type]
-                VoiceSession.profile,  # type: ignore[arg-type]
+                col(VoiceSession.pool),
+                col(VoiceSession.created_at),
+                col(VoiceSession.transport),
+                col(VoiceSession.profile),
             )
         )
         row = result.first()
@@ -213,14 +217,14 @@ class Persister:
             metrics.DISPATCH_SECONDS.labels(pool=row[0]).observe(since_request)
         return event, {"pool": row[0], "transport": row[2], "profile": row[3]}
 
-    async def _title_from(self, db: Any, event: Event) -> None:
+    async def _title_from(self, db: AsyncSession, event: Event) -> None:
         """A conversation without a title takes its first user words as one."""
         text = " ".join(str(event.data["text"]).split())
         title = text if len(text) <= TITLE_LENGTH else text[: TITLE_LENGTH - 1].rstrip() + "…"
         await db.exec(
             update(Conversation)
-            .where(Conversation.id == event.conversation_id)  # type: ignore[arg-type]
-            .where(Conversation.title.is_(None))  # type: ignore[union-attr]
+            .where(col(Conversation.id) == event.conversation_id)
+            .where(col(Conversation.title).is_(None))
             .values(title=title)
         )
 

@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
+from typing import cast
 
 from api import metrics
-from shared import keys
+from shared import keys, queue
 from shared.events import LIVE_STATES, OWNED_STATES, EventType, Reason, SessionState
 from shared.fleet import WorkerBeat
 from shared.live import LiveSessions, start_rate, wait_at
@@ -99,14 +101,16 @@ class Reaper:
 
     async def sweep(self) -> list[tuple[str, str]]:
         """One pass over live sessions; returns (session id, reason) of those it ended."""
-        session_ids = sorted(await self.redis.smembers(keys.LIVE_SESSIONS))
+        session_ids = sorted(
+            await cast("Awaitable[set[str]]", self.redis.smembers(keys.LIVE_SESSIONS))
+        )
         self._still_live = []
         if not session_ids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid in session_ids:
                 pipe.hmget(
-                    keys.session(sid), "state", "created_ts", "pool", "job_id", "queue_position"
+                    keys.session(sid), ["state", "created_ts", "pool", "job_id", "queue_position"]
                 )
                 pipe.exists(keys.session_alive(sid))
             replies = await pipe.execute()
@@ -117,7 +121,7 @@ class Reaper:
             (state, created_ts, pool, job_id, told), alive = replies[2 * i], replies[2 * i + 1]
             ended_before = len(ended)
             if state is None:  # hash expired or never written: nothing to announce
-                await self.redis.srem(keys.LIVE_SESSIONS, sid)
+                await cast("Awaitable[int]", self.redis.srem(keys.LIVE_SESSIONS, sid))
             elif state in OWNED_STATES and not alive and self.judging:
                 if await self._end(
                     sid, SessionState.FAILED, Reason.WORKER_LOST, {SessionState(state)}
@@ -131,9 +135,7 @@ class Reaper:
                 if await self._end(
                     sid, SessionState.EXPIRED, Reason.NO_CAPACITY, {SessionState.QUEUED}
                 ):
-                    job = job_id or sid
-                    await self.redis.zrem(keys.queue(pool or ""), job)
-                    await self.redis.delete(f"arq:job:{job}")
+                    await queue.remove_start(self.redis, pool or "", job_id or sid)
                     ended.append((sid, Reason.NO_CAPACITY))
             elif state == SessionState.QUEUED:
                 waiting.append((sid, pool or "", job_id or sid, told))
@@ -161,7 +163,9 @@ class Reaper:
             position = rank + 1
             if pool not in rates:
                 rates[pool] = await start_rate(self.redis, pool)
-            await self.redis.hset(keys.session(sid), "queue_position", position)
+            await cast(
+                "Awaitable[int]", self.redis.hset(keys.session(sid), "queue_position", position)
+            )
             await self.live.publish(
                 sid,
                 EventType.SESSION_QUEUE,
@@ -173,7 +177,7 @@ class Reaper:
 
         Live sessions by state come from the sweep just before, which read them already.
         """
-        worker_ids = sorted(await self.redis.smembers(keys.WORKERS))
+        worker_ids = sorted(await cast("Awaitable[set[str]]", self.redis.smembers(keys.WORKERS)))
         async with self.redis.pipeline(transaction=False) as pipe:
             for pool in self.pools:
                 pipe.zcard(keys.queue(pool))
@@ -198,7 +202,7 @@ class Reaper:
         stalled = dict.fromkeys(self.pools, 0)
         for wid, beat in zip(worker_ids, beats, strict=True):
             if beat is None:  # heartbeat expired: the worker is gone
-                await self.redis.srem(keys.WORKERS, wid)
+                await cast("Awaitable[int]", self.redis.srem(keys.WORKERS, wid))
                 continue
             status = WorkerBeat.model_validate_json(beat)
             pool = status.pool
@@ -216,5 +220,5 @@ class Reaper:
         changed, _ = await self.live.transition(sid, to, reason, allowed_from=allowed)
         if changed:
             metrics.REAPED_SESSIONS.labels(reason=reason).inc()
-            log.info("session %s %s (%s)", sid, to, reason)
+            log.info("session %s (%s)", to, reason, extra={"session_id": sid})
         return changed

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -41,15 +42,17 @@ class WorkerSignals:
             pipe.rpush(queue, json.dumps(message))
             pipe.expire(queue, SIGNAL_LIST_TTL_S)
             await pipe.execute()
-        reply = await self.redis.blpop([keys.reply(request_id)], timeout=self.timeout)
+        reply = await cast(
+            "Awaitable[list[str] | None]",
+            self.redis.blpop([keys.reply(request_id)], timeout=self.timeout),  # type: ignore[arg-type]  # redis-py: timeout typed int; Redis takes float seconds
+        )
         if reply is None:
             raise ApiError(
                 504, "worker_timeout", "the worker running this session did not answer in time"
             )
         answer = json.loads(reply[1])
         if not answer.get("ok"):
-            raise ApiError(
-                int(answer.get("status", 502)), answer.get("code", "worker_error"),
-                answer.get("message", "the worker refused the request"),
-            )  # fmt: skip
+            status = int(answer.get("status", 502))
+            message = answer.get("message", "the worker refused the request")
+            raise ApiError(status, answer.get("code", "worker_error"), message)
         return answer.get("result")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 from arq.connections import RedisSettings
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 # A Redis restart or failover should look like a short pause, not an error:
 # retry a command on connection errors for about 3 s before giving up.
@@ -30,7 +30,7 @@ def _retry() -> Retry:
 
 def redis_client(url: str, *, max_connections: int | None = None) -> aioredis.Redis:
     """An asyncio Redis client that answers with str and retries connection errors."""
-    return aioredis.Redis.from_url(
+    client: aioredis.Redis = aioredis.Redis.from_url(
         url,
         decode_responses=True,
         retry=_retry(),
@@ -39,6 +39,7 @@ def redis_client(url: str, *, max_connections: int | None = None) -> aioredis.Re
         socket_connect_timeout=2,
         max_connections=max_connections,
     )
+    return client
 
 
 def arq_redis_settings(url: str) -> RedisSettings:
@@ -57,7 +58,8 @@ def free_port() -> int:
     """A TCP port on loopback that is free right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class EmbeddedRedis:

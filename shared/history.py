@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from shared.models import Conversation, EventRecord, VoiceSession, as_utc
@@ -20,7 +20,7 @@ async def conversation_sessions(db: AsyncSession, conversation_id: str) -> list[
             await db.exec(
                 select(VoiceSession)
                 .where(VoiceSession.conversation_id == conversation_id)
-                .order_by(VoiceSession.created_at)  # type: ignore[arg-type]
+                .order_by(col(VoiceSession.created_at))
             )
         ).all()
     )
@@ -32,7 +32,7 @@ async def conversation_events(db: AsyncSession, conversation_id: str) -> list[Ev
             await db.exec(
                 select(EventRecord)
                 .where(EventRecord.conversation_id == conversation_id)
-                .order_by(EventRecord.ts, EventRecord.session_id, EventRecord.seq)  # type: ignore[arg-type]
+                .order_by(col(EventRecord.ts), col(EventRecord.session_id), col(EventRecord.seq))
             )
         ).all()
     )
@@ -51,8 +51,8 @@ async def transcript_history(
         await db.exec(
             select(EventRecord)
             .where(EventRecord.conversation_id == conversation_id)
-            .where(EventRecord.type.in_(("user.transcript", "assistant.transcript")))  # type: ignore[attr-defined]
-            .order_by(EventRecord.ts.desc())  # type: ignore[attr-defined]
+            .where(col(EventRecord.type).in_(("user.transcript", "assistant.transcript")))
+            .order_by(col(EventRecord.ts).desc())
             .limit(limit)
         )
     ).all()
@@ -72,8 +72,8 @@ async def sessions_by_conversation(
         return grouped
     rows = await db.exec(
         select(VoiceSession)
-        .where(VoiceSession.conversation_id.in_(conversation_ids))  # type: ignore[attr-defined]
-        .order_by(VoiceSession.created_at)  # type: ignore[arg-type]
+        .where(col(VoiceSession.conversation_id).in_(conversation_ids))
+        .order_by(col(VoiceSession.created_at))
     )
     for session in rows.all():
         grouped[session.conversation_id].append(session)

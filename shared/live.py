@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Iterable
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -145,7 +145,7 @@ async def record_start(redis: aioredis.Redis, pool: str, session_id: str) -> Non
 async def start_rate(redis: aioredis.Redis, pool: str) -> float:
     """Sessions started per second in the pool, over the recent window."""
     now = time.time()
-    starts = await redis.zcount(keys.pool_starts(pool), now - START_RATE_WINDOW_S, now)
+    starts: int = await redis.zcount(keys.pool_starts(pool), now - START_RATE_WINDOW_S, now)
     return starts / START_RATE_WINDOW_S
 
 
@@ -214,7 +214,7 @@ class LiveSessions:
             raise OwnerLimitReached(owner_limit)
         if not created:
             raise ValueError(f"session {session_id} already exists")
-        return value
+        return cast(str, value)  # the script returns the XADD id
 
     async def transition(
         self,
@@ -272,7 +272,7 @@ class LiveSessions:
         return entry_id is not None
 
     async def get(self, session_id: str) -> dict[str, str]:
-        return await self.redis.hgetall(keys.session(session_id))
+        return await cast("Awaitable[dict[str, str]]", self.redis.hgetall(keys.session(session_id)))
 
     async def queue_position(self, pool: str, job_id: str) -> int | None:
         """1-based place in the pool's queue, or None once a worker took the job."""

@@ -19,24 +19,23 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 import redis.asyncio as aioredis
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from shared import keys
+from shared import keys, queue
 from shared.events import OWNED_STATES, Reason, SessionState
+from shared.ids import new_id
 from shared.live import LiveSessions
 from shared.models import ApiToken, User, as_utc, utcnow
 
 TOKEN_PREFIX = "vp"
 ROLES = ("user", "admin")
-
-
-def new_id() -> str:
-    return secrets.token_hex(16)
 
 
 def _hash(salt: str, secret: str) -> str:
@@ -130,7 +129,8 @@ async def sign_out_everywhere(redis: aioredis.Redis, live: LiveSessions, user_id
         if attempt:
             await asyncio.sleep(STRAGGLER_WAIT_S)
         replies: set[str] = set()
-        for session_id in await redis.smembers(keys.user_live(user_id)):
+        live_ids = await cast("Awaitable[set[str]]", redis.smembers(keys.user_live(user_id)))
+        for session_id in live_ids:
             if session_id in ended:
                 continue
             outcome = await _end_session(redis, live, session_id)
@@ -141,7 +141,10 @@ async def sign_out_everywhere(redis: aioredis.Redis, live: LiveSessions, user_id
         # Workers answer at once; a dead one never does (its sessions are the reaper's).
         deadline = time.monotonic() + END_REPLY_WAIT_S
         while replies and (left := deadline - time.monotonic()) > 0:
-            reply = await redis.blpop(list(replies), timeout=left)
+            reply = await cast(
+                "Awaitable[list[str] | None]",
+                redis.blpop(list(replies), timeout=left),  # type: ignore[arg-type]  # redis-py: timeout typed int; Redis takes float seconds
+            )
             if reply is None:
                 break
             replies.discard(reply[0])
@@ -160,9 +163,7 @@ async def _end_session(redis: aioredis.Redis, live: LiveSessions, session_id: st
             session_id, SessionState.CANCELLED, Reason.REVOKED, allowed_from={SessionState.QUEUED}
         )
         if cancelled:
-            job_id = meta.get("job_id", session_id)
-            await redis.zrem(keys.queue(meta.get("pool", "")), job_id)
-            await redis.delete(f"arq:job:{job_id}")
+            await queue.remove_start(redis, meta.get("pool", ""), meta.get("job_id", session_id))
             return ""
         meta = await live.get(session_id)  # a worker took it meanwhile
     worker_id = meta.get("worker_id")
@@ -176,9 +177,9 @@ async def _end_session(redis: aioredis.Redis, live: LiveSessions, session_id: st
         "session_id": session_id,
         "payload": {"reason": Reason.REVOKED},
     }
-    queue = keys.worker_signals(worker_id)
+    signals = keys.worker_signals(worker_id)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.rpush(queue, json.dumps(message))
-        pipe.expire(queue, SIGNAL_LIST_TTL_S)
+        pipe.rpush(signals, json.dumps(message))
+        pipe.expire(signals, SIGNAL_LIST_TTL_S)
         await pipe.execute()
     return keys.reply(request_id)

@@ -34,4 +34,5 @@ async def consume(redis: aioredis.Redis, token: str) -> str | None:
     """The session the token opens, or None if it is unknown, expired or already used."""
     if not token or len(token) > MAX_TOKEN_CHARS:
         return None
-    return await redis.getdel(_key(token))
+    session_id: str | None = await redis.getdel(_key(token))
+    return session_id

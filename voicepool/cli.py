@@ -181,6 +181,10 @@ def _run_api(settings: Settings, host: str, port: int) -> None:
         h11_max_incomplete_event_size=16 * 1024,
         timeout_keep_alive=5,  # idle connections between requests close after this
         log_level=settings.log_level.lower(),
+        # uvicorn's lines, access lines included, go through the root handler that
+        # logs.configure set up: JSON with method/path/status/client fields under
+        # VOICEPOOL_LOG_FORMAT=json, and masked (query tokens too) in both formats.
+        log_config=None,
         timeout_graceful_shutdown=5,
     )
 
@@ -273,7 +277,8 @@ def _banner(
     )
 
 
-def _from_env(env: dict[str, str]) -> dict[str, str]:
+def _from_env(env: dict[str, str]) -> dict[str, Any]:
+    """Settings' keyword arguments from VOICEPOOL_* variables (strings, for Settings to parse)."""
     return {
         k.removeprefix("VOICEPOOL_").lower(): v
         for k, v in env.items()

@@ -159,15 +159,25 @@ class WorkerOptions:
             self.worker_id = _default_worker_id(self.pool)
 
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides: object) -> WorkerOptions:
-        if settings.redis_url is None and "redis_url" not in overrides:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        redis_url: str | None = None,
+        pool: str | None = None,
+        capacity: int | None = None,
+        metrics_port: int | None = None,
+    ) -> WorkerOptions:
+        """The options ``settings`` give; an argument that is not None overrides its setting."""
+        redis_url = settings.redis_url if redis_url is None else redis_url
+        if redis_url is None:
             raise ValueError("a worker needs VOICEPOOL_REDIS_URL (voicepool dev sets it)")
-        values: dict[str, object] = dict(
-            redis_url=settings.redis_url,
-            pool=settings.default_pool,
-            capacity=settings.worker_capacity,
+        return cls(
+            redis_url=redis_url,
+            pool=settings.default_pool if pool is None else pool,
+            capacity=settings.worker_capacity if capacity is None else capacity,
             drain_timeout=settings.drain_timeout,
-            metrics_port=settings.worker_metrics_port,
+            metrics_port=settings.worker_metrics_port if metrics_port is None else metrics_port,
             metrics_host=settings.worker_metrics_host,
             connect_timeout=settings.connect_timeout,
             heartbeat_interval=settings.heartbeat_interval,
@@ -189,5 +199,3 @@ class WorkerOptions:
             daily_api_url=settings.daily_api_url,
             daily_token_ttl=settings.daily_token_ttl,
         )
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from shared.events import OWNED_STATES, Reason, SessionState
 from shared.live import LiveSessions
-from shared.logs import redact
+from shared.logs import log_fields, redact
 from worker import metrics
 from worker.observers import SessionEventObserver
 from worker.options import WorkerOptions
@@ -99,7 +99,10 @@ class SessionRunner:
         return await self.transport.prepare()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"session-{self.id}")
+        # Every task the session's task creates (Pipecat's pipeline, its transport's)
+        # copies this context: their lines, loguru's included, carry the session_id.
+        with log_fields(session_id=self.id):
+            self._task = asyncio.create_task(self._run(), name=f"session-{self.id}")
 
     def end(self, reason: Reason, message: str | None = None) -> None:
         """Ask the session to end; the first reason given is the one recorded."""
@@ -109,7 +112,8 @@ class SessionRunner:
         self._end_requested.set()
         if self._pipeline is not None and self._cancel is None:
             stop = self._end_gracefully if reason in GRACEFUL_ENDS else self._cancel_now
-            self._cancel = asyncio.create_task(stop(self._pipeline, str(reason)))
+            with log_fields(session_id=self.id):  # end() is called from other tasks too
+                self._cancel = asyncio.create_task(stop(self._pipeline, str(reason)))
 
     @staticmethod
     async def _cancel_now(pipeline: PipelineWorker, reason: str) -> None:
@@ -148,7 +152,7 @@ class SessionRunner:
             if await self._wait_for_peer():
                 await self._run_pipeline()
         except Exception:
-            log.exception("session %s: pipeline failed", self.id)
+            log.exception("session pipeline failed")
             self.end(Reason.PIPELINE_ERROR)
         finally:
             await self._finish()
@@ -171,7 +175,6 @@ class SessionRunner:
             TransportParams(audio_in_enabled=True, audio_out_enabled=True)
         )
 
-        @transport.event_handler("on_client_connected")
         async def _connected(_transport: object, _client: object) -> None:
             self._client_connected = True
             self.publisher.transition(
@@ -179,9 +182,11 @@ class SessionRunner:
             )
             await self.profile.on_client_connected(worker.queue_frame)
 
-        @transport.event_handler("on_client_disconnected")
         async def _disconnected(_transport: object, _client: object) -> None:
             self.end(Reason.CLIENT_LEFT)
+
+        transport.add_event_handler("on_client_connected", _connected)
+        transport.add_event_handler("on_client_disconnected", _disconnected)
 
         pipeline = Pipeline(self.profile.pipeline(transport.input(), transport.output()))
         worker = PipelineWorker(
@@ -199,11 +204,9 @@ class SessionRunner:
             conversation_id=self.meta.get("conversation_id"),
         )
 
-        @worker.event_handler("on_idle_timeout")
         async def _idle(_worker: object) -> None:
             self.end(Reason.IDLE_TIMEOUT)
 
-        @worker.event_handler("on_pipeline_error")
         async def _error(_worker: object, frame: ErrorFrame) -> None:
             kind = type(frame.processor).__name__ if frame.processor else "pipeline"
             metrics.PIPELINE_ERRORS.labels(pool=self.options.pool, kind=kind).inc()
@@ -217,6 +220,8 @@ class SessionRunner:
                 # end it, saying why. (The model's failures have reasons of their own.)
                 self.end(Reason.PIPELINE_ERROR, f"{kind} can no longer do its job: {frame.error}")
 
+        worker.add_event_handler("on_idle_timeout", _idle)
+        worker.add_event_handler("on_pipeline_error", _error)
         count_heartbeat_timeouts(worker, pool=self.options.pool, session_id=self.id)
         return worker
 
@@ -261,7 +266,7 @@ class SessionRunner:
             )
             await self.publisher.aclose()
         except Exception:
-            log.exception("session %s: could not record its end", self.id)
+            log.exception("session could not record its end")
         finally:
             with contextlib.suppress(Exception):
                 await self.transport.aclose()

@@ -24,18 +24,20 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from arq import Worker
 from arq.worker import func
 
-from shared import keys
+from shared import keys, queue
 from shared.connections import arq_redis_settings, redis_client
 from shared.events import FINAL_STATES, Reason, SessionState
 from shared.fleet import WorkerBeat
 from shared.gc_freeze import freeze_startup_objects
 from shared.live import LiveSessions, alive_ms, record_start
+from shared.logs import log_fields
 from worker import metrics
 from worker.loop_monitor import watch_event_loop
 from worker.options import JOB_TIMEOUT_S, POLL_DELAY_S, SIGNAL_BLOCK_S, WorkerOptions
@@ -47,7 +49,6 @@ from worker.transports.websocket import WebSocketListener, WebSocketSessionTrans
 
 log = logging.getLogger(__name__)
 
-START_JOB = "start_session"
 REPLY_TTL_S = 60
 # A requeued job's own expiry only keeps arq from holding it forever: the API's
 # reaper expires the session by its creation time (VOICEPOOL_QUEUE_TTL) anyway.
@@ -76,6 +77,7 @@ class SessionWorker(Worker):
         super().__init__(**kwargs)
         self.voicepool = voicepool
 
+    # Caps each poll's reads; guarded by tests/unit/test_upstream_hooks.py::test_arq_poll
     async def _poll_iteration(self) -> None:
         free = self.voicepool.free_slots(in_flight=self.job_counter)
         self.allow_pick_jobs = free > 0
@@ -122,7 +124,13 @@ class VoicepoolWorker:
         """Serve the pool until stopped (SIGTERM drains, SIGINT or a second SIGTERM ends now).
 
         Returns the process's exit code: 1 when a long-lived task failed for good.
+        Every line logged meanwhile, here and in the tasks started here (sessions,
+        Pipecat's), carries ``worker_id`` and ``pool``.
         """
+        with log_fields(worker_id=self.id, pool=self.options.pool):
+            return await self._serve()
+
+    async def _serve(self) -> int:
         if self.options.webrtc_host_addresses:
             restrict_ice_host_addresses(self.options.webrtc_host_addresses)
         self._install_signal_handlers()
@@ -134,7 +142,9 @@ class VoicepoolWorker:
         metrics.PIPELINE_HEARTBEAT_TIMEOUTS.labels(pool=self.options.pool)  # 0 before the first
         self._arq = SessionWorker(
             self,
-            functions=[func(start_session, name=START_JOB, max_tries=1, timeout=JOB_TIMEOUT_S)],
+            functions=[
+                func(start_session, name=queue.START_JOB, max_tries=1, timeout=JOB_TIMEOUT_S)
+            ],
             queue_name=keys.queue(self.options.pool),
             redis_settings=arq_redis_settings(self.options.redis_url),
             poll_delay=POLL_DELAY_S,
@@ -210,7 +220,7 @@ class VoicepoolWorker:
                 await self._arq.close()
         with contextlib.suppress(Exception):
             await self.redis.delete(keys.worker(self.id))
-            await self.redis.srem(keys.WORKERS, self.id)
+            await cast("Awaitable[int]", self.redis.srem(keys.WORKERS, self.id))
         await self.redis.aclose()
 
     def _spawn(self, coro: Any) -> None:
@@ -234,6 +244,12 @@ class VoicepoolWorker:
     # --- sessions -------------------------------------------------------------------
 
     async def start_session(self, session_id: str, arq_redis: Any) -> str:
+        # The session's tasks (its run, its publisher, Pipecat's) start in here: every
+        # line they log carries its session_id.
+        with log_fields(session_id=session_id):
+            return await self._start_session(session_id, arq_redis)
+
+    async def _start_session(self, session_id: str, arq_redis: Any) -> str:
         if self.draining or self.free_slots() <= 0:
             await self._requeue(session_id, arq_redis)
             return "requeued"
@@ -262,7 +278,10 @@ class VoicepoolWorker:
             connect = await runner.prepare()
             owner = runner.transport.owner_params()
             if owner:  # in the session's hash for the API, never in an event
-                await self.redis.hset(keys.session(session_id), OWNER_CONNECT, json.dumps(owner))
+                await cast(
+                    "Awaitable[int]",
+                    self.redis.hset(keys.session(session_id), OWNER_CONNECT, json.dumps(owner)),
+                )
             ready, _ = await self.live.transition(
                 session_id,
                 SessionState.READY,
@@ -271,7 +290,7 @@ class VoicepoolWorker:
                 data={"transport": meta.get("transport", "webrtc"), **connect},
             )
         except TransportError as exc:  # e.g. Daily refused: the owner sees why
-            log.warning("session %s: %s (%s)", session_id, exc, exc.reason)
+            log.warning("session not started: %s (%s)", exc, exc.reason)
             runner.end(exc.reason, str(exc))
             await self.live.transition(
                 session_id,
@@ -282,7 +301,7 @@ class VoicepoolWorker:
             )
             ready = False
         except Exception as exc:
-            log.exception("session %s: could not be prepared", session_id)
+            log.exception("session could not be prepared")
             runner.end(Reason.PIPELINE_ERROR)
             await self.live.transition(
                 session_id,
@@ -308,16 +327,14 @@ class VoicepoolWorker:
             return
         attempt = int(meta.get("requeues", "0")) + 1
         job_id = f"{session_id}.{attempt}"
-        await self.redis.hset(
-            keys.session(session_id), mapping={"job_id": job_id, "requeues": attempt}
+        await cast(
+            "Awaitable[int]",
+            self.redis.hset(
+                keys.session(session_id), mapping={"job_id": job_id, "requeues": attempt}
+            ),
         )
-        await arq_redis.enqueue_job(
-            START_JOB,
-            session_id,
-            _job_id=job_id,
-            _queue_name=keys.queue(self.options.pool),
-            _defer_until=None,
-            _expires=REQUEUE_EXPIRES_S,
+        await queue.enqueue_start(
+            arq_redis, session_id, self.options.pool, job_id=job_id, expires_s=REQUEUE_EXPIRES_S
         )
 
     def _websocket_session(self, session_id: str) -> WebSocketSessionTransport | None:
@@ -334,7 +351,7 @@ class VoicepoolWorker:
     async def _forget_owner_connect(self, session_id: str) -> None:
         # The hash is kept for a while for replay; the meeting token in it is not.
         with contextlib.suppress(Exception):
-            await self.redis.hdel(keys.session(session_id), OWNER_CONNECT)
+            await cast("Awaitable[int]", self.redis.hdel(keys.session(session_id), OWNER_CONNECT))
 
     def _finished(self, runner: SessionRunner) -> None:
         self.sessions.pop(runner.id, None)
@@ -381,7 +398,9 @@ class VoicepoolWorker:
             if state in FINAL_STATES and runner is not None and runner.end_reason is None:
                 # Ended from outside (the reaper, once it could not see us): stop the call
                 # rather than run a session nobody can see.
-                log.warning("session %s is %s in Redis; ending it here", sid, state)
+                log.warning(
+                    "session is %s in Redis; ending it here", state, extra={"session_id": sid}
+                )
                 runner.end(Reason.WORKER_LOST)
 
     async def _heartbeat_once(self) -> None:
@@ -402,7 +421,10 @@ class VoicepoolWorker:
         queue = keys.worker_signals(self.id)
         while True:
             try:
-                item = await self.redis.blpop([queue], timeout=SIGNAL_BLOCK_S)
+                item = await cast(
+                    "Awaitable[list[str] | None]",
+                    self.redis.blpop([queue], timeout=SIGNAL_BLOCK_S),  # type: ignore[arg-type]  # redis-py: timeout typed int; Redis takes float seconds
+                )
             except Exception as exc:
                 log.warning("signal read failed: %s", exc)
                 await asyncio.sleep(0.5)
@@ -416,7 +438,9 @@ class VoicepoolWorker:
             except ValueError as exc:  # never fatal to the loop
                 log.error("skipping a malformed control message: %s", exc)
                 continue
-            self._spawn(self._answer(message))
+            # A session's offer builds its peer connection: its tasks carry the session_id.
+            with log_fields(session_id=message.get("session_id")):
+                self._spawn(self._answer(message))
 
     async def _answer(self, message: dict[str, Any]) -> None:
         try:
@@ -459,6 +483,7 @@ def restrict_ice_host_addresses(addresses: list[str]) -> None:
     import aioice.ice
 
     chosen = list(addresses)
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [  # type: ignore[assignment]
+    # aioice takes no address list; guarded by tests/unit/test_upstream_hooks.py::test_aioice_hosts
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [
         a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)
     ]

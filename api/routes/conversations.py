@@ -6,11 +6,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from sqlmodel import select
+from sqlmodel import col, select
 
-from api.deps import CurrentUser, SessionDep
+from api.deps import CurrentUser, OwnedConversation, SessionDep
 from api.schemas import ConversationDetail, ConversationSummary, EventOut, SessionBrief
-from api.services import ownership
 from shared.history import (
     conversation_events,
     conversation_sessions,
@@ -19,13 +18,9 @@ from shared.history import (
     session_duration,
     sessions_by_conversation,
 )
-from shared.models import Conversation, User, as_utc
+from shared.models import Conversation, as_utc
 
 router = APIRouter(prefix="/api/conversations", tags=["conversations"])
-
-
-async def _owned(db: SessionDep, user: User, conversation_id: str) -> Conversation:
-    return await ownership.owned(db, Conversation, conversation_id, user, what="conversation")
 
 
 @router.get("", response_model=list[ConversationSummary])
@@ -40,7 +35,7 @@ async def list_conversations(
         await db.exec(
             select(Conversation)
             .where(Conversation.user_id == user.id)
-            .order_by(Conversation.updated_at.desc())  # type: ignore[attr-defined]
+            .order_by(col(Conversation.updated_at).desc())
             .offset(offset)
             .limit(limit)
         )
@@ -63,10 +58,7 @@ async def list_conversations(
 
 
 @router.get("/{conversation_id}", response_model=ConversationDetail)
-async def get_conversation(
-    conversation_id: str, user: CurrentUser, db: SessionDep
-) -> ConversationDetail:
-    row = await _owned(db, user, conversation_id)
+async def get_conversation(row: OwnedConversation, db: SessionDep) -> ConversationDetail:
     sessions = await conversation_sessions(db, row.id)
     events = await conversation_events(db, row.id)
     return ConversationDetail(
@@ -97,12 +89,10 @@ async def get_conversation(
 
 @router.get("/{conversation_id}/export")
 async def export_conversation(
-    conversation_id: str,
-    user: CurrentUser,
+    row: OwnedConversation,
     db: SessionDep,
     format: Annotated[Literal["json", "md"], Query()] = "json",
 ) -> Response:
-    row = await _owned(db, user, conversation_id)
     sessions = await conversation_sessions(db, row.id)
     events = await conversation_events(db, row.id)
     filename = f"conversation-{row.id}.{format}"

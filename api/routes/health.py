@@ -19,10 +19,11 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from fastapi import APIRouter, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
-from sqlalchemy import text
+from sqlalchemy import literal_column
+from sqlmodel import select
 
 from api.deps import StateDep
-from api.errors import ApiError
+from api.errors import ApiError, unauthorized
 from shared.settings import Settings
 
 router = APIRouter(tags=["health"])
@@ -47,7 +48,7 @@ async def readyz(state: StateDep, response: Response) -> dict[str, object]:
         checks["redis"] = f"unreachable: {type(exc).__name__}"
     try:
         async with state.store.session() as db:
-            await db.exec(text("SELECT 1"))  # type: ignore[call-overload]
+            await db.exec(select(literal_column("1")))  # SELECT 1
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"unreachable: {type(exc).__name__}"
@@ -82,10 +83,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
         @app.get("/metrics", include_in_schema=False)
         async def metrics(request: Request) -> Response:
             if not bearer_matches(request.headers.get("authorization"), token):
-                raise ApiError(
-                    401, "unauthorized", "send Authorization: Bearer <metrics token>",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )  # fmt: skip
+                raise unauthorized("send Authorization: Bearer <metrics token>")
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
     else:
         closed.append("/metrics")

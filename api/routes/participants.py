@@ -12,7 +12,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
-from api.deps import CurrentUser, SessionDep, StateDep
+from api.deps import CurrentUser, OwnersSession, SessionDep, StateDep
 from api.schemas import Strict
 from api.services import participants
 
@@ -36,21 +36,17 @@ class ParticipantToken(BaseModel):
 
 
 @router.post("/{session_id}/invites", status_code=201, response_model=InviteOut)
-async def invite(
-    session_id: str, body: InviteIn, user: CurrentUser, db: SessionDep, state: StateDep
-) -> InviteOut:
+async def invite(row: OwnersSession, body: InviteIn, db: SessionDep, state: StateDep) -> InviteOut:
     """Owner only: let the named user get meeting tokens for this session's room."""
-    invitee = await participants.invite(state, db, user, session_id, body.user)
-    return InviteOut(session_id=session_id, user=invitee.name)
+    invitee = await participants.invite(state, db, row, body.user)
+    return InviteOut(session_id=row.id, user=invitee.name)
 
 
 @router.delete("/{session_id}/invites/{name}", status_code=204)
-async def uninvite(
-    session_id: str, name: str, user: CurrentUser, db: SessionDep, state: StateDep
-) -> Response:
+async def uninvite(row: OwnersSession, name: str, db: SessionDep, state: StateDep) -> Response:
     """Owner only: no more tokens for this user (one already handed out keeps working
     until it expires)."""
-    await participants.uninvite(state, db, user, session_id, name)
+    await participants.uninvite(state, db, row, name)
     return Response(status_code=204)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
@@ -13,7 +13,16 @@ from sse_starlette import EventSourceResponse
 
 from api import metrics
 from api.connect import room_connect
-from api.deps import AppState, Caller, CurrentCaller, CurrentUser, SessionDep, StateDep
+from api.deps import (
+    AppState,
+    Caller,
+    CurrentCaller,
+    CurrentUser,
+    OwnedSession,
+    OwnersSession,
+    SessionDep,
+    StateDep,
+)
 from api.errors import ApiError
 from api.events import session_event_stream
 from api.schemas import (
@@ -42,10 +51,7 @@ async def create_session(
 
 
 @router.get("/{session_id}", response_model=SessionOut)
-async def get_session(
-    session_id: str, user: CurrentUser, db: SessionDep, state: StateDep
-) -> SessionOut:
-    row = await sessions.owned(db, user, session_id)
+async def get_session(row: OwnedSession, user: CurrentUser, state: StateDep) -> SessionOut:
     described = await sessions.describe(state, row)
     if row.user_id == user.id:  # not for admins looking on: the secrets are the owner's
         # Only what is stored: a read mints no WebSocket token (POST …/connect does).
@@ -54,13 +60,10 @@ async def get_session(
 
 
 @router.post("/{session_id}/connect", response_model=WebSocketConnect | RoomConnect)
-async def connect_session(
-    session_id: str, user: CurrentUser, db: SessionDep, state: StateDep
-) -> WebSocketConnect | RoomConnect:
+async def connect_session(row: OwnersSession, state: StateDep) -> WebSocketConnect | RoomConnect:
     """Owner only: what the client connects with. A WebSocket session gets a fresh token
     (single use, valid ``VOICEPOOL_WS_TOKEN_TTL`` seconds) per call, while it waits for its
     client; a Daily session its room and the owner's meeting token."""
-    row = await sessions.owned(db, user, session_id, owner_only=True)
     connect = await sessions.connect(state, row)
     if row.transport == "websocket":
         return WebSocketConnect(**connect)
@@ -68,11 +71,8 @@ async def connect_session(
 
 
 @router.delete("/{session_id}", response_model=SessionOut)
-async def end_session(
-    session_id: str, user: CurrentUser, db: SessionDep, state: StateDep
-) -> SessionOut:
+async def end_session(row: OwnedSession, state: StateDep) -> SessionOut:
     """End a session (reason ``client_ended``). Ending an ended session changes nothing."""
-    row = await sessions.owned(db, user, session_id)
     await sessions.end(state, row)
     return await sessions.describe(state, row)
 
@@ -104,8 +104,8 @@ async def add_ice_candidates(
 
 
 async def _while_valid(
-    source: AsyncIterator[bytes], caller: Caller, state: AppState
-) -> AsyncIterator[bytes]:
+    source: AsyncGenerator[bytes, None], caller: Caller, state: AppState
+) -> AsyncGenerator[bytes, None]:
     """``source`` until it ends or the caller's credential stops holding: a revoked,
     signed-out or expired credential must not keep receiving a call's events.
 
@@ -184,7 +184,7 @@ async def stream_events(
     lease = await state.streams.take(user.id, limit=state.settings.max_streams_per_user)
     metrics.SSE_CLIENTS.inc()
 
-    async def events():  # type: ignore[no-untyped-def]
+    async def events() -> AsyncGenerator[bytes, None]:
         try:
             stream = _while_valid(session_event_stream(state, row, start), caller, state)
             async with contextlib.aclosing(stream):

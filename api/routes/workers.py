@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from collections.abc import Awaitable
+from typing import Annotated, cast
 
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, Field
@@ -51,7 +52,7 @@ class DrainRequest(BaseModel):
 
 
 async def live_beats(state: StateDep) -> list[WorkerBeat]:
-    ids = sorted(await state.redis.smembers(keys.WORKERS))
+    ids = sorted(await cast("Awaitable[set[str]]", state.redis.smembers(keys.WORKERS)))
     beats = await state.redis.mget([keys.worker(i) for i in ids]) if ids else []
     return [WorkerBeat.model_validate_json(beat) for beat in beats if beat is not None]
 

@@ -3,7 +3,8 @@ meeting tokens, minted by the worker that owns the room."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, cast
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -21,9 +22,8 @@ def _room_only(row: VoiceSession) -> None:
         raise ApiError(409, "not_a_room", "only a Daily session has a room others can join")
 
 
-async def own_room(state: AppState, db: AsyncSession, user: User, session_id: str) -> VoiceSession:
-    """The caller's own live Daily session (others' answer 404, as if they did not exist)."""
-    row = await sessions.owned(db, user, session_id, owner_only=True)
+async def _live_room(state: AppState, row: VoiceSession) -> VoiceSession:
+    """The owner's session, if it is a live Daily session."""
     _room_only(row)
     status = (await state.live.get(row.id)).get("state", row.state)
     if status in FINAL_STATES:
@@ -31,9 +31,9 @@ async def own_room(state: AppState, db: AsyncSession, user: User, session_id: st
     return row
 
 
-async def invite(state: AppState, db: AsyncSession, user: User, session_id: str, name: str) -> User:
-    """Let the named user get meeting tokens for the caller's room; the invited user."""
-    row = await own_room(state, db, user, session_id)
+async def invite(state: AppState, db: AsyncSession, row: VoiceSession, name: str) -> User:
+    """Let the named user get meeting tokens for the owner's room; the invited user."""
+    await _live_room(state, row)
     invitee = await get_user_by_name(db, name)
     if invitee is None:
         raise ApiError(404, "user_not_found", f"no user {name!r}")
@@ -46,15 +46,13 @@ async def invite(state: AppState, db: AsyncSession, user: User, session_id: str,
     return invitee
 
 
-async def uninvite(
-    state: AppState, db: AsyncSession, user: User, session_id: str, name: str
-) -> None:
+async def uninvite(state: AppState, db: AsyncSession, row: VoiceSession, name: str) -> None:
     """No more tokens for the named user (one already handed out keeps working until it
     expires); naming nobody invited changes nothing."""
-    row = await own_room(state, db, user, session_id)
+    await _live_room(state, row)
     invitee = await get_user_by_name(db, name)
     if invitee is not None:
-        await state.redis.srem(keys.session_invites(row.id), invitee.id)
+        await cast("Awaitable[int]", state.redis.srem(keys.session_invites(row.id), invitee.id))
 
 
 async def token(state: AppState, db: AsyncSession, user: User, session_id: str) -> dict[str, Any]:
@@ -63,15 +61,20 @@ async def token(state: AppState, db: AsyncSession, user: User, session_id: str) 
     row = await ownership.fetch(db, VoiceSession, session_id)
     allowed = row is not None and (
         row.user_id == user.id
-        or bool(await state.redis.sismember(keys.session_invites(row.id), user.id))
+        or bool(
+            await cast(
+                "Awaitable[int]", state.redis.sismember(keys.session_invites(row.id), user.id)
+            )
+        )
     )
     if row is None or not allowed:
         raise not_found("session")
     _room_only(row)
     worker_id = await sessions.owning_worker(state, row)
-    return await state.signals.request(
+    grant: dict[str, Any] = await state.signals.request(
         worker_id,
         "participant",
         session_id=row.id,
         payload={"user_name": user.name, "user_id": user.id},
     )
+    return grant

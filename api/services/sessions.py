@@ -5,27 +5,35 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, cast
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api import limits, metrics
 from api.connect import connect_url, owner_connect
 from api.deps import AppState
-from api.errors import ApiError, already_connected, not_found, not_ready, session_ended
+from api.errors import (
+    ApiError,
+    already_connected,
+    no_capacity,
+    not_found,
+    not_offered,
+    not_ready,
+    session_ended,
+    too_many,
+)
 from api.events import wait_for_state
 from api.schemas import IcePatch, SdpOffer, SessionCreate, SessionOut, sdp_offer_problem
 from api.services import ownership
-from shared import keys
+from shared import keys, queue
 from shared.events import FINAL_STATES, OWNED_STATES, Reason, SessionState
 from shared.history import transcript_history
+from shared.ids import new_id
 from shared.live import OwnerLimitReached, estimate_wait
 from shared.models import Conversation, User, VoiceSession, as_utc, utcnow
-from shared.users import new_id
 
-START_JOB = "start_session"
 END_WAIT_S = 5.0
-START_JOB_SLACK_S = 300
 RUNNING = (SessionState.READY, SessionState.CONNECTED)
 
 
@@ -78,10 +86,9 @@ async def connect(state: AppState, row: VoiceSession) -> dict[str, Any]:
     """What the owner of a WebSocket or Daily session connects with (a WebSocket token is
     minted afresh, single use, while the session waits for its client)."""
     if row.transport == "webrtc":
-        raise ApiError(
-            409, "no_connect",
-            f"a WebRTC session connects by sending its SDP offer to /api/sessions/{row.id}/offer",
-        )  # fmt: skip
+        offer_url = f"/api/sessions/{row.id}/offer"
+        message = f"a WebRTC session connects by sending its SDP offer to {offer_url}"
+        raise ApiError(409, "no_connect", message)
     live = await state.live.get(row.id)
     current = live.get("state", row.state)
     if current in FINAL_STATES:
@@ -124,17 +131,9 @@ async def _admit(state: AppState, user: User, request: SessionCreate) -> tuple[s
     await limits.hit(state.redis, "sessions", user.id, limit=settings.sessions_per_minute, per_s=60)
     profile = request.profile or settings.default_profile
     if profile not in settings.available_profiles:
-        raise ApiError(
-            422, "profile_unavailable",
-            f"profile {profile!r} is not available here; available: "
-            + ", ".join(settings.available_profiles),
-        )  # fmt: skip
+        raise not_offered("profile", profile, settings.available_profiles)
     if request.transport not in settings.available_transports:
-        raise ApiError(
-            422, "transport_unavailable",
-            f"transport {request.transport!r} is not available here; available: "
-            + ", ".join(settings.available_transports),
-        )  # fmt: skip
+        raise not_offered("transport", request.transport, settings.available_transports)
     pool = request.pool or settings.default_pool
     if pool not in settings.pools:
         raise ApiError(422, "unknown_pool", f"no pool {pool!r}; pools: {', '.join(settings.pools)}")
@@ -143,14 +142,11 @@ async def _admit(state: AppState, user: User, request: SessionCreate) -> tuple[s
     if waiting >= settings.max_queue_length:
         metrics.SESSIONS_REFUSED.labels(pool=pool, reason="no_capacity").inc()
         retry = await estimate_wait(state.redis, pool, waiting) or settings.queue_ttl
-        raise ApiError(
-            503, "no_capacity",
-            f"pool {pool!r} has {waiting} sessions waiting; try again later",
-            headers={"Retry-After": str(max(int(retry), 1))},
-        )  # fmt: skip
+        message = f"pool {pool!r} has {waiting} sessions waiting; try again later"
+        raise no_capacity(message, retry)
 
     limit = settings.max_sessions_per_user
-    if limit and await state.redis.scard(keys.user_live(user.id)) >= limit:
+    if limit and await cast("Awaitable[int]", state.redis.scard(keys.user_live(user.id))) >= limit:
         raise _too_many(pool, limit)
     return profile, pool
 
@@ -210,16 +206,8 @@ async def _go_live(
         },
         owner_limit=settings.max_sessions_per_user,
     )
-    await state.arq.enqueue_job(
-        START_JOB,
-        row.id,
-        _job_id=row.id,
-        _queue_name=keys.queue(row.pool),
-        # The reaper expires the session at its queue TTL (after any grace for a
-        # Redis outage) and removes the job; arq's own expiry only bounds a leak,
-        # and must not drop a job whose session is still waiting.
-        _expires=settings.queue_ttl + START_JOB_SLACK_S,
-    )
+    expires_s = settings.queue_ttl + queue.START_JOB_SLACK_S
+    await queue.enqueue_start(state.arq, row.id, row.pool, job_id=row.id, expires_s=expires_s)
 
 
 async def _remove(
@@ -243,10 +231,8 @@ async def _mark_failed(state: AppState, db: AsyncSession, row: VoiceSession, rea
 
 def _too_many(pool: str, limit: int) -> ApiError:
     metrics.SESSIONS_REFUSED.labels(pool=pool, reason="too_many_sessions").inc()
-    return ApiError(
-        429, "too_many_sessions", f"you already have {limit} live sessions; end one first",
-        headers={"Retry-After": "5"},
-    )  # fmt: skip
+    message = f"you already have {limit} live sessions; end one first"
+    return too_many("too_many_sessions", message, 5)
 
 
 async def start(
@@ -301,22 +287,17 @@ async def end(state: AppState, row: VoiceSession) -> None:
     current = live.get("state")
     if current == SessionState.QUEUED:
         cancelled, _ = await state.live.transition(
-            row.id, SessionState.CANCELLED, Reason.CLIENT_ENDED,
-            allowed_from={SessionState.QUEUED},
-        )  # fmt: skip
+            row.id, SessionState.CANCELLED, Reason.CLIENT_ENDED, allowed_from={SessionState.QUEUED}
+        )
         if cancelled:
-            job_id = live.get("job_id", row.id)
-            await state.redis.zrem(keys.queue(row.pool), job_id)
-            await state.redis.delete(f"arq:job:{job_id}")
+            await queue.remove_start(state.redis, row.pool, live.get("job_id", row.id))
             return
         live = await state.live.get(row.id)
         current = live.get("state")
     if current in OWNED_STATES and live.get("worker_id"):
         try:
-            await state.signals.request(
-                live["worker_id"], "end", session_id=row.id,
-                payload={"reason": Reason.CLIENT_ENDED},
-            )  # fmt: skip
+            worker_id, payload = live["worker_id"], {"reason": Reason.CLIENT_ENDED}
+            await state.signals.request(worker_id, "end", session_id=row.id, payload=payload)
         except ApiError as exc:
             if exc.code != "unknown_session":  # it finished on its own meanwhile
                 raise
@@ -355,9 +336,10 @@ async def relay_offer(
         raise ApiError(400, "invalid_offer", problem)
     async with state.signalling.hold(user.id, limit=state.settings.max_signals_per_user):
         worker_id = await owning_worker(state, row)
-        return await state.signals.request(
+        answer: dict[str, Any] = await state.signals.request(
             worker_id, "offer", session_id=row.id, payload=offer.model_dump(exclude_none=True)
         )
+        return answer
 
 
 async def relay_ice(state: AppState, user: User, session_id: str, patch: IcePatch) -> None:

@@ -8,7 +8,7 @@ each takes a database lock on its migration connection before Alembic reads
 import asyncio
 
 from alembic import context
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlmodel import SQLModel
 
@@ -24,7 +24,7 @@ MIGRATION_LOCK_KEY = 0x766F_6963_6570_6F6F
 SQLITE_BUSY_TIMEOUT = 60
 
 
-def _run(connection) -> None:  # type: ignore[no-untyped-def]
+def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -67,4 +67,6 @@ if context.is_offline_mode():
     with context.begin_transaction():
         context.run_migrations()
 else:
+    if not isinstance(url, str):
+        raise RuntimeError("no database URL: pass it as the 'url' attribute or sqlalchemy.url")
     asyncio.run(_run_async(url))

@@ -53,7 +53,15 @@ class Profile(Protocol):
         """Called when media flows; ``queue`` puts frames into the pipeline."""
 
 
-def _profiles() -> dict[str, type]:
+class ProfileClass(Protocol):
+    """A profile's class: preloaded once per worker process, called once per session."""
+
+    def __call__(self, context: SessionContext) -> Profile: ...
+
+    def preload(self) -> None: ...
+
+
+def _profiles() -> dict[str, ProfileClass]:
     from worker.profiles.assistant import AssistantProfile
     from worker.profiles.echo import EchoProfile
 

@@ -20,7 +20,7 @@ from pipecat.observers.service_metrics_observer import (
     ServiceUsageRecord,
 )
 from pipecat.observers.user_bot_latency_observer import UserBotLatencyObserver
-from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_context import LLMContext, LLMContextMessage
 from pipecat.processors.aggregators.llm_response_universal import (
     AssistantTurnStoppedMessage,
     LLMContextAggregatorPair,
@@ -37,8 +37,8 @@ from worker import metrics
 from worker.options import AssistantConfig
 from worker.profiles import SessionContext
 from worker.profiles.echo import SAMPLE_RATE as VAD_SAMPLE_RATE
-from worker.profiles.echo import SharedSileroVADAnalyzer
 from worker.tools.calls import register_tools, tools_schema
+from worker.vad import SharedSileroVADAnalyzer
 
 REALTIME_SAMPLE_RATE = 24000  # PCM16 24 kHz both ways
 
@@ -60,18 +60,21 @@ class WatchedRealtimeService(OpenAIRealtimeLLMService):
         self._on_failure = on_failure
         self._model_error: str | None = None
 
+    # A failed connect is not fatal; guarded by tests/unit/test_upstream_hooks.py::test_rt_connect
     async def _connect(self) -> None:
-        await super()._connect()
+        await super()._connect()  # type: ignore[no-untyped-call]  # pipecat: OpenAIRealtimeLLMService._connect is unannotated
         if self._websocket is None and not self._disconnecting:
             self._on_failure(Reason.MODEL_UNAVAILABLE, "the voice model could not be reached")
 
+    # Keeps what the model said; guarded by tests/unit/test_upstream_hooks.py::test_rt_error
     async def _handle_evt_error(self, evt: Any) -> None:
         self._model_error = getattr(evt.error, "message", None) or "unknown error"
-        await super()._handle_evt_error(evt)
+        await super()._handle_evt_error(evt)  # type: ignore[no-untyped-call]  # pipecat: OpenAIRealtimeLLMService._handle_evt_error is unannotated
 
+    # The loop ends in silence; guarded by tests/unit/test_upstream_hooks.py::test_rt_receive
     async def _receive_task_handler(self) -> None:
         try:
-            await super()._receive_task_handler()
+            await super()._receive_task_handler()  # type: ignore[no-untyped-call]  # pipecat: OpenAIRealtimeLLMService._receive_task_handler is unannotated
         except ConnectionClosed:
             pass  # handled below, like a clean close
         except Exception as exc:  # unparseable or unexpected event
@@ -110,16 +113,20 @@ def _session_properties(config: AssistantConfig, overrides: dict[str, Any]) -> A
     )
 
 
-def _history(meta: dict[str, str]) -> list[dict[str, str]]:
+def _history(meta: dict[str, str]) -> list[LLMContextMessage]:
     """Earlier transcript of a resumed conversation, as chat messages (set by the API)."""
     raw = meta.get("history")
     if not raw:
         return []
-    return [
-        {"role": m["role"], "content": m["content"]}
-        for m in json.loads(raw)
-        if m.get("role") in ("user", "assistant") and m.get("content")
-    ]
+    messages: list[LLMContextMessage] = []
+    for m in json.loads(raw):
+        if not m.get("content"):
+            continue
+        if m.get("role") == "user":
+            messages.append({"role": "user", "content": m["content"]})
+        elif m.get("role") == "assistant":
+            messages.append({"role": "assistant", "content": m["content"]})
+    return messages
 
 
 class AssistantProfile:
@@ -167,11 +174,9 @@ class AssistantProfile:
         if self.local_turns:
             self._vad = SharedSileroVADAnalyzer(sample_rate=VAD_SAMPLE_RATE)
 
-        @self._aggregators.user().event_handler("on_user_turn_message_added")
         async def _user_said(_aggregator: Any, message: UserTurnMessageAddedMessage) -> None:
             emit(EventType.USER_TRANSCRIPT, {"text": message.content, "started": message.timestamp})
 
-        @self._aggregators.assistant().event_handler("on_assistant_turn_stopped")
         async def _assistant_said(_aggregator: Any, message: AssistantTurnStoppedMessage) -> None:
             emit(
                 EventType.ASSISTANT_TRANSCRIPT,
@@ -181,6 +186,11 @@ class AssistantProfile:
                     "started": message.timestamp,
                 },
             )
+
+        self._aggregators.user().add_event_handler("on_user_turn_message_added", _user_said)
+        self._aggregators.assistant().add_event_handler(
+            "on_assistant_turn_stopped", _assistant_said
+        )
 
     def pipeline(self, input: FrameProcessor, output: FrameProcessor) -> list[FrameProcessor]:
         assert self._llm is not None and self._aggregators is not None, "prepare() first"
@@ -200,11 +210,9 @@ class AssistantProfile:
         service_metrics = ServiceMetricsObserver()
         latency = UserBotLatencyObserver()
 
-        @service_metrics.event_handler("on_service_usage")
         async def _usage(_observer: Any, record: ServiceUsageRecord) -> None:
             emit(EventType.METRICS_USAGE, record.model_dump(exclude_none=True, mode="json"))
 
-        @service_metrics.event_handler("on_service_latency")
         async def _service_latency(_observer: Any, record: ServiceLatencyRecord) -> None:
             if record.kind == "ttfb":
                 metrics.MODEL_TTFB_SECONDS.labels(pool=pool).observe(record.seconds)
@@ -213,11 +221,13 @@ class AssistantProfile:
                 {"kind": f"model_{record.kind}", "seconds": round(record.seconds, 4)},
             )
 
-        @latency.event_handler("on_latency_measured")
         async def _user_bot(_observer: Any, seconds: float) -> None:
             metrics.USER_BOT_LATENCY_SECONDS.labels(pool=pool).observe(seconds)
             emit(EventType.METRICS_LATENCY, {"kind": "user_bot", "seconds": round(seconds, 4)})
 
+        service_metrics.add_event_handler("on_service_usage", _usage)
+        service_metrics.add_event_handler("on_service_latency", _service_latency)
+        latency.add_event_handler("on_latency_measured", _user_bot)
         return [service_metrics, latency]
 
     async def on_client_connected(self, queue: Callable[[Any], Any]) -> None:

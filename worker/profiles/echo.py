@@ -11,8 +11,8 @@ import collections
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
-from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
@@ -26,6 +26,8 @@ from pipecat.observers.base_observer import BaseObserver
 from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
+from worker.vad import SharedSileroVADAnalyzer
+
 if TYPE_CHECKING:
     from worker.profiles import SessionContext
 
@@ -36,39 +38,10 @@ PLAYBACK_CHUNK_SECS = 0.1
 TRAILING_SILENCE_SECS = 0.6  # longer than the output transport's bot-stopped threshold
 
 
-class SharedSileroVADAnalyzer(SileroVADAnalyzer):
-    """Silero VAD whose ONNX inference session is loaded once per process.
-
-    Loading the model takes ~100 ms, most of a session's start. The model's
-    recurrent state lives on the ``SileroOnnxModel`` wrapper, not in the ONNX
-    session (which is safe to run concurrently), so each session gets its own
-    wrapper around one shared session. Mirrors ``SileroVADAnalyzer.__init__``
-    of the pinned pipecat-ai 1.14 (checked by tests/unit/test_echo_profile.py).
-    """
-
-    _loaded: SileroVADAnalyzer | None = None
-
-    def __init__(self, *, sample_rate: int | None = None, params: VADParams | None = None):
-        if SharedSileroVADAnalyzer._loaded is None:
-            SharedSileroVADAnalyzer._loaded = SileroVADAnalyzer()
-        VADAnalyzer.__init__(self, sample_rate=sample_rate, params=params)
-        model = SileroOnnxModel.__new__(SileroOnnxModel)
-        model.session = SharedSileroVADAnalyzer._loaded._model.session
-        model.sample_rates = [8000, 16000]
-        model.reset_states()
-        self._model = model
-        self._windows_since_reset = 0
-        self._low_confidence_windows = 0
-
-    @classmethod
-    def preload(cls) -> None:
-        cls(sample_rate=SAMPLE_RATE)
-
-
 class EchoTurns(FrameProcessor):
     """Buffers each utterance between the VAD's start and stop, then plays it back."""
 
-    def __init__(self, **kwargs: object):
+    def __init__(self, **kwargs: Any):  # FrameProcessor's own (name, metrics, ...)
         super().__init__(**kwargs)
         self._preroll: collections.deque[bytes] = collections.deque()
         self._preroll_bytes = 0

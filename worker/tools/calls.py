@@ -112,7 +112,7 @@ def make_handler(
 
 
 def register_tools(
-    llm: LLMService, specs: list[ToolSpec], emit: Emit, observe: ToolObserver | None = None
+    llm: LLMService[Any], specs: list[ToolSpec], emit: Emit, observe: ToolObserver | None = None
 ) -> None:
     for spec in specs:
         # Our own timeout (in run_tool) answers the model with an error it can read

@@ -76,7 +76,6 @@ class RoomTransport(DailyTransport):
         self.speaker: dict[str, str] | None = None
         """Who Daily last said is speaking (not the bot): user events carry it."""
 
-        @self.event_handler("on_joined")
         async def _already_there(_transport: object, _data: object) -> None:
             # People may join from the room URL before the bot does.
             for pid, participant in self.participants().items():
@@ -84,6 +83,9 @@ class RoomTransport(DailyTransport):
                     joined = {**participant, "id": pid}
                     await self._call_event_handler("on_client_connected", joined)
 
+        self.add_event_handler("on_joined", _already_there)
+
+    # Events can't be filtered; guarded by tests/unit/test_upstream_hooks.py::test_daily_events
     async def _call_event_handler(self, event_name: str, *args: Any, **kwargs: Any) -> None:
         if event_name == "on_active_speaker_changed" and args:
             participant = dict(args[0] or {})

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import HTTPException
 from pipecat.transports.base_transport import BaseTransport, TransportParams
-from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
+from pipecat.transports.smallwebrtc.connection import IceServer, SmallWebRTCConnection
 from pipecat.transports.smallwebrtc.request_handler import (
     ConnectionMode,
     IceCandidate,
@@ -34,7 +34,8 @@ class SmallWebRTCSessionTransport:
     def __init__(self, session_id: str, options: WorkerOptions):
         self.session_id = session_id
         self._handler = SmallWebRTCRequestHandler(
-            ice_servers=options.ice_servers, connection_mode=ConnectionMode.SINGLE
+            ice_servers=[IceServer(urls=url) for url in options.ice_servers],
+            connection_mode=ConnectionMode.SINGLE,
         )
         self._connection: SmallWebRTCConnection | None = None
         self._arrived = asyncio.Event()
@@ -75,6 +76,8 @@ class SmallWebRTCSessionTransport:
             raise SignalError(
                 "invalid_offer", f"the SDP offer was not accepted: {exc}", 400
             ) from exc
+        if answer is None:  # typed as possible; Pipecat 1.14 raises instead
+            raise SignalError("invalid_offer", "the SDP offer got no answer", 400)
         return dict(answer)
 
     async def _ice(self, payload: dict[str, Any]) -> None:
@@ -99,4 +102,4 @@ class SmallWebRTCSessionTransport:
 
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):
-            await self._handler.close()
+            await self._handler.close()  # type: ignore[no-untyped-call]  # pipecat: SmallWebRTCRequestHandler.close is unannotated

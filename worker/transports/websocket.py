@@ -40,7 +40,7 @@ WS_PATH = "/ws"
 # the output transport resamples the profile's audio to it.
 CLIENT_PLAYBACK_RATE = 24_000
 REFUSED = 4003  # close code before accept: the handshake is answered with HTTP 403
-SHUTDOWN_GRACE_S = 2.0
+SHUTDOWN_GRACE_S = 2  # whole seconds: uvicorn's timeout_graceful_shutdown is an int
 _TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s\"']+")
 
 
@@ -107,6 +107,7 @@ class _EmbeddedServer(uvicorn.Server):
     """uvicorn inside the worker's event loop. The worker owns SIGTERM and SIGINT (drain,
     stop); uvicorn's own handlers would close the listener under live sessions."""
 
+    # No setting turns it off; guarded by tests/unit/test_upstream_hooks.py::test_uvicorn_signals
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield

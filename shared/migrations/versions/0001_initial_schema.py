@@ -6,7 +6,7 @@ Create Date: 2026-11-25 09:48:11.191743
 """
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 revision = "0001"
