@@ -17,10 +17,8 @@ from urllib.parse import urlencode
 
 from api.deps import AppState
 from shared import ws_tokens
-from shared.events import SessionState
+from shared.lifecycle import CLIENT_MAY_CONNECT, OWNER_CONNECT, SessionState
 from shared.models import VoiceSession
-
-OWNER_CONNECT = "owner_connect"  # the worker's field in the session's hash (worker/worker.py)
 
 
 def _with_token(url: str, token: str) -> str:
@@ -41,7 +39,7 @@ def room_connect(row: VoiceSession, live: dict[str, str]) -> dict[str, Any] | No
     stored = json.loads(live.get(OWNER_CONNECT) or "{}")
     if (
         row.transport == "daily"
-        and live.get("state") in (SessionState.READY, SessionState.CONNECTED)
+        and live.get("state") in CLIENT_MAY_CONNECT
         and stored.get("room_url")
     ):
         return {"room_url": stored["room_url"], "token": stored["token"]}
@@ -59,7 +57,9 @@ async def owner_connect(
     """
     stored = json.loads(live.get(OWNER_CONNECT) or "{}")
     if row.transport == "websocket":
-        if live.get("state") != SessionState.READY or not stored.get("ws_url"):
+        # One client at a time: none while one is connected, another after it is lost.
+        waiting = (SessionState.READY, SessionState.RECONNECTING)
+        if live.get("state") not in waiting or not stored.get("ws_url"):
             return None
         ttl = state.settings.ws_token_ttl
         token = await ws_tokens.mint(state.redis, row.id, ttl)

@@ -20,7 +20,8 @@ from api.deps import AppState
 from api.fanout import after as after_id
 from api.fanout import next_batch
 from shared import keys
-from shared.events import FINAL_STATES, Event, EventType
+from shared.events import Event, EventType
+from shared.lifecycle import FINAL_STATES
 from shared.models import EventRecord, VoiceSession
 
 READ_BLOCK_MS = 15000

@@ -29,7 +29,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api import metrics
 from shared import keys
-from shared.events import FINAL_STATES, Event, EventType, SessionState
+from shared.events import Event, EventType
+from shared.lifecycle import FINAL_STATES, SessionState
 from shared.models import Conversation, EventRecord, VoiceSession, as_utc
 from shared.store import Store
 

@@ -24,9 +24,11 @@ from typing import cast
 
 from api import metrics
 from shared import keys, queue
-from shared.events import LIVE_STATES, OWNED_STATES, EventType, Reason, SessionState
+from shared.events import EventType
 from shared.fleet import WorkerBeat
-from shared.live import LiveSessions, start_rate, wait_at
+from shared.lifecycle import LIVE_STATES, OWNED_STATES, Reason, SessionState
+from shared.live import LiveSessions
+from shared.queue import start_rate, wait_at
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +125,10 @@ class Reaper:
             if state is None:  # hash expired or never written: nothing to announce
                 await cast("Awaitable[int]", self.redis.srem(keys.LIVE_SESSIONS, sid))
             elif state in OWNED_STATES and not alive and self.judging:
-                if await self._end(
-                    sid, SessionState.FAILED, Reason.WORKER_LOST, {SessionState(state)}
+                if await self._ended(
+                    sid,
+                    Reason.WORKER_LOST,
+                    self.live.finish(sid, Reason.WORKER_LOST, only_from=SessionState(state)),
                 ):
                     ended.append((sid, Reason.WORKER_LOST))
             elif (
@@ -132,9 +136,7 @@ class Reaper:
                 and self.judging
                 and now - float(created_ts or now) > self.queue_ttl
             ):
-                if await self._end(
-                    sid, SessionState.EXPIRED, Reason.NO_CAPACITY, {SessionState.QUEUED}
-                ):
+                if await self._ended(sid, Reason.NO_CAPACITY, self.live.expire(sid)):
                     await queue.remove_start(self.redis, pool or "", job_id or sid)
                     ended.append((sid, Reason.NO_CAPACITY))
             elif state == SessionState.QUEUED:
@@ -214,11 +216,9 @@ class Reaper:
             metrics.POOL_CAPACITY.labels(pool=pool).set(capacity[pool])
             metrics.POOL_WORKERS_STALLED.labels(pool=pool).set(stalled[pool])
 
-    async def _end(
-        self, sid: str, to: SessionState, reason: Reason, allowed: set[SessionState]
-    ) -> bool:
-        changed, _ = await self.live.transition(sid, to, reason, allowed_from=allowed)
+    async def _ended(self, sid: str, reason: Reason, move: Awaitable[bool]) -> bool:
+        changed = await move
         if changed:
             metrics.REAPED_SESSIONS.labels(reason=reason).inc()
-            log.info("session %s (%s)", to, reason, extra={"session_id": sid})
+            log.info("session ended by the reaper (%s)", reason, extra={"session_id": sid})
         return changed

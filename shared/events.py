@@ -1,4 +1,4 @@
-"""The event and session-state schema shared by workers, the API and the store.
+"""The event schema shared by workers, the API and the store (session states: lifecycle.py).
 
 Every event belongs to one session and carries a per-session ``seq`` that
 Redis assigns atomically when the event is published, so (session_id, seq)
@@ -12,54 +12,6 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
-
-
-class SessionState(StrEnum):
-    QUEUED = "queued"
-    STARTING = "starting"
-    READY = "ready"
-    CONNECTED = "connected"
-    ENDED = "ended"
-    FAILED = "failed"
-    EXPIRED = "expired"
-    CANCELLED = "cancelled"
-
-    @property
-    def is_final(self) -> bool:
-        return self in FINAL_STATES
-
-
-FINAL_STATES = frozenset(
-    {SessionState.ENDED, SessionState.FAILED, SessionState.EXPIRED, SessionState.CANCELLED}
-)
-LIVE_STATES = frozenset(SessionState) - FINAL_STATES
-# States in which a worker owns the session (and keeps its heartbeat alive).
-OWNED_STATES = frozenset({SessionState.STARTING, SessionState.READY, SessionState.CONNECTED})
-
-
-class Reason(StrEnum):
-    """Why a session changed state. Stable codes: clients and dashboards key on them."""
-
-    CREATED = "created"
-    PICKED_UP = "picked_up"
-    PIPELINE_READY = "pipeline_ready"
-    CLIENT_CONNECTED = "client_connected"
-    CLIENT_ENDED = "client_ended"
-    CLIENT_LEFT = "client_left"
-    IDLE_TIMEOUT = "idle_timeout"
-    MAX_DURATION = "max_duration"
-    WORKER_LOST = "worker_lost"
-    NO_CAPACITY = "no_capacity"
-    PIPELINE_ERROR = "pipeline_error"
-    WORKER_DRAINING = "worker_draining"
-    WORKER_SHUTDOWN = "worker_shutdown"
-    CONNECT_TIMEOUT = "connect_timeout"
-    MODEL_UNAVAILABLE = "model_unavailable"  # could not connect to the model
-    MODEL_ERROR = "model_error"  # the model sent an error event
-    MODEL_DISCONNECTED = "model_disconnected"  # the model closed the connection
-    MODEL_PROTOCOL_ERROR = "model_protocol_error"  # the model sent something unreadable
-    DAILY_UNAVAILABLE = "daily_unavailable"  # Daily's REST API refused or failed
-    REVOKED = "revoked"  # the owner's access was revoked (voicepool users revoke)
 
 
 class EventType(StrEnum):
@@ -78,6 +30,8 @@ class EventType(StrEnum):
     TOOL_FAILED = "tool.failed"
     METRICS_USAGE = "metrics.usage"
     METRICS_LATENCY = "metrics.latency"
+    MODEL_RECONNECTING = "model.reconnecting"  # the model's socket dropped; trying again
+    MODEL_RECONNECTED = "model.reconnected"  # a new model session has the conversation
     ERROR = "error"
 
 

@@ -26,12 +26,15 @@ def session_alive(session_id: str) -> str:
     return f"{PREFIX}:session:{session_id}:alive"
 
 
-def user_live(user_id: str) -> str:
-    """Set: the user's sessions not yet in a final state (for the per-user limit).
+USER_LIVE_AROUND = (f"{PREFIX}:user:", ":live")
+"""What goes before and after a user id in ``user_live`` (the transition script builds the
+name from the session's owner)."""
 
-    ``shared/live.py``'s transition script builds this name too; keep them equal.
-    """
-    return f"{PREFIX}:user:{user_id}:live"
+
+def user_live(user_id: str) -> str:
+    """Set: the user's sessions not yet in a final state (for the per-user limit)."""
+    before, after = USER_LIVE_AROUND
+    return f"{before}{user_id}{after}"
 
 
 def user_signouts(user_id: str) -> str:

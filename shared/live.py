@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from shared import keys
-from shared.events import FINAL_STATES, EventType, Reason, SessionState
+from shared.events import EventType
+from shared.lifecycle import FINAL_STATES, MOVES, MoveName, Reason, SessionState, target
 
 # Heartbeat keys expire this much before the TTL, so that the reaper (which
 # looks at least every 0.9 s) notices a dead worker *within* the TTL.
@@ -41,11 +42,12 @@ local function publish(etype, data)
   redis.call('XADD', KEYS[3], '*',
     'sid', ARGV[1], 'cid', cid, 'seq', seq, 'ts', ARGV[3], 'type', etype, 'data', data,
     'live_id', id)
-  return id
+  return id, seq
 end
 
 -- A publisher retrying after a lost reply must not write twice: its events carry
 -- an increasing number (0: none), and the hash remembers the highest applied.
+-- A new owner's publisher starts again from 1 (pick_up resets the count).
 local function already_applied(pseq)
   local n = tonumber(pseq)
   if n == 0 then return false end
@@ -53,38 +55,46 @@ local function already_applied(pseq)
   redis.call('HSET', KEYS[1], 'pub_seq', n)
   return false
 end
+
+local function member(word, list)
+  for s in string.gmatch(list, '%S+') do
+    if s == word then return true end
+  end
+  return false
+end
 """
 
 # KEYS: 6 the owner's set of live sessions
 # ARGV: 4 state event data (JSON), 5 most live sessions per owner (0: no limit),
-#       6.. hash field/value pairs
+#       6 initial state, 7 its reason, 8.. hash field/value pairs
 _CREATE = (
     _PUBLISH_FN
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, 'exists'} end
 local limit = tonumber(ARGV[5])
 if limit > 0 and redis.call('SCARD', KEYS[6]) >= limit then return {0, 'owner_limit'} end
-redis.call('HSET', KEYS[1], 'state', 'queued', 'reason', 'created', 'seq', 0,
-  unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], 'state', ARGV[6], 'reason', ARGV[7], 'seq', 0, unpack(ARGV, 8))
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('SADD', KEYS[6], ARGV[1])
-return {1, publish('session.state', ARGV[4])}
+local id, seq = publish('session.state', ARGV[4])
+redis.call('HSET', KEYS[1], 'state_seq', seq)
+return {1, id}
 """
 )
 
-# ARGV: 4 to_state, 5 reason, 6 allowed from-states (space separated), 7 data JSON,
-#       8 alive TTL ms, 9 worker id ('' keeps it), 10 retention seconds, 11 final (1/0),
-#       12 publisher seq (0: none)
+# ARGV: 4 to_state, 5 reason, 6 from-states (space separated), 7 data JSON,
+#       8 alive TTL ms, 9 worker id, 10 retention seconds, 11 final (1/0),
+#       12 publisher seq (0: none), 13 owner mode (set|expect|''), 14 alive (set|drop|''),
+#       15/16 what goes before and after the owner's id in its live-set key
 _TRANSITION = (
     _PUBLISH_FN
     + """
 local current = redis.call('HGET', KEYS[1], 'state')
 if not current then return {0, ''} end
-local allowed = false
-for s in string.gmatch(ARGV[6], '%S+') do
-  if s == current then allowed = true end
+if ARGV[13] == 'expect' and redis.call('HGET', KEYS[1], 'worker_id') ~= ARGV[9] then
+  return {0, 'not_owner'}  -- moved on to another worker: not ours to change
 end
-if not allowed then
+if not member(current, ARGV[6]) then
   local n = tonumber(ARGV[12])
   if n > 0 and n <= tonumber(redis.call('HGET', KEYS[1], 'pub_seq') or '0') then
     return {1, 'applied before'}  -- our own earlier attempt moved it on
@@ -93,70 +103,47 @@ if not allowed then
 end
 if already_applied(ARGV[12]) then return {1, 'applied before'} end
 redis.call('HSET', KEYS[1], 'state', ARGV[4], 'reason', ARGV[5], ARGV[4] .. '_ts', ARGV[3])
-if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'worker_id', ARGV[9]) end
+if ARGV[13] == 'set' then
+  redis.call('HSET', KEYS[1], 'worker_id', ARGV[9], 'pub_seq', 0)
+end
 local data = cjson.decode(ARGV[7])
 data['state'] = ARGV[4]
 data['reason'] = ARGV[5]
 data['previous'] = current
 if ARGV[9] ~= '' then data['worker_id'] = ARGV[9] end
-local id = publish('session.state', cjson.encode(data))
+local id, seq = publish('session.state', cjson.encode(data))
+redis.call('HSET', KEYS[1], 'state_seq', seq)
 if ARGV[11] == '1' then
   redis.call('SREM', KEYS[4], ARGV[1])
   -- The owner's set is named from the hash (single-instance Redis; not cluster-safe).
   local owner = redis.call('HGET', KEYS[1], 'owner')
-  if owner then redis.call('SREM', 'vp:user:' .. owner .. ':live', ARGV[1]) end
+  if owner then redis.call('SREM', ARGV[15] .. owner .. ARGV[16], ARGV[1]) end
   redis.call('DEL', KEYS[5])
   redis.call('EXPIRE', KEYS[1], ARGV[10])
   redis.call('EXPIRE', KEYS[2], ARGV[10])
-elseif ARGV[4] == 'starting' then
+elseif ARGV[14] == 'set' then
   redis.call('SET', KEYS[5], ARGV[9], 'PX', ARGV[8])
+elseif ARGV[14] == 'drop' then
+  redis.call('DEL', KEYS[5])
 end
 return {1, id}
 """
 )
 
-# ARGV: 4 event type, 5 data JSON, 6 publisher seq (0: none)
+# ARGV: 4 event type, 5 data JSON, 6 publisher seq (0: none), 7 final states (space
+#       separated), 8 the publishing worker ('' for none: only the owner may publish)
 _PUBLISH = (
     _PUBLISH_FN
     + """
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state or state == 'ended' or state == 'failed' or state == 'expired'
-   or state == 'cancelled' then
-  return false
-end
+if not state or member(state, ARGV[7]) then return false end
+if ARGV[8] ~= '' and redis.call('HGET', KEYS[1], 'worker_id') ~= ARGV[8] then return false end
 if already_applied(ARGV[6]) then return 'applied before' end
 return publish(ARGV[4], ARGV[5])
 """
 )
 
-
-START_RATE_WINDOW_S = 120.0  # recent starts, for queue wait estimates
-
-
-async def record_start(redis: aioredis.Redis, pool: str, session_id: str) -> None:
-    now = time.time()
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.zadd(keys.pool_starts(pool), {session_id: now})
-        pipe.zremrangebyscore(keys.pool_starts(pool), 0, now - START_RATE_WINDOW_S)
-        pipe.expire(keys.pool_starts(pool), int(START_RATE_WINDOW_S) * 2)
-        await pipe.execute()
-
-
-async def start_rate(redis: aioredis.Redis, pool: str) -> float:
-    """Sessions started per second in the pool, over the recent window."""
-    now = time.time()
-    starts: int = await redis.zcount(keys.pool_starts(pool), now - START_RATE_WINDOW_S, now)
-    return starts / START_RATE_WINDOW_S
-
-
-def wait_at(position: int, rate: float) -> float | None:
-    """Seconds until a session at ``position`` starts, at ``rate`` starts per second."""
-    return round(position / rate, 1) if rate > 0 else None
-
-
-async def estimate_wait(redis: aioredis.Redis, pool: str, position: int) -> float | None:
-    """Seconds until a session at ``position`` starts, from the pool's recent start rate."""
-    return wait_at(position, await start_rate(redis, pool))
+_FINAL = " ".join(FINAL_STATES)
 
 
 class OwnerLimitReached(Exception):
@@ -205,10 +192,11 @@ class LiveSessions:
         (checked in the same atomic step, so concurrent requests cannot both slip in).
         """
         pairs = [item for kv in {**fields, "owner": owner}.items() for item in kv]
-        data = json.dumps({"state": "queued", "reason": Reason.CREATED, "previous": None})
+        state, reason = SessionState.QUEUED, Reason.CREATED
+        data = json.dumps({"state": state, "reason": reason, "previous": None})
         created, value = await self._create(
             keys=[*self._keys(session_id), keys.user_live(owner)],
-            args=[*self._head(session_id), data, owner_limit, *pairs],
+            args=[*self._head(session_id), data, owner_limit, str(state), str(reason), *pairs],
         )
         if not created and value == "owner_limit":
             raise OwnerLimitReached(owner_limit)
@@ -216,40 +204,84 @@ class LiveSessions:
             raise ValueError(f"session {session_id} already exists")
         return cast(str, value)  # the script returns the XADD id
 
-    async def transition(
+    async def move(
         self,
         session_id: str,
-        to: SessionState,
+        name: MoveName,
         reason: Reason | str,
         *,
-        allowed_from: Iterable[SessionState],
+        only_from: SessionState | None = None,
         data: dict[str, Any] | None = None,
         worker_id: str = "",
         publisher_seq: int = 0,
         at: float | None = None,
     ) -> tuple[bool, str]:
-        """Move a session to ``to`` if it is in one of ``allowed_from``.
+        """Make the move ``name`` (``shared.lifecycle.MOVES``) if the session is where it
+        starts from, and, with ``only_from``, in exactly that state (a caller that judged
+        the session in one state, like the reaper, changes nothing if it moved meanwhile).
 
-        Returns (changed, stream id of the event) or (False, the current state).
-        ``publisher_seq`` (increasing per session) makes a retry of the same call a no-op;
+        Returns (changed, stream id of the event) or (False, the current state, or
+        ``not_owner`` when the move is the owner's and ``worker_id`` no longer owns it).
+        ``publisher_seq`` (increasing per owner) makes a retry of the same call a no-op;
         ``at`` is when it happened, if not now (an event held back while Redis was away).
         """
+        move = MOVES[name]
+        sources = move.sources if only_from is None else move.sources & {only_from}
+        to = target(move, reason)
+        if move.owner and not worker_id:
+            raise ValueError(f"{name} is a worker's move: give its worker_id")
         changed, value = await self._transition(
             keys=self._keys(session_id),
             args=[
                 *self._head(session_id, at),
                 str(to),
                 str(reason),
-                " ".join(str(s) for s in allowed_from),
+                " ".join(sorted(sources)),
                 json.dumps(data or {}),
                 alive_ms(self.heartbeat_ttl),
                 worker_id,
                 int(self.stream_retention),
                 "1" if to in FINAL_STATES else "0",
                 publisher_seq,
+                move.owner,
+                move.alive,
+                *keys.USER_LIVE_AROUND,
             ],
         )
         return bool(changed), value
+
+    # The moves by name, for callers that make one directly (a worker's go through its
+    # publisher, after the events emitted before them).
+
+    async def pick_up(
+        self, session_id: str, worker_id: str, *, data: dict[str, Any] | None = None
+    ) -> bool:
+        """The worker takes a waiting session (and from now on owns it)."""
+        changed, _ = await self.move(
+            session_id, "pick_up", Reason.PICKED_UP, worker_id=worker_id, data=data
+        )
+        return changed
+
+    async def cancel(self, session_id: str, reason: Reason) -> bool:
+        """A queued session given up before any worker took it (its job: ``queue``)."""
+        changed, _ = await self.move(session_id, "cancel", reason)
+        return changed
+
+    async def expire(self, session_id: str) -> bool:
+        changed, _ = await self.move(session_id, "expire", Reason.NO_CAPACITY)
+        return changed
+
+    async def finish(
+        self,
+        session_id: str,
+        reason: Reason,
+        *,
+        only_from: SessionState | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> bool:
+        """End a running or recovering session from outside its worker (the reaper)."""
+        changed, _ = await self.move(session_id, "finish", reason, only_from=only_from, data=data)
+        return changed
 
     async def publish(
         self,
@@ -257,24 +289,28 @@ class LiveSessions:
         type: EventType | str,
         data: dict[str, Any],
         *,
+        worker_id: str = "",
         publisher_seq: int = 0,
         at: float | None = None,
     ) -> bool:
-        """Append an event to a live session; False if the session is gone or final.
+        """Append an event to a live session; False if the session is gone or final, or
+        (with ``worker_id``) has moved on to another worker.
 
-        ``publisher_seq`` (increasing per session) makes a retry of the same event a no-op;
+        ``publisher_seq`` (increasing per owner) makes a retry of the same event a no-op;
         ``at`` is when it happened, if not now.
         """
         entry_id = await self._publish(
             keys=self._keys(session_id),
-            args=[*self._head(session_id, at), str(type), json.dumps(data), publisher_seq],
+            args=[
+                *self._head(session_id, at),
+                str(type),
+                json.dumps(data),
+                publisher_seq,
+                _FINAL,
+                worker_id,
+            ],
         )
         return entry_id is not None
 
     async def get(self, session_id: str) -> dict[str, str]:
         return await cast("Awaitable[dict[str, str]]", self.redis.hgetall(keys.session(session_id)))
-
-    async def queue_position(self, pool: str, job_id: str) -> int | None:
-        """1-based place in the pool's queue, or None once a worker took the job."""
-        rank = await self.redis.zrank(keys.queue(pool), job_id)
-        return None if rank is None else rank + 1

@@ -7,6 +7,8 @@ takes the job, and whoever cancels or expires a waiting session removes both.
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -14,6 +16,8 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 
 from shared import keys
+from shared.lifecycle import Reason, SessionState
+from shared.live import LiveSessions
 
 START_JOB = "start_session"
 """The worker function a start job runs (registered under this name by the worker)."""
@@ -25,16 +29,45 @@ own expiry only bounds a leak, and must not drop a job whose session is still wa
 
 
 async def enqueue_start(
-    arq: ArqRedis, session_id: str, pool: str, *, job_id: str, expires_s: float
+    arq: ArqRedis,
+    session_id: str,
+    pool: str,
+    *,
+    job_id: str,
+    expires_s: float,
+    place: float | None = None,
 ) -> None:
-    """Queue the session's start job at the back of its pool's queue."""
+    """Queue the session's start job: at the back of its pool's queue, or, with ``place``
+    (a Unix time, e.g. when the session was created), before everything queued after it.
+
+    arq orders a queue by the time a job may run; a time in the past runs at once, in
+    that order (arq skips a score of 0, hence the floor)."""
+    at = datetime.fromtimestamp(max(place, 1.0), UTC) if place is not None else None
     await arq.enqueue_job(
         START_JOB,
         session_id,
         _job_id=job_id,
         _queue_name=keys.queue(pool),
         _expires=expires_s,
+        _defer_until=at,
     )
+
+
+async def end_waiting(live: LiveSessions, session_id: str, reason: Reason) -> bool | None:
+    """End a session no worker runs (queued: ``cancelled``; recovering: ``ended``) and take
+    its job out of the queue. None if it is not waiting (a worker runs it, or it is final),
+    False if it moved on meanwhile."""
+    meta = await live.get(session_id)
+    state = meta.get("state")
+    if state == SessionState.QUEUED:
+        ended = await live.cancel(session_id, reason)
+    elif state == SessionState.RECOVERING:
+        ended = await live.finish(session_id, reason, only_from=SessionState.RECOVERING)
+    else:
+        return None
+    if ended:
+        await remove_start(live.redis, meta.get("pool", ""), meta.get("job_id", session_id))
+    return ended
 
 
 async def remove_start(redis: aioredis.Redis | Any, pool: str, job_id: str) -> None:
@@ -43,3 +76,38 @@ async def remove_start(redis: aioredis.Redis | Any, pool: str, job_id: str) -> N
         pipe.zrem(keys.queue(pool), job_id)
         pipe.delete(job_key_prefix + job_id)
         await pipe.execute()
+
+
+START_RATE_WINDOW_S = 120.0  # recent starts, for queue wait estimates
+
+
+async def record_start(redis: aioredis.Redis, pool: str, session_id: str) -> None:
+    now = time.time()
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zadd(keys.pool_starts(pool), {session_id: now})
+        pipe.zremrangebyscore(keys.pool_starts(pool), 0, now - START_RATE_WINDOW_S)
+        pipe.expire(keys.pool_starts(pool), int(START_RATE_WINDOW_S) * 2)
+        await pipe.execute()
+
+
+async def start_rate(redis: aioredis.Redis, pool: str) -> float:
+    """Sessions started per second in the pool, over the recent window."""
+    now = time.time()
+    starts: int = await redis.zcount(keys.pool_starts(pool), now - START_RATE_WINDOW_S, now)
+    return starts / START_RATE_WINDOW_S
+
+
+def wait_at(position: int, rate: float) -> float | None:
+    """Seconds until a session at ``position`` starts, at ``rate`` starts per second."""
+    return round(position / rate, 1) if rate > 0 else None
+
+
+async def estimate_wait(redis: aioredis.Redis, pool: str, position: int) -> float | None:
+    """Seconds until a session at ``position`` starts, from the pool's recent start rate."""
+    return wait_at(position, await start_rate(redis, pool))
+
+
+async def position(redis: aioredis.Redis, pool: str, job_id: str) -> int | None:
+    """1-based place in the pool's queue, or None once a worker took the job."""
+    rank = await redis.zrank(keys.queue(pool), job_id)
+    return None if rank is None else rank + 1

@@ -29,8 +29,8 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from shared import keys, queue
-from shared.events import OWNED_STATES, Reason, SessionState
 from shared.ids import new_id
+from shared.lifecycle import OWNED_STATES, Reason
 from shared.live import LiveSessions
 from shared.models import ApiToken, User, as_utc, utcnow
 
@@ -157,15 +157,9 @@ async def _end_session(redis: aioredis.Redis, live: LiveSessions, session_id: st
     Returns None if it was already final or had no worker to ask, "" when it was
     cancelled here, else the key the worker's reply arrives on.
     """
-    meta = await live.get(session_id)
-    if meta.get("state") == SessionState.QUEUED:
-        cancelled, _ = await live.transition(
-            session_id, SessionState.CANCELLED, Reason.REVOKED, allowed_from={SessionState.QUEUED}
-        )
-        if cancelled:
-            await queue.remove_start(redis, meta.get("pool", ""), meta.get("job_id", session_id))
-            return ""
-        meta = await live.get(session_id)  # a worker took it meanwhile
+    if await queue.end_waiting(live, session_id, Reason.REVOKED):
+        return ""
+    meta = await live.get(session_id)  # running, final, or a worker took it meanwhile
     worker_id = meta.get("worker_id")
     if meta.get("state") not in OWNED_STATES or not worker_id:
         return None  # final already; one whose worker died is the reaper's

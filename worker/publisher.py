@@ -21,12 +21,13 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared.connections import REDIS_AWAY
-from shared.events import EventType, Reason, SessionState
+from shared.events import EventType
+from shared.lifecycle import MoveName, Reason
 from shared.live import LiveSessions
 from worker import metrics
 
@@ -46,9 +47,8 @@ class _Event:
 
 @dataclass
 class _Transition:
-    to: SessionState
+    move: MoveName
     reason: Reason | str
-    allowed_from: Collection[SessionState]
     data: dict[str, Any]
     at: float
     done: asyncio.Future[bool] = field(default_factory=asyncio.Future)
@@ -59,10 +59,18 @@ _Item = _Event | _Transition
 
 class EventPublisher:
     def __init__(
-        self, live: LiveSessions, session_id: str, *, max_buffered: int = MAX_BUFFERED_EVENTS
+        self,
+        live: LiveSessions,
+        session_id: str,
+        worker_id: str,
+        *,
+        max_buffered: int = MAX_BUFFERED_EVENTS,
     ):
         self.live = live
         self.session_id = session_id
+        self.worker_id = worker_id
+        """The owner it speaks for: once the session belongs to another worker, Redis
+        refuses its events and moves."""
         self.max_buffered = max_buffered
         self.speaker: Callable[[], dict[str, str] | None] | None = None
         """Who is speaking, where a transport can tell (several people in a Daily room):
@@ -93,16 +101,12 @@ class EventPublisher:
             self._drop_oldest_event()
 
     def transition(
-        self,
-        to: SessionState,
-        reason: Reason | str,
-        *,
-        allowed_from: Collection[SessionState],
-        data: dict[str, Any] | None = None,
+        self, move: MoveName, reason: Reason | str, *, data: dict[str, Any] | None = None
     ) -> asyncio.Future[bool]:
-        """Queue a state change after everything emitted so far; the future says if it
-        took effect (False: the session was no longer in ``allowed_from``)."""
-        item = _Transition(to, reason, allowed_from, dict(data or {}), time.time())
+        """Queue one of the owner's moves (``shared.lifecycle.MOVES``) after everything
+        emitted so far; the future says if it took effect (False: the session was not
+        where the move starts, or belongs to another worker now)."""
+        item = _Transition(move, reason, dict(data or {}), time.time())
         self._push(item)
         return item.done
 
@@ -204,16 +208,21 @@ class EventPublisher:
     async def _send(self, item: _Item, number: int) -> bool:
         if isinstance(item, _Event):
             ok = await self.live.publish(
-                self.session_id, item.type, item.data, publisher_seq=number, at=item.at
+                self.session_id,
+                item.type,
+                item.data,
+                worker_id=self.worker_id,
+                publisher_seq=number,
+                at=item.at,
             )
             self.published += int(ok)
             return ok
-        changed, _ = await self.live.transition(
+        changed, _ = await self.live.move(
             self.session_id,
-            item.to,
+            item.move,
             item.reason,
-            allowed_from=item.allowed_from,
             data=item.data,
+            worker_id=self.worker_id,
             publisher_seq=number,
             at=item.at,
         )

@@ -23,7 +23,7 @@ from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import TransportParams
 from pipecat.workers.runner import WorkerRunner
 
-from shared.events import OWNED_STATES, Reason, SessionState
+from shared.lifecycle import GRACEFUL_ENDS, Reason
 from shared.live import LiveSessions
 from shared.logs import log_fields, redact
 from worker import metrics
@@ -36,21 +36,10 @@ from worker.transports import SessionTransport, SignalError, build_transport
 
 log = logging.getLogger(__name__)
 
-# Ends the service decides on, not the people in the call: the bot finishes what it
-# is saying (Pipecat drains the frames in flight) instead of stopping mid-word, for
-# at most GRACEFUL_END_S; any other end (the client left, an error) is immediate.
-GRACEFUL_ENDS = frozenset({Reason.MAX_DURATION, Reason.WORKER_DRAINING})
+# Ends the service decides on, not the people in the call (lifecycle.GRACEFUL_ENDS):
+# the bot finishes what it is saying (Pipecat drains the frames in flight) instead of
+# stopping mid-word, for at most GRACEFUL_END_S; any other end is immediate.
 GRACEFUL_END_S = 8.0
-
-FAILURE_REASONS = frozenset(
-    {
-        Reason.PIPELINE_ERROR,
-        Reason.MODEL_UNAVAILABLE,
-        Reason.MODEL_ERROR,
-        Reason.MODEL_DISCONNECTED,
-        Reason.MODEL_PROTOCOL_ERROR,
-    }
-)
 
 
 class SessionRunner:
@@ -67,7 +56,7 @@ class SessionRunner:
         self.meta = meta
         self.options = options
         self.live = live
-        self.publisher = EventPublisher(live, session_id)
+        self.publisher = EventPublisher(live, session_id, options.worker_id)
         self.profile: Profile = build_profile(
             SessionContext(
                 session_id=session_id,
@@ -177,9 +166,7 @@ class SessionRunner:
 
         async def _connected(_transport: object, _client: object) -> None:
             self._client_connected = True
-            self.publisher.transition(
-                SessionState.CONNECTED, Reason.CLIENT_CONNECTED, allowed_from={SessionState.READY}
-            )
+            self.publisher.transition("connect", Reason.CLIENT_CONNECTED)
             await self.profile.on_client_connected(worker.queue_frame)
 
         async def _disconnected(_transport: object, _client: object) -> None:
@@ -254,13 +241,11 @@ class SessionRunner:
 
     async def _finish(self) -> None:
         reason = self.end_reason or Reason.CLIENT_LEFT
-        state = SessionState.FAILED if reason in FAILURE_REASONS else SessionState.ENDED
         try:
             # After every event of the call; while Redis is away, it waits for it.
             self.publisher.transition(
-                state,
+                "finish_own",
                 reason,
-                allowed_from=OWNED_STATES,
                 data={"duration_s": round(self.duration, 3)}
                 | ({"message": self.end_message} if self.end_message else {}),
             )

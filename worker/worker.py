@@ -33,11 +33,18 @@ from arq.worker import func
 
 from shared import keys, queue
 from shared.connections import arq_redis_settings, redis_client
-from shared.events import FINAL_STATES, Reason, SessionState
 from shared.fleet import WorkerBeat
 from shared.gc_freeze import freeze_startup_objects
-from shared.live import LiveSessions, alive_ms, record_start
+from shared.lifecycle import (
+    FINAL_STATES,
+    OWNER_CONNECT,
+    WAITING_STATES,
+    Reason,
+    SessionRecord,
+)
+from shared.live import LiveSessions, alive_ms
 from shared.logs import log_fields
+from shared.queue import record_start
 from worker import metrics
 from worker.loop_monitor import watch_event_loop
 from worker.options import JOB_TIMEOUT_S, POLL_DELAY_S, SIGNAL_BLOCK_S, WorkerOptions
@@ -54,7 +61,6 @@ REPLY_TTL_S = 60
 # reaper expires the session by its creation time (VOICEPOOL_QUEUE_TTL) anyway.
 REQUEUE_EXPIRES_S = 300
 SHUTDOWN_PUBLISH_S = 15.0  # at exit, how long sessions' held events may wait for Redis
-OWNER_CONNECT = "owner_connect"  # session hash field: what only the owner may see to connect
 
 
 async def start_session(ctx: dict[str, Any], session_id: str) -> str:
@@ -261,14 +267,7 @@ class VoicepoolWorker:
         )
         # Registered before the transition so an end request racing it finds the session.
         self.sessions[session_id] = runner
-        taken, _ = await self.live.transition(
-            session_id,
-            SessionState.STARTING,
-            Reason.PICKED_UP,
-            allowed_from={SessionState.QUEUED},
-            worker_id=self.id,
-            data={"pool": self.options.pool},
-        )
+        taken = await self.live.pick_up(session_id, self.id, data={"pool": self.options.pool})
         if not taken:  # cancelled or expired meanwhile
             self.sessions.pop(session_id, None)
             await runner.publisher.aclose()
@@ -282,32 +281,32 @@ class VoicepoolWorker:
                     "Awaitable[int]",
                     self.redis.hset(keys.session(session_id), OWNER_CONNECT, json.dumps(owner)),
                 )
-            ready, _ = await self.live.transition(
+            ready, _ = await self.live.move(
                 session_id,
-                SessionState.READY,
+                "mark_ready",
                 Reason.PIPELINE_READY,
-                allowed_from={SessionState.STARTING},
+                worker_id=self.id,
                 data={"transport": meta.get("transport", "webrtc"), **connect},
             )
         except TransportError as exc:  # e.g. Daily refused: the owner sees why
             log.warning("session not started: %s (%s)", exc, exc.reason)
             runner.end(exc.reason, str(exc))
-            await self.live.transition(
+            await self.live.move(
                 session_id,
-                SessionState.FAILED,
+                "finish_own",
                 exc.reason,
-                allowed_from={SessionState.STARTING},
+                worker_id=self.id,
                 data={"message": str(exc)},
             )
             ready = False
         except Exception as exc:
             log.exception("session could not be prepared")
             runner.end(Reason.PIPELINE_ERROR)
-            await self.live.transition(
+            await self.live.move(
                 session_id,
-                SessionState.FAILED,
+                "finish_own",
                 Reason.PIPELINE_ERROR,
-                allowed_from={SessionState.STARTING},
+                worker_id=self.id,
                 data={"message": f"the session could not be prepared: {type(exc).__name__}"},
             )
             ready = False
@@ -322,10 +321,10 @@ class VoicepoolWorker:
 
     async def _requeue(self, session_id: str, arq_redis: Any) -> None:
         """Hand a session we cannot run back to the pool's queue, keeping its place."""
-        meta = await self.live.get(session_id)
-        if meta.get("state") != SessionState.QUEUED:
+        record = SessionRecord.from_hash(await self.live.get(session_id))
+        if record is None or record.state not in WAITING_STATES:
             return
-        attempt = int(meta.get("requeues", "0")) + 1
+        attempt = record.requeues + 1
         job_id = f"{session_id}.{attempt}"
         await cast(
             "Awaitable[int]",
@@ -334,7 +333,12 @@ class VoicepoolWorker:
             ),
         )
         await queue.enqueue_start(
-            arq_redis, session_id, self.options.pool, job_id=job_id, expires_s=REQUEUE_EXPIRES_S
+            arq_redis,
+            session_id,
+            self.options.pool,
+            job_id=job_id,
+            expires_s=REQUEUE_EXPIRES_S,
+            place=record.created_ts,
         )
 
     def _websocket_session(self, session_id: str) -> WebSocketSessionTransport | None:

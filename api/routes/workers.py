@@ -13,7 +13,7 @@ from api.deps import AdminUser, StateDep
 from api.errors import ApiError
 from shared import keys
 from shared.fleet import WorkerBeat
-from shared.live import estimate_wait
+from shared.queue import estimate_wait
 
 router = APIRouter(prefix="/api", tags=["fleet"])
 

@@ -12,7 +12,7 @@ from api.deps import AppState
 from api.errors import ApiError, not_found, session_ended
 from api.services import ownership, sessions
 from shared import keys
-from shared.events import FINAL_STATES
+from shared.lifecycle import FINAL_STATES
 from shared.models import User, VoiceSession
 from shared.users import get_user_by_name
 

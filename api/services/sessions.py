@@ -27,14 +27,21 @@ from api.events import wait_for_state
 from api.schemas import IcePatch, SdpOffer, SessionCreate, SessionOut, sdp_offer_problem
 from api.services import ownership
 from shared import keys, queue
-from shared.events import FINAL_STATES, OWNED_STATES, Reason, SessionState
 from shared.history import transcript_history
 from shared.ids import new_id
-from shared.live import OwnerLimitReached, estimate_wait
+from shared.lifecycle import (
+    CLIENT_MAY_CONNECT,
+    FINAL_STATES,
+    OWNED_STATES,
+    WAITING_STATES,
+    Reason,
+    SessionState,
+)
+from shared.live import OwnerLimitReached
 from shared.models import Conversation, User, VoiceSession, as_utc, utcnow
+from shared.queue import estimate_wait
 
 END_WAIT_S = 5.0
-RUNNING = (SessionState.READY, SessionState.CONNECTED)
 
 
 # --- whose -------------------------------------------------------------------------------
@@ -64,7 +71,7 @@ async def describe(state: AppState, row: VoiceSession) -> SessionOut:
     status = live.get("state", row.state)
     position = None
     if status == SessionState.QUEUED:
-        position = await state.live.queue_position(row.pool, live.get("job_id", row.id))
+        position = await queue.position(state.redis, row.pool, live.get("job_id", row.id))
     return SessionOut(
         session_id=row.id,
         conversation_id=row.conversation_id,
@@ -93,7 +100,7 @@ async def connect(state: AppState, row: VoiceSession) -> dict[str, Any]:
     current = live.get("state", row.state)
     if current in FINAL_STATES:
         raise session_ended(current)
-    if current in (SessionState.QUEUED, SessionState.STARTING):
+    if current not in CLIENT_MAY_CONNECT:  # waiting for a worker, or starting on one
         raise not_ready()
     found = await owner_connect(state, row, live)
     if found is None:  # a WebSocket call takes one client, and it has it
@@ -119,7 +126,7 @@ async def create(
         await _remove(state, db, row, conversation if new_conversation else None)
         raise _too_many(pool, exc.limit) from exc
     except Exception as exc:
-        await _mark_failed(state, db, row, "queue_unavailable")
+        await _mark_failed(state, db, row, Reason.QUEUE_UNAVAILABLE)
         raise ApiError(503, "queue_unavailable", "the session queue is unreachable") from exc
     metrics.SESSIONS_REQUESTED.labels(pool=pool, transport=row.transport, profile=profile).inc()
     return row
@@ -222,7 +229,11 @@ async def _remove(
         await db.commit()
 
 
-async def _mark_failed(state: AppState, db: AsyncSession, row: VoiceSession, reason: str) -> None:
+async def _mark_failed(
+    state: AppState, db: AsyncSession, row: VoiceSession, reason: Reason
+) -> None:
+    # The one write of a row's state outside the persister: the queue (Redis) could not
+    # take the session, so no event will ever tell the persister how it ended.
     row.state, row.reason = SessionState.FAILED, reason
     async with state.store.writing():
         db.add(row)
@@ -244,11 +255,11 @@ async def start(
     session_id = created.id
     await db.close()  # hold no pooled connection while waiting for a worker
     current = await wait_for_state(
-        state, session_id, {*RUNNING, *FINAL_STATES}, timeout=state.settings.ready_wait
+        state, session_id, {*CLIENT_MAY_CONNECT, *FINAL_STATES}, timeout=state.settings.ready_wait
     )
     if current in FINAL_STATES:
         raise await _failure(state, session_id, str(current))
-    if current not in RUNNING:
+    if current not in CLIENT_MAY_CONNECT:
         # Nobody will connect to what the client gave up on: do not leave it queued.
         with contextlib.suppress(ApiError):
             await end(state, created)
@@ -285,12 +296,8 @@ async def end(state: AppState, row: VoiceSession) -> None:
     an ended session changes nothing."""
     live = await state.live.get(row.id)
     current = live.get("state")
-    if current == SessionState.QUEUED:
-        cancelled, _ = await state.live.transition(
-            row.id, SessionState.CANCELLED, Reason.CLIENT_ENDED, allowed_from={SessionState.QUEUED}
-        )
-        if cancelled:
-            await queue.remove_start(state.redis, row.pool, live.get("job_id", row.id))
+    if current in WAITING_STATES:  # no worker runs it: end it here
+        if await queue.end_waiting(state.live, row.id, Reason.CLIENT_ENDED):
             return
         live = await state.live.get(row.id)
         current = live.get("state")
@@ -310,11 +317,11 @@ async def end(state: AppState, row: VoiceSession) -> None:
 async def owning_worker(state: AppState, row: VoiceSession) -> str:
     """Wait (bounded) until the session is ready and return the id of its worker."""
     current = await wait_for_state(
-        state, row.id, {*RUNNING, *FINAL_STATES}, timeout=state.settings.ready_wait
+        state, row.id, {*CLIENT_MAY_CONNECT, *FINAL_STATES}, timeout=state.settings.ready_wait
     )
     if current in FINAL_STATES:
         raise session_ended(current)
-    if current not in RUNNING:
+    if current not in CLIENT_MAY_CONNECT:
         raise not_ready()
     worker_id = (await state.live.get(row.id)).get("worker_id")
     if not worker_id:

@@ -37,7 +37,7 @@ from harness.waiting import eventually
 from harness.webrtc_client import allow_loopback_ice
 from harness.ws_client import ProtobufClient
 from shared.connections import redis_client
-from shared.events import Reason, SessionState
+from shared.lifecycle import Reason
 from shared.live import LiveSessions
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,8 +115,7 @@ async def kill_api(system: System, api: httpx.AsyncClient) -> Row:
     session = (await api.post("/api/sessions", json={"transport": "webrtc"})).json()
     redis = redis_client(system.redis_server.url)  # type: ignore[union-attr]
     live = LiveSessions(redis)
-    await live.transition(session["session_id"], SessionState.STARTING, Reason.PICKED_UP,
-                          allowed_from={SessionState.QUEUED}, worker_id="drill")  # fmt: skip
+    await live.pick_up(session["session_id"], "drill")
     burst = 5000
 
     async def pour() -> None:
@@ -140,8 +139,7 @@ async def kill_api(system: System, api: httpx.AsyncClient) -> Row:
     )
     took = time.monotonic() - killed
     lost = await _lost_events(system, api, [session])
-    await live.transition(session["session_id"], SessionState.ENDED, Reason.CLIENT_ENDED,
-                          allowed_from={SessionState.STARTING})  # fmt: skip
+    await live.move(session["session_id"], "finish_own", Reason.CLIENT_ENDED, worker_id="drill")
     await redis.aclose()
     return Row("kill -9 API", f"{burst} events being published", "API down until restart",
                lost, took)  # fmt: skip
@@ -156,8 +154,7 @@ async def _pour(system: System, api: httpx.AsyncClient, count: int) -> dict:
     session = (await api.post("/api/sessions", json={"transport": "webrtc"})).json()
     redis = redis_client(system.redis_server.url)  # type: ignore[union-attr]
     live = LiveSessions(redis)
-    await live.transition(session["session_id"], SessionState.STARTING, Reason.PICKED_UP,
-                          allowed_from={SessionState.QUEUED}, worker_id="drill")  # fmt: skip
+    await live.pick_up(session["session_id"], "drill")
     payload = {"text": "x" * 200}
     for i in range(count):
         await live.publish(session["session_id"], "drill.tick", {"i": i, **payload})

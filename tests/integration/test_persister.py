@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from sqlmodel import func, select
+from sqlmodel import col, func, select
 
 from api.persister import Persister
 from shared import keys
-from shared.events import Reason, SessionState
+from shared.lifecycle import Reason
 from shared.live import LiveSessions
 from shared.models import Conversation, EventRecord, User, VoiceSession
 from shared.settings import Settings
@@ -43,18 +43,16 @@ async def store(database_url: str):
 async def _publish_session(live: LiveSessions, events: int) -> int:
     """A whole session's worth of events: queued … ended. Returns how many were published."""
     await live.create("s1", "u1", {"conversation_id": "c1", "pool": "server"})
-    await live.transition("s1", SessionState.STARTING, Reason.PICKED_UP,
-                          allowed_from={SessionState.QUEUED}, worker_id="w1")  # fmt: skip
+    await live.pick_up("s1", "w1")
     for i in range(events):
         assert await live.publish("s1", "user.turn_stopped", {"turn": i})
-    await live.transition("s1", SessionState.ENDED, Reason.CLIENT_ENDED,
-                          allowed_from={SessionState.STARTING})  # fmt: skip
+    await live.move("s1", "finish_own", Reason.CLIENT_ENDED, worker_id="w1")
     return events + 3
 
 
 async def _stored(store: Store) -> list[tuple[int, str]]:
     async with store.session() as db:
-        rows = (await db.exec(select(EventRecord).order_by(EventRecord.seq))).all()
+        rows = (await db.exec(select(EventRecord).order_by(col(EventRecord.seq)))).all()
     return [(r.seq, r.type) for r in rows]
 
 

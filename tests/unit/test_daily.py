@@ -28,7 +28,7 @@ from pipecat.transports.daily.transport import DailyTransport
 from harness.doubles.daily_api import FakeDaily
 from harness.waiting import eventually
 from shared import keys
-from shared.events import Reason
+from shared.lifecycle import Reason
 from shared.settings import Settings
 from tests.conftest import InProcessAPI
 from worker.options import WorkerOptions
@@ -401,7 +401,7 @@ async def test_user_events_name_the_participant_who_spoke(daily: FakeDaily) -> N
             return True
 
     recorder = Recorder()
-    publisher = EventPublisher(recorder, "s1")  # type: ignore[arg-type]
+    publisher = EventPublisher(recorder, "s1", "w1")  # type: ignore[arg-type]  # a recorder for LiveSessions: only publish() is called
     publisher.speaker = transport.current_speaker
 
     await built._call_event_handler(

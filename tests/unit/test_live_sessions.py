@@ -7,7 +7,15 @@ import time
 
 from api.reaper import Reaper
 from shared import keys
-from shared.events import LIVE_STATES, OWNED_STATES, Reason, SessionState
+from shared.lifecycle import (
+    FINAL_STATES,
+    LIVE_STATES,
+    MOVES,
+    Reason,
+    SessionState,
+    allowed,
+    final_state,
+)
 from shared.live import LiveSessions, OwnerLimitReached
 
 
@@ -18,13 +26,8 @@ async def _new(live: LiveSessions, sid: str = "s1", **fields: str) -> None:
 async def test_only_one_of_two_racing_transitions_wins(redis) -> None:
     live = LiveSessions(redis)
     await _new(live)
-    results = await asyncio.gather(
-        live.transition("s1", SessionState.STARTING, Reason.PICKED_UP,
-                        allowed_from={SessionState.QUEUED}, worker_id="w1"),
-        live.transition("s1", SessionState.EXPIRED, Reason.NO_CAPACITY,
-                        allowed_from={SessionState.QUEUED}),
-    )  # fmt: skip
-    assert sorted(changed for changed, _ in results) == [False, True]
+    results = await asyncio.gather(live.pick_up("s1", "w1"), live.expire("s1"))
+    assert sorted(results) == [False, True]
     events = await redis.xrange(keys.session_events("s1"))
     assert [f["seq"] for _, f in events] == ["1", "2"]
 
@@ -45,18 +48,15 @@ async def test_events_carry_increasing_seq_in_both_streams(redis) -> None:
 async def test_a_final_state_is_final(redis) -> None:
     live = LiveSessions(redis, stream_retention=60)
     await _new(live)
-    await live.transition("s1", SessionState.STARTING, Reason.PICKED_UP,
-                          allowed_from={SessionState.QUEUED}, worker_id="w1")  # fmt: skip
+    await live.pick_up("s1", "w1")
     assert await redis.exists(keys.session_alive("s1"))
-    changed, _ = await live.transition(
-        "s1", SessionState.ENDED, Reason.CLIENT_ENDED, allowed_from=OWNED_STATES
-    )
+    changed, _ = await live.move("s1", "finish_own", Reason.CLIENT_ENDED, worker_id="w1")
     assert changed
     assert not await live.publish("s1", "user.turn_started", {})
-    again, current = await live.transition(
-        "s1", SessionState.FAILED, Reason.WORKER_LOST, allowed_from=LIVE_STATES
-    )
-    assert (again, current) == (False, "ended")
+    for name in MOVES:  # no move leaves a final state
+        worker = "w1" if MOVES[name].owner else ""
+        again, current = await live.move("s1", name, Reason.WORKER_LOST, worker_id=worker)
+        assert (again, current) == (False, "ended"), name
     assert not await redis.sismember(keys.LIVE_SESSIONS, "s1")
     assert not await redis.exists(keys.session_alive("s1"))
     assert 0 < await redis.ttl(keys.session_events("s1")) <= 60
@@ -71,8 +71,7 @@ async def test_the_owner_limit_is_atomic(redis) -> None:
     assert sum(not isinstance(r, Exception) for r in results) == 3
     assert all(isinstance(r, OwnerLimitReached) for r in results if isinstance(r, Exception))
     first = next(f"s{i}" for i, r in enumerate(results) if not isinstance(r, Exception))
-    await live.transition(first, SessionState.CANCELLED, Reason.CLIENT_ENDED,
-                          allowed_from={SessionState.QUEUED})  # fmt: skip
+    assert await live.cancel(first, Reason.CLIENT_ENDED)
     await live.create("again", "u1", {"conversation_id": "c1"}, owner_limit=3)  # a slot freed
 
 
@@ -80,8 +79,7 @@ async def test_reaper_fails_lost_sessions_and_expires_stale_queued_ones(redis) -
     live = LiveSessions(redis, heartbeat_ttl=10)
     reaper = Reaper(live, queue_ttl=5)
     await _new(live, "owned")
-    await live.transition("owned", SessionState.STARTING, Reason.PICKED_UP,
-                          allowed_from={SessionState.QUEUED}, worker_id="w1")  # fmt: skip
+    await live.pick_up("owned", "w1")
     await _new(live, "stale", created_ts=repr(time.time() - 60), job_id="stale")
     await redis.zadd(keys.queue("server"), {"stale": 1})
     await _new(live, "fresh", created_ts=repr(time.time()))
@@ -105,8 +103,7 @@ async def test_reaper_judges_nobody_until_workers_could_beat_again(redis) -> Non
     await reaper.check_redis()
     assert reaper.judging
     await _new(live, "owned")
-    await live.transition("owned", SessionState.STARTING, Reason.PICKED_UP,
-                          allowed_from={SessionState.QUEUED}, worker_id="w1")  # fmt: skip
+    await live.pick_up("owned", "w1")
     await redis.delete(keys.session_alive("owned"))  # as if its key lapsed during an outage
 
     for blind_spot in ("unreachable", "restarted", "paused"):
@@ -124,3 +121,51 @@ async def test_reaper_judges_nobody_until_workers_could_beat_again(redis) -> Non
         assert reaper.judging, blind_spot
 
     assert await reaper.sweep() == [("owned", "worker_lost")]  # now it could have beaten
+
+
+def test_the_table_reaches_every_state_and_no_final_state_has_a_way_out() -> None:
+    graph = allowed()
+    reached = {SessionState.QUEUED} | {to for targets in graph.values() for to in targets}
+    assert reached == set(SessionState)
+    assert all(not graph[state] for state in FINAL_STATES)
+    assert all(graph[state] for state in LIVE_STATES)
+    assert final_state(Reason.WORKER_LOST) == SessionState.FAILED
+    assert final_state(Reason.CLIENT_LEFT) == SessionState.ENDED
+
+
+async def test_a_new_owner_is_not_mistaken_for_the_old_ones_retries(redis) -> None:
+    """Publisher numbers count per owner: after the session moves to another worker, that
+    worker's first events are written, not taken for repeats of the first owner's."""
+    live = LiveSessions(redis)
+    await _new(live)
+    assert await live.pick_up("s1", "w1")
+    for n in range(1, 6):
+        assert await live.publish("s1", "user.turn_started", {}, worker_id="w1", publisher_seq=n)
+    assert await live.move("s1", "recover", Reason.WORKER_LOST)
+    assert await live.pick_up("s1", "w2")
+    assert await live.publish("s1", "user.turn_started", {"n": 1}, worker_id="w2", publisher_seq=1)
+    ready, _ = await live.move(
+        "s1", "mark_ready", Reason.RECOVERED, worker_id="w2", publisher_seq=2
+    )
+    assert ready
+    events = await redis.xrange(keys.session_events("s1"))
+    assert [f["seq"] for _, f in events] == [str(i) for i in range(1, len(events) + 1)]
+    assert (await live.get("s1"))["state"] == "ready"
+
+
+async def test_a_worker_that_lost_its_session_can_no_longer_speak_for_it(redis) -> None:
+    """A worker back from a stall after its call was recovered elsewhere: its events and
+    moves are refused, and the new owner's go through."""
+    live = LiveSessions(redis)
+    await _new(live)
+    assert await live.pick_up("s1", "w1")
+    assert await live.move("s1", "recover", Reason.WORKER_LOST)
+    assert await live.pick_up("s1", "w2")
+    assert not await live.publish("s1", "user.turn_started", {}, worker_id="w1")
+    assert await live.move("s1", "finish_own", Reason.CLIENT_LEFT, worker_id="w1") == (
+        False,
+        "not_owner",
+    )
+    assert (await redis.get(keys.session_alive("s1"))) == "w2"
+    changed, _ = await live.move("s1", "mark_ready", Reason.RECOVERED, worker_id="w2")
+    assert changed

@@ -11,7 +11,7 @@ import pytest
 
 from shared import keys
 from shared.connections import EmbeddedRedis, redis_client
-from shared.events import Reason, SessionState
+from shared.lifecycle import Reason
 from shared.live import LiveSessions
 from worker.publisher import EventPublisher
 
@@ -22,8 +22,7 @@ async def outage(tmp_path: Path):
     redis = redis_client(server.url)
     live = LiveSessions(redis)
     await live.create("s1", "u1", {"conversation_id": "c1", "pool": "server"})
-    await live.transition("s1", SessionState.STARTING, Reason.PICKED_UP,
-                          allowed_from={SessionState.QUEUED}, worker_id="w1")  # fmt: skip
+    await live.pick_up("s1", "w1")
     yield server, live
     await redis.aclose()
     server.stop()
@@ -35,15 +34,13 @@ async def _entries(live: LiveSessions) -> list[dict[str, str]]:
 
 async def test_events_made_while_redis_is_down_arrive_once_in_order(outage) -> None:
     server, live = outage
-    publisher = EventPublisher(live, "s1")
+    publisher = EventPublisher(live, "s1", "w1")
     for i in range(5):
         publisher.emit("drill.tick", {"i": i})
     await publisher.flush()
 
     server.kill()  # kill -9: the AOF has everything written so far
-    ready = publisher.transition(
-        SessionState.READY, Reason.PIPELINE_READY, allowed_from={SessionState.STARTING}
-    )
+    ready = publisher.transition("mark_ready", Reason.PIPELINE_READY)
     for i in range(5, 25):
         publisher.emit("drill.tick", {"i": i})
     await asyncio.sleep(0.5)  # the publisher is retrying meanwhile; the caller never waited
@@ -70,9 +67,9 @@ async def test_a_retry_after_a_lost_reply_is_written_once(outage) -> None:
     _server, live = outage
     assert await live.publish("s1", "drill.tick", {"i": 1}, publisher_seq=7)
     assert await live.publish("s1", "drill.tick", {"i": 1}, publisher_seq=7)  # the retry
-    ready = {"allowed_from": {SessionState.STARTING}, "publisher_seq": 8}
-    changed, _ = await live.transition("s1", SessionState.READY, Reason.PIPELINE_READY, **ready)
-    again, _ = await live.transition("s1", SessionState.READY, Reason.PIPELINE_READY, **ready)
+    ready = {"worker_id": "w1", "publisher_seq": 8}
+    changed, _ = await live.move("s1", "mark_ready", Reason.PIPELINE_READY, **ready)
+    again, _ = await live.move("s1", "mark_ready", Reason.PIPELINE_READY, **ready)
     assert changed and again  # the retry reports what the first attempt did
     assert [e["type"] for e in await _entries(live)].count("drill.tick") == 1
     assert len(await _entries(live)) == 4  # queued, starting, one tick, ready
@@ -80,12 +77,10 @@ async def test_a_retry_after_a_lost_reply_is_written_once(outage) -> None:
 
 async def test_a_full_buffer_keeps_the_newest_and_records_the_gap(outage) -> None:
     server, live = outage
-    publisher = EventPublisher(live, "s1", max_buffered=5)
+    publisher = EventPublisher(live, "s1", "w1", max_buffered=5)
     server.kill()
     publisher.emit("drill.tick", {"i": 0})  # the head: in flight when the outage began
-    publisher.transition(
-        SessionState.READY, Reason.PIPELINE_READY, allowed_from={SessionState.STARTING}
-    )  # a state change is never dropped
+    publisher.transition("mark_ready", Reason.PIPELINE_READY)  # a state change is never dropped
     for i in range(1, 20):
         publisher.emit("drill.tick", {"i": i})
     server.start()

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from pipecat.observers.base_observer import BaseObserver
 from pipecat.processors.frame_processor import FrameProcessor
 
-from shared.events import Reason
+from shared.lifecycle import Reason
 from worker.options import WorkerOptions
 
 

@@ -32,7 +32,8 @@ from pipecat.services.openai.realtime import events as rt
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
 from websockets.exceptions import ConnectionClosed
 
-from shared.events import EventType, Reason
+from shared.events import EventType
+from shared.lifecycle import Reason
 from worker import metrics
 from worker.options import AssistantConfig
 from worker.profiles import SessionContext

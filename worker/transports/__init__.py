@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 
-from shared.events import Reason
+from shared.lifecycle import Reason
 from worker.options import WorkerOptions
 
 

@@ -29,7 +29,7 @@ from pipecat.transports.daily.utils import (
     DailyRoomProperties,
 )
 
-from shared.events import Reason
+from shared.lifecycle import Reason
 from worker.options import WorkerOptions
 from worker.transports import SignalError, TransportError
 
