@@ -11,7 +11,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, cast, overload
 
 T = TypeVar("T")
 
@@ -26,8 +26,28 @@ def _describe(predicate: Callable[..., Any], what: str | None) -> str:
     return f"{name}()" if name and name != "<lambda>" else "the condition"
 
 
+@overload
 async def eventually(
-    predicate: Callable[[], T | Awaitable[T]],
+    predicate: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float = ...,
+    what: str | None = ...,
+    interval: float = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    predicate: Callable[[], T | None],
+    *,
+    timeout: float = ...,
+    what: str | None = ...,
+    interval: float = ...,
+) -> T: ...
+
+
+async def eventually(
+    predicate: Callable[[], T | Awaitable[T | None] | None],
     *,
     timeout: float = DEFAULT_TIMEOUT_S,
     what: str | None = None,
@@ -38,13 +58,13 @@ async def eventually(
     starting, a row not there yet), so a predicate may also ``assert`` to say why it is
     not there yet; what is not an Exception (``pytest.fail()``, cancellation) ends the
     wait at once. After ``timeout`` s, raise AssertionError naming ``what`` and the last
-    value or exception."""
+    value or exception. The result is typed without ``None``, as None never holds."""
     deadline = time.monotonic() + timeout
     while True:
         error: Exception | None = None
         try:
             result = predicate()
-            value = cast(T, await result if inspect.isawaitable(result) else result)
+            value = cast("T | None", await result if inspect.isawaitable(result) else result)
         except Exception as exc:
             error = exc
         else:

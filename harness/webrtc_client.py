@@ -89,13 +89,13 @@ class WavAudioTrack(MediaStreamTrack):
         if loop and pause_s and len(self._samples):  # a pause after each repeat
             pause = np.zeros(int(self._rate * pause_s), dtype=np.int16)
             self._samples = np.concatenate([self._samples, pause])
-        self._loop = loop and len(self._samples) > 0
+        self._repeat = loop and len(self._samples) > 0
         self._frame_samples = self._rate * FRAME_MS // 1000
         self._time_base = fractions.Fraction(1, self._rate)
         self._pts = 0  # samples sent so far; also the next frame's pts
         self._start: float | None = None
         self.playback_finished = asyncio.Event()
-        if not self._loop and len(self._samples) == 0:
+        if not self._repeat and len(self._samples) == 0:
             self.playback_finished.set()
 
     @property
@@ -104,7 +104,7 @@ class WavAudioTrack(MediaStreamTrack):
 
     def _next_chunk(self) -> np.ndarray:
         n, total, pos = self._frame_samples, len(self._samples), self._pts
-        if self._loop:
+        if self._repeat:
             idx = (pos + np.arange(n)) % total
             return self._samples[idx]
         chunk = self._samples[pos : pos + n]

@@ -38,6 +38,8 @@ class ProtobufClient:
         self.audio: list[tuple[np.ndarray, int]] = []  # (samples, sample rate)
         self.messages: list[dict[str, Any]] = []
         self.closed = asyncio.Event()
+        self._samples: np.ndarray
+        self._rate: int
         self._samples, self._rate = _read_wav(wav) if wav else (np.zeros(0, np.int16), 16000)
         if loop:  # say it again and again, with a pause the echo bot answers in
             pause = np.zeros(int(self._rate * LOOP_PAUSE_S), np.int16)

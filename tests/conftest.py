@@ -107,7 +107,7 @@ def make_api(redis: aioredis.Redis, redis_server: EmbeddedRedis, tmp_path: Path)
             "queue_ttl": 30,
         }
         values.update(overrides)
-        app = create_app(Settings(**values))  # type: ignore[arg-type]
+        app = create_app(Settings(**values))  # type: ignore[arg-type]  # values of mixed types: Settings validates them
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(

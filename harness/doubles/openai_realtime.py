@@ -406,15 +406,15 @@ class _Connection:
             self.items.pop(event.get("item_id", ""), None)
             await self.send("conversation.item.deleted", item_id=event.get("item_id"))
         elif kind == "conversation.item.retrieve":
-            item = self.items.get(event.get("item_id", ""))
-            if item is None:
+            stored = self.items.get(event.get("item_id", ""))
+            if stored is None:
                 await self.error(
                     f"Item with item_id not found: {event.get('item_id')}",
                     code="item_retrieve_invalid_item_id",
                     event_id=event_id,
                 )
             else:
-                await self.send("conversation.item.retrieved", item=item)
+                await self.send("conversation.item.retrieved", item=stored)
         elif kind == "response.create":
             if self.responding:
                 await self.error(
@@ -620,7 +620,7 @@ class _Connection:
     async def _answer(self, text: str, *, text_only: bool, turn: bool) -> None:
         self.answers += 1
         response_id = _id("resp")
-        item = {
+        item: Event = {
             "id": _id("item"),
             "object": "realtime.item",
             "type": "message",

@@ -158,8 +158,8 @@ async def test_speech_tool_call_and_answer_are_all_recorded(
             assert "send_to_nested" in markdown
 
             # The key is in no event, no stored export, no log line.
-            exported = (await api.get(f"/api/conversations/{cid}/export?format=json")).text
-            assert API_KEY not in exported
+            exported_json = (await api.get(f"/api/conversations/{cid}/export?format=json")).text
+            assert API_KEY not in exported_json
             assert all(API_KEY not in json.dumps(e.data) for e in events)
         system.stop()
         assert API_KEY not in system.log_tail(lines=100000)

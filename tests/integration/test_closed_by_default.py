@@ -83,10 +83,10 @@ def test_metrics_bind_must_be_host_and_port() -> None:
 
     for wrong in ("9101", "127.0.0.1", "127.0.0.1:http", ":9101", "127.0.0.1:70000"):
         with pytest.raises(ValidationError):
-            Settings(metrics_bind=wrong)  # type: ignore[call-arg]
-    assert Settings(metrics_bind="[::1]:9101").metrics_address == ("::1", 9101)  # type: ignore[call-arg]
+            Settings(metrics_bind=wrong)
+    assert Settings(metrics_bind="[::1]:9101").metrics_address == ("::1", 9101)
     # compose passes an unset variable as "": that is "no token", not an empty one.
-    assert Settings(metrics_token="", metrics_bind="").metrics_token is None  # type: ignore[call-arg]
+    assert Settings(metrics_token="", metrics_bind="").metrics_token is None
 
 
 # --- /docs and /openapi.json ------------------------------------------------------------

@@ -15,9 +15,10 @@ pytestmark = pytest.mark.slow
 _spec = importlib.util.spec_from_file_location(
     "drills", Path(__file__).parents[2] / "ops" / "drills" / "drills.py"
 )
-drills = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+assert _spec is not None and _spec.loader is not None
+drills = importlib.util.module_from_spec(_spec)
 sys.modules["drills"] = drills  # dataclasses look their module up there
-_spec.loader.exec_module(drills)  # type: ignore[union-attr]
+_spec.loader.exec_module(drills)
 
 CALL_STATES = ["queued", "starting", "ready", "connected", "ended"]
 

@@ -126,7 +126,9 @@ async def _user_id(api, name: str) -> str:
     from shared.users import get_user_by_name
 
     async with api.state.store.session() as db:
-        return (await get_user_by_name(db, name)).id
+        user = await get_user_by_name(db, name)
+    assert user is not None, name
+    return user.id
 
 
 async def test_deep_json_is_refused_not_a_500(api) -> None:

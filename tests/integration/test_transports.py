@@ -212,7 +212,7 @@ async def test_start_for_each_transport(make_system, hello_wav) -> None:
         try:
             await peer.connect(send_offer)
             await peer.wait_connected()
-            candidates = {"pc_id": peer.pc_id, "candidates": []}
+            candidates: dict[str, Any] = {"pc_id": peer.pc_id, "candidates": []}
             assert (await api.patch(offer_url, json=candidates)).status_code == 204
             await wait_for_status(api, session_id, {"connected"})
         finally:

@@ -99,7 +99,7 @@ async def test_any_other_failure_ends_the_worker_with_exit_code_1(start_worker, 
     worker = await start_worker(break_for_good)
     await asyncio.wait_for(worker.supervisor.failed.wait(), 10)
     assert worker.free_slots() == 0  # from the moment it failed
-    run = next(t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "VoicepoolWorker.run")  # type: ignore[union-attr]
+    run = next(t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "VoicepoolWorker.run")  # type: ignore[union-attr]  # typeshed: get_coro() may be a generator, typed without __qualname__
     assert await asyncio.wait_for(run, 20) == 1
     assert await _beat(redis, worker) is None  # gone from the fleet, not listed as capacity
 
@@ -122,7 +122,8 @@ async def test_a_hung_poll_loop_is_stalled_and_no_capacity(start_worker, redis) 
 
     await eventually(stalled, timeout=POLL_STALL_S + 5, what="a stalled beat")
     beat = await _beat(redis, worker)
-    assert beat is not None and beat.serving_capacity == 0 and beat.poll_age > POLL_STALL_S  # type: ignore[operator]
+    assert beat is not None and beat.serving_capacity == 0
+    assert beat.poll_age is not None and beat.poll_age > POLL_STALL_S
     await reaper.observe_fleet()
     assert _gauge("voicepool_pool_capacity_sessions") == 0
     assert _gauge("voicepool_pool_workers_stalled") == 1

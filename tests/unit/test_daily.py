@@ -155,10 +155,11 @@ async def test_pipeline_transport_is_built_not_joined(daily: FakeDaily) -> None:
     await transport.prepare()
     built = transport.build(TransportParams(audio_in_enabled=True, audio_out_enabled=True))
     assert isinstance(built, RoomTransport) and isinstance(built, DailyTransport)
+    assert transport.room is not None  # created by prepare()
     bot_token = next(t for t, p in daily.tokens.items() if p["user_name"] == BOT_NAME)
     client = built._client
     assert (client._room_url, client._token, client._bot_name) == (
-        transport.room.url,  # type: ignore[union-attr]
+        transport.room.url,
         bot_token,
         BOT_NAME,
     )
@@ -175,6 +176,7 @@ async def test_room_client_events_are_first_in_and_last_out(daily: FakeDaily) ->
     transport = DailySessionTransport("s1", _options(daily))
     await transport.prepare()
     built = transport.build(TransportParams(audio_in_enabled=True, audio_out_enabled=True))
+    assert isinstance(built, RoomTransport)
     seen: list[str] = []
 
     @built.event_handler("on_client_connected")
@@ -195,7 +197,7 @@ async def test_room_client_events_are_first_in_and_last_out(daily: FakeDaily) ->
 
     # Someone already in the room when the bot joins counts too (once).
     seen.clear()
-    built.participants = lambda: {"local": {"id": "bot"}, "early": {"info": {}}}  # type: ignore[method-assign]
+    built.participants = lambda: {"local": {"id": "bot"}, "early": {"info": {}}}  # type: ignore[method-assign]  # stands in for the call's participants
     await built._call_event_handler("on_joined", {})
     await eventually(lambda: seen == ["in:early"], timeout=5, what="the early one counted")
     await built._call_event_handler("on_client_connected", {"id": "early"})

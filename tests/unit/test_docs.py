@@ -12,7 +12,7 @@ README = (Path(__file__).parents[2] / "README.md").read_text()
 def test_every_setting_is_in_the_readme() -> None:
     for name, field in Settings.model_fields.items():
         env = (
-            field.validation_alias.choices[0]  # type: ignore[union-attr]
+            field.validation_alias.choices[0]  # type: ignore[union-attr]  # every aliased setting uses AliasChoices
             if field.validation_alias
             else f"VOICEPOOL_{name.upper()}"
         )

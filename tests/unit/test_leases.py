@@ -46,7 +46,7 @@ async def test_a_cancelled_stream_gives_its_slot_back(redis) -> None:
     with pytest.raises(ApiError) as refused:
         await leases.take("u1", limit=2)
     assert refused.value.status_code == 429
-    assert refused.value.headers["Retry-After"]
+    assert refused.value.headers is not None and refused.value.headers["Retry-After"]
 
 
 async def test_a_refusal_extends_nothing_and_dead_holders_lapse(redis) -> None:

@@ -98,8 +98,8 @@ def test_the_dev_banner_shows_no_passwords() -> None:
     from voicepool.cli import _banner
 
     settings = Settings(
-        redis_url="redis://:bannerPw123@127.0.0.1:6400/0",  # type: ignore[call-arg]
-        database_url="postgresql://vp:dbPw12345@db:5432/vp",  # type: ignore[call-arg]
+        redis_url="redis://:bannerPw123@127.0.0.1:6400/0",
+        database_url="postgresql://vp:dbPw12345@db:5432/vp",
     )
     banner = _banner(settings, 8000, 2, 4, "vp_token", None)
     assert "bannerPw123" not in banner and "dbPw12345" not in banner
@@ -146,6 +146,7 @@ def configure_logs(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[...,
         u.handlers[:], u.propagate = handlers, propagate
         u.setLevel(u_level)
     logger.remove()
+    assert sys.__stderr__ is not None  # None only without a console (pythonw)
     logger.add(sys.__stderr__)  # loguru's default sink
 
 
@@ -309,7 +310,7 @@ async def test_the_apis_access_lines_are_json_with_their_query_tokens_masked(
     run: dict[str, Any] = {}
     monkeypatch.setattr(api.main, "create_app", lambda _settings: stand_in)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: run.update(app=app, **kwargs))
-    cli._run_api(Settings(_env_file=None), "127.0.0.1", free_port())  # type: ignore[call-arg]
+    cli._run_api(Settings(_env_file=None), "127.0.0.1", free_port())
 
     server = uvicorn.Server(uvicorn.Config(**run))
     serving = asyncio.create_task(server.serve())

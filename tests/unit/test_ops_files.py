@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]  # PyYAML has no inline types; types-PyYAML is not a test dependency
 from prometheus_client import REGISTRY
 
 import api.metrics

@@ -208,7 +208,8 @@ async def test_a_failing_command_reports_its_status(tmp_path) -> None:
 
 async def test_a_missing_program_is_a_clear_error(tmp_path) -> None:
     spec = command_tool(tmp_path)
-    spec.command.argv[0] = str(tmp_path / "no-such-program")  # type: ignore[union-attr]
+    assert spec.command is not None
+    spec.command.argv[0] = str(tmp_path / "no-such-program")
     with pytest.raises(ToolError, match="could not start"):
         await run_tool(spec, {"text": "x"}, ignore)
 
@@ -261,7 +262,8 @@ async def test_websocket_tool_forwards_progress_and_returns_the_final_answer() -
          "kind": "websocket", "websocket": {"url": "ws://127.0.0.1:1/unused"}}
     )  # fmt: skip
     async with NestedTeam(progress=["Planning", "Researching"]) as team:
-        spec.websocket.url = team.url  # type: ignore[union-attr]
+        assert spec.websocket is not None
+        spec.websocket.url = team.url
         steps: list[dict] = []
         result = await run_tool(spec, {"text": "find flights"}, collect(steps))
     assert result == "The team says: done. (find flights)"
@@ -288,7 +290,8 @@ async def test_websocket_message_takes_declared_arguments_only() -> None:
                        "message": {"type": "task", "text": "{text}", "to": "{who}"}}}
     )  # fmt: skip
     async with NestedTeam(progress=[]) as team:
-        spec.websocket.url = team.url  # type: ignore[union-attr]
+        assert spec.websocket is not None
+        spec.websocket.url = team.url
         await run_tool(spec, {"text": "{who} -- --flag"}, ignore)
         with pytest.raises(ToolError, match=r"unknown arguments: type \(send_to_nested takes"):
             await run_tool(spec, {"text": "x", "type": "final"}, ignore)
@@ -315,7 +318,7 @@ class Endpoint:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
         return self
 
     async def __aexit__(self, *_: object) -> None:
@@ -426,7 +429,7 @@ async def test_a_failing_tool_is_recorded_and_the_model_hears_why() -> None:
     params = SimpleNamespace(
         arguments={"text": "find flights"}, tool_call_id="call_1", result_callback=result_callback
     )
-    await handler(params)  # type: ignore[arg-type]
+    await handler(params)  # type: ignore[arg-type]  # a stand-in for FunctionCallParams: the three fields the handler reads
     assert [kind for kind, _ in events] == ["tool.started", "tool.failed"]
     failed = events[1][1]
     assert failed["call_id"] == "call_1" and "could not reach the agent team" in failed["error"]
@@ -455,7 +458,7 @@ def call_handler(spec: ToolSpec, arguments: object):
     params = SimpleNamespace(
         arguments=arguments, tool_call_id="call_1", result_callback=result_callback
     )
-    return handler(params), events, results, outcomes
+    return handler(params), events, results, outcomes  # type: ignore[arg-type]  # a stand-in for FunctionCallParams: the three fields the handler reads
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,8 @@ async def db(database_url: str):
 async def test_token_round_trip_and_only_a_hash_is_stored(db) -> None:
     user = await create_user(db, "alice")
     issued = await issue_token(db, user)
-    assert (await authenticate(db, issued.token)).id == user.id
+    authenticated = await authenticate(db, issued.token)
+    assert authenticated is not None and authenticated.id == user.id
     row = await db.get(ApiToken, issued.token_id)
     secret = issued.token.split("_", 2)[2]
     assert secret not in row.hash and secret not in row.salt
