@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import secrets
 import time
 from collections.abc import Awaitable
@@ -28,7 +27,7 @@ import redis.asyncio as aioredis
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from shared import keys, queue
+from shared import control, keys, queue
 from shared.ids import new_id
 from shared.lifecycle import OWNED_STATES, Reason
 from shared.live import LiveSessions
@@ -104,7 +103,6 @@ async def get_user_by_name(db: AsyncSession, name: str) -> User | None:
 
 # --- signing out everywhere -------------------------------------------------------------
 
-SIGNAL_LIST_TTL_S = 60  # as api/signals.py: messages to a worker that died are not kept
 END_REPLY_WAIT_S = 5.0  # how long to wait for workers to confirm the ends
 STRAGGLER_WAIT_S = 1.0  # before looking again for sessions created during the first look
 
@@ -141,13 +139,10 @@ async def sign_out_everywhere(redis: aioredis.Redis, live: LiveSessions, user_id
         # Workers answer at once; a dead one never does (its sessions are the reaper's).
         deadline = time.monotonic() + END_REPLY_WAIT_S
         while replies and (left := deadline - time.monotonic()) > 0:
-            reply = await cast(
-                "Awaitable[list[str] | None]",
-                redis.blpop(list(replies), timeout=left),  # type: ignore[arg-type]  # redis-py: timeout typed int; Redis takes float seconds
-            )
-            if reply is None:
+            got = await control.wait_reply(redis, list(replies), left)
+            if got is None:
                 break
-            replies.discard(reply[0])
+            replies.discard(got[0])
     return len(ended)
 
 
@@ -164,16 +159,5 @@ async def _end_session(redis: aioredis.Redis, live: LiveSessions, session_id: st
     if meta.get("state") not in OWNED_STATES or not worker_id:
         return None  # final already; one whose worker died is the reaper's
     # The same "end" control message the API's DELETE sends, through the worker's list.
-    request_id = secrets.token_hex(12)
-    message = {
-        "id": request_id,
-        "kind": "end",
-        "session_id": session_id,
-        "payload": {"reason": Reason.REVOKED},
-    }
-    signals = keys.worker_signals(worker_id)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.rpush(signals, json.dumps(message))
-        pipe.expire(signals, SIGNAL_LIST_TTL_S)
-        await pipe.execute()
-    return keys.reply(request_id)
+    end = control.End(session_id=session_id, payload=control.EndBody(reason=Reason.REVOKED))
+    return await control.send(redis, worker_id, end)

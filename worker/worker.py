@@ -30,8 +30,9 @@ from typing import Any, cast
 
 from arq import Worker
 from arq.worker import func
+from pydantic import ValidationError
 
-from shared import keys, queue
+from shared import control, keys, queue
 from shared.connections import arq_redis_settings, redis_client
 from shared.fleet import WorkerBeat
 from shared.gc_freeze import freeze_startup_objects
@@ -56,7 +57,6 @@ from worker.transports.websocket import WebSocketListener, WebSocketSessionTrans
 
 log = logging.getLogger(__name__)
 
-REPLY_TTL_S = 60
 # A requeued job's own expiry only keeps arq from holding it forever: the API's
 # reaper expires the session by its creation time (VOICEPOOL_QUEUE_TTL) anyway.
 REQUEUE_EXPIRES_S = 300
@@ -422,60 +422,46 @@ class VoicepoolWorker:
     # --- control messages (SDP offers, ICE candidates, end and drain requests) ---------
 
     async def _signal_loop(self) -> None:
-        queue = keys.worker_signals(self.id)
         while True:
             try:
-                item = await cast(
-                    "Awaitable[list[str] | None]",
-                    self.redis.blpop([queue], timeout=SIGNAL_BLOCK_S),  # type: ignore[arg-type]  # redis-py: timeout typed int; Redis takes float seconds
-                )
+                raw = await control.take(self.redis, self.id, SIGNAL_BLOCK_S)
             except Exception as exc:
                 log.warning("signal read failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            if item is None:
+            if raw is None:
                 continue
             try:
-                message = json.loads(item[1])
-                if not isinstance(message, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as exc:  # never fatal to the loop
+                message = control.parse(raw)
+            except ValidationError as exc:  # never fatal to the loop
                 log.error("skipping a malformed control message: %s", exc)
                 continue
             # A session's offer builds its peer connection: its tasks carry the session_id.
-            with log_fields(session_id=message.get("session_id")):
+            with log_fields(session_id=message.session_id or None):
                 self._spawn(self._answer(message))
 
-    async def _answer(self, message: dict[str, Any]) -> None:
+    async def _answer(self, message: control.ControlMessage) -> None:
         try:
-            result = await self._handle(message)
-            reply: dict[str, Any] = {"ok": True, "result": result}
+            reply = control.Reply(ok=True, result=await self._handle(message))
         except SignalError as exc:
-            reply = {"ok": False, "code": exc.code, "message": str(exc), "status": exc.status}
+            reply = control.Reply.refused(exc.code, str(exc), exc.status)
         except Exception as exc:
-            log.exception("control message %s failed", message.get("kind"))
-            reply = {"ok": False, "code": "worker_error", "message": str(exc), "status": 502}
-        if message.get("id"):
-            key = keys.reply(message["id"])
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.lpush(key, json.dumps(reply))
-                pipe.expire(key, REPLY_TTL_S)
-                await pipe.execute()
+            log.exception("control message %s failed", message.kind)
+            reply = control.Reply.refused("worker_error", str(exc), 502)
+        await control.answer(self.redis, message.id, reply)
 
-    async def _handle(self, message: dict[str, Any]) -> Any:
-        kind = message.get("kind")
-        payload = message.get("payload") or {}
-        if kind == "drain":
+    async def _handle(self, message: control.ControlMessage) -> Any:
+        if isinstance(message, control.Drain):
             self.draining = True  # before answering: no job is taken from here on
-            self._spawn(self.drain(payload.get("timeout")))
+            self._spawn(self.drain(message.payload.timeout))
             return {"draining": True}
-        runner = self.sessions.get(message.get("session_id", ""))
+        runner = self.sessions.get(message.session_id)
         if runner is None:
             raise SignalError("unknown_session", "the session is not running on this worker", 404)
-        if kind == "end":
-            runner.end(Reason(payload.get("reason", Reason.CLIENT_ENDED)))
+        if isinstance(message, control.End):
+            runner.end(message.payload.reason)
             return {}
-        return await runner.handle_signal(str(kind), payload)
+        return await runner.handle_signal(message.kind, message.payload.model_dump())
 
 
 def restrict_ice_host_addresses(addresses: list[str]) -> None:

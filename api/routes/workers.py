@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import AdminUser, StateDep
 from api.errors import ApiError
-from shared import keys
+from shared import control, keys
 from shared.fleet import WorkerBeat
 from shared.queue import estimate_wait
 
@@ -110,7 +110,9 @@ async def drain_worker(
     if worker_id not in current:
         raise ApiError(404, "worker_not_found", "no live worker with that id")
     timeout = body.timeout_s if body else None
-    await state.signals.request(worker_id, "drain", payload={"timeout": timeout})
+    await state.signals.request(
+        worker_id, control.Drain(payload=control.DrainBody(timeout=timeout))
+    )
     worker = current[worker_id]
     worker.draining = True
     return worker

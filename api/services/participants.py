@@ -11,7 +11,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from api.deps import AppState
 from api.errors import ApiError, not_found, session_ended
 from api.services import ownership, sessions
-from shared import keys
+from shared import control, keys
 from shared.lifecycle import FINAL_STATES
 from shared.models import User, VoiceSession
 from shared.users import get_user_by_name
@@ -71,10 +71,8 @@ async def token(state: AppState, db: AsyncSession, user: User, session_id: str) 
         raise not_found("session")
     _room_only(row)
     worker_id = await sessions.owning_worker(state, row)
+    body = control.ParticipantBody(user_name=user.name, user_id=user.id)
     grant: dict[str, Any] = await state.signals.request(
-        worker_id,
-        "participant",
-        session_id=row.id,
-        payload={"user_name": user.name, "user_id": user.id},
+        worker_id, control.Participant(session_id=row.id, payload=body)
     )
     return grant

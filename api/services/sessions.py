@@ -26,7 +26,7 @@ from api.errors import (
 from api.events import wait_for_state
 from api.schemas import IcePatch, SdpOffer, SessionCreate, SessionOut, sdp_offer_problem
 from api.services import ownership
-from shared import keys, queue
+from shared import control, keys, queue
 from shared.history import transcript_history
 from shared.ids import new_id
 from shared.lifecycle import (
@@ -303,8 +303,10 @@ async def end(state: AppState, row: VoiceSession) -> None:
         current = live.get("state")
     if current in OWNED_STATES and live.get("worker_id"):
         try:
-            worker_id, payload = live["worker_id"], {"reason": Reason.CLIENT_ENDED}
-            await state.signals.request(worker_id, "end", session_id=row.id, payload=payload)
+            end = control.End(
+                session_id=row.id, payload=control.EndBody(reason=Reason.CLIENT_ENDED)
+            )
+            await state.signals.request(live["worker_id"], end)
         except ApiError as exc:
             if exc.code != "unknown_session":  # it finished on its own meanwhile
                 raise
@@ -343,8 +345,9 @@ async def relay_offer(
         raise ApiError(400, "invalid_offer", problem)
     async with state.signalling.hold(user.id, limit=state.settings.max_signals_per_user):
         worker_id = await owning_worker(state, row)
+        body = control.OfferBody.model_validate(offer.model_dump(exclude_none=True))
         answer: dict[str, Any] = await state.signals.request(
-            worker_id, "offer", session_id=row.id, payload=offer.model_dump(exclude_none=True)
+            worker_id, control.Offer(session_id=row.id, payload=body)
         )
         return answer
 
@@ -360,9 +363,8 @@ async def relay_ice(state: AppState, user: User, session_id: str, patch: IcePatc
     try:
         async with state.signalling.hold(user.id, limit=state.settings.max_signals_per_user):
             worker_id = await owning_worker(state, row)
-            await state.signals.request(
-                worker_id, "ice", session_id=row.id, payload=patch.model_dump()
-            )
+            body = control.IceBody.model_validate(patch.model_dump())
+            await state.signals.request(worker_id, control.Ice(session_id=row.id, payload=body))
     except ApiError as exc:
         if exc.code not in ("session_ended", "unknown_session", "unknown_peer"):
             raise
