@@ -45,6 +45,12 @@ class SessionOut(BaseModel):
     conversation_id: str
     status: str
     reason: str | None = None
+    state_seq: int | None = Field(
+        None,
+        description="`seq` of the `session.state` event that set `status` (None if unknown): "
+        "a client merging this with streamed events keeps whichever is later. States "
+        "cycle (connected → reconnecting → connected), so compare seqs, not states.",
+    )
     pool: str
     transport: str
     profile: str

@@ -50,6 +50,27 @@ async def create_session(
     return await sessions.describe(state, row)
 
 
+@router.get("", response_model=list[SessionOut])
+async def list_live_sessions(
+    user: CurrentUser,
+    db: SessionDep,
+    state: StateDep,
+    live: Annotated[
+        bool, Query(description="Must be `true`: only live sessions are listed.")
+    ] = False,
+) -> list[SessionOut]:
+    """The caller's own live sessions (not yet in a final state), newest first: to find
+    a call again, after a page reload say. An administrator gets only their own too.
+
+    ``live=true`` is required (``422 invalid_request`` without it): ended sessions
+    are listed with their conversations, ``GET /api/conversations``.
+    """
+    if not live:
+        message = "only live sessions are listed here: add ?live=true (ended ones are in "
+        raise ApiError(422, "invalid_request", message + "/api/conversations)")
+    return await sessions.live_sessions(state, db, user)
+
+
 @router.get("/{session_id}", response_model=SessionOut)
 async def get_session(row: OwnedSession, user: CurrentUser, state: StateDep) -> SessionOut:
     described = await sessions.describe(state, row)

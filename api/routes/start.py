@@ -6,6 +6,10 @@ take; the answer is what the client passes straight on to its transport's
 by ``POST /api/sessions``, then the call waits (up to ``VOICEPOOL_READY_WAIT``)
 until it is ready, so the connection parameters exist when the client gets them.
 
+With ``sessionId`` it creates nothing: it answers the same way for the caller's
+own live session, so a client that lost its connection (a reload, a network
+change, a call moved to another worker) connects to the same call again.
+
 Pipecat's SmallWebRTCTransport, given only a ``sessionId``, posts its offer to
 ``…/sessions/{sessionId}/api/offer`` next to the start endpoint, with the start
 request's headers; the two routes at the end serve that path.
@@ -52,6 +56,14 @@ class StartRequest(Strict):
         "own ICE servers (VOICEPOOL_ICE_SERVERS), never a public default.",
     )
     body: StartBody | None = None
+    session_id: str | None = Field(
+        None,
+        alias="sessionId",
+        max_length=64,
+        description="Resume this live session of yours instead of creating one (after a "
+        "reload, a lost connection, a call moved to another worker): the answer is the same, "
+        "for that session. `body` is not used: the session keeps its own choices.",
+    )
 
 
 @router.post(
@@ -62,19 +74,27 @@ async def start(
     body: StartRequest, response: Response, user: CurrentUser, db: SessionDep, state: StateDep
 ) -> dict[str, Any]:
     """Create a session, wait until it is ready, and answer with its connection parameters
-    (`sessionId` also in the `X-Session-Id` header; `Location` is the session)."""
+    (`sessionId` also in the `X-Session-Id` header; `Location` is the session).
+
+    With `sessionId`: the caller's own live session instead, once a client may connect
+    to it (waited for while it moves to another worker); `404` if it is not theirs,
+    `409 session_ended` if it has ended."""
     transport = body.transport or ("daily" if body.create_daily_room else "webrtc")
     if body.create_daily_room and transport != "daily":
         raise ApiError(422, "invalid_request", f"createDailyRoom asks for Daily, not {transport}")
-    choices = body.body or StartBody()
-    request = SessionCreate(
-        transport=transport,
-        profile=choices.profile,
-        conversation_id=choices.conversation_id,
-        pool=choices.pool,
-        options=choices.options,
-    )
-    row, connect = await sessions.start(state, db, user, request)
+    if body.session_id is not None:
+        asked = transport if body.transport or body.create_daily_room else None
+        row, connect = await sessions.resume(state, db, user, body.session_id, asked)
+    else:
+        choices = body.body or StartBody()
+        request = SessionCreate(
+            transport=transport,
+            profile=choices.profile,
+            conversation_id=choices.conversation_id,
+            pool=choices.pool,
+            options=choices.options,
+        )
+        row, connect = await sessions.start(state, db, user, request)
     response.headers["X-Session-Id"] = row.id
     response.headers["Location"] = f"/api/sessions/{row.id}"
     return start_response(state, row, connect)

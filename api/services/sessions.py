@@ -8,10 +8,11 @@ import time
 from collections.abc import Awaitable
 from typing import Any, cast
 
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api import limits, metrics
-from api.connect import connect_url, owner_connect
+from api.connect import connect_url, owner_connect, room_connect
 from api.deps import AppState
 from api.errors import (
     ApiError,
@@ -77,6 +78,7 @@ async def describe(state: AppState, row: VoiceSession) -> SessionOut:
         conversation_id=row.conversation_id,
         status=status,
         reason=live.get("reason", row.reason),
+        state_seq=_state_seq(live, row),
         pool=row.pool,
         transport=row.transport,
         profile=row.profile,
@@ -87,6 +89,15 @@ async def describe(state: AppState, row: VoiceSession) -> SessionOut:
         offer_url=f"/api/sessions/{row.id}/offer",
         connect_url=connect_url(row),
     )
+
+
+def _state_seq(live: dict[str, str], row: VoiceSession) -> int | None:
+    """The seq of the state event behind ``status``: the live hash's while Redis has the
+    session (None if it does not say), else the stored row's (the persister's)."""
+    if live:
+        value = live.get("state_seq", "")
+        return int(value) if value.isdigit() else None
+    return row.state_seq or None
 
 
 async def connect(state: AppState, row: VoiceSession) -> dict[str, Any]:
@@ -368,3 +379,55 @@ async def relay_ice(state: AppState, user: User, session_id: str, patch: IcePatc
     except ApiError as exc:
         if exc.code not in ("session_ended", "unknown_session", "unknown_peer"):
             raise
+
+
+# --- finding a live call again -----------------------------------------------------------
+
+
+async def live_sessions(state: AppState, db: AsyncSession, user: User) -> list[SessionOut]:
+    """The caller's own sessions not in a final state, newest first: from the user's live
+    set, so an administrator gets only their own too. A Daily session carries its room
+    (``connect``), as ``GET /api/sessions/{id}`` shows it to its owner."""
+    ids = await cast("Awaitable[set[str]]", state.redis.smembers(keys.user_live(user.id)))
+    if not ids:
+        return []
+    rows = await db.exec(
+        select(VoiceSession).where(
+            col(VoiceSession.id).in_(sorted(ids)), col(VoiceSession.user_id) == user.id
+        )
+    )
+    listed: list[SessionOut] = []
+    for row in rows.all():
+        described = await describe(state, row)
+        if described.status in FINAL_STATES:  # ended since the set was read
+            continue
+        if row.transport == "daily":
+            described.connect = room_connect(row, await state.live.get(row.id))
+        listed.append(described)
+    return sorted(listed, key=lambda s: (s.created_at, s.session_id), reverse=True)
+
+
+async def resume(
+    state: AppState, db: AsyncSession, user: User, session_id: str, transport: str | None
+) -> tuple[VoiceSession, dict[str, Any] | None]:
+    """The caller's own live session, to connect to again, as ``start`` answers for a new
+    one: waits (up to ``VOICEPOOL_READY_WAIT``) while it is queued, starting or moving to
+    another worker, until a client may connect. Another user's session is 404 (an
+    administrator's look included), one that has ended 409 ``session_ended``; a session
+    still without a worker after the wait is 409 ``not_ready`` and left as it is."""
+    row = await owned(db, user, session_id, owner_only=True)
+    await db.close()  # hold no pooled connection while waiting for a worker
+    if transport is not None and transport != row.transport:
+        message = f"session {row.id} uses the {row.transport} transport, not {transport}"
+        raise ApiError(422, "invalid_request", message)
+    current = await wait_for_state(
+        state, row.id, {*CLIENT_MAY_CONNECT, *FINAL_STATES}, timeout=state.settings.ready_wait
+    )
+    if current is None or current in FINAL_STATES:  # None: Redis no longer has it
+        raise session_ended(current or SessionState.ENDED)
+    if current not in CLIENT_MAY_CONNECT:
+        raise not_ready("no worker has the session ready yet; try again", session_id=row.id)
+    found = await owner_connect(state, row, await state.live.get(row.id))
+    if found is None and row.transport != "webrtc":  # a WebSocket call has its client
+        raise already_connected()
+    return row, found

@@ -3,7 +3,8 @@ headless Chromium by ``tests/e2e/web_app.e2e.mjs`` (playwright-core, no download
 
 The echo profile over SmallWebRTC; the assistant profile against the OpenAI Realtime
 double with a tool (the nested-team double), for transcript lines and tool cards; then,
-with the model double stopped, a session whose model is unreachable.
+with the model double stopped, a session whose model is unreachable. Apart: an echo call
+that survives a reload of its page.
 
 Needs ``frontend/dist`` (``npm --prefix frontend run build``; ``make test`` builds it),
 ``frontend/node_modules`` (``npm --prefix frontend ci``), Node and Debian's ``chromium``
@@ -118,3 +119,32 @@ async def test_web_app_in_chromium(make_system, hello_wav: Path, tmp_path: Path)
             await fake.stop()
         # The model is gone now (its port closed): assistant sessions must fail, visibly.
         await _run_browser(node, {**env, "SCENARIO": "model-down"}, system)
+
+
+def _workers_hold_lost_clients() -> bool:
+    """Whether workers hold a call whose client went away (``reconnecting``, for
+    ``VOICEPOOL_RECONNECT_GRACE``) and take a new offer for it: the worker side of
+    resuming, which the web app's reload needs."""
+    from shared.settings import Settings
+
+    return any(name.startswith("reconnect_grace") for name in Settings.model_fields)
+
+
+@pytest.mark.skipif(
+    not _workers_hold_lost_clients(),
+    reason="pending: workers do not hold a call for its client yet (VOICEPOOL_RECONNECT_GRACE)",
+)
+async def test_web_app_call_survives_a_reload(make_system, hello_wav: Path) -> None:
+    node = _require_tools()
+    system = make_system(workers=1, capacity=2, VOICEPOOL_FRONTEND_DIR=str(DIST))
+    env = {
+        **os.environ,
+        "BASE_URL": system.api_url,
+        "USER_TOKEN": system.create_user("alice"),
+        "OTHER_TOKEN": system.create_user("bob"),
+        "FIXTURE_WAV": str(hello_wav),
+        "ARTIFACTS_DIR": str(ARTIFACTS),
+        "CHROMIUM": CHROMIUM,
+        "SCENARIO": "reload",
+    }
+    await _run_browser(node, env, system)

@@ -9,7 +9,8 @@
 //                 double (harness/doubles/openai_realtime.py) with the send_to_nested tool
 //   SCENARIO      "main" (default): everything above; "model-down": the `assistant`
 //                 profile's model is unreachable, and a session with it must fail and
-//                 say so in plain words
+//                 say so in plain words; "reload": an echo call survives a reload of
+//                 the page (the same session goes on, its transcript kept)
 //   FIXTURE_WAV   absolute path of the WAV Chromium's fake microphone plays (looped)
 //   ARTIFACTS_DIR where screenshots go
 //   GRAFANA_URL   (optional) the server's VOICEPOOL_GRAFANA_URL: Operators must link to it
@@ -189,6 +190,7 @@ try {
   note("browser", `${CHROMIUM} ${browser.version()}`);
 
   if (SCENARIO === "model-down") await modelDown(browser);
+  else if (SCENARIO === "reload") await reload(browser);
   else await main(browser);
 
   await step("no console errors, page errors or failed requests", async () => {
@@ -548,6 +550,85 @@ async function modelDown(browser) {
     note("shown", (await problem.innerText()).replace(/\s+/g, " "));
     note("reason", (await voiceState(page)).reason);
     await shot(page, "09-model-unavailable.png");
+  });
+  await context.close();
+}
+
+async function reload(browser) {
+  const context = await browser.newContext({ baseURL: BASE_URL, permissions: ["microphone"], viewport: { width: 1100, height: 900 } });
+  context.setDefaultTimeout(10000);
+  const page = (current = await context.newPage());
+  watch(page, "user");
+  const turnLines = () => page.locator('[data-kind="user-turn"], [data-kind="bot-turn"]').count();
+  await step("sign in", () => signIn(page, USER_TOKEN, "user"));
+
+  let before;
+  await step("an echo call over SmallWebRTC, with turns in its transcript", async () => {
+    await page.getByLabel("Profile").selectOption("echo");
+    await page.getByLabel("Transport").selectOption("webrtc");
+    await page.getByTestId("start").click();
+    await waitFor("connected", async () => (await voiceState(page))?.status === "connected", { timeout: 20000 });
+    await waitFor(
+      "a user turn and a bot reply",
+      async () =>
+        (await page.locator('[data-kind="user-turn"]', { hasText: "You spoke" }).count()) > 0 &&
+        (await page.locator('[data-kind="bot-turn"]', { hasText: "Bot replied" }).count()) > 0,
+      { timeout: 25000, interval: 100 },
+    );
+    before = { ...(await voiceState(page)), turnLines: await turnLines() };
+    const remembered = await page.evaluate(() => sessionStorage.getItem("voicepool.call"));
+    if (!remembered?.includes(before.sessionId)) throw new Error(`the tab does not remember its call: ${remembered}`);
+    note("before the reload", { sessionId: before.sessionId, lastSeq: before.lastSeq, turnLines: before.turnLines });
+  });
+
+  await step("reload the page mid-call: the same session connects again, its transcript kept", async () => {
+    const reloaded = Date.now();
+    await page.reload();
+    await waitFor("the page to attach to its call", async () => (await voiceState(page))?.sessionId === before.sessionId, {
+      timeout: 15000,
+    });
+    await waitFor(
+      "connected again (client_reconnected)",
+      async () => {
+        const state = await voiceState(page);
+        const problem = await page.getByTestId("problem").count();
+        if (problem) throw new Error(`the page shows a problem: ${await page.getByTestId("problem").first().innerText()}`);
+        if (state.status === "ended" || state.status === "failed") throw new Error(`the call ended: ${state.status}/${state.reason}`);
+        return state.status === "connected" && state.reason === "client_reconnected";
+      },
+      { timeout: 30000, interval: 50 },
+    );
+    note("ms from reload to connected again", Date.now() - reloaded);
+    const state = await voiceState(page);
+    if (state.events !== state.lastSeq) throw new Error(`events ${state.events} but last seq ${state.lastSeq}: a gap`);
+    if (state.lastSeq <= before.lastSeq) throw new Error(`no events after the reload (last seq ${state.lastSeq})`);
+    const lines = await turnLines();
+    if (lines < before.turnLines) throw new Error(`${lines} turn lines after the reload, ${before.turnLines} before`);
+    if ((await page.getByTestId("step-reconnecting").getAttribute("data-reached")) !== "true") {
+      throw new Error("the reconnecting step is not shown");
+    }
+    note("after the reload", { lastSeq: state.lastSeq, turnLines: lines, playbackBlocked: state.playbackBlocked });
+    await shot(page, "10-talk-after-reload.png");
+  });
+
+  await step("the bot is heard again (Resume call if the browser held the sound back)", async () => {
+    if ((await voiceState(page)).playbackBlocked) {
+      await page.getByTestId("resume-call").click();
+      await waitFor("the sound to play", async () => !(await voiceState(page)).playbackBlocked, { timeout: 5000 });
+      note("resumed the sound with a click", true);
+    }
+    await waitFor("bot audio after the reload", async () => (await page.evaluate(() => window.__voicepool.remotePeakRms())) > MIN_BOT_RMS, {
+      timeout: 25000,
+    });
+    await waitFor("a bot reply after the reload", async () => (await turnLines()) > before.turnLines, { timeout: 25000 });
+  });
+
+  await step("stop: the call ends, and the tab forgets it", async () => {
+    await page.getByTestId("stop").click();
+    await waitFor("it to end", async () => (await voiceState(page)).status === "ended", { timeout: 10000 });
+    const state = await voiceState(page);
+    if (state.reason !== "client_ended") throw new Error(`reason ${state.reason}`);
+    if (await page.evaluate(() => sessionStorage.getItem("voicepool.call"))) throw new Error("the tab still remembers the call");
   });
   await context.close();
 }

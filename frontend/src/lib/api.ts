@@ -120,6 +120,8 @@ export const api = {
   createSession: (body: StartSession) =>
     request<SessionOut>("/api/sessions", { method: "POST", body }),
   session: (id: string) => request<SessionOut>(`/api/sessions/${encodeURIComponent(id)}`),
+  /** The caller's own live sessions, newest first (to find a call again after a reload). */
+  liveSessions: (signal?: AbortSignal) => request<SessionOut[]>("/api/sessions?live=true", { signal }),
   endSession: (id: string) =>
     request<SessionOut>(`/api/sessions/${encodeURIComponent(id)}`, { method: "DELETE" }),
   conversations: (signal?: AbortSignal) =>

@@ -24,6 +24,10 @@ export type SessionStatus =
   | "starting"
   | "ready"
   | "connected"
+  /** The client's media went away without an end: the call waits for it to connect again. */
+  | "reconnecting"
+  /** Its worker is gone (or draining): the call moves to another one, then is `ready` again. */
+  | "recovering"
   | "ended"
   | "failed"
   | "expired"
@@ -36,6 +40,8 @@ export interface SessionOut {
   conversation_id: string;
   status: SessionStatus;
   reason: string | null;
+  /** `seq` of the state event behind `status` (null if unknown): merge with events by it. */
+  state_seq?: number | null;
   pool: string;
   transport: string;
   profile: string;

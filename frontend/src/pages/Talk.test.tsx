@@ -1,9 +1,9 @@
 import { cleanup, fireEvent, render, screen } from "@testing-library/react";
 import { MemoryRouter } from "react-router";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import type { SessionOut } from "../lib/types";
+import type { SessionOut, VPEvent } from "../lib/types";
 import type { StreamRefusal, StreamStatus } from "../session/eventStream";
-import { emptyView, initialStream } from "../session/events";
+import { currentView, emptyView, initialStream, streamReducer, type StreamAction } from "../session/events";
 import type { VoiceSessionApi } from "../session/VoiceSession";
 
 // Talk on its own: the voice session and the server's config are stand-ins.
@@ -32,7 +32,11 @@ const session = {
 } as SessionOut;
 
 /** A live session, queued as first in line, whose live events are in the given state. */
-function renderTalk(streamStatus: StreamStatus, streamRefusal: StreamRefusal | null = null) {
+function renderTalk(
+  streamStatus: StreamStatus,
+  streamRefusal: StreamRefusal | null = null,
+  overrides: Partial<VoiceSessionApi> = {},
+) {
   voice = {
     phase: "live",
     session,
@@ -45,6 +49,8 @@ function renderTalk(streamStatus: StreamStatus, streamRefusal: StreamRefusal | n
     rtvi: { userSpeaking: false, botSpeaking: false },
     micEnabled: true,
     problem: null,
+    playbackBlocked: false,
+    resumePlayback: vi.fn(),
     start: vi.fn(),
     stop: vi.fn(),
     setMicEnabled: vi.fn(),
@@ -52,6 +58,7 @@ function renderTalk(streamStatus: StreamStatus, streamRefusal: StreamRefusal | n
     reconnectEvents: vi.fn(),
     localLevel: () => 0,
     remoteLevel: () => 0,
+    ...overrides,
   };
   return render(
     <MemoryRouter>
@@ -92,5 +99,91 @@ describe("Talk, when the live events are refused", () => {
     expect(screen.queryByRole("button", { name: /Try again/ })).toBeNull();
     expect(screen.queryByTestId("stream-failed")).toBeNull();
     expect(screen.getByTestId("session-status").textContent).toContain("Live updates stopped");
+  });
+});
+
+/** A call that went through `states` (each a state event, in order): what Talk is given. */
+function callThrough(states: [string, string][]): Partial<VoiceSessionApi> {
+  const events: VPEvent[] = states.map(([state, reason], i) => ({
+    session_id: "s1",
+    seq: i + 1,
+    ts: 1_700_000_000 + i,
+    type: "session.state",
+    data: { state, reason },
+  }));
+  const actions: StreamAction[] = [
+    { type: "reset", sessionId: "s1", conversationId: "c1" },
+    ...events.map((event): StreamAction => ({ type: "event", event })),
+  ];
+  const stream = actions.reduce(streamReducer, initialStream);
+  return { stream, view: currentView(stream), botReady: true, transportState: "ready" };
+}
+
+const UP_TO_CONNECTED: [string, string][] = [
+  ["queued", "created"],
+  ["starting", "picked_up"],
+  ["ready", "pipeline_ready"],
+  ["connected", "client_connected"],
+];
+
+const statusText = () => screen.getByTestId("session-status").textContent;
+const chip = (state: string) => screen.getByTestId(`step-${state}`);
+
+describe("Talk, when the call loses its media or its worker", () => {
+  it("says it is reconnecting, with a chip for the pause", () => {
+    renderTalk("open", null, callThrough([...UP_TO_CONNECTED, ["reconnecting", "client_lost"]]));
+    expect(statusText()).toBe(
+      "Reconnecting… — the audio connection dropped; the call waits while your browser connects again.",
+    );
+    expect(chip("connected").getAttribute("data-reached")).toBe("true");
+    expect(chip("reconnecting").getAttribute("aria-current")).toBe("step");
+    expect(chip("connected").getAttribute("aria-current")).toBeNull();
+    expect(screen.queryByTestId("step-recovering")).toBeNull();
+    const line = screen.getByTestId("transcript").querySelector('[data-kind="status"]');
+    expect(line?.textContent).toContain("The connection to your browser dropped");
+  });
+
+  it("says it is back once connected again", () => {
+    renderTalk(
+      "open",
+      null,
+      callThrough([...UP_TO_CONNECTED, ["reconnecting", "client_lost"], ["connected", "client_reconnected"]]),
+    );
+    expect(statusText()).toBe("Connected — back again; talk now.");
+    expect(chip("connected").getAttribute("aria-current")).toBe("step");
+    expect(chip("reconnecting").getAttribute("data-reached")).toBe("true");
+    expect(chip("reconnecting").getAttribute("aria-current")).toBeNull();
+  });
+
+  it("says the call is moving, then that it moved", () => {
+    const moving = [...UP_TO_CONNECTED, ["recovering", "worker_lost"]] as [string, string][];
+    const { unmount } = renderTalk("open", null, callThrough(moving));
+    expect(statusText()).toBe(
+      "Moving your call… — the worker running it stopped unexpectedly; another one takes it over, with everything said so far.",
+    );
+    expect(chip("recovering").getAttribute("aria-current")).toBe("step");
+    unmount();
+
+    renderTalk("open", null, callThrough([...UP_TO_CONNECTED, ["recovering", "worker_draining"]]));
+    expect(statusText()).toContain("Moving your call… — its worker is being taken out of service;");
+    cleanup();
+
+    renderTalk(
+      "open",
+      null,
+      callThrough([...moving, ["starting", "picked_up"], ["ready", "recovered"]]),
+    );
+    expect(statusText()).toBe("Ready — your call moved to another worker; connecting audio.");
+    expect(chip("ready").getAttribute("aria-current")).toBe("step");
+    expect(chip("recovering").getAttribute("data-reached")).toBe("true");
+  });
+
+  it("offers to resume the call's sound when the browser holds it back", () => {
+    renderTalk("open", null, { ...callThrough(UP_TO_CONNECTED), playbackBlocked: true });
+    fireEvent.click(screen.getByRole("button", { name: "Resume call" }));
+    expect(voice.resumePlayback).toHaveBeenCalledTimes(1);
+    cleanup();
+    renderTalk("open", null, callThrough(UP_TO_CONNECTED));
+    expect(screen.queryByTestId("resume-call")).toBeNull();
   });
 });

@@ -12,6 +12,8 @@ import { endProblem, formatWait, reasonText, STATE_LABELS, streamRefusalProblem 
 import { useVoiceSession, WEB_APP_TRANSPORTS } from "../session/VoiceSession";
 
 const STEPS = ["queued", "starting", "ready", "connected"] as const;
+/** Shown after the steps once the call has been in them: it lost its media, or its worker. */
+const PAUSES = ["reconnecting", "recovering"] as const;
 
 const TRANSPORT_LABELS: Record<string, string> = {
   webrtc: "WebRTC (direct to the worker)",
@@ -201,10 +203,10 @@ export function Talk() {
           <StatusText />
         </p>
         <ol className="steps">
-          {STEPS.map((step) => (
+          {[...STEPS, ...PAUSES.filter((pause) => reached.has(pause))].map((step) => (
             <li
               key={step}
-              className={reached.has(step) ? "step step-reached" : "step"}
+              className={`step${reached.has(step) ? " step-reached" : ""}${(PAUSES as readonly string[]).includes(step) ? " step-pause" : ""}`}
               data-testid={`step-${step}`}
               data-reached={reached.has(step) ? "true" : "false"}
               aria-current={view.status === step ? "step" : undefined}
@@ -213,6 +215,14 @@ export function Talk() {
             </li>
           ))}
         </ol>
+        {voice.playbackBlocked && phase === "live" ? (
+          <p className="note" data-testid="playback-blocked">
+            The browser is holding back the call&apos;s sound until you click.{" "}
+            <button type="button" className="button-primary" onClick={voice.resumePlayback} data-testid="resume-call">
+              Resume call
+            </button>
+          </p>
+        ) : null}
         <div className="levels">
           <LevelMeter
             label="You"
@@ -319,13 +329,32 @@ function StatusText() {
     case "ready":
       return (
         <>
-          <strong>Ready</strong> — connecting audio{transportState === "connecting" ? "…" : "."}
+          <strong>Ready</strong> — {view.reason === "recovered" ? "your call moved to another worker; " : ""}connecting
+          audio{transportState === "connecting" ? "…" : "."}
         </>
       );
     case "connected":
       return (
         <>
-          <strong>Connected</strong> — {botReady ? "talk now." : "the bot is getting ready…"}
+          <strong>Connected</strong> — {view.reason === "client_reconnected" ? "back again; " : ""}
+          {botReady ? "talk now." : "the bot is getting ready…"}
+        </>
+      );
+    case "reconnecting":
+      return (
+        <>
+          <strong>Reconnecting…</strong> — the audio connection dropped; the call waits while your browser connects
+          again.
+        </>
+      );
+    case "recovering":
+      return (
+        <>
+          <strong>Moving your call…</strong> —{" "}
+          {view.reason === "worker_draining"
+            ? "its worker is being taken out of service"
+            : "the worker running it stopped unexpectedly"}
+          ; another one takes it over, with everything said so far.
         </>
       );
     default:

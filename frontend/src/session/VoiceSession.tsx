@@ -8,6 +8,14 @@
 // its SDP offer to offer_url (the API waits for `ready`), our cookie going along
 // (same origin) and the CSRF token as a header, on the offer POST and on the ICE
 // PATCHes alike → DELETE /api/sessions/{id} to stop.
+//
+// The call survives the page: leaving it (a reload, a closed tab) does not end
+// it, the worker holds it (`reconnecting`) for its reconnect grace. The tab
+// remembers its call (sessionStorage) and, loaded again, finds it among the
+// user's live sessions (GET /api/sessions?live=true) and attaches to it: the
+// events from the start (the transcript so far), then a new offer. When the
+// worker loses the media (`reconnecting`) or the call moves to another worker
+// (`recovering`), the client hangs up and connects again (reconnect.ts).
 
 import { LogLevel, PipecatClient, RTVIEvent, type Participant, type TransportState } from "@pipecat-ai/client-js";
 import { PipecatClientAudio, PipecatClientProvider } from "@pipecat-ai/client-react";
@@ -24,13 +32,14 @@ import {
   useState,
   type ReactNode,
 } from "react";
-import { api, ApiError, csrfHeaders, errorFromResponse, getCsrfToken } from "../lib/api";
+import { api, ApiError, csrfHeaders, errorFromResponse } from "../lib/api";
 import type { SessionOut } from "../lib/types";
-import { audioContext, monitorTrack, type LevelMonitor } from "./audio";
+import { audioContext, monitorTrack, playbackAllowed, type LevelMonitor } from "./audio";
 import { openEventStream, type EventStream, type StreamRefusal, type StreamStatus } from "./eventStream";
 import { currentView, initialStream, streamReducer, type SessionView, type StreamState } from "./events";
 import { BrowserMediaManager } from "./mediaManager";
 import { apiProblem, micProblem, type Problem } from "./messages";
+import { newPlan, nextMediaStep } from "./reconnect";
 
 export type Phase = "idle" | "mic" | "creating" | "live" | "stopping" | "done";
 
@@ -67,6 +76,10 @@ export interface VoiceSessionApi {
   rtvi: { userSpeaking: boolean; botSpeaking: boolean };
   micEnabled: boolean;
   problem: Problem | null;
+  /** The browser holds the call's sound until a click (after a reload): offer "Resume call". */
+  playbackBlocked: boolean;
+  /** From a click: let the call's sound play. */
+  resumePlayback(): void;
   start(options: StartOptions): Promise<void>;
   stop(): Promise<void>;
   setMicEnabled(enabled: boolean): void;
@@ -110,6 +123,46 @@ function connectProblem(error: unknown, refusal: ApiError | null): Problem {
 
 const OFFER_RETRIES = 3;
 
+/** Transport states in which the client's media is up (see reconnect.ts). */
+const MEDIA_UP: ReadonlySet<string> = new Set(["connected", "ready"]);
+
+// This tab's live call, so that a reload finds it again. sessionStorage: per tab (another
+// tab has its own call, or none), kept across reloads, gone with the tab.
+const CALL_KEY = "voicepool.call";
+
+interface RememberedCall {
+  session_id: string;
+  transport: string;
+  ice_servers: string[];
+}
+
+function remember(call: RememberedCall): void {
+  try {
+    sessionStorage.setItem(CALL_KEY, JSON.stringify(call));
+  } catch {
+    // storage disabled: a reload then starts afresh
+  }
+}
+
+function recall(): RememberedCall | null {
+  try {
+    const call = JSON.parse(sessionStorage.getItem(CALL_KEY) ?? "null") as Partial<RememberedCall> | null;
+    if (!call || typeof call.session_id !== "string" || typeof call.transport !== "string") return null;
+    const ice = Array.isArray(call.ice_servers) ? call.ice_servers.filter((u) => typeof u === "string") : [];
+    return { session_id: call.session_id, transport: call.transport, ice_servers: ice };
+  } catch {
+    return null;
+  }
+}
+
+function forget(sessionId: string): void {
+  try {
+    if (recall()?.session_id === sessionId) sessionStorage.removeItem(CALL_KEY);
+  } catch {
+    // nothing to forget
+  }
+}
+
 export function VoiceSessionProvider({ children }: { children: ReactNode }) {
   // One Pipecat client at a time, for the transport of the session at hand; a new one
   // when that changes (the Daily one creates a daily-js call object at once, so it is
@@ -142,15 +195,24 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
   const [rtvi, setRtvi] = useState({ userSpeaking: false, botSpeaking: false });
   const [micEnabled, setMicEnabledState] = useState(true);
   const [problem, setProblem] = useState<Problem | null>(null);
+  const [playbackBlocked, setPlaybackBlocked] = useState(false);
+  /** Connect attempts that have settled (the media plan is looked at again then). */
+  const [settled, setSettled] = useState(0);
 
   const view = useMemo(() => currentView(stream), [stream]);
   const sessionRef = useRef<SessionOut | null>(null);
   const viewRef = useRef(view);
   viewRef.current = view;
   const eventsRef = useRef<EventStream | null>(null);
-  const connectStarted = useRef(false);
+  /** What the media has done for the call as it is now (see reconnect.ts). */
+  const plan = useRef(newPlan());
+  /** Bumped when a connect attempt is given up (hung up, or another call): its failure is no problem. */
+  const generation = useRef(0);
+  /** The hang-up under way, which a new connect waits for. */
+  const hangingUp = useRef<Promise<void>>(Promise.resolve());
   /** The connect() under way, if any (see hangUp). */
   const connecting = useRef<Promise<void> | null>(null);
+  const audioBox = useRef<HTMLDivElement | null>(null);
   const stopping = useRef(false);
   const local = useRef<LevelMonitor | null>(null);
   const remote = useRef<LevelMonitor | null>(null);
@@ -168,6 +230,13 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
       if (slot.current?.track === track) return;
       slot.current?.stop();
       slot.current = monitorTrack(track);
+      if (!participant?.local) {
+        // The bot's sound: PipecatClientAudio plays it (autoplay) once it has rendered.
+        window.setTimeout(() => {
+          const element = audioBox.current?.querySelector("audio") ?? null;
+          void playbackAllowed(element).then((allowed) => setPlaybackBlocked(!allowed));
+        }, 250);
+      }
     };
     const onTrackStopped = (track: MediaStreamTrack) => {
       for (const slot of [local, remote]) {
@@ -210,17 +279,45 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
     };
   }, [bindClient]);
 
-  // --- connect the media once a worker has the session ------------------------------------
+  /**
+   * Disconnect the client, but not in the middle of its SDP exchange: SmallWebRTCTransport
+   * leaves a promise rejected and unhandled when it is disconnected while its offer is
+   * in flight (the API answers that offer at once, 409, when the session has ended).
+   */
+  const hangUp = useCallback(async () => {
+    const pending = connecting.current;
+    if (pending && slotRef.current.client.state === "connecting") {
+      await Promise.race([pending, new Promise((r) => setTimeout(r, 3000))]);
+    }
+    await slotRef.current.client.disconnect().catch(() => undefined);
+  }, []);
+
+  // --- connect the media once a worker has the session, and again when it was lost ----------
   const iceServers = useRef<string[]>([]);
   useEffect(() => {
-    if (!session || connectStarted.current || stopping.current || view.final) return;
+    if (!session || stopping.current) return;
     const kind = slotRef.current.kind;
-    // SmallWebRTC: offer as soon as a worker has it (the API holds the offer until `ready`).
-    // Daily: the room exists once the session is `ready`.
-    if (!(view.status === "ready" || (kind === "webrtc" && view.status === "starting"))) return;
-    connectStarted.current = true;
     const current = slotRef.current.client;
-    const gone = () => stopping.current || viewRef.current.final || sessionRef.current !== session;
+    // SmallWebRTC: offer as soon as a worker has it (the API holds the offer until `ready`).
+    // Daily: the room exists once the session is `ready`. Both: again after `reconnecting`
+    // or `recovering` (reconnect.ts says when).
+    const step = nextMediaStep(plan.current, {
+      status: view.status,
+      stateSeq: view.stateSeq,
+      final: view.final,
+      kind,
+      connecting: connecting.current !== null && !MEDIA_UP.has(current.state),
+    });
+    plan.current = step.plan;
+    if (step.hangUp) {
+      // Also stops the transport's own reconnect attempts (to a worker that lost us).
+      generation.current += 1;
+      hangingUp.current = hangUp();
+    }
+    if (!step.connect) return;
+    const attemptOf = ++generation.current;
+    const gone = () =>
+      stopping.current || viewRef.current.final || sessionRef.current !== session || generation.current !== attemptOf;
 
     const params = async (): Promise<Record<string, unknown>> => {
       if (kind === "daily") {
@@ -242,6 +339,8 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
 
     const attempt = async (tries: number): Promise<void> => {
       try {
+        await hangingUp.current; // the last connection is down before the next one starts
+        if (gone()) return;
         await current.connect(await params());
       } catch (error) {
         if (gone()) return;
@@ -257,26 +356,17 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
     };
     const running = attempt(0).finally(() => {
       if (connecting.current === running) connecting.current = null;
+      setSettled((n) => n + 1);
     });
     connecting.current = running;
-  }, [session, view.status, view.final]);
-
-  /**
-   * Disconnect the client, but not in the middle of its SDP exchange: SmallWebRTCTransport
-   * leaves a promise rejected and unhandled when it is disconnected while its offer is
-   * in flight (the API answers that offer at once, 409, when the session has ended).
-   */
-  const hangUp = useCallback(async () => {
-    const pending = connecting.current;
-    if (pending && slotRef.current.client.state === "connecting") {
-      await Promise.race([pending, new Promise((r) => setTimeout(r, 3000))]);
-    }
-    await slotRef.current.client.disconnect().catch(() => undefined);
-  }, []);
+    // hangUp is stable; transportState and settled: look again once the media is up or failed.
+  }, [session, view.status, view.stateSeq, view.final, transportState, settled]);
 
   // --- the end: close the stream, hang up, let go of the microphone ---------------------------
   useEffect(() => {
     if (!session || !view.final) return;
+    forget(session.session_id);
+    setPlaybackBlocked(false);
     eventsRef.current?.close();
     eventsRef.current = null;
     void hangUp().then(() => slotRef.current.media?.release());
@@ -299,6 +389,43 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
     [makeClient, bindClient],
   );
 
+  /** Show `found` and follow it: its events (from the start), its media (the connect effect). */
+  const follow = useCallback((found: SessionOut, ice: string[], reattached: boolean) => {
+    eventsRef.current?.close();
+    iceServers.current = ice;
+    plan.current = newPlan(reattached);
+    generation.current += 1; // an attempt for an earlier call is not this one's problem
+    stopping.current = false;
+    sessionRef.current = found;
+    setBotReady(false);
+    setPlaybackBlocked(false);
+    setMicEnabledState(true);
+    const { media, client: current } = slotRef.current;
+    if (media) media.enableMic(true); // not client.enableMic: no data channel to tell yet
+    else current.enableMic(true);
+    dispatch({
+      type: "reset",
+      sessionId: found.session_id,
+      conversationId: found.conversation_id,
+      status: found.status,
+      reason: found.reason,
+      stateSeq: found.state_seq ?? null,
+      queuePosition: found.queue_position,
+    });
+    setSession(found);
+    setPending(null);
+    setStreamRefusal(null);
+    eventsRef.current = openEventStream(found.events_url, {
+      onEvent: (event) => dispatch({ type: "event", event }),
+      onStatus: (status) => {
+        setStreamStatus(status);
+        if (status === "open") setStreamRefusal(null); // flowing again
+      },
+      onRefused: setStreamRefusal,
+    });
+    remember({ session_id: found.session_id, transport: found.transport, ice_servers: ice });
+  }, []);
+
   const start = useCallback(
     async (options: StartOptions) => {
       audioContext(); // inside the click: lets WebAudio run
@@ -308,9 +435,8 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
         return;
       }
       setPending("mic");
-      let client: PipecatClient;
       try {
-        client = await clientFor(options.transport as ClientKind);
+        const client = await clientFor(options.transport as ClientKind);
         await client.initDevices();
         if (!client.tracks().local.audio) throw new DOMException("no microphone track", "NotFoundError");
       } catch (error) {
@@ -332,37 +458,51 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
         setProblem(apiProblem(error, "The session could not start"));
         return;
       }
-      eventsRef.current?.close();
-      iceServers.current = options.iceServers ?? [];
-      connectStarted.current = false;
-      stopping.current = false;
-      sessionRef.current = created;
-      setBotReady(false);
-      setMicEnabledState(true);
-      const media = slotRef.current.media;
-      if (media) media.enableMic(true); // not client.enableMic: no data channel to tell yet
-      else client.enableMic(true);
-      dispatch({
-        type: "reset",
-        sessionId: created.session_id,
-        conversationId: created.conversation_id,
-        status: created.status,
-        queuePosition: created.queue_position,
-      });
-      setSession(created);
-      setPending(null);
-      setStreamRefusal(null);
-      eventsRef.current = openEventStream(created.events_url, {
-        onEvent: (event) => dispatch({ type: "event", event }),
-        onStatus: (status) => {
-          setStreamStatus(status);
-          if (status === "open") setStreamRefusal(null); // flowing again
-        },
-        onRefused: setStreamRefusal,
-      });
+      follow(created, options.iceServers ?? [], false);
     },
-    [clientFor],
+    [clientFor, follow],
   );
+
+  // --- after a reload: this tab's call, found again --------------------------------------------
+  // Only the call this tab remembers: another tab's call is that tab's (two pages offering
+  // for one call would take it from each other in turn).
+  useEffect(() => {
+    const call = recall();
+    if (!call) return;
+    const abort = new AbortController();
+    void (async () => {
+      let live: SessionOut[];
+      try {
+        live = await api.liveSessions(abort.signal);
+      } catch {
+        return; // not now (offline, signed out): the next load looks again
+      }
+      const found = live.find((s) => s.session_id === call.session_id);
+      if (abort.signal.aborted || sessionRef.current) return;
+      if (!found || !WEB_APP_TRANSPORTS.includes(found.transport)) {
+        forget(call.session_id); // it has ended meanwhile
+        return;
+      }
+      setPending("mic");
+      try {
+        const client = await clientFor(found.transport as ClientKind);
+        await client.initDevices();
+      } catch (error) {
+        setProblem(micProblem(error)); // the call is shown all the same: it can be stopped
+      }
+      if (abort.signal.aborted || sessionRef.current) {
+        setPending(null);
+        return;
+      }
+      follow(found, call.ice_servers, true);
+    })();
+    return () => abort.abort();
+  }, [clientFor, follow]);
+
+  const resumePlayback = useCallback(() => {
+    const element = audioBox.current?.querySelector("audio") ?? null;
+    void playbackAllowed(element).then((allowed) => setPlaybackBlocked(!allowed));
+  }, []);
 
   const stop = useCallback(async () => {
     const current = sessionRef.current;
@@ -398,18 +538,13 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
     [],
   );
 
-  // Closing the tab ends a live session at once rather than after the connection times out.
+  // Leaving the page (a reload, a closed tab) does not end the call: the worker holds it
+  // for its reconnect grace, and this tab, loaded again, attaches to it. Closing the peer
+  // connection now (rather than when the page is torn down) tells the worker at once.
   useEffect(() => {
     const onPageHide = () => {
-      const current = sessionRef.current;
-      if (!current || viewRef.current.final) return;
-      const token = getCsrfToken();
-      void fetch(`/api/sessions/${encodeURIComponent(current.session_id)}`, {
-        method: "DELETE",
-        keepalive: true,
-        credentials: "same-origin",
-        headers: token ? { "X-CSRF-Token": token } : {},
-      }).catch(() => undefined);
+      if (!sessionRef.current || viewRef.current.final) return;
+      void slotRef.current.client.disconnect().catch(() => undefined);
     };
     window.addEventListener("pagehide", onPageHide);
     return () => window.removeEventListener("pagehide", onPageHide);
@@ -443,6 +578,7 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
         reason: viewRef.current.reason,
         transport: transportState,
         botReady,
+        playbackBlocked,
         streamStatus,
         streamRefusal: streamRefusal?.code ?? null,
         events: stream.events.length,
@@ -451,7 +587,7 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
       }),
       interruptEvents: () => eventsRef.current?.interrupt(),
     };
-  }, [phase, transportState, botReady, streamStatus, streamRefusal, stream]);
+  }, [phase, transportState, botReady, playbackBlocked, streamStatus, streamRefusal, stream]);
 
   const value: VoiceSessionApi = {
     phase,
@@ -465,6 +601,8 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
     rtvi,
     micEnabled,
     problem,
+    playbackBlocked,
+    resumePlayback,
     start,
     stop,
     setMicEnabled,
@@ -477,7 +615,9 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
   return (
     <PipecatClientProvider client={client}>
       <VoiceSessionContext.Provider value={value}>{children}</VoiceSessionContext.Provider>
-      <PipecatClientAudio />
+      <div ref={audioBox}>
+        <PipecatClientAudio />
+      </div>
     </PipecatClientProvider>
   );
 }

@@ -61,3 +61,32 @@ export function meterLevel(rms: number): number {
   const db = 20 * Math.log10(rms);
   return Math.min(1, Math.max(0, (db + 60) / 60));
 }
+
+/**
+ * Whether the browser lets the call's sound play without a click: the bot's `<audio>`
+ * element (autoplay) and the level meters' AudioContext. After a reload the page has
+ * had no click yet, and a browser may keep both paused until it gets one.
+ */
+export async function playbackAllowed(element: HTMLAudioElement | null): Promise<boolean> {
+  const ctx = audioContext(); // asks the context to resume, if it is suspended
+  const running =
+    !ctx || ctx.state !== "suspended"
+      ? Promise.resolve(true)
+      : Promise.race([
+          ctx.resume().then(
+            () => true,
+            () => false,
+          ),
+          // A browser that waits for a click never settles resume(): give up waiting.
+          new Promise<boolean>((resolve) => window.setTimeout(() => resolve(ctx.state !== "suspended"), 500)),
+        ]);
+  let playing = true;
+  if (element?.srcObject && element.paused) {
+    try {
+      await element.play();
+    } catch (error) {
+      playing = (error as { name?: string } | null)?.name !== "NotAllowedError";
+    }
+  }
+  return playing && (await running);
+}

@@ -33,6 +33,8 @@ export const EVENT_TYPES = [
   "tool.failed",
   "metrics.usage",
   "metrics.latency",
+  "model.reconnecting", // not shown, but listened for: an event not listened for is a gap in seq
+  "model.reconnected",
   "error", // also EventSource's own error event: told apart by being a MessageEvent with data
   "message",
 ] as const;

@@ -182,3 +182,79 @@ describe("transcript and tools", () => {
     expect(views[1].view.items).toHaveLength(1);
   });
 });
+
+describe("merging the API's snapshot with the events, by seq", () => {
+  /** An echo call that loses its client and gets it back, then moves to another worker. */
+  const CYCLES: VPEvent[] = [
+    ...ECHO.slice(0, 5), // queued … connected (seq 5)
+    ev(6, "user.turn_started", { turn: 1 }),
+    ev(7, "session.state", { state: "reconnecting", reason: "client_lost", previous: "connected" }),
+    ev(8, "session.state", { state: "connected", reason: "client_reconnected", previous: "reconnecting" }),
+    ev(9, "user.transcript", { text: "still there?" }),
+    ev(10, "bot.started_speaking", { turn: 1 }),
+    ev(11, "session.state", { state: "recovering", reason: "worker_lost", previous: "connected" }),
+    ev(12, "session.state", { state: "starting", reason: "picked_up", previous: "recovering" }),
+    ev(13, "session.state", { state: "ready", reason: "recovered", previous: "starting" }),
+    ev(14, "session.state", { state: "connected", reason: "client_reconnected", previous: "ready" }),
+  ];
+
+  it("follows states that cycle, by the events alone", () => {
+    const seen = CYCLES.map((_, i) => currentView(run([reset, ...deliver(CYCLES.slice(0, i + 1))])));
+    expect(seen.map((v) => v.status)).toEqual([
+      "queued", "queued", "starting", "ready", "connected", "connected", "reconnecting", "connected",
+      "connected", "connected", "recovering", "starting", "ready", "connected",
+    ]);
+    expect(seen.map((v) => v.stateSeq)).toEqual([1, 1, 3, 4, 5, 5, 7, 8, 8, 8, 11, 12, 13, 14]);
+    expect(seen.every((v) => !v.final)).toBe(true);
+  });
+
+  it("shows a later snapshot while the events replay (a reload), and no state from the replay", () => {
+    // After a reload: the live list says reconnecting (seq 7); the stream replays from seq 1.
+    const attach: StreamAction = { type: "reset", sessionId: SID, status: "reconnecting", reason: "client_lost", stateSeq: 7 };
+    let state = run([attach]);
+    const shown = [currentView(state).status];
+    for (const event of CYCLES.slice(0, 6)) {
+      state = run(deliver([event]), state);
+      shown.push(currentView(state).status);
+    }
+    expect(new Set(shown)).toEqual(new Set(["reconnecting"])); // never queued … connected again
+    expect(currentView(state)).toMatchObject({ reason: "client_lost", stateSeq: 7, userSpeaking: false });
+    state = run(deliver(CYCLES.slice(6, 8)), state); // seq 7 (the same state), then 8
+    expect(currentView(state)).toMatchObject({ status: "connected", reason: "client_reconnected", stateSeq: 8 });
+  });
+
+  it("ignores an earlier snapshot, whatever its state", () => {
+    // The POST reply said queued (seq 1), a DELETE raced a reconnect: both older than the events.
+    for (const snapshot of [
+      { status: "queued", seq: 1 },
+      { status: "connected", seq: 5 },
+      { status: "reconnecting", seq: 7 },
+    ] as const) {
+      const state = run([reset, ...deliver(CYCLES.slice(0, 8)), { type: "snapshot", reason: null, ...snapshot }]);
+      expect(currentView(state)).toMatchObject({ status: "connected", reason: "client_reconnected", stateSeq: 8 });
+    }
+    // Moving: ready on the next worker (seq 13) is later than recovering (seq 11), though "earlier" on the path.
+    const moved = run([reset, ...deliver(CYCLES.slice(0, 11)), { type: "snapshot", status: "ready", reason: "recovered", seq: 13 }]);
+    expect(currentView(moved)).toMatchObject({ status: "ready", reason: "recovered", stateSeq: 13 });
+  });
+
+  it("without a seq, trusts a snapshot only for an end (a final state is the last)", () => {
+    const connected = run([reset, ...deliver(CYCLES.slice(0, 8))]);
+    expect(currentView(run([{ type: "snapshot", status: "ready", reason: null }], connected)).status).toBe("connected");
+    expect(currentView(run([{ type: "snapshot", status: "ended", reason: "client_ended" }], connected))).toMatchObject({
+      status: "ended",
+      final: true,
+    });
+  });
+
+  it("marks the pauses in the transcript, and cuts off turns the lost worker never ends", () => {
+    const view = currentView(run([reset, ...deliver(CYCLES)]));
+    const lines = view.items.filter((i) => i.kind === "status").map((i) => (i.kind === "status" ? `${i.state}/${i.reason}` : ""));
+    expect(lines).toEqual(["reconnecting/client_lost", "connected/client_reconnected", "recovering/worker_lost", "ready/recovered", "connected/client_reconnected"]);
+    expect(view.items.find((i) => i.kind === "turn" && i.who === "bot")).toMatchObject({ durationS: null, cutOff: true });
+    expect(view.items.find((i) => i.kind === "user")).toMatchObject({ text: "still there?" });
+    // Nobody speaks while the call waits.
+    const waiting = currentView(run([reset, ...deliver(CYCLES.slice(0, 6)), ...deliver([CYCLES[6]])]));
+    expect(waiting).toMatchObject({ status: "reconnecting", userSpeaking: false });
+  });
+});

@@ -8,6 +8,11 @@
 // view is folded again from the start. So the view only depends on the *set*
 // of events received, never on how often or in which order they came, and a
 // resumed stream can neither lose nor repeat a line.
+//
+// What the API said outside the stream (the POST or DELETE reply, the live list
+// after a reload) is a snapshot with the seq of the state event behind it; the
+// view shows whichever state is later by seq. States cycle (connected →
+// reconnecting → connected, recovering → ready), so no order of states can tell.
 
 import { FINAL_STATES, type SessionStatus, type VPEvent } from "../lib/types";
 
@@ -62,6 +67,8 @@ export interface QueueInfo {
 export interface SessionView {
   status: SessionStatus | null;
   reason: string | null;
+  /** `seq` of the state event behind `status` (null: none yet, or a snapshot without one). */
+  stateSeq: number | null;
   final: boolean;
   queue: QueueInfo | null;
   userSpeaking: boolean;
@@ -78,6 +85,7 @@ export interface SessionView {
 export const emptyView = (): SessionView => ({
   status: null,
   reason: null,
+  stateSeq: null,
   final: false,
   queue: null,
   userSpeaking: false,
@@ -113,6 +121,11 @@ function upsert(
   return { ...view, items };
 }
 
+/** States in which the call goes on without its media: the client must connect again. */
+export const LOST_STATES: ReadonlySet<string> = new Set(["reconnecting", "recovering"]);
+/** Reasons of the states that end such a pause (connected again; ready on another worker). */
+const RESUMED_REASONS: ReadonlySet<string> = new Set(["client_reconnected", "recovered"]);
+
 /** Fold one event into the view (events must come in `seq` order). */
 export function applyEvent(view: SessionView, event: VPEvent): SessionView {
   const d = event.data ?? {};
@@ -127,18 +140,25 @@ export function applyEvent(view: SessionView, event: VPEvent): SessionView {
         ...view,
         status: state,
         reason,
+        stateSeq: event.seq,
         final,
         queue: state === "queued" ? view.queue : null,
       };
-      if (final) {
+      if (final || LOST_STATES.has(state)) {
+        // Nobody speaks while the call waits for its client or its next worker.
         next = { ...next, userSpeaking: false, botSpeaking: false };
-        // Close turns and tool calls that never got their end.
+      }
+      if (final || state === "recovering") {
+        // Close turns that never got their end (a lost worker never sends it).
         next = {
           ...next,
           items: next.items.map((item) =>
             item.kind === "turn" && item.durationS === null ? { ...item, cutOff: true } : item,
           ),
         };
+      }
+      if (final || LOST_STATES.has(state) || RESUMED_REASONS.has(reason ?? "")) {
+        // A line in the transcript: how it ended, and where the call was lost and found again.
         next = push(next, {
           kind: "status",
           key: `${sid}:state:${event.seq}`,
@@ -277,8 +297,16 @@ export interface StreamState {
   /** Unique by seq, sorted by seq. */
   events: VPEvent[];
   view: SessionView;
-  /** What the API said outside the stream (POST /sessions, DELETE): used until events say more. */
-  snapshot: { status: SessionStatus; reason: string | null; queuePosition: number | null } | null;
+  /**
+   * What the API said outside the stream (POST /sessions, DELETE, the live list): shown while
+   * its `seq` (the state event behind it) is later than the events' last state.
+   */
+  snapshot: {
+    status: SessionStatus;
+    reason: string | null;
+    queuePosition: number | null;
+    seq: number | null;
+  } | null;
   /** Events dropped as already seen (replays after a reconnect). */
   duplicates: number;
 }
@@ -289,10 +317,13 @@ export type StreamAction =
       sessionId: string | null;
       conversationId?: string | null;
       status?: SessionStatus;
+      reason?: string | null;
+      /** The API's `state_seq` for `status`. */
+      stateSeq?: number | null;
       queuePosition?: number | null;
     }
   | { type: "event"; event: VPEvent }
-  | { type: "snapshot"; status: SessionStatus; reason: string | null };
+  | { type: "snapshot"; status: SessionStatus; reason: string | null; seq?: number | null };
 
 export const initialStream: StreamState = {
   sessionId: null,
@@ -301,17 +332,6 @@ export const initialStream: StreamState = {
   view: emptyView(),
   snapshot: null,
   duplicates: 0,
-};
-
-const RANK: Record<string, number> = {
-  queued: 0,
-  starting: 1,
-  ready: 2,
-  connected: 3,
-  ended: 4,
-  failed: 4,
-  expired: 4,
-  cancelled: 4,
 };
 
 /** Where `seq` is, or would go, in events sorted by seq (binary search). */
@@ -335,13 +355,18 @@ export function streamReducer(state: StreamState, action: StreamAction): StreamS
         sessionId: action.sessionId,
         conversationId: action.conversationId ?? null,
         snapshot: action.status
-          ? { status: action.status, reason: null, queuePosition: action.queuePosition ?? null }
+          ? {
+              status: action.status,
+              reason: action.reason ?? null,
+              queuePosition: action.queuePosition ?? null,
+              seq: action.stateSeq ?? null,
+            }
           : null,
       };
     case "snapshot":
       return {
         ...state,
-        snapshot: { status: action.status, reason: action.reason, queuePosition: null },
+        snapshot: { status: action.status, reason: action.reason, queuePosition: null, seq: action.seq ?? null },
       };
     case "event": {
       const event = action.event;
@@ -362,22 +387,31 @@ export function streamReducer(state: StreamState, action: StreamAction): StreamS
   }
 }
 
-/** The view to show: the events' view, completed by the API's snapshot where events lag behind. */
+/** Whether the snapshot says something later than the events' last state. */
+function snapshotIsLater(view: SessionView, snapshot: NonNullable<StreamState["snapshot"]>): boolean {
+  if (view.final) return false; // a final state is the last: nothing comes after it
+  if (view.status === null) return true; // no state event yet
+  if (snapshot.seq != null) return snapshot.seq > (view.stateSeq ?? 0);
+  // No seq (a state the app inferred, e.g. gone on DELETE): only an end is surely later.
+  return FINAL_STATES.has(snapshot.status);
+}
+
+/** The view to show: the events' view, or the API's snapshot where it is later (by seq). */
 export function currentView(state: StreamState): SessionView {
   const { view, snapshot } = state;
   if (!snapshot) return view;
-  const eventsRank = view.status ? RANK[view.status] ?? -1 : -1;
-  const snapshotRank = RANK[snapshot.status] ?? -1;
   let result = view;
-  if (snapshotRank > eventsRank) {
+  if (snapshotIsLater(view, snapshot)) {
     const final = FINAL_STATES.has(snapshot.status);
+    const quiet = final || LOST_STATES.has(snapshot.status);
     result = {
       ...view,
       status: snapshot.status,
       reason: snapshot.reason ?? view.reason,
+      stateSeq: snapshot.seq ?? view.stateSeq,
       final,
-      userSpeaking: final ? false : view.userSpeaking,
-      botSpeaking: final ? false : view.botSpeaking,
+      userSpeaking: quiet ? false : view.userSpeaking,
+      botSpeaking: quiet ? false : view.botSpeaking,
     };
   }
   if (result.status === "queued" && !result.queue && snapshot.queuePosition != null) {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { ApiError } from "../lib/api";
-import { apiProblem, endProblem, formatDuration, micProblem, streamRefusalProblem } from "./messages";
+import { apiProblem, endProblem, formatDuration, micProblem, reasonText, STATE_LABELS, streamRefusalProblem } from "./messages";
 
 describe("plain-words errors", () => {
   it("explains capacity refusals, with the wait", () => {
@@ -48,6 +48,15 @@ describe("plain-words errors", () => {
     expect(streamRefusalProblem({ status: 404, code: "not_found", message: "…", retryInMs: null }).title).toBe(
       "This session is gone",
     );
+  });
+
+  it("names the pauses of a call that goes on, and why", () => {
+    expect(STATE_LABELS.reconnecting).toBe("Reconnecting");
+    expect(STATE_LABELS.recovering).toBe("Moving");
+    expect(reasonText("client_lost")).toContain("waits for it to come back");
+    expect(reasonText("client_reconnected")).toBe("Your browser is connected again.");
+    expect(reasonText("recovered")).toContain("moved to another worker");
+    expect(endProblem("ended", "client_left")).toBeNull();
   });
 
   it("formats durations", () => {

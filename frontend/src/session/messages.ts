@@ -146,19 +146,27 @@ export const STATE_LABELS: Record<string, string> = {
   starting: "Starting",
   ready: "Ready",
   connected: "Connected",
+  reconnecting: "Reconnecting",
+  recovering: "Moving",
   ended: "Ended",
   failed: "Failed",
   expired: "Expired",
   cancelled: "Cancelled",
 };
 
-/** Why a session ended, for a person. */
+/** Why a session changed state (mostly: why it ended), for a person. */
 export function reasonText(reason: string | null | undefined): string {
   switch (reason) {
     case "client_ended":
       return "You ended the session.";
     case "client_left":
       return "The connection to your browser was lost.";
+    case "client_lost":
+      return "The connection to your browser dropped; the call waits for it to come back.";
+    case "client_reconnected":
+      return "Your browser is connected again.";
+    case "recovered":
+      return "The call moved to another worker and goes on.";
     case "idle_timeout":
       return "Ended after a long silence.";
     case "max_duration":
