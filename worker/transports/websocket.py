@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -41,7 +40,6 @@ WS_PATH = "/ws"
 CLIENT_PLAYBACK_RATE = 24_000
 REFUSED = 4003  # close code before accept: the handshake is answered with HTTP 403
 SHUTDOWN_GRACE_S = 2  # whole seconds: uvicorn's timeout_graceful_shutdown is an int
-_TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s\"']+")
 
 
 class WebSocketSessionTransport:
@@ -113,16 +111,6 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
-class _RedactTokens(logging.Filter):
-    """uvicorn logs each WebSocket handshake with its query string: keep tokens out."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "token=" in message:
-            record.msg, record.args = _TOKEN_IN_TEXT.sub(r"\1[redacted]", message), ()
-        return True
-
-
 def advertised_url(options: WorkerOptions, port: int) -> str:
     """Where clients reach a listener bound to ``port``, per the worker's settings."""
     if options.ws_public_url:
@@ -162,8 +150,7 @@ class WebSocketListener:
 
     async def start(self) -> str:
         """Listen, and return the URL clients reach this listener at."""
-        for name in ("uvicorn.error", "uvicorn.access"):
-            logging.getLogger(name).addFilter(_RedactTokens())
+        # Tokens in the handshake lines uvicorn logs are masked by shared/logs.py.
         family = socket.AF_INET6 if ":" in self.options.ws_host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
