@@ -88,6 +88,10 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
                 queue_ttl=settings.queue_ttl,
                 interval=settings.reaper_interval,
                 pools=list(settings.pools),
+                arq=state.arq,
+                max_recoveries=settings.max_recoveries,
+                heartbeat_interval=settings.heartbeat_interval,
+                fast_worker_loss=settings.fast_worker_loss,
             )
             tasks += [
                 asyncio.create_task(persister.run(), name="persister"),

@@ -21,6 +21,11 @@ SESSIONS_STARTED = Counter(
     "Sessions that reached ready.",
     ["pool", "transport", "profile"],
 )
+SESSIONS_RECOVERING = Counter(
+    "voicepool_sessions_recovering_total",
+    "Calls moved to another worker (recovering): their worker was lost, or drained.",
+    ["pool", "transport", "profile", "reason"],
+)
 SESSIONS_ENDED = Counter(
     "voicepool_sessions_ended_total",
     "Sessions that reached a final state.",

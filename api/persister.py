@@ -30,7 +30,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from api import metrics
 from shared import keys
 from shared.events import Event, EventType
-from shared.lifecycle import FINAL_STATES, SessionState
+from shared.lifecycle import FINAL_STATES, Reason, SessionState
 from shared.models import Conversation, EventRecord, VoiceSession, as_utc
 from shared.store import Store
 
@@ -190,7 +190,9 @@ class Persister:
             "state_seq": event.seq,
         }
         when = datetime.fromtimestamp(event.ts, UTC)
-        if state == SessionState.READY:
+        # Ready again on another worker (recovered) is the same call: it keeps its start.
+        moved = _moved(event)
+        if state == SessionState.READY and not moved:
             values["ready_at"] = when
         if state in FINAL_STATES:
             values["ended_at"] = when
@@ -212,9 +214,9 @@ class Persister:
         if row is None:
             return event, None
         since_request = max(event.ts - as_utc(row[1]).timestamp(), 0.0)
-        if state == SessionState.STARTING:
+        if state == SessionState.STARTING and not moved:
             metrics.QUEUE_WAIT_SECONDS.labels(pool=row[0]).observe(since_request)
-        elif state == SessionState.READY:
+        elif state == SessionState.READY and not moved:
             metrics.DISPATCH_SECONDS.labels(pool=row[0]).observe(since_request)
         return event, {"pool": row[0], "transport": row[2], "profile": row[3]}
 
@@ -254,10 +256,22 @@ def _is_state(event: Event) -> bool:
     return event.type == EventType.SESSION_STATE
 
 
+def _moved(event: Event) -> bool:
+    """Whether a state event is part of a call moving to another worker (recovering, and
+    taken up and ready again there), not of a session starting."""
+    return (
+        event.data.get("previous") == SessionState.RECOVERING
+        or event.data.get("reason") == Reason.RECOVERED
+    )
+
+
 def _count_transition(event: Event, labels: dict[str, str]) -> None:
-    """Count a session reaching ready or a final state (once: only a row that moved)."""
+    """Count a session reaching ready (the first time), going recovering, or reaching a
+    final state (once: only a row that moved)."""
     state = event.data.get("state")
-    if state == SessionState.READY:
+    if state == SessionState.RECOVERING:
+        metrics.SESSIONS_RECOVERING.labels(**labels, reason=event.data.get("reason", "")).inc()
+    elif state == SessionState.READY and not _moved(event):
         metrics.SESSIONS_STARTED.labels(**labels).inc()
     elif state in FINAL_STATES:
         metrics.SESSIONS_ENDED.labels(

@@ -2,10 +2,15 @@
 
 DESIGN decision 2 — liveness is ours. A session a worker owns has an
 ``alive`` key its worker refreshes every heartbeat; when the key expires the
-worker is gone, and the session fails with ``worker_lost`` within the
-heartbeat TTL. A queued session that no worker took within the queue TTL
-expires with ``no_capacity`` and leaves the queue. Transitions are atomic
-compare-and-set in Redis, so several API processes may reap side by side.
+worker is gone. Sooner, when Redis shows none of a worker's connections (each
+is named after it) and its heartbeat is two beats late: a killed process's
+sockets close at once, a stalled one keeps them. A lost worker's session goes
+``recovering`` and back to the head of its pool's queue, where another worker
+takes it up with the conversation so far (``VOICEPOOL_MAX_RECOVERIES`` times;
+then, or with no worker within the queue TTL, it fails with ``worker_lost``).
+A queued session that no worker took within the queue TTL expires with
+``no_capacity`` and leaves the queue. Transitions are atomic compare-and-set in
+Redis, so several API processes may reap side by side.
 
 A missing heartbeat is evidence only if the reaper could have seen it. Redis
 being unreachable, Redis restarting (its keys' deadlines passed while it was
@@ -22,19 +27,34 @@ import time
 from collections.abc import Awaitable
 from typing import cast
 
+from arq.connections import ArqRedis
+
 from api import metrics
 from shared import keys, queue
 from shared.events import EventType
-from shared.fleet import WorkerBeat
+from shared.fleet import WORKER_CLIENT_PREFIX, WorkerBeat, worker_client_name
 from shared.lifecycle import LIVE_STATES, OWNED_STATES, Reason, SessionState
 from shared.live import LiveSessions
-from shared.queue import start_rate, wait_at
+from shared.queue import START_JOB_SLACK_S, start_rate, wait_at
 
 log = logging.getLogger(__name__)
 
 # A round of this loop that comes this much later than planned means the process
 # (or the whole machine) was not running: what it would have seen is unknown.
 LOOP_GAP_S = 2.0
+# A worker this many heartbeats late, with no connection to Redis, is gone.
+LATE_BEATS = 2.0
+_FIELDS = (
+    "state",
+    "reason",
+    "created_ts",
+    "pool",
+    "job_id",
+    "queue_position",
+    "worker_id",
+    "losses",
+    "recovering_ts",
+)
 
 
 class Reaper:
@@ -45,12 +65,22 @@ class Reaper:
         queue_ttl: float,
         interval: float = 0.5,
         pools: list[str] | None = None,
+        arq: ArqRedis | None = None,
+        max_recoveries: int = 2,
+        heartbeat_interval: float = 1.0,
+        fast_worker_loss: bool = True,
     ):
+        """Without ``arq`` (to queue a lost worker's sessions again) or with
+        ``max_recoveries=0``, a lost worker's sessions fail at once."""
         self.live = live
         self.redis = live.redis
         self.queue_ttl = queue_ttl
         self.interval = interval
         self.pools = pools or []
+        self.arq = arq
+        self.max_recoveries = max_recoveries
+        self.heartbeat_interval = heartbeat_interval
+        self.fast_worker_loss = fast_worker_loss
         self._still_live: list[tuple[str, str]] = []  # (pool, state), as the last sweep saw
         self._judge_from = 0.0  # monotonic time before which nobody is judged lost
         self._blind = False  # the last round could not reach Redis
@@ -102,7 +132,8 @@ class Reaper:
         self._blind = False
 
     async def sweep(self) -> list[tuple[str, str]]:
-        """One pass over live sessions; returns (session id, reason) of those it ended."""
+        """One pass over live sessions; returns (session id, reason) of those it ended, and
+        (session id, ``recovering``) of those it moved on from a lost worker."""
         session_ids = sorted(
             await cast("Awaitable[set[str]]", self.redis.smembers(keys.LIVE_SESSIONS))
         )
@@ -111,40 +142,121 @@ class Reaper:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid in session_ids:
-                pipe.hmget(
-                    keys.session(sid), ["state", "created_ts", "pool", "job_id", "queue_position"]
-                )
+                pipe.hmget(keys.session(sid), list(_FIELDS))
                 pipe.exists(keys.session_alive(sid))
             replies = await pipe.execute()
+        gone = await self.gone_workers() if self.judging else set()
         now = time.time()
-        ended: list[tuple[str, str]] = []
+        done: list[tuple[str, str]] = []
         waiting: list[tuple[str, str, str, str | None]] = []
         for i, sid in enumerate(session_ids):
-            (state, created_ts, pool, job_id, told), alive = replies[2 * i], replies[2 * i + 1]
-            ended_before = len(ended)
+            fields = dict(zip(_FIELDS, replies[2 * i], strict=True))
+            alive = replies[2 * i + 1]
+            state, pool, job_id = fields["state"], fields["pool"] or "", fields["job_id"] or sid
+            outcome: str | None = None
             if state is None:  # hash expired or never written: nothing to announce
                 await cast("Awaitable[int]", self.redis.srem(keys.LIVE_SESSIONS, sid))
-            elif state in OWNED_STATES and not alive and self.judging:
-                if await self._ended(
-                    sid,
-                    Reason.WORKER_LOST,
-                    self.live.finish(sid, Reason.WORKER_LOST, only_from=SessionState(state)),
-                ):
-                    ended.append((sid, Reason.WORKER_LOST))
+            elif (
+                state in OWNED_STATES
+                and self.judging
+                and (not alive or fields["worker_id"] in gone)
+            ):
+                seen = "its heartbeat expired" if not alive else "no connection of it is left"
+                outcome = await self._worker_lost(sid, SessionState(state), fields, seen)
+            elif (
+                state == SessionState.RECOVERING
+                and self.judging
+                and now - float(fields["recovering_ts"] or now) > self.queue_ttl
+            ):  # no worker took it up in time
+                why = (
+                    Reason.WORKER_DRAINING
+                    if fields["reason"] == Reason.WORKER_DRAINING
+                    else Reason.WORKER_LOST
+                )
+                ending = self.live.finish(sid, why, only_from=SessionState.RECOVERING)
+                if await self._ended(sid, why, ending):
+                    await queue.remove_start(self.redis, pool, job_id)
+                    outcome = why
             elif (
                 state == SessionState.QUEUED
                 and self.judging
-                and now - float(created_ts or now) > self.queue_ttl
+                and now - float(fields["created_ts"] or now) > self.queue_ttl
             ):
                 if await self._ended(sid, Reason.NO_CAPACITY, self.live.expire(sid)):
-                    await queue.remove_start(self.redis, pool or "", job_id or sid)
-                    ended.append((sid, Reason.NO_CAPACITY))
+                    await queue.remove_start(self.redis, pool, job_id)
+                    outcome = Reason.NO_CAPACITY
             elif state == SessionState.QUEUED:
-                waiting.append((sid, pool or "", job_id or sid, told))
-            if state is not None and len(ended) == ended_before:  # still live after this sweep
-                self._still_live.append((pool or "", state))
+                waiting.append((sid, pool, job_id, fields["queue_position"]))
+            if outcome is not None:
+                done.append((sid, outcome))
+            if state is not None and outcome in (None, SessionState.RECOVERING):
+                self._still_live.append((pool, outcome or state))  # still live after this sweep
         await self._tell_positions(waiting)
-        return ended
+        return done
+
+    async def _worker_lost(
+        self, sid: str, state: SessionState, fields: dict[str, str | None], seen: str
+    ) -> str | None:
+        """The session's worker is gone: queue the session again for another worker (at the
+        head of its pool's queue), or, past ``max_recoveries``, end it. Returns what became
+        of it (None: it moved on meanwhile, and nothing was done)."""
+        if self.arq is None or int(fields["losses"] or 0) >= self.max_recoveries:
+            ending = self.live.finish(sid, Reason.WORKER_LOST, only_from=state)
+            return (
+                Reason.WORKER_LOST if await self._ended(sid, Reason.WORKER_LOST, ending) else None
+            )
+        moved, _ = await self.live.move(sid, "recover", Reason.WORKER_LOST, only_from=state)
+        if not moved:
+            return None
+        try:
+            await queue.enqueue_recovery(
+                self.redis,
+                self.arq,
+                sid,
+                fields["pool"] or "",
+                created_ts=float(fields["created_ts"] or 0),
+                expires_s=self.queue_ttl + START_JOB_SLACK_S,
+                lost=True,
+            )
+        except Exception:
+            log.exception("a recovering session could not be queued", extra={"session_id": sid})
+            ending = self.live.finish(sid, Reason.WORKER_LOST, only_from=SessionState.RECOVERING)
+            return (
+                Reason.WORKER_LOST if await self._ended(sid, Reason.WORKER_LOST, ending) else None
+            )
+        log.info(
+            "session recovering: worker %s is gone (%s)",
+            fields["worker_id"],
+            seen,
+            extra={"session_id": sid},
+        )
+        return SessionState.RECOVERING
+
+    async def gone_workers(self) -> set[str]:
+        """Workers surely gone before their heartbeats expire: a heartbeat two beats late
+        and no connection of theirs in ``CLIENT LIST`` (a killed process's sockets close at
+        once; a stalled one keeps them, and waits for the expiry). Nothing when no worker's
+        connection shows at all (a proxy in front of Redis hides them) or when turned off."""
+        if not self.fast_worker_loss:
+            return set()
+        worker_ids = sorted(await cast("Awaitable[set[str]]", self.redis.smembers(keys.WORKERS)))
+        if not worker_ids:
+            return set()
+        beats = await self.redis.mget([keys.worker(wid) for wid in worker_ids])
+        now = time.time()
+        late = {
+            wid
+            for wid, beat in zip(worker_ids, beats, strict=True)
+            if beat is not None
+            and now - WorkerBeat.model_validate_json(beat).ts > LATE_BEATS * self.heartbeat_interval
+        }
+        if not late:
+            return set()
+        clients = await self.redis.client_list(_type="normal")
+        names = {str(c.get("name", "")) for c in clients}
+        if not any(name.startswith(WORKER_CLIENT_PREFIX) for name in names):
+            return set()
+        return {wid for wid in late if worker_client_name(wid) not in names}
 
     async def _tell_positions(self, waiting: list[tuple[str, str, str, str | None]]) -> None:
         """Publish each queued session's place and expected wait when its place changed.

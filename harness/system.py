@@ -49,6 +49,9 @@ class System:
                 "VOICEPOOL_HEARTBEAT_TTL": "4",
                 "VOICEPOOL_HEARTBEAT_INTERVAL": "0.5",
                 "VOICEPOOL_REAPER_INTERVAL": "0.25",
+                # A client that leaves without DELETE holds its call (and a worker slot)
+                # this long, not 30 s: churn stays quick; a reload still fits.
+                "VOICEPOOL_RECONNECT_GRACE": "5",
                 "VOICEPOOL_LOG_LEVEL": "INFO",
                 "PYTHONUNBUFFERED": "1",
             }

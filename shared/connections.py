@@ -28,11 +28,17 @@ def _retry() -> Retry:
     return Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=8)
 
 
-def redis_client(url: str, *, max_connections: int | None = None) -> aioredis.Redis:
-    """An asyncio Redis client that answers with str and retries connection errors."""
+def redis_client(
+    url: str, *, max_connections: int | None = None, client_name: str | None = None
+) -> aioredis.Redis:
+    """An asyncio Redis client that answers with str and retries connection errors.
+
+    ``client_name`` names each of its connections (``CLIENT LIST`` shows it): a worker's
+    say whose they are, so that the API sees at once when a worker's connections are gone."""
     client: aioredis.Redis = aioredis.Redis.from_url(
         url,
         decode_responses=True,
+        client_name=client_name,
         retry=_retry(),
         retry_on_error=RETRY_ERRORS,
         health_check_interval=15,

@@ -15,6 +15,14 @@ from pydantic import BaseModel
 # (a Redis outage stalls it too, for as long as the outage lasts).
 POLL_STALL_S = 3.0
 
+WORKER_CLIENT_PREFIX = "vp-worker:"
+
+
+def worker_client_name(worker_id: str) -> str:
+    """The name a worker gives its Redis connections (``CLIENT LIST`` shows it), so the API
+    can tell a worker that is gone (no connection left) from one that is only slow."""
+    return f"{WORKER_CLIENT_PREFIX}{worker_id}"
+
 
 class WorkerBeat(BaseModel):
     id: str
@@ -45,3 +53,8 @@ class WorkerBeat(BaseModel):
     def serving_capacity(self) -> int:
         """Slots this worker offers the pool: none while draining or stalled."""
         return 0 if self.draining or self.stalled else self.capacity
+
+    @property
+    def free_slots(self) -> int:
+        """Sessions this worker would take now, as of this beat."""
+        return max(self.serving_capacity - self.active, 0)

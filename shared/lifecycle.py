@@ -2,7 +2,7 @@
 
 Everything that moves a session from one state to another names one of the
 ``MOVES`` below (``pick_up``, ``mark_ready``, ``connect``, ``lose_client``,
-``recover``, ``finish``, ``cancel``, ``expire``); nobody passes their own set of
+``recover``, ``hand_off``, ``finish``, ``cancel``, ``expire``); nobody passes their own set of
 states to move from. ``shared/live.py`` applies a move atomically in Redis (a
 Lua compare-and-set that also writes the event announcing it), taking what it
 needs to know from the move, never from names of its own. A new state is an
@@ -138,6 +138,7 @@ MoveName = Literal[
     "connect",
     "lose_client",
     "recover",
+    "hand_off",
     "finish",
     "finish_own",
     "cancel",
@@ -151,13 +152,15 @@ MOVES: dict[MoveName, Move] = {
     "connect": Move(S.CONNECTED, _states(S.READY, S.RECONNECTING), owner="expect"),
     "lose_client": Move(S.RECONNECTING, _states(S.CONNECTED), owner="expect"),
     "recover": Move(S.RECOVERING, OWNED_STATES, alive="drop"),
+    "hand_off": Move(S.RECOVERING, OWNED_STATES, owner="expect", alive="drop"),
     "finish": Move(None, OWNED_STATES | {S.RECOVERING}),
     "finish_own": Move(None, OWNED_STATES, owner="expect"),
     "cancel": Move(S.CANCELLED, _states(S.QUEUED)),
     "expire": Move(S.EXPIRED, _states(S.QUEUED)),
 }
 """Every move there is. ``finish`` is anyone's (the reaper, a revocation); ``finish_own``
-is the owning worker ending its own call."""
+is the owning worker ending its own call. ``recover`` is anyone's (the reaper, for a worker
+that is gone); ``hand_off`` is the owning worker giving its call up to another (a drain)."""
 
 
 def target(move: Move, reason: Reason | str) -> SessionState:
@@ -200,6 +203,11 @@ class SessionRecord(BaseModel):
     state_seq: int = 0
     requeues: int = 0
     recoveries: int = 0
+    """Times the session went ``recovering`` (its start job then is ``<id>.r<n>``)."""
+    losses: int = 0
+    """Of those, times because its worker was lost (``VOICEPOOL_MAX_RECOVERIES`` bounds them)."""
+    live_since: float = 0.0
+    """When the session was first ready (kept across recoveries: its limits count from it)."""
     options: str = ""
     history: str = ""
 

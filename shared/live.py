@@ -18,7 +18,15 @@ import redis.asyncio as aioredis
 
 from shared import keys
 from shared.events import EventType
-from shared.lifecycle import FINAL_STATES, MOVES, MoveName, Reason, SessionState, target
+from shared.lifecycle import (
+    FINAL_STATES,
+    MOVES,
+    OWNED_STATES,
+    MoveName,
+    Reason,
+    SessionState,
+    target,
+)
 
 # Heartbeat keys expire this much before the TTL, so that the reaper (which
 # looks at least every 0.9 s) notices a dead worker *within* the TTL.
@@ -143,7 +151,31 @@ return publish(ARGV[4], ARGV[5])
 """
 )
 
-_FINAL = " ".join(FINAL_STATES)
+# KEYS: per session, its hash then its alive key
+# ARGV: 1 worker id, 2 alive TTL ms, 3 the states a worker owns (space separated)
+_KEEP_ALIVE = """
+local function member(word, list)
+  for s in string.gmatch(list, '%S+') do
+    if s == word then return true end
+  end
+  return false
+end
+local out = {}
+for i = 1, #KEYS, 2 do
+  local found = redis.call('HMGET', KEYS[i], 'state', 'worker_id')
+  local state, owner = found[1], found[2]
+  if state and owner == ARGV[1] and member(state, ARGV[3]) then
+    redis.call('SET', KEYS[i + 1], ARGV[1], 'PX', ARGV[2])
+  end
+  out[#out + 1] = state or ''
+  out[#out + 1] = owner or ''
+end
+return out
+"""
+
+_FINAL = " ".join(sorted(FINAL_STATES))
+_NOT_OWNED = " ".join(sorted(set(SessionState) - OWNED_STATES))
+_OWNED = " ".join(sorted(OWNED_STATES))
 
 
 class OwnerLimitReached(Exception):
@@ -170,6 +202,7 @@ class LiveSessions:
         self._create = redis.register_script(_CREATE)
         self._transition = redis.register_script(_TRANSITION)
         self._publish = redis.register_script(_PUBLISH)
+        self._keep_alive = redis.register_script(_KEEP_ALIVE)
 
     def _keys(self, session_id: str) -> list[str]:
         return [
@@ -294,7 +327,8 @@ class LiveSessions:
         at: float | None = None,
     ) -> bool:
         """Append an event to a live session; False if the session is gone or final, or
-        (with ``worker_id``) has moved on to another worker.
+        (with ``worker_id``) is no longer that worker's: another's, or waiting for one
+        (``recovering``), so a worker that let the call go cannot add to it.
 
         ``publisher_seq`` (increasing per owner) makes a retry of the same event a no-op;
         ``at`` is when it happened, if not now.
@@ -306,11 +340,26 @@ class LiveSessions:
                 str(type),
                 json.dumps(data),
                 publisher_seq,
-                _FINAL,
+                _NOT_OWNED if worker_id else _FINAL,
                 worker_id,
             ],
         )
         return entry_id is not None
+
+    async def keep_alive(
+        self, worker_id: str, session_ids: list[str]
+    ) -> dict[str, tuple[str, str]]:
+        """A worker's heartbeat for its sessions: refresh the liveness key of each one it
+        still owns (set, not refreshed: after a Redis restart the key may have lapsed while
+        the call lived), and none of the others. Returns each session's state and owner as
+        Redis has them ("" for what it no longer has)."""
+        if not session_ids:
+            return {}
+        names = [k for sid in session_ids for k in (keys.session(sid), keys.session_alive(sid))]
+        flat = await self._keep_alive(
+            keys=names, args=[worker_id, alive_ms(self.heartbeat_ttl), _OWNED]
+        )
+        return {sid: (flat[2 * i], flat[2 * i + 1]) for i, sid in enumerate(session_ids)}
 
     async def get(self, session_id: str) -> dict[str, str]:
         return await cast("Awaitable[dict[str, str]]", self.redis.hgetall(keys.session(session_id)))

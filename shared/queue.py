@@ -8,8 +8,9 @@ takes the job, and whoever cancels or expires a waiting session removes both.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis
@@ -51,6 +52,33 @@ async def enqueue_start(
         _expires=expires_s,
         _defer_until=at,
     )
+
+
+async def enqueue_recovery(
+    redis: aioredis.Redis,
+    arq: ArqRedis,
+    session_id: str,
+    pool: str,
+    *,
+    created_ts: float,
+    expires_s: float,
+    lost: bool,
+) -> str:
+    """Queue the start job of a session that has just gone ``recovering``, in the place it
+    had when it was created (ahead of everything that came later), and note the job and
+    the count in its hash (``lost``: its worker was lost, not draining). Returns the job id."""
+    key = keys.session(session_id)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hincrby(key, "recoveries", 1)
+        if lost:
+            pipe.hincrby(key, "losses", 1)
+        count = (await pipe.execute())[0]
+    job_id = f"{session_id}.r{count}"  # arq refuses a job id it still holds
+    await cast("Awaitable[int]", redis.hset(key, "job_id", job_id))
+    await enqueue_start(
+        arq, session_id, pool, job_id=job_id, expires_s=expires_s, place=created_ts or None
+    )
+    return job_id
 
 
 async def end_waiting(live: LiveSessions, session_id: str, reason: Reason) -> bool | None:

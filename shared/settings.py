@@ -116,11 +116,24 @@ class Settings(BaseSettings):
     heartbeat_ttl: float = Field(
         10.0,
         gt=2,
-        description="Sessions of a worker that stopped are failed (worker_lost) within this time.",
+        description="Sessions of a worker that stopped are taken from it (recovering, "
+        "worker_lost) within this time; sooner with fast_worker_loss.",
     )
     heartbeat_interval: float = Field(1.0, description="How often workers refresh heartbeats.")
     reaper_interval: float = Field(
         0.5, gt=0, le=0.9, description="How often the API looks for lost sessions."
+    )
+    max_recoveries: int = Field(
+        2,
+        ge=0,
+        description="Times one call is moved to another worker after its worker was lost "
+        "(recovering); past that, or at 0, it fails (worker_lost).",
+    )
+    fast_worker_loss: bool = Field(
+        True,
+        description="Judge a worker lost once it missed two heartbeats and Redis shows none of "
+        "its connections (CLIENT LIST), not only when its heartbeats expire. Off for a Redis "
+        "behind a proxy that hides its clients.",
     )
     worker_capacity: int = Field(4, ge=1, description="Sessions one worker process runs at once.")
     worker_metrics_port: int = Field(
@@ -136,6 +149,12 @@ class Settings(BaseSettings):
         60.0, description="A ready session whose client never connects ends (connect_timeout)."
     )
     idle_timeout: float = Field(120.0, description="End a session after this long without speech.")
+    reconnect_grace: float = Field(
+        30.0,
+        ge=0,
+        description="A call whose client's media is gone (reconnecting) waits this long for it "
+        "to connect again before it ends (client_left); 0 ends it at once.",
+    )
     max_session_duration: float = Field(1800.0, description="Hard limit on one session, seconds.")
     ready_wait: float = Field(
         15.0, description="How long an SDP offer waits for its session to become ready."

@@ -105,6 +105,11 @@ class WorkerOptions:
     connect_timeout: float = CONNECT_TIMEOUT_S
     """End a ready session whose client never connects (connect_timeout)."""
 
+    reconnect_grace: float = 30.0
+    """How long a call whose client's media is gone (``reconnecting``) waits for the client
+    to connect again before it ends (client_left); the pipeline and the model connection
+    stay up meanwhile. 0: end at once."""
+
     metrics_port: int = 0
     """Serve this worker's Prometheus /metrics on this port (0: off)."""
 
@@ -180,6 +185,7 @@ class WorkerOptions:
             metrics_port=settings.worker_metrics_port if metrics_port is None else metrics_port,
             metrics_host=settings.worker_metrics_host,
             connect_timeout=settings.connect_timeout,
+            reconnect_grace=settings.reconnect_grace,
             heartbeat_interval=settings.heartbeat_interval,
             heartbeat_ttl=settings.heartbeat_ttl,
             idle_timeout=settings.idle_timeout,

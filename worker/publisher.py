@@ -75,6 +75,8 @@ class EventPublisher:
         self.speaker: Callable[[], dict[str, str] | None] | None = None
         """Who is speaking, where a transport can tell (several people in a Daily room):
         every ``user.*`` event then names its participant."""
+        self.watch: Callable[[str, dict[str, Any]], None] | None = None
+        """Told of each event as it is emitted (the session's quiet-moment watch)."""
         self.published = 0
         self.failed = 0
         self.dropped = 0
@@ -96,6 +98,8 @@ class EventPublisher:
             who = self.speaker()
             if who:
                 payload.setdefault("participant", who)
+        if self.watch is not None:
+            self.watch(type, payload)
         self._push(_Event(type, payload, time.time()))
         if len(self._pending) > self.max_buffered:
             self._drop_oldest_event()

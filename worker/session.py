@@ -4,6 +4,12 @@ Each session gets its own ``WorkerRunner`` (a shared runner would let one
 session's end or idle timeout cancel every other). The runner is watched:
 whatever way the pipeline stops — the client ends it or leaves, a limit is
 hit, a processor fails — the session reaches a final state with a reason.
+A client whose media goes away without ending the call is waited for: the
+session is ``reconnecting`` for ``reconnect_grace`` seconds, the pipeline and
+the model connection up and the bot quiet, and ``connected`` again when the
+client connects again; else it ends (``client_left``). A call handed to another
+worker (``hand_off`` in a drain, or recovered elsewhere while this worker could
+not be seen) stops here without a final state: it goes on over there.
 """
 
 from __future__ import annotations
@@ -12,21 +18,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
 from pipecat.frames.frames import ErrorFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.transports.base_input import BaseInputTransport
 from pipecat.transports.base_output import BaseOutputTransport
-from pipecat.transports.base_transport import TransportParams
+from pipecat.transports.base_transport import BaseTransport, TransportParams
 from pipecat.workers.runner import WorkerRunner
 
 from shared.lifecycle import GRACEFUL_ENDS, Reason
 from shared.live import LiveSessions
 from shared.logs import log_fields, redact
 from worker import metrics
+from worker.client_gate import ClientGate
+from worker.continuity import QuietWatch
 from worker.observers import SessionEventObserver
 from worker.options import WorkerOptions
 from worker.pipeline_health import HEARTBEAT_MONITOR_S, count_heartbeat_timeouts
@@ -40,6 +48,7 @@ log = logging.getLogger(__name__)
 # the bot finishes what it is saying (Pipecat drains the frames in flight) instead of
 # stopping mid-word, for at most GRACEFUL_END_S; any other end is immediate.
 GRACEFUL_END_S = 8.0
+HANDED_OFF_CLOSE_S = 2.0  # a call another worker has: its last events are not waited for long
 
 
 class SessionRunner:
@@ -57,6 +66,12 @@ class SessionRunner:
         self.options = options
         self.live = live
         self.publisher = EventPublisher(live, session_id, options.worker_id)
+        self.quiet = QuietWatch()  # when a drain may hand the call over
+        self.publisher.watch = self.quiet.see
+        # Taken up from another worker (recovering) after a client had connected: the call
+        # goes on (the client connects again; nobody greets it again).
+        self.resumed = int(meta.get("recoveries") or 0) > 0 and bool(meta.get("connected_ts"))
+        self.handed_off = False  # another worker has the call now: no final state from here
         self.profile: Profile = build_profile(
             SessionContext(
                 session_id=session_id,
@@ -64,9 +79,12 @@ class SessionRunner:
                 options=options,
                 emit=self.publisher.emit,
                 end=self.end,
+                resumed=self.resumed,
             )
         )
-        self.started_at = time.monotonic()
+        # Limits and the duration count from when the call was first ready, on any worker.
+        live_since = float(meta.get("live_since") or 0)
+        self.started_at = time.monotonic() - (max(time.time() - live_since, 0) if live_since else 0)
         self.end_reason: Reason | None = None
         self.end_message: str | None = None
         self._on_finished = on_finished
@@ -74,7 +92,10 @@ class SessionRunner:
             meta.get("transport", "webrtc"), session_id, options
         )
         self._end_requested = asyncio.Event()
-        self._client_connected = False
+        self._client: Literal["waiting", "connected", "lost"] = "waiting"
+        self._presence: asyncio.Queue[bool] = asyncio.Queue()  # True: back, False: lost
+        self._grace: asyncio.TimerHandle | None = None  # ends a call whose client is lost
+        self._gate: ClientGate | None = None
         self._pipeline: PipelineWorker | None = None
         self._task: asyncio.Task[None] | None = None
         self._cancel: asyncio.Task[None] | None = None
@@ -100,7 +121,8 @@ class SessionRunner:
             self.end_message = redact(message) if message else None
         self._end_requested.set()
         if self._pipeline is not None and self._cancel is None:
-            stop = self._end_gracefully if reason in GRACEFUL_ENDS else self._cancel_now
+            graceful = reason in GRACEFUL_ENDS and not self.handed_off
+            stop = self._end_gracefully if graceful else self._cancel_now
             with log_fields(session_id=self.id):  # end() is called from other tasks too
                 self._cancel = asyncio.create_task(stop(self._pipeline, str(reason)))
 
@@ -127,12 +149,111 @@ class SessionRunner:
     def duration(self) -> float:
         return time.monotonic() - self.started_at
 
+    # --- moving the call to another worker ---------------------------------------
+
+    @property
+    def movable(self) -> bool:
+        """Running here, and not ending: a drain may hand it over."""
+        return self._task is not None and not self._end_requested.is_set()
+
+    async def hand_off(self, requeue: Callable[[], Awaitable[object]]) -> bool:
+        """Give the call to another worker (a drain, at a quiet moment): once everything
+        emitted so far is written, the session goes ``recovering`` (this worker's no more),
+        ``requeue`` queues its start at the head of the pool's queue, and the call stops
+        here without a final state. False, and the call goes on here, if it is ending or
+        is not this worker's any more."""
+        if not self.movable:
+            return False
+        if not await self.publisher.transition("hand_off", Reason.WORKER_DRAINING):
+            return False
+        try:
+            await requeue()
+        finally:
+            self.let_go(Reason.WORKER_DRAINING)
+        return True
+
+    def let_go(self, reason: Reason) -> None:
+        """Stop the call here at once, without a final state: it is another worker's now
+        (handed off, or recovered elsewhere while this worker could not be seen)."""
+        self.handed_off = True
+        self.end(reason)
+
     # --- signalling (relayed from the API) ---------------------------------------
 
     async def handle_signal(self, kind: str, payload: dict[str, Any]) -> Any:
+        if self.handed_off:  # as it is about to be: not running here
+            raise SignalError("unknown_session", "the call moved to another worker", 404)
         if self._end_requested.is_set():
             raise SignalError("session_ended", "the session has ended")
         return await self.transport.handle_signal(kind, payload)
+
+    # --- the client: connected, lost, back ---------------------------------------------
+
+    def client_back(self) -> None:
+        """The client's media flows: connected at first, or again (transports call this,
+        directly or through Pipecat's client events; applied in the order called)."""
+        self._presence.put_nowait(True)
+
+    def client_lost(self) -> None:
+        """The client's media is gone without an explicit end (peer closed or failed or
+        replaced, WebSocket closed, the last person left the room, the client went silent)."""
+        self._presence.put_nowait(False)
+
+    def _watch_client(self, transport: BaseTransport) -> None:
+        """Pipecat's client events are the client coming and going (the transport tells
+        the rest itself)."""
+
+        async def _connected(_transport: object, _client: object) -> None:
+            self.client_back()
+
+        async def _disconnected(_transport: object, _client: object) -> None:
+            self.client_lost()
+
+        transport.add_event_handler("on_client_connected", _connected)
+        transport.add_event_handler("on_client_disconnected", _disconnected)
+
+    async def _follow_client(self) -> None:
+        while True:
+            back = await self._presence.get()
+            if self._end_requested.is_set():
+                continue
+            try:
+                await (self._back() if back else self._lost())
+            except Exception:
+                log.exception("the client's %s was not handled", "return" if back else "loss")
+
+    async def _back(self) -> None:
+        if self._client == "connected":
+            return
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        first, self._client = self._client == "waiting", "connected"
+        if first:  # (to this worker: a call taken up from another is connected again)
+            again = Reason.CLIENT_RECONNECTED if self.resumed else Reason.CLIENT_CONNECTED
+            self.publisher.transition("connect", again)
+            assert self._pipeline is not None
+            await self.profile.on_client_connected(self._pipeline.queue_frame)
+            return
+        log.info("the client is back")
+        self.publisher.transition("connect", Reason.CLIENT_RECONNECTED)
+        await self.profile.on_client_back()  # carries on; never greets again
+
+    async def _lost(self) -> None:
+        grace = self.options.reconnect_grace
+        if grace <= 0:
+            self.end(Reason.CLIENT_LEFT)
+            return
+        if self._grace is None:
+            self._grace = asyncio.get_running_loop().call_later(grace, self.end, Reason.CLIENT_LEFT)
+        if self._client != "connected":  # never connected (the grace still applies), or lost
+            return
+        log.info("the client is lost; waiting %.0f s for it to connect again", grace)
+        self._client = "lost"
+        self.publisher.transition("lose_client", Reason.CLIENT_LOST)
+        await self.profile.on_client_lost()  # first: an answer to the closed turn waits too
+        if self._gate is not None:
+            await self._gate.hold()
 
     # --- the session itself --------------------------------------------------------
 
@@ -161,21 +282,13 @@ class SessionRunner:
     def _build_pipeline(self) -> PipelineWorker:
         self.publisher.speaker = getattr(self.transport, "current_speaker", None)
         transport = self.transport.build(
-            TransportParams(audio_in_enabled=True, audio_out_enabled=True)
+            TransportParams(audio_in_enabled=True, audio_out_enabled=True), self
         )
-
-        async def _connected(_transport: object, _client: object) -> None:
-            self._client_connected = True
-            self.publisher.transition("connect", Reason.CLIENT_CONNECTED)
-            await self.profile.on_client_connected(worker.queue_frame)
-
-        async def _disconnected(_transport: object, _client: object) -> None:
-            self.end(Reason.CLIENT_LEFT)
-
-        transport.add_event_handler("on_client_connected", _connected)
-        transport.add_event_handler("on_client_disconnected", _disconnected)
-
-        pipeline = Pipeline(self.profile.pipeline(transport.input(), transport.output()))
+        self._watch_client(transport)
+        self._gate = ClientGate()
+        processors = self.profile.pipeline(transport.input(), transport.output())
+        processors.insert(1, self._gate)  # right after the transport's input
+        pipeline = Pipeline(processors)
         worker = PipelineWorker(
             pipeline,
             params=PipelineParams(
@@ -225,6 +338,7 @@ class SessionRunner:
             else None
         )
         runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
+        follower = asyncio.create_task(self._follow_client(), name=f"client-{self.id}")
         try:
             await runner.add_workers(self._pipeline)
             if self._end_requested.is_set():  # ended while the pipeline was being built
@@ -234,14 +348,20 @@ class SessionRunner:
             limit.cancel()
             if no_show is not None:
                 no_show.cancel()
+            if self._grace is not None:
+                self._grace.cancel()
+            follower.cancel()
 
     def _end_if_no_client(self) -> None:
-        if not self._client_connected:
+        if self._client == "waiting":
             self.end(Reason.CONNECT_TIMEOUT)
 
     async def _finish(self) -> None:
         reason = self.end_reason or Reason.CLIENT_LEFT
         try:
+            if self.handed_off:  # not ours to end: what is left is refused anyway
+                await self.publisher.aclose(HANDED_OFF_CLOSE_S)
+                return
             # After every event of the call; while Redis is away, it waits for it.
             self.publisher.transition(
                 "finish_own",

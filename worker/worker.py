@@ -34,10 +34,11 @@ from pydantic import ValidationError
 
 from shared import control, keys, queue
 from shared.connections import arq_redis_settings, redis_client
-from shared.fleet import WorkerBeat
+from shared.fleet import WorkerBeat, worker_client_name
 from shared.gc_freeze import freeze_startup_objects
 from shared.lifecycle import (
     FINAL_STATES,
+    OWNED_STATES,
     OWNER_CONNECT,
     WAITING_STATES,
     Reason,
@@ -47,6 +48,7 @@ from shared.live import LiveSessions, alive_ms
 from shared.logs import log_fields
 from shared.queue import record_start
 from worker import metrics
+from worker.continuity import resumed_meta
 from worker.loop_monitor import watch_event_loop
 from worker.options import JOB_TIMEOUT_S, POLL_DELAY_S, SIGNAL_BLOCK_S, WorkerOptions
 from worker.profiles import preload_profiles
@@ -61,6 +63,8 @@ log = logging.getLogger(__name__)
 # reaper expires the session by its creation time (VOICEPOOL_QUEUE_TTL) anyway.
 REQUEUE_EXPIRES_S = 300
 SHUTDOWN_PUBLISH_S = 15.0  # at exit, how long sessions' held events may wait for Redis
+DRAIN_LOOK_S = 0.25  # a drain looks this often for free slots elsewhere and calls to move
+MOVE_FINISH_S = 2.0  # at a drain's end, how long a hand-off under way may take to finish
 
 
 async def start_session(ctx: dict[str, Any], session_id: str) -> str:
@@ -100,7 +104,8 @@ class VoicepoolWorker:
         self.draining = False
         self._drain_started = False
         self.started_at = time.time()
-        self.redis = redis_client(options.redis_url)
+        # Named connections: the API sees at once when they are all gone (a killed worker).
+        self.redis = redis_client(options.redis_url, client_name=worker_client_name(self.id))
         self.live = LiveSessions(
             self.redis,
             heartbeat_ttl=options.heartbeat_ttl,
@@ -187,7 +192,9 @@ class VoicepoolWorker:
         return 1 if self.supervisor.failure is not None else 0
 
     async def drain(self, timeout: float | None = None) -> None:
-        """Take no new sessions; let live ones finish up to ``timeout``, then end them."""
+        """Take no new sessions; move each live call to another worker of the pool at its
+        next quiet moment, as long as they have free slots; let what cannot move run on up
+        to ``timeout``, then end it (``worker_draining``)."""
         if self._drain_started:
             return
         self._drain_started = True
@@ -195,12 +202,82 @@ class VoicepoolWorker:
         log.info("worker %s draining %d sessions", self.id, len(self.sessions))
         await self._heartbeat()
         limit = self.options.drain_timeout if timeout is None else timeout
-        running = [r.wait() for r in self.sessions.values()]
-        if running:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*running), limit)
+        deadline = time.monotonic() + limit
+        moves: dict[str, asyncio.Task[bool]] = {}
+        moved_at: dict[str, float] = {}
+        # A call moved a moment ago shows in the other worker's heartbeat only after this.
+        beat_lag = 2 * self.options.heartbeat_interval + 1.0
+        while self.sessions and time.monotonic() < deadline:
+            free = await self._free_elsewhere()
+            now = time.monotonic()
+            taken = sum(not task.done() for task in moves.values())
+            taken += sum(now - at < beat_lag for at in moved_at.values())
+            for runner in list(self.sessions.values()):
+                if taken >= free:
+                    break
+                if runner.id not in moves and runner.movable:
+                    moves[runner.id] = asyncio.create_task(self._move(runner, deadline, moved_at))
+                    taken += 1
+            await asyncio.sleep(min(DRAIN_LOOK_S, max(deadline - time.monotonic(), 0.0)))
         await self.end_all(Reason.WORKER_DRAINING)
+        if moves:  # a hand-off under way finishes queueing its call (bounded)
+            _done, late = await asyncio.wait(moves.values(), timeout=MOVE_FINISH_S)
+            for task in late:
+                task.cancel()
         self._stopped.set()
+
+    async def _free_elsewhere(self) -> int:
+        """Free slots of the other live workers of this pool, as their heartbeats say."""
+        try:
+            ids = await cast("Awaitable[set[str]]", self.redis.smembers(keys.WORKERS))
+            others = sorted(ids - {self.id})
+            beats = await self.redis.mget([keys.worker(wid) for wid in others]) if others else []
+        except Exception as exc:
+            log.warning("drain: the other workers could not be read: %s", exc)
+            return 0
+        fresh_s = 3 * self.options.heartbeat_interval
+        free = 0
+        for raw in beats:
+            if raw is None:
+                continue
+            beat = WorkerBeat.model_validate_json(raw)
+            if beat.pool == self.options.pool and time.time() - beat.ts <= fresh_s:
+                free += beat.free_slots
+        return free
+
+    async def _move(
+        self, runner: SessionRunner, deadline: float, moved_at: dict[str, float]
+    ) -> bool:
+        """Hand one call over to another worker at its next quiet moment (before
+        ``deadline``): it goes ``recovering`` and to the head of the pool's queue."""
+        arq = self._arq.pool if self._arq is not None else None
+        try:
+            if arq is None or not await runner.quiet.wait_quiet(deadline):
+                return False
+            record = SessionRecord.from_hash(await self.live.get(runner.id))
+            if record is None:
+                return False
+
+            async def requeue() -> None:
+                await queue.enqueue_recovery(
+                    self.redis,
+                    arq,
+                    runner.id,
+                    self.options.pool,
+                    created_ts=record.created_ts,
+                    expires_s=REQUEUE_EXPIRES_S,
+                    lost=False,
+                )
+
+            with log_fields(session_id=runner.id):
+                if not await runner.hand_off(requeue):
+                    return False
+                log.info("drain: the call is handed over to another worker")
+            moved_at[runner.id] = time.monotonic()
+            return True
+        except Exception:
+            log.exception("drain: a call could not be handed over", extra={"session_id": runner.id})
+            return False
 
     async def end_all(self, reason: Reason) -> None:
         for runner in list(self.sessions.values()):
@@ -262,6 +339,12 @@ class VoicepoolWorker:
         meta = await self.live.get(session_id)
         if not meta:
             return "unknown session"
+        recovered = int(meta.get("recoveries") or 0) > 0  # another worker had the call
+        if recovered:
+            meta = await resumed_meta(self.redis, session_id, meta)
+        stale = self.sessions.get(session_id)
+        if stale is not None:  # its own call, recovered while it stalled: that run stops
+            stale.let_go(Reason.WORKER_LOST)
         runner = SessionRunner(
             session_id, meta, options=self.options, live=self.live, on_finished=self._finished
         )
@@ -284,7 +367,7 @@ class VoicepoolWorker:
             ready, _ = await self.live.move(
                 session_id,
                 "mark_ready",
-                Reason.PIPELINE_READY,
+                Reason.RECOVERED if recovered else Reason.PIPELINE_READY,
                 worker_id=self.id,
                 data={"transport": meta.get("transport", "webrtc"), **connect},
             )
@@ -358,12 +441,15 @@ class VoicepoolWorker:
             await cast("Awaitable[int]", self.redis.hdel(keys.session(session_id), OWNER_CONNECT))
 
     def _finished(self, runner: SessionRunner) -> None:
-        self.sessions.pop(runner.id, None)
-        self._spawn(self._forget_owner_connect(runner.id))
+        if self.sessions.get(runner.id) is runner:
+            del self.sessions[runner.id]
+        if not runner.handed_off:  # else what the owner connects with is the new worker's
+            self._spawn(self._forget_owner_connect(runner.id))
         self._spawn(self._heartbeat_once())
-        metrics.SESSION_SECONDS.labels(
-            pool=self.options.pool, reason=str(runner.end_reason or "")
-        ).observe(runner.duration)
+        reason = "handed_off" if runner.handed_off else str(runner.end_reason or "")
+        metrics.SESSION_SECONDS.labels(pool=self.options.pool, reason=reason).observe(
+            runner.duration
+        )
 
     # --- heartbeats -------------------------------------------------------------------
 
@@ -388,24 +474,33 @@ class VoicepoolWorker:
         metrics.ACTIVE.labels(pool=self.options.pool).set(len(self.sessions))
         metrics.DRAINING.labels(pool=self.options.pool).set(int(self.draining))
         ttl_ms = alive_ms(self.options.heartbeat_ttl)
-        session_ids = list(self.sessions)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(keys.worker(self.id), self.status().model_dump_json(), px=ttl_ms)
             pipe.sadd(keys.WORKERS, self.id)
-            for sid in session_ids:
-                # Not XX: after a Redis restart the key may have expired while the call lived.
-                pipe.set(keys.session_alive(sid), self.id, px=ttl_ms)
-                pipe.hget(keys.session(sid), "state")
-            replies = await pipe.execute()
-        for sid, state in zip(session_ids, replies[3::2], strict=True):
+            await pipe.execute()
+        # Each session's liveness, for the ones still ours only.
+        found = await self.live.keep_alive(self.id, list(self.sessions))
+        for sid, (state, owner) in found.items():
             runner = self.sessions.get(sid)
-            if state in FINAL_STATES and runner is not None and runner.end_reason is None:
+            if runner is None or runner.end_reason is not None or not runner.movable:
+                continue  # ending, or not started (not picked up yet, or being prepared)
+            if state in FINAL_STATES:
                 # Ended from outside (the reaper, once it could not see us): stop the call
                 # rather than run a session nobody can see.
                 log.warning(
                     "session is %s in Redis; ending it here", state, extra={"session_id": sid}
                 )
                 runner.end(Reason.WORKER_LOST)
+            elif state and (owner != self.id or state not in OWNED_STATES):
+                # Recovered while this worker could not be seen (a stall, a partition): the
+                # call is, or soon will be, another worker's. Let it go, saying nothing.
+                log.warning(
+                    "session is %s on worker %s in Redis; letting it go here",
+                    state,
+                    owner,
+                    extra={"session_id": sid},
+                )
+                runner.let_go(Reason.WORKER_LOST)
 
     async def _heartbeat_once(self) -> None:
         with contextlib.suppress(Exception):  # the loop's next beat covers a failure

@@ -105,7 +105,9 @@ async def drain_worker(
     state: StateDep,
     body: Annotated[DrainRequest | None, Body()] = None,
 ) -> WorkerOut:
-    """Stop the worker taking sessions now; live ones run up to the drain timeout, then end."""
+    """Stop the worker taking sessions now; its live calls move to other workers of the pool
+    with free slots, each at its next quiet moment; what cannot move runs up to the drain
+    timeout, then ends."""
     current = {w.id: w for w in await live_workers(state)}
     if worker_id not in current:
         raise ApiError(404, "worker_not_found", "no live worker with that id")

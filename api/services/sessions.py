@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -327,19 +328,35 @@ async def end(state: AppState, row: VoiceSession) -> None:
 # --- signalling --------------------------------------------------------------------------
 
 
+ALIVE_RECHECK_S = 0.25
+
+
 async def owning_worker(state: AppState, row: VoiceSession) -> str:
-    """Wait (bounded) until the session is ready and return the id of its worker."""
-    current = await wait_for_state(
-        state, row.id, {*CLIENT_MAY_CONNECT, *FINAL_STATES}, timeout=state.settings.ready_wait
-    )
-    if current in FINAL_STATES:
-        raise session_ended(current)
-    if current not in CLIENT_MAY_CONNECT:
-        raise not_ready()
-    worker_id = (await state.live.get(row.id)).get("worker_id")
-    if not worker_id:
-        raise ApiError(409, "session_ended", "the session has no worker")
-    return worker_id
+    """Wait (bounded) until the session is ready on a live worker and return its id.
+
+    A worker whose liveness key for the session is gone (killed, and not judged lost yet)
+    would never answer: the call is about to move, so this waits until it is ready again
+    on another worker (``recovered``) rather than send to the one that is gone."""
+    deadline = time.monotonic() + state.settings.ready_wait
+    while True:
+        remaining = max(deadline - time.monotonic(), 0.0)
+        current = await wait_for_state(
+            state, row.id, {*CLIENT_MAY_CONNECT, *FINAL_STATES}, timeout=remaining
+        )
+        if current in FINAL_STATES:
+            raise session_ended(current)
+        if current not in CLIENT_MAY_CONNECT:
+            raise not_ready()
+        worker_id = (await state.live.get(row.id)).get("worker_id")
+        if not worker_id:
+            raise ApiError(409, "session_ended", "the session has no worker")
+        alive = await cast("Awaitable[str | None]", state.redis.get(keys.session_alive(row.id)))
+        if alive == worker_id:
+            return worker_id
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise not_ready()
+        await asyncio.sleep(min(ALIVE_RECHECK_S, remaining))
 
 
 async def relay_offer(

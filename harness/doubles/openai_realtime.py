@@ -111,6 +111,14 @@ class Fault:
     kind: FaultKind = "none"
     status: int = 401  # HTTP status for reject_handshake (401 = key rejected)
     close_code: int = 1011  # close code for close_mid_answer (1000 would be a clean close)
+    # Strike only the first N connections (reject_handshake: the first N handshakes), so a
+    # client that reconnects finds the model well again; None strikes every one.
+    connections: int | None = None
+
+    def strikes(self, kind: FaultKind, number: int) -> bool:
+        """Whether this fault is ``kind`` and strikes the server's ``number``-th connection
+        (1-based; for reject_handshake, the ``number``-th handshake)."""
+        return self.kind == kind and (self.connections is None or number <= self.connections)
 
 
 def _id(prefix: str) -> str:
@@ -257,9 +265,12 @@ def _usage(
 class _Connection:
     """One client session: its config, input buffer, VAD and the response being streamed."""
 
-    def __init__(self, server: FakeRealtimeServer, ws: ServerConnection, model: str) -> None:
+    def __init__(
+        self, server: FakeRealtimeServer, ws: ServerConnection, model: str, number: int
+    ) -> None:
         self.server = server
         self.ws = ws
+        self.number = number  # the server's n-th accepted connection, from 1
         self.session = _default_session(model)
         self.conversation_id = _id("conv")
         self.vad = EnergyVAD()
@@ -363,7 +374,7 @@ class _Connection:
         if kind == "input_audio_buffer.append":
             await self._append(base64.b64decode(event.get("audio", "")))
         elif kind == "session.update":
-            if self.server.fault.kind == "error_on_session_update":
+            if self.server.fault.strikes("error_on_session_update", self.number):
                 await self.error(
                     "Invalid value: 'bogus'. Supported values are: 'near_field' and 'far_field'.",
                     code="invalid_value",
@@ -564,7 +575,7 @@ class _Connection:
     async def _created(self, response_id: str) -> None:
         self.responses += 1
         await self.send("response.created", response=self._response(response_id, "in_progress"))
-        if self.server.fault.kind == "malformed_event" and self.responses == 1:
+        if self.server.fault.strikes("malformed_event", self.number) and self.responses == 1:
             # Protocol drift: a known event type whose fields don't match the schema.
             await self.ws.send(json.dumps({"type": "response.output_audio.delta", "delta": 7}))
 
@@ -662,7 +673,7 @@ class _Connection:
                 await self.send(transcript_delta, **where, content_index=0, delta=word)
             sent_words = due
             if (
-                self.server.fault.kind == "close_mid_answer"
+                self.server.fault.strikes("close_mid_answer", self.number)
                 and self.answers == 1
                 and i + 1 >= max(1, len(chunks) // 2)
             ):
@@ -719,7 +730,10 @@ class _Connection:
         await self.send("response.done", response=done)
         if turn:
             self.turn_answers += 1
-            if self.server.fault.kind == "error_after_turn" and self.turn_answers == 1:
+            if (
+                self.server.fault.strikes("error_after_turn", self.number)
+                and self.turn_answers == 1
+            ):
                 await self.error(
                     "The server had an error while processing your request. Sorry about that!",
                     code="server_error",
@@ -734,6 +748,7 @@ class FakeRealtimeServer:
     ``input_audio_buffer.append`` events is kept as one summary entry
     ``{"type": "input_audio_buffer.append", "count": n, "bytes": total}`` (updated in
     place) so memory stays bounded; ``audio_appends``/``audio_bytes`` count them all.
+    ``connection_starts`` says where each accepted connection's events begin in it.
     ``session_updates`` holds the ``session`` object of each ``session.update``,
     ``function_outputs`` each ``function_call_output`` item the client created. ``sent``
     holds every server event sent (``response.output_audio.delta`` with ``delta`` replaced
@@ -766,7 +781,10 @@ class FakeRealtimeServer:
         self.session_updates: list[dict[str, Any]] = []
         self.function_outputs: list[dict[str, Any]] = []
         self.connections = 0  # accepted WebSocket sessions
+        self.handshakes = 0  # upgrade requests with the right path and an Authorization header
         self.rejected = 0  # refused handshakes (fault, missing Authorization, wrong path)
+        # Where each accepted connection's client events begin in `received`.
+        self.connection_starts: list[int] = []
         self.models: list[str] = []  # the ?model= of each accepted connection
         self.audio_appends = 0
         self.audio_bytes = 0
@@ -839,9 +857,11 @@ class FakeRealtimeServer:
             refusal = (404, "invalid_request_error", f"Unknown path {url.path}")
         elif not request.headers.get("Authorization", "").startswith("Bearer "):
             refusal = (401, "missing_api_key", "You didn't provide an API key.")
-        elif self.fault.kind == "reject_handshake":
-            code = "invalid_api_key" if self.fault.status == 401 else "server_error"
-            refusal = (self.fault.status, code, f"Rejected with HTTP {self.fault.status}.")
+        else:
+            self.handshakes += 1
+            if self.fault.strikes("reject_handshake", self.handshakes):
+                code = "invalid_api_key" if self.fault.status == 401 else "server_error"
+                refusal = (self.fault.status, code, f"Rejected with HTTP {self.fault.status}.")
         if refusal is None:
             return None
         self.rejected += 1
@@ -857,7 +877,8 @@ class FakeRealtimeServer:
         model = parse_qs(urlsplit(ws.request.path).query).get("model", [""])[0]
         self.connections += 1
         self.models.append(model)
-        conn = _Connection(self, ws, model)
+        self.connection_starts.append(len(self.received))
+        conn = _Connection(self, ws, model, self.connections)
         self._live.add(conn)
         try:
             await conn.run()

@@ -328,6 +328,12 @@ def install_instrumentation(trace_dir: Path) -> None:
         async def on_client_connected(self, queue: Any) -> None:
             pass
 
+        async def on_client_lost(self) -> None:
+            pass
+
+        async def on_client_back(self) -> None:
+            pass
+
     def attach(trace: SessionTrace, transport: Any, profile: Any) -> None:
         source, sink, client = transport.input(), transport.output(), transport._client
 
@@ -449,10 +455,10 @@ def install_instrumentation(trace_dir: Path) -> None:
         built: list[Any] = []
         build_transport = self.transport.build
 
-        def capture(params: Any) -> Any:
+        def capture(params: Any, presence: Any = None) -> Any:
             if os.environ.get(OUT_CHUNKS_ENV):  # experiment: --out-10ms-chunks
                 params.audio_out_10ms_chunks = int(os.environ[OUT_CHUNKS_ENV])
-            built.append(build_transport(params))
+            built.append(build_transport(params, presence))
             return built[-1]
 
         self.transport.build = capture

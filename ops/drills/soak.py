@@ -91,6 +91,8 @@ async def soak(minutes: float, capacity: int, load: float, sample_s: float) -> d
     system = System(tmp, settings={
         "VOICEPOOL_MAX_SESSIONS_PER_USER": "0", "VOICEPOOL_SESSIONS_PER_MINUTE": "0",
         "VOICEPOOL_STREAM_RETENTION": str(RETENTION_S), "VOICEPOOL_LOG_LEVEL": "WARNING",
+        # A hang-up ends the call at once (no reconnect grace): the churn stays as measured.
+        "VOICEPOOL_RECONNECT_GRACE": "0",
     })  # fmt: skip
     system.start(workers=1, capacity=capacity)
     samples: list[dict[str, float]] = []

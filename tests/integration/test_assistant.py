@@ -12,6 +12,7 @@ import asyncio
 import json
 import sys
 import time
+import wave
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,9 @@ pytestmark = pytest.mark.slow
 
 API_KEY = "sk-test-voicepool-secret-0123456789"
 FAILURE_DEADLINE_S = 8.0  # "within a few seconds", on a loaded 2-core machine
+# Three reconnects with backoff take about 10 s, more when each new connection is
+# dropped again once it has answered for a moment.
+RECONNECT_DEADLINE_S = 20.0
 # The prompt where the program still parses options (no "--" before it), as the
 # example config had it once: a dashed text must be refused, not run.
 CLAUDE_TOOL_TOML = """
@@ -255,10 +259,9 @@ async def test_a_continued_conversation_sends_its_transcript_to_the_model(
                 await client.close()
 
 
-FAULTS = [
+FAULTS = [  # a dropped socket is reconnected first: see the tests after this one
     (Fault(kind="reject_handshake"), "model_unavailable"),
     (Fault(kind="error_on_session_update"), "model_error"),
-    (Fault(kind="close_mid_answer"), "model_disconnected"),
     (Fault(kind="malformed_event"), "model_protocol_error"),
 ]
 
@@ -283,18 +286,120 @@ async def test_each_model_failure_ends_the_session_fast_with_its_reason(make_sys
                     await client.close()
                 assert (ended["status"], ended["reason"]) == ("failed", reason), fault.kind
                 assert time.monotonic() - started < FAILURE_DEADLINE_S
+                # None of these is retried (a rejected key would be rejected again).
+                assert not _events_of(system, session["session_id"], "model.reconnecting")
 
-            # Nothing listening at all: connection refused.
+            # Nothing listening at all: connection refused, tried three times with backoff.
             await fake.stop()
             session = await create_session(api, profile="assistant")
-            client = await connect_webrtc(api, session["session_id"], None, wait=False)
+            sid = session["session_id"]
+            client = await connect_webrtc(api, sid, None, wait=False)
+            started = time.monotonic()
             try:
                 ended = await wait_for_status(
-                    api, session["session_id"], {"failed", "ended"}, timeout=FAILURE_DEADLINE_S
+                    api, sid, {"failed", "ended"}, timeout=RECONNECT_DEADLINE_S
                 )
             finally:
                 await client.close()
             assert (ended["status"], ended["reason"]) == ("failed", "model_unavailable")
+            assert time.monotonic() - started < RECONNECT_DEADLINE_S
+            assert _reconnecting(system, sid) == [("model_unavailable", n) for n in (1, 2, 3)]
+            assert not _events_of(system, sid, "model.reconnected")
+
+
+def _reconnecting(system: System, session_id: str) -> list[tuple[str, int]]:
+    """(reason, attempt) of each model.reconnecting event of the session."""
+    return [
+        (e["reason"], e["attempt"]) for e in _events_of(system, session_id, "model.reconnecting")
+    ]
+
+
+def _said_late(wav: Path, to: Path, after_s: float) -> Path:
+    """``wav`` with ``after_s`` of silence before it: the caller speaks only then."""
+    with wave.open(str(wav), "rb") as src:
+        params, frames = src.getparams(), src.readframes(src.getnframes())
+    with wave.open(str(to), "wb") as dst:
+        dst.setparams(params)
+        silence = int(params.framerate * after_s) * params.sampwidth * params.nchannels
+        dst.writeframes(b"\0" * silence + frames)
+    return to
+
+
+async def test_a_model_socket_dropped_mid_answer_is_reconnected_and_the_call_goes_on(
+    make_system, hello_wav, tmp_path
+) -> None:
+    allow_loopback_ice()
+    greeting = "Hello there, this greeting is long enough."  # 2.5 s: cut 1.3 s in
+    # The caller speaks 6 s in, after the reconnect and the greeting said again.
+    wav = _said_late(hello_wav, tmp_path / "late_hello.wav", after_s=6.0)
+    async with FakeRealtimeServer(
+        fault=Fault(kind="close_mid_answer", connections=1), greeting=greeting
+    ) as fake:
+        system = _assistant_system(make_system, fake)
+        token = system.create_user("ana")
+        async with api_client(system, token) as api:
+            session = await create_session(api, profile="assistant")
+            sid = session["session_id"]
+            client = await connect_webrtc(api, sid, str(wav))
+            try:
+                (reconnected,) = await _published(system, sid, "model.reconnected")
+                assert (await api.get(f"/api/sessions/{sid}")).json()["status"] == "connected"
+                # The caller's next turn is heard and answered on the new connection.
+                await eventually(
+                    lambda: any(
+                        Turn.answer in a["text"]
+                        for a in _events_of(system, sid, "assistant.transcript")
+                    ),
+                    timeout=30,
+                    what="the turn after the reconnect answered",
+                )
+                assert (await api.get(f"/api/sessions/{sid}")).json()["status"] == "connected"
+            finally:
+                await api.delete(f"/api/sessions/{sid}")
+                await client.close()
+
+        assert _reconnecting(system, sid) == [("model_disconnected", 1)]
+        assert reconnected["attempt"] == 1 and reconnected["seconds"] < 3
+        assert not _events_of(system, sid, "error")
+        assert [u["text"] for u in _events_of(system, sid, "user.transcript")] == [Turn.transcript]
+        # The transcript keeps what was said before the drop, then goes on.
+        said = [a["text"].strip() for a in _events_of(system, sid, "assistant.transcript")]
+        assert greeting.startswith(said[0]) and len(said[0]) < len(greeting), said
+        assert said[-1] == Turn.answer, said
+        # The new connection got the conversation so far before it was asked to answer.
+        assert fake.connections == 2
+        new = fake.received[fake.connection_starts[1] :]
+        kinds = [e["type"] for e in new]
+        assert kinds[0] == "session.update" and "conversation.item.create" in kinds, (kinds, said)
+        replay = kinds.index("conversation.item.create")
+        assert replay < kinds.index("response.create"), kinds
+        assert said[0] in json.dumps(new[replay]["item"])
+
+
+async def test_a_model_that_keeps_dropping_the_socket_fails_the_session(make_system) -> None:
+    allow_loopback_ice()
+    async with FakeRealtimeServer(
+        fault=Fault(kind="close_mid_answer"), greeting="Hello there, this greeting is long enough."
+    ) as fake:
+        system = _assistant_system(make_system, fake)
+        token = system.create_user("ana")
+        async with api_client(system, token) as api:
+            session = await create_session(api, profile="assistant")
+            sid = session["session_id"]
+            client = await connect_webrtc(api, sid, None)
+            started = time.monotonic()
+            try:
+                ended = await wait_for_status(
+                    api, sid, {"failed", "ended"}, timeout=RECONNECT_DEADLINE_S
+                )
+            finally:
+                await client.close()
+            assert (ended["status"], ended["reason"]) == ("failed", "model_disconnected")
+            assert time.monotonic() - started < RECONNECT_DEADLINE_S
+        # Each new connection is dropped again halfway through its first answer.
+        assert _reconnecting(system, sid) == [("model_disconnected", n) for n in (1, 2, 3)]
+        assert [r["attempt"] for r in _events_of(system, sid, "model.reconnected")] == [1, 2, 3]
+        assert fake.connections == 4
 
 
 async def test_local_turn_detection_commits_turns_from_the_worker(make_system, hello_wav) -> None:

@@ -32,6 +32,14 @@ async def test_drill_loses_nothing(name: str) -> None:
     assert row.recovery_s < 30, row
 
 
+async def test_a_killed_workers_calls_are_taken_up_by_the_other_worker() -> None:
+    (row,) = await drills.run(["kill_worker"])
+    assert row.facts["moved"] >= 1, row
+    assert row.facts["outcomes"] == ["ready/recovered"], row
+    assert row.lost == 0, row
+    assert row.recovery_s < drills.HEARTBEAT_TTL, row  # seen before the heartbeats expire
+
+
 @pytest.mark.parametrize(
     "name",
     ["redis_kill_0.3s", "redis_kill_2s", "redis_kill_10s", "redis_kill_30s", "redis_restart"],

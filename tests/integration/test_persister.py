@@ -164,3 +164,34 @@ async def test_a_failed_batch_is_stored_again_at_once_not_adopted_later(redis, s
     await _drain(persister)  # claim_idle_ms of an hour: nothing is adopted, all is retried
     assert [seq for seq, _ in await _stored(store)] == list(range(1, published + 1))
     assert (await redis.xpending(keys.INGEST_STREAM, keys.PERSISTER_GROUP))["pending"] == 0
+
+
+async def test_a_recovered_call_keeps_its_start_and_is_counted_once(redis, store) -> None:
+    from api import metrics
+
+    live = LiveSessions(redis)
+    await live.create("s1", "u1", {"conversation_id": "c1", "pool": "server"})
+    await live.pick_up("s1", "w1")
+    await live.move("s1", "mark_ready", Reason.PIPELINE_READY, worker_id="w1")
+    persister = Persister(redis, store, consumer="p")
+    await persister.ensure_group()
+    await _drain(persister)
+    async with store.session() as db:
+        first_ready = (await db.get(VoiceSession, "s1")).ready_at
+    labels = {"pool": "server", "transport": "webrtc", "profile": "echo"}
+    started = metrics.SESSIONS_STARTED.labels(**labels)._value.get()
+    moved = metrics.SESSIONS_RECOVERING.labels(**labels, reason="worker_lost")._value.get()
+
+    await live.move("s1", "recover", Reason.WORKER_LOST)
+    await live.pick_up("s1", "w2")
+    await live.move("s1", "mark_ready", Reason.RECOVERED, worker_id="w2")
+    await _drain(persister)
+    async with store.session() as db:
+        row = await db.get(VoiceSession, "s1")
+        db.expunge_all()
+    assert (row.state, row.reason, row.worker_id) == ("ready", "recovered", "w2")
+    assert row.ready_at == first_ready  # the same call: it started when it first was ready
+    assert metrics.SESSIONS_STARTED.labels(**labels)._value.get() == started
+    assert (
+        metrics.SESSIONS_RECOVERING.labels(**labels, reason="worker_lost")._value.get() == moved + 1
+    )

@@ -109,9 +109,9 @@ async def test_websocket_echo_session_end_to_end(make_system, hello_wav) -> None
 
             await eventually(bot_stopped, what="a bot.stopped_speaking event")
         finally:
-            await client.close()  # the client leaves: the session ends on its own
+            await client.close()  # the client leaves: the call waits for it, then ends
 
-        ended = await _final(api, session_id)
+        ended = await _final(api, session_id)  # after VOICEPOOL_RECONNECT_GRACE
         assert (ended["status"], ended["reason"]) == ("ended", "client_left")
         assert ended["connect"] is None
 
@@ -122,7 +122,7 @@ async def test_websocket_echo_session_end_to_end(make_system, hello_wav) -> None
         assert wanted <= set(types), types
         assert types.index("user.turn_stopped") < types.index("bot.started_speaking")
         states = [e["data"]["state"] for e in stored if e["type"] == "session.state"]
-        assert states == ["queued", "starting", "ready", "connected", "ended"]
+        assert states == ["queued", "starting", "ready", "connected", "reconnecting", "ended"]
         ready = next(
             e for e in stored if e["type"] == "session.state" and e["data"]["state"] == "ready"
         )

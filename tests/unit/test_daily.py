@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -204,6 +204,84 @@ async def test_room_client_events_are_first_in_and_last_out(daily: FakeDaily) ->
     await built._call_event_handler("on_client_disconnected", {"id": "early"})
     await eventually(lambda: seen == ["in:early", "out:early"], timeout=5, what="in once, then out")
     await transport.aclose()
+
+
+class _NoPipeline:
+    """Stands in for the session's PipelineWorker: the room's events are what is tested."""
+
+    def __init__(self) -> None:
+        self.cancelled: list[str] = []
+
+    async def queue_frame(self, _frame: object) -> None:
+        return None
+
+    async def cancel(self, *, reason: str | None = None) -> None:
+        self.cancelled.append(str(reason))
+
+
+async def test_room_empty_is_lost_then_back_then_left(daily: FakeDaily, redis) -> None:
+    """The last person out: ``reconnecting`` (client_lost); the first back in: ``connected``
+    (client_reconnected); nobody back within the grace: the call ends (client_left)."""
+    from pipecat.pipeline.worker import PipelineWorker
+
+    from shared.live import LiveSessions
+    from worker.session import SessionRunner
+
+    live = LiveSessions(redis)
+    fields = {"conversation_id": "c1", "transport": "daily", "profile": "echo", "pool": "server"}
+    await live.create("s1", "alice", fields)
+    assert await live.pick_up("s1", "w1")
+    options = _options(daily, worker_id="w1", reconnect_grace=1.0)
+    runner = SessionRunner(
+        "s1", {"transport": "daily", "profile": "echo"}, options=options, live=live,
+        on_finished=lambda _runner: None,
+    )  # fmt: skip
+    runner.publisher.transition("mark_ready", Reason.PIPELINE_READY)
+    await runner.transport.prepare()
+    built = runner.transport.build(TransportParams(audio_in_enabled=True), runner)
+    assert isinstance(built, RoomTransport)
+    runner._watch_client(built)
+    pipeline = _NoPipeline()
+    runner._pipeline = cast(PipelineWorker, pipeline)
+    follower = asyncio.create_task(runner._follow_client())
+
+    async def states() -> list[tuple[str, str]]:
+        await runner.publisher.flush()
+        entries = await redis.xrange(keys.session_events("s1"))
+        data = [json.loads(f["data"]) for _id, f in entries if f["type"] == "session.state"]
+        return [(d["state"], d["reason"]) for d in data][3:]  # after queued, starting, ready
+
+    async def room(event: str, pid: str) -> None:
+        await built._call_event_handler(f"on_client_{event}", {"id": pid})
+
+    try:
+        await room("connected", "a")
+        await room("connected", "b")
+        await room("disconnected", "a")  # b is still there: nothing changes
+        await room("disconnected", "b")  # the room is empty
+        expected = [("connected", "client_connected"), ("reconnecting", "client_lost")]
+
+        async def reached(wanted: list[tuple[str, str]]) -> bool:
+            return await states() == wanted
+
+        await eventually(lambda: reached(expected), timeout=5, what="the room empty: reconnecting")
+        assert (await live.get("s1"))["state"] == "reconnecting"
+        await room("connected", "c")  # someone back in the room
+        expected.append(("connected", "client_reconnected"))
+        await eventually(lambda: reached(expected), timeout=5, what="connected again")
+        await asyncio.sleep(1.5)  # time: longer than the grace, which the return cancelled
+        assert runner.end_reason is None and pipeline.cancelled == []
+
+        await room("disconnected", "c")  # the last one out, and nobody comes back
+        expected.append(("reconnecting", "client_lost"))
+        await eventually(lambda: reached(expected), timeout=5, what="reconnecting again")
+        await eventually(lambda: runner.end_reason is not None, timeout=5, what="the grace over")
+        assert runner.end_reason == Reason.CLIENT_LEFT
+        await eventually(lambda: pipeline.cancelled == ["client_left"], timeout=5, what="ended")
+    finally:
+        follower.cancel()
+        await runner.publisher.aclose()
+        await runner.transport.aclose()
 
 
 # --- the API and a worker, in this process -----------------------------------------------

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from api.reaper import Reaper
 from shared import keys
 from shared.lifecycle import (
     FINAL_STATES,
     LIVE_STATES,
     MOVES,
+    MoveName,
     Reason,
     SessionState,
     allowed,
@@ -169,3 +172,206 @@ async def test_a_worker_that_lost_its_session_can_no_longer_speak_for_it(redis) 
     assert (await redis.get(keys.session_alive("s1"))) == "w2"
     changed, _ = await live.move("s1", "mark_ready", Reason.RECOVERED, worker_id="w2")
     assert changed
+
+
+# --- recovering: a lost worker's calls go to another one ----------------------------------
+
+
+async def _arq(redis_server):
+    from arq.connections import create_pool
+
+    from shared.connections import arq_redis_settings
+
+    return await create_pool(arq_redis_settings(redis_server.url))
+
+
+async def _beat(redis, worker_id: str, age_s: float) -> None:
+    from shared.fleet import WorkerBeat
+
+    beat = WorkerBeat(
+        id=worker_id, pool="server", host="h", capacity=2, active=1, ts=time.time() - age_s
+    )
+    await redis.set(keys.worker(worker_id), beat.model_dump_json())
+    await redis.sadd(keys.WORKERS, worker_id)
+
+
+async def test_reaper_requeues_a_lost_workers_session_ahead_of_later_ones(
+    redis, redis_server
+) -> None:
+    from shared import queue
+
+    arq = await _arq(redis_server)
+    live = LiveSessions(redis, heartbeat_ttl=10)
+    reaper = Reaper(live, queue_ttl=30, arq=arq, max_recoveries=2, fast_worker_loss=False)
+    await _new(live, "call", created_ts=repr(time.time() - 20))
+    await live.pick_up("call", "w1")
+    await _new(live, "later", created_ts=repr(time.time()), job_id="later")
+    await queue.enqueue_start(arq, "later", "server", job_id="later", expires_s=60)
+
+    for loss in (1, 2):
+        await redis.delete(keys.session_alive("call"))  # its worker stopped beating
+        assert await reaper.sweep() == [("call", "recovering")]
+        record = await live.get("call")
+        assert (record["state"], record["reason"]) == ("recovering", "worker_lost")
+        assert (record["recoveries"], record["losses"]) == (str(loss), str(loss))
+        assert record["job_id"] == f"call.r{loss}"
+        # At the head of the queue: before the session created after it.
+        assert await redis.zrange(keys.queue("server"), 0, -1) == [f"call.r{loss}", "later"]
+        assert not await redis.exists(keys.session_alive("call"))
+        assert await reaper.sweep() == []  # recovering, not owned: nothing more to judge
+        await redis.zrem(keys.queue("server"), f"call.r{loss}")  # as a worker takes it
+        assert await live.pick_up("call", f"w{loss + 1}")
+        ready, _ = await live.move("call", "mark_ready", Reason.RECOVERED, worker_id=f"w{loss + 1}")
+        assert ready
+
+    # The third loss is one too many (VOICEPOOL_MAX_RECOVERIES=2): it fails as before.
+    await redis.delete(keys.session_alive("call"))
+    assert await reaper.sweep() == [("call", "worker_lost")]
+    assert (await live.get("call"))["state"] == "failed"
+    await arq.aclose()
+
+
+async def test_reaper_ends_a_recovering_session_nobody_took_up_in_time(redis, redis_server) -> None:
+    arq = await _arq(redis_server)
+    live = LiveSessions(redis, heartbeat_ttl=10)
+    reaper = Reaper(live, queue_ttl=5, arq=arq, fast_worker_loss=False)
+    for sid, why in (("lost", Reason.WORKER_LOST), ("drained", Reason.WORKER_DRAINING)):
+        await _new(live, sid, created_ts=repr(time.time()))
+        await live.pick_up(sid, "w1")
+        move: MoveName = "recover" if why == Reason.WORKER_LOST else "hand_off"
+        assert (await live.move(sid, move, why, worker_id="w1"))[0]
+        await redis.hset(keys.session(sid), mapping={"job_id": f"{sid}.r1"})
+        await redis.zadd(keys.queue("server"), {f"{sid}.r1": 1})
+    assert await reaper.sweep() == []  # within the queue TTL: still waiting for a worker
+
+    await redis.hset(keys.session("lost"), "recovering_ts", repr(time.time() - 6))
+    await redis.hset(keys.session("drained"), "recovering_ts", repr(time.time() - 6))
+    assert sorted(await reaper.sweep()) == [
+        ("drained", "worker_draining"),
+        ("lost", "worker_lost"),
+    ]
+    assert (await live.get("lost"))["state"] == "failed"
+    assert (await live.get("drained"))["state"] == "ended"
+    assert await redis.zcard(keys.queue("server")) == 0  # and their jobs left the queue
+    await arq.aclose()
+
+
+async def test_a_worker_with_no_connection_left_is_judged_lost_before_its_key_expires(
+    redis, redis_server
+) -> None:
+    from shared.connections import redis_client
+    from shared.fleet import worker_client_name
+
+    live = LiveSessions(redis, heartbeat_ttl=10)
+    reaper = Reaper(live, queue_ttl=30, heartbeat_interval=0.5)  # no arq: it fails
+    await _new(live, "call")
+    await live.pick_up("call", "dead")
+    await _beat(redis, "dead", age_s=0.4)  # late, but by less than two beats
+    stalled = redis_client(redis_server.url, client_name=worker_client_name("stalled"))
+    await stalled.ping()  # a live process: its connection stays open
+    await _beat(redis, "stalled", age_s=3)
+    assert await reaper.gone_workers() == set()
+    assert await reaper.sweep() == []  # the alive key is there, and "dead" is not late
+
+    await _beat(redis, "dead", age_s=1.2)  # two beats late, and no connection of its own
+    assert await reaper.gone_workers() == {"dead"}
+    assert await reaper.sweep() == [("call", "worker_lost")]
+
+    # With no worker's connection in sight (a proxy hides them), nobody is judged so.
+    await stalled.aclose()
+    assert await reaper.gone_workers() == set()
+    reaper.fast_worker_loss = False
+    assert await reaper.gone_workers() == set()
+
+
+async def test_the_heartbeat_keeps_alive_only_what_is_still_the_workers(redis) -> None:
+    live = LiveSessions(redis, heartbeat_ttl=10)
+    for sid in ("mine", "moved", "taken"):
+        await _new(live, sid)
+        await live.pick_up(sid, "w1")
+    assert await live.move("moved", "recover", Reason.WORKER_LOST)
+    assert await live.move("taken", "recover", Reason.WORKER_LOST)
+    assert await live.pick_up("taken", "w2")
+    await redis.delete(keys.session_alive("mine"), keys.session_alive("taken"))
+
+    found = await live.keep_alive("w1", ["mine", "moved", "taken", "gone"])
+    assert found == {
+        "mine": ("starting", "w1"),
+        "moved": ("recovering", "w1"),
+        "taken": ("starting", "w2"),
+        "gone": ("", ""),
+    }
+    assert await redis.get(keys.session_alive("mine")) == "w1"  # set again, though it lapsed
+    assert not await redis.exists(keys.session_alive("moved"))
+    assert not await redis.exists(keys.session_alive("taken"))  # w2's own beat sets it
+
+
+async def test_a_drained_worker_hands_its_call_off_and_can_say_nothing_more(redis) -> None:
+    live = LiveSessions(redis)
+    await _new(live)
+    assert await live.pick_up("s1", "w1")
+    assert await live.move("s1", "hand_off", Reason.WORKER_DRAINING, worker_id="w2") == (
+        False,
+        "not_owner",
+    )
+    assert (await live.move("s1", "hand_off", Reason.WORKER_DRAINING, worker_id="w1"))[0]
+    record = await live.get("s1")
+    assert (record["state"], record["reason"]) == ("recovering", "worker_draining")
+    assert not await redis.exists(keys.session_alive("s1"))
+    # What the old owner's pipeline emits as it stops is refused, not added to the call.
+    assert not await live.publish("s1", "bot.stopped_speaking", {}, worker_id="w1")
+    assert await live.publish("s1", "session.queue", {"position": 1})  # the API's still are
+
+
+async def test_a_recovered_session_is_rebuilt_from_its_own_transcript(redis) -> None:
+    import json
+
+    from worker.continuity import resumed_meta
+
+    live = LiveSessions(redis)
+    earlier = [{"role": "user", "content": "I am Ana"}, {"role": "assistant", "content": "Hi"}]
+    await _new(live, history=json.dumps(earlier))
+    await live.pick_up("s1", "w1")
+    await live.move("s1", "mark_ready", Reason.PIPELINE_READY, worker_id="w1")
+    first_ready = (await live.get("s1"))["ready_ts"]
+    # The user's words are recorded after the answer to them began.
+    said = [
+        ("assistant.transcript", "Oslo is cold", "2030-01-01T10:00:05.000Z"),
+        ("user.transcript", "Where should I go?", "2030-01-01T10:00:01.000Z"),
+        ("user.transcript", "", "2030-01-01T10:00:09.000Z"),
+        ("user.turn_started", "", ""),
+    ]
+    for kind, text, started in said:
+        await live.publish("s1", kind, {"text": text, "started": started}, worker_id="w1")
+    await live.move("s1", "recover", Reason.WORKER_LOST)
+
+    meta = await resumed_meta(redis, "s1", await live.get("s1"))
+    assert json.loads(meta["history"]) == [
+        *earlier,
+        {"role": "user", "content": "Where should I go?"},
+        {"role": "assistant", "content": "Oslo is cold"},
+    ]
+    assert meta["live_since"] == first_ready
+    assert (await live.get("s1"))["live_since"] == first_ready  # kept for the next worker
+
+
+async def test_a_call_is_quiet_when_nobody_speaks_and_no_tool_runs() -> None:
+    from worker import continuity
+    from worker.continuity import QuietWatch
+
+    watch = QuietWatch()
+    soon = time.monotonic() + 5
+    assert await watch.wait_quiet(soon)
+    watch.see("tool.started")
+    watch.see("user.turn_started")
+    assert watch.quiet_in() is None
+    watch.see("user.turn_stopped")  # an answer may be on its way
+    assert watch.quiet_in() is None  # the tool still runs
+    watch.see("tool.completed")
+    assert watch.quiet_in() == pytest.approx(continuity.REPLY_S, abs=0.1)
+    watch.see("bot.started_speaking")
+    assert not await watch.wait_quiet(time.monotonic() + 0.1)
+    watch.see("bot.stopped_speaking")
+    started = time.monotonic()
+    assert await watch.wait_quiet(soon)
+    assert time.monotonic() - started >= continuity.QUIET_S - 0.05

@@ -54,6 +54,7 @@ from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, Inv
 
 from harness.doubles.openai_realtime import FakeRealtimeServer, Fault, Turn
 from harness.waiting import eventually
+from worker.profiles.assistant import WatchedRealtimeService
 
 RATE = 24000  # the service's native rate: no resampling on the way in
 FRAME_MS = 20
@@ -133,9 +134,10 @@ async def pipeline(
     setup: Callable[[OpenAIRealtimeLLMService], None] | None = None,
     greet: bool = True,
     user_params: LLMUserAggregatorParams | None = None,
+    service: Callable[..., OpenAIRealtimeLLMService] = OpenAIRealtimeLLMService,
 ) -> AsyncIterator[Session]:
     """The assistant's shape minus the transport: user aggregator → service → out → assistant."""
-    llm = OpenAIRealtimeLLMService(
+    llm = service(
         api_key="sk-test",
         base_url=server.base_url,
         settings=OpenAIRealtimeLLMService.Settings(
@@ -515,6 +517,108 @@ async def test_a_malformed_event_kills_the_read_loop_with_a_log_line_only(
         await s.speak(speech(0.0, 0.1))
         assert server.audio_appends == 70 and not s.errors  # still sending, still deaf
         spare_the_close_timeout(s)
+
+
+# -- the session watcher: a dropped socket is reconnected ------------------------------
+
+
+@dataclass
+class Watch:
+    """What ``WatchedRealtimeService`` reports: the events it emits and any failure."""
+
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def service(self, **kwargs: Any) -> WatchedRealtimeService:
+        return WatchedRealtimeService(
+            on_failure=lambda reason, message: self.failures.append((reason, message)),
+            emit=lambda kind, data: self.events.append((kind, data)),
+            **kwargs,
+        )
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [data for k, data in self.events if k == kind]
+
+
+UTTERANCE_BYTES = len(speech()) * RATE * 2 * FRAME_MS // 1000
+
+
+async def test_a_socket_dropped_mid_answer_is_reconnected_and_the_call_goes_on() -> None:
+    greeting = "Hello there, how are you doing today?"  # ~2.2 s: cut ~1.1 s in
+    turn = Turn(transcript="what time is it", answer="It is noon.")
+    watch = Watch()
+    async with (
+        FakeRealtimeServer(
+            [turn], Fault("close_mid_answer", connections=1), greeting=greeting
+        ) as server,
+        pipeline(server, service=watch.service) as s,
+    ):
+        # The greeting the drop cut short ends as a turn of what was said...
+        cut = s.assistant_said[0].strip()
+        assert cut and greeting.startswith(cut) and len(cut) < len(greeting)
+        await eventually(lambda: watch.of("model.reconnecting"), what="model.reconnecting")
+        # ...and the caller speaks at once, while the service reconnects.
+        await s.speak()
+        await eventually(lambda: "It is noon." in s.assistant_said, timeout=10, what="the answer")
+
+        assert watch.of("model.reconnecting") == [{"reason": "model_disconnected", "attempt": 1}]
+        (reconnected,) = watch.of("model.reconnected")
+        assert reconnected["attempt"] == 1 and 0.3 <= reconnected["seconds"] < 2.5
+        assert not watch.failures and not s.errors  # nothing was sent to the dead socket
+        assert server.connections == 2
+        assert s.user_said == [turn.transcript]
+        # Not a word lost: every byte the caller said reached the model, some of it held
+        # while reconnecting and appended at once to the new session.
+        assert server.audio_bytes == UTTERANCE_BYTES
+        assert server.audio_appends < len(speech())
+        # The new session got the settings and the conversation so far before the answer
+        # cut short was asked for again.
+        new = server.received[server.connection_starts[1] :]
+        kinds = [e["type"] for e in new]
+        assert kinds[0] == "session.update"
+        replay = kinds.index("conversation.item.create")
+        assert replay < kinds.index("response.create")
+        assert cut in json.dumps(new[replay]["item"])
+        # Nothing refers to the lost session's items (a truncate of one would be an error).
+        first_item = next(
+            e["item"]["id"]
+            for e in server.sent
+            if e["type"] == "conversation.item.added" and e["item"].get("role") == "assistant"
+        )
+        assert all(e.get("item_id") != first_item for e in new)
+
+
+async def test_a_model_unreachable_for_a_moment_is_retried_and_hears_the_caller() -> None:
+    turn = Turn(transcript="are you there", answer="I am.")
+    watch = Watch()
+    async with (
+        FakeRealtimeServer(
+            [turn], Fault("reject_handshake", status=503, connections=1), greeting=GREETING
+        ) as server,
+        pipeline(server, service=watch.service, greet=False) as s,
+    ):
+        await s.speak()  # from the start: the first attempt is refused meanwhile
+        await eventually(lambda: s.assistant_said, timeout=10, what="the answer")
+
+        assert watch.of("model.reconnecting") == [{"reason": "model_unavailable", "attempt": 1}]
+        assert [e["attempt"] for e in watch.of("model.reconnected")] == [1]
+        assert (server.rejected, server.connections) == (1, 1)
+        assert not watch.failures and not s.errors  # a refusal for now is no error
+        assert s.user_said == [turn.transcript] and s.assistant_said == [turn.answer]
+        assert server.audio_bytes == UTTERANCE_BYTES  # what was said meanwhile was held
+
+
+async def test_a_rejected_key_is_not_retried() -> None:
+    watch = Watch()
+    async with (
+        fake(fault=Fault("reject_handshake", status=401)) as server,
+        pipeline(server, service=watch.service, greet=False) as s,
+    ):
+        await eventually(lambda: watch.failures, timeout=8, what="the failure")
+        ((reason, message),) = watch.failures
+        assert reason == "model_unavailable" and "HTTP 401" in message
+        assert not watch.events and server.rejected == 1
+        assert len(s.errors) == 1  # Pipecat's own report of it, as before
 
 
 # -- the fake on its own ---------------------------------------------------------------

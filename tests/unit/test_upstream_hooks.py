@@ -33,8 +33,9 @@ from pipecat.services.openai.realtime import llm as realtime_llm
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
 from pipecat.transports.daily.transport import DailyTransport
 from pipecat.utils.base_object import BaseObject
+from websockets.asyncio.client import connect as websocket_connect
 
-from worker.profiles.assistant import WatchedRealtimeService
+from worker.profiles.assistant import HeldRealtimeService, WatchedRealtimeService
 from worker.transports.daily import RoomTransport
 from worker.transports.websocket import _EmbeddedServer
 from worker.vad import SharedSileroVADAnalyzer
@@ -163,18 +164,33 @@ def test_silero_init() -> None:
 
 
 def test_rt_connect() -> None:
-    """``WatchedRealtimeService._connect`` reports a connection that could not be made.
+    """``WatchedRealtimeService._connect`` re-implements Pipecat's, to tell a refused key
+    (fails the session) from a model unreachable for now (reconnected).
 
-    If this fails, Pipecat's ``_connect`` is no longer what ``setup`` calls, or no longer
-    leaves ``_websocket`` at None when connecting fails, or ``_disconnecting`` means
-    something else: an unreachable model would leave the caller talking to nobody until
-    the idle timeout (or a deliberate disconnect would be reported as a failure).
+    If this fails, Pipecat's ``_connect`` is no longer what ``setup`` calls, or connects
+    otherwise than our ``_open`` does (the same ``websocket_connect`` with the URL and
+    ``_auth_headers()``, then the read task), or no longer leaves ``_websocket`` at None
+    when connecting fails, or ``_disconnecting`` means something else: the model would be
+    reached another way than upstream's (Azure's headers, say), an unreachable model
+    would leave the caller talking to nobody, or a deliberate disconnect would be
+    reported as a failure.
     """
     assert_pinned_exactly("pipecat-ai")
     upstream = OpenAIRealtimeLLMService._connect
     assert parameters(upstream) == parameters(WatchedRealtimeService._connect)
     assert "await self._connect()" in source(OpenAIRealtimeLLMService.setup)
     connect = source(upstream)
+    assert re.search(r"if self\._websocket:\s*(?:#[^\n]*\s*)*return\b", connect)
+    assert re.search(
+        r"self\._websocket = await websocket_connect\(\s*uri=self\.base_url,\s*"
+        r"additional_headers=await self\._auth_headers\(\),\s*\)",
+        connect,
+    )
+    assert "self._receive_task = self.create_task(self._receive_task_handler())" in connect
+    assert realtime_llm.websocket_connect is websocket_connect  # type: ignore[attr-defined]  # the name pipecat imports, not one it exports
+    assert parameters(OpenAIRealtimeLLMService._auth_headers) == [
+        ("self", inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty)
+    ]
     assert re.search(r"except Exception as \w+:.*?self\._websocket = None", connect, re.S)
     assert {"_websocket", "_disconnecting"} <= assigned_attributes(
         OpenAIRealtimeLLMService.__init__
@@ -201,12 +217,12 @@ def test_rt_error() -> None:
 
 def test_rt_receive() -> None:
     """``WatchedRealtimeService._receive_task_handler`` turns the end of the read loop into a
-    session failure.
+    reconnect (or a session failure).
 
     If this fails, Pipecat no longer reads the model's socket in ``_receive_task_handler``
     (started by ``_connect``), no longer ends it when the socket closes, or no longer sets
     ``_disconnecting`` before cancelling it: a model that hangs up would leave the caller
-    in silence, or every normal end would be reported as ``model_disconnected``.
+    in silence, or every normal end would be taken for a drop and reconnected.
     """
     assert_pinned_exactly("pipecat-ai")
     upstream = OpenAIRealtimeLLMService._receive_task_handler
@@ -221,6 +237,141 @@ def test_rt_receive() -> None:
     assert disconnect.index("self._disconnecting = True") < disconnect.index(
         "self.cancel_task(self._receive_task"
     )
+
+
+def test_rt_session_updated() -> None:
+    """``WatchedRealtimeService._handle_evt_session_updated`` gives a reconnect's new session
+    the conversation so far before it is ready, as ``_create_response`` gives the first one.
+
+    If this fails, Pipecat no longer sends the settings on ``session.created`` and marks the
+    session ready (running a response asked for meanwhile) on ``session.updated``, no
+    longer sends a context as ``get_llm_invocation_params(...)["messages"]`` items marked
+    in ``_messages_added_manually``, or keeps the state of a connection elsewhere than the
+    attributes ``_disconnect`` resets and the reconnect clears: a new session would miss
+    the conversation, get it twice, or be sent a truncate for an item of the lost one (a
+    fatal ``error``), and sends to the dead socket would push an ErrorFrame each.
+    """
+    assert_pinned_exactly("pipecat-ai")
+    upstream = OpenAIRealtimeLLMService._handle_evt_session_updated
+    assert parameters(upstream) == parameters(WatchedRealtimeService._handle_evt_session_updated)
+    receive = source(OpenAIRealtimeLLMService._receive_task_handler)
+    assert re.search(
+        r'"session\.updated":\s*await self\._handle_evt_session_updated\(evt\)', receive
+    )
+    assert "await self._send_session_update()" in source(
+        OpenAIRealtimeLLMService._handle_evt_session_created
+    )
+    updated = source(upstream)
+    assert "self._api_session_ready = True" in updated
+    assert (
+        "self._run_llm_when_api_session_ready" in updated and "self._create_response()" in updated
+    )
+    create = source(OpenAIRealtimeLLMService._create_response)
+    assert re.search(
+        r"if not self\._api_session_ready:\s*self\._run_llm_when_api_session_ready", create
+    )
+    for step in (
+        "if self._llm_needs_conversation_setup:",
+        "await adapter.get_llm_invocation_params(self._context)\n",
+        'llm_invocation_params["messages"]',
+        "events.ConversationItemCreateEvent(item=item)",
+        "self._messages_added_manually[evt.item.id] = True",
+        "self._llm_needs_conversation_setup = False",
+        "self._response_active = True",
+    ):
+        assert step in create, step
+    disconnect = source(OpenAIRealtimeLLMService._disconnect)
+    for reset in (
+        "self._api_session_ready = False",
+        "self._response_active = False",
+        "self._response_create_owed = False",
+        "self._open_function_calls = set()",
+        "self._completed_tool_calls = set()",
+        "self._disconnecting = False",
+    ):
+        assert reset in disconnect, reset
+    # After a disconnect the context's tool results are marked sent again, as
+    # reset_conversation does, or the next context would send them to the new session.
+    reconnect = source(OpenAIRealtimeLLMService.reset_conversation)
+    assert reconnect.index("await self._disconnect()") < reconnect.index(
+        "await self._process_completed_function_calls(send_new_results=False)"
+    )
+    assert {
+        "_current_audio_response",
+        "_current_assistant_response",
+        "_pending_function_calls",
+        "_messages_added_manually",
+        "_retrieve_conversation_item_futures",
+        "_llm_needs_conversation_setup",
+        "_response_active",
+        "_api_session_ready",
+        "_context",
+    } <= assigned_attributes(OpenAIRealtimeLLMService.__init__)
+    assert "self._current_audio_response" in source(
+        OpenAIRealtimeLLMService._truncate_current_audio_response
+    )
+    # Every client event goes out through send_client_event, where it is held back
+    # between a drop and the new session.
+    assert "await self._ws_send(event.model_dump(exclude_none=True))" in source(
+        OpenAIRealtimeLLMService.send_client_event
+    )
+
+
+def test_rt_speech_stopped() -> None:
+    """``WatchedRealtimeService._handle_evt_speech_stopped`` marks where the server committed
+    a user turn, in the user audio kept for a new session.
+
+    If this fails, Pipecat no longer handles ``input_audio_buffer.speech_stopped`` there, or
+    the user's audio, commits and clears no longer all go through ``send_client_event``,
+    or transcripts no longer arrive in ``handle_evt_input_audio_transcription_completed``:
+    after a drop a new session would hear an answered turn again (and answer it twice),
+    or not hear what the caller said while reconnecting.
+    """
+    assert_pinned_exactly("pipecat-ai")
+    upstream = OpenAIRealtimeLLMService._handle_evt_speech_stopped
+    assert parameters(upstream) == parameters(WatchedRealtimeService._handle_evt_speech_stopped)
+    receive = source(OpenAIRealtimeLLMService._receive_task_handler)
+    for event, handler in (
+        ("input_audio_buffer.speech_stopped", "self._handle_evt_speech_stopped(evt)"),
+        (
+            "conversation.item.input_audio_transcription.completed",
+            "self.handle_evt_input_audio_transcription_completed(evt)",
+        ),
+    ):
+        assert re.search(rf'"{re.escape(event)}":\s*await {re.escape(handler)}', receive), event
+    service = OpenAIRealtimeLLMService
+    for method, event in (
+        (service._send_user_audio, "InputAudioBufferAppendEvent"),
+        (service._replay_user_audio_preroll, "InputAudioBufferAppendEvent"),
+        (service._handle_user_stopped_speaking, "InputAudioBufferCommitEvent"),
+        (service._handle_interruption, "InputAudioBufferClearEvent"),
+    ):
+        assert f"await self.send_client_event(events.{event}(" in source(method), method
+    assert inspect.getsource(service).count("self._ws_send(") == 1  # in send_client_event
+
+
+def test_rt_response_hold() -> None:
+    """``HeldRealtimeService`` keeps the model from answering while the caller is away.
+
+    If this fails, Pipecat no longer starts every response it asks for in
+    ``_create_response()``, no longer hands ``response.created`` to
+    ``_handle_evt_response_created(evt)``, or no longer lets a ``response.cancel`` that
+    finds no response pass (``response_cancel_not_active``): the model would talk to an
+    empty line during ``reconnecting``, or a late cancel would fail the call.
+    """
+    assert_pinned_exactly("pipecat-ai")
+    for name in ("_create_response", "_handle_evt_response_created"):
+        upstream, ours = getattr(OpenAIRealtimeLLMService, name), getattr(HeldRealtimeService, name)
+        assert parameters(upstream) == parameters(ours), name
+    receive = source(OpenAIRealtimeLLMService._receive_task_handler)
+    assert "await self._handle_evt_response_created(evt)" in receive
+    assert '"response_cancel_not_active"' in receive
+    assert "self._response_active = True" in source(OpenAIRealtimeLLMService._create_response)
+    for caller in (
+        OpenAIRealtimeLLMService._handle_context,
+        OpenAIRealtimeLLMService._handle_evt_session_updated,
+    ):
+        assert "await self._create_response()" in source(caller)
 
 
 # --- Pipecat: Daily -------------------------------------------------------------------
@@ -263,3 +414,69 @@ def test_uvicorn_signals() -> None:
     upstream = uvicorn.Server.capture_signals
     assert parameters(upstream) == parameters(_EmbeddedServer.capture_signals)
     assert "with self.capture_signals():" in source(uvicorn.Server.serve)
+
+
+# --- Pipecat: SmallWebRTC and the FastAPI WebSocket transport ----------------------------
+
+
+def test_smallwebrtc_restart() -> None:
+    """A session keeps one ``SmallWebRTCConnection`` and puts each new peer in it with
+    ``renegotiate(restart_pc=True)`` (worker/transports/smallwebrtc.py).
+
+    If this fails, a restart no longer announces the old peer connection's end with
+    ``disconnected`` before making a new one under the same object, a new peer's
+    ``connected`` no longer reaches Pipecat's transport (which attaches its tracks and
+    gives it a new audio track through ``replace_audio_track``), or that track no longer
+    holds each write until its sender takes it: a client that comes back would get a
+    silent call, or the call would end when it went.
+    """
+    from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
+    from pipecat.transports.smallwebrtc.transport import RawAudioTrack, SmallWebRTCClient
+
+    from worker.transports.smallwebrtc import SessionConnection
+
+    assert_pinned_exactly("pipecat-ai")
+    assert parameters(SmallWebRTCConnection.renegotiate)[3] == (
+        "restart_pc", inspect.Parameter.POSITIONAL_OR_KEYWORD, False
+    )  # fmt: skip
+    renegotiate = source(SmallWebRTCConnection.renegotiate)
+    assert renegotiate.index('self._call_event_handler("disconnected")') < renegotiate.index(
+        "self._initialize()"
+    )
+    assert "self._pc.remove_all_listeners()" in renegotiate  # no "closed" from the old one
+    state = source(SmallWebRTCConnection._handle_new_connection_state)
+    assert "await self._call_event_handler(state)" in state
+    connected = source(SmallWebRTCClient._handle_client_connected)
+    assert "self._webrtc_connection.audio_input_track()" in connected
+    assert "self._webrtc_connection.replace_audio_track(self._audio_output_track)" in connected
+    assert parameters(SmallWebRTCConnection.replace_audio_track) == parameters(
+        SessionConnection.replace_audio_track
+    )
+    assert "future.set_result(True)" in source(RawAudioTrack.recv)
+    assert "return future" in source(RawAudioTrack.add_audio_bytes)
+
+
+def test_fastapi_socket_surface() -> None:
+    """``SessionSocket`` has all of a Starlette ``WebSocket`` that Pipecat's FastAPI
+    transport uses (worker/transports/websocket.py).
+
+    If this fails, Pipecat's ``FastAPIWebsocketClient`` uses more of the socket than
+    ``receive``, ``send_bytes``, ``send_text``, ``close``, ``client_state`` and
+    ``application_state``: a WebSocket session would fail on what ``SessionSocket`` lacks.
+    """
+    from pipecat.transports.websocket import fastapi
+
+    from worker.transports.websocket import SessionSocket
+
+    assert_pinned_exactly("pipecat-ai")
+    code = inspect.getsource(fastapi.FastAPIWebsocketClient) + inspect.getsource(
+        fastapi._WebSocketMessageIterator
+    )
+    used = set(re.findall(r"self\._websocket\.(\w+)", code))
+    assert used == {
+        "receive", "send_bytes", "send_text", "close", "client_state", "application_state"
+    }  # fmt: skip
+    assert all(hasattr(SessionSocket, name) for name in used)
+    # The transport reads the socket's headers only to check an Origin allow-list.
+    init = source(fastapi.FastAPIWebsocketTransport.__init__)
+    assert re.search(r"if params\.allowed_origins:\s*origin = websocket\.headers", init)

@@ -29,6 +29,9 @@ class SessionContext:
     """Record an event (never blocks)."""
     end: Callable[[Reason, str | None], None]
     """End the session with a reason and a message for the user."""
+    resumed: bool = False
+    """The call was taken up from another worker (``recovered``): the conversation so far
+    is in ``meta["history"]``, and the bot carries on without greeting again."""
 
 
 class Profile(Protocol):
@@ -50,7 +53,15 @@ class Profile(Protocol):
         """Extra observers (recording transcripts, usage, latency)."""
 
     async def on_client_connected(self, queue: Callable[[Any], Any]) -> None:
-        """Called when media flows; ``queue`` puts frames into the pipeline."""
+        """Called when media first flows; ``queue`` puts frames into the pipeline."""
+
+    async def on_client_lost(self) -> None:
+        """The client's media is gone (the session is ``reconnecting``): the bot must not
+        talk to nobody until ``on_client_back``. (The session has already interrupted the
+        bot and closed the user's turn with silence; what the user said is kept.)"""
+
+    async def on_client_back(self) -> None:
+        """The client is back (``connected`` again): carry on, without greeting again."""
 
 
 class ProfileClass(Protocol):

@@ -48,6 +48,8 @@ class EchoTurns(FrameProcessor):
         self._utterance: list[bytes] | None = None
         self._utterance_bytes = 0
         self._rate = SAMPLE_RATE
+        self.away = False
+        """The client is lost: a turn that ends meanwhile is not played back to nobody."""
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -81,8 +83,8 @@ class EchoTurns(FrameProcessor):
             self._preroll_bytes -= len(self._preroll.popleft())
 
     async def _play_back(self) -> None:
-        if not self._utterance:
-            self._utterance = None
+        if not self._utterance or self.away:
+            self._utterance, self._utterance_bytes = None, 0
             return
         audio = b"".join(self._utterance)
         self._utterance, self._utterance_bytes = None, 0
@@ -117,16 +119,26 @@ class EchoProfile:
         self.context = context
         self._vad_params = VADParams(stop_secs=vad_stop_secs)
         self._vad: SileroVADAnalyzer | None = None
+        self._turns: EchoTurns | None = None
 
     async def prepare(self) -> None:
         self._vad = SharedSileroVADAnalyzer(sample_rate=SAMPLE_RATE, params=self._vad_params)
 
     def pipeline(self, input: FrameProcessor, output: FrameProcessor) -> list[FrameProcessor]:
         assert self._vad is not None, "prepare() first"
-        return [input, VADProcessor(vad_analyzer=self._vad), EchoTurns(), output]
+        self._turns = EchoTurns()
+        return [input, VADProcessor(vad_analyzer=self._vad), self._turns, output]
 
     def observers(self) -> list[BaseObserver]:
         return []
 
     async def on_client_connected(self, queue: Callable[[Any], Any]) -> None:
         return None
+
+    async def on_client_lost(self) -> None:
+        if self._turns is not None:
+            self._turns.away = True
+
+    async def on_client_back(self) -> None:
+        if self._turns is not None:
+            self._turns.away = False

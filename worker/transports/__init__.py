@@ -34,6 +34,16 @@ class TransportError(Exception):
         self.reason = reason
 
 
+class ClientPresence(Protocol):
+    """Told when the client's media comes back or goes away (the session's runner)."""
+
+    def client_back(self) -> None:
+        """The client's media flows: first connected, or back after ``client_lost``."""
+
+    def client_lost(self) -> None:
+        """The client's media is gone without an explicit end (closed, failed, silent)."""
+
+
 class SessionTransport(Protocol):
     kind: str
     pipeline_before_client: bool
@@ -51,8 +61,14 @@ class SessionTransport(Protocol):
     async def wait_for_client(self) -> None:
         """Return once a client is there to connect the pipeline to."""
 
-    def build(self, params: TransportParams) -> BaseTransport:
-        """Pipecat's transport for the pipeline (after ``wait_for_client``)."""
+    def build(
+        self, params: TransportParams, presence: ClientPresence | None = None
+    ) -> BaseTransport:
+        """Pipecat's transport for the pipeline (after ``wait_for_client``). Its
+        ``on_client_connected`` / ``on_client_disconnected`` events say when the client's
+        media comes and goes; what they cannot say (a peer replaced by a new offer, a
+        client that went silent, a WebSocket attached again) the transport tells
+        ``presence``."""
 
     async def handle_signal(self, kind: str, payload: dict[str, Any]) -> Any:
         """An offer, ICE candidates, … relayed from the API."""

@@ -6,8 +6,10 @@ token for the bot and one for the session's owner. The owner's token and the
 room URL go to the API through the session's hash, never into an event; more
 people get their own expiring tokens through ``participant`` control messages.
 The bot joins with ``DailyTransport`` as soon as the session is ready; the
-session connects when the first person arrives and ends when the last one
-leaves. The room is deleted when the session ends, however it ends.
+session connects when the first person arrives; when the last one leaves it
+waits for someone to come back (``reconnecting``, ``connected`` again when one
+does) and ends after the reconnect grace. The room is deleted when the session
+ends, however it ends.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pipecat.transports.daily.utils import (
 
 from shared.lifecycle import Reason
 from worker.options import WorkerOptions
-from worker.transports import SignalError, TransportError
+from worker.transports import ClientPresence, SignalError, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,8 @@ class RoomTransport(DailyTransport):
 
     Pipecat fires ``on_client_connected`` / ``on_client_disconnected`` for every participant
     (aliases of joined / left). A Daily session's client is everyone in the room: it is
-    connected when the first person joins and over when the last one leaves, not when
-    the first one does.
+    connected when the first person joins and lost when the last one leaves, not when
+    the first one does; the first to join the empty room again brings it back.
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -178,7 +180,10 @@ class DailySessionTransport:
     async def wait_for_client(self) -> None:
         return None  # the bot joins at once; the session's connect timeout covers no-shows
 
-    def build(self, params: TransportParams) -> BaseTransport:
+    def build(
+        self, params: TransportParams, presence: ClientPresence | None = None
+    ) -> BaseTransport:
+        # ``presence`` unused: the room's first-in / last-out client events say it all.
         assert self.room is not None, "prepare() first"
         values = {
             **dict(params),

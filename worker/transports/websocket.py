@@ -8,6 +8,12 @@ connection's single-use token (``shared.ws_tokens``) is both its credential
 and its route: the listener consumes it, finds the session it opens among this
 worker's sessions, and hands the socket to that session's transport, which
 wraps it in Pipecat's ``FastAPIWebsocketTransport`` with the protobuf serializer.
+
+Pipecat's transport holds one socket for the session's life: it gets a
+``SessionSocket`` that stays while client sockets come and go behind it. A
+client whose socket closes is lost (``reconnecting``); one that connects again,
+with a fresh token from ``POST /api/sessions/{id}/connect``, is attached to the
+same pipeline. One client at a time: another is refused while one is attached.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 import uvicorn
@@ -26,11 +32,12 @@ from pipecat.transports.base_transport import BaseTransport, TransportParams
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocket
+from starlette.types import Message
+from starlette.websockets import WebSocket, WebSocketState
 
 from shared import ws_tokens
 from worker.options import WorkerOptions
-from worker.transports import SignalError
+from worker.transports import ClientPresence, SignalError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,114 @@ WS_PATH = "/ws"
 CLIENT_PLAYBACK_RATE = 24_000
 REFUSED = 4003  # close code before accept: the handshake is answered with HTTP 403
 SHUTDOWN_GRACE_S = 2  # whole seconds: uvicorn's timeout_graceful_shutdown is an int
+# A socket whose peer vanished (no close, no FIN) is found by ping: uvicorn's default
+# 20 s + 20 s would hold a dead client for most of the reconnect grace.
+PING_INTERVAL_S = 5.0
+PING_TIMEOUT_S = 5.0
+SEND_TIMEOUT_S = 3.0  # a send that blocks this long (a full buffer): the client is gone
+
+
+_DISCONNECT: Message = {"type": "websocket.disconnect", "code": 1000, "reason": ""}
+
+
+class SessionSocket:
+    """The socket Pipecat's ``FastAPIWebsocketClient`` holds for the session's life (the
+    part of Starlette's ``WebSocket`` it uses), with the client's sockets behind it.
+
+    ``receive`` reads the attached socket; when it closes, the client is lost and
+    ``receive`` waits for the next one instead of ending Pipecat's read loop (it
+    ends only at ``close``). While no socket is attached, ``client_state`` says
+    DISCONNECTED, so Pipecat's output drops what it would send.
+    """
+
+    def __init__(self) -> None:
+        self.presence: ClientPresence | None = None
+        """Told of every loss and of every attach after the first (Pipecat's own
+        ``on_client_connected`` announces the first, as the pipeline starts)."""
+        self._current: WebSocket | None = None
+        self._gone = asyncio.Event()  # the current socket went
+        self._attached = asyncio.Event()
+        self._closing = False
+
+    @property
+    def attached(self) -> bool:
+        return self._current is not None
+
+    def attach(self, websocket: WebSocket) -> asyncio.Event:
+        """Put a client's accepted socket behind this one; returns an event set when it goes."""
+        self._current, self._gone = websocket, asyncio.Event()
+        self._attached.set()
+        if self.presence is not None:
+            self.presence.client_back()
+        return self._gone
+
+    def _detach(self, websocket: WebSocket) -> None:
+        if self._current is not websocket:
+            return
+        self._current = None
+        self._attached.clear()
+        self._gone.set()
+        if self.presence is not None and not self._closing:
+            self.presence.client_lost()
+
+    @property
+    def client_state(self) -> WebSocketState:
+        if self._current is None or self._closing:
+            return WebSocketState.DISCONNECTED
+        return self._current.client_state
+
+    @property
+    def application_state(self) -> WebSocketState:
+        if self._current is None or self._closing:
+            return WebSocketState.DISCONNECTED
+        return self._current.application_state
+
+    async def receive(self) -> Message:
+        while not self._closing:
+            websocket = self._current
+            if websocket is None:
+                await self._attached.wait()
+                continue
+            try:
+                message = await websocket.receive()
+            except Exception:  # closed under us
+                message = _DISCONNECT
+            if message["type"] != "websocket.disconnect":
+                return message
+            self._detach(websocket)
+        return _DISCONNECT
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._send(data)
+
+    async def send_text(self, data: str) -> None:
+        await self._send(data)
+
+    async def _send(self, data: bytes | str) -> None:
+        websocket = self._current
+        if websocket is None:
+            return
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                if isinstance(data, bytes):
+                    await websocket.send_bytes(data)
+                else:
+                    await websocket.send_text(data)
+        except Exception as exc:  # a socket that cannot take it is as good as gone
+            log.info("WebSocket client dropped: sending failed (%s)", type(exc).__name__)
+            self._detach(websocket)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1):  # a dead peer may not take the close either
+                    await websocket.close(code=1011)
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        """The session is over: close the client's socket, end Pipecat's read loop."""
+        self._closing = True
+        self._attached.set()  # wakes a receive waiting for a client
+        websocket = self._current
+        if websocket is not None and websocket.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await websocket.close(code=code, reason=reason)
 
 
 class WebSocketSessionTransport:
@@ -49,7 +164,8 @@ class WebSocketSessionTransport:
     def __init__(self, session_id: str, options: WorkerOptions):
         self.session_id = session_id
         self.options = options
-        self._websocket: WebSocket | None = None
+        self.socket = SessionSocket()
+        self._claimed: WebSocket | None = None  # a client between its token and its accept
         self._arrived = asyncio.Event()
         self._closed = asyncio.Event()
 
@@ -62,28 +178,39 @@ class WebSocketSessionTransport:
         return {"ws_url": self.options.ws_advertised_url}
 
     def claim(self, websocket: WebSocket) -> bool:
-        """Take the session's one client; False if it has one already or has ended."""
-        if self._websocket is not None or self._closed.is_set():
+        """Take the session's one client (again, after one was lost); False if it has one
+        already or has ended."""
+        if self.socket.attached or self._claimed is not None or self._closed.is_set():
             return False
-        self._websocket = websocket
+        self._claimed = websocket
         return True
 
     def release(self) -> None:
         """The claimed client went away before its handshake finished."""
-        if not self._arrived.is_set():
-            self._websocket = None
+        self._claimed = None
 
     async def serve(self) -> None:
-        """Hand the accepted socket to the session and hold it open until the session ends
-        (an ASGI WebSocket handler that returns closes its socket)."""
+        """Attach the accepted socket to the session and hold it open until it closes or the
+        session ends (an ASGI WebSocket handler that returns closes its socket)."""
+        websocket, self._claimed = self._claimed, None
+        assert websocket is not None, "claim() first"
+        gone = self.socket.attach(websocket)
         self._arrived.set()
-        await self._closed.wait()
+        waits = {asyncio.create_task(gone.wait()), asyncio.create_task(self._closed.wait())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def wait_for_client(self) -> None:
         await self._arrived.wait()
 
-    def build(self, params: TransportParams) -> BaseTransport:
-        assert self._websocket is not None, "no client yet"
+    def build(
+        self, params: TransportParams, presence: ClientPresence | None = None
+    ) -> BaseTransport:
+        assert self._arrived.is_set(), "no client yet"
+        self.socket.presence = presence
         values = {
             **dict(params),
             "serializer": ProtobufFrameSerializer(),
@@ -92,13 +219,17 @@ class WebSocketSessionTransport:
             # non-browser clients, which send no Origin.
             "allowed_origins": [],
         }
-        return FastAPIWebsocketTransport(self._websocket, FastAPIWebsocketParams(**values))
+        # What Pipecat uses of a Starlette WebSocket, SessionSocket has (guarded by
+        # tests/unit/test_upstream_hooks.py::test_fastapi_socket_surface).
+        websocket = cast(WebSocket, self.socket)
+        return FastAPIWebsocketTransport(websocket, FastAPIWebsocketParams(**values))
 
     async def handle_signal(self, kind: str, payload: dict[str, Any]) -> Any:
         raise SignalError("bad_signal", f"a WebSocket session takes no {kind!r} message", 400)
 
     async def aclose(self) -> None:
         self._closed.set()
+        await self.socket.close()
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -163,6 +294,8 @@ class WebSocketListener:
             access_log=False,
             log_config=None,  # the worker's logging stays as configured
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+            ws_ping_interval=PING_INTERVAL_S,
+            ws_ping_timeout=PING_TIMEOUT_S,
         )
         self._server = _EmbeddedServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="ws-listener")
@@ -193,6 +326,7 @@ class WebSocketListener:
             return
         log.info("session %s: WebSocket client connected", transport.session_id)
         await transport.serve()
+        log.info("session %s: WebSocket client gone", transport.session_id)
 
     async def aclose(self) -> None:
         if self._server is not None:
