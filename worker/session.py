@@ -89,7 +89,7 @@ class SessionRunner:
         self.end_message: str | None = None
         self._on_finished = on_finished
         self.transport: SessionTransport = build_transport(
-            meta.get("transport", "webrtc"), session_id, options
+            meta.get("transport", "webrtc"), session_id, options, meta
         )
         self._end_requested = asyncio.Event()
         self._client: Literal["waiting", "connected", "lost"] = "waiting"
@@ -374,5 +374,5 @@ class SessionRunner:
             log.exception("session could not record its end")
         finally:
             with contextlib.suppress(Exception):
-                await self.transport.aclose()
+                await self.transport.aclose(handing_off=self.handed_off)
             self._on_finished(self)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Awaitable
@@ -375,9 +376,17 @@ async def relay_offer(
         worker_id = await owning_worker(state, row)
         body = control.OfferBody.model_validate(offer.model_dump(exclude_none=True))
         answer: dict[str, Any] = await state.signals.request(
-            worker_id, control.Offer(session_id=row.id, payload=body)
+            worker_id,
+            control.Offer(session_id=row.id, payload=body),
+            moved=functools.partial(_left_worker, state, row.id, worker_id),
         )
         return answer
+
+
+async def _left_worker(state: AppState, session_id: str, worker_id: str) -> bool:
+    """Whether the call is no longer running on ``worker_id`` (moved, moving or over)."""
+    live = await state.live.get(session_id)
+    return live.get("worker_id") != worker_id or live.get("state") not in OWNED_STATES
 
 
 async def relay_ice(state: AppState, user: User, session_id: str, patch: IcePatch) -> None:

@@ -4,10 +4,13 @@ what is read, the reply reaches the sender, and anything else is refused."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from pydantic import ValidationError
 
+from api.errors import ApiError
+from api.signals import MOVE_CHECK_S, WorkerSignals
 from shared import control, keys
 from shared.lifecycle import Reason
 
@@ -61,3 +64,26 @@ def test_anything_else_is_refused(raw: str) -> None:
 
 async def test_no_reply_within_the_wait_is_none(redis) -> None:
     assert await control.wait_reply(redis, [keys.reply("nobody")], 0.05) is None
+
+
+async def test_a_request_to_a_worker_the_call_left_ends_without_waiting_it_out(redis) -> None:
+    """A worker killed with an offer on its list never answers; once the call has left it
+    (recovering), the API says so at once instead of waiting for its reply timeout."""
+    signals = WorkerSignals(redis, timeout=10)
+    checks = 0
+
+    async def moved() -> bool:
+        nonlocal checks
+        checks += 1
+        return checks >= 2  # the reaper moves the call while the API waits
+
+    started = time.monotonic()
+    with pytest.raises(ApiError) as refused:
+        await signals.request("dead-worker", MESSAGES[0], moved=moved)
+    assert refused.value.code == "not_ready" and refused.value.status_code == 409
+    assert time.monotonic() - started < 4 * MOVE_CHECK_S + 1
+
+    quick = WorkerSignals(redis, timeout=0.3)
+    with pytest.raises(ApiError) as timed_out:
+        await quick.request("dead-worker", MESSAGES[0])
+    assert timed_out.value.code == "worker_timeout"

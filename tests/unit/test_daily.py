@@ -28,7 +28,7 @@ from pipecat.transports.daily.transport import DailyTransport
 from harness.doubles.daily_api import FakeDaily
 from harness.waiting import eventually
 from shared import keys
-from shared.lifecycle import Reason
+from shared.lifecycle import OWNER_CONNECT, Reason
 from shared.settings import Settings
 from tests.conftest import InProcessAPI
 from worker.options import WorkerOptions
@@ -106,6 +106,27 @@ async def test_room_tokens_and_cleanup(daily: FakeDaily) -> None:
         await transport.handle_signal("participant", {"user_name": "late"})
     await transport.aclose()  # idempotent
     assert daily.unauthorized == 0
+
+
+async def test_a_call_moved_to_another_worker_keeps_its_room(daily: FakeDaily) -> None:
+    """A drain hands the call over without deleting its room; the next worker's transport
+    (given the session's record) joins that room with a bot token of its own, and the
+    owner's token goes on working: nobody in the room has to move."""
+    first = DailySessionTransport("s1", _options(daily))
+    await first.prepare()
+    owner = first.owner_params()
+    await first.aclose(handing_off=True)
+    assert daily.deleted == [] and daily.token_valid(owner["token"])
+
+    record = {"transport": "daily", OWNER_CONNECT: json.dumps(owner)}
+    second = DailySessionTransport("s1", _options(daily), record)
+    assert await second.prepare() == {}
+    assert second.owner_params() == owner
+    assert len(daily.rooms) == 1  # no new room
+    bots = [props for props in daily.tokens.values() if props["user_name"] == BOT_NAME]
+    assert len(bots) == 2 and all(b["is_owner"] for b in bots)  # a fresh one for this worker
+    await second.aclose()  # the call ends here: now the room goes
+    assert daily.rooms == {} and not daily.token_valid(owner["token"])
 
 
 @pytest.mark.parametrize(

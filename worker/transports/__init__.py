@@ -73,14 +73,20 @@ class SessionTransport(Protocol):
     async def handle_signal(self, kind: str, payload: dict[str, Any]) -> Any:
         """An offer, ICE candidates, … relayed from the API."""
 
-    async def aclose(self) -> None:
-        """Release what ``prepare`` took (peer connections, rooms, ports)."""
+    async def aclose(self, *, handing_off: bool = False) -> None:
+        """Release what ``prepare`` took (peer connections, rooms, ports). ``handing_off``:
+        another worker takes the call over, so what it shares with the client (a Daily
+        room) stays."""
 
     # Optional: ``current_speaker() -> dict | None`` for transports with several people
     # (Daily); user events are then attributed to that participant.
 
 
-def build_transport(kind: str, session_id: str, options: WorkerOptions) -> SessionTransport:
+def build_transport(
+    kind: str, session_id: str, options: WorkerOptions, meta: dict[str, str] | None = None
+) -> SessionTransport:
+    """The session's transport; ``meta`` is its live record (a call moved from another
+    worker finds there what its client already connects to)."""
     if kind == "webrtc":
         from worker.transports.smallwebrtc import SmallWebRTCSessionTransport
 
@@ -92,5 +98,5 @@ def build_transport(kind: str, session_id: str, options: WorkerOptions) -> Sessi
     if kind == "daily":
         from worker.transports.daily import DailySessionTransport
 
-        return DailySessionTransport(session_id, options)
+        return DailySessionTransport(session_id, options, meta or {})
     raise ValueError(f"unknown transport {kind!r}")

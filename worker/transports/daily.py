@@ -14,6 +14,7 @@ ends, however it ends.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -31,7 +32,7 @@ from pipecat.transports.daily.utils import (
     DailyRoomProperties,
 )
 
-from shared.lifecycle import Reason
+from shared.lifecycle import OWNER_CONNECT, Reason
 from worker.options import WorkerOptions
 from worker.transports import ClientPresence, SignalError, TransportError
 
@@ -116,9 +117,12 @@ class DailySessionTransport:
     kind = "daily"
     pipeline_before_client = True  # the bot waits in its room for people to join
 
-    def __init__(self, session_id: str, options: WorkerOptions):
+    def __init__(self, session_id: str, options: WorkerOptions, meta: dict[str, str] | None = None):
         self.session_id = session_id
         self.options = options
+        # A call moved from another worker keeps its room: its people are in it, and the
+        # owner's token for it still holds.
+        self._adopted: dict[str, Any] = json.loads((meta or {}).get(OWNER_CONNECT) or "{}")
         self._http: aiohttp.ClientSession | None = None
         self._rest: DailyRESTHelper | None = None
         self.room: DailyRoomObject | None = None
@@ -139,6 +143,9 @@ class DailySessionTransport:
         lifetime = self.options.max_session_duration + ROOM_GRACE_S
         self.expires_at = time.time() + lifetime
         try:
+            if self._adopted.get("room_url"):
+                await self._adopt(self._adopted["room_url"], self._adopted.get("token", ""))
+                return {}
             self.room = await self._rest.create_room(
                 DailyRoomParams(
                     privacy="private",  # the URL alone lets nobody in: tokens do
@@ -159,6 +166,17 @@ class DailySessionTransport:
             raise TransportError(Reason.DAILY_UNAVAILABLE, describe_daily_error(exc)) from exc
         log.info("session %s: Daily room %s", self.session_id, self.room.name)
         return {}  # nothing public: the room URL and token are for the owner
+
+    async def _adopt(self, room_url: str, owner_token: str) -> None:
+        """Take over the room of a call moved here: the bot joins with a token of its own,
+        the owner's stays as it was."""
+        assert self._rest is not None
+        self.room = await self._rest.get_room_from_url(room_url)
+        exp = self.room.config.exp
+        self.expires_at = float(exp) if exp else self.expires_at
+        self._bot_token = await self._token(BOT_NAME, self.expires_at - time.time(), owner=True)
+        self._owner_token = owner_token
+        log.info("session %s: Daily room %s taken over", self.session_id, self.room.name)
 
     async def _token(self, user_name: str, ttl_s: float, *, owner: bool, user_id: str = "") -> str:
         assert self._rest is not None and self.room is not None
@@ -220,9 +238,9 @@ class DailySessionTransport:
             raise SignalError("daily_unavailable", describe_daily_error(exc), 502) from exc
         return {"room_url": self.room.url, "token": token, "expires_at": int(time.time() + ttl)}
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, handing_off: bool = False) -> None:
         try:
-            if self.room is not None and self._rest is not None:
+            if self.room is not None and self._rest is not None and not handing_off:
                 await self._rest.delete_room_by_name(self.room.name)
                 log.info("session %s: Daily room %s deleted", self.session_id, self.room.name)
         except Exception as exc:  # it expires on its own at exp anyway

@@ -223,7 +223,7 @@ class SmallWebRTCSessionTransport:
                 )
                 self._presence.client_lost()
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, handing_off: bool = False) -> None:
         for task in [self._watchdog, *self._releases]:
             if task is not None:
                 task.cancel()

@@ -227,7 +227,7 @@ class WebSocketSessionTransport:
     async def handle_signal(self, kind: str, payload: dict[str, Any]) -> Any:
         raise SignalError("bad_signal", f"a WebSocket session takes no {kind!r} message", 400)
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, handing_off: bool = False) -> None:
         self._closed.set()
         await self.socket.close()
 
