@@ -80,10 +80,14 @@ bench: install
 
 ## Fault drills: a table of faults, what users saw, events lost (must be 0), recovery time;
 ## written to ops/drills/results/drills.md (about 10 minutes). The request-rate flood uses wrk.
+## Then the continuity drill: calls that survive a client blip, a model drop, a worker kill
+## and a drain, and the audio gap their callers heard (ops/drills/results/continuity.md).
 drills: install
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python ops/drills/drills.py --json ops/drills/results/drills.json \
 		--markdown ops/drills/results/drills.md
+	$(BIN)/python ops/drills/continuity.py --json ops/drills/results/continuity.json \
+		--markdown ops/drills/results/continuity.md
 
 ## Soak (30 minutes): session churn at 70 % of capacity; RSS slope, tasks, descriptors, keys.
 soak: install
