@@ -38,10 +38,22 @@ def alive_ms(heartbeat_ttl: float) -> int:
     return int(max(heartbeat_ttl - LIVENESS_MARGIN_S, heartbeat_ttl / 2) * 1000)
 
 
+# Is ``word`` one of the space-separated ``list`` (states passed as one argument)?
+_MEMBER_FN = """
+local function member(word, list)
+  for s in string.gmatch(list, '%S+') do
+    if s == word then return true end
+  end
+  return false
+end
+"""
+
 # Shared Lua: assign the next seq and append the event to both streams.
 # KEYS: 1 session hash, 2 session stream, 3 ingest stream, 4 live set, 5 alive key
 # ARGV: 1 session id, 2 stream maxlen, 3 ts, …
-_PUBLISH_FN = """
+_PUBLISH_FN = (
+    _MEMBER_FN
+    + """
 local function publish(etype, data)
   local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   local cid = redis.call('HGET', KEYS[1], 'conversation_id')
@@ -63,14 +75,8 @@ local function already_applied(pseq)
   redis.call('HSET', KEYS[1], 'pub_seq', n)
   return false
 end
-
-local function member(word, list)
-  for s in string.gmatch(list, '%S+') do
-    if s == word then return true end
-  end
-  return false
-end
 """
+)
 
 # KEYS: 6 the owner's set of live sessions
 # ARGV: 4 state event data (JSON), 5 most live sessions per owner (0: no limit),
@@ -153,13 +159,9 @@ return publish(ARGV[4], ARGV[5])
 
 # KEYS: per session, its hash then its alive key
 # ARGV: 1 worker id, 2 alive TTL ms, 3 the states a worker owns (space separated)
-_KEEP_ALIVE = """
-local function member(word, list)
-  for s in string.gmatch(list, '%S+') do
-    if s == word then return true end
-  end
-  return false
-end
+_KEEP_ALIVE = (
+    _MEMBER_FN
+    + """
 local out = {}
 for i = 1, #KEYS, 2 do
   local found = redis.call('HMGET', KEYS[i], 'state', 'worker_id')
@@ -172,6 +174,7 @@ for i = 1, #KEYS, 2 do
 end
 return out
 """
+)
 
 _FINAL = " ".join(sorted(FINAL_STATES))
 _NOT_OWNED = " ".join(sorted(set(SessionState) - OWNED_STATES))
