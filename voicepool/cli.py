@@ -220,10 +220,14 @@ def _dev(settings: Settings, port: int, workers: int, capacity: int) -> None:
     token = asyncio.run(_dev_token(child_settings))
 
     base = [sys.executable, "-m", "voicepool"]
-    children = [subprocess.Popen([*base, "api", "--port", str(port)], env=env)]
-    for i in range(workers):
+    api = subprocess.Popen([*base, "api", "--port", str(port)], env=env)
+
+    def start_worker(i: int) -> subprocess.Popen[bytes]:
         worker_args = ["worker", "--capacity", str(capacity), "--metrics-port", str(port + 1 + i)]
-        children.append(subprocess.Popen([*base, *worker_args], env=env))
+        return subprocess.Popen([*base, *worker_args], env=env)
+
+    pool = [start_worker(i) for i in range(workers)]
+    children = [api, *pool]
     print(_banner(child_settings, port, workers, capacity, token, redis), flush=True)
     stopping = False
 
@@ -234,7 +238,20 @@ def _dev(settings: Settings, port: int, workers: int, capacity: int) -> None:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        while not stopping and all(c.poll() is None for c in children):
+        while not stopping and api.poll() is None:
+            for i, worker in enumerate(pool):
+                code = worker.poll()
+                if code is None:
+                    continue
+                if code != 0:  # a worker that failed: the whole system stops, loudly
+                    print(f"worker {i + 1} exited with code {code}; stopping", flush=True)
+                    stopping = True
+                    break
+                # A drained worker (the Operators page, or SIGTERM) exits 0 once its calls
+                # have moved or ended; the rest of the system goes on, with a fresh worker.
+                print(f"worker {i + 1} drained and exited; starting a fresh one", flush=True)
+                pool[i] = start_worker(i)
+                children = [api, *pool]
             time.sleep(0.2)
     finally:
         for child in children:
