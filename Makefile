@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 $(WEB_DEPS): $(WEB)/package.json $(WEB)/package-lock.json
-	@command -v $(NPM) >/dev/null 2>&1 || { echo "the web app needs Node.js >= 20.19 with npm" >&2; exit 1; }
+	@command -v $(NPM) >/dev/null 2>&1 || { echo "the web app needs Node.js (>= 22.14; 20.19 works with a warning) with npm" >&2; exit 1; }
 	$(NPM) --prefix $(WEB) ci --no-audit --no-fund
 	touch $@
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from api import limits, web_sessions
 from api.deps import CurrentUser, SessionDep, StateDep, check_csrf
@@ -16,8 +17,18 @@ from shared.users import authenticate
 router = APIRouter(prefix="/api", tags=["auth"])
 
 
+_PASTED_PREFIX = re.compile(r"^(authorization:\s*)?(bearer\s+)?", re.IGNORECASE)
+
+
 class SignIn(Strict):
     token: str = Field(min_length=1, max_length=256)
+
+    @field_validator("token")
+    @classmethod
+    def _as_printed(cls, token: str) -> str:
+        """The token as ``voicepool dev`` and ``voicepool users`` print it may come pasted
+        whole: ``Authorization: Bearer vp_…`` or ``Bearer vp_…`` sign in like ``vp_…``."""
+        return _PASTED_PREFIX.sub("", token.strip())
 
 
 class Me(BaseModel):

@@ -229,3 +229,15 @@ async def test_security_headers_and_the_app_fallback(api) -> None:
     assert page.status_code in (200, 404)  # index.html once the web app is built
     assert (await api.client.get("/../../etc/passwd")).status_code in (200, 404)
     assert "root:" not in (await api.client.get("/..%2F..%2Fetc%2Fpasswd")).text
+
+
+@pytest.mark.parametrize("pasted", ["Bearer {t}", "  bearer {t}\n", "Authorization: Bearer {t}"])
+async def test_a_token_pasted_as_printed_signs_in(api, pasted: str) -> None:
+    """``voicepool dev`` prints ``Authorization: Bearer vp_…``: pasted whole, or from
+    ``Bearer`` on, it signs in like the bare token; anything else is still refused."""
+    token = await api.token("paster")
+    signed_in = await api.client.post("/api/auth/login", json={"token": pasted.format(t=token)})
+    assert signed_in.status_code == 200, signed_in.text
+    assert signed_in.json()["name"] == "paster"
+    refused = await api.client.post("/api/auth/login", json={"token": f"Token {token}"})
+    assert refused.status_code == 401
