@@ -44,9 +44,10 @@ frontend-if-npm:
 	@if command -v $(NPM) >/dev/null 2>&1; then $(MAKE) --no-print-directory frontend; \
 	else echo "npm not found: not building the web app (install Node.js >= 20.19 for it)" >&2; fi
 
-## Run the whole system on this machine (embedded Redis, SQLite, API, 2 workers).
+## Run the whole system on this machine (embedded Redis, SQLite, API, 2 workers);
+## `make dev PORT=9000 WORKERS=3` changes the API port and the number of workers.
 dev: install frontend-if-npm
-	$(BIN)/voicepool dev
+	$(BIN)/voicepool dev $(if $(PORT),--port $(PORT)) $(if $(WORKERS),--workers $(WORKERS))
 
 ## The whole test suite (lint, web app unit tests, unit, integration with real processes,
 ## the web app in headless Chromium).

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -207,6 +208,13 @@ def _dev(settings: Settings, port: int, workers: int, capacity: int) -> None:
     """Everything on this machine: embedded Redis, SQLite, the API and N workers."""
     from shared.connections import EmbeddedRedis
 
+    busy = _busy_ports(settings.api_host, [port, *(port + 1 + i for i in range(workers))])
+    if busy:  # before anything starts or any token is printed: the one thing to fix
+        raise SystemExit(
+            f"error: port {', '.join(map(str, busy))} on {settings.api_host} is in use "
+            f"(another voicepool dev?); choose another: voicepool dev --port N "
+            f"(make dev PORT=N); it uses N for the API and N+1… for the workers' metrics"
+        )
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     redis = None
@@ -268,6 +276,19 @@ def _dev(settings: Settings, port: int, workers: int, capacity: int) -> None:
         print("voicepool stopped.", flush=True)
 
 
+def _busy_ports(host: str, ports: list[int]) -> list[int]:
+    busy = []
+    for port in ports:
+        with socket.socket() as probe:
+            # As uvicorn binds: a port only in TIME_WAIT is free, a listening one is not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError:
+                busy.append(port)
+    return busy
+
+
 def _banner(
     settings: Settings,
     port: int,
@@ -280,11 +301,16 @@ def _banner(
     get recorded and screen-shared; the embedded Redis's is in its auth.conf (mode 0600)."""
     redis_url = logs.redact(settings.redis_url or "")
     where = f" (embedded; password in {redis.auth_file})" if redis and redis.password else ""
+    from api.frontend import DEFAULT_DIST
+
+    built = ((settings.frontend_dir or DEFAULT_DIST) / "index.html").is_file()
+    web_app = "" if built else "  (not built: it needs Node.js and npm; then make dev)"
     docs = "docs at /docs" if settings.api_docs else "docs off"
     metrics = f", metrics at {settings.metrics_bind}" if settings.metrics_bind else ""
     return (
         f"\nvoicepool is starting\n"
-        f"  API        http://{settings.api_host}:{port}  ({docs}{metrics})\n"
+        f"  Web app    http://{settings.api_host}:{port}/{web_app}\n"
+        f"  API        http://{settings.api_host}:{port}/api  ({docs}{metrics})\n"
         f"  Redis      {redis_url}{where}\n"
         f"  Database   {logs.redact(settings.sqlalchemy_url)}\n"
         f"  Workers    {workers} x {capacity} slots, pool {settings.default_pool!r}, "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,26 @@ async def test_a_drained_worker_is_replaced_and_nothing_else_stops(tmp_path: Pat
         except subprocess.TimeoutExpired:
             os.killpg(dev.pid, signal.SIGKILL)
             dev.wait()
+
+
+def test_a_busy_port_is_said_plainly_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEPOOL_")}
+        env["VOICEPOOL_DATA_DIR"] = str(tmp_path)
+        ran = subprocess.run(
+            [sys.executable, "-m", "voicepool", "dev", "--port", str(port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert ran.returncode != 0
+    assert f"port {port} on 127.0.0.1 is in use" in ran.stderr and "--port" in ran.stderr
+    assert "Bearer" not in ran.stdout + ran.stderr  # no token printed for a system not started
+    assert not (tmp_path / "redis").exists()  # nothing was started
 
 
 def _start(args: list[str], env: dict[str, str], out: Path) -> subprocess.Popen[bytes]:
