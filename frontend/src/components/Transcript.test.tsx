@@ -85,6 +85,30 @@ describe("Transcript", () => {
     expect(screen.getByText(/The AI model could not be reached/)).toBeTruthy();
   });
 
+  it("shows a refused key in plain words, never the raw errors", () => {
+    renderEvents([
+      ev(1, "session.state", { state: "connected" }),
+      ev(2, "error", { message: "server rejected WebSocket connection: HTTP 401", fatal: false }),
+      ev(3, "error", { message: "server rejected WebSocket connection: HTTP 401", fatal: false }),
+      ev(4, "session.state", {
+        state: "failed",
+        reason: "model_unavailable",
+        message: "server rejected WebSocket connection: HTTP 401",
+      }),
+    ]);
+    const text = screen.getByTestId("transcript").textContent ?? "";
+    expect(text).not.toMatch(/HTTP 401|Errno|Connect call failed|rejected WebSocket/);
+    expect(text).toContain("The voice model refused this server's API key; an operator must fix OPENAI_API_KEY.");
+    expect(text).not.toContain("Try again later");
+    expect(lines()).toEqual(["error", "status"]); // the same failure twice: said once
+    cleanup();
+
+    renderEvents([ev(1, "error", { message: "[Errno 111] Connect call failed ('127.0.0.1', 8765)", fatal: true })]);
+    const down = screen.getByTestId("transcript").textContent ?? "";
+    expect(down).not.toMatch(/Errno|Connect call failed/);
+    expect(down).toContain("The AI model could not be reached.");
+  });
+
   it("shows the empty text when nothing was said", () => {
     renderEvents([ev(1, "session.state", { state: "connected" })]);
     expect(screen.queryByTestId("transcript")).toBeNull();

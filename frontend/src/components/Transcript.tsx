@@ -1,5 +1,5 @@
 import type { TranscriptItem } from "../session/events";
-import { formatDuration, reasonText, STATE_LABELS } from "../session/messages";
+import { formatDuration, isRawError, plainError, reasonText, STATE_LABELS } from "../session/messages";
 import { ToolCard } from "./ToolCard";
 
 interface Props {
@@ -26,10 +26,21 @@ function turnText(item: Extract<TranscriptItem, { kind: "turn" }>): string {
 
 export function Transcript({ items, hasTranscript, turns = "auto", live = false, emptyText }: Props) {
   const showTurns = turns === "always" || (turns === "auto" && !hasTranscript);
-  const shown = items.filter((item) => item.kind !== "turn" || showTurns);
+  // Raw errors in plain words: the same words again (a retry failing the same way) once only.
+  const said = new Set<string>();
+  const shown = items.filter((item) => {
+    if (item.kind === "turn") return showTurns;
+    if (item.kind !== "error" || !isRawError(item.message)) return true;
+    const plain = plainError(item.message);
+    if (said.has(plain)) return false;
+    said.add(plain);
+    return true;
+  });
   if (!shown.length) {
     return emptyText ? <p className="transcript-empty muted">{emptyText}</p> : null;
   }
+  // What the server said about errors: tells a model failure's cause (a refused key).
+  const errorTexts = items.flatMap((item) => (item.kind === "error" ? [item.message] : []));
   return (
     <ol className="transcript" aria-live={live ? "polite" : undefined} data-testid="transcript">
       {shown.map((item) => {
@@ -85,8 +96,9 @@ export function Transcript({ items, hasTranscript, turns = "auto", live = false,
               <li key={item.key} className={`line line-status line-status-${item.state}`} data-kind="status">
                 <span>
                   <strong>Session {STATE_LABELS[item.state]?.toLowerCase() ?? item.state}.</strong>{" "}
-                  {reasonText(item.reason)}
-                  {item.message ? ` (${item.message})` : ""}
+                  {reasonText(item.reason, [item.message, ...errorTexts])}
+                  {/* The server's own words only when meant for people (raw errors are for operators' logs). */}
+                  {item.message && !isRawError(item.message) ? ` (${item.message})` : ""}
                 </span>
                 {time}
               </li>
@@ -95,7 +107,9 @@ export function Transcript({ items, hasTranscript, turns = "auto", live = false,
             return (
               <li key={item.key} className="line line-error" data-kind="error">
                 <span>
-                  <strong>{item.fatal ? "Error (the session stops):" : "Error:"}</strong> {item.message}
+                  <strong>{item.fatal ? "Error (the session stops):" : "Error:"}</strong>{" "}
+                  {/* Raw program text (a Python exception) is for the operators' logs, not for people. */}
+                  {plainError(item.message)}
                 </span>
                 {time}
               </li>

@@ -99,7 +99,14 @@ export function Conversation() {
                 <span>{when(brief.created_at)}</span>
                 <span>
                   {STATE_LABELS[brief.state] ?? brief.state}
-                  {brief.reason ? ` — ${reasonText(brief.reason)}` : ""}
+                  {brief.reason
+                    ? ` — ${reasonText(
+                        brief.reason,
+                        view.items.flatMap((item) =>
+                          item.kind === "error" || item.kind === "status" ? [item.message ?? null] : [],
+                        ),
+                      )}`
+                    : ""}
                 </span>
               </p>
               <Transcript

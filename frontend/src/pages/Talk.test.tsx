@@ -1,7 +1,7 @@
 import { cleanup, fireEvent, render, screen } from "@testing-library/react";
 import { MemoryRouter } from "react-router";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import type { SessionOut, VPEvent } from "../lib/types";
+import type { ConversationDetail, SessionOut, VPEvent } from "../lib/types";
 import type { StreamRefusal, StreamStatus } from "../session/eventStream";
 import { currentView, emptyView, initialStream, streamReducer, type StreamAction } from "../session/events";
 import type { VoiceSessionApi } from "../session/VoiceSession";
@@ -17,6 +17,12 @@ vi.mock("../lib/config", () => ({
     config: { profiles: ["echo"], default_profile: "echo", transports: ["webrtc"], ice_servers: [] },
     problem: null,
   }),
+}));
+
+const conversation = vi.fn<(id: string, signal?: AbortSignal) => Promise<ConversationDetail>>();
+vi.mock("../lib/api", async (importOriginal) => ({
+  ...(await importOriginal<object>()),
+  api: { conversation: (id: string, signal?: AbortSignal) => conversation(id, signal) },
 }));
 
 const { Talk } = await import("./Talk");
@@ -54,6 +60,7 @@ function renderTalk(
     start: vi.fn(),
     stop: vi.fn(),
     setMicEnabled: vi.fn(),
+    clear: vi.fn(),
     dismissProblem: vi.fn(),
     reconnectEvents: vi.fn(),
     localLevel: () => 0,
@@ -185,5 +192,152 @@ describe("Talk, when the call loses its media or its worker", () => {
     cleanup();
     renderTalk("open", null, callThrough(UP_TO_CONNECTED));
     expect(screen.queryByTestId("resume-call")).toBeNull();
+  });
+});
+
+describe("Talk, continuing another conversation from History", () => {
+  // Conversation A's call has ended on this page; History → B → "Continue this conversation".
+  const sessionA = { ...session, conversation_id: "convA" } as SessionOut;
+  const detailB = {
+    conversation_id: "convB",
+    title: null,
+    preview: null,
+    created_at: "2026-01-01T10:00:00Z",
+    updated_at: "2026-01-01T10:01:00Z",
+    duration_s: 60,
+    session_count: 1,
+    sessions: [
+      {
+        session_id: "sB",
+        state: "ended",
+        reason: "client_ended",
+        profile: "echo",
+        transport: "webrtc",
+        created_at: "2026-01-01T10:00:00Z",
+        ended_at: "2026-01-01T10:01:00Z",
+      },
+    ],
+    events: [
+      { session_id: "sB", seq: 1, ts: 1_700_000_000, type: "user.transcript", data: { text: "words of B" } },
+    ],
+  } as unknown as ConversationDetail;
+
+  function renderContinuing(url: string) {
+    const a = callThrough([...UP_TO_CONNECTED, ["ended", "client_ended"]]);
+    const said: VPEvent = { session_id: "s1", seq: 9, ts: 1_700_000_009, type: "user.transcript", data: { text: "words of A" } };
+    const stream = streamReducer(a.stream!, { type: "event", event: said });
+    renderTalk("open", null, { ...a, stream, view: currentView(stream), phase: "done", session: sessionA });
+    cleanup(); // the stand-in is made; render it at the URL
+    conversation.mockResolvedValue(detailB);
+    return render(
+      <MemoryRouter initialEntries={[url]}>
+        <Talk />
+      </MemoryRouter>,
+    );
+  }
+
+  it("shows B alone: B's banner and transcript, no trace of A, and Start continues B", async () => {
+    renderContinuing("/?conversation=convB");
+    expect(screen.getByText(/Continuing conversation/).textContent).toContain("convB".slice(0, 8));
+    expect(statusText()).toBe("Not started.");
+    expect(screen.queryByTestId("continue")).toBeNull(); // A's "Continue" is gone
+    expect(screen.queryByText(/words of A/)).toBeNull();
+    expect(chip("connected").getAttribute("data-reached")).toBe("false");
+    expect(await screen.findByText("words of B")).toBeTruthy();
+    expect(conversation).toHaveBeenCalledWith("convB", expect.anything());
+    expect(voice.clear).toHaveBeenCalled();
+    fireEvent.click(screen.getByTestId("start"));
+    expect(voice.start).toHaveBeenCalledWith(expect.objectContaining({ conversationId: "convB" }));
+  });
+
+  it("keeps a finished call of the same conversation, whose Continue continues it", () => {
+    renderContinuing("/?conversation=convA");
+    expect(screen.getByText(/words of A/)).toBeTruthy();
+    expect(voice.clear).not.toHaveBeenCalled();
+    fireEvent.click(screen.getByTestId("continue"));
+    expect(voice.start).toHaveBeenCalledWith(expect.objectContaining({ conversationId: "convA" }));
+  });
+});
+
+describe("Talk, when the model refuses the server's key", () => {
+  function renderFailed() {
+    const failed = callThrough([...UP_TO_CONNECTED, ["failed", "model_unavailable"]]);
+    const error: VPEvent = {
+      session_id: "s1",
+      seq: 6,
+      ts: 1_700_000_005,
+      type: "error",
+      data: { message: "server rejected WebSocket connection: HTTP 401", fatal: true },
+    };
+    const stream = streamReducer(failed.stream!, { type: "event", event: error });
+    return renderTalk("closed" as StreamStatus, null, { ...failed, stream, view: currentView(stream), phase: "done" });
+  }
+
+  it("says the key was refused, with no raw error and no 'try again later'", () => {
+    renderFailed();
+    const main = screen.getByRole("main").textContent ?? "";
+    expect(main).toContain("The voice model refused this server's API key; an operator must fix OPENAI_API_KEY");
+    expect(main).not.toMatch(/HTTP 401|rejected WebSocket|could not be reached|Try again later/);
+  });
+
+  it("shows the step it failed in as failed, not done", () => {
+    renderFailed();
+    expect(chip("connected").getAttribute("data-failed")).toBe("true");
+    expect(chip("connected").getAttribute("data-reached")).toBe("false");
+    expect(chip("connected").className).not.toContain("step-reached");
+    expect(chip("connected").textContent).toContain("failed");
+    expect(chip("ready").getAttribute("data-reached")).toBe("true");
+  });
+});
+
+describe("Talk, with the microphone muted", () => {
+  it("says so instead of 'talk now'", () => {
+    renderTalk("open", null, { ...callThrough(UP_TO_CONNECTED), micEnabled: false });
+    expect(statusText()).toBe("Muted — unmute to talk.");
+    expect(screen.getByTestId("mute").textContent).toBe("Unmute");
+    cleanup();
+    renderTalk("open", null, callThrough(UP_TO_CONNECTED));
+    expect(statusText()).toBe("Connected — talk now.");
+  });
+});
+
+describe("Talk, the focus after Start and Stop", () => {
+  // A new element each time, so that React renders again with the new stand-in.
+  const page = () => (
+    <MemoryRouter>
+      <Talk />
+    </MemoryRouter>
+  );
+
+  it("moves to Stop once the call is live, and back to Start once it is over", () => {
+    const { rerender } = renderTalk("open", null, { phase: "idle", session: null, view: emptyView() });
+    const start = screen.getByTestId("start");
+    start.focus();
+    fireEvent.click(start);
+    expect(voice.start).toHaveBeenCalledTimes(1);
+
+    voice = { ...voice, phase: "creating" };
+    rerender(page());
+    expect(document.activeElement).toBe(document.body); // Start is gone, Stop can't take it yet
+    voice = { ...voice, phase: "live", session, ...callThrough(UP_TO_CONNECTED) };
+    rerender(page());
+    const stop = screen.getByTestId("stop");
+    expect(document.activeElement).toBe(stop);
+
+    fireEvent.click(stop);
+    expect(voice.stop).toHaveBeenCalledTimes(1);
+    voice = { ...voice, phase: "stopping" };
+    rerender(page());
+    const ended = callThrough([...UP_TO_CONNECTED, ["ended", "client_ended"]]);
+    voice = { ...voice, phase: "done", ...ended };
+    rerender(page());
+    expect(document.activeElement).toBe(screen.getByTestId("start"));
+  });
+
+  it("leaves the focus alone when nobody pressed anything", () => {
+    const { rerender } = renderTalk("open", null, { phase: "idle", session: null, view: emptyView() });
+    voice = { ...voice, phase: "live", session, ...callThrough(UP_TO_CONNECTED) };
+    rerender(page());
+    expect(document.activeElement).toBe(document.body);
   });
 });

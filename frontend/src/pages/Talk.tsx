@@ -1,4 +1,4 @@
-import { useEffect, useMemo, useState } from "react";
+import { useEffect, useLayoutEffect, useMemo, useRef, useState } from "react";
 import { Link, useSearchParams } from "react-router";
 import { LevelMeter } from "../components/LevelMeter";
 import { ProblemBox } from "../components/Problem";
@@ -6,10 +6,10 @@ import { Transcript } from "../components/Transcript";
 import { api } from "../lib/api";
 import { useConfig } from "../lib/config";
 import type { ConversationDetail } from "../lib/types";
-import { conversationViews } from "../session/events";
+import { conversationViews, emptyView, type SessionView } from "../session/events";
 import { isRetryable } from "../session/eventStream";
 import { endProblem, formatWait, reasonText, STATE_LABELS, streamRefusalProblem } from "../session/messages";
-import { useVoiceSession, WEB_APP_TRANSPORTS } from "../session/VoiceSession";
+import { useVoiceSession, WEB_APP_TRANSPORTS, type Phase } from "../session/VoiceSession";
 
 const STEPS = ["queued", "starting", "ready", "connected"] as const;
 /** Shown after the steps once the call has been in them: it lost its media, or its worker. */
@@ -30,7 +30,17 @@ export function Talk() {
   const [transport, setTransport] = useState("webrtc");
   const [earlier, setEarlier] = useState<ConversationDetail | null>(null);
 
-  const { phase, view, session } = voice;
+  // A finished call of another conversation than the one being continued (History →
+  // "Continue this conversation") is put away: Talk shows one conversation, the continued one.
+  const stale =
+    voice.phase === "done" && !!voice.session && !!continuing && voice.session.conversation_id !== continuing;
+  const phase: Phase = stale ? "idle" : voice.phase;
+  const view = useMemo(() => (stale ? emptyView() : voice.view), [stale, voice.view]);
+  const session = stale ? null : voice.session;
+  const { clear } = voice;
+  useLayoutEffect(() => {
+    if (stale) clear();
+  }, [stale, clear]);
   const busy = phase === "mic" || phase === "creating" || phase === "live" || phase === "stopping";
 
   useEffect(() => {
@@ -65,12 +75,23 @@ export function Talk() {
 
   const reached = useMemo(() => {
     const seen = new Set<string>();
-    for (const event of voice.stream.events) {
+    for (const event of stale ? [] : voice.stream.events) {
       if (event.type === "session.state") seen.add(String(event.data.state));
     }
     if (view.status) seen.add(view.status);
     return seen;
-  }, [voice.stream.events, view.status]);
+  }, [stale, voice.stream.events, view.status]);
+
+  // A call that failed (or expired): the step it was in when it did shows as failed, not done.
+  const failedAt = useMemo(() => {
+    if (view.status !== "failed" && view.status !== "expired") return null;
+    let last: string = "queued";
+    for (const event of stale ? [] : voice.stream.events) {
+      const state = String(event.data?.state);
+      if (event.type === "session.state" && (STEPS as readonly string[]).concat(PAUSES).includes(state)) last = state;
+    }
+    return last;
+  }, [stale, voice.stream.events, view.status]);
 
   const start = (conversationId: string | null) =>
     voice.start({
@@ -80,19 +101,36 @@ export function Talk() {
       iceServers: config?.ice_servers,
     });
 
+  // Start and Stop replace each other: the focus follows to the button that took the pressed
+  // one's place (once it can take it), rather than falling to the page.
+  const startButton = useRef<HTMLButtonElement | null>(null);
+  const stopButton = useRef<HTMLButtonElement | null>(null);
+  const focusNext = useRef(false);
+  useEffect(() => {
+    if (!focusNext.current) return;
+    const target = busy ? stopButton.current : startButton.current;
+    if (!target || target.disabled) return; // not yet (Stop waits for the call to be live)
+    focusNext.current = false;
+    const active = document.activeElement as HTMLElement | null;
+    const lost =
+      !active || active === document.body || !active.isConnected || (active as HTMLButtonElement).disabled === true;
+    if (lost || active === startButton.current || active === stopButton.current) target.focus();
+  }, [busy, phase]);
+
   const continueConversation = () => {
     if (!session) return;
+    focusNext.current = true;
     setParams({ conversation: session.conversation_id });
     void start(session.conversation_id);
   };
 
-  const finished = phase === "done" ? endProblem(view.status, view.reason) : null;
+  const finished = phase === "done" ? endProblem(view.status, view.reason, serverWords(view)) : null;
   const connected = view.status === "connected";
   const userSpeaking = view.userSpeaking || (connected && voice.rtvi.userSpeaking);
   const botSpeaking = view.botSpeaking || (connected && voice.rtvi.botSpeaking);
   const mediaLive = voice.transportState === "connected" || voice.transportState === "ready";
   // The API refused the live events: what the page shows is stale until they flow again.
-  const refusal = voice.streamRefusal && !view.final ? voice.streamRefusal : null;
+  const refusal = voice.streamRefusal && !view.final && !stale ? voice.streamRefusal : null;
   const refusalProblem = refusal ? streamRefusalProblem(refusal) : null;
 
   return (
@@ -138,7 +176,11 @@ export function Talk() {
               <button
                 type="button"
                 className="button-danger"
-                onClick={() => void voice.stop()}
+                ref={stopButton}
+                onClick={() => {
+                  focusNext.current = true;
+                  void voice.stop();
+                }}
                 disabled={phase !== "live"}
                 data-testid="stop"
               >
@@ -158,7 +200,11 @@ export function Talk() {
             <button
               type="button"
               className="button-primary"
-              onClick={() => void start(continuing)}
+              ref={startButton}
+              onClick={() => {
+                focusNext.current = true;
+                void start(continuing);
+              }}
               disabled={!config || !profile}
               data-testid="start"
             >
@@ -176,7 +222,7 @@ export function Talk() {
         </div>
       </section>
 
-      {voice.problem ? <ProblemBox problem={voice.problem} onDismiss={voice.dismissProblem} /> : null}
+      {voice.problem && !stale ? <ProblemBox problem={voice.problem} onDismiss={voice.dismissProblem} /> : null}
       {finished ? <ProblemBox problem={finished} /> : null}
       {refusal && refusalProblem ? (
         <div className="problem" role="alert" data-testid="stream-refused" data-code={refusal.code}>
@@ -200,20 +246,26 @@ export function Talk() {
           data-status={view.status ?? phase}
           data-stream={refusal ? "refused" : voice.streamStatus ?? undefined}
         >
-          <StatusText />
+          <StatusText phase={phase} view={view} />
         </p>
         <ol className="steps">
-          {[...STEPS, ...PAUSES.filter((pause) => reached.has(pause))].map((step) => (
-            <li
-              key={step}
-              className={`step${reached.has(step) ? " step-reached" : ""}${(PAUSES as readonly string[]).includes(step) ? " step-pause" : ""}`}
-              data-testid={`step-${step}`}
-              data-reached={reached.has(step) ? "true" : "false"}
-              aria-current={view.status === step ? "step" : undefined}
-            >
-              {STATE_LABELS[step]}
-            </li>
-          ))}
+          {[...STEPS, ...PAUSES.filter((pause) => reached.has(pause))].map((step) => {
+            const failed = step === failedAt;
+            const done = reached.has(step) && !failed;
+            return (
+              <li
+                key={step}
+                className={`step${done ? " step-reached" : ""}${failed ? " step-failed" : ""}${(PAUSES as readonly string[]).includes(step) ? " step-pause" : ""}`}
+                data-testid={`step-${step}`}
+                data-reached={done ? "true" : "false"}
+                data-failed={failed ? "true" : undefined}
+                aria-current={view.status === step || failed ? "step" : undefined}
+              >
+                {STATE_LABELS[step]}
+                {failed ? <span className="step-failed-mark"> — failed</span> : null}
+              </li>
+            );
+          })}
         </ol>
         {voice.playbackBlocked && phase === "live" ? (
           <p className="note" data-testid="playback-blocked">
@@ -258,7 +310,7 @@ export function Talk() {
       <section className="card" aria-labelledby="transcript-title">
         <h2 id="transcript-title">Transcript</h2>
         {earlierViews.length ? (
-          <details className="earlier">
+          <details className="earlier" open={phase === "idle" || undefined} data-testid="earlier">
             <summary>Earlier in this conversation</summary>
             {earlierViews.map((s) => (
               <Transcript key={s.sessionId} items={s.view.items} hasTranscript={s.view.hasTranscript} />
@@ -278,8 +330,8 @@ export function Talk() {
   );
 }
 
-function StatusText() {
-  const { phase, view, transportState, botReady, streamStatus, streamRefusal } = useVoiceSession();
+function StatusText({ phase, view }: { phase: Phase; view: SessionView }) {
+  const { transportState, botReady, streamStatus, streamRefusal, micEnabled } = useVoiceSession();
   switch (phase) {
     case "idle":
       return <>Not started.</>;
@@ -294,7 +346,7 @@ function StatusText() {
         <>
           <strong>{STATE_LABELS[view.status ?? "ended"] ?? view.status}.</strong>{" "}
           {/* A failure is explained in the box above; a normal end here. */}
-          {endProblem(view.status, view.reason) ? "" : reasonText(view.reason)}
+          {endProblem(view.status, view.reason) ? "" : reasonText(view.reason, serverWords(view))}
         </>
       );
   }
@@ -334,6 +386,15 @@ function StatusText() {
         </>
       );
     case "connected":
+      if (!micEnabled) {
+        // Not "talk now": the bot hears nothing until the microphone is on again.
+        return (
+          <>
+            <strong>Muted</strong> — {view.reason === "client_reconnected" ? "back again; " : ""}unmute to talk
+            {botReady ? "." : " (the bot is getting ready…)."}
+          </>
+        );
+      }
       return (
         <>
           <strong>Connected</strong> — {view.reason === "client_reconnected" ? "back again; " : ""}
@@ -360,4 +421,11 @@ function StatusText() {
     default:
       return <>Waiting for the session…</>;
   }
+}
+
+/** What the server said about the session's end: the final state's message and error events. */
+function serverWords(view: SessionView): string[] {
+  return view.items.flatMap((item) =>
+    item.kind === "error" ? [item.message] : item.kind === "status" && item.message ? [item.message] : [],
+  );
 }

@@ -200,3 +200,22 @@ describe("the call's media, through the reconnect phases", () => {
     }
   });
 });
+
+describe("putting a finished call away", () => {
+  it("clears a finished call back to idle, and leaves a live one alone", async () => {
+    api.createSession.mockResolvedValue(session("queued", 1));
+    mount();
+    await act(() => voice.start({ profile: "echo", transport: "webrtc" }));
+    deliver([1, "queued", "created"]);
+    act(() => voice.clear());
+    expect(voice.phase).toBe("live"); // not while it goes on
+    expect(voice.session?.session_id).toBe("s1");
+    deliver([2, "ended", "client_ended"]);
+    expect(voice.phase).toBe("done");
+    act(() => voice.clear());
+    expect(voice.phase).toBe("idle");
+    expect(voice.session).toBeNull();
+    expect(voice.view.status).toBeNull();
+    expect(voice.stream.events).toHaveLength(0);
+  });
+});

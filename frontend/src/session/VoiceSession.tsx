@@ -84,6 +84,8 @@ export interface VoiceSessionApi {
   stop(): Promise<void>;
   setMicEnabled(enabled: boolean): void;
   dismissProblem(): void;
+  /** Put a finished call away (back to idle), e.g. before another conversation is continued. */
+  clear(): void;
   /** Open the live events again now (after a refusal, or when they were lost). */
   reconnectEvents(): void;
   localLevel(): number;
@@ -527,6 +529,21 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
     }
   }, [hangUp]);
 
+  const clear = useCallback(() => {
+    const current = sessionRef.current;
+    if (!current || !viewRef.current.final || stopping.current) return; // only a finished call
+    sessionRef.current = null;
+    generation.current += 1;
+    dispatch({ type: "reset", sessionId: null });
+    setSession(null);
+    setPending(null);
+    setProblem(null);
+    setStreamStatus(null);
+    setStreamRefusal(null);
+    setBotReady(false);
+    setPlaybackBlocked(false);
+  }, []);
+
   const setMicEnabled = useCallback(
     (enabled: boolean) => {
       setMicEnabledState(enabled);
@@ -606,6 +623,7 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
     start,
     stop,
     setMicEnabled,
+    clear,
     dismissProblem: useCallback(() => setProblem(null), []),
     reconnectEvents: useCallback(() => eventsRef.current?.reconnect(), []),
     localLevel: useCallback(() => local.current?.rms() ?? 0, []),

@@ -1,6 +1,16 @@
 import { describe, expect, it } from "vitest";
 import { ApiError } from "../lib/api";
-import { apiProblem, endProblem, formatDuration, micProblem, reasonText, STATE_LABELS, streamRefusalProblem } from "./messages";
+import {
+  apiProblem,
+  endProblem,
+  formatDuration,
+  isRawError,
+  micProblem,
+  plainError,
+  reasonText,
+  STATE_LABELS,
+  streamRefusalProblem,
+} from "./messages";
 
 describe("plain-words errors", () => {
   it("explains capacity refusals, with the wait", () => {
@@ -63,5 +73,35 @@ describe("plain-words errors", () => {
     expect(formatDuration(2.345)).toBe("2.3 s");
     expect(formatDuration(75)).toBe("1 min 15 s");
     expect(formatDuration(0)).toBe("0 s");
+  });
+});
+
+describe("model failures, by their cause", () => {
+  const KEY = "The voice model refused this server's API key; an operator must fix OPENAI_API_KEY.";
+
+  it("reads a refused key (HTTP 401/403) as such, not as 'try again later'", () => {
+    for (const message of ["server rejected WebSocket connection: HTTP 401", "server rejected WebSocket connection: HTTP 403"]) {
+      const problem = endProblem("failed", "model_unavailable", [message]);
+      expect(problem).toEqual({ title: "The voice model refused the API key", detail: KEY });
+      expect(problem?.detail).not.toContain("try again");
+    }
+    expect(endProblem("failed", "model_auth_failed")?.detail).toBe(KEY);
+    expect(reasonText("model_unavailable", [null, "server rejected WebSocket connection: HTTP 401"])).toBe(KEY);
+  });
+
+  it("keeps 'could not be reached' for a model that is down", () => {
+    const problem = endProblem("failed", "model_unavailable", ["[Errno 111] Connect call failed ('127.0.0.1', 9)"]);
+    expect(problem?.title).toBe("Model unavailable");
+    expect(problem?.detail).toContain("could not be reached");
+    expect(endProblem("failed", "model_rate_limited")?.detail).toContain("too many requests");
+  });
+
+  it("puts raw program errors in plain words, and leaves plain ones alone", () => {
+    expect(plainError("server rejected WebSocket connection: HTTP 401")).toBe(KEY);
+    expect(plainError("[Errno 111] Connect call failed ('127.0.0.1', 9)")).toContain("could not be reached");
+    expect(plainError("the session could not be prepared: ValueError")).toContain("Something went wrong on the server");
+    expect(plainError("the nested agent took too long")).toBe("the nested agent took too long");
+    expect(isRawError("the nested agent took too long")).toBe(false);
+    expect(isRawError("Traceback (most recent call last):")).toBe(true);
   });
 });

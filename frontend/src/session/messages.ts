@@ -154,8 +154,71 @@ export const STATE_LABELS: Record<string, string> = {
   cancelled: "Cancelled",
 };
 
-/** Why a session changed state (mostly: why it ended), for a person. */
-export function reasonText(reason: string | null | undefined): string {
+/** The model refused the server's key: only an operator can do something about it. */
+export const MODEL_AUTH_TEXT = "The voice model refused this server's API key; an operator must fix OPENAI_API_KEY.";
+const MODEL_RATE_TEXT = "The voice model is turning this server away for now (too many requests). Try again in a minute.";
+const MODEL_UNREACHABLE_TEXT = "The AI model could not be reached. Try again later, or use another profile.";
+const SERVER_TROUBLE_TEXT = "Something went wrong on the server; an operator can find the details in its logs.";
+
+const AUTH_RE = /\bHTTP[ /]?(?:1\.1 )?40[13]\b|\b40[13] (?:Unauthorized|Forbidden)\b|invalid_api_key|incorrect api key|invalid api key/i;
+const RATE_RE = /\bHTTP[ /]?(?:1\.1 )?429\b|\b429 Too Many Requests\b|rate_limit_exceeded/i;
+const UNREACHABLE_RE =
+  /\[Errno -?\d+\]|Connect call failed|Connection refused|Name or service not known|getaddrinfo|name resolution|timed out|\bHTTP[ /]?(?:1\.1 )?5\d\d\b/i;
+
+/** Text written by a program for its programmers (a Python exception, a socket error), not for people. */
+export function isRawError(message: string | null | undefined): boolean {
+  if (!message) return false;
+  return (
+    AUTH_RE.test(message) ||
+    RATE_RE.test(message) ||
+    UNREACHABLE_RE.test(message) ||
+    /Traceback|server rejected WebSocket|\bHTTP \d{3}\b|WebSocket|websockets?\.|\b[A-Z][A-Za-z]*(?:Error|Exception)\b|[A-Za-z_]+\.[A-Za-z_]+\(|<[a-z_.]+ object/.test(
+      message,
+    )
+  );
+}
+
+/** What a failure looks like to the model's caller: the key refused, too many requests, unreachable. */
+export function modelFailureKind(
+  reason: string | null | undefined,
+  messages: readonly (string | null | undefined)[] = [],
+): "auth" | "rate" | "unreachable" | null {
+  if (reason === "model_auth_failed") return "auth";
+  if (reason === "model_rate_limited") return "rate";
+  const text = messages.filter(Boolean).join("\n");
+  if (AUTH_RE.test(text)) return "auth";
+  if (RATE_RE.test(text)) return "rate";
+  if (reason === "model_unavailable" || UNREACHABLE_RE.test(text)) return "unreachable";
+  return null;
+}
+
+/** An error event's message as a sentence for people: raw program text is replaced by what it means. */
+export function plainError(message: string | null | undefined): string {
+  const text = (message ?? "").trim();
+  if (!text) return "Something went wrong.";
+  if (!isRawError(text)) return text;
+  switch (modelFailureKind(null, [text])) {
+    case "auth":
+      return MODEL_AUTH_TEXT;
+    case "rate":
+      return MODEL_RATE_TEXT;
+    case "unreachable":
+      return MODEL_UNREACHABLE_TEXT;
+  }
+  return SERVER_TROUBLE_TEXT;
+}
+
+/**
+ * Why a session changed state (mostly: why it ended), for a person. `messages`: what the
+ * server said along with it (the state's message, error events), which can tell a model
+ * failure's cause (a refused key is not "try again later").
+ */
+export function reasonText(reason: string | null | undefined, messages: readonly (string | null | undefined)[] = []): string {
+  if (reason?.startsWith("model_")) {
+    const kind = modelFailureKind(reason, messages);
+    if (kind === "auth") return MODEL_AUTH_TEXT;
+    if (kind === "rate") return MODEL_RATE_TEXT;
+  }
   switch (reason) {
     case "client_ended":
       return "You ended the session.";
@@ -184,7 +247,11 @@ export function reasonText(reason: string | null | undefined): string {
     case "pipeline_error":
       return "Something went wrong inside the voice pipeline.";
     case "model_unavailable":
-      return "The AI model could not be reached. Try again later, or use another profile.";
+      return MODEL_UNREACHABLE_TEXT;
+    case "model_auth_failed":
+      return MODEL_AUTH_TEXT;
+    case "model_rate_limited":
+      return MODEL_RATE_TEXT;
     case "model_error":
       return "The AI model reported an error, so the session stopped.";
     case "model_disconnected":
@@ -200,13 +267,28 @@ export function reasonText(reason: string | null | undefined): string {
   }
 }
 
-/** The session's final state as a problem to show, or null when it ended normally. */
-export function endProblem(state: string | null, reason: string | null): Problem | null {
+/**
+ * The session's final state as a problem to show, or null when it ended normally. `messages`:
+ * what the server said about it (the final state's message, error events).
+ */
+export function endProblem(
+  state: string | null,
+  reason: string | null,
+  messages: readonly (string | null | undefined)[] = [],
+): Problem | null {
   if (state === "failed") {
     const model = reason?.startsWith("model_");
+    const kind = model ? modelFailureKind(reason, messages) : null;
     return {
-      title: model ? "Model unavailable" : "The session failed",
-      detail: reasonText(reason),
+      title:
+        kind === "auth"
+          ? "The voice model refused the API key"
+          : kind === "rate"
+            ? "The voice model is busy"
+            : model
+              ? "Model unavailable"
+              : "The session failed",
+      detail: reasonText(reason, messages),
     };
   }
   if (state === "expired") return { title: "No capacity right now", detail: reasonText(reason) };
