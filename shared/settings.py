@@ -336,6 +336,12 @@ class Settings(BaseSettings):
         return ["echo", "assistant"] if self.openai_api_key else ["echo"]
 
     @property
+    def missing_profiles(self) -> dict[str, str]:
+        """Bot profiles this deployment could run but does not, each with what it needs
+        (the name of a setting, never its value)."""
+        return {} if self.openai_api_key else {"assistant": "OPENAI_API_KEY on the server"}
+
+    @property
     def default_profile(self) -> str:
         return "assistant" if self.openai_api_key else "echo"
 

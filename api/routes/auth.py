@@ -38,8 +38,16 @@ class Me(BaseModel):
     csrf_token: str | None = None
 
 
+class UnavailableProfile(BaseModel):
+    name: str
+    needs: str = Field(description="What the server lacks to offer it, e.g. a setting's name.")
+
+
 class ServerConfig(BaseModel):
     profiles: list[str]
+    unavailable_profiles: list[UnavailableProfile] = Field(
+        default_factory=list, description="Profiles this deployment could offer but does not."
+    )
     default_profile: str
     transports: list[str]
     pools: list[str]
@@ -121,6 +129,10 @@ async def server_config(_user: CurrentUser, state: StateDep) -> ServerConfig:
     settings = state.settings
     return ServerConfig(
         profiles=settings.available_profiles,
+        unavailable_profiles=[
+            UnavailableProfile(name=name, needs=needs)
+            for name, needs in settings.missing_profiles.items()
+        ],
         default_profile=settings.default_profile,
         transports=settings.available_transports,
         pools=list(settings.pools),

@@ -205,7 +205,12 @@ async def test_cookie_sign_in_needs_csrf_for_changes_and_signs_out(api) -> None:
     # The client keeps the cookie: reads work without a bearer token.
     me = await api.client.get("/api/me")
     assert me.json()["name"] == "browser" and me.json()["csrf_token"] == csrf
-    assert (await api.client.get("/api/config")).json()["profiles"] == ["echo"]
+    config = (await api.client.get("/api/config")).json()
+    assert config["profiles"] == ["echo"]
+    # The assistant is not hidden: the page can say what it needs (a setting's name, no value).
+    assert config["unavailable_profiles"] == [
+        {"name": "assistant", "needs": "OPENAI_API_KEY on the server"}
+    ]
     body = {"transport": "webrtc"}
     refused = await api.client.post("/api/sessions", json=body)
     assert refused.status_code == 403

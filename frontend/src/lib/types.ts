@@ -11,6 +11,8 @@ export interface Me {
 
 export interface ServerConfig {
   profiles: string[];
+  /** Profiles this deployment could offer but does not, with what the server lacks for them. */
+  unavailable_profiles?: { name: string; needs: string }[];
   default_profile: string;
   transports: string[];
   pools: string[];

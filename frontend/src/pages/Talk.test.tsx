@@ -1,7 +1,7 @@
 import { cleanup, fireEvent, render, screen } from "@testing-library/react";
 import { MemoryRouter } from "react-router";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import type { ConversationDetail, SessionOut, VPEvent } from "../lib/types";
+import type { ConversationDetail, ServerConfig, SessionOut, VPEvent } from "../lib/types";
 import type { StreamRefusal, StreamStatus } from "../session/eventStream";
 import { currentView, emptyView, initialStream, streamReducer, type StreamAction } from "../session/events";
 import type { VoiceSessionApi } from "../session/VoiceSession";
@@ -12,22 +12,28 @@ vi.mock("../session/VoiceSession", () => ({
   WEB_APP_TRANSPORTS: ["webrtc", "daily"],
   useVoiceSession: () => voice,
 }));
+const ECHO_ONLY = { profiles: ["echo"], default_profile: "echo", transports: ["webrtc"], ice_servers: [] };
+let config: Partial<ServerConfig> = ECHO_ONLY;
 vi.mock("../lib/config", () => ({
-  useConfig: () => ({
-    config: { profiles: ["echo"], default_profile: "echo", transports: ["webrtc"], ice_servers: [] },
-    problem: null,
-  }),
+  useConfig: () => ({ config, problem: null }),
 }));
 
 const conversation = vi.fn<(id: string, signal?: AbortSignal) => Promise<ConversationDetail>>();
+const liveSessions = vi.fn<() => Promise<SessionOut[]>>();
 vi.mock("../lib/api", async (importOriginal) => ({
   ...(await importOriginal<object>()),
-  api: { conversation: (id: string, signal?: AbortSignal) => conversation(id, signal) },
+  api: {
+    conversation: (id: string, signal?: AbortSignal) => conversation(id, signal),
+    liveSessions: () => liveSessions(),
+  },
 }));
 
 const { Talk } = await import("./Talk");
 
-afterEach(cleanup);
+afterEach(() => {
+  cleanup();
+  config = ECHO_ONLY;
+});
 
 const session = {
   session_id: "s1",
@@ -339,5 +345,36 @@ describe("Talk, the focus after Start and Stop", () => {
     voice = { ...voice, phase: "live", session, ...callThrough(UP_TO_CONNECTED) };
     rerender(page());
     expect(document.activeElement).toBe(document.body);
+  });
+});
+
+describe("Talk, profiles the server could offer but does not", () => {
+  it("shows the assistant as a disabled choice that says what it needs", () => {
+    config = { ...ECHO_ONLY, unavailable_profiles: [{ name: "assistant", needs: "OPENAI_API_KEY on the server" }] };
+    renderTalk("open", null, { phase: "idle", session: null, view: emptyView() });
+    const option = screen.getByRole("option", { name: "assistant (needs OPENAI_API_KEY on the server)" });
+    expect((option as HTMLOptionElement).disabled).toBe(true);
+    expect((screen.getByRole("option", { name: "echo" }) as HTMLOptionElement).disabled).toBe(false);
+    expect((screen.getByLabelText("Profile") as HTMLSelectElement).value).toBe("echo");
+  });
+});
+
+describe("Talk, when starting is refused for too many sessions", () => {
+  it("lists the user's live calls under the problem", async () => {
+    liveSessions.mockResolvedValue([
+      { ...session, session_id: "other", status: "connected", created_at: "2026-01-01T10:00:00Z" },
+    ]);
+    renderTalk("open", null, {
+      phase: "idle",
+      session: null,
+      view: emptyView(),
+      problem: { title: "Too many sessions", detail: "…", code: "too_many_sessions" },
+    });
+    expect((await screen.findByTestId("live-sessions-message")).textContent).toBe(
+      "You have 1 call going on; end one to start another.",
+    );
+    cleanup();
+    renderTalk("open", null, { phase: "idle", session: null, view: emptyView(), problem: { title: "No capacity" } });
+    expect(screen.queryByTestId("live-sessions")).toBeNull();
   });
 });

@@ -1,6 +1,7 @@
 import { useEffect, useLayoutEffect, useMemo, useRef, useState } from "react";
 import { Link, useSearchParams } from "react-router";
 import { LevelMeter } from "../components/LevelMeter";
+import { LiveSessions } from "../components/LiveSessions";
 import { ProblemBox } from "../components/Problem";
 import { Transcript } from "../components/Transcript";
 import { api } from "../lib/api";
@@ -148,6 +149,11 @@ export function Talk() {
                   {p}
                 </option>
               ))}
+              {(config?.unavailable_profiles ?? []).map((p) => (
+                <option key={p.name} value={p.name} disabled title={`Needs ${p.needs}`}>
+                  {p.name} (needs {p.needs})
+                </option>
+              ))}
             </select>
           </label>
           <label>
@@ -223,6 +229,7 @@ export function Talk() {
       </section>
 
       {voice.problem && !stale ? <ProblemBox problem={voice.problem} onDismiss={voice.dismissProblem} /> : null}
+      {voice.problem?.code === "too_many_sessions" && !stale && !busy ? <LiveSessions /> : null}
       {finished ? <ProblemBox problem={finished} /> : null}
       {refusal && refusalProblem ? (
         <div className="problem" role="alert" data-testid="stream-refused" data-code={refusal.code}>

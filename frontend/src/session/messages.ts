@@ -6,6 +6,8 @@ import type { StreamRefusal } from "./eventStream";
 export interface Problem {
   title: string;
   detail?: string;
+  /** The API's error code behind it, when the page has more to offer for it. */
+  code?: string;
 }
 
 const seconds = (s: number) => (s < 60 ? `${Math.round(s)} s` : `${Math.round(s / 60)} min`);
@@ -28,6 +30,7 @@ export function apiProblem(error: unknown, doing = "That did not work"): Problem
       return {
         title: "Too many sessions",
         detail: `You already have as many live sessions as you may have at once. End one (maybe in another tab) first.${retry}`,
+        code: error.code,
       };
     case "rate_limited":
       return { title: "Slow down a little", detail: `Too many requests in a short time.${retry || " Try again in a minute."}` };
