@@ -230,6 +230,20 @@ async def _offer_again(api: httpx.AsyncClient, sid: str) -> Listener:
     return Listener(client)
 
 
+async def _follow_move(api: httpx.AsyncClient, sid: str) -> tuple[dict[str, Any], Listener]:
+    """What the web app does for a call that moved: once it is ready again on another
+    worker (``recovered``), offer again, until it is ``connected`` (``client_reconnected``).
+    The call as it was ready, and the new connection's listener."""
+    ready = await _reaches(api, sid, "ready", "recovered", timeout=60)
+    again = await _offer_again(api, sid)
+    try:
+        await _reaches(api, sid, "connected", "client_reconnected")
+    except BaseException:
+        await again.aclose()
+        raise
+    return ready, again
+
+
 # --- the faults ------------------------------------------------------------------------------
 
 
@@ -267,10 +281,8 @@ async def worker_kill(system: System, api: httpx.AsyncClient, baseline: list[flo
     killed = time.time()
     again: Listener | None = None
     try:
-        ready = await _reaches(api, sid, "ready", "recovered", timeout=60)
+        ready, again = await _follow_move(api, sid)
         recovering = _state_ts(system, sid, "recovering", after=killed - 1)
-        again = await _offer_again(api, sid)  # the caller re-offers, as the web app does
-        await _reaches(api, sid, "connected", "client_reconnected")
         heard = await again.heard_after(killed)
     finally:
         await listener.aclose()
@@ -315,10 +327,8 @@ async def drain(system: System, api: httpx.AsyncClient, baseline: list[float]) -
         sid = session["session_id"]
         again: Listener | None = None
         try:
-            await _reaches(api, sid, "ready", "recovered", timeout=60)
+            _ready, again = await _follow_move(api, sid)
             moved = _state_ts(system, sid, "recovering", after=started) or started
-            again = await _offer_again(api, sid)
-            await _reaches(api, sid, "connected", "client_reconnected")
             heard = await again.heard_after(moved)
         finally:
             await listener.aclose()
