@@ -15,6 +15,7 @@ import time
 import wave
 from pathlib import Path
 
+import httpx
 import pytest
 
 from harness.api import api_client, connect_webrtc, create_session, wait_for_status
@@ -24,7 +25,7 @@ from harness.doubles.openai_realtime import FakeRealtimeServer, Fault, Turn
 from harness.sse import read_events
 from harness.system import System
 from harness.waiting import eventually
-from harness.webrtc_client import allow_loopback_ice
+from harness.webrtc_client import WebRTCTestClient, allow_loopback_ice
 
 pytestmark = pytest.mark.slow
 
@@ -294,17 +295,23 @@ async def test_each_model_failure_ends_the_session_fast_with_its_reason(make_sys
             session = await create_session(api, profile="assistant")
             sid = session["session_id"]
             client = await connect_webrtc(api, sid, None, wait=False)
-            started = time.monotonic()
-            try:
-                ended = await wait_for_status(
-                    api, sid, {"failed", "ended"}, timeout=RECONNECT_DEADLINE_S
-                )
-            finally:
-                await client.close()
-            assert (ended["status"], ended["reason"]) == ("failed", "model_unavailable")
-            assert time.monotonic() - started < RECONNECT_DEADLINE_S
+            await _fails_within_retries(api, sid, client, "model_unavailable")
             assert _reconnecting(system, sid) == [("model_unavailable", n) for n in (1, 2, 3)]
             assert not _events_of(system, sid, "model.reconnected")
+
+
+async def _fails_within_retries(
+    api: httpx.AsyncClient, sid: str, client: WebRTCTestClient, reason: str
+) -> None:
+    """The call fails with ``reason`` once the model's retries are spent, within their
+    deadline from now; the client is closed either way."""
+    started = time.monotonic()
+    try:
+        ended = await wait_for_status(api, sid, {"failed", "ended"}, timeout=RECONNECT_DEADLINE_S)
+    finally:
+        await client.close()
+    assert (ended["status"], ended["reason"]) == ("failed", reason)
+    assert time.monotonic() - started < RECONNECT_DEADLINE_S
 
 
 def _reconnecting(system: System, session_id: str) -> list[tuple[str, int]]:
@@ -387,15 +394,7 @@ async def test_a_model_that_keeps_dropping_the_socket_fails_the_session(make_sys
             session = await create_session(api, profile="assistant")
             sid = session["session_id"]
             client = await connect_webrtc(api, sid, None)
-            started = time.monotonic()
-            try:
-                ended = await wait_for_status(
-                    api, sid, {"failed", "ended"}, timeout=RECONNECT_DEADLINE_S
-                )
-            finally:
-                await client.close()
-            assert (ended["status"], ended["reason"]) == ("failed", "model_disconnected")
-            assert time.monotonic() - started < RECONNECT_DEADLINE_S
+            await _fails_within_retries(api, sid, client, "model_disconnected")
         # Each new connection is dropped again halfway through its first answer.
         assert _reconnecting(system, sid) == [("model_disconnected", n) for n in (1, 2, 3)]
         assert [r["attempt"] for r in _events_of(system, sid, "model.reconnected")] == [1, 2, 3]
