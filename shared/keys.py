@@ -68,6 +68,12 @@ def queue(pool: str) -> str:
     return f"{PREFIX}:queue:{pool}"
 
 
+def doorbell(pool: str) -> str:
+    """A list the API pushes to once per start job queued; idle workers of the pool block
+    on it instead of polling the queue (shared/queue.py ``ring``)."""
+    return f"{PREFIX}:doorbell:{pool}"
+
+
 def ws_token(token_hash: str) -> str:
     """String: the session a single-use WebSocket token opens (short TTL; keyed by its hash)."""
     return f"{PREFIX}:wstoken:{token_hash}"

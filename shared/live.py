@@ -162,8 +162,12 @@ return publish(ARGV[4], ARGV[5])
 _KEEP_ALIVE = (
     _MEMBER_FN
     + """
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[2])
+  redis.call('SADD', KEYS[2], ARGV[1])
+end
 local out = {}
-for i = 1, #KEYS, 2 do
+for i = 3, #KEYS, 2 do
   local found = redis.call('HMGET', KEYS[i], 'state', 'worker_id')
   local state, owner = found[1], found[2]
   if state and owner == ARGV[1] and member(state, ARGV[3]) then
@@ -350,17 +354,19 @@ class LiveSessions:
         return entry_id is not None
 
     async def keep_alive(
-        self, worker_id: str, session_ids: list[str]
+        self, worker_id: str, session_ids: list[str], *, beat: str = ""
     ) -> dict[str, tuple[str, str]]:
-        """A worker's heartbeat for its sessions: refresh the liveness key of each one it
-        still owns (set, not refreshed: after a Redis restart the key may have lapsed while
-        the call lived), and none of the others. Returns each session's state and owner as
-        Redis has them ("" for what it no longer has)."""
-        if not session_ids:
+        """A worker's heartbeat, in one round trip: its own ``beat`` (the fleet's entry,
+        when given), then the liveness key of each of ``session_ids`` it still owns (set,
+        not refreshed: after a Redis restart the key may have lapsed while the call lived),
+        and none of the others. Returns each session's state and owner as Redis has them
+        ("" for what it no longer has)."""
+        if not session_ids and not beat:
             return {}
-        names = [k for sid in session_ids for k in (keys.session(sid), keys.session_alive(sid))]
+        names = [keys.worker(worker_id), keys.WORKERS]
+        names += [k for sid in session_ids for k in (keys.session(sid), keys.session_alive(sid))]
         flat = await self._keep_alive(
-            keys=names, args=[worker_id, alive_ms(self.heartbeat_ttl), _OWNED]
+            keys=names, args=[worker_id, alive_ms(self.heartbeat_ttl), _OWNED, beat]
         )
         return {sid: (flat[2 * i], flat[2 * i + 1]) for i, sid in enumerate(session_ids)}
 

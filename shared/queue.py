@@ -23,6 +23,10 @@ from shared.live import LiveSessions
 START_JOB = "start_session"
 """The worker function a start job runs (registered under this name by the worker)."""
 
+DOORBELL_MAX = 1024
+"""Rings kept unanswered at most: enough for every job of a burst to wake a worker, while a
+pool with no worker listening cannot grow the list without bound."""
+
 START_JOB_SLACK_S = 300
 """How long a start job outlives its session's queue TTL inside arq. The reaper expires
 the session at the TTL (after any grace for a Redis outage) and removes the job; arq's
@@ -52,6 +56,22 @@ async def enqueue_start(
         _expires=expires_s,
         _defer_until=at,
     )
+    await ring(arq, pool)
+
+
+async def ring(redis: aioredis.Redis, pool: str) -> None:
+    """Wake one idle worker of ``pool``: a job is queued. A ring nobody hears is harmless
+    (workers also poll, slowly) and a stale one costs one empty poll."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.lpush(keys.doorbell(pool), 1)
+        pipe.ltrim(keys.doorbell(pool), 0, DOORBELL_MAX - 1)
+        await pipe.execute()
+
+
+async def wait_for_ring(redis: aioredis.Redis, pool: str, timeout: float) -> bool:
+    """Block until a job of ``pool`` is rung in, or ``timeout`` seconds pass (False)."""
+    rung = redis.blpop([keys.doorbell(pool)], timeout)  # type: ignore[arg-type]  # redis-py: timeout typed int; Redis takes float seconds
+    return await cast("Awaitable[Any]", rung) is not None
 
 
 async def enqueue_recovery(

@@ -7,13 +7,14 @@ import socket
 from dataclasses import dataclass, field
 
 from shared import __version__
+from shared.fleet import POLL_STALL_S
 from shared.settings import Settings
 from worker.tools.config import ToolSpec, load_tools
 
 # Timing constants that are not worth a setting.
 JOB_TIMEOUT_S = 30.0  # a start job (pick up → ready) that takes longer is broken
 SIGNAL_BLOCK_S = 1.0  # how long the control-message loop blocks on Redis per call
-POLL_DELAY_S = 0.01  # arq poll delay: pickup latency floor (DESIGN: ≤ 20 ms)
+SAFETY_POLL_S = 1.0  # with no ring, an idle worker still reads its queue this often
 CONNECT_TIMEOUT_S = 60.0  # a ready session whose client never sends an offer ends
 
 
@@ -96,6 +97,11 @@ class WorkerOptions:
     heartbeat_ttl: float = 10.0
     """Sessions of this worker are failed within this long after it stops beating."""
 
+    safety_poll: float = SAFETY_POLL_S
+    """Seconds between reads of the start queue when no ring wakes the worker: the net under
+    the doorbell (a ring lost to a Redis restart). Under ``shared.fleet.POLL_STALL_S``, or
+    a healthy idle worker would look stalled."""
+
     idle_timeout: float = 120.0
     """End a session after this long with no speech from either side (idle_timeout)."""
 
@@ -160,6 +166,8 @@ class WorkerOptions:
     def __post_init__(self) -> None:
         if self.capacity < 1:
             raise ValueError("capacity must be at least 1")
+        if not 0 < self.safety_poll < POLL_STALL_S:
+            raise ValueError(f"safety_poll must be between 0 and {POLL_STALL_S} seconds")
         if not self.worker_id:
             self.worker_id = _default_worker_id(self.pool)
 

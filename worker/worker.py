@@ -44,13 +44,13 @@ from shared.lifecycle import (
     Reason,
     SessionRecord,
 )
-from shared.live import LiveSessions, alive_ms
+from shared.live import LiveSessions
 from shared.logs import log_fields
 from shared.queue import record_start
 from worker import metrics
 from worker.continuity import resumed_meta
 from worker.loop_monitor import watch_event_loop
-from worker.options import JOB_TIMEOUT_S, POLL_DELAY_S, SIGNAL_BLOCK_S, WorkerOptions
+from worker.options import JOB_TIMEOUT_S, SIGNAL_BLOCK_S, WorkerOptions
 from worker.profiles import preload_profiles
 from worker.session import SessionRunner
 from worker.supervisor import TaskSupervisor
@@ -65,6 +65,10 @@ REQUEUE_EXPIRES_S = 300
 SHUTDOWN_PUBLISH_S = 15.0  # at exit, how long sessions' held events may wait for Redis
 DRAIN_LOOK_S = 0.25  # a drain looks this often for free slots elsewhere and calls to move
 MOVE_FINISH_S = 2.0  # at a drain's end, how long a hand-off under way may take to finish
+BEAT_COALESCE_S = 0.05  # a slot taken or freed is beaten out within this, once per burst
+# Counting every task walks them all (hundreds at 24 calls): every 30th beat is enough to
+# show a leak, and keeps it out of the beat a burst of starts asks for.
+TASK_COUNT_EVERY = 30
 
 
 async def start_session(ctx: dict[str, Any], session_id: str) -> str:
@@ -77,23 +81,51 @@ async def start_session(ctx: dict[str, Any], session_id: str) -> str:
 
 
 class SessionWorker(Worker):
-    """arq's worker, with each poll bounded by the session slots that are free.
+    """arq's worker, with each poll bounded by the session slots that are free, and woken
+    by the pool's doorbell instead of polling every few milliseconds.
 
     arq starts every job id one poll reads; reading at most ``free_slots`` ids
     per poll is what keeps a full worker from taking a session it cannot run.
+
+    Between polls it waits for whichever comes first: a ring (a job was queued; a blocking
+    pop, so pickup costs one round trip and an idle worker sleeps), a slot freed here (a
+    full worker takes the next waiting job the moment it can), or ``safety_poll`` seconds.
+    A poll that read as many jobs as it could goes round again at once: more may wait.
     """
 
     def __init__(self, voicepool: VoicepoolWorker, **kwargs: Any):
-        super().__init__(**kwargs)
+        super().__init__(**kwargs, poll_delay=0)  # the waiting is in _poll_iteration
         self.voicepool = voicepool
+        self.slot_freed = asyncio.Event()
+        self._read = 0
 
     # Caps each poll's reads; guarded by tests/unit/test_upstream_hooks.py::test_arq_poll
     async def _poll_iteration(self) -> None:
+        self.slot_freed.clear()  # before counting: a slot freed from here on wakes the wait
         free = self.voicepool.free_slots(in_flight=self.job_counter)
         self.allow_pick_jobs = free > 0
         self.queue_read_limit = max(free, 1)
+        self._read = 0
         await super()._poll_iteration()
         self.voicepool.polled_at = time.time()  # the heartbeat tells the fleet
+        if not (self.allow_pick_jobs and self._read == self.queue_read_limit):
+            await self._wait_for_work()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        self._read = len(job_ids)
+        await super().start_jobs(job_ids)
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self.slot_freed.set()  # a start that ended without a session gives its slot back
+
+    async def _wait_for_work(self) -> None:
+        wait_s = self.voicepool.options.safety_poll
+        if self.voicepool.free_slots(in_flight=self.job_counter) == 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.slot_freed.wait(), wait_s)
+            return
+        await queue.wait_for_ring(self.voicepool.redis, self.voicepool.options.pool, wait_s)
 
 
 class VoicepoolWorker:
@@ -115,10 +147,12 @@ class VoicepoolWorker:
         self._arq: SessionWorker | None = None
         self.ws_listener = WebSocketListener(self.redis, self._websocket_session, options)
         self.polled_at = time.time()
+        self._task_count = 0
         self.supervisor = TaskSupervisor(
             on_restart=lambda name: metrics.SUPERVISED_RESTARTS.labels(task=name).inc()
         )
         self._background: set[asyncio.Task[Any]] = set()
+        self._beat_soon = asyncio.Event()  # a slot taken or freed: beat now, not at the interval
         self._stopped = asyncio.Event()
         self._signals_seen = 0
 
@@ -158,7 +192,6 @@ class VoicepoolWorker:
             ],
             queue_name=keys.queue(self.options.pool),
             redis_settings=arq_redis_settings(self.options.redis_url),
-            poll_delay=POLL_DELAY_S,
             max_jobs=self.options.capacity,
             job_timeout=JOB_TIMEOUT_S,
             keep_result=0,
@@ -173,7 +206,10 @@ class VoicepoolWorker:
         self.supervisor.start("arq", self._arq.main)
         self.supervisor.start("heartbeat", self._heartbeat_loop)
         self.supervisor.start("signals", self._signal_loop)
-        self.supervisor.start("event-loop", partial(watch_event_loop, self.options.pool))
+        self.supervisor.start(
+            "event-loop",
+            partial(watch_event_loop, self.options.pool, busy=lambda: bool(self.sessions)),
+        )
         log.info(
             "worker %s serving pool %r with %d slots",
             self.id,
@@ -399,7 +435,7 @@ class VoicepoolWorker:
             await self._release(runner)  # a room or a token made before it failed
             return "not started"
         runner.start()
-        self._spawn(self._heartbeat_once())  # operators see the slot taken at once
+        self._beat_soon.set()  # operators see the slot taken at once
         return "ready"
 
     async def _requeue(self, session_id: str, arq_redis: Any) -> None:
@@ -445,7 +481,9 @@ class VoicepoolWorker:
             del self.sessions[runner.id]
         if not runner.handed_off:  # else what the owner connects with is the new worker's
             self._spawn(self._forget_owner_connect(runner.id))
-        self._spawn(self._heartbeat_once())
+        self._beat_soon.set()
+        if self._arq is not None:
+            self._arq.slot_freed.set()  # the next waiting job, now rather than at a poll
         reason = "handed_off" if runner.handed_off else str(runner.end_reason or "")
         metrics.SESSION_SECONDS.labels(pool=self.options.pool, reason=reason).observe(
             runner.duration
@@ -464,7 +502,7 @@ class VoicepoolWorker:
             active=len(self.sessions),
             draining=self.draining or self.supervisor.failed.is_set(),
             load=round(os.getloadavg()[0], 2),
-            tasks=len(asyncio.all_tasks()),  # a leak shows here first
+            tasks=self._task_count,
             started_at=self.started_at,
             ts=time.time(),
             polled_at=self.polled_at,
@@ -473,13 +511,9 @@ class VoicepoolWorker:
     async def _heartbeat(self) -> None:
         metrics.ACTIVE.labels(pool=self.options.pool).set(len(self.sessions))
         metrics.DRAINING.labels(pool=self.options.pool).set(int(self.draining))
-        ttl_ms = alive_ms(self.options.heartbeat_ttl)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(keys.worker(self.id), self.status().model_dump_json(), px=ttl_ms)
-            pipe.sadd(keys.WORKERS, self.id)
-            await pipe.execute()
-        # Each session's liveness, for the ones still ours only.
-        found = await self.live.keep_alive(self.id, list(self.sessions))
+        # One round trip for the worker and all its sessions (only the ones still ours).
+        beat = self.status().model_dump_json()
+        found = await self.live.keep_alive(self.id, list(self.sessions), beat=beat)
         for sid, (state, owner) in found.items():
             runner = self.sessions.get(sid)
             if runner is None or runner.end_reason is not None or not runner.movable:
@@ -507,12 +541,19 @@ class VoicepoolWorker:
             await self._heartbeat()
 
     async def _heartbeat_loop(self) -> None:
+        beats = 0
         while True:
+            self._beat_soon.clear()
+            if beats % TASK_COUNT_EVERY == 0:
+                self._task_count = len(asyncio.all_tasks())  # a leak shows here first
+            beats += 1
             try:
                 await self._heartbeat()
             except Exception as exc:  # keep beating through a Redis restart
                 log.warning("heartbeat failed: %s", exc)
-            await asyncio.sleep(self.options.heartbeat_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_soon.wait(), self.options.heartbeat_interval)
+                await asyncio.sleep(BEAT_COALESCE_S)  # one beat for a burst of starts
 
     # --- control messages (SDP offers, ICE candidates, end and drain requests) ---------
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client import REGISTRY
@@ -14,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from api.reaper import Reaper
 from harness.waiting import eventually
-from shared import keys
+from shared import keys, queue
 from shared.fleet import POLL_STALL_S, WorkerBeat
 from shared.live import LiveSessions
 from worker.options import WorkerOptions
@@ -28,7 +29,9 @@ async def start_worker(redis, redis_server, monkeypatch) -> AsyncIterator[Callab
     monkeypatch.setattr(VoicepoolWorker, "_install_signal_handlers", lambda self: None)
     running: list[tuple[VoicepoolWorker, asyncio.Task[int]]] = []
 
-    async def start(fault: Callable[[int], object] | None = None) -> VoicepoolWorker:
+    async def start(
+        fault: Callable[[int], object] | None = None, *, safety_poll: float = 0.2
+    ) -> VoicepoolWorker:
         """Start a worker whose poll iteration number N first calls ``fault(N)``."""
         if fault is not None:
             rounds = 0
@@ -46,7 +49,7 @@ async def start_worker(redis, redis_server, monkeypatch) -> AsyncIterator[Callab
         worker = VoicepoolWorker(
             WorkerOptions(
                 redis_url=redis_server.url, pool=POOL, capacity=2,
-                heartbeat_interval=0.2, heartbeat_ttl=3,
+                heartbeat_interval=0.2, heartbeat_ttl=3, safety_poll=safety_poll,
             )
         )  # fmt: skip
         began = time.time()
@@ -67,7 +70,7 @@ async def _beat(redis, worker: VoicepoolWorker) -> WorkerBeat | None:
 
 async def test_a_transient_failure_restarts_the_poll_loop(start_worker, redis) -> None:
     def drop_redis_once(n: int) -> None:
-        if n == 20:
+        if n == 3:
             raise RedisConnectionError("Connection closed by server.")
 
     worker = await start_worker(drop_redis_once)
@@ -93,7 +96,7 @@ async def _later(worker: VoicepoolWorker, than: float) -> bool:
 
 async def test_any_other_failure_ends_the_worker_with_exit_code_1(start_worker, redis) -> None:
     def break_for_good(n: int) -> None:
-        if n == 20:
+        if n == 3:
             raise RuntimeError("a bug in the poll loop")
 
     worker = await start_worker(break_for_good)
@@ -108,7 +111,7 @@ async def test_a_hung_poll_loop_is_stalled_and_no_capacity(start_worker, redis) 
     release = asyncio.Event()
 
     async def hang(n: int) -> None:
-        if n == 20:
+        if n == 3:
             await release.wait()  # stuck, but the heartbeat goes on
 
     worker = await start_worker(hang)
@@ -139,3 +142,50 @@ async def _serving(redis, worker: VoicepoolWorker) -> bool:
 
 def _gauge(name: str) -> float | None:
     return REGISTRY.get_sample_value(name, {"pool": POOL})
+
+
+# --- pickup: woken, not polling ---------------------------------------------------------
+
+SLOW_POLL_S = 2.5  # the safety net, far off: whatever wakes the worker sooner is not it
+
+
+async def _poll_after(polls: list[float], since: float) -> bool:
+    return bool(polls) and polls[-1] > since
+
+
+async def test_an_idle_worker_is_woken_by_a_ring_not_by_its_poll(start_worker, redis) -> None:
+    polls: list[float] = []
+    await start_worker(lambda n: polls.append(time.monotonic()), safety_poll=SLOW_POLL_S)
+    await eventually(lambda: _poll_after(polls, 0.0), what="a first poll")
+    polled = polls[-1]
+    await eventually(lambda: _waiting_on_the_doorbell(redis), what="blocked on the doorbell")
+    rung = time.monotonic()
+    await queue.ring(redis, POOL)
+    await eventually(lambda: _poll_after(polls, rung), timeout=SLOW_POLL_S, what="a poll")
+    assert polls[-1] - polled < SLOW_POLL_S  # the ring, not the safety poll
+    assert await redis.llen(keys.doorbell(POOL)) == 0  # the ring was taken
+
+
+async def _waiting_on_the_doorbell(redis) -> bool:
+    clients = await redis.client_list()
+    return any(c.get("cmd") == "blpop" and POOL in c.get("name", "") for c in clients)
+
+
+async def test_a_full_worker_polls_the_moment_a_slot_frees(start_worker, redis) -> None:
+    polls: list[float] = []
+    worker = await start_worker(lambda n: polls.append(time.monotonic()), safety_poll=SLOW_POLL_S)
+    calls = [
+        SimpleNamespace(
+            id=f"call-{i}", handed_off=True, end_reason=None, movable=False, duration=1.0
+        )
+        for i in range(2)
+    ]  # stand-ins for calls: only counted
+    full = time.monotonic()
+    worker.sessions.update({c.id: c for c in calls})  # type: ignore[misc]
+    await eventually(lambda: _poll_after(polls, full), what="a poll while full")
+    freed = time.monotonic()
+    worker._finished(calls[0])  # type: ignore[arg-type]
+    await eventually(lambda: _poll_after(polls, freed), timeout=SLOW_POLL_S, what="a poll")
+    assert polls[-1] - freed < SLOW_POLL_S / 2
+    assert worker.free_slots() == 1
+    worker._finished(calls[1])  # type: ignore[arg-type]

@@ -95,6 +95,21 @@ def test_arq_poll() -> None:
     )
 
 
+def test_arq_pickup_wakes() -> None:
+    """``SessionWorker`` waits for a ring between polls instead of arq's ``poll_delay``.
+
+    If this fails, arq no longer sleeps ``poll_delay`` between polls (so 0 would spin), no
+    longer hands each poll's job ids to ``start_jobs`` (so a full read is not seen, and
+    a burst waits a poll per slot), or no longer releases a finished job's slot through
+    ``_release_sem_dec_counter_on_complete`` (so a full worker waits for the safety poll).
+    """
+    assert_pinned_exactly("arq")
+    assert "async for _ in poll(self.poll_delay_s)" in source(Worker.main)
+    assert "await self.start_jobs(job_ids)" in source(Worker._poll_iteration)
+    assert parameters(Worker.start_jobs) == parameters(SessionWorker.start_jobs)
+    assert "self._release_sem_dec_counter_on_complete()" in source(Worker.start_jobs)
+
+
 # --- aioice ---------------------------------------------------------------------------
 
 
