@@ -24,6 +24,7 @@ from api.limits import Leases
 from api.services import ownership
 from api.services.ownership import is_admin
 from api.signals import WorkerSignals
+from api.token_cache import TokenCache
 from shared.live import LiveSessions
 from shared.models import Conversation, User, VoiceSession, as_utc
 from shared.settings import Settings
@@ -46,6 +47,8 @@ class AppState:
     """Each user's open event streams (VOICEPOOL_MAX_STREAMS_PER_USER)."""
     signalling: Leases
     """Each user's SDP offers and ICE patches in flight (VOICEPOOL_MAX_SIGNALS_PER_USER)."""
+    tokens: TokenCache = field(default_factory=TokenCache)
+    """Bearer tokens checked lately (revocations evict them through Redis at once)."""
 
 
 def get_state(request: Request) -> AppState:
@@ -222,11 +225,15 @@ async def _identify(
         return Caller(user, "cookie", cookie)
     if credentials.scheme.lower() != "bearer":
         raise unauthorized("send Authorization: Bearer <token>")
+    checked = state.tokens.get(credentials.credentials)
+    if checked is not None:
+        return Caller(checked.user, "token", credentials.credentials, checked.expires_at)
     token = await valid_token(db, credentials.credentials)
     user = await db.get(User, token.user_id) if token is not None else None
     if token is None or user is None:
         raise unauthorized("the token is unknown, revoked or expired", "invalid_token")
     expires = as_utc(token.expires_at).timestamp() if token.expires_at is not None else None
+    state.tokens.put(credentials.credentials, user, expires)
     return Caller(user, "token", credentials.credentials, expires)
 
 

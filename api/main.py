@@ -74,7 +74,8 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         )
         app.state.voicepool = state
         tasks: list[asyncio.Task[None]] = [
-            asyncio.create_task(state.streams.run(), name="stream-leases")
+            asyncio.create_task(state.streams.run(), name="stream-leases"),
+            asyncio.create_task(state.tokens.listen(redis), name="revocations"),
         ]
         if background:
             persister = Persister(

@@ -8,6 +8,7 @@ PREFIX = "vp"
 INGEST_STREAM = f"{PREFIX}:ingest"  # every event of every session, for the persister
 PERSISTER_GROUP = "persister"
 LIVE_SESSIONS = f"{PREFIX}:live"  # set of session ids not yet in a final state
+REVOCATIONS = f"{PREFIX}:revocations"  # pub/sub: ids of users whose tokens were revoked
 WORKERS = f"{PREFIX}:workers"  # set of worker ids ever seen (pruned by the reaper)
 
 

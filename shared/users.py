@@ -120,6 +120,7 @@ async def sign_out_everywhere(redis: aioredis.Redis, live: LiveSessions, user_id
     worker, reason ``revoked``).
     """
     await redis.incr(keys.user_signouts(user_id))
+    await redis.publish(keys.REVOCATIONS, user_id)  # every API's token cache drops the user
     ended: set[str] = set()
     # The second look catches sessions created by requests that were authenticated
     # just before the revocation and were still in flight during the first.

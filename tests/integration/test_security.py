@@ -15,6 +15,7 @@ from harness.sdp import VALID_OFFER
 from harness.waiting import eventually
 from shared import keys
 from shared.logs import RedactingFormatter, add_secret, redact
+from shared.models import ApiToken, utcnow
 
 ROOT = Path(__file__).parents[2]
 
@@ -213,6 +214,24 @@ async def test_revoked_tokens_stop_working(api, tmp_path) -> None:
     await api.token("other")
     partial = await _revoke(api, "other", redis=False)
     assert partial.returncode == 1 and "VOICEPOOL_REDIS_URL" in partial.stderr
+
+
+async def test_a_cached_token_stops_working_within_a_second_of_its_revocation(api) -> None:
+    token = await api.token("cached")
+    await eventually(lambda: api.state.tokens.listening, what="revocations heard")
+    assert (await api.client.get("/api/me", headers=api.auth(token))).status_code == 200
+    checked = api.state.tokens.get(token)
+    assert checked is not None  # the next request needs no database
+    async with api.state.store.session() as db:  # what `voicepool users revoke` does
+        row = await db.get(ApiToken, token.split("_")[1])
+        row.revoked_at = utcnow()
+        await db.commit()
+    await api.state.redis.publish(keys.REVOCATIONS, checked.user.id)
+
+    async def refused() -> bool:
+        return (await api.client.get("/api/me", headers=api.auth(token))).status_code == 401
+
+    await eventually(refused, timeout=1.0, what="the revoked token refused")
 
 
 async def test_logout_needs_the_csrf_token(api) -> None:
