@@ -66,8 +66,9 @@ class SessionOut(BaseModel):
     )
     connect: dict[str, Any] | None = Field(
         None,
-        description="Daily only, for the session's owner while the room can be joined: "
-        "`room_url` and `token`. Never a WebSocket token (ask `connect_url`). Never in events.",
+        description="For the session's owner. Daily, while the room can be joined: `room_url` "
+        "and `token`. WebSocket, only in the answer to `POST /api/sessions?wait=ready`: "
+        "`ws_url` with a single-use token (else ask `connect_url`). Never in events.",
     )
 
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Response
 from sse_starlette import EventSourceResponse
@@ -42,12 +42,38 @@ log = logging.getLogger(__name__)
 CREDENTIAL_CHECK_S = 2.0  # an event stream outlives its credential by at most this
 
 
-@router.post("", status_code=202, response_model=SessionOut)
+@router.post(
+    "",
+    status_code=202,
+    response_model=SessionOut,
+    responses={201: {"description": "With `wait=ready`: ready, `connect` filled in."}},
+)
 async def create_session(
-    body: SessionCreate, user: CurrentUser, db: SessionDep, state: StateDep
+    body: SessionCreate,
+    user: CurrentUser,
+    db: SessionDep,
+    state: StateDep,
+    response: Response,
+    wait: Annotated[
+        Literal["ready"] | None,
+        Query(
+            description="`ready`: answer once the session is ready (up to "
+            "`VOICEPOOL_READY_WAIT`), with what the client connects with in `connect` "
+            "(websocket: `ws_url`; daily: the room; webrtc: nothing, send the offer), so "
+            "no event stream or `connect_url` call is needed before connecting. A session "
+            "no worker took in time is ended: `409 not_ready`."
+        ),
+    ] = None,
 ) -> SessionOut:
-    row = await sessions.create(state, db, user, body)
-    return await sessions.describe(state, row)
+    """Create a session: `202` queued (watch `events_url`), or with `wait=ready`, `201`
+    ready to connect to."""
+    if wait is None:
+        return await sessions.describe(state, await sessions.create(state, db, user, body))
+    row, connect = await sessions.start(state, db, user, body)
+    described = await sessions.describe(state, row)
+    described.connect = connect
+    response.status_code = 201
+    return described
 
 
 @router.get("", response_model=list[SessionOut])

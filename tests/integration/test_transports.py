@@ -137,6 +137,29 @@ async def test_websocket_echo_session_end_to_end(make_system, hello_wav) -> None
 
 
 @pytest.mark.slow
+async def test_one_request_from_create_to_connect(make_system, hello_wav) -> None:
+    system = make_system(workers=1, capacity=2)
+    async with api_client(system, system.create_user("alice")) as api:
+        created = await api.post("/api/sessions?wait=ready", json={"transport": "websocket"})
+        assert created.status_code == 201, created.text
+        session = created.json()
+        assert session["status"] == "ready" and session["worker_id"]
+        client = await ProtobufClient.connect(session["connect"]["ws_url"], hello_wav)
+        try:
+            await eventually(lambda: client.got_message("bot-ready"), what="RTVI bot-ready")
+        finally:
+            await client.close()
+        # WebRTC connects by its offer: ready, and nothing to hand over.
+        rtc = await api.post("/api/sessions?wait=ready", json={"transport": "webrtc"})
+        assert rtc.status_code == 201 and rtc.json()["status"] == "ready"
+        assert rtc.json()["connect"] is None
+        for ended in (session, rtc.json()):
+            assert (await api.delete(f"/api/sessions/{ended['session_id']}")).status_code == 200
+        refused = await api.post("/api/sessions?wait=soon", json={"transport": "webrtc"})
+        assert refused.status_code == 422
+
+
+@pytest.mark.slow
 async def test_websocket_tokens_are_single_use(make_system) -> None:
     system = make_system(workers=1, capacity=2)
     alice, bob = system.create_user("alice"), system.create_user("bob")
