@@ -783,6 +783,7 @@ class FakeRealtimeServer:
         self.connections = 0  # accepted WebSocket sessions
         self.handshakes = 0  # upgrade requests with the right path and an Authorization header
         self.rejected = 0  # refused handshakes (fault, missing Authorization, wrong path)
+        self.deflate_offers = 0  # handshakes whose client asked to compress (permessage-deflate)
         # Where each accepted connection's client events begin in `received`.
         self.connection_starts: list[int] = []
         self.models: list[str] = []  # the ?model= of each accepted connection
@@ -852,6 +853,8 @@ class FakeRealtimeServer:
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
+        if "permessage-deflate" in request.headers.get("Sec-WebSocket-Extensions", ""):
+            self.deflate_offers += 1
         refusal: tuple[int, str, str] | None = None
         if url.path != PATH:
             refusal = (404, "invalid_request_error", f"Unknown path {url.path}")

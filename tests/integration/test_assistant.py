@@ -375,6 +375,7 @@ async def test_a_model_socket_dropped_mid_answer_is_reconnected_and_the_call_goe
         assert said[-1] == Turn.answer, said
         # The new connection got the conversation so far before it was asked to answer.
         assert fake.connections == 2
+        assert fake.deflate_offers == 0  # base64 audio does not compress: not offered
         new = fake.received[fake.connection_starts[1] :]
         kinds = [e["type"] for e in new]
         assert kinds[0] == "session.update" and "conversation.item.create" in kinds, (kinds, said)

@@ -154,6 +154,9 @@ class WatchedRealtimeService(OpenAIRealtimeLLMService):
                 additional_headers=await self._auth_headers(),
                 open_timeout=RECONNECT_ATTEMPT_S,
                 close_timeout=CLOSE_TIMEOUT_S,
+                # Not upstream's: nearly every message is base64 audio, which deflate cannot
+                # shrink, and deflating it was a visible part of a worker's CPU (py-spy).
+                compression=None,
             )
         except Exception as exc:
             self._websocket = None
