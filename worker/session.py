@@ -300,6 +300,9 @@ class SessionRunner:
                 heartbeats_monitor_secs=HEARTBEAT_MONITOR_S,
             ),
             observers=[SessionEventObserver(self.publisher), *self.profile.observers()],
+            # Each observer is one more queue hop per frame (Pipecat proxies them); nothing
+            # here reads Pipecat's turn tracking, so it is not paid for.
+            enable_turn_tracking=False,
             idle_timeout_secs=self.options.idle_timeout,
             conversation_id=self.meta.get("conversation_id"),
         )
