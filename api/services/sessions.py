@@ -132,7 +132,11 @@ async def create(
     error and, for a lost race or an unreachable queue, nothing left half-made."""
     profile, pool = await _admit(state, user, request)
     conversation, row, new_conversation = await _insert(state, db, user, request, profile, pool)
-    history = await transcript_history(db, conversation.id, state.settings.history_max_messages)
+    history = (
+        []  # a new conversation has none: no query on the common path
+        if new_conversation
+        else await transcript_history(db, conversation.id, state.settings.history_max_messages)
+    )
     try:
         await _go_live(state, row, request, history)
     except OwnerLimitReached as exc:  # lost a race with a concurrent request: leave nothing
