@@ -4,6 +4,10 @@ Observers see every frame without being wired into the pipeline, so the
 profiles stay free of recording code. Speaking frames are sent both up- and
 downstream by the output transport; tracking who is speaking makes each
 start/stop one event.
+
+It also notes when the call was last active, for the idle timeout: Pipecat would
+add an observer of its own for that, and every observer is one more queue hop
+per frame (its ``WorkerObserver`` proxies each through a queue and a task).
 """
 
 from __future__ import annotations
@@ -11,9 +15,14 @@ from __future__ import annotations
 import time
 
 from pipecat.frames.frames import (
+    BotSpeakingFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     ErrorFrame,
+    InterimTranscriptionFrame,
+    StartFrame,
+    TranscriptionFrame,
+    UserSpeakingFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -23,11 +32,23 @@ from shared.events import EventType
 from shared.logs import redact
 from worker.publisher import EventPublisher
 
+# What keeps a call from idling out: Pipecat's default ``idle_timeout_frames``, and
+# the StartFrame its IdleFrameObserver also counts.
+ACTIVITY_FRAMES = (
+    StartFrame,
+    BotSpeakingFrame,
+    InterimTranscriptionFrame,
+    TranscriptionFrame,
+    UserSpeakingFrame,
+    UserStartedSpeakingFrame,
+)
+
 
 class SessionEventObserver(BaseObserver):
     def __init__(self, publisher: EventPublisher):
         super().__init__(observe_every_push=False)
         self.publisher = publisher
+        self.active_at = time.monotonic()  # the last frame that shows someone in the call
         self._user_since: float | None = None
         self._bot_since: float | None = None
         self.user_turns = 0
@@ -35,6 +56,8 @@ class SessionEventObserver(BaseObserver):
 
     async def on_push_frame(self, data: FramePushed) -> None:
         frame = data.frame
+        if isinstance(frame, ACTIVITY_FRAMES):
+            self.active_at = time.monotonic()
         now = time.time()
         if isinstance(frame, UserStartedSpeakingFrame) and self._user_since is None:
             self._user_since = now

@@ -66,6 +66,7 @@ class SessionRunner:
         self.options = options
         self.live = live
         self.publisher = EventPublisher(live, session_id, options.worker_id)
+        self._events = SessionEventObserver(self.publisher)
         self.quiet = QuietWatch()  # when a drain may hand the call over
         self.publisher.watch = self.quiet.see
         # Taken up from another worker (recovering) after a client had connected: the call
@@ -95,6 +96,7 @@ class SessionRunner:
         self._client: Literal["waiting", "connected", "lost"] = "waiting"
         self._presence: asyncio.Queue[bool] = asyncio.Queue()  # True: back, False: lost
         self._grace: asyncio.TimerHandle | None = None  # ends a call whose client is lost
+        self._idle: asyncio.TimerHandle | None = None  # ends a call where nobody speaks
         self._gate: ClientGate | None = None
         self._pipeline: PipelineWorker | None = None
         self._task: asyncio.Task[None] | None = None
@@ -299,16 +301,14 @@ class SessionRunner:
                 enable_heartbeats=True,  # a stuck pipeline shows in a metric and an alert
                 heartbeats_monitor_secs=HEARTBEAT_MONITOR_S,
             ),
-            observers=[SessionEventObserver(self.publisher), *self.profile.observers()],
-            # Each observer is one more queue hop per frame (Pipecat proxies them); nothing
-            # here reads Pipecat's turn tracking, so it is not paid for.
+            observers=[self._events, *self.profile.observers()],
+            # Each observer is one more queue hop per frame (Pipecat proxies them): nothing
+            # here reads Pipecat's turn tracking, and the idle timeout is kept by the
+            # event observer (_check_idle), so neither is paid for.
             enable_turn_tracking=False,
-            idle_timeout_secs=self.options.idle_timeout,
+            idle_timeout_secs=None,
             conversation_id=self.meta.get("conversation_id"),
         )
-
-        async def _idle(_worker: object) -> None:
-            self.end(Reason.IDLE_TIMEOUT)
 
         async def _error(_worker: object, frame: ErrorFrame) -> None:
             kind = type(frame.processor).__name__ if frame.processor else "pipeline"
@@ -323,7 +323,6 @@ class SessionRunner:
                 # end it, saying why. (The model's failures have reasons of their own.)
                 self.end(Reason.PIPELINE_ERROR, f"{kind} can no longer do its job: {frame.error}")
 
-        worker.add_event_handler("on_idle_timeout", _idle)
         worker.add_event_handler("on_pipeline_error", _error)
         count_heartbeat_timeouts(worker, pool=self.options.pool, session_id=self.id)
         return worker
@@ -333,6 +332,7 @@ class SessionRunner:
         remaining = self.options.max_session_duration - (time.monotonic() - self.started_at)
         loop = asyncio.get_running_loop()
         limit = loop.call_later(max(remaining, 0), self.end, Reason.MAX_DURATION)
+        self._check_idle()
         # A transport whose client arrives only once the pipeline runs (a Daily bot waits
         # in its room) gets its connect timeout here instead of in _wait_for_peer.
         no_show = (
@@ -353,7 +353,21 @@ class SessionRunner:
                 no_show.cancel()
             if self._grace is not None:
                 self._grace.cancel()
+            if self._idle is not None:
+                self._idle.cancel()
             follower.cancel()
+
+    def _check_idle(self) -> None:
+        """End the call after ``idle_timeout`` with nothing said either way: look again
+        when that much has passed since the last activity (a timer, nothing per frame)."""
+        if self.end_reason is not None:
+            return
+        since = time.monotonic() - self._events.active_at
+        if since >= self.options.idle_timeout:
+            self.end(Reason.IDLE_TIMEOUT)
+            return
+        loop = asyncio.get_running_loop()
+        self._idle = loop.call_later(self.options.idle_timeout - since, self._check_idle)
 
     def _end_if_no_client(self) -> None:
         if self._client == "waiting":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -157,6 +158,31 @@ async def test_one_request_from_create_to_connect(make_system, hello_wav) -> Non
             assert (await api.delete(f"/api/sessions/{ended['session_id']}")).status_code == 200
         refused = await api.post("/api/sessions?wait=soon", json={"transport": "webrtc"})
         assert refused.status_code == 422
+
+
+@pytest.mark.slow
+async def test_a_call_where_nobody_speaks_ends_after_the_idle_timeout(
+    make_system, hello_wav
+) -> None:
+    system = make_system(workers=1, capacity=1, VOICEPOOL_IDLE_TIMEOUT="4")
+    async with api_client(system, system.create_user("alice")) as api:
+        # Speech, then silence: the echo keeps the call busy, then nothing does.
+        talking = (
+            await api.post("/api/sessions?wait=ready", json={"transport": "websocket"})
+        ).json()
+        client = await ProtobufClient.connect(talking["connect"]["ws_url"], hello_wav)
+        try:
+            await eventually(lambda: client.loudest_rms() > ECHO_RMS, timeout=20, what="echo")
+            spoke = time.monotonic()
+            ended = await wait_for_status(api, talking["session_id"], {"ended"}, timeout=20)
+            assert ended["reason"] == "idle_timeout"
+            assert time.monotonic() - spoke >= 3  # counted from the last speech, not the start
+        finally:
+            await client.close()
+        # The slot came back: the next call starts.
+        again = await api.post("/api/sessions?wait=ready", json={"transport": "websocket"})
+        assert again.status_code == 201, again.text
+        await api.delete(f"/api/sessions/{again.json()['session_id']}")
 
 
 @pytest.mark.slow

@@ -28,6 +28,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer
+from pipecat.frames.frames import StartFrame
+from pipecat.pipeline.worker import IdleFrameObserver, PipelineWorker
 from pipecat.services.openai.realtime import events as rt
 from pipecat.services.openai.realtime import llm as realtime_llm
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
@@ -35,6 +37,7 @@ from pipecat.transports.daily.transport import DailyTransport
 from pipecat.utils.base_object import BaseObject
 from websockets.asyncio.client import connect as websocket_connect
 
+from worker.observers import ACTIVITY_FRAMES
 from worker.profiles.assistant import HeldRealtimeService, WatchedRealtimeService
 from worker.transports.daily import RoomTransport
 from worker.transports.websocket import _EmbeddedServer
@@ -108,6 +111,21 @@ def test_arq_pickup_wakes() -> None:
     assert "await self.start_jobs(job_ids)" in source(Worker._poll_iteration)
     assert parameters(Worker.start_jobs) == parameters(SessionWorker.start_jobs)
     assert "self._release_sem_dec_counter_on_complete()" in source(Worker.start_jobs)
+
+
+# --- pipecat: the idle timeout ------------------------------------------------------
+
+
+def test_idle_activity() -> None:
+    """``SessionEventObserver`` keeps the idle timeout with Pipecat's own idle frames.
+
+    If this fails, Pipecat counts other frames as activity than ``ACTIVITY_FRAMES``
+    (``worker/observers.py``): a call would idle out (or not) otherwise than upstream's.
+    """
+    assert_pinned_exactly("pipecat-ai")
+    default = inspect.signature(PipelineWorker.__init__).parameters["idle_timeout_frames"].default
+    assert (StartFrame, *default) == ACTIVITY_FRAMES
+    assert "isinstance(data.frame, StartFrame)" in source(IdleFrameObserver.on_push_frame)
 
 
 # --- aioice ---------------------------------------------------------------------------
