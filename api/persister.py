@@ -21,7 +21,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
-from sqlalchemy import update
+from sqlalchemy import Table, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col
@@ -33,6 +33,12 @@ from shared.events import Event, EventType
 from shared.lifecycle import FINAL_STATES, Reason, SessionState
 from shared.models import Conversation, EventRecord, VoiceSession, as_utc
 from shared.store import Store
+
+# The tables, not the ORM classes: the persister's statements are plain inserts and
+# updates, and going through the ORM's bulk machinery was about a fifth of the API's
+# CPU in a burst of starts (py-spy, ops/bench/anchor.py).
+EVENTS: Table = EventRecord.__table__  # type: ignore[attr-defined]  # SQLModel sets it per table class
+SESSIONS: Table = VoiceSession.__table__  # type: ignore[attr-defined]  # SQLModel sets it per table class
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +168,9 @@ class Persister:
             # compiling one giant VALUES clause per batch. RETURNING counts only
             # the rows that were new.
             statement = (
-                self._insert(EventRecord)
+                self._insert(EVENTS)
                 .on_conflict_do_nothing(index_elements=["session_id", "seq"])
-                .returning(col(EventRecord.id))
+                .returning(EVENTS.c.id)
             )
             result = await db.execute(statement, rows)
             inserted = len(result.all())
@@ -198,16 +204,13 @@ class Persister:
             values["ended_at"] = when
         if event.data.get("worker_id"):
             values["worker_id"] = event.data["worker_id"]
-        result = await db.exec(
-            update(VoiceSession)
-            .where(col(VoiceSession.id) == event.session_id)
-            .where(col(VoiceSession.state_seq) < event.seq)
+        result = await db.execute(
+            update(SESSIONS)
+            .where(SESSIONS.c.id == event.session_id)
+            .where(SESSIONS.c.state_seq < event.seq)
             .values(**values)
             .returning(
-                col(VoiceSession.pool),
-                col(VoiceSession.created_at),
-                col(VoiceSession.transport),
-                col(VoiceSession.profile),
+                SESSIONS.c.pool, SESSIONS.c.created_at, SESSIONS.c.transport, SESSIONS.c.profile
             )
         )
         row = result.first()
