@@ -391,7 +391,7 @@ class VoicepoolWorker:
             self.sessions.pop(session_id, None)
             await runner.publisher.aclose()
             return "not queued"
-        await record_start(self.redis, self.options.pool, session_id)
+        self._spawn(self._note_start(session_id))  # off the start's path
         try:
             connect = await runner.prepare()
             owner = runner.transport.owner_params()
@@ -437,6 +437,10 @@ class VoicepoolWorker:
         runner.start()
         self._beat_soon.set()  # operators see the slot taken at once
         return "ready"
+
+    async def _note_start(self, session_id: str) -> None:
+        with contextlib.suppress(Exception):  # only the queue's wait estimate misses it
+            await record_start(self.redis, self.options.pool, session_id)
 
     async def _requeue(self, session_id: str, arq_redis: Any) -> None:
         """Hand a session we cannot run back to the pool's queue, keeping its place."""
