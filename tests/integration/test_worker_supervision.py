@@ -181,11 +181,11 @@ async def test_a_full_worker_polls_the_moment_a_slot_frees(start_worker, redis) 
         for i in range(2)
     ]  # stand-ins for calls: only counted
     full = time.monotonic()
-    worker.sessions.update({c.id: c for c in calls})  # type: ignore[misc]
+    worker.sessions.update({c.id: c for c in calls})
     await eventually(lambda: _poll_after(polls, full), what="a poll while full")
     freed = time.monotonic()
-    worker._finished(calls[0])  # type: ignore[arg-type]
+    worker._finished(calls[0])
     await eventually(lambda: _poll_after(polls, freed), timeout=SLOW_POLL_S, what="a poll")
     assert polls[-1] - freed < SLOW_POLL_S / 2
     assert worker.free_slots() == 1
-    worker._finished(calls[1])  # type: ignore[arg-type]
+    worker._finished(calls[1])
