@@ -68,10 +68,13 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## Benchmarks (about 17 minutes); results under ops/bench/results/ (Markdown and JSON).
-## The API benchmark's load tool is Debian's wrk, installed here when missing.
+## Benchmarks (about 35 minutes); results under ops/bench/results/ (Markdown and JSON).
+## The API benchmark's load tool is Debian's wrk, installed here when missing. The anchor
+## (voicepool vs. Pipecat's own runner) also measures voicepool at BENCH_BEFORE, a before/after.
+BENCH_BEFORE ?= f7ef3fa
 bench: install
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python ops/bench/anchor.py --before $(BENCH_BEFORE)
 	$(BIN)/python ops/bench/dispatch.py
 	$(BIN)/python ops/bench/events.py
 	$(BIN)/python ops/bench/assistant_latency.py

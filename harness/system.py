@@ -30,6 +30,8 @@ class System:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     api_port: int = 0
     metrics_ports: dict[int, int] = field(default_factory=dict)
+    root: Path = ROOT
+    """The checkout whose code the processes run (another one: an earlier commit, to compare)."""
     _logs: list[Path] = field(default_factory=list)
 
     # --- set-up --------------------------------------------------------------------
@@ -56,6 +58,8 @@ class System:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.root != ROOT:  # its own code before the installed checkout's
+            env["PYTHONPATH"] = os.pathsep.join([str(self.root), env.get("PYTHONPATH", "")])
         env.update(self.settings)
         return env
 
@@ -74,7 +78,7 @@ class System:
         return subprocess.Popen(
             [sys.executable, "-m", "voicepool", *args],
             env=self.env,
-            cwd=ROOT,
+            cwd=self.root,
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
         )
@@ -141,14 +145,14 @@ class System:
         args = [sys.executable, "-m", "voicepool", "users", "create", name]
         if admin:
             args.append("--admin")
-        out = subprocess.run(args, env=self.env, cwd=ROOT, capture_output=True, check=True)
+        out = subprocess.run(args, env=self.env, cwd=self.root, capture_output=True, check=True)
         return out.stdout.decode().strip()
 
     def run_cli(self, *args: str) -> str:
         out = subprocess.run(
             [sys.executable, "-m", "voicepool", *args],
             env=self.env,
-            cwd=ROOT,
+            cwd=self.root,
             capture_output=True,
             check=True,
         )

@@ -52,7 +52,6 @@ import math
 import os
 import select
 import shlex
-import signal
 import struct
 import subprocess
 import sys
@@ -68,6 +67,7 @@ import httpx
 import numpy as np
 import profiling  # ops/bench/profiling.py
 from measure import (  # ops/bench/measure.py
+    bench_process,
     cpu_seconds,
     machine_facts,
     percentile,
@@ -697,14 +697,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from loguru import logger
-
-    logger.remove()  # Pipecat's serializer logs every message at DEBUG: not in the clients' CPU
-    logger.add(sys.stderr, level="WARNING")
+    bench_process()
     args = parse_args(argv)
     facts = machine_facts()
     started = time.monotonic()
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="vp-bench-density-") as tmp_dir:
         tmp = Path(tmp_dir)
         fake = FakeModel(tmp / "fake.log")

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import redis.asyncio as aioredis
-from measure import machine_facts, percentile, write_results  # ops/bench/measure.py
+from measure import machine_facts, percentile, run_main, write_results  # ops/bench/measure.py
 
 DESCRIPTION = "Dispatch latency: a warm voicepool worker vs. a fresh process per session."
 ROOT = Path(__file__).resolve().parents[2]
@@ -641,8 +641,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # every process was stopped on the way out
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

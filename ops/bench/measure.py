@@ -8,6 +8,7 @@ import os
 import platform
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -92,3 +93,23 @@ def write_results(
     report = markdown(result)
     (out / f"{name}.md").write_text(report)
     print("\n" + report, flush=True)
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """A benchmark's entry point: Ctrl-C stops it with exit code 130, quietly (each one
+    stops its processes on the way out)."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def bench_process() -> None:
+    """What a benchmark process sets first: Pipecat's serializer logs every message at
+    DEBUG (not to be counted in the clients' CPU), and SIGTERM stops it as Ctrl-C does."""
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
