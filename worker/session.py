@@ -211,7 +211,8 @@ class SessionRunner:
         async def _disconnected(_transport: object, _client: object) -> None:
             self.client_lost()
 
-        transport.add_event_handler("on_client_connected", _connected)
+        if not self.transport.announces_clients:
+            transport.add_event_handler("on_client_connected", _connected)
         transport.add_event_handler("on_client_disconnected", _disconnected)
 
     async def _follow_client(self) -> None:
@@ -232,6 +233,7 @@ class SessionRunner:
             self._grace = None
         first, self._client = self._client == "waiting", "connected"
         if first:  # (to this worker: a call taken up from another is connected again)
+            self._events.active_at = time.monotonic()  # idle from here, not from the start
             again = Reason.CLIENT_RECONNECTED if self.resumed else Reason.CLIENT_CONNECTED
             self.publisher.transition("connect", again)
             assert self._pipeline is not None

@@ -186,6 +186,23 @@ async def test_a_call_where_nobody_speaks_ends_after_the_idle_timeout(
 
 
 @pytest.mark.slow
+async def test_a_warm_websocket_session_nobody_connects_to_ends_and_frees_its_slot(
+    make_system,
+) -> None:
+    system = make_system(workers=1, capacity=1, VOICEPOOL_CONNECT_TIMEOUT="3")
+    async with api_client(system, system.create_user("alice")) as api:
+        created = await api.post("/api/sessions?wait=ready", json={"transport": "websocket"})
+        session_id = created.json()["session_id"]
+        # Its pipeline already runs, but nobody is there: ready, not connected.
+        assert (await api.get(f"/api/sessions/{session_id}")).json()["status"] == "ready"
+        ended = await wait_for_status(api, session_id, {"ended"}, timeout=20)
+        assert ended["reason"] == "connect_timeout"
+        again = await api.post("/api/sessions?wait=ready", json={"transport": "websocket"})
+        assert again.status_code == 201, again.text
+        await api.delete(f"/api/sessions/{again.json()['session_id']}")
+
+
+@pytest.mark.slow
 async def test_websocket_tokens_are_single_use(make_system) -> None:
     system = make_system(workers=1, capacity=2)
     alice, bob = system.create_user("alice"), system.create_user("bob")

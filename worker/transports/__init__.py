@@ -47,8 +47,13 @@ class ClientPresence(Protocol):
 class SessionTransport(Protocol):
     kind: str
     pipeline_before_client: bool
-    """True when the pipeline must run before a client can arrive (a Daily bot joins its
-    room first); the session then applies its connect timeout to the running pipeline."""
+    """True when the pipeline runs before a client arrives (a Daily bot joins its room
+    first; a WebSocket session is warm when its client connects); the session then
+    applies its connect timeout to the running pipeline."""
+    announces_clients: bool
+    """True when the transport tells ``presence`` of every client's arrival, the first
+    too, because Pipecat's ``on_client_connected`` is not one (it fires when the
+    pipeline starts)."""
 
     async def prepare(self) -> dict[str, Any]:
         """Set up before ready; returns what the client needs to connect (never secrets

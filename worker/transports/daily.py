@@ -116,6 +116,7 @@ class RoomTransport(DailyTransport):
 class DailySessionTransport:
     kind = "daily"
     pipeline_before_client = True  # the bot waits in its room for people to join
+    announces_clients = False  # Pipecat's participant events are the arrivals
 
     def __init__(self, session_id: str, options: WorkerOptions, meta: dict[str, str] | None = None):
         self.session_id = session_id

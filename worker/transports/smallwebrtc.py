@@ -67,6 +67,7 @@ class SessionConnection(SmallWebRTCConnection):
 class SmallWebRTCSessionTransport:
     kind = "webrtc"
     pipeline_before_client = False  # the SDP offer is the client's arrival
+    announces_clients = False
 
     def __init__(self, session_id: str, options: WorkerOptions):
         self.session_id = session_id

@@ -14,6 +14,12 @@ Pipecat's transport holds one socket for the session's life: it gets a
 client whose socket closes is lost (``reconnecting``); one that connects again,
 with a fresh token from ``POST /api/sessions/{id}/connect``, is attached to the
 same pipeline. One client at a time: another is refused while one is attached.
+
+The pipeline is built and started as soon as the session is ready, behind a
+socket with nobody attached yet, while the API answers and the client connects:
+a client's first message meets a running pipeline (the RTVI ``bot-ready`` comes
+one round trip after ``client-ready``), instead of waiting for the pipeline to
+be built around its socket.
 """
 
 from __future__ import annotations
@@ -69,8 +75,8 @@ class SessionSocket:
 
     def __init__(self) -> None:
         self.presence: ClientPresence | None = None
-        """Told of every loss and of every attach after the first (Pipecat's own
-        ``on_client_connected`` announces the first, as the pipeline starts)."""
+        """Told of every attach and every loss (Pipecat's own ``on_client_connected``
+        fires as the pipeline starts, before any client)."""
         self._current: WebSocket | None = None
         self._gone = asyncio.Event()  # the current socket went
         self._attached = asyncio.Event()
@@ -159,14 +165,14 @@ class SessionSocket:
 
 class WebSocketSessionTransport:
     kind = "websocket"
-    pipeline_before_client = False  # the pipeline is built around the client's socket
+    pipeline_before_client = True  # warm: running behind the socket before a client comes
+    announces_clients = True  # SessionSocket tells of each attach, the first too
 
     def __init__(self, session_id: str, options: WorkerOptions):
         self.session_id = session_id
         self.options = options
         self.socket = SessionSocket()
         self._claimed: WebSocket | None = None  # a client between its token and its accept
-        self._arrived = asyncio.Event()
         self._closed = asyncio.Event()
 
     async def prepare(self) -> dict[str, Any]:
@@ -195,7 +201,6 @@ class WebSocketSessionTransport:
         websocket, self._claimed = self._claimed, None
         assert websocket is not None, "claim() first"
         gone = self.socket.attach(websocket)
-        self._arrived.set()
         waits = {asyncio.create_task(gone.wait()), asyncio.create_task(self._closed.wait())}
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -204,13 +209,14 @@ class WebSocketSessionTransport:
                 wait.cancel()
 
     async def wait_for_client(self) -> None:
-        await self._arrived.wait()
+        return None  # the pipeline runs first; the session's connect timeout covers no-shows
 
     def build(
         self, params: TransportParams, presence: ClientPresence | None = None
     ) -> BaseTransport:
-        assert self._arrived.is_set(), "no client yet"
         self.socket.presence = presence
+        if presence is not None and self.socket.attached:  # came before the pipeline
+            presence.client_back()
         values = {
             **dict(params),
             "serializer": ProtobufFrameSerializer(),
