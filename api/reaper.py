@@ -34,7 +34,7 @@ from shared import keys, queue
 from shared.events import EventType
 from shared.fleet import WORKER_CLIENT_PREFIX, WorkerBeat, worker_client_name
 from shared.lifecycle import LIVE_STATES, OWNED_STATES, Reason, SessionState
-from shared.live import LiveSessions
+from shared.live import LiveSessions, PendingEvent
 from shared.queue import START_JOB_SLACK_S, start_rate, wait_at
 
 log = logging.getLogger(__name__)
@@ -271,20 +271,17 @@ class Reaper:
                 pipe.zrank(keys.queue(pool), job_id)
             ranks = await pipe.execute()
         rates: dict[str, float] = {}
+        moved: list[PendingEvent] = []
         for (sid, pool, _job_id, told), rank in zip(waiting, ranks, strict=True):
             if rank is None or str(rank + 1) == told:
                 continue
             position = rank + 1
             if pool not in rates:
                 rates[pool] = await start_rate(self.redis, pool)
-            await cast(
-                "Awaitable[int]", self.redis.hset(keys.session(sid), "queue_position", position)
-            )
-            await self.live.publish(
-                sid,
-                EventType.SESSION_QUEUE,
-                {"position": position, "estimated_wait_s": wait_at(position, rates[pool])},
-            )
+            told_now = {"position": position, "estimated_wait_s": wait_at(position, rates[pool])}
+            moved.append((sid, EventType.SESSION_QUEUE, told_now, {"queue_position": position}))
+        # One round trip for them all: with 100 queued, two each were a fifth of the API.
+        await self.live.publish_all(moved)
 
     async def observe_fleet(self) -> None:
         """Refresh the per-pool gauges: queue depth, live sessions, workers, capacity.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -46,6 +47,29 @@ async def test_events_carry_increasing_seq_in_both_streams(redis) -> None:
     assert [f["seq"] for _, f in ingest] == [str(i) for i in range(1, 7)]
     # The ingest entry remembers the id of its twin in the session stream (the SSE id).
     assert [f["live_id"] for _, f in ingest] == [entry_id for entry_id, _ in session]
+
+
+async def test_many_sessions_are_told_in_one_round_trip_and_final_ones_are_not(redis) -> None:
+    live = LiveSessions(redis)
+    for sid in ("s1", "s2", "gone"):
+        await _new(live, sid)
+    await live.cancel("gone", Reason.CLIENT_ENDED)
+    await live.publish_all(
+        [
+            (sid, "session.queue", {"position": n}, {"queue_position": n})
+            for n, sid in enumerate(("s1", "s2", "gone"), start=1)
+        ]
+    )
+    for n, sid in enumerate(("s1", "s2"), start=1):
+        last = (await redis.xrevrange(keys.session_events(sid), count=1))[0][1]
+        assert (last["type"], last["seq"], json.loads(last["data"])) == (
+            "session.queue",
+            "2",
+            {"position": n},
+        )
+        assert await redis.hget(keys.session(sid), "queue_position") == str(n)
+    last = (await redis.xrevrange(keys.session_events("gone"), count=1))[0][1]
+    assert last["type"] == "session.state"  # ended: nothing more is added
 
 
 async def test_a_final_state_is_final(redis) -> None:
