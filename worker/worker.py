@@ -65,7 +65,7 @@ REQUEUE_EXPIRES_S = 300
 SHUTDOWN_PUBLISH_S = 15.0  # at exit, how long sessions' held events may wait for Redis
 DRAIN_LOOK_S = 0.25  # a drain looks this often for free slots elsewhere and calls to move
 MOVE_FINISH_S = 2.0  # at a drain's end, how long a hand-off under way may take to finish
-BEAT_COALESCE_S = 0.05  # a slot taken or freed is beaten out within this, once per burst
+BEAT_COALESCE_S = 0.05  # beats asked for during a beat wait this long: one for a burst
 # Counting every task walks them all (hundreds at 24 calls): every 30th beat is enough to
 # show a leak, and keeps it out of the beat a burst of starts asks for.
 TASK_COUNT_EVERY = 30
@@ -555,9 +555,11 @@ class VoicepoolWorker:
                 await self._heartbeat()
             except Exception as exc:  # keep beating through a Redis restart
                 log.warning("heartbeat failed: %s", exc)
+            if self._beat_soon.is_set():  # asked for during the beat: the next one at once,
+                await asyncio.sleep(BEAT_COALESCE_S)  # after a moment (one for a burst)
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat_soon.wait(), self.options.heartbeat_interval)
-                await asyncio.sleep(BEAT_COALESCE_S)  # one beat for a burst of starts
 
     # --- control messages (SDP offers, ICE candidates, end and drain requests) ---------
 

@@ -36,6 +36,7 @@ from harness.system import System
 from harness.waiting import eventually
 from harness.webrtc_client import allow_loopback_ice
 from harness.ws_client import ProtobufClient
+from shared import keys
 from shared.connections import redis_client
 from shared.lifecycle import Reason
 from shared.live import LiveSessions
@@ -45,6 +46,7 @@ HEARTBEAT_TTL = 4.0
 HELLO_WAV = ROOT / "tests" / "fixtures" / "hello.wav"
 ECHO_RMS = 300  # the fixture's speech is ~1000-1800 RMS; silence is ~0
 LOOP_PAUSE_S = 2.5  # clients say their line again after this pause: the bot's turn
+QUEUE_READ_S = 0.2  # a rung worker has read its queue by then (one round trip, loaded)
 
 
 @dataclass
@@ -419,12 +421,17 @@ async def redis_outage(
 async def poll_loop_fails(system: System, api: httpx.AsyncClient) -> Row:
     """Redis refuses the command arq polls with (an ACL change): the worker's poll loop
     fails for good. It must exit non-zero, never be listed with free slots meanwhile,
-    and a worker started in its place (as systemd would) serves the next session."""
+    and a worker started in its place (as systemd would) serves the next session.
+
+    An idle worker reads its queue when a job rings it in (or at its 1 s safety poll):
+    a ring here, then a moment for that read, and from then on it is failing."""
     admin = system.create_user("operator", admin=True)
     victim = system.workers[0]
     with system.redis as r:
         r.execute_command("ACL", "SETUSER", "default", "-zrangebyscore")
+        r.lpush(keys.doorbell("server"), 1)  # what queueing a session does
     broken_at = time.monotonic()
+    await asyncio.sleep(QUEUE_READ_S)
     free_while_failing = 0
     async with httpx.AsyncClient(
         base_url=system.api_url, headers={"Authorization": f"Bearer {admin}"}, timeout=10

@@ -20,8 +20,14 @@ async def test_drain_by_api_ends_live_sessions_at_the_timeout_and_exits(make_sys
     async with api_client(system, admin) as ops, api_client(system, user) as api:
         live = await create_session(api, profile="echo")
         await wait_for_status(api, live["session_id"], {"ready"})
-        (worker,) = (await ops.get("/api/workers")).json()
-        assert (worker["active"], worker["draining"]) == (1, False)
+
+        async def taken() -> dict:
+            (worker,) = (await ops.get("/api/workers")).json()
+            assert (worker["active"], worker["draining"]) == (1, False)
+            return worker
+
+        # The slot shows in the worker's next beat, right after the session is ready.
+        worker = await eventually(taken, timeout=2, what="the slot taken")
 
         assert (await api.get("/api/workers")).status_code == 403  # operators only
         drained = await ops.post(f"/api/workers/{worker['id']}/drain", json={"timeout_s": 2})
