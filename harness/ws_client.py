@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 import wave
 from pathlib import Path
@@ -45,6 +46,8 @@ class ProtobufClient:
             pause = np.zeros(int(self._rate * LOOP_PAUSE_S), np.int16)
             self._samples = np.concatenate([self._samples, pause])
         self._loop = loop
+        self.sending_since = math.nan
+        self.period_s = len(self._samples) / self._rate  # one loop of the WAV (and pause)
         self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._send())]
 
     @classmethod
@@ -68,6 +71,7 @@ class ProtobufClient:
         # frames as the one protobuf AudioRawFrame, which the server decodes as input.
         step = self._rate * FRAME_MS // 1000
         start, n = time.monotonic(), 0
+        self.sending_since = start  # when the first frame went (the WAV's time zero)
         with contextlib.suppress(websockets.ConnectionClosed):
             while True:
                 at = n * step % len(self._samples) if self._loop else n * step

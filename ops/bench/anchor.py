@@ -65,13 +65,21 @@ Phases per target and rep, in this order: start the target's processes
 (fresh each rep; one target's processes up at a time, stopped before the
 next target starts); 1 warm-up session (not measured); 2 s settle; idle
 window; ``--sequential`` sessions one at a time (open, wait for bot-ready,
-then for the echo, close, end; 0.2 s pause); a burst of ``--burst``
+then for the echo, close, end; 0.2 s pause); 1 call talking, then
+``--steady`` calls talking; a burst of ``--burst``
 sessions requested at once, every client kept connected and streaming until
 all have reached bot-ready or failed (then up to 15 s more for their echoes,
 not in the CPU window), then all closed.
 
 * one at a time: p50/p99 of ready and talk, p50 of first echo, over the
   sessions that reached bot-ready (those that did not are listed as errors).
+* N calls talking (``--steady``, 16; and 1 alone), for ``--steady-s`` seconds
+  each: every client says the phrase again and again with a 2.5 s pause, the
+  calls' phrases spread over that loop; the echo delay is from the end of a
+  phrase as sent to the first loud bot audio after it (the VAD's 0.5 s of
+  silence included), every turn but each call's first; "added" is the p99 at N
+  minus the p99 alone. CPU per call: the target's processes' CPU over the
+  window / wall time / N, in cores.
 * burst: talk p50/p99 over those that reached bot-ready; how many did
   (60 s limit per session for request + connect + bot-ready).
 * CPU per session start: user+system CPU of the target's processes
@@ -219,6 +227,27 @@ class TimedClient(ProtobufClient):
         if samples.size and math.sqrt(float(np.mean(samples**2))) >= LOUD_RMS:
             self.echo_at = time.perf_counter()
             self.echoed.set()
+
+
+class SteadyClient(TimedClient):
+    """Says the phrase again and again (then a 2.5 s pause), and notes each echo's delay:
+    from the end of a phrase as sent to the first loud bot audio after it."""
+
+    def __init__(self, websocket: Any, wav: Path | None = None, *, loop: bool = True):
+        super().__init__(websocket, wav, loop=True)
+        self.delays: list[float] = []
+        self._answered = -1  # the last phrase an echo was counted for
+
+    def _audio(self, item: tuple[np.ndarray, int]) -> None:
+        samples = item[0].astype(np.float64)
+        if not samples.size or math.sqrt(float(np.mean(samples**2))) < LOUD_RMS:
+            return
+        now = time.monotonic()
+        said = (now - self.sending_since - PHRASE_S) // self.period_s  # the last phrase ended
+        if said > self._answered and said >= 1:  # not the first: it met a cold turn state
+            self._answered = int(said)
+            ended = self.sending_since + said * self.period_s + PHRASE_S
+            self.delays.append(now - ended)
 
 
 async def first_of(*events: asyncio.Event) -> None:
@@ -547,6 +576,38 @@ async def burst(target: Target, count: int, wav: Path) -> dict[str, Any]:
     }
 
 
+async def steady(target: Target, count: int, seconds: float, wav: Path) -> dict[str, Any]:
+    """``count`` calls talking at once for ``seconds`` (their phrases spread over the
+    loop): each echo's delay after its phrase ended, and the target's CPU per call."""
+    procs = target.processes()
+    clients: list[SteadyClient] = []
+    async with target.http(count + 4) as http:
+        sessions: list[str | None] = []
+        for _ in range(count):
+            url, session = await target.request(http)
+            sessions.append(session)
+            clients.append(await SteadyClient.connect(url, wav))
+            # Turns spread over the phrase's loop, as unrelated callers' are.
+            await asyncio.sleep(clients[0].period_s / count)
+        before, started = cpu_now(procs), time.perf_counter()
+        await asyncio.sleep(seconds)
+        after, wall = cpu_now(procs), time.perf_counter() - started
+        for client in clients:
+            await client.close()
+        for session in sessions:
+            await target.end(http, session)
+    delays = [d for c in clients for d in c.delays]
+    cpu = sum(after[n] - before[n] for n in procs)
+    return {
+        "n": count,
+        "window_s": round(wall, 2),
+        "echoes": len(delays),
+        "echo_delay_p50_ms": ms(delays, 50),
+        "echo_delay_p99_ms": ms(delays, 99),
+        "cores_per_call": round(cpu / wall / count, 4),
+    }
+
+
 async def idle(target: Target, seconds: float) -> dict[str, Any]:
     procs = target.processes()
     before, started = cpu_now(procs), time.perf_counter()
@@ -569,6 +630,9 @@ async def measure(target: Target, args: argparse.Namespace, wav: Path) -> dict[s
     result: dict[str, Any] = {"idle": await idle(target, args.idle_s)}
     print(f"  {args.sequential} sessions one at a time", flush=True)
     result["sequential"] = await sequential(target, args.sequential, wav)
+    for n in (1, args.steady):
+        print(f"  {n} call(s) talking for {args.steady_s} s", flush=True)
+        result[f"steady{n}"] = await steady(target, n, args.steady_s, wav)
     print(f"  burst of {args.burst}", flush=True)
     result["burst"] = await burst(target, args.burst, wav)
     b = result["burst"]
@@ -587,6 +651,11 @@ async def measure(target: Target, args: argparse.Namespace, wav: Path) -> dict[s
 Row = tuple[str, str, Callable[[dict[str, Any]], float | None], bool]
 
 
+def _steady(result: dict[str, Any]) -> dict[str, Any]:
+    """The run with several calls at once (its key names how many)."""
+    return next(v for k, v in result.items() if k.startswith("steady") and k != "steady1")
+
+
 def _cores(name: str) -> Callable[[dict[str, Any]], float | None]:
     return lambda r: r["idle"]["cores"].get(name)
 
@@ -598,6 +667,21 @@ ROWS: list[Row] = [
     ("one at a time: talk p99", "ms", lambda r: r["sequential"]["talk_p99_ms"], True),
     ("one at a time: first echo p50", "ms", lambda r: r["sequential"]["echo_p50_ms"], True),
     ("one at a time: reached talk", "n", lambda r: r["sequential"]["reached_talk"], False),
+    (
+        "1 call: echo delay after the phrase p50",
+        "ms",
+        lambda r: r["steady1"]["echo_delay_p50_ms"],
+        True,
+    ),
+    ("1 call: echo delay p99", "ms", lambda r: r["steady1"]["echo_delay_p99_ms"], True),
+    ("N calls: echo delay p99", "ms", lambda r: _steady(r)["echo_delay_p99_ms"], True),
+    (
+        "N calls: echo p99 added (N vs 1)",
+        "ms",
+        lambda r: _steady(r)["echo_delay_p99_ms"] - r["steady1"]["echo_delay_p99_ms"],
+        True,
+    ),
+    ("N calls: CPU per call", "cores", lambda r: _steady(r)["cores_per_call"], True),
     ("burst: talk p50", "ms", lambda r: r["burst"]["talk_p50_ms"], True),
     ("burst: talk p99", "ms", lambda r: r["burst"]["talk_p99_ms"], True),
     ("burst: reached talk", "n", lambda r: r["burst"]["reached_talk"], True),
@@ -757,6 +841,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sequential", type=int, default=30, help="sessions one at a time")
     parser.add_argument("--burst", type=int, default=100, help="sessions requested at once")
     parser.add_argument("--idle-s", type=float, default=10.0, help="idle CPU window, s")
+    parser.add_argument("--steady", type=int, default=16, help="calls talking at once")
+    parser.add_argument("--steady-s", type=float, default=20.0, help="how long they talk, s")
     parser.add_argument(
         "--targets",
         default=",".join(TARGETS),
