@@ -190,8 +190,13 @@ async def get_caller(
     Cookie-authenticated requests that change something must also carry the
     session's CSRF token in ``X-CSRF-Token`` (on top of SameSite=Strict).
     Uses its own short database session: a long response (an event stream)
-    must not hold a pooled connection for its whole life.
+    must not hold a pooled connection for its whole life. A bearer token checked lately
+    needs none.
     """
+    if credentials is not None and credentials.scheme.lower() == "bearer":
+        checked = state.tokens.get(credentials.credentials)
+        if checked is not None and _proxied_user_name(request, state.settings) is None:
+            return Caller(checked.user, "token", credentials.credentials, checked.expires_at)
     async with state.store.session() as db:
         return await _identify(request, db, state, credentials)
 
@@ -225,9 +230,6 @@ async def _identify(
         return Caller(user, "cookie", cookie)
     if credentials.scheme.lower() != "bearer":
         raise unauthorized("send Authorization: Bearer <token>")
-    checked = state.tokens.get(credentials.credentials)
-    if checked is not None:
-        return Caller(checked.user, "token", credentials.credentials, checked.expires_at)
     token = await valid_token(db, credentials.credentials)
     user = await db.get(User, token.user_id) if token is not None else None
     if token is None or user is None:

@@ -284,12 +284,11 @@ async def start(
         raise not_ready(
             "no worker could start the session in time; try again", session_id=session_id
         )
-    row = await db.get(VoiceSession, session_id)
-    assert row is not None
-    found = await owner_connect(state, row, await state.live.get(session_id))
-    if found is None and row.transport != "webrtc":  # the session moved on meanwhile
+    # The row as created: what changed since (its state, its worker) is read from Redis.
+    found = await owner_connect(state, created, await state.live.get(session_id))
+    if found is None and created.transport != "webrtc":  # the session moved on meanwhile
         raise already_connected()
-    return row, found
+    return created, found
 
 
 async def _failure(state: AppState, session_id: str, status: str) -> ApiError:
