@@ -68,7 +68,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## Benchmarks (about 35 minutes); results under ops/bench/results/ (Markdown and JSON).
+## Benchmarks (about 45 minutes); results under ops/bench/results/ (Markdown and JSON).
 ## The API benchmark's load tool is Debian's wrk, installed here when missing. The anchor
 ## (voicepool vs. Pipecat's own runner) also measures voicepool at BENCH_BEFORE, a before/after.
 BENCH_BEFORE ?= f7ef3fa
