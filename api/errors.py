@@ -6,6 +6,7 @@ Every error body has the same shape: ``{"detail": {"code": ..., "message": ...},
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -14,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.connections import REDIS_AWAY
+from shared.live import AdmissionRefused
 
 
 class ApiError(HTTPException):
@@ -69,13 +71,38 @@ def too_many(code: str, message: str, retry_after_s: float) -> ApiError:
     return ApiError(429, code, message, headers={"Retry-After": _seconds(retry_after_s)})
 
 
-def no_capacity(message: str, retry_after_s: float) -> ApiError:
-    """503 ``no_capacity``: the pool is full for everyone, not just this caller."""
-    return ApiError(503, "no_capacity", message, headers={"Retry-After": _seconds(retry_after_s)})
+# With no worker in a pool, when one comes is the operator's doing: a worker that is
+# starting joins within about this long.
+NO_WORKERS_RETRY_S = 10.0
+
+
+def refused(pool: str, refusal: AdmissionRefused, queue_ttl: float) -> ApiError:
+    """503 when the pool can't take a session now, for anyone: ``no_workers``,
+    ``queue_full`` or ``no_capacity``, with a ``Retry-After`` from the pool's numbers."""
+    code, amount = refusal.code, refusal.value
+    if code == "no_workers":
+        message = (
+            f"pool {pool!r} has no worker taking sessions"
+            + (f" ({amount:.0f} draining or stalled)" if amount else "")
+            + "; try again later"
+        )
+        retry = NO_WORKERS_RETRY_S
+    elif code == "queue_full":
+        message = f"pool {pool!r} has {amount:.0f} sessions waiting, all it queues; try again later"
+        # Every start frees a place, and within the TTL every waiting session has
+        # started or expired.
+        retry = min(1 / refusal.starts_per_s, queue_ttl) if refusal.starts_per_s else queue_ttl
+    else:
+        message = (
+            f"pool {pool!r} is busy: a new session would wait about {amount:.0f} s, "
+            f"longer than the {queue_ttl:.0f} s a session waits; try again later"
+        )
+        retry = amount - queue_ttl  # when the expected wait is back within the TTL
+    return ApiError(503, code, message, headers={"Retry-After": _seconds(retry)})
 
 
 def _seconds(value: float) -> str:
-    return str(max(int(value), 1))
+    return str(max(math.ceil(value), 1))
 
 
 def already_connected() -> ApiError:

@@ -13,7 +13,8 @@ SESSIONS_REQUESTED = Counter(
 )
 SESSIONS_REFUSED = Counter(
     "voicepool_sessions_refused_total",
-    "Session requests refused at admission (no_capacity, too_many_sessions).",
+    "Session requests refused at admission "
+    "(no_workers, queue_full, no_capacity, too_many_sessions).",
     ["pool", "reason"],
 )
 SESSIONS_STARTED = Counter(

@@ -49,6 +49,18 @@ def pool_starts(pool: str) -> str:
     return f"{PREFIX}:pool:{pool}:starts"
 
 
+def pool_slots(pool: str) -> str:
+    """Hash: worker id → "<slots offered> <slots free>" for each worker of the pool, as of
+    its last beat (a field outlives its worker until someone sees ``worker(id)`` gone)."""
+    return f"{PREFIX}:pool:{pool}:slots"
+
+
+def pool_admitting(pool: str) -> str:
+    """Sorted set: sessions admitted to the pool whose start job is not queued yet, scored
+    by admission time (ms), so that concurrent admissions count each other."""
+    return f"{PREFIX}:pool:{pool}:admitting"
+
+
 def worker(worker_id: str) -> str:
     """Heartbeat with the worker's JSON status (short TTL)."""
     return f"{PREFIX}:worker:{worker_id}"

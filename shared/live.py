@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from shared import keys
 from shared.events import EventType
+from shared.fleet import WorkerBeat
 from shared.lifecycle import (
     FINAL_STATES,
     MOVES,
@@ -78,21 +80,78 @@ end
 """
 )
 
-# KEYS: 6 the owner's set of live sessions
-# ARGV: 4 state event data (JSON), 5 most live sessions per owner (0: no limit),
-#       6 initial state, 7 its reason, 8.. hash field/value pairs
+# Admission to a pool, decided in Redis where the numbers are, so that concurrent
+# requests count each other: a queue limit holds exactly, not "about".
+# KEYS (from ``k``): the pool's slots hash, its arq queue, its admitting set, its
+#   recent starts, the owner's set of live sessions
+# ARGV (from ``first``): now (s), most waiting, queue TTL (s), workers required (1/0),
+#   heartbeat key prefix, fewest starts to estimate from, their window (s), how long an
+#   admitted session may take to reach the queue (s), most live sessions per owner (0: any)
+# Returns {code, n, starts}: 'ok' and the place in the queue (0: a slot is free);
+# 'no_workers' and the workers seen (draining and stalled ones offer no slot);
+# 'queue_full' and the sessions waiting; 'no_capacity' and the expected wait (ms);
+# 'owner_limit' and the limit. ``starts``: starts in the window (for Retry-After).
+_ADMIT_FN = """
+local function admit(k, first)
+  local k_slots, k_queue, k_admitting, k_starts, k_owner =
+    KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local now, max_waiting, queue_ttl = tonumber(ARGV[first]), tonumber(ARGV[first + 1]),
+    tonumber(ARGV[first + 2])
+  local workers_required, beat_prefix = ARGV[first + 3] == '1', ARGV[first + 4]
+  local min_starts, window = tonumber(ARGV[first + 5]), tonumber(ARGV[first + 6])
+  local admitting_s, owner_limit = tonumber(ARGV[first + 7]), tonumber(ARGV[first + 8])
+  local offered, free, seen = 0, 0, 0
+  local slots = redis.call('HGETALL', k_slots)
+  for i = 1, #slots, 2 do
+    if redis.call('EXISTS', beat_prefix .. slots[i]) == 1 then
+      local o, f = string.match(slots[i + 1], '^(%d+) (%d+)$')
+      seen, offered, free = seen + 1, offered + tonumber(o), free + tonumber(f)
+    else
+      redis.call('HDEL', k_slots, slots[i])  -- its heartbeat lapsed: the worker is gone
+    end
+  end
+  local starts = redis.call('ZCOUNT', k_starts, now - window, '+inf')
+  if workers_required and offered == 0 then return {'no_workers', seen, starts} end
+  redis.call('ZREMRANGEBYSCORE', k_admitting, '-inf', (now - admitting_s) * 1000)
+  local waiting = redis.call('ZCARD', k_queue) + redis.call('ZCARD', k_admitting)
+  if waiting >= max_waiting then return {'queue_full', waiting, starts} end
+  local ahead = waiting + 1 - free  -- sessions to start before this one has a slot
+  if ahead > 0 and starts >= min_starts then
+    local wait = ahead * window / starts  -- slots free up about as fast as sessions start
+    if wait > queue_ttl then return {'no_capacity', math.floor(wait * 1000), starts} end
+  end
+  if owner_limit > 0 and redis.call('SCARD', k_owner) >= owner_limit then
+    return {'owner_limit', owner_limit, starts}
+  end
+  return {'ok', ahead > 0 and waiting + 1 or 0, starts}
+end
+"""
+
+_ADMIT = _ADMIT_FN + "return admit(1, 1)"
+
+# KEYS: 6..10 admission's (above), 6 being the pool's slots hash
+# ARGV: 4 state event data (JSON), 5 initial state, 6 its reason, 7 fields to set (JSON),
+#       8.. admission's (above)
 _CREATE = (
     _PUBLISH_FN
+    + _ADMIT_FN
     + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0, 'exists'} end
-local limit = tonumber(ARGV[5])
-if limit > 0 and redis.call('SCARD', KEYS[6]) >= limit then return {0, 'owner_limit'} end
-redis.call('HSET', KEYS[1], 'state', ARGV[6], 'reason', ARGV[7], 'seq', 0, unpack(ARGV, 8))
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists', 0, 0} end
+local admitted = admit(6, 8)
+if admitted[1] ~= 'ok' then return admitted end
+redis.call('HSET', KEYS[1], 'state', ARGV[5], 'reason', ARGV[6], 'seq', 0)
+local flat = {}
+for name, value in pairs(cjson.decode(ARGV[7])) do
+  flat[#flat + 1] = name
+  flat[#flat + 1] = value
+end
+redis.call('HSET', KEYS[1], unpack(flat))
 redis.call('SADD', KEYS[4], ARGV[1])
-redis.call('SADD', KEYS[6], ARGV[1])
+redis.call('SADD', KEYS[10], ARGV[1])
+redis.call('ZADD', KEYS[8], ARGV[8] * 1000, ARGV[1])
 local id, seq = publish('session.state', ARGV[4])
 redis.call('HSET', KEYS[1], 'state_seq', seq)
-return {1, id}
+return {'ok', admitted[2], admitted[3], id}
 """
 )
 
@@ -165,9 +224,10 @@ _KEEP_ALIVE = (
 if ARGV[4] ~= '' then
   redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[2])
   redis.call('SADD', KEYS[2], ARGV[1])
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[5])  -- what admission counts on
 end
 local out = {}
-for i = 3, #KEYS, 2 do
+for i = 4, #KEYS, 2 do
   local found = redis.call('HMGET', KEYS[i], 'state', 'worker_id')
   local state, owner = found[1], found[2]
   if state and owner == ARGV[1] and member(state, ARGV[3]) then
@@ -195,6 +255,85 @@ class OwnerLimitReached(Exception):
         self.limit = limit
 
 
+class AdmissionRefused(Exception):
+    """The pool can't take the session now: ``code`` says why (``no_workers``,
+    ``queue_full``, ``no_capacity``), ``value`` by how much (workers seen, sessions waiting,
+    expected wait in seconds), ``starts_per_s`` how fast the pool has been starting them."""
+
+    def __init__(self, code: str, value: float, starts_per_s: float):
+        super().__init__(f"{code} ({value})")
+        self.code, self.value, self.starts_per_s = code, value, starts_per_s
+
+
+START_RATE_WINDOW_S = 120.0
+"""Recent starts in a pool are counted over this long, for wait estimates."""
+
+
+@dataclass(frozen=True)
+class AdmissionPolicy:
+    """What a pool admits: the numbers behind ``no_workers``, ``queue_full`` and
+    ``no_capacity`` (all checked in one step with the session's creation)."""
+
+    max_waiting: int
+    """Sessions waiting (queued, or admitted and on their way to the queue) at most."""
+    queue_ttl: float
+    """A session expected to wait longer than this is refused rather than left to expire."""
+    workers_required: bool = True
+    """Refuse at once when no worker offers a slot; off for pools that scale from zero
+    (there the queue itself is what wakes the autoscaler)."""
+    window_s: float = START_RATE_WINDOW_S
+    """Recent starts are counted over this long to estimate the wait."""
+    min_starts: int = 10
+    """Fewer starts than this in the window say too little about the wait to refuse on it
+    (a pool that was idle has few starts, not a long wait)."""
+
+    def args(self, now: float, owner_limit: int) -> list[Any]:
+        return [
+            repr(now),
+            self.max_waiting,
+            self.queue_ttl,
+            int(self.workers_required),
+            keys.worker(""),
+            self.min_starts,
+            self.window_s,
+            ADMITTING_S,
+            owner_limit,
+        ]
+
+
+# Admits everything (the owner limit apart): for callers that create sessions directly.
+ADMIT_ALL = AdmissionPolicy(max_waiting=2**31, queue_ttl=1e12, workers_required=False)
+
+# An admitted session reaches the queue a few ms later (the API enqueues it next); one
+# that never does (the API died in between) stops being counted after this long.
+ADMITTING_S = 10.0
+
+
+def _admission_keys(pool: str, owner: str) -> list[str]:
+    return [
+        keys.pool_slots(pool),
+        keys.queue(pool),
+        keys.pool_admitting(pool),
+        keys.pool_starts(pool),
+        keys.user_live(owner),
+    ]
+
+
+def _admitted(reply: list[Any], policy: AdmissionPolicy) -> int:
+    """The place in the queue from an admission's reply (0: a slot is free), or the
+    refusal it says."""
+    code, value, starts = (x.decode() if isinstance(x, bytes) else x for x in reply[:3])
+    if code == "ok":
+        return int(value)
+    if code == "owner_limit":
+        raise OwnerLimitReached(int(value))
+    if code == "exists":
+        raise ValueError("session already exists")
+    rate = int(starts) / policy.window_s
+    amount = int(value) / 1000 if code == "no_capacity" else int(value)  # ms → s
+    raise AdmissionRefused(str(code), amount, rate)
+
+
 class LiveSessions:
     """Reads and changes the live state of sessions in Redis."""
 
@@ -211,6 +350,7 @@ class LiveSessions:
         self.stream_retention = stream_retention
         self.stream_maxlen = stream_maxlen
         self._create = redis.register_script(_CREATE)
+        self._admit = redis.register_script(_ADMIT)
         self._transition = redis.register_script(_TRANSITION)
         self._publish = redis.register_script(_PUBLISH)
         self._keep_alive = redis.register_script(_KEEP_ALIVE)
@@ -227,26 +367,52 @@ class LiveSessions:
     def _head(self, session_id: str, at: float | None = None) -> list[Any]:
         return [session_id, self.stream_maxlen, repr(at or time.time())]
 
-    async def create(
-        self, session_id: str, owner: str, fields: dict[str, str], *, owner_limit: int = 0
-    ) -> str:
-        """Record a new queued session and its first event; returns the event's stream id.
+    async def admit(
+        self, pool: str, owner: str, policy: AdmissionPolicy, *, owner_limit: int = 0
+    ) -> int:
+        """Would ``pool`` take a session of ``owner``'s now? Its place in the queue (0: a
+        slot is free), or ``AdmissionRefused`` / ``OwnerLimitReached``. A cheap look before
+        any work is done; ``create`` decides again, atomically."""
+        reply = await self._admit(
+            keys=_admission_keys(pool, owner), args=policy.args(time.time(), owner_limit)
+        )
+        return _admitted(reply, policy)
 
-        Raises ``OwnerLimitReached`` when ``owner`` already has ``owner_limit`` live sessions
-        (checked in the same atomic step, so concurrent requests cannot both slip in).
+    async def create(
+        self,
+        session_id: str,
+        owner: str,
+        fields: dict[str, str],
+        *,
+        owner_limit: int = 0,
+        admission: AdmissionPolicy = ADMIT_ALL,
+    ) -> int:
+        """Record a new queued session and its first event, if its pool admits it (counted
+        as waiting until ``queue.enqueue_start`` takes it off ``keys.pool_admitting``).
+        Returns its place in the queue (0: a slot is free).
+
+        Raises ``AdmissionRefused`` when the pool can't take it and ``OwnerLimitReached``
+        when ``owner`` already has ``owner_limit`` live sessions (both checked in the same
+        atomic step, so concurrent requests cannot both slip in).
         """
-        pairs = [item for kv in {**fields, "owner": owner}.items() for item in kv]
+        now = time.time()
         state, reason = SessionState.QUEUED, Reason.CREATED
         data = json.dumps({"state": state, "reason": reason, "previous": None})
-        created, value = await self._create(
-            keys=[*self._keys(session_id), keys.user_live(owner)],
-            args=[*self._head(session_id), data, owner_limit, str(state), str(reason), *pairs],
+        reply = await self._create(
+            keys=[*self._keys(session_id), *_admission_keys(fields.get("pool", ""), owner)],
+            args=[
+                *self._head(session_id, now),
+                data,
+                str(state),
+                str(reason),
+                json.dumps({**fields, "owner": owner}),
+                *admission.args(now, owner_limit),
+            ],
         )
-        if not created and value == "owner_limit":
-            raise OwnerLimitReached(owner_limit)
-        if not created:
-            raise ValueError(f"session {session_id} already exists")
-        return cast(str, value)  # the script returns the XADD id
+        try:
+            return _admitted(reply, admission)
+        except ValueError:
+            raise ValueError(f"session {session_id} already exists") from None
 
     async def move(
         self,
@@ -372,19 +538,31 @@ class LiveSessions:
         return entry_id is not None
 
     async def keep_alive(
-        self, worker_id: str, session_ids: list[str], *, beat: str = ""
+        self,
+        worker_id: str,
+        session_ids: list[str],
+        *,
+        beat: WorkerBeat | None = None,
     ) -> dict[str, tuple[str, str]]:
-        """A worker's heartbeat, in one round trip: its own ``beat`` (the fleet's entry,
-        when given), then the liveness key of each of ``session_ids`` it still owns (set,
-        not refreshed: after a Redis restart the key may have lapsed while the call lived),
-        and none of the others. Returns each session's state and owner as Redis has them
-        ("" for what it no longer has)."""
-        if not session_ids and not beat:
+        """A worker's heartbeat, in one round trip: its own ``beat`` (the fleet's entry and
+        its pool's count of slots, when given), then the liveness key of each of
+        ``session_ids`` it still owns (set, not refreshed: after a Redis restart the key may
+        have lapsed while the call lived), and none of the others. Returns each session's
+        state and owner as Redis has them ("" for what it no longer has)."""
+        if not session_ids and beat is None:
             return {}
-        names = [keys.worker(worker_id), keys.WORKERS]
+        pool = beat.pool if beat is not None else ""
+        names = [keys.worker(worker_id), keys.WORKERS, keys.pool_slots(pool)]
         names += [k for sid in session_ids for k in (keys.session(sid), keys.session_alive(sid))]
         flat = await self._keep_alive(
-            keys=names, args=[worker_id, alive_ms(self.heartbeat_ttl), _OWNED, beat]
+            keys=names,
+            args=[
+                worker_id,
+                alive_ms(self.heartbeat_ttl),
+                _OWNED,
+                beat.model_dump_json() if beat is not None else "",
+                f"{beat.serving_capacity} {beat.free_slots}" if beat is not None else "",
+            ],
         )
         return {sid: (flat[2 * i], flat[2 * i + 1]) for i, sid in enumerate(session_ids)}
 

@@ -18,7 +18,7 @@ from arq.constants import job_key_prefix
 
 from shared import keys
 from shared.lifecycle import Reason, SessionState
-from shared.live import LiveSessions
+from shared.live import START_RATE_WINDOW_S, LiveSessions
 
 START_JOB = "start_session"
 """The worker function a start job runs (registered under this name by the worker)."""
@@ -56,13 +56,17 @@ async def enqueue_start(
         _expires=expires_s,
         _defer_until=at,
     )
-    await ring(arq, pool)
+    await ring(arq, pool, queued=session_id)
 
 
-async def ring(redis: aioredis.Redis, pool: str) -> None:
-    """Wake one idle worker of ``pool``: a job is queued. A ring nobody hears is harmless
-    (workers also poll, slowly) and a stale one costs one empty poll."""
+async def ring(redis: aioredis.Redis, pool: str, *, queued: str = "") -> None:
+    """Wake one idle worker of ``pool``: a job is queued (that of session ``queued``,
+    which admission then counts in the queue, no longer as admitted on its way there).
+    A ring nobody hears is harmless (workers also poll, slowly) and a stale one costs one
+    empty poll."""
     async with redis.pipeline(transaction=False) as pipe:
+        if queued:
+            pipe.zrem(keys.pool_admitting(pool), queued)
         pipe.lpush(keys.doorbell(pool), 1)
         pipe.ltrim(keys.doorbell(pool), 0, DOORBELL_MAX - 1)
         await pipe.execute()
@@ -124,9 +128,6 @@ async def remove_start(redis: aioredis.Redis | Any, pool: str, job_id: str) -> N
         pipe.zrem(keys.queue(pool), job_id)
         pipe.delete(job_key_prefix + job_id)
         await pipe.execute()
-
-
-START_RATE_WINDOW_S = 120.0  # recent starts, for queue wait estimates
 
 
 async def record_start(redis: aioredis.Redis, pool: str, session_id: str) -> None:

@@ -105,13 +105,22 @@ class Settings(BaseSettings):
     pools: CommaList = Field(["server"], description="Worker pools sessions may name.")
     default_pool: str = Field("server", description="Pool of sessions that name none.")
     max_queue_length: int = Field(
-        200, ge=1, description="A pool with this many sessions waiting refuses new ones (503)."
+        200,
+        ge=1,
+        description="A pool with this many sessions waiting refuses new ones (503 queue_full).",
+    )
+    admit_without_workers: bool = Field(
+        False,
+        description="Queue sessions for a pool no worker serves (for pools that scale from "
+        "zero: the queue is what wakes the autoscaler). Off: 503 no_workers at once.",
     )
     max_sessions_per_user: int = Field(
         3, ge=0, description="Live sessions one user may have at once (429 above; 0: no limit)."
     )
     queue_ttl: float = Field(
-        30.0, description="Seconds a session may wait for a worker before it expires (no_capacity)."
+        30.0,
+        description="Seconds a session may wait for a worker before it expires (no_capacity); "
+        "one expected to wait longer is refused at once (503 no_capacity).",
     )
     heartbeat_ttl: float = Field(
         10.0,

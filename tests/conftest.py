@@ -105,6 +105,8 @@ def make_api(redis: aioredis.Redis, redis_server: EmbeddedRedis, tmp_path: Path)
             "max_body_bytes": 64 * 1024,
             "ready_wait": 1.0,
             "queue_ttl": 30,
+            # No worker runs in-process: sessions queue, as in a pool that scales from zero.
+            "admit_without_workers": True,
         }
         values.update(overrides)
         app = create_app(Settings(**values))  # type: ignore[arg-type]  # values of mixed types: Settings validates them

@@ -338,8 +338,11 @@ class VoicepoolWorker:
             with contextlib.suppress(Exception):
                 await self._arq.close()
         with contextlib.suppress(Exception):
-            await self.redis.delete(keys.worker(self.id))
-            await cast("Awaitable[int]", self.redis.srem(keys.WORKERS, self.id))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.delete(keys.worker(self.id))
+                pipe.srem(keys.WORKERS, self.id)
+                pipe.hdel(keys.pool_slots(self.options.pool), self.id)
+                await pipe.execute()
         await self.redis.aclose()
 
     def _spawn(self, coro: Any) -> None:
@@ -516,8 +519,7 @@ class VoicepoolWorker:
         metrics.ACTIVE.labels(pool=self.options.pool).set(len(self.sessions))
         metrics.DRAINING.labels(pool=self.options.pool).set(int(self.draining))
         # One round trip for the worker and all its sessions (only the ones still ours).
-        beat = self.status().model_dump_json()
-        found = await self.live.keep_alive(self.id, list(self.sessions), beat=beat)
+        found = await self.live.keep_alive(self.id, list(self.sessions), beat=self.status())
         for sid, (state, owner) in found.items():
             runner = self.sessions.get(sid)
             if runner is None or runner.end_reason is not None or not runner.movable:

@@ -19,10 +19,10 @@ from api.deps import AppState
 from api.errors import (
     ApiError,
     already_connected,
-    no_capacity,
     not_found,
     not_offered,
     not_ready,
+    refused,
     session_ended,
     too_many,
 )
@@ -40,9 +40,9 @@ from shared.lifecycle import (
     Reason,
     SessionState,
 )
-from shared.live import OwnerLimitReached
+from shared.live import AdmissionPolicy, AdmissionRefused, OwnerLimitReached
 from shared.models import Conversation, User, VoiceSession, as_utc, utcnow
-from shared.queue import estimate_wait
+from shared.settings import Settings
 
 END_WAIT_S = 5.0
 
@@ -139,9 +139,11 @@ async def create(
     )
     try:
         await _go_live(state, row, request, history)
-    except OwnerLimitReached as exc:  # lost a race with a concurrent request: leave nothing
+    except (OwnerLimitReached, AdmissionRefused) as exc:  # lost a race: leave nothing
         await _remove(state, db, row, conversation if new_conversation else None)
-        raise _too_many(pool, exc.limit) from exc
+        if isinstance(exc, OwnerLimitReached):
+            raise _too_many(pool, exc.limit) from exc
+        raise _refused(state, pool, exc) from exc
     except Exception as exc:
         await _mark_failed(state, db, row, Reason.QUEUE_UNAVAILABLE)
         raise ApiError(503, "queue_unavailable", "the session queue is unreachable") from exc
@@ -162,16 +164,14 @@ async def _admit(state: AppState, user: User, request: SessionCreate) -> tuple[s
     if pool not in settings.pools:
         raise ApiError(422, "unknown_pool", f"no pool {pool!r}; pools: {', '.join(settings.pools)}")
 
-    waiting = await state.redis.zcard(keys.queue(pool))
-    if waiting >= settings.max_queue_length:
-        metrics.SESSIONS_REFUSED.labels(pool=pool, reason="no_capacity").inc()
-        retry = await estimate_wait(state.redis, pool, waiting) or settings.queue_ttl
-        message = f"pool {pool!r} has {waiting} sessions waiting; try again later"
-        raise no_capacity(message, retry)
-
-    limit = settings.max_sessions_per_user
-    if limit and await cast("Awaitable[int]", state.redis.scard(keys.user_live(user.id))) >= limit:
-        raise _too_many(pool, limit)
+    try:  # a first look, before the rows are written; _go_live decides, atomically
+        await state.live.admit(
+            pool, user.id, admission(settings), owner_limit=settings.max_sessions_per_user
+        )
+    except AdmissionRefused as refusal:
+        raise _refused(state, pool, refusal) from None
+    except OwnerLimitReached as exc:
+        raise _too_many(pool, exc.limit) from None
     return profile, pool
 
 
@@ -229,6 +229,7 @@ async def _go_live(
             "history": json.dumps(history) if history else "",
         },
         owner_limit=settings.max_sessions_per_user,
+        admission=admission(settings),
     )
     expires_s = settings.queue_ttl + queue.START_JOB_SLACK_S
     await queue.enqueue_start(state.arq, row.id, row.pool, job_id=row.id, expires_s=expires_s)
@@ -255,6 +256,19 @@ async def _mark_failed(
     async with state.store.writing():
         db.add(row)
         await db.commit()
+
+
+def admission(settings: Settings) -> AdmissionPolicy:
+    return AdmissionPolicy(
+        max_waiting=settings.max_queue_length,
+        queue_ttl=settings.queue_ttl,
+        workers_required=not settings.admit_without_workers,
+    )
+
+
+def _refused(state: AppState, pool: str, refusal: AdmissionRefused) -> ApiError:
+    metrics.SESSIONS_REFUSED.labels(pool=pool, reason=refusal.code).inc()
+    return refused(pool, refusal, state.settings.queue_ttl)
 
 
 def _too_many(pool: str, limit: int) -> ApiError:

@@ -129,6 +129,7 @@ def start_system(tmp: Path) -> System:
         "VOICEPOOL_MAX_SESSIONS_PER_USER": "0",
         "VOICEPOOL_MAX_QUEUE_LENGTH": "1000000",
         "VOICEPOOL_QUEUE_TTL": "3600",
+        "VOICEPOOL_ADMIT_WITHOUT_WORKERS": "true",  # no worker: the API alone is measured
         "VOICEPOOL_LOG_LEVEL": "WARNING",
     }
     system = System(tmp, settings=settings)

@@ -153,6 +153,7 @@ async def bench_fanout(subscribers: int, events: int) -> dict[str, Any]:
     # and this process publishes into its stream as a worker would.
     system = System(tmp, settings={"VOICEPOOL_MAX_STREAMS_PER_USER": "0",
                                    "VOICEPOOL_QUEUE_TTL": "3600",
+                                   "VOICEPOOL_ADMIT_WITHOUT_WORKERS": "true",
                                    "VOICEPOOL_LOG_LEVEL": "WARNING"})  # fmt: skip
     system.start(workers=0)
     api_proc = psutil.Process(system.api.pid)  # type: ignore[union-attr]

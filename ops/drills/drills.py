@@ -809,6 +809,8 @@ async def run(only: list[str]) -> list[Row]:
             mount.mkdir()
             await _run(["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(mount)])
             settings["VOICEPOOL_DATABASE_URL"] = f"sqlite+aiosqlite:///{mount / 'voicepool.db'}"
+        if workers == 0 or postgres or mount:  # sessions wait in the queue; none runs them
+            settings["VOICEPOOL_ADMIT_WITHOUT_WORKERS"] = "true"
         system = System(tmp, settings=settings)
         system.postgres, system.tiny_mount = postgres, mount  # type: ignore[attr-defined]
         system.start(workers=0 if postgres or mount else workers, capacity=4)

@@ -3,7 +3,8 @@ headless Chromium by ``tests/e2e/web_app.e2e.mjs`` (playwright-core, no download
 
 The echo profile over SmallWebRTC; the assistant profile against the OpenAI Realtime
 double with a tool (the nested-team double), for transcript lines and tool cards; then,
-with the model double stopped, a session whose model is unreachable. Apart: an echo call
+with the model double stopped, a session whose model is unreachable; with every worker
+stopped, a start refused in plain words. Apart: an echo call
 that survives a reload of its page.
 
 Needs ``frontend/dist`` (``npm --prefix frontend run build``; ``make test`` builds it),
@@ -119,6 +120,12 @@ async def test_web_app_in_chromium(make_system, hello_wav: Path, tmp_path: Path)
             await fake.stop()
         # The model is gone now (its port closed): assistant sessions must fail, visibly.
         await _run_browser(node, {**env, "SCENARIO": "model-down"}, system)
+        # Then every worker: Start is refused at once, in plain words (no_workers).
+        for proc in system.workers:
+            proc.terminate()  # a drain with nothing live: out in a moment
+        for proc in system.workers:
+            await asyncio.to_thread(proc.wait, 30)
+        await _run_browser(node, {**env, "SCENARIO": "no-workers"}, system)
 
 
 def _workers_hold_lost_clients() -> bool:

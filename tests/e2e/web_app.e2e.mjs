@@ -190,6 +190,7 @@ try {
   note("browser", `${CHROMIUM} ${browser.version()}`);
 
   if (SCENARIO === "model-down") await modelDown(browser);
+  else if (SCENARIO === "no-workers") await noWorkers(browser);
   else if (SCENARIO === "reload") await reload(browser);
   else await main(browser);
 
@@ -500,11 +501,7 @@ async function main(browser) {
   // --- an administrator: Operators --------------------------------------------------------
   if (ADMIN_TOKEN) {
     await step("operators see workers and pools, and can drain a worker", async () => {
-      const admin = await browser.newContext({ baseURL: BASE_URL, viewport: { width: 1100, height: 800 } });
-      const adminPage = (current = await admin.newPage());
-      watch(adminPage, "admin");
-      await signIn(adminPage, ADMIN_TOKEN, "admin");
-      await adminPage.getByRole("link", { name: "Operators" }).click();
+      const { admin, adminPage } = await operatorsPage(browser);
       const rows = adminPage.locator("[data-worker-id]");
       await waitFor("two workers", async () => (await rows.count()) === 2, { timeout: 10000 });
       await adminPage.getByTestId("pools").waitFor();
@@ -526,12 +523,28 @@ async function main(browser) {
 
 }
 
-async function modelDown(browser) {
+/** A fresh user context with the microphone granted, signed in (a step of its own). */
+async function signedInUser(browser) {
   const context = await browser.newContext({ baseURL: BASE_URL, permissions: ["microphone"], viewport: { width: 1100, height: 900 } });
   context.setDefaultTimeout(10000);
   const page = (current = await context.newPage());
   watch(page, "user");
   await step("sign in", () => signIn(page, USER_TOKEN, "user"));
+  return { context, page };
+}
+
+/** A fresh administrator's context, signed in, on the Operators page. */
+async function operatorsPage(browser) {
+  const admin = await browser.newContext({ baseURL: BASE_URL, viewport: { width: 1100, height: 800 } });
+  const adminPage = (current = await admin.newPage());
+  watch(adminPage, "admin");
+  await signIn(adminPage, ADMIN_TOKEN, "admin");
+  await adminPage.getByRole("link", { name: "Operators" }).click();
+  return { admin, adminPage };
+}
+
+async function modelDown(browser) {
+  const { context, page } = await signedInUser(browser);
   await step("an unreachable model: the session fails, in plain words", async () => {
     // The session may fail while the browser offers: that offer (or an ICE PATCH) gets
     // 409 session_ended.
@@ -552,6 +565,29 @@ async function modelDown(browser) {
     await shot(page, "09-model-unavailable.png");
   });
   await context.close();
+}
+
+async function noWorkers(browser) {
+  const { context, page } = await signedInUser(browser);
+  await step("no worker running: Start says so at once, not a wait in line", async () => {
+    expectedForStep = [{ status: 503, path: /^\/api\/sessions$/ }];
+    await page.getByLabel("Profile").selectOption("echo");
+    await page.getByTestId("start").click();
+    const problem = page.getByTestId("problem").filter({ hasText: "No voice workers are running" });
+    await problem.waitFor({ timeout: 5000 });
+    note("shown", (await problem.innerText()).replace(/\s+/g, " "));
+    const state = await voiceState(page);
+    if (state.sessionId || state.status) throw new Error(`a session was left: ${JSON.stringify(state)}`);
+    await shot(page, "11-no-workers.png");
+  });
+  await context.close();
+  if (!ADMIN_TOKEN) return;
+  await step("Operators: the pool shows that no worker takes sessions", async () => {
+    const { admin, adminPage } = await operatorsPage(browser);
+    await adminPage.getByTestId("pools").getByText("No worker takes sessions").waitFor();
+    await adminPage.getByText("No live workers.").waitFor();
+    await admin.close();
+  });
 }
 
 async function reload(browser) {

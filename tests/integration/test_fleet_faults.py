@@ -85,8 +85,11 @@ async def test_a_killed_workers_call_moves_on_and_fails_only_with_no_worker_left
         ]
         assert [e.data["seq"] for e in seen] == list(range(1, len(seen) + 1))
 
-        # A worker that starts now takes the next session.
+        # No worker left: a new session is refused at once. One that starts takes the next.
+        refused = await api.post("/api/sessions", json={"transport": "webrtc"})
+        assert refused.json()["detail"]["code"] == "no_workers"
         system.start_worker(capacity=2)
+        system.wait_ready(1)
         fresh = await create_session(api, profile="echo")
         await wait_for_status(api, fresh["session_id"], {"ready"}, timeout=60)
         await api.delete(f"/api/sessions/{fresh['session_id']}")

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.slow
 
 
 async def test_drain_by_api_ends_live_sessions_at_the_timeout_and_exits(make_system) -> None:
-    system = make_system(workers=1, capacity=2)
+    # Sessions may wait for a pool whose only worker drains (as where the pool scales from
+    # zero); by default they would be refused, no_workers.
+    system = make_system(workers=1, capacity=2, VOICEPOOL_ADMIT_WITHOUT_WORKERS="true")
     admin = system.create_user("ops", admin=True)
     user = system.create_user("dana")
     async with api_client(system, admin) as ops, api_client(system, user) as api:
@@ -81,15 +83,38 @@ async def test_a_full_queue_refuses_at_once(make_system) -> None:
         await create_session(api, profile="echo")  # waits
         refused = await api.post("/api/sessions", json={"transport": "webrtc"})
         assert refused.status_code == 503
-        assert refused.json()["detail"]["code"] == "no_capacity"
+        assert refused.json()["detail"]["code"] == "queue_full"
         assert int(refused.headers["Retry-After"]) >= 1
+
+
+async def test_a_pool_with_no_worker_refuses_until_one_joins(make_system) -> None:
+    """No worker: 503 ``no_workers`` at once, not a queued session that expires later; and
+    once a worker is up, the next attempt starts."""
+    system = make_system(workers=0)
+    user = system.create_user("gwen")
+    async with api_client(system, user) as api:
+        refused = await api.post("/api/sessions", json={"transport": "webrtc"})
+        assert refused.status_code == 503
+        assert refused.json()["detail"]["code"] == "no_workers"
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert (await api.get("/api/sessions?live=true")).json() == []  # nothing left behind
+
+        system.start_worker(capacity=1)
+        system.wait_ready(1)
+        session = await create_session(api, profile="echo")
+        await wait_for_status(api, session["session_id"], {"ready"})
 
 
 async def test_many_open_event_streams_do_not_starve_the_api(make_system) -> None:
     """Open streams hold no database connection: 40 of them (pool: 15) and the API still answers."""
     import httpx
 
-    system = make_system(workers=0, VOICEPOOL_QUEUE_TTL="600", VOICEPOOL_MAX_STREAMS_PER_USER="0")
+    system = make_system(
+        workers=0,
+        VOICEPOOL_QUEUE_TTL="600",
+        VOICEPOOL_MAX_STREAMS_PER_USER="0",
+        VOICEPOOL_ADMIT_WITHOUT_WORKERS="true",  # its sessions wait; nothing runs them
+    )
     token = system.create_user("watcher")
     limits = httpx.Limits(max_connections=60)
     async with httpx.AsyncClient(

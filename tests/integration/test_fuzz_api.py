@@ -30,8 +30,10 @@ SYSTEM_SETTINGS = {
     "VOICEPOOL_SESSIONS_PER_MINUTE": "0",
     "VOICEPOOL_MAX_SESSIONS_PER_USER": "0",
     "VOICEPOOL_LOGINS_PER_MINUTE": "0",
-    # A full queue answers 503 no_capacity by design; keep the fuzzer clear of it.
+    # A full queue answers 503 queue_full by design; keep the fuzzer clear of it.
     "VOICEPOOL_MAX_QUEUE_LENGTH": "100000",
+    # No worker runs here: sessions wait in the queue rather than being refused.
+    "VOICEPOOL_ADMIT_WITHOUT_WORKERS": "true",
 }
 
 

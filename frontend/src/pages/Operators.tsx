@@ -105,7 +105,16 @@ export function Operators() {
                     <td>{p.capacity}</td>
                     <td>{p.active}</td>
                     <td>{p.queued}</td>
-                    <td>{p.queued ? formatWait(p.estimated_wait_s) || "unknown" : "none"}</td>
+                    <td>
+                      {p.capacity === 0 ? (
+                        // Admission refuses sessions here (no_workers): no wait to show.
+                        <span className="tag tag-failed">No worker takes sessions</span>
+                      ) : p.queued ? (
+                        formatWait(p.estimated_wait_s) || "unknown"
+                      ) : (
+                        "none"
+                      )}
+                    </td>
                   </tr>
                 ))}
               </tbody>

@@ -13,11 +13,16 @@ import {
 } from "./messages";
 
 describe("plain-words errors", () => {
-  it("explains capacity refusals, with the wait", () => {
-    expect(apiProblem(new ApiError(503, "no_capacity", "pool 'server' has 200 sessions waiting", 12))).toEqual({
+  it("explains each capacity refusal in its own words, with the wait", () => {
+    expect(apiProblem(new ApiError(503, "no_capacity", "pool 'server' is busy", 12))).toEqual({
       title: "No capacity right now",
       detail: expect.stringContaining("Try again in about 12 s"),
+      code: "no_capacity",
     });
+    expect(apiProblem(new ApiError(503, "queue_full", "…", 3)).title).toBe("The waiting line is full");
+    const noWorkers = apiProblem(new ApiError(503, "no_workers", "…", 10));
+    expect(noWorkers.title).toBe("No voice workers are running");
+    expect(noWorkers.detail).toContain("Ask an operator");
     expect(apiProblem(new ApiError(429, "too_many_sessions", "…", 5)).title).toBe("Too many sessions");
     expect(apiProblem(new ApiError(0, "network", "…")).title).toBe("Can't reach the server");
   });

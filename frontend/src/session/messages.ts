@@ -21,10 +21,23 @@ export function apiProblem(error: unknown, doing = "That did not work"): Problem
   switch (error.code) {
     case "network":
       return { title: "Can't reach the server", detail: "Check your connection and try again." };
+    case "no_workers":
+      return {
+        title: "No voice workers are running",
+        detail: `Nothing can take a call right now: no worker is serving this pool (or all are being taken out of service). Ask an operator to start one.${retry}`,
+        code: error.code,
+      };
+    case "queue_full":
+      return {
+        title: "The waiting line is full",
+        detail: `Every voice worker is busy and as many people are waiting as the line holds.${retry || " Try again in a little while."}`,
+        code: error.code,
+      };
     case "no_capacity":
       return {
         title: "No capacity right now",
-        detail: `Every voice worker is busy and the waiting line is full.${retry || " Try again in a little while."}`,
+        detail: `Every voice worker is busy, and at the pace calls are ending a new one would wait longer than a call may wait.${retry || " Try again in a little while."}`,
+        code: error.code,
       };
     case "too_many_sessions":
       return {

@@ -1,0 +1,126 @@
+"""Admission to a pool, decided in Redis (real redis-server): from the slots workers' beats
+offer, exact under concurrent requests, refusing only what it can't serve."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from shared import keys, queue
+from shared.fleet import WorkerBeat
+from shared.live import AdmissionPolicy, AdmissionRefused, LiveSessions, OwnerLimitReached
+
+POOL = "server"
+POLICY = AdmissionPolicy(max_waiting=3, queue_ttl=30)
+
+
+def _beat(worker_id: str, *, capacity: int = 2, active: int = 0, draining: bool = False):
+    now = time.time()
+    return WorkerBeat(
+        id=worker_id, pool=POOL, host="h", capacity=capacity, active=active,
+        draining=draining, ts=now, polled_at=now,
+    )  # fmt: skip
+
+
+async def _create(live: LiveSessions, sid: str, policy: AdmissionPolicy = POLICY) -> int:
+    return await live.create(sid, f"owner-{sid}", {"conversation_id": "c", "pool": POOL},
+                             admission=policy)  # fmt: skip
+
+
+async def _refusal(live: LiveSessions, sid: str, policy: AdmissionPolicy = POLICY):
+    with pytest.raises(AdmissionRefused) as refused:
+        await _create(live, sid, policy)
+    assert not await live.get(sid)  # nothing of it was written
+    return refused.value
+
+
+async def test_a_pool_without_a_worker_offering_slots_refuses(redis) -> None:
+    live = LiveSessions(redis)
+    assert (await _refusal(live, "s1")).code == "no_workers"
+    assert (await _refusal(live, "s1")).value == 0  # no worker seen at all
+
+    await live.keep_alive("w1", [], beat=_beat("w1", draining=True))
+    refusal = await _refusal(live, "s1")
+    assert (refusal.code, refusal.value) == ("no_workers", 1)  # one seen, draining
+
+    await live.keep_alive("w1", [], beat=_beat("w1"))  # the drain was cancelled
+    assert await _create(live, "s1") == 0  # a slot is free for it: no place in line
+    # Scaling from zero: the queue is what wakes the autoscaler. No slot is free, and s1
+    # (admitted, on its way to the queue) is ahead.
+    await redis.delete(keys.worker("w1"))
+    assert await _create(live, "s2", AdmissionPolicy(3, 30, workers_required=False)) == 2
+
+
+async def test_a_worker_whose_beat_lapsed_offers_nothing(redis) -> None:
+    live = LiveSessions(redis)
+    await live.keep_alive("w1", [], beat=_beat("w1"))
+    await redis.delete(keys.worker("w1"))  # its heartbeat expired: killed, say
+    assert (await _refusal(live, "s1")).code == "no_workers"
+    assert not await redis.hexists(keys.pool_slots(POOL), "w1")  # and it was cleaned up
+
+
+async def test_the_queue_limit_is_exact_under_concurrent_requests(redis) -> None:
+    live = LiveSessions(redis)
+    await live.keep_alive("w1", [], beat=_beat("w1", capacity=1, active=1))  # the slot is taken
+    results = await asyncio.gather(
+        *(_create(live, f"s{i}") for i in range(20)), return_exceptions=True
+    )
+    admitted = [r for r in results if not isinstance(r, BaseException)]
+    assert sorted(admitted) == [1, 2, 3]  # places in line, none twice
+    refused = [r for r in results if isinstance(r, BaseException)]
+    codes = {(type(r), getattr(r, "code", "")) for r in refused}
+    assert codes == {(AdmissionRefused, "queue_full")}
+
+    # Each admitted session counts until it is in the queue proper, then as queued there.
+    first = next(f"s{i}" for i, r in enumerate(results) if r == 1)
+    await redis.zadd(keys.queue(POOL), {first: 1})
+    await queue.ring(redis, POOL, queued=first)
+    assert await redis.zcard(keys.pool_admitting(POOL)) == 2
+    assert (await _refusal(live, "late")).code == "queue_full"
+    # A place comes back when a waiting session leaves (a worker took it, or it ended).
+    await redis.zrem(keys.queue(POOL), first)
+    assert await _create(live, "late") == 3
+
+
+async def test_a_wait_beyond_the_queue_ttl_is_refused_once_the_rate_is_known(redis) -> None:
+    live = LiveSessions(redis)
+    policy = AdmissionPolicy(max_waiting=100, queue_ttl=5, min_starts=10)
+    await live.keep_alive("w1", [], beat=_beat("w1", capacity=1, active=1))
+    now = time.time()
+    # Nine starts in the window: too few to say the wait is long; the session queues.
+    await redis.zadd(keys.pool_starts(POOL), {f"old{i}": now - i for i in range(9)})
+    assert await _create(live, "s1", policy) == 1
+
+    # Twelve: about one start every 10 s, so a second in line waits ~20 s > 5.
+    await redis.zadd(keys.pool_starts(POOL), {f"new{i}": now - i for i in range(3)})
+    refusal = await _refusal(live, "s2", policy)
+    assert refusal.code == "no_capacity"
+    assert refusal.value == pytest.approx(2 * 120 / 12, rel=0.01)
+    assert refusal.starts_per_s == pytest.approx(12 / 120)
+
+    # A slot freed elsewhere in the pool: the one in line has it, the next waits ~10 s.
+    await live.keep_alive("w2", [], beat=_beat("w2", capacity=1))
+    refusal = await _refusal(live, "s2", policy)
+    assert refusal.value == pytest.approx(1 * 120 / 12, rel=0.01)
+    await live.keep_alive("w3", [], beat=_beat("w3", capacity=1))
+    assert await _create(live, "s2", policy) == 0  # two free slots, one waiting
+
+
+async def test_the_owner_limit_comes_after_the_pool_and_is_atomic(redis) -> None:
+    live = LiveSessions(redis)
+    await live.keep_alive("w1", [], beat=_beat("w1", capacity=20))
+    policy = AdmissionPolicy(max_waiting=100, queue_ttl=30)
+    attempts = [
+        live.create(f"s{i}", "u1", {"conversation_id": "c", "pool": POOL},
+                    owner_limit=2, admission=policy)
+        for i in range(6)
+    ]  # fmt: skip
+    results = await asyncio.gather(*attempts, return_exceptions=True)
+    assert sum(not isinstance(r, BaseException) for r in results) == 2
+    assert all(isinstance(r, OwnerLimitReached) for r in results if isinstance(r, BaseException))
+    # The cheap look before any rows are written says the same.
+    with pytest.raises(OwnerLimitReached):
+        await live.admit(POOL, "u1", policy, owner_limit=2)
+    assert await live.admit(POOL, "u2", policy, owner_limit=2) == 0
