@@ -54,6 +54,7 @@ class ServerConfig(BaseModel):
     default_pool: str
     ice_servers: list[str]
     grafana_url: str | None
+    assistant_name: str = Field(description="What the assistant calls itself; its lines' label.")
 
 
 def _secure(request: Request) -> bool:
@@ -134,6 +135,7 @@ async def server_config(_user: CurrentUser, state: StateDep) -> ServerConfig:
             for name, needs in settings.missing_profiles.items()
         ],
         default_profile=settings.default_profile,
+        assistant_name=settings.assistant_name,
         transports=settings.available_transports,
         pools=list(settings.pools),
         default_pool=settings.default_pool,

@@ -453,6 +453,12 @@ async function main(browser) {
           lis.map((li) => `${li.getAttribute("data-kind")}: ${li.innerText.replace(/\s+/g, " ").slice(0, 60)}`),
         ),
       );
+      const kinds = await page.locator("[data-testid=transcript] > li").evaluateAll((lis) => lis.map((li) => li.getAttribute("data-kind")));
+      if (!(kinds.indexOf("user") >= 0 && kinds.indexOf("user") < kinds.indexOf("tool"))) {
+        throw new Error(`the words that asked for the tool are not above its card: ${kinds}`);
+      }
+      await answer.first().locator(".who", { hasText: "Archie" }).waitFor(); // its configured name
+      if ((await card.innerText()).includes("send_to_nested")) throw new Error("the card shows the tool's raw name");
       const peak = await page.evaluate(() => window.__voicepool.remotePeakRms());
       note("peak RMS, assistant audio", peak.toFixed(4));
       if (peak <= MIN_BOT_RMS) throw new Error("the assistant's audio was silent");

@@ -60,7 +60,8 @@ def make_handler(
     async def handler(params: FunctionCallParams) -> None:
         arguments = params.arguments if params.arguments is not None else {}
         call = {"name": spec.name, "call_id": params.tool_call_id}
-        emit(EventType.TOOL_STARTED, {**call, "arguments": _clip(arguments)})
+        title = {"title": spec.title} if spec.title else {}
+        emit(EventType.TOOL_STARTED, {**call, **title, "arguments": _clip(arguments)})
         started = time.monotonic()
         step = 0
 

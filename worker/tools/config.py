@@ -100,6 +100,12 @@ class HttpOptions(Strict):
 
 class ToolSpec(Strict):
     name: str = Field(pattern=NAME_PATTERN)
+    title: str | None = Field(
+        None,
+        max_length=80,
+        description="What people see on the tool's card in the web app (default: the name, "
+        "in words).",
+    )
     description: str = Field(min_length=1, max_length=2000)
     parameters: dict[str, Any] = Field(
         default_factory=lambda: {"type": "object", "properties": {}, "required": []}

@@ -1,6 +1,7 @@
 import { cleanup, fireEvent, render, screen, within } from "@testing-library/react";
 import { afterEach, describe, expect, it } from "vitest";
-import type { VPEvent } from "../lib/types";
+import { ConfigContext } from "../lib/config";
+import type { ServerConfig, VPEvent } from "../lib/types";
 import { foldEvents } from "../session/events";
 import { Transcript } from "./Transcript";
 
@@ -67,13 +68,37 @@ describe("Transcript", () => {
     ]);
     const card = screen.getByTestId("tool-card") as HTMLDetailsElement;
     expect(card.open).toBe(false);
-    expect(within(card).getByText("send_to_nested")).toBeTruthy();
+    expect(within(card).getByText("Send to nested")).toBeTruthy(); // the name in words
     expect(within(card).getByText("done")).toBeTruthy();
-    fireEvent.click(within(card).getByText("send_to_nested"));
+    fireEvent.click(within(card).getByText("Send to nested"));
     expect(card.open).toBe(true);
     expect(within(card).getByText("calling the restaurant")).toBeTruthy();
     expect(within(card).getByText("booked for 8 pm")).toBeTruthy();
-    expect(within(card).getByText(/"text": "book a table"/)).toBeTruthy();
+    // Arguments as "field: value", not JSON.
+    expect(within(card).getByText("Text")).toBeTruthy();
+    expect(within(card).getByText("book a table")).toBeTruthy();
+    expect(card.textContent).not.toContain("{");
+  });
+
+  it("labels a tool by its configured title, and deeper values as JSON", () => {
+    const call = { name: "lookup", call_id: "c-2" };
+    renderEvents([
+      ev(1, "tool.started", { ...call, title: "Looking up the order", arguments: { ids: [1, 2] } }),
+      ev(2, "tool.completed", { ...call, result: { found: 2 } }),
+    ]);
+    const card = screen.getByTestId("tool-card");
+    expect(within(card).getByText("Looking up the order")).toBeTruthy();
+    expect(card.textContent).toContain('"ids"');
+    expect(within(card).getByText("Found")).toBeTruthy(); // a flat result: field and value
+  });
+
+  it("labels the assistant's lines with its configured name", () => {
+    render(
+      <ConfigContext.Provider value={{ config: { assistant_name: "Archie" } as ServerConfig, problem: null }}>
+        <Transcript items={foldEvents([ev(1, "assistant.transcript", { text: "Hi!" })]).items} hasTranscript />
+      </ConfigContext.Provider>,
+    );
+    expect(screen.getByText("Archie")).toBeTruthy();
   });
 
   it("says why a session failed, in plain words", () => {

@@ -1,3 +1,4 @@
+import { useConfig } from "../lib/config";
 import type { TranscriptItem } from "../session/events";
 import { formatDuration, isRawError, plainError, reasonText, STATE_LABELS } from "../session/messages";
 import { ToolCard } from "./ToolCard";
@@ -25,6 +26,7 @@ function turnText(item: Extract<TranscriptItem, { kind: "turn" }>): string {
 }
 
 export function Transcript({ items, hasTranscript, turns = "auto", live = false, emptyText }: Props) {
+  const assistant = useConfig().config?.assistant_name || "Assistant";
   const showTurns = turns === "always" || (turns === "auto" && !hasTranscript);
   // Raw errors in plain words: the same words again (a retry failing the same way) once only.
   const said = new Set<string>();
@@ -65,7 +67,7 @@ export function Transcript({ items, hasTranscript, turns = "auto", live = false,
                 className={`line line-assistant${item.interrupted ? " line-interrupted" : ""}`}
                 data-kind="assistant"
               >
-                <span className="who">Assistant</span>
+                <span className="who">{assistant}</span>
                 <p>
                   {item.text}
                   {item.interrupted ? <span className="tag tag-interrupted">interrupted</span> : null}

@@ -8,7 +8,7 @@ interface ConfigState {
   problem: Problem | null;
 }
 
-const ConfigContext = createContext<ConfigState>({ config: null, problem: null });
+export const ConfigContext = createContext<ConfigState>({ config: null, problem: null });
 
 /** GET /api/config once per sign-in: profiles, transports, pools, ICE servers, Grafana link. */
 export function ConfigProvider({ children }: { children: ReactNode }) {

@@ -19,6 +19,8 @@ export interface ServerConfig {
   default_pool: string;
   ice_servers: string[];
   grafana_url: string | null;
+  /** What the assistant calls itself: its lines' label. */
+  assistant_name?: string;
 }
 
 export type SessionStatus =

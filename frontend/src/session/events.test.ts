@@ -138,6 +138,27 @@ describe("transcript and tools", () => {
     ]);
   });
 
+  it("puts words transcribed late before the tool call and the answer they caused", () => {
+    const iso = (seq: number) => new Date((1_700_000_000 + seq) * 1000).toISOString();
+    const call = { name: "send_to_nested", call_id: "c-1" };
+    const view = foldEvents([
+      ev(1, "assistant.transcript", { text: "Hello!" }),
+      ev(3, "tool.started", { ...call, arguments: { text: "find flights" } }),
+      ev(4, "assistant.transcript", { text: "Searching now." }),
+      // The words the user started saying at seq 2's time, transcribed last.
+      ev(5, "user.transcript", { text: "Find flights to Oslo", started: iso(2) }),
+      ev(6, "tool.completed", { ...call, result: "3 flights" }),
+    ]);
+    expect(view.items.map((i) => (i.kind === "tool" ? "tool" : `${i.kind}:${"text" in i ? i.text : ""}`))).toEqual([
+      "assistant:Hello!",
+      "user:Find flights to Oslo",
+      "tool",
+      "assistant:Searching now.",
+    ]);
+    expect(view.items[1].ts).toBe(1_700_000_002); // when the words started
+    expect(view.items[2]).toMatchObject({ status: "completed" }); // still found by its key
+  });
+
   it("gathers a tool call's steps into one card", () => {
     const call = { name: "send_to_nested", call_id: "c-1" };
     const view = foldEvents([

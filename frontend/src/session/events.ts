@@ -42,6 +42,8 @@ export type TranscriptItem =
       ts: number;
       callId: string;
       name: string;
+      /** What people see on the card (the tool's configured title), when it has one. */
+      title?: string;
       args: unknown;
       status: "running" | "completed" | "failed";
       steps: ToolStep[];
@@ -106,6 +108,22 @@ function push(view: SessionView, item: TranscriptItem): SessionView {
     items: [...view.items, item],
     index: { ...view.index, [item.key]: view.items.length },
   };
+}
+
+/** A user's words arrive once transcribed, often after the tools and the answer they
+ * caused: put them before those (what came after the speaker started), at that start. */
+function placeUserLine(view: SessionView, item: Extract<TranscriptItem, { kind: "user" }>, started: number | null): SessionView {
+  if (started === null) return push(view, item);
+  let at = view.items.length;
+  while (at > 0) {
+    const before = view.items[at - 1];
+    if ((before.kind !== "tool" && before.kind !== "assistant") || before.ts <= started) break;
+    at -= 1;
+  }
+  const items = [...view.items.slice(0, at), { ...item, ts: started }, ...view.items.slice(at)];
+  const index = { ...view.index };
+  items.slice(at).forEach((moved, i) => (index[moved.key] = at + i));
+  return { ...view, items, index };
 }
 
 function upsert(
@@ -206,11 +224,14 @@ export function applyEvent(view: SessionView, event: VPEvent): SessionView {
       }
       return next;
     }
-    case "user.transcript":
+    case "user.transcript": {
+      const started = typeof d.started === "string" ? Date.parse(d.started) / 1000 : NaN;
+      const line = { kind: "user" as const, key: `${sid}:${event.seq}`, ts, text: str(d.text) };
       return {
-        ...push(view, { kind: "user", key: `${sid}:${event.seq}`, ts, text: str(d.text) }),
+        ...placeUserLine(view, line, Number.isFinite(started) && started <= ts ? started : null),
         hasTranscript: true,
       };
+    }
     case "assistant.transcript":
       return {
         ...push(view, {
@@ -245,7 +266,7 @@ export function applyEvent(view: SessionView, event: VPEvent): SessionView {
           if (item.kind !== "tool") return item;
           switch (event.type) {
             case "tool.started":
-              return { ...item, name: str(d.name) || item.name, args: d.arguments };
+              return { ...item, name: str(d.name) || item.name, title: str(d.title) || undefined, args: d.arguments };
             case "tool.progress":
               return {
                 ...item,
