@@ -21,7 +21,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
-from sqlalchemy import Table, update
+from sqlalchemy import Table, func, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col
@@ -200,6 +200,8 @@ class Persister:
         moved = _moved(event)
         if state == SessionState.READY and not moved:
             values["ready_at"] = when
+        if state == SessionState.CONNECTED:  # the first connect: a call's talk time starts
+            values["connected_at"] = func.coalesce(SESSIONS.c.connected_at, when)
         if state in FINAL_STATES:
             values["ended_at"] = when
         if event.data.get("worker_id"):

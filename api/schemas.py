@@ -142,11 +142,17 @@ class EventOut(BaseModel):
 
 class ConversationSummary(BaseModel):
     conversation_id: str
-    title: str | None
+    title: str | None = Field(description="Its first words (None until someone spoke).")
     created_at: datetime
     updated_at: datetime
     session_count: int
-    duration_s: float
+    connected_sessions: int = Field(
+        0, description="Sessions a client connected to (0: attempts that never got going)."
+    )
+    duration_s: float = Field(description="Talk time: connected, summed over its sessions.")
+    profile: str | None = Field(None, description="The profile of its latest session.")
+    live: bool = Field(False, description="One of its sessions is live now.")
+    match: str | None = Field(None, description="With ?q=: its latest line that matched.")
 
 
 class SessionBrief(BaseModel):

@@ -5,13 +5,20 @@ Used by the API's history routes and by ``voicepool export``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import contextlib
+import re
+from datetime import UTC, datetime, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from sqlalchemy import text
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from shared.models import Conversation, EventRecord, VoiceSession, as_utc
+
+TRANSCRIPT_EVENTS = ("user.transcript", "assistant.transcript")
+TRANSCRIPT_TYPES = "(" + ", ".join(f"'{t}'" for t in TRANSCRIPT_EVENTS) + ")"  # in SQL
 
 
 async def conversation_sessions(db: AsyncSession, conversation_id: str) -> list[VoiceSession]:
@@ -51,7 +58,7 @@ async def transcript_history(
         await db.exec(
             select(EventRecord)
             .where(EventRecord.conversation_id == conversation_id)
-            .where(col(EventRecord.type).in_(("user.transcript", "assistant.transcript")))
+            .where(col(EventRecord.type).in_(TRANSCRIPT_EVENTS))
             .order_by(col(EventRecord.ts).desc())
             .limit(limit)
         )
@@ -61,6 +68,51 @@ async def transcript_history(
         for r in reversed(rows)
         if r.data.get("text")
     ]
+
+
+SEARCH_TERMS_MAX = 8
+SEARCH_HITS_MAX = 500
+
+
+def search_terms(query: str) -> list[str]:
+    """The words of a search, lowercased: each must occur (as a word or a word's start)."""
+    return re.findall(r"\w+", query.lower())[:SEARCH_TERMS_MAX]
+
+
+async def search_transcripts(db: AsyncSession, user_id: str, query: str) -> dict[str, str]:
+    """The user's conversations whose transcript lines hold every word of ``query`` (or
+    words starting so), most recent line first: conversation id → its latest such line.
+
+    A real index, not a scan: SQLite's FTS5 (``transcript_search``, fed by a trigger on
+    events) or a PostgreSQL GIN index over the lines' text (migration 0002).
+    """
+    terms = search_terms(query)
+    if not terms:
+        return {}
+    if db.get_bind().dialect.name == "sqlite":
+        statement = text(
+            "SELECT s.conversation_id, s.text FROM transcript_search s "
+            "JOIN conversations c ON c.id = s.conversation_id "
+            "WHERE transcript_search MATCH :match AND c.user_id = :user "
+            "ORDER BY s.rowid DESC LIMIT :hits"
+        )
+        # Each word quoted (FTS5 syntax in a user's words is just text) and a prefix.
+        match = " ".join('"' + t.replace('"', '""') + '"*' for t in terms)
+        params: dict[str, Any] = {"match": match}
+    else:
+        statement = text(
+            "SELECT e.conversation_id, e.data ->> 'text' FROM events e "
+            "JOIN conversations c ON c.id = e.conversation_id "
+            f"WHERE e.type IN {TRANSCRIPT_TYPES} "
+            "AND to_tsvector('simple', e.data ->> 'text') @@ to_tsquery('simple', :match) "
+            "AND c.user_id = :user ORDER BY e.ts DESC LIMIT :hits"
+        )
+        params = {"match": " & ".join(f"{t}:*" for t in terms)}  # \w+ only: nothing to escape
+    rows = await db.execute(statement, {**params, "user": user_id, "hits": SEARCH_HITS_MAX})
+    found: dict[str, str] = {}
+    for conversation_id, line in rows.tuples():
+        found.setdefault(str(conversation_id), str(line))
+    return found
 
 
 async def sessions_by_conversation(
@@ -81,10 +133,12 @@ async def sessions_by_conversation(
 
 
 def session_duration(session: VoiceSession) -> float:
-    if session.ready_at is None:
+    """Talk time: from the first time a client connected to the end (or now). A session
+    nobody connected to (it expired, failed or timed out waiting) has none."""
+    if session.connected_at is None:
         return 0.0
     end = as_utc(session.ended_at) if session.ended_at else datetime.now(UTC)
-    return max((end - as_utc(session.ready_at)).total_seconds(), 0.0)
+    return max((end - as_utc(session.connected_at)).total_seconds(), 0.0)
 
 
 def export_json(
@@ -119,8 +173,22 @@ def export_json(
     }
 
 
-def _clock(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S")
+def _clock(ts: float, zone: tzinfo) -> str:
+    return datetime.fromtimestamp(ts, zone).strftime("%H:%M:%S")
+
+
+def _line_time(event: EventRecord) -> float:
+    """When what the line tells happened: a transcript line when its words began (the
+    event is written once they are transcribed), a turn when it started."""
+    d = event.data
+    if event.type in TRANSCRIPT_EVENTS and isinstance(d.get("started"), str):
+        with contextlib.suppress(ValueError):
+            started = datetime.fromisoformat(d["started"]).timestamp()
+            if started <= event.ts:
+                return started
+    if event.type in ("user.turn_stopped", "bot.stopped_speaking"):
+        return event.ts - float(d.get("duration_s") or 0)
+    return event.ts
 
 
 def _line(event: EventRecord) -> str | None:
@@ -146,11 +214,23 @@ def _line(event: EventRecord) -> str | None:
 
 
 def export_markdown(
-    conversation: Conversation, sessions: list[VoiceSession], events: list[EventRecord]
+    conversation: Conversation,
+    sessions: list[VoiceSession],
+    events: list[EventRecord],
+    zone: str = "UTC",
 ) -> str:
+    """The conversation for people to read: each line at the time it began (the web app's
+    times), in ``zone`` (an IANA name, e.g. the reader's own; UTC by default)."""
+    tz: tzinfo = ZoneInfo(zone)
     title = conversation.title or "Conversation"
-    started = as_utc(conversation.created_at).strftime("%Y-%m-%d %H:%M UTC")
-    out = [f"# {title}", "", f"Conversation `{conversation.id}`, started {started}.", ""]
+    started = as_utc(conversation.created_at).astimezone(tz).strftime("%Y-%m-%d %H:%M")
+    out = [
+        f"# {title}",
+        "",
+        f"Conversation `{conversation.id}`, started {started} ({zone}). "
+        f"Times are when each line began, in {zone}.",
+        "",
+    ]
     by_session: dict[str, list[EventRecord]] = {}
     for event in events:
         by_session.setdefault(event.session_id, []).append(event)
@@ -159,12 +239,12 @@ def export_markdown(
             f"## Session {number} ({session.profile}, {session.transport})",
             "",
             f"Ended: {session.state} ({session.reason or 'n/a'}), "
-            f"{session_duration(session):.0f} s live.",
+            f"{session_duration(session):.0f} s connected.",
             "",
         ]
-        for event in by_session.get(session.id, []):
-            line = _line(event)
+        lines = [(_line_time(e), e.seq, _line(e)) for e in by_session.get(session.id, [])]
+        for at, _seq, line in sorted(lines, key=lambda x: (x[0], x[1])):
             if line:
-                out.append(f"- {_clock(event.ts)} {line}")
+                out.append(f"- {_clock(at, tz)} {line}")
         out.append("")
     return "\n".join(out)

@@ -77,6 +77,11 @@ class VoiceSession(SQLModel, table=True):
     worker_id: str | None = Field(default=None, max_length=128)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts_column())
     ready_at: datetime | None = Field(default=None, sa_column=_ts_column(nullable=True))
+    connected_at: datetime | None = Field(
+        default=None,
+        sa_column=_ts_column(nullable=True),
+        description="When a client first connected (None: nobody ever did)",
+    )
     ended_at: datetime | None = Field(default=None, sa_column=_ts_column(nullable=True))
 
 

@@ -24,11 +24,18 @@ MIGRATION_LOCK_KEY = 0x766F_6963_6570_6F6F
 SQLITE_BUSY_TIMEOUT = 60
 
 
+def _modelled(name: str | None, type_: str, _parents: object) -> bool:
+    """What autogenerate compares with the models: not the transcript search index, which
+    is dialect-specific SQL of migration 0002 (an FTS5 table, a GIN index)."""
+    return not (name or "").startswith(("transcript_search", "ix_events_transcript_search"))
+
+
 def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
+        include_name=_modelled,
     )
     # The lock opened a transaction, so Alembic runs inside it: our commit ends both.
     with context.begin_transaction():
@@ -63,7 +70,9 @@ async def _run_async(url: str) -> None:
 
 url = context.config.attributes.get("url") or context.config.get_main_option("sqlalchemy.url")
 if context.is_offline_mode():
-    context.configure(url=url, target_metadata=target_metadata, literal_binds=True)
+    context.configure(
+        url=url, target_metadata=target_metadata, literal_binds=True, include_name=_modelled
+    )
     with context.begin_transaction():
         context.run_migrations()
 else:

@@ -378,6 +378,8 @@ async function main(browser) {
     const row = page.locator(`[data-conversation-id="${conversationId}"]`);
     await row.waitFor({ timeout: 10000 });
     note("History row", (await row.innerText()).replace(/\s+/g, " "));
+    const title = await row.getByRole("link").innerText();
+    if (!title.startsWith("Echo test, ")) throw new Error(`the echo call's title: ${title}`);
     await shot(page, "03-history.png");
     await row.getByRole("link").click();
   });
@@ -465,6 +467,31 @@ async function main(browser) {
       await shot(page, "05-talk-assistant.png");
       await page.getByTestId("stop").click();
       await waitFor("it to end", async () => (await voiceState(page)).status === "ended", { timeout: 10000 });
+    });
+
+    await step("History finds the conversation by what was said (server-side full-text search)", async () => {
+      await page.getByRole("link", { name: "History", exact: true }).click();
+      const assistantId = (await voiceState(page)).conversationId;
+      await page.getByTestId("history-search").fill("oslo FLIGHT");
+      await page.getByRole("button", { name: "Search" }).click();
+      // The persister stores asynchronously: search again until the line is in.
+      const hit = page.locator(`[data-conversation-id="${assistantId}"]`);
+      await waitFor(
+        "the conversation found",
+        async () => {
+          if (await hit.count()) return true;
+          await page.getByRole("button", { name: "Search" }).click();
+          return false;
+        },
+        { timeout: 10000, interval: 500 },
+      );
+      const marks = await hit.getByTestId("match").locator("mark").allInnerTexts();
+      note("search hit", { title: await hit.getByRole("link").innerText(), marks });
+      if (!marks.map((m) => m.toLowerCase()).includes("oslo")) throw new Error(`marks ${marks}`);
+      if (await page.locator(`[data-conversation-id="${conversationId}"]`).count()) {
+        throw new Error("the echo conversation (no words) matched");
+      }
+      await shot(page, "12-history-search.png");
     });
   }
 

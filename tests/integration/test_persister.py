@@ -7,6 +7,7 @@ from sqlmodel import col, func, select
 
 from api.persister import Persister
 from shared import keys
+from shared.history import search_transcripts
 from shared.lifecycle import Reason
 from shared.live import LiveSessions
 from shared.models import Conversation, EventRecord, User, VoiceSession
@@ -195,3 +196,37 @@ async def test_a_recovered_call_keeps_its_start_and_is_counted_once(redis, store
     assert (
         metrics.SESSIONS_RECOVERING.labels(**labels, reason="worker_lost")._value.get() == moved + 1
     )
+
+
+async def test_transcripts_are_searchable_and_talk_time_starts_at_connect(redis, store) -> None:
+    """Stored lines are found by full-text search (SQLite FTS5, PostgreSQL GIN), only the
+    owner's, once each even after a replay; talk time counts from the first connect."""
+    live = LiveSessions(redis)
+    await live.create("s1", "u1", {"conversation_id": "c1", "pool": "server"})
+    await live.pick_up("s1", "w1")
+    await live.move("s1", "mark_ready", Reason.PIPELINE_READY, worker_id="w1")
+    await live.move("s1", "connect", Reason.CLIENT_CONNECTED, worker_id="w1")
+    await live.publish("s1", "user.transcript", {"text": "Find flights to Oslo, please"})
+    await live.publish("s1", "assistant.transcript", {"text": "The team found three flights."})
+    await live.publish("s1", "user.turn_stopped", {"turn": 1, "text": "not a transcript: flights"})
+    await live.move("s1", "finish_own", Reason.CLIENT_ENDED, worker_id="w1")
+    persister = Persister(redis, store, consumer="p", batch_size=50)
+    await persister.ensure_group()
+    await _drain(persister)
+    await persister.store_entries(await redis.xrange(keys.INGEST_STREAM))  # a replay
+
+    async with store.session() as db:
+        assert await search_transcripts(db, "u1", "OSLO fli") == {
+            "c1": "Find flights to Oslo, please"
+        }
+        # Latest matching line first; every word must match (a word's start is enough).
+        latest = "The team found three flights."
+        assert await search_transcripts(db, "u1", "flight") == {"c1": latest}
+        assert await search_transcripts(db, "u1", "oslo tromsø") == {}
+        assert await search_transcripts(db, "u2", "oslo") == {}  # not theirs
+        # The search's own syntax in a user's words is just words.
+        assert await search_transcripts(db, "u1", 'oslo" OR "* NEAR(') == {}
+        assert await search_transcripts(db, "u1", " ?! ") == {}
+        session = await db.get(VoiceSession, "s1")
+        assert session is not None and session.connected_at is not None
+        assert session.ready_at is not None and session.connected_at >= session.ready_at

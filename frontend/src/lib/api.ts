@@ -124,12 +124,16 @@ export const api = {
   liveSessions: (signal?: AbortSignal) => request<SessionOut[]>("/api/sessions?live=true", { signal }),
   endSession: (id: string) =>
     request<SessionOut>(`/api/sessions/${encodeURIComponent(id)}`, { method: "DELETE" }),
-  conversations: (signal?: AbortSignal) =>
-    request<ConversationSummary[]>("/api/conversations?limit=100", { signal }),
+  /** The caller's conversations, newest first; with `q`, those whose transcript has its words. */
+  conversations: (signal?: AbortSignal, q?: string) =>
+    request<ConversationSummary[]>(`/api/conversations?limit=100${q ? `&q=${encodeURIComponent(q)}` : ""}`, { signal }),
   conversation: (id: string, signal?: AbortSignal) =>
     request<ConversationDetail>(`/api/conversations/${encodeURIComponent(id)}`, { signal }),
+  /** The Markdown's times in the reader's own time zone, as the page shows them. */
   exportUrl: (id: string, format: "md" | "json") =>
-    `/api/conversations/${encodeURIComponent(id)}/export?format=${format}`,
+    `/api/conversations/${encodeURIComponent(id)}/export?format=${format}&tz=${encodeURIComponent(
+      Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC",
+    )}`,
   workers: (signal?: AbortSignal) => request<WorkerOut[]>("/api/workers", { signal }),
   pools: (signal?: AbortSignal) => request<PoolOut[]>("/api/pools", { signal }),
   drain: (id: string) =>

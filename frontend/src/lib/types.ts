@@ -72,13 +72,21 @@ export interface VPEvent {
 
 export interface ConversationSummary {
   conversation_id: string;
+  /** Its first words (null until someone spoke). */
   title: string | null;
-  /** Not served yet: the first user transcript, if the API adds it. */
-  preview?: string | null;
   created_at: string;
   updated_at: string;
   session_count: number;
+  /** Sessions a client connected to (0: attempts that never got going). */
+  connected_sessions?: number;
+  /** Talk time: connected, summed over its sessions. */
   duration_s: number;
+  /** The profile of its latest session. */
+  profile?: string | null;
+  /** One of its sessions is live now. */
+  live?: boolean;
+  /** With a search: its latest line that matched. */
+  match?: string | null;
 }
 
 export interface SessionBrief {
