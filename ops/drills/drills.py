@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -444,7 +444,15 @@ async def poll_loop_fails(system: System, api: httpx.AsyncClient) -> Row:
     with system.redis as r:
         r.execute_command("ACL", "SETUSER", "default", "+@all")
     system.start_worker(capacity=4)  # the service manager's restart
-    session = (await api.post("/api/sessions", json={"transport": "webrtc"})).json()
+
+    async def admitted() -> dict[str, Any]:
+        # Until the new worker joins, the pool has none: 503 no_workers, and a client
+        # tries again (here sooner than the Retry-After it is told, to time the join).
+        reply = await api.post("/api/sessions", json={"transport": "webrtc"})
+        assert reply.status_code == 202, reply.text
+        return cast("dict[str, Any]", reply.json())
+
+    session = await eventually(admitted, timeout=30, interval=0.25, what="a session admitted")
     await eventually(
         lambda: _status_is(api, session["session_id"], {"ready"}), timeout=30, what="ready"
     )
