@@ -12,6 +12,7 @@ from api import limits, web_sessions
 from api.deps import CurrentUser, SessionDep, StateDep, check_csrf
 from api.errors import ApiError
 from api.schemas import Strict
+from shared.settings import Settings
 from shared.users import authenticate
 
 router = APIRouter(prefix="/api", tags=["auth"])
@@ -43,8 +44,32 @@ class UnavailableProfile(BaseModel):
     needs: str = Field(description="What the server lacks to offer it, e.g. a setting's name.")
 
 
+class ProfileInfo(BaseModel):
+    label: str
+    description: str = Field(description="One line: what talking to it is like.")
+
+
+def profile_info(settings: Settings) -> dict[str, ProfileInfo]:
+    """What the web app calls each profile, and what it does, in a line."""
+    return {
+        "echo": ProfileInfo(
+            label="Echo test",
+            description="Hear yourself back after each turn: checks your microphone and the "
+            "connection, no AI involved.",
+        ),
+        "assistant": ProfileInfo(
+            label=f"{settings.assistant_name}, the assistant",
+            description="A voice assistant on OpenAI's Realtime model that can use this "
+            "deployment's tools; you can also type to it.",
+        ),
+    }
+
+
 class ServerConfig(BaseModel):
     profiles: list[str]
+    profile_info: dict[str, ProfileInfo] = Field(
+        default_factory=dict, description="Per profile: its label and a one-line description."
+    )
     unavailable_profiles: list[UnavailableProfile] = Field(
         default_factory=list, description="Profiles this deployment could offer but does not."
     )
@@ -134,6 +159,7 @@ async def server_config(_user: CurrentUser, state: StateDep) -> ServerConfig:
             UnavailableProfile(name=name, needs=needs)
             for name, needs in settings.missing_profiles.items()
         ],
+        profile_info=profile_info(settings),
         default_profile=settings.default_profile,
         assistant_name=settings.assistant_name,
         transports=settings.available_transports,

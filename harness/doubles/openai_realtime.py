@@ -36,6 +36,8 @@ Server event sequences (``→`` server to client):
 * barge-in: speech heard while answering cancels the answer (``response.output_item.done``
   with status ``incomplete``, ``conversation.item.done``, ``response.done`` with status
   ``cancelled``), as ``interrupt_response`` does; ``response.cancel`` does the same.
+* a user's text message (``conversation.item.create``, role ``user``, ``input_text``): the
+  next ``response.create`` answers it with ``typed_answer`` (an audio answer, as a turn's).
 * ``response.create`` with no user turn pending (Pipecat's opening ``LLMRunFrame``): an
   audio answer saying ``greeting``.
 * other client events: ``conversation.item.create`` → ``conversation.item.added`` +
@@ -281,6 +283,7 @@ class _Connection:
         self.items: dict[str, Event] = {}
         self.speech_item_id: str | None = None
         self.pending_turn: Turn | None = None  # committed, waiting for response.create
+        self.typed_pending: str | None = None  # a user's text message, waiting likewise
         self.queued_turn: Turn | None = None  # heard while answering, answered next
         self.pending_answer: Turn | None = None  # tool called, waiting for its output
         self.response_task: asyncio.Task[None] | None = None
@@ -406,6 +409,9 @@ class _Connection:
                 self.server.function_outputs.append(sent)
             item = {"id": _id("item")} | sent | {"object": "realtime.item", "status": "completed"}
             await self._add_item(item)
+            typed = _typed_text(sent)
+            if typed is not None:  # a user's text message: the next response answers it
+                self.typed_pending = typed
         elif kind == "conversation.item.truncate":
             await self.send(
                 "conversation.item.truncated",
@@ -441,6 +447,11 @@ class _Connection:
             elif self.pending_turn is not None:
                 turn, self.pending_turn = self.pending_turn, None
                 self._start_turn(turn, text_only=text_only)
+            elif self.typed_pending is not None:  # answers the user's text message
+                typed, self.typed_pending = self.typed_pending, None
+                self.server.typed.append(typed)
+                answer = self.server.typed_answer.format(text=typed)
+                self._start(self._answer(answer, text_only=text_only, turn=True))
             else:  # nothing said yet (e.g. the greeting Pipecat asks for at the start)
                 self._start(self._answer(self.server.greeting, text_only=text_only, turn=False))
         elif kind == "response.cancel":
@@ -741,6 +752,14 @@ class _Connection:
                 )
 
 
+def _typed_text(item: dict[str, Any]) -> str | None:
+    """The text of a user's text message item (``conversation.item.create``), else None."""
+    if item.get("type") != "message" or item.get("role") != "user":
+        return None
+    texts = [c.get("text", "") for c in item.get("content") or [] if c.get("type") == "input_text"]
+    return " ".join(texts) if texts else None
+
+
 class FakeRealtimeServer:
     """A local stand-in for ``wss://api.openai.com/v1/realtime``; use with ``async with``.
 
@@ -763,6 +782,7 @@ class FakeRealtimeServer:
         port: int = 0,
         *,
         greeting: str = "Hello! How can I help you today?",
+        typed_answer: str = "You wrote: {text}",
         pace: float = 1.0,
         record: bool = True,
     ) -> None:
@@ -774,6 +794,8 @@ class FakeRealtimeServer:
         self.fault = fault or Fault()
         self.host, self.port = host, port
         self.greeting = greeting
+        self.typed_answer = typed_answer  # answers a user's text message ({text}: its text)
+        self.typed: list[str] = []  # the user text messages answered, in order
         self.pace = pace
         self.record = record
         self.received: list[Event] = []

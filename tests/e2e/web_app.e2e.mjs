@@ -18,7 +18,7 @@
 // Exits non-zero on the first failed step, after a screenshot of the page.
 
 import { createRequire } from "node:module";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -155,6 +155,24 @@ function watch(page, label) {
 }
 
 const shot = (page, name) => page.screenshot({ path: path.join(ARTIFACTS, name), fullPage: true });
+
+// axe-core, run in the page through the DevTools protocol (page.evaluate is not held to the
+// page's CSP, which rightly refuses injected scripts). Every page and state the steps
+// visit is checked against WCAG 2.1 AA; a violation fails the step.
+const AXE_SOURCE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+const a11yChecked = [];
+async function a11y(page, what) {
+  if (!(await page.evaluate(() => typeof window.axe !== "undefined"))) await page.evaluate(AXE_SOURCE);
+  const violations = await page.evaluate(async () => {
+    const result = await window.axe.run(document, {
+      runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] },
+      resultTypes: ["violations"],
+    });
+    return result.violations.map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target.join(" ")).slice(0, 3).join(", ")}`);
+  });
+  if (violations.length) throw new Error(`axe-core, ${what}:\n  ${violations.join("\n  ")}`);
+  a11yChecked.push(what);
+}
 const voiceState = (page) => page.evaluate(() => window.__voicepool?.state() ?? null);
 
 async function signIn(page, token, label) {
@@ -197,6 +215,7 @@ try {
   await step("no console errors, page errors or failed requests", async () => {
     if (problems.length) throw new Error(problems.join("\n"));
   });
+  note("axe-core: pages and states with no violation", a11yChecked);
   console.log(`passed in ${elapsed()} s`);
   console.log(`OBSERVATIONS ${JSON.stringify(observations)}`);
 } catch (error) {
@@ -234,6 +253,7 @@ async function main(browser) {
     await page.goto(`${BASE_URL}/`);
     await page.getByRole("heading", { name: "Sign in to voicepool" }).waitFor();
     await shot(page, "01-sign-in.png");
+    await a11y(page, "01-sign-in");
   });
 
   await step("sign in with a token", async () => {
@@ -317,6 +337,7 @@ async function main(browser) {
     note("peak RMS, microphone (fake capture)", levels.localPeak.toFixed(4));
     if (levels.localPeak <= MIN_BOT_RMS) throw new Error("the microphone's level stayed near silence");
     await shot(page, "02-talk-connected.png");
+    await a11y(page, "02-talk-connected");
   });
 
   await step("the event stream resumes after a network blip (EventSource's Last-Event-ID)", async () => {
@@ -346,6 +367,66 @@ async function main(browser) {
   });
 
   let liveTurns;
+  await step("the call at a glance: the bot's state, the call's time, its response time", async () => {
+    const info = page.getByTestId("call-info");
+    await info.waitFor();
+    const first = await page.getByTestId("call-time").innerText();
+    await waitFor("the call time to move", async () => (await page.getByTestId("call-time").innerText()) !== first, { timeout: 3000 });
+    await waitFor("a response time (turn end to reply start)", async () => (await page.getByTestId("response-time").innerText()) !== "—");
+    const states = new Set();
+    await waitFor(
+      "the bot seen speaking and listening",
+      async () => {
+        states.add(await page.getByTestId("agent-state").getAttribute("data-state"));
+        return states.has("speaking") && states.has("listening");
+      },
+      { timeout: 15000, interval: 50 },
+    );
+    const quality = page.getByTestId("connection-quality");
+    await quality.waitFor({ timeout: 5000 });
+    if ((await quality.getAttribute("data-quality")) !== "good") throw new Error(`loopback is ${await quality.innerText()}`);
+    note("call at a glance", { states: [...states], text: (await info.innerText()).replace(/\s+/g, " ") });
+  });
+
+  await step("keyboard: M mutes and unmutes; push to talk holds the mic open only while Space is down", async () => {
+    await page.locator("body").press("m");
+    await waitFor("the mic to show muted", async () => (await page.getByTestId("mute").getAttribute("aria-pressed")) === "true");
+    await page.getByTestId("agent-state").filter({ hasText: "Muted" }).waitFor();
+    await page.locator("body").press("m");
+    await waitFor("unmuted", async () => (await page.getByTestId("mute").getAttribute("aria-pressed")) === "false");
+    await page.getByTestId("push-to-talk").check();
+    const hold = page.getByTestId("hold-to-talk");
+    await waitFor("the mic off until held", async () => (await hold.getAttribute("aria-pressed")) === "false");
+    const track = () => page.evaluate(() => window.__voicepool.localTrackEnabled());
+    await waitFor("the mic track off", async () => (await track()) === false);
+    await page.locator("body").focus();
+    await page.keyboard.down(" ");
+    await waitFor("the mic track on while Space is held", async () => (await track()) === true);
+    await page.keyboard.up(" ");
+    await waitFor("the mic track off again", async () => (await track()) === false);
+    await page.getByTestId("push-to-talk").uncheck();
+    await waitFor("the mic back on", async () => (await track()) === true);
+    await shot(page, "13-talk-controls.png");
+    await a11y(page, "13-talk-controls");
+  });
+
+  await step("switch the microphone mid-call: the new one is sent, the echo still comes back", async () => {
+    const picker = page.getByTestId("mic-picker");
+    await picker.waitFor();
+    const options = await picker.locator("option").evaluateAll((os) => os.map((o) => ({ value: o.value, label: o.textContent })));
+    note("microphones", options.map((o) => o.label));
+    const before = await page.evaluate(() => window.__voicepool.sentAudioTrack());
+    const other = options.find((o) => o.value && o.value !== "default" && o.label !== before?.label) ?? options[options.length - 1];
+    await picker.selectOption(other.value);
+    const after = await waitFor("another track sent", async () => {
+      const now = await page.evaluate(() => window.__voicepool.sentAudioTrack());
+      return now && now.id !== before?.id ? now : null;
+    });
+    note("sent microphone", { before: before?.label, after: after.label });
+    const turns = await page.locator('[data-kind="bot-turn"]').count();
+    await waitFor("a bot reply to the new microphone", async () => (await page.locator('[data-kind="bot-turn"]').count()) > turns, { timeout: 15000 });
+  });
+
   await step("mute, then stop", async () => {
     await page.getByTestId("mute").click();
     await waitFor("the mic to show muted", async () => (await page.getByTestId("mute").getAttribute("aria-pressed")) === "true");
@@ -373,6 +454,18 @@ async function main(browser) {
     note("turn lines on the Talk page", liveTurns);
   });
 
+  await step("the event log lists the call's events, filtered by type", async () => {
+    const log = page.getByTestId("event-log");
+    await log.locator("summary").click();
+    await page.getByTestId("event-log-filter").fill("session.state");
+    const states = await log.locator("li").evaluateAll((lis) => lis.map((li) => li.getAttribute("data-type")));
+    if (!states.length || states.some((t) => t !== "session.state")) throw new Error(`filtered rows: ${states}`);
+    const last = await log.locator("li").last().innerText();
+    if (!last.includes("state=ended")) throw new Error(`the last state row: ${last}`);
+    note("event log rows (session.state)", states.length);
+    await a11y(page, "event log open");
+  });
+
   await step("History lists the conversation", async () => {
     await page.getByRole("link", { name: "History", exact: true }).click();
     const row = page.locator(`[data-conversation-id="${conversationId}"]`);
@@ -381,6 +474,7 @@ async function main(browser) {
     const title = await row.getByRole("link").innerText();
     if (!title.startsWith("Echo test, ")) throw new Error(`the echo call's title: ${title}`);
     await shot(page, "03-history.png");
+    await a11y(page, "03-history");
     await row.getByRole("link").click();
   });
 
@@ -412,6 +506,7 @@ async function main(browser) {
     const json = await page.request.get(await page.getByTestId("export-json").getAttribute("href"));
     if (!json.ok() || (await json.json()).conversation_id !== conversationId) throw new Error("JSON export");
     await shot(page, "04-conversation.png");
+    await a11y(page, "04-conversation");
   });
 
   await step("continue the conversation from History", async () => {
@@ -464,7 +559,13 @@ async function main(browser) {
       const peak = await page.evaluate(() => window.__voicepool.remotePeakRms());
       note("peak RMS, assistant audio", peak.toFixed(4));
       if (peak <= MIN_BOT_RMS) throw new Error("the assistant's audio was silent");
+      // Typing instead of speaking: the words go to the model as the user's, and it answers.
+      await page.getByTestId("type-to-text").fill("book a table for two");
+      await page.getByTestId("type-to-send").click();
+      await page.locator('[data-kind="user"][data-typed]', { hasText: "book a table for two" }).waitFor({ timeout: 10000 });
+      await page.locator('[data-kind="assistant"]', { hasText: "You wrote: book a table for two" }).waitFor({ timeout: 20000 });
       await shot(page, "05-talk-assistant.png");
+      await a11y(page, "05-talk-assistant");
       await page.getByTestId("stop").click();
       await waitFor("it to end", async () => (await voiceState(page)).status === "ended", { timeout: 10000 });
     });
@@ -492,6 +593,7 @@ async function main(browser) {
         throw new Error("the echo conversation (no words) matched");
       }
       await shot(page, "12-history-search.png");
+      await a11y(page, "12-history-search");
     });
   }
 
@@ -502,6 +604,7 @@ async function main(browser) {
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     if (overflow > 1) throw new Error(`the page is ${overflow}px wider than the phone's screen`);
     await shot(page, "06-talk-phone.png");
+    await a11y(page, "06-talk-phone");
   });
 
   await step("sign out", async () => {
@@ -528,6 +631,7 @@ async function main(browser) {
     const api = await otherPage.request.get(`${BASE_URL}/api/conversations/${conversationId}`);
     if (api.status() !== 404) throw new Error(`API answered ${api.status()} to the other user`);
     await shot(otherPage, "07-other-user-not-found.png");
+    await a11y(otherPage, "07-other-user-not-found");
     await other.close();
   });
 
@@ -544,6 +648,15 @@ async function main(browser) {
       }
       note("pools", (await adminPage.getByTestId("pools").locator("tbody").innerText()).replace(/\s+/g, " "));
       await shot(adminPage, "08-operators.png");
+      await a11y(adminPage, "08-operators");
+      // At phone width every row is a block: its Drain button on screen, not scrolled away.
+      await adminPage.setViewportSize({ width: 390, height: 844 });
+      const drainButton = rows.first().getByRole("button", { name: /Drain worker/ });
+      const box = await drainButton.boundingBox();
+      if (!box || box.x < 0 || box.x + box.width > 390) throw new Error(`Drain at phone width: ${JSON.stringify(box)}`);
+      await shot(adminPage, "14-operators-phone.png");
+      await a11y(adminPage, "14-operators-phone");
+      await adminPage.setViewportSize({ width: 1100, height: 800 });
       const first = rows.first();
       const workerId = await first.getAttribute("data-worker-id");
       await first.getByRole("button", { name: /Drain worker/ }).click();
@@ -596,6 +709,7 @@ async function modelDown(browser) {
     note("shown", (await problem.innerText()).replace(/\s+/g, " "));
     note("reason", (await voiceState(page)).reason);
     await shot(page, "09-model-unavailable.png");
+    await a11y(page, "09-model-unavailable");
   });
   await context.close();
 }
@@ -612,6 +726,7 @@ async function noWorkers(browser) {
     const state = await voiceState(page);
     if (state.sessionId || state.status) throw new Error(`a session was left: ${JSON.stringify(state)}`);
     await shot(page, "11-no-workers.png");
+    await a11y(page, "11-no-workers");
   });
   await context.close();
   if (!ADMIN_TOKEN) return;
@@ -678,6 +793,7 @@ async function reload(browser) {
     }
     note("after the reload", { lastSeq: state.lastSeq, turnLines: lines, playbackBlocked: state.playbackBlocked });
     await shot(page, "10-talk-after-reload.png");
+    await a11y(page, "10-talk-after-reload");
   });
 
   await step("the bot is heard again (Resume call if the browser held the sound back)", async () => {

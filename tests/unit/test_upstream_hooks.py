@@ -30,6 +30,7 @@ from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer
 from pipecat.frames.frames import StartFrame
 from pipecat.pipeline.worker import IdleFrameObserver, PipelineWorker
+from pipecat.processors.frameworks.rtvi import RTVIProcessor
 from pipecat.services.openai.realtime import events as rt
 from pipecat.services.openai.realtime import llm as realtime_llm
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
@@ -405,6 +406,25 @@ def test_rt_response_hold() -> None:
         OpenAIRealtimeLLMService._handle_evt_session_updated,
     ):
         assert "await self._create_response()" in source(caller)
+
+
+def test_rt_typed_text() -> None:
+    """``HeldRealtimeService.typed`` puts the caller's typed words in as a user message.
+
+    If this fails, Pipecat's RTVI ``send-text`` no longer arrives as an
+    ``RTVISendTextFrame`` after the ``LLMMessagesAppendFrame`` it makes, or its realtime
+    service no longer has ``_send_message_item(text, role)`` or the readiness flags the
+    upstream append path checks: typed text would reach the model as a system message,
+    or not at all.
+    """
+    assert_pinned_exactly("pipecat-ai")
+    send_item = parameters(OpenAIRealtimeLLMService._send_message_item)
+    assert [name for name, _kind, _default in send_item] == ["self", "text", "role"]
+    append = source(OpenAIRealtimeLLMService._handle_messages_append)
+    assert "self._api_session_ready or self._llm_needs_conversation_setup" in append
+    assert 'role="assistant" if role == "assistant" else "system"' in append  # why ours exists
+    handler = source(RTVIProcessor._handle_send_text)
+    assert handler.index("LLMMessagesAppendFrame(") < handler.index("RTVISendTextFrame(")
 
 
 # --- Pipecat: Daily -------------------------------------------------------------------

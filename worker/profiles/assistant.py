@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from pipecat.frames.frames import (
@@ -41,6 +42,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
 )
 from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.processors.frameworks.rtvi import RTVISendTextFrame
 from pipecat.services.openai.realtime import events as rt
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
 from websockets.asyncio.client import ClientConnection
@@ -521,6 +523,33 @@ class HeldRealtimeService(WatchedRealtimeService):
         if self._client_away:
             self._answer_owed = True
             await self.send_client_event(rt.ResponseCancelEvent())
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        if isinstance(frame, RTVISendTextFrame):
+            await self.typed(frame.text)
+        await super().process_frame(frame, direction)
+
+    async def typed(self, text: str) -> None:
+        """Words the caller typed (RTVI ``send-text``): the user's message in the model's
+        conversation, answered as a spoken turn is, and a line of the transcript.
+
+        Pipecat 1.14 sends an appended message as a ``system`` item (and its user
+        aggregator keeps the append from reaching this service at all), so the item is
+        made here; the aggregator has the message in the context, which a new model
+        session replays. (Uses ``_send_message_item``, guarded in
+        tests/unit/test_upstream_hooks.py::test_rt_typed_text.)
+        """
+        text = text.strip()
+        if not text:
+            return
+        self._emit(
+            EventType.USER_TRANSCRIPT,
+            {"text": text, "typed": True, "started": datetime.now(UTC).isoformat()},
+        )
+        if not self._api_session_ready or self._llm_needs_conversation_setup:
+            return  # the session's setup sends the context, which has it
+        await self._send_message_item(text, role="user")
+        await self._create_response()
 
 
 def _session_properties(config: AssistantConfig, overrides: dict[str, Any]) -> Any:

@@ -54,9 +54,12 @@ export function Transcript({ items, hasTranscript, turns = "auto", live = false,
         switch (item.kind) {
           case "user":
             return (
-              <li key={item.key} className="line line-user" data-kind="user">
+              <li key={item.key} className="line line-user" data-kind="user" data-typed={item.typed || undefined}>
                 <span className="who">You</span>
-                <p>{item.text}</p>
+                <p>
+                  {item.text}
+                  {item.typed ? <span className="tag">typed</span> : null}
+                </p>
                 {time}
               </li>
             );

@@ -21,6 +21,8 @@ export interface ServerConfig {
   grafana_url: string | null;
   /** What the assistant calls itself: its lines' label. */
   assistant_name?: string;
+  /** Per profile: what the app calls it, and a line on what it does. */
+  profile_info?: Record<string, { label: string; description: string }>;
 }
 
 export type SessionStatus =

@@ -1,5 +1,6 @@
 import { useEffect, useState, type FormEvent } from "react";
 import { Link, useSearchParams } from "react-router";
+import { InlineForm } from "../components/InlineForm";
 import { ProblemBox } from "../components/Problem";
 import { api } from "../lib/api";
 import type { ConversationSummary } from "../lib/types";
@@ -87,17 +88,18 @@ export function History() {
   return (
     <main id="main" className="page history">
       <h1>History</h1>
-      <form role="search" className="history-search" onSubmit={search}>
-        <label htmlFor="history-q">Search what was said</label>
-        <div className="buttons">
-          <input
-            id="history-q"
-            type="search"
-            value={draft}
-            onChange={(e) => setDraft(e.target.value)}
-            placeholder="Words from a conversation"
-            data-testid="history-search"
-          />
+      <InlineForm
+        id="history-q"
+        label="Search what was said"
+        type="search"
+        value={draft}
+        onChange={setDraft}
+        onSubmit={search}
+        placeholder="Words from a conversation"
+        className="history-search"
+        role="search"
+        inputTestId="history-search"
+      >
           <button type="submit" className="button-quiet">
             Search
           </button>
@@ -113,8 +115,7 @@ export function History() {
               Show all
             </button>
           ) : null}
-        </div>
-      </form>
+      </InlineForm>
       {problem ? <ProblemBox problem={problem} /> : null}
       {rows === null && !problem ? <p className="muted">Loading…</p> : null}
       {rows && !rows.length ? (

@@ -17,18 +17,31 @@ export function Operators() {
   const [confirming, setConfirming] = useState<string | null>(null);
   const [draining, setDraining] = useState<string | null>(null);
   const [notice, setNotice] = useState<string | null>(null);
+  /** When the tables last came from the server (ms); older than a refresh: out of date. */
+  const [loadedAt, setLoadedAt] = useState<number | null>(null);
+  const [now, setNow] = useState(() => Date.now());
   const isAdmin = user?.role === "admin";
 
   const load = useCallback(async (signal?: AbortSignal) => {
+    setNow(Date.now());
     try {
       const [w, p] = await Promise.all([api.workers(signal), api.pools(signal)]);
       setWorkers(w);
       setPools(p);
+      setLoadedAt(Date.now());
       setProblem(null);
     } catch (error) {
       if (!signal?.aborted) setProblem(apiProblem(error, "Could not load the fleet"));
     }
   }, []);
+  // Tables that could not be refreshed stay, marked as what they are: the last known state.
+  const stale = problem !== null && loadedAt !== null;
+  const staleness = stale ? (
+    <p className="note stale-note" role="status" data-testid="stale">
+      Showing the fleet as it was {formatDuration(Math.max(now - loadedAt, 0) / 1000)} ago, at{" "}
+      {new Date(loadedAt).toLocaleTimeString()}: the server can't be reached, so these numbers may be out of date.
+    </p>
+  ) : null;
 
   useEffect(() => {
     if (!isAdmin) return;
@@ -81,12 +94,13 @@ export function Operators() {
         </p>
       ) : null}
 
-      <section className="card" aria-labelledby="pools-title">
+      {staleness}
+      <section className={`card${stale ? " stale-data" : ""}`} aria-labelledby="pools-title">
         <h2 id="pools-title">Pools</h2>
         {pools === null ? <p className="muted">Loading…</p> : null}
         {pools && pools.length ? (
           <div className="table-wrap">
-            <table data-testid="pools">
+            <table data-testid="pools" className="stacked">
               <thead>
                 <tr>
                   <th scope="col">Pool</th>
@@ -101,11 +115,11 @@ export function Operators() {
                 {pools.map((p) => (
                   <tr key={p.pool}>
                     <th scope="row">{p.pool}</th>
-                    <td>{p.workers}</td>
-                    <td>{p.capacity}</td>
-                    <td>{p.active}</td>
-                    <td>{p.queued}</td>
-                    <td>
+                    <td data-label="Workers">{p.workers}</td>
+                    <td data-label="Capacity">{p.capacity}</td>
+                    <td data-label="Active">{p.active}</td>
+                    <td data-label="Queued">{p.queued}</td>
+                    <td data-label="Expected wait">
                       {p.capacity === 0 ? (
                         // Admission refuses sessions here (no_workers): no wait to show.
                         <span className="tag tag-failed">No worker takes sessions</span>
@@ -123,18 +137,19 @@ export function Operators() {
         ) : null}
       </section>
 
-      <section className="card" aria-labelledby="workers-title">
+      <section className={`card${stale ? " stale-data" : ""}`} aria-labelledby="workers-title">
         <h2 id="workers-title">Workers</h2>
         {workers === null ? <p className="muted">Loading…</p> : null}
         {workers && !workers.length ? <p className="muted">No live workers.</p> : null}
         {workers && workers.length ? (
           <div className="table-wrap">
-            <table data-testid="workers">
+            <table data-testid="workers" className="stacked">
               <thead>
                 <tr>
                   <th scope="col">Worker</th>
                   <th scope="col">Pool</th>
                   <th scope="col">Host</th>
+                  <th scope="col">Version</th>
                   <th scope="col">Sessions</th>
                   <th scope="col">State</th>
                   <th scope="col">Heartbeat</th>
@@ -149,12 +164,13 @@ export function Operators() {
                     <th scope="row">
                       <code>{w.id}</code>
                     </th>
-                    <td>{w.pool}</td>
-                    <td>{w.host}</td>
-                    <td>
+                    <td data-label="Pool">{w.pool}</td>
+                    <td data-label="Host">{w.host}</td>
+                    <td data-label="Version">{w.version || "unknown"}</td>
+                    <td data-label="Sessions">
                       {w.active} / {w.capacity}
                     </td>
-                    <td>
+                    <td data-label="State">
                       {w.draining ? (
                         <span className="tag tag-failed">draining</span>
                       ) : w.stalled ? (
@@ -165,8 +181,10 @@ export function Operators() {
                         <span className="tag tag-completed">taking sessions</span>
                       )}
                     </td>
-                    <td className={w.heartbeat_age_s > 3 ? "stale" : undefined}>{formatDuration(w.heartbeat_age_s)} ago</td>
-                    <td>
+                    <td data-label="Heartbeat" className={w.heartbeat_age_s > 3 ? "stale" : undefined}>
+                      {formatDuration(w.heartbeat_age_s)} ago
+                    </td>
+                    <td data-label="Actions">
                       <div className="actions">
                       {w.draining ? null : confirming === w.id ? (
                         <>

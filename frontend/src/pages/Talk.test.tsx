@@ -71,6 +71,11 @@ function renderTalk(
     reconnectEvents: vi.fn(),
     localLevel: () => 0,
     remoteLevel: () => 0,
+    devices: { mics: [], mic: null, speakers: [], speaker: null },
+    selectMic: vi.fn(),
+    selectSpeaker: vi.fn(),
+    sendText: vi.fn(async () => undefined),
+    connectionStats: async () => null,
     ...overrides,
   };
   return render(
@@ -300,7 +305,7 @@ describe("Talk, with the microphone muted", () => {
   it("says so instead of 'talk now'", () => {
     renderTalk("open", null, { ...callThrough(UP_TO_CONNECTED), micEnabled: false });
     expect(statusText()).toBe("Muted — unmute to talk.");
-    expect(screen.getByTestId("mute").textContent).toBe("Unmute");
+    expect(screen.getByRole("button", { name: "Unmute" })).toBe(screen.getByTestId("mute")); // the M hint aside
     cleanup();
     renderTalk("open", null, callThrough(UP_TO_CONNECTED));
     expect(statusText()).toBe("Connected — talk now.");
@@ -376,5 +381,120 @@ describe("Talk, when starting is refused for too many sessions", () => {
     cleanup();
     renderTalk("open", null, { phase: "idle", session: null, view: emptyView(), problem: { title: "No capacity" } });
     expect(screen.queryByTestId("live-sessions")).toBeNull();
+  });
+});
+
+describe("Talk, keyboard and push to talk", () => {
+  it("M mutes, Esc stops, not while typing; the hints are shown but not in the buttons' names", () => {
+    renderTalk("open", null, callThrough(UP_TO_CONNECTED));
+    expect(screen.getByRole("button", { name: "Mute" }).getAttribute("aria-keyshortcuts")).toBe("M");
+    expect(screen.getByTestId("mute").querySelector("kbd")?.textContent).toBe("M");
+    fireEvent.keyDown(window, { key: "m" });
+    expect(voice.setMicEnabled).toHaveBeenLastCalledWith(false);
+    fireEvent.keyDown(screen.getByTestId("push-to-talk"), { key: "Escape" }); // a checkbox is no text box
+    expect(voice.stop).toHaveBeenCalledTimes(1);
+    const box = document.createElement("input");
+    document.body.append(box);
+    fireEvent.keyDown(box, { key: "m" });
+    expect(voice.setMicEnabled).toHaveBeenCalledTimes(1); // typing an "m" is not a shortcut
+    box.remove();
+  });
+
+  it("push to talk: the microphone is on only while Space or the button is held", () => {
+    renderTalk("open", null, callThrough(UP_TO_CONNECTED));
+    fireEvent.click(screen.getByTestId("push-to-talk"));
+    expect(voice.setMicEnabled).toHaveBeenLastCalledWith(false);
+    expect(screen.queryByTestId("mute")).toBeNull();
+    fireEvent.keyDown(window, { key: " " });
+    expect(voice.setMicEnabled).toHaveBeenLastCalledWith(true);
+    fireEvent.keyUp(window, { key: " " });
+    expect(voice.setMicEnabled).toHaveBeenLastCalledWith(false);
+    const hold = screen.getByTestId("hold-to-talk");
+    fireEvent.pointerDown(hold);
+    expect(voice.setMicEnabled).toHaveBeenLastCalledWith(true);
+    expect(hold.textContent).toContain("Talking…");
+    fireEvent.pointerUp(hold);
+    expect(voice.setMicEnabled).toHaveBeenLastCalledWith(false);
+    fireEvent.click(screen.getByTestId("push-to-talk")); // off again: the microphone is back on
+    expect(voice.setMicEnabled).toHaveBeenLastCalledWith(true);
+  });
+
+  it("shows the call's time and who is answering once connected", () => {
+    vi.useFakeTimers({ now: (1_700_000_003 + 65) * 1000 }); // connected at ts …003 (callThrough)
+    renderTalk("open", null, { ...callThrough(UP_TO_CONNECTED), rtvi: { userSpeaking: false, botSpeaking: true } });
+    vi.useRealTimers();
+    expect(screen.getByTestId("call-time").textContent).toBe("1:05");
+    expect(screen.getByTestId("agent-state").textContent).toBe("Speaking");
+    expect(screen.getByTestId("response-time").textContent).toBe("—");
+  });
+});
+
+describe("Talk, devices", () => {
+  it("offers the microphones the browser knows, and switches to the one picked", () => {
+    const mic = (id: string, label: string) => ({ deviceId: id, label, kind: "audioinput", groupId: "" }) as MediaDeviceInfo;
+    renderTalk("open", null, {
+      ...callThrough(UP_TO_CONNECTED),
+      devices: { mics: [mic("a", "Built-in"), mic("b", "")], mic: "a", speakers: [], speaker: null },
+    });
+    const picker = screen.getByTestId("mic-picker") as HTMLSelectElement;
+    expect([...picker.options].map((o) => o.textContent)).toEqual(["Built-in", "Microphone 2"]);
+    expect(picker.value).toBe("a");
+    fireEvent.change(picker, { target: { value: "b" } });
+    expect(voice.selectMic).toHaveBeenCalledWith("b");
+  });
+
+  it("shows no picker before the browser has listed any", () => {
+    renderTalk("open", null, callThrough(UP_TO_CONNECTED));
+    expect(screen.queryByTestId("mic-picker")).toBeNull();
+  });
+});
+
+describe("Talk, typing to the assistant", () => {
+  const assistantCall = () => ({ ...callThrough(UP_TO_CONNECTED), session: { ...session, profile: "assistant" } });
+
+  it("sends the typed words and clears the box; keeps them when sending fails", async () => {
+    renderTalk("open", null, assistantCall());
+    const box = screen.getByTestId("type-to-text") as HTMLInputElement;
+    fireEvent.change(box, { target: { value: "  book a table  " } });
+    fireEvent.keyDown(box, { key: "m" }); // typing an "m" here mutes nothing
+    expect(voice.setMicEnabled).not.toHaveBeenCalled();
+    fireEvent.submit(screen.getByTestId("type-to"));
+    expect(voice.sendText).toHaveBeenCalledWith("book a table");
+    await vi.waitFor(() => expect(box.value).toBe(""));
+
+    voice.sendText = vi.fn(async () => Promise.reject(new Error("not connected")));
+    cleanup();
+    renderTalk("open", null, { ...assistantCall(), sendText: voice.sendText });
+    const again = screen.getByTestId("type-to-text") as HTMLInputElement;
+    fireEvent.change(again, { target: { value: "hello" } });
+    fireEvent.submit(screen.getByTestId("type-to"));
+    expect(await screen.findByText(/didn.t go through/)).toBeTruthy();
+    expect(again.value).toBe("hello");
+  });
+
+  it("is not offered for the echo bot", () => {
+    renderTalk("open", null, callThrough(UP_TO_CONNECTED));
+    expect(screen.queryByTestId("type-to")).toBeNull();
+  });
+});
+
+describe("Talk, profiles", () => {
+  it("names each profile and says in a line what it does", () => {
+    config = {
+      ...ECHO_ONLY,
+      profile_info: {
+        echo: { label: "Echo test", description: "Hear yourself back." },
+        assistant: { label: "Archie, the assistant", description: "Talk to Archie." },
+      },
+      unavailable_profiles: [{ name: "assistant", needs: "OPENAI_API_KEY on the server" }],
+    };
+    renderTalk("open", null, { phase: "idle", session: null });
+    const select = screen.getByLabelText("Profile") as HTMLSelectElement;
+    expect([...select.options].map((o) => o.textContent)).toEqual([
+      "Echo test",
+      "Archie, the assistant (needs OPENAI_API_KEY on the server)",
+    ]);
+    expect(screen.getByTestId("profile-description").textContent).toBe("Hear yourself back.");
+    expect(select.getAttribute("aria-describedby")).toBe("profile-description");
   });
 });

@@ -1,5 +1,8 @@
-import { useEffect, useLayoutEffect, useMemo, useRef, useState } from "react";
+import { useEffect, useLayoutEffect, useMemo, useRef, useState, type FormEvent } from "react";
 import { Link, useSearchParams } from "react-router";
+import { CallInfo } from "../components/CallInfo";
+import { EventLog } from "../components/EventLog";
+import { InlineForm } from "../components/InlineForm";
 import { LevelMeter } from "../components/LevelMeter";
 import { LiveSessions } from "../components/LiveSessions";
 import { ProblemBox } from "../components/Problem";
@@ -118,6 +121,63 @@ export function Talk() {
     if (lost || active === startButton.current || active === stopButton.current) target.focus();
   }, [busy, phase]);
 
+  // Push to talk: the microphone is on only while Space (or the Hold to talk button) is held.
+  const [pushToTalk, setPushToTalk] = useState(false);
+  const [holding, setHolding] = useState(false);
+  const { setMicEnabled } = voice;
+  const live = phase === "live";
+  useEffect(() => {
+    if (live && pushToTalk) setMicEnabled(holding);
+  }, [live, pushToTalk, holding, setMicEnabled]);
+  const choosePushToTalk = (on: boolean) => {
+    setPushToTalk(on);
+    setHolding(false);
+    if (live && !on) setMicEnabled(true);
+  };
+
+  // Keyboard: M mutes, Esc stops, Space (held) talks in push-to-talk; not while typing.
+  const stopRef = useRef<() => void>(() => undefined);
+  stopRef.current = () => {
+    focusNext.current = true;
+    void voice.stop();
+  };
+  const micRef = useRef(voice.micEnabled);
+  micRef.current = voice.micEnabled;
+  useEffect(() => {
+    if (!live) return;
+    const typing = (target: EventTarget | null) =>
+      target instanceof HTMLElement &&
+      (target.isContentEditable ||
+        target instanceof HTMLTextAreaElement ||
+        target instanceof HTMLSelectElement ||
+        (target instanceof HTMLInputElement && !["checkbox", "radio", "button", "submit"].includes(target.type)));
+    const down = (event: KeyboardEvent) => {
+      if (event.ctrlKey || event.metaKey || event.altKey || typing(event.target)) return;
+      if (event.key === " " && pushToTalk) {
+        event.preventDefault(); // neither scroll nor press the focused button
+        if (!event.repeat) setHolding(true);
+      } else if ((event.key === "m" || event.key === "M") && !pushToTalk) {
+        event.preventDefault();
+        setMicEnabled(!micRef.current);
+      } else if (event.key === "Escape") {
+        event.preventDefault();
+        stopRef.current();
+      }
+    };
+    const up = (event: KeyboardEvent) => {
+      if (event.key === " " && pushToTalk) {
+        event.preventDefault();
+        setHolding(false);
+      }
+    };
+    window.addEventListener("keydown", down);
+    window.addEventListener("keyup", up);
+    return () => {
+      window.removeEventListener("keydown", down);
+      window.removeEventListener("keyup", up);
+    };
+  }, [live, pushToTalk, setMicEnabled]);
+
   const continueConversation = () => {
     if (!session) return;
     focusNext.current = true;
@@ -125,6 +185,7 @@ export function Talk() {
     void start(session.conversation_id);
   };
 
+  const description = config?.profile_info?.[profile]?.description;
   const finished = phase === "done" ? endProblem(view.status, view.reason, serverWords(view)) : null;
   const connected = view.status === "connected";
   const userSpeaking = view.userSpeaking || (connected && voice.rtvi.userSpeaking);
@@ -143,15 +204,20 @@ export function Talk() {
         <div className="fields">
           <label>
             Profile
-            <select value={profile} onChange={(e) => setProfile(e.target.value)} disabled={busy || !config}>
+            <select
+              value={profile}
+              onChange={(e) => setProfile(e.target.value)}
+              disabled={busy || !config}
+              aria-describedby={description ? "profile-description" : undefined}
+            >
               {(config?.profiles ?? []).map((p) => (
                 <option key={p} value={p}>
-                  {p}
+                  {config?.profile_info?.[p]?.label ?? p}
                 </option>
               ))}
               {(config?.unavailable_profiles ?? []).map((p) => (
                 <option key={p.name} value={p.name} disabled title={`Needs ${p.needs}`}>
-                  {p.name} (needs {p.needs})
+                  {config?.profile_info?.[p.name]?.label ?? p.name} (needs {p.needs})
                 </option>
               ))}
             </select>
@@ -168,6 +234,21 @@ export function Talk() {
             </select>
           </label>
         </div>
+        {description ? (
+          <p className="hint" id="profile-description" data-testid="profile-description">
+            {description}
+          </p>
+        ) : null}
+        <DevicePickers voice={voice} />
+        <label className="check">
+          <input
+            type="checkbox"
+            checked={pushToTalk}
+            onChange={(e) => choosePushToTalk(e.target.checked)}
+            data-testid="push-to-talk"
+          />
+          Push to talk: the microphone is on only while you hold Space or the Hold to talk button
+        </label>
         {continuing && !busy ? (
           <p className="note">
             Continuing conversation <code>{continuing.slice(0, 8)}</code>.{" "}
@@ -188,19 +269,42 @@ export function Talk() {
                   void voice.stop();
                 }}
                 disabled={phase !== "live"}
+                aria-keyshortcuts="Escape"
                 data-testid="stop"
               >
                 {phase === "stopping" ? "Stopping…" : "Stop"}
+                <KeyHint keys="Esc" />
               </button>
-              <button
-                type="button"
-                aria-pressed={!voice.micEnabled}
-                onClick={() => voice.setMicEnabled(!voice.micEnabled)}
-                disabled={phase !== "live"}
-                data-testid="mute"
-              >
-                {voice.micEnabled ? "Mute" : "Unmute"}
-              </button>
+              {pushToTalk ? (
+                <button
+                  type="button"
+                  className={holding ? "button-primary" : undefined}
+                  aria-pressed={holding}
+                  aria-keyshortcuts="Space"
+                  disabled={phase !== "live"}
+                  onPointerDown={() => setHolding(true)}
+                  onPointerUp={() => setHolding(false)}
+                  onPointerLeave={() => setHolding(false)}
+                  onKeyDown={(e) => e.key === "Enter" && setHolding(true)}
+                  onKeyUp={(e) => e.key === "Enter" && setHolding(false)}
+                  data-testid="hold-to-talk"
+                >
+                  {holding ? "Talking…" : "Hold to talk"}
+                  <KeyHint keys="Space" />
+                </button>
+              ) : (
+                <button
+                  type="button"
+                  aria-pressed={!voice.micEnabled}
+                  aria-keyshortcuts="M"
+                  onClick={() => voice.setMicEnabled(!voice.micEnabled)}
+                  disabled={phase !== "live"}
+                  data-testid="mute"
+                >
+                  {voice.micEnabled ? "Mute" : "Unmute"}
+                  <KeyHint keys="M" />
+                </button>
+              )}
             </>
           ) : (
             <button
@@ -299,6 +403,17 @@ export function Talk() {
             testId="bot-level"
           />
         </div>
+        {live && connected && session?.profile === "assistant" ? <TypeToAssistant voice={voice} /> : null}
+        <CallInfo
+          events={stale ? [] : voice.stream.events}
+          who={session?.profile === "assistant" ? config?.assistant_name || "Assistant" : "Bot"}
+          userSpeaking={userSpeaking}
+          botSpeaking={botSpeaking}
+          micEnabled={voice.micEnabled}
+          live={live && connected}
+          final={view.final}
+          stats={voice.connectionStats}
+        />
         {voice.streamStatus === "reconnecting" && !view.final && !refusal ? (
           <p className="note" data-testid="stream-reconnecting">
             Reconnecting to the live events…
@@ -333,7 +448,98 @@ export function Talk() {
           }
         />
       </section>
+      {session && !stale ? <EventLog events={voice.stream.events} /> : null}
     </main>
+  );
+}
+
+/** A line typed to the assistant, sent as the user's message; answered like spoken words. */
+function TypeToAssistant({ voice }: { voice: ReturnType<typeof useVoiceSession> }) {
+  const [text, setText] = useState("");
+  const [sending, setSending] = useState(false);
+  const [failed, setFailed] = useState(false);
+  const send = async (event: FormEvent) => {
+    event.preventDefault();
+    const words = text.trim();
+    if (!words) return;
+    setSending(true);
+    setFailed(false);
+    try {
+      await voice.sendText(words);
+      setText("");
+    } catch {
+      setFailed(true); // the words stay in the box, to send again
+    } finally {
+      setSending(false);
+    }
+  };
+  return (
+    <>
+      <InlineForm
+        id="type-to-text"
+        label="Type instead of speaking"
+        value={text}
+        onChange={setText}
+        onSubmit={(e) => void send(e)}
+        placeholder="Ask something…"
+        maxLength={2000}
+        className="type-to"
+        formTestId="type-to"
+        inputTestId="type-to-text"
+      >
+        <button type="submit" disabled={sending || !text.trim()} data-testid="type-to-send">
+          Send
+        </button>
+      </InlineForm>
+      {failed ? <p className="note">That didn&apos;t go through; try sending it again.</p> : null}
+    </>
+  );
+}
+
+const canPickSpeaker = typeof HTMLMediaElement !== "undefined" && "setSinkId" in HTMLMediaElement.prototype;
+
+/** Microphone and speaker, once the browser has said which there are (the microphone open). */
+/** A shortcut's key, shown on its button but not part of the button's name. */
+function KeyHint({ keys }: { keys: string }) {
+  return (
+    <kbd className="kbd-hint" aria-hidden="true">
+      {keys}
+    </kbd>
+  );
+}
+
+function DevicePickers({ voice }: { voice: ReturnType<typeof useVoiceSession> }) {
+  const { mics, mic, speakers, speaker } = voice.devices;
+  if (!mics.length) return null;
+  return (
+    <div className="fields devices">
+      <DeviceSelect label="Microphone" devices={mics} value={mic} onPick={voice.selectMic} testId="mic-picker" />
+      {canPickSpeaker && speakers.length ? (
+        <DeviceSelect label="Speaker" devices={speakers} value={speaker} onPick={voice.selectSpeaker} testId="speaker-picker" />
+      ) : null}
+    </div>
+  );
+}
+
+function DeviceSelect(props: {
+  label: string;
+  devices: MediaDeviceInfo[];
+  value: string | null;
+  onPick: (deviceId: string) => void;
+  testId: string;
+}) {
+  return (
+    <label>
+      {props.label}
+      <select value={props.value ?? ""} onChange={(e) => props.onPick(e.target.value)} data-testid={props.testId}>
+        {props.value ? null : <option value="">System default</option>}
+        {props.devices.map((d, i) => (
+          <option key={d.deviceId || i} value={d.deviceId}>
+            {d.label || `${props.label} ${i + 1}`}
+          </option>
+        ))}
+      </select>
+    </label>
   );
 }
 

@@ -54,6 +54,15 @@ interface ClientSlot {
   media: BrowserMediaManager | null;
 }
 
+export interface Devices {
+  mics: MediaDeviceInfo[];
+  mic: string | null;
+  speakers: MediaDeviceInfo[];
+  speaker: string | null;
+}
+
+const NO_DEVICES: Devices = { mics: [], mic: null, speakers: [], speaker: null };
+
 export interface StartOptions {
   profile: string;
   transport: string;
@@ -90,6 +99,15 @@ export interface VoiceSessionApi {
   reconnectEvents(): void;
   localLevel(): number;
   remoteLevel(): number;
+  /** Microphones and speakers (known once the microphone is open), and the ones in use. */
+  devices: Devices;
+  selectMic(deviceId: string): void;
+  /** Plays the call on this output (where the browser can choose one: setSinkId). */
+  selectSpeaker(deviceId: string): void;
+  /** The WebRTC connection's statistics (null: no peer connection of ours, e.g. Daily). */
+  connectionStats(): Promise<RTCStatsReport | null>;
+  /** Type to the assistant: the words go to the model as the user's (RTVI send-text). */
+  sendText(text: string): Promise<void>;
 }
 
 const VoiceSessionContext = createContext<VoiceSessionApi | null>(null);
@@ -102,10 +120,32 @@ declare global {
       remotePeakRms(): number;
       localRms(): number;
       localPeakRms(): number;
+      /** Whether the microphone track the call sends is on (muted / push to talk: off). */
+      localTrackEnabled(): boolean | null;
+      /** The microphone track the connection sends (after a switch: the new one). */
+      sentAudioTrack(): { id: string; label: string } | null;
       state(): Record<string, unknown>;
       interruptEvents(): void;
     };
   }
+}
+
+/** The call's audio transceiver. SmallWebRTCTransport keeps its RTCPeerConnection in `pc`
+ * (not typed; its own media manager reaches the sender the same way); other transports
+ * (Daily's) have none of ours. */
+function peerConnection(transport: unknown): RTCPeerConnection | null {
+  return (transport as { pc?: RTCPeerConnection | null } | null)?.pc ?? null;
+}
+
+function audioTransceiver(transport: unknown): RTCRtpTransceiver | undefined {
+  return peerConnection(transport)
+    ?.getTransceivers()
+    .find((t) => t.receiver.track?.kind === "audio");
+}
+
+/** A switched microphone's track onto the call's connection. */
+async function sendAudioTrack(transport: SmallWebRTCTransport | null, track: MediaStreamTrack): Promise<void> {
+  await audioTransceiver(transport)?.sender.replaceTrack(track);
 }
 
 /** The API's refusal of the SDP offer, when that is why the SDK's connect() failed. */
@@ -172,8 +212,9 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
   const makeClient = useCallback((kind: ClientKind): ClientSlot => {
     // Our media manager: the transport's default one drives the mic through daily-js
     // (see mediaManager.ts).
-    const media = kind === "webrtc" ? new BrowserMediaManager() : null;
-    const transport = media ? new SmallWebRTCTransport({ mediaManager: media }) : new DailyTransport();
+    let sent: SmallWebRTCTransport | null = null;
+    const media = kind === "webrtc" ? new BrowserMediaManager((track) => sendAudioTrack(sent, track)) : null;
+    const transport = media ? (sent = new SmallWebRTCTransport({ mediaManager: media })) : new DailyTransport();
     const client = new PipecatClient({ transport, enableMic: true, enableCam: false });
     client.setLogLevel(LogLevel.WARN);
     return { kind, client, media };
@@ -196,6 +237,7 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
   const [botReady, setBotReady] = useState(false);
   const [rtvi, setRtvi] = useState({ userSpeaking: false, botSpeaking: false });
   const [micEnabled, setMicEnabledState] = useState(true);
+  const [devices, setDevices] = useState<Devices>(NO_DEVICES);
   const [problem, setProblem] = useState<Problem | null>(null);
   const [playbackBlocked, setPlaybackBlocked] = useState(false);
   /** Connect attempts that have settled (the media plan is looked at again then). */
@@ -265,6 +307,9 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
       [RTVIEvent.UserStoppedSpeaking, speaking("userSpeaking", false)],
       [RTVIEvent.BotStartedSpeaking, speaking("botSpeaking", true)],
       [RTVIEvent.BotStoppedSpeaking, speaking("botSpeaking", false)],
+      [RTVIEvent.AvailableMicsUpdated, (mics: MediaDeviceInfo[]) => setDevices((d) => ({ ...d, mics }))],
+      [RTVIEvent.MicUpdated, (mic: MediaDeviceInfo) => setDevices((d) => ({ ...d, mic: mic.deviceId || null }))],
+      [RTVIEvent.AvailableSpeakersUpdated, (speakers: MediaDeviceInfo[]) => setDevices((d) => ({ ...d, speakers }))],
     ];
     for (const [event, handler] of handlers) target.on(event, handler as never);
     setTransportState(target.state);
@@ -587,6 +632,11 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
       remotePeakRms: () => remote.current?.peak() ?? 0,
       localRms: () => local.current?.rms() ?? 0,
       localPeakRms: () => local.current?.peak() ?? 0,
+      localTrackEnabled: () => local.current?.track.enabled ?? null,
+      sentAudioTrack: () => {
+        const track = audioTransceiver(slotRef.current.client.transport)?.sender.track;
+        return track ? { id: track.id, label: track.label } : null;
+      },
       state: () => ({
         phase,
         sessionId: sessionRef.current?.session_id ?? null,
@@ -628,6 +678,24 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
     reconnectEvents: useCallback(() => eventsRef.current?.reconnect(), []),
     localLevel: useCallback(() => local.current?.rms() ?? 0, []),
     remoteLevel: useCallback(() => remote.current?.rms() ?? 0, []),
+    devices,
+    selectMic: useCallback(
+      (id: string) => {
+        setDevices((d) => ({ ...d, mic: id }));
+        void Promise.resolve(client.updateMic(id)).catch(() => undefined);
+      },
+      [client],
+    ),
+    sendText: useCallback((text: string) => client.sendText(text), [client]),
+    connectionStats: useCallback(async () => {
+      const pc = peerConnection(client.transport);
+      return pc && pc.connectionState === "connected" ? pc.getStats() : null;
+    }, [client]),
+    selectSpeaker: useCallback((id: string) => {
+      setDevices((d) => ({ ...d, speaker: id }));
+      const element = audioBox.current?.querySelector("audio") as (HTMLAudioElement & { setSinkId?: (id: string) => Promise<void> }) | null;
+      void element?.setSinkId?.(id).catch(() => undefined);
+    }, []),
   };
 
   return (

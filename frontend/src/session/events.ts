@@ -23,7 +23,7 @@ export interface ToolStep {
 }
 
 export type TranscriptItem =
-  | { kind: "user"; key: string; ts: number; text: string }
+  | { kind: "user"; key: string; ts: number; text: string; typed?: boolean }
   | { kind: "assistant"; key: string; ts: number; text: string; interrupted: boolean }
   | {
       kind: "turn";
@@ -226,7 +226,7 @@ export function applyEvent(view: SessionView, event: VPEvent): SessionView {
     }
     case "user.transcript": {
       const started = typeof d.started === "string" ? Date.parse(d.started) / 1000 : NaN;
-      const line = { kind: "user" as const, key: `${sid}:${event.seq}`, ts, text: str(d.text) };
+      const line = { kind: "user" as const, key: `${sid}:${event.seq}`, ts, text: str(d.text), typed: Boolean(d.typed) };
       return {
         ...placeUserLine(view, line, Number.isFinite(started) && started <= ts ? started : null),
         hasTranscript: true,

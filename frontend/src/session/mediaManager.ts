@@ -45,6 +45,10 @@ export class BrowserMediaManager {
 
   readonly supportsScreenShare = false;
 
+  /** `sendTrack`: puts a new microphone track on the call's connection (a mic switched
+   * mid-call), as the transport's own media manager does with its track callback. */
+  constructor(private readonly sendTrack?: (track: MediaStreamTrack) => Promise<void> | void) {}
+
   setUserAudioCallback(): void {
     // Raw PCM callbacks are for WebSocket transports; WebRTC sends the track.
   }
@@ -151,11 +155,19 @@ export class BrowserMediaManager {
 
   async updateMic(micId: string): Promise<void> {
     this.micId = micId || undefined;
-    if (!this.stream) return;
+    if (!this.stream) return; // not in a call: the next one opens this microphone
     const old = this.liveTrack();
     this.stream = null;
     await this.initialize();
-    old?.stop();
+    const track = this.liveTrack();
+    if (track) {
+      await this.sendTrack?.(track);
+      this.callbacks.onTrackStarted?.(track, LOCAL); // the level meter follows
+    }
+    if (old) {
+      old.stop();
+      this.callbacks.onTrackStopped?.(old, LOCAL);
+    }
   }
 
   updateCam(): void {}
