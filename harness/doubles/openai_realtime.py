@@ -36,8 +36,9 @@ Server event sequences (``→`` server to client):
 * barge-in: speech heard while answering cancels the answer (``response.output_item.done``
   with status ``incomplete``, ``conversation.item.done``, ``response.done`` with status
   ``cancelled``), as ``interrupt_response`` does; ``response.cancel`` does the same.
-* a user's text message (``conversation.item.create``, role ``user``, ``input_text``): the
-  next ``response.create`` answers it with ``typed_answer`` (an audio answer, as a turn's).
+* a user's text message (``conversation.item.create``, role ``user``, ``input_text``), when
+  ``typed_answer`` is set: the next ``response.create`` answers it with that (an audio
+  answer, as a turn's).
 * ``response.create`` with no user turn pending (Pipecat's opening ``LLMRunFrame``): an
   audio answer saying ``greeting``.
 * other client events: ``conversation.item.create`` → ``conversation.item.added`` +
@@ -409,7 +410,7 @@ class _Connection:
                 self.server.function_outputs.append(sent)
             item = {"id": _id("item")} | sent | {"object": "realtime.item", "status": "completed"}
             await self._add_item(item)
-            typed = _typed_text(sent)
+            typed = _typed_text(sent) if self.server.typed_answer is not None else None
             if typed is not None:  # a user's text message: the next response answers it
                 self.typed_pending = typed
         elif kind == "conversation.item.truncate":
@@ -447,7 +448,7 @@ class _Connection:
             elif self.pending_turn is not None:
                 turn, self.pending_turn = self.pending_turn, None
                 self._start_turn(turn, text_only=text_only)
-            elif self.typed_pending is not None:  # answers the user's text message
+            elif self.typed_pending is not None and self.server.typed_answer is not None:
                 typed, self.typed_pending = self.typed_pending, None
                 self.server.typed.append(typed)
                 answer = self.server.typed_answer.format(text=typed)
@@ -782,7 +783,7 @@ class FakeRealtimeServer:
         port: int = 0,
         *,
         greeting: str = "Hello! How can I help you today?",
-        typed_answer: str = "You wrote: {text}",
+        typed_answer: str | None = None,
         pace: float = 1.0,
         record: bool = True,
     ) -> None:
@@ -794,7 +795,9 @@ class FakeRealtimeServer:
         self.fault = fault or Fault()
         self.host, self.port = host, port
         self.greeting = greeting
-        self.typed_answer = typed_answer  # answers a user's text message ({text}: its text)
+        # Answers a user's text message ({text}: its text); None: such a message is taken
+        # in like any item (Pipecat also sends a replayed conversation as one).
+        self.typed_answer = typed_answer
         self.typed: list[str] = []  # the user text messages answered, in order
         self.pace = pace
         self.record = record

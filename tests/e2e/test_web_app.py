@@ -88,7 +88,7 @@ async def test_web_app_in_chromium(make_system, hello_wav: Path, tmp_path: Path)
         answer="The team found three flights.",
     )
     async with NestedTeam(progress=["Planning", "Searching"]) as team:
-        fake = FakeRealtimeServer(turns=[turn])
+        fake = FakeRealtimeServer(turns=[turn], typed_answer="You wrote: {text}")
         await fake.start()
         try:
             tools = tmp_path / "tools.toml"

@@ -27,6 +27,7 @@ from pipecat.frames.frames import (
     ErrorFrame,
     Frame,
     InputAudioRawFrame,
+    InputTransportMessageFrame,
     LLMRunFrame,
     TTSAudioRawFrame,
     TTSTextFrame,
@@ -54,7 +55,7 @@ from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, Inv
 
 from harness.doubles.openai_realtime import FakeRealtimeServer, Fault, Turn
 from harness.waiting import eventually
-from worker.profiles.assistant import WatchedRealtimeService
+from worker.profiles.assistant import HeldRealtimeService, WatchedRealtimeService
 
 RATE = 24000  # the service's native rate: no resampling on the way in
 FRAME_MS = 20
@@ -545,6 +546,36 @@ class Watch:
 
 
 UTTERANCE_BYTES = len(speech()) * RATE * 2 * FRAME_MS // 1000
+
+
+async def test_typed_words_go_to_the_model_as_the_users_and_are_answered() -> None:
+    """RTVI ``send-text`` from the client: a user item (not Pipecat's ``system`` one), an
+    answer, and a transcript line marked as typed."""
+    watch = Watch()
+
+    def held(**kwargs: Any) -> HeldRealtimeService:
+        return HeldRealtimeService(
+            on_failure=lambda reason, message: watch.failures.append((reason, message)),
+            emit=lambda kind, data: watch.events.append((kind, data)),
+            **kwargs,
+        )
+
+    async with (
+        FakeRealtimeServer(greeting=GREETING, typed_answer="You wrote: {text}") as server,
+        pipeline(server, service=held) as s,
+    ):
+        await eventually(lambda: s.assistant_said == [GREETING], what="the greeting")
+        message = {"label": "rtvi-ai", "type": "send-text", "id": "m1",
+                   "data": {"content": "  book a table  "}}  # fmt: skip
+        await s.worker.queue_frame(InputTransportMessageFrame(message=message))
+        await eventually(
+            lambda: "You wrote: book a table" in s.assistant_said, timeout=10, what="the answer"
+        )
+        (said,) = watch.of("user.transcript")
+        assert said["text"] == "book a table" and said["typed"] is True and said["started"]
+        items = [e["item"] for e in server.received if e["type"] == "conversation.item.create"]
+        assert [(i["role"], i["content"][0]["text"]) for i in items] == [("user", "book a table")]
+        assert server.typed == ["book a table"] and not watch.failures and not s.errors
 
 
 async def test_a_socket_dropped_mid_answer_is_reconnected_and_the_call_goes_on() -> None:
