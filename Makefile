@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: dev test test-quick test-deps lint bench drills soak install clean frontend frontend-test frontend-if-npm
+.PHONY: dev test test-quick test-deps lint bench drills soak install clean frontend frontend-test frontend-if-npm frontend-types
 
 # The web app (frontend/): npm ci when node_modules is missing or older than the
 # lock file, and a build when frontend/dist is missing or older than the sources.
@@ -34,6 +34,13 @@ $(WEB_DIST): $(WEB_DEPS) $(WEB_SRC)
 
 ## Build the web app into frontend/dist (served at / by the API).
 frontend: $(WEB_DIST)
+
+## The web app's API types (frontend/src/lib/api.gen.ts), made from the API's OpenAPI
+## schema: run after changing a request or response shape (a test fails until you do).
+frontend-types: install $(WEB_DEPS)
+	$(BIN)/voicepool openapi > $(WEB)/openapi.json.tmp
+	cd $(WEB) && node_modules/.bin/openapi-typescript openapi.json.tmp -o src/lib/api.gen.ts
+	rm -f $(WEB)/openapi.json.tmp
 
 ## The web app's unit tests (Vitest).
 frontend-test: $(WEB_DEPS)

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.lifecycle import SessionState
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -43,7 +45,7 @@ class SessionCreate(Strict):
 class SessionOut(BaseModel):
     session_id: str
     conversation_id: str
-    status: str
+    status: SessionState
     reason: str | None = None
     state_seq: int | None = Field(
         None,

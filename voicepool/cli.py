@@ -329,6 +329,15 @@ def _from_env(env: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def openapi_schema(settings: Settings) -> str:
+    """The API's OpenAPI schema as stable JSON. Nothing is connected to: the app is only
+    built (a placeholder Redis URL when none is set)."""
+    from api.main import create_app
+
+    app = create_app(settings.model_copy(update={"redis_url": settings.redis_url or "redis://-"}))
+    return json.dumps(app.openapi(), indent=2, sort_keys=True)
+
+
 # --- argument parsing -----------------------------------------------------------------
 
 
@@ -370,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("name")
     revoke.add_argument("--token", default=None, help="the token id (the part after vp_)")
 
+    sub.add_parser(
+        "openapi",
+        help="print the API's OpenAPI schema (JSON); the web app's types are made from it",
+    )
+
     export = sub.add_parser("export", help="print a conversation as JSON or Markdown")
     export.add_argument("conversation_id")
     export.add_argument("--format", choices=("json", "md"), default="json")
@@ -402,6 +416,8 @@ def main(argv: list[str] | None = None) -> None:
             _run_api(settings, args.host or settings.api_host, args.port or settings.api_port)
         case "worker":
             _run_worker(settings, args.pool, args.capacity, args.metrics_port)
+        case "openapi":
+            print(openapi_schema(settings))
         case "migrate":
             from shared.store import migrate
 

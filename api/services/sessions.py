@@ -78,7 +78,7 @@ async def describe(state: AppState, row: VoiceSession) -> SessionOut:
     return SessionOut(
         session_id=row.id,
         conversation_id=row.conversation_id,
-        status=status,
+        status=SessionState(status),
         reason=live.get("reason", row.reason),
         state_seq=_state_seq(live, row),
         pool=row.pool,

@@ -31,7 +31,7 @@ export function AuthProvider({ children }: { children: ReactNode }) {
       .me()
       .then((me) => {
         if (cancelled) return;
-        setCsrfToken(me.csrf_token);
+        setCsrfToken(me.csrf_token ?? null);
         setState({ status: "signed-in", user: me });
       })
       .catch((error: unknown) => {
@@ -57,7 +57,7 @@ export function AuthProvider({ children }: { children: ReactNode }) {
 
   const signIn = useCallback(async (token: string) => {
     const me = await api.login(token.trim());
-    setCsrfToken(me.csrf_token);
+    setCsrfToken(me.csrf_token ?? null);
     setState({ status: "signed-in", user: me });
   }, []);
 

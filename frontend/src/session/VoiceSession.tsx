@@ -559,7 +559,7 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
     try {
       const ended = await api.endSession(current.session_id);
       if (sessionRef.current === current) {
-        dispatch({ type: "snapshot", status: ended.status, reason: ended.reason });
+        dispatch({ type: "snapshot", status: ended.status, reason: ended.reason ?? null });
       }
     } catch (error) {
       if (error instanceof ApiError && error.status === 404) {
