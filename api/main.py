@@ -12,6 +12,7 @@ from arq.connections import create_pool
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from api import metrics
 from api.deps import AppState
 from api.errors import install_error_handlers
 from api.events import render
@@ -125,6 +126,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         openapi_url="/openapi.json" if settings.api_docs else None,
     )
     install_error_handlers(app)
+    metrics.prime(settings)
     health.mount(app, settings)  # /healthz, /readyz, /metrics (unless METRICS_BIND moves it)
     app.include_router(auth.router)
     app.include_router(sessions.router)

@@ -6,6 +6,9 @@ template, status) — never session or user ids.
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from shared.lifecycle import FAILURES, SessionState
+from shared.settings import Settings
+
 SESSIONS_REQUESTED = Counter(
     "voicepool_sessions_requested_total",
     "Sessions requested through the API.",
@@ -84,3 +87,22 @@ HTTP_REQUESTS = Counter(
 # Label sets alerts rate() over exist from the start, so their first increment counts.
 for _reason in ("worker_lost", "no_capacity"):
     REAPED_SESSIONS.labels(reason=_reason)
+
+REFUSALS = ("no_workers", "queue_full", "no_capacity", "too_many_sessions")
+
+
+def prime(settings: Settings) -> None:
+    """Create, at 0, the series of this deployment's failures and refusals: a counter's
+    first value is invisible to rate() and increase(), so a series born at 1 (the first
+    worker_lost of a pool, say) would never fire an alert. One per pool, transport, profile
+    and failure reason: a few dozen series per pool."""
+    for pool in settings.pools:
+        for reason in REFUSALS:
+            SESSIONS_REFUSED.labels(pool=pool, reason=reason)
+        for transport in settings.available_transports:
+            for profile in settings.available_profiles:
+                for reason in FAILURES:
+                    SESSIONS_ENDED.labels(
+                        pool=pool, transport=transport, profile=profile,
+                        state=SessionState.FAILED, reason=reason,
+                    )  # fmt: skip

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite needs, from Debian's archive,
-# when they are missing: promtool (package prometheus) for the ops-file checks,
+# when they are missing: promtool (package prometheus) and amtool (package
+# prometheus-alertmanager) for the ops-file checks,
 # PostgreSQL for the store tests, Chromium (package chromium) for the web app's
 # browser test (tests/e2e drives /usr/bin/chromium; no browser is downloaded).
 # Idempotent and quick when everything is present. Needs root (CI runs as root).
@@ -8,6 +9,7 @@ set -euo pipefail
 
 need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 

@@ -23,6 +23,7 @@ ALERTS = ROOT / "ops" / "prometheus" / "alerts.yml"
 PROMETHEUS = ROOT / "ops" / "prometheus" / "prometheus.yml"
 DASHBOARD = ROOT / "ops" / "grafana" / "dashboards" / "voicepool.json"
 COMPOSE = ROOT / "deploy" / "compose.yaml"
+ALERTMANAGER = ROOT / "ops" / "alertmanager" / "alertmanager.yml"
 UNIT = ROOT / "ops" / "jetson" / "voicepool-worker.service"
 WORKER_ENV = ROOT / "ops" / "jetson" / "worker.env.example"
 
@@ -271,6 +272,77 @@ WORKER_HEALTH = {
 }
 
 
+# A Jetson pool whose one board went away, the server pool empty of workers with a
+# queue; the first failure of a new label set (primed at 0 by the API); event streams
+# that would dilute the 5xx ratio of a few failing requests.
+FIRSTS = {
+    "interval": "15s",
+    "input_series": [
+        series("up", "1x80", job="voicepool-worker-hosts", instance="board1:9100"),
+        series("up", "1x20 0x60", job="voicepool-worker-hosts", instance="board2:9100"),
+        series("voicepool_pool_workers", "0x80", pool="server"),
+        series("voicepool_queue_depth", "2x80", pool="server"),
+        series("voicepool_pool_capacity_sessions", "0x80", pool="server"),
+        series("voicepool_live_sessions", "0x80", pool="server", state="connected"),
+        series(
+            "voicepool_sessions_ended_total", "0x20 1+1x60", pool="jetson", transport="webrtc",
+            profile="echo", state="failed", reason="worker_lost",
+        ),
+        series(
+            "voicepool_sessions_ended_total", "0x80", pool="jetson", transport="webrtc",
+            profile="echo", state="ended", reason="client_ended",
+        ),
+        series("voicepool_http_requests_total", "0+1x80", route="POST /api/sessions", status="503"),
+        series("voicepool_http_requests_total", "0+5x80", route="POST /api/sessions", status="202"),
+        series(
+            "voicepool_http_requests_total", "0+600x80",
+            route="GET /api/sessions/{session_id}/events", status="200",
+        ),
+        series("voicepool_persister_pending_entries", "0x80"),
+    ],
+    "alert_rule_test": [
+        expect("VoicepoolWorkerDown", severity="warning", job="voicepool-worker-hosts",
+               instance="board2:9100"),
+        expect("VoicepoolCapacityExhausted"),  # no worker at all: not "full"
+        # Failing from 5 minutes on, `for: 10m`: firing at 16 (counted from the first
+        # failure, because the series was at 0 before it: test_failures_are_primed).
+        {
+            **expect("VoicepoolSessionsFailing", severity="warning", pool="jetson"),
+            "eval_time": "16m",
+        },
+        expect("VoicepoolHttp5xxRate", severity="warning"),
+    ],
+}  # fmt: skip
+
+
+def test_alertmanager_accepts_its_config_and_compose_runs_it() -> None:
+    binary = shutil.which("amtool")
+    if binary is None:
+        pytest.fail("amtool is not on PATH: run `make test-deps` (package prometheus-alertmanager)")
+    result = subprocess.run(
+        [binary, "check-config", str(ALERTMANAGER)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    service = yaml.safe_load(COMPOSE.read_text())["services"]["alertmanager"]
+    assert "../ops/alertmanager:/etc/alertmanager:ro" in service["volumes"]
+    targets = yaml.safe_load(PROMETHEUS.read_text())["alerting"]["alertmanagers"]
+    assert targets[0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+
+
+def test_failures_are_primed_so_the_first_one_counts() -> None:
+    """A counter series born at 1 has no increase; the API creates its failure and
+    refusal series at 0, for every pool, transport and profile it offers."""
+    settings = Settings(pools=["server", "jetson"], redis_url="redis://-")
+    api.metrics.prime(settings)
+    for transport in settings.available_transports:
+        labels = {"pool": "jetson", "transport": transport, "profile": "echo", "state": "failed",
+                  "reason": "worker_lost"}  # fmt: skip
+        assert REGISTRY.get_sample_value("voicepool_sessions_ended_total", labels) is not None
+    for reason in ("no_workers", "queue_full", "no_capacity"):
+        labels = {"pool": "jetson", "reason": reason}
+        assert REGISTRY.get_sample_value("voicepool_sessions_refused_total", labels) is not None
+
+
 def test_alerts_fire_on_fleet_scenarios(tmp_path: Path) -> None:
     # promtool compares annotations too: test the expressions on a copy without them.
     rules = yaml.safe_load(ALERTS.read_text())
@@ -280,7 +352,7 @@ def test_alerts_fire_on_fleet_scenarios(tmp_path: Path) -> None:
     tests = {
         "rule_files": ["alerts.yml"],
         "evaluation_interval": "15s",
-        "tests": [FULL_FLEET, ROOM_LEFT, WORKER_HEALTH],
+        "tests": [FULL_FLEET, ROOM_LEFT, WORKER_HEALTH, FIRSTS],
     }
     (tmp_path / "test.yml").write_text(yaml.safe_dump(tests))
     result = promtool("test", "rules", "test.yml", cwd=tmp_path)
