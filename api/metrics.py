@@ -20,6 +20,12 @@ SESSIONS_REFUSED = Counter(
     "(no_workers, queue_full, no_capacity, too_many_sessions).",
     ["pool", "reason"],
 )
+SESSIONS_SPILLED = Counter(
+    "voicepool_sessions_spilled_total",
+    "Sessions sent to a pool's fallback (VOICEPOOL_POOL_FALLBACKS): the pool couldn't "
+    "take them (reason: its refusal).",
+    ["pool", "to", "reason"],
+)
 SESSIONS_STARTED = Counter(
     "voicepool_sessions_started_total",
     "Sessions that reached ready.",

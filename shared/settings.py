@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
@@ -108,6 +108,12 @@ class Settings(BaseSettings):
         200,
         ge=1,
         description="A pool with this many sessions waiting refuses new ones (503 queue_full).",
+    )
+    pool_fallbacks: Annotated[dict[str, str], NoDecode] = Field(
+        {},
+        description="Where a pool's sessions go when it can't take them (no_workers, "
+        "queue_full, no_capacity): `jetson=server` (comma-separated pairs; one step, no "
+        "chains).",
     )
     admit_without_workers: bool = Field(
         False,
@@ -291,6 +297,27 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("pool_fallbacks", mode="before")
+    @classmethod
+    def _pairs(cls, value: object) -> object:
+        if isinstance(value, str):
+            pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError("pool fallbacks are pool=fallback pairs, e.g. jetson=server")
+            return {a.strip(): b.strip() for a, b in pairs}
+        return value
+
+    @field_validator("pool_fallbacks")
+    @classmethod
+    def _known_pools(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        pools = set(info.data.get("pools") or [])
+        unknown = {p for pair in value.items() for p in pair} - pools
+        if unknown:
+            raise ValueError(f"pool fallbacks name pools not in VOICEPOOL_POOLS: {sorted(unknown)}")
+        if any(a == b for a, b in value.items()):
+            raise ValueError("a pool cannot fall back to itself")
         return value
 
     @field_validator("metrics_token", "metrics_bind", mode="before")

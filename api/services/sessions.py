@@ -165,11 +165,7 @@ async def _admit(state: AppState, user: User, request: SessionCreate) -> tuple[s
         raise ApiError(422, "unknown_pool", f"no pool {pool!r}; pools: {', '.join(settings.pools)}")
 
     try:  # a first look, before the rows are written; _go_live decides, atomically
-        await state.live.admit(
-            pool, user.id, admission(settings), owner_limit=settings.max_sessions_per_user
-        )
-    except AdmissionRefused as refusal:
-        raise _refused(state, pool, refusal) from None
+        pool = await _admitting_pool(state, user, pool)
     except OwnerLimitReached as exc:
         raise _too_many(pool, exc.limit) from None
     return profile, pool
@@ -256,6 +252,25 @@ async def _mark_failed(
     async with state.store.writing():
         db.add(row)
         await db.commit()
+
+
+async def _admitting_pool(state: AppState, user: User, pool: str) -> str:
+    """``pool``, or its fallback (VOICEPOOL_POOL_FALLBACKS) when ``pool`` can't take the
+    session and the fallback can: a Jetson pool whose board is down spills to the server.
+    Raises the requested pool's refusal when neither can."""
+    settings = state.settings
+    policy, limit = admission(settings), settings.max_sessions_per_user
+    try:
+        await state.live.admit(pool, user.id, policy, owner_limit=limit)
+        return pool
+    except AdmissionRefused as refusal:
+        fallback = settings.pool_fallbacks.get(pool)
+        if fallback is not None:
+            with contextlib.suppress(AdmissionRefused):
+                await state.live.admit(fallback, user.id, policy, owner_limit=limit)
+                metrics.SESSIONS_SPILLED.labels(pool=pool, to=fallback, reason=refusal.code).inc()
+                return fallback
+        raise _refused(state, pool, refusal) from None
 
 
 def admission(settings: Settings) -> AdmissionPolicy:

@@ -139,3 +139,35 @@ async def test_many_open_event_streams_do_not_starve_the_api(make_system) -> Non
         assert (await api.get("/api/conversations")).status_code == 200
         await api.delete(f"/api/sessions/{session['session_id']}")  # final state closes them
         await asyncio.wait_for(asyncio.gather(*watchers), 20)
+
+
+async def test_a_pool_that_cannot_take_a_session_spills_to_its_fallback(make_system) -> None:
+    """A Jetson pool whose board is down: its sessions start on the server pool instead
+    of expiring; once a board is back, they stay on it."""
+    system = make_system(
+        workers=1,
+        capacity=2,
+        VOICEPOOL_POOLS="server,jetson",
+        VOICEPOOL_POOL_FALLBACKS="jetson=server",
+    )
+    user = system.create_user("hana")
+    async with api_client(system, user) as api:
+        spilled = await api.post("/api/sessions", json={"transport": "webrtc", "pool": "jetson"})
+        assert spilled.status_code == 202, spilled.text
+        assert spilled.json()["pool"] == "server"
+        ready = await wait_for_status(api, spilled.json()["session_id"], {"ready"})
+        assert ready["worker_id"] in {w["id"] for w in system.live_workers()}  # the server's
+        await api.delete(f"/api/sessions/{spilled.json()['session_id']}")
+
+        system.start_worker(capacity=1, pool="jetson")
+        system.wait_ready(2)
+        stayed = await create_session(api, profile="echo", pool="jetson")
+        assert stayed["pool"] == "jetson"
+        on = await wait_for_status(api, stayed["session_id"], {"ready"})
+        boards = {w["id"] for w in system.live_workers() if w["pool"] == "jetson"}
+        assert on["worker_id"] in boards
+        await api.delete(f"/api/sessions/{stayed['session_id']}")
+
+    samples = system.metrics(f"{system.api_url}/metrics")
+    key = 'voicepool_sessions_spilled_total{pool="jetson",reason="no_workers",to="server"}'
+    assert samples[key] == 1

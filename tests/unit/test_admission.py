@@ -124,3 +124,15 @@ async def test_the_owner_limit_comes_after_the_pool_and_is_atomic(redis) -> None
     with pytest.raises(OwnerLimitReached):
         await live.admit(POOL, "u1", policy, owner_limit=2)
     assert await live.admit(POOL, "u2", policy, owner_limit=2) == 0
+
+
+def test_pool_fallbacks_are_pairs_of_known_pools() -> None:
+    from pydantic import ValidationError
+
+    from shared.settings import Settings
+
+    settings = Settings(pools="server,jetson", pool_fallbacks="jetson = server")
+    assert settings.pool_fallbacks == {"jetson": "server"}
+    for wrong in ("jetson", "jetson=cloud", "server=server"):
+        with pytest.raises(ValidationError):
+            Settings(pools="server,jetson", pool_fallbacks=wrong)
