@@ -29,8 +29,9 @@ from api.persister import Persister
 from api.reaper import Reaper
 from api.routes import auth, conversations, health, participants, sessions, start, workers
 from api.signals import WorkerSignals
-from shared import __version__
+from shared import __version__, keys
 from shared.connections import arq_redis_settings, redis_client
+from shared.fleet import PROTOCOL
 from shared.gc_freeze import freeze_startup_objects
 from shared.live import LiveSessions
 from shared.settings import Settings, get_settings
@@ -74,6 +75,8 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
             ),
         )
         app.state.voicepool = state
+        # Workers of another protocol refuse to start on seeing this (shared/fleet.py).
+        await redis.set(keys.PROTOCOL, PROTOCOL)
         tasks: list[asyncio.Task[None]] = [
             asyncio.create_task(state.streams.run(), name="stream-leases"),
             asyncio.create_task(state.tokens.listen(redis), name="revocations"),
@@ -126,7 +129,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         openapi_url="/openapi.json" if settings.api_docs else None,
     )
     install_error_handlers(app)
-    metrics.prime(settings)
+    metrics.prime(settings, __version__)
     health.mount(app, settings)  # /healthz, /readyz, /metrics (unless METRICS_BIND moves it)
     app.include_router(auth.router)
     app.include_router(sessions.router)

@@ -4,11 +4,16 @@ Labels are bounded sets (pool, transport, profile, state, reason, route
 template, status) — never session or user ids.
 """
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Info
 
+from shared.fleet import PROTOCOL
 from shared.lifecycle import FAILURES, SessionState
 from shared.settings import Settings
 
+INFO = Info(
+    "voicepool_api",
+    "This API's voicepool version and worker protocol (equal protocols run together).",
+)
 SESSIONS_REQUESTED = Counter(
     "voicepool_sessions_requested_total",
     "Sessions requested through the API.",
@@ -97,11 +102,12 @@ for _reason in ("worker_lost", "no_capacity"):
 REFUSALS = ("no_workers", "queue_full", "no_capacity", "too_many_sessions")
 
 
-def prime(settings: Settings) -> None:
+def prime(settings: Settings, version: str) -> None:
     """Create, at 0, the series of this deployment's failures and refusals: a counter's
     first value is invisible to rate() and increase(), so a series born at 1 (the first
     worker_lost of a pool, say) would never fire an alert. One per pool, transport, profile
     and failure reason: a few dozen series per pool."""
+    INFO.info({"version": version, "protocol": str(PROTOCOL)})
     for pool in settings.pools:
         for reason in REFUSALS:
             SESSIONS_REFUSED.labels(pool=pool, reason=reason)

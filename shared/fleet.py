@@ -11,6 +11,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+PROTOCOL = 2
+"""The contract between the API and workers, through Redis: keys, Lua scripts, job and
+event shapes, the heartbeat. An API and workers run together exactly when their numbers
+are equal, whatever their versions (``voicepool_*_info`` and the Operators page show
+both); it goes up when either side would misread the other. 2: workers count their free
+slots for admission (``keys.pool_slots``); an API of 2 sees a worker of 1 as none.
+"""
+
 # arq polls every 10 ms; a loop that has not gone round for this long is stuck
 # (a Redis outage stalls it too, for as long as the outage lasts).
 POLL_STALL_S = 3.0
@@ -30,6 +38,8 @@ class WorkerBeat(BaseModel):
     host: str
     pid: int = 0
     version: str = ""
+    protocol: int = 0
+    """``PROTOCOL`` of the worker's code (0: one from before the number existed)."""
     capacity: int
     active: int
     draining: bool = False

@@ -9,6 +9,7 @@ INGEST_STREAM = f"{PREFIX}:ingest"  # every event of every session, for the pers
 PERSISTER_GROUP = "persister"
 LIVE_SESSIONS = f"{PREFIX}:live"  # set of session ids not yet in a final state
 REVOCATIONS = f"{PREFIX}:revocations"  # pub/sub: ids of users whose tokens were revoked
+PROTOCOL = f"{PREFIX}:protocol"  # the API's fleet.PROTOCOL, set when it starts
 WORKERS = f"{PREFIX}:workers"  # set of worker ids ever seen (pruned by the reaper)
 
 

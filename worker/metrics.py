@@ -6,12 +6,16 @@ never session ids.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10)
 # From a healthy loop's scheduling noise (≤ 1 ms) to a stall that breaks every call.
 LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
+INFO = Info(
+    "voicepool_worker",
+    "This worker's voicepool version and API protocol (equal protocols run together).",
+)
 CAPACITY = Gauge("voicepool_worker_capacity_sessions", "Session slots of this worker.", ["pool"])
 ACTIVE = Gauge("voicepool_worker_active_sessions", "Sessions this worker runs now.", ["pool"])
 DRAINING = Gauge("voicepool_worker_draining", "1 while the worker drains.", ["pool"])

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from shared import control, keys, queue
 from shared.connections import arq_redis_settings, redis_client
-from shared.fleet import WorkerBeat, worker_client_name
+from shared.fleet import PROTOCOL, WorkerBeat, worker_client_name
 from shared.gc_freeze import freeze_startup_objects
 from shared.lifecycle import (
     FINAL_STATES,
@@ -176,6 +176,9 @@ class VoicepoolWorker:
             return await self._serve()
 
     async def _serve(self) -> int:
+        if not await self._speaks_the_apis_protocol():
+            await self.redis.aclose()
+            return 1
         if self.options.webrtc_host_addresses:
             restrict_ice_host_addresses(self.options.webrtc_host_addresses)
         self._install_signal_handlers()
@@ -184,6 +187,7 @@ class VoicepoolWorker:
         self.options.ws_advertised_url = await self.ws_listener.start()
         metrics.serve(self.options.metrics_port, self.options.metrics_host)
         metrics.CAPACITY.labels(pool=self.options.pool).set(self.options.capacity)
+        metrics.INFO.info({"version": self.options.version, "protocol": str(PROTOCOL)})
         metrics.PIPELINE_HEARTBEAT_TIMEOUTS.labels(pool=self.options.pool)  # 0 before the first
         self._arq = SessionWorker(
             self,
@@ -226,6 +230,21 @@ class VoicepoolWorker:
             self._spawn(self._heartbeat_once())  # no free slots from here on
         await self.aclose()
         return 1 if self.supervisor.failure is not None else 0
+
+    async def _speaks_the_apis_protocol(self) -> bool:
+        """Whether this worker's PROTOCOL is the API's (or no API has said yet). A worker
+        of another one would take sessions it misreads, or be invisible to admission."""
+        theirs = await self.redis.get(keys.PROTOCOL)
+        if theirs is None or int(theirs) == PROTOCOL:
+            return True
+        log.critical(
+            "worker %s speaks protocol %d and this fleet's API %s: run a voicepool of the "
+            "API's protocol (see README, Versions)",
+            self.id,
+            PROTOCOL,
+            theirs,
+        )
+        return False
 
     async def drain(self, timeout: float | None = None) -> None:
         """Take no new sessions; move each live call to another worker of the pool at its
@@ -505,6 +524,7 @@ class VoicepoolWorker:
             host=self.options.host,
             pid=os.getpid(),
             version=self.options.version,
+            protocol=PROTOCOL,
             capacity=self.options.capacity,
             active=len(self.sessions),
             draining=self.draining or self.supervisor.failed.is_set(),

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from api.deps import AdminUser, StateDep
 from api.errors import ApiError
 from shared import control, keys
-from shared.fleet import WorkerBeat
+from shared.fleet import PROTOCOL, WorkerBeat
 from shared.queue import estimate_wait
 
 router = APIRouter(prefix="/api", tags=["fleet"])
@@ -23,6 +23,10 @@ class WorkerOut(BaseModel):
     pool: str
     host: str
     version: str
+    protocol: int = Field(description="Its API protocol (0: older than the number).")
+    compatible: bool = Field(
+        description="Its protocol is this API's: only then does it serve this API's sessions."
+    )
     capacity: int
     active: int
     draining: bool
@@ -61,6 +65,7 @@ def _worker_out(beat: WorkerBeat, now: float) -> WorkerOut:
     return WorkerOut(
         **beat.model_dump(include=set(WorkerOut.model_fields)),
         heartbeat_age_s=round(max(now - beat.ts, 0.0), 3),
+        compatible=beat.protocol == PROTOCOL,
         stalled=beat.stalled,
         poll_age_s=beat.poll_age,
     )

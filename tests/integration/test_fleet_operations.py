@@ -9,6 +9,7 @@ import pytest
 
 from harness.api import api_client, create_session, wait_for_status
 from harness.waiting import eventually
+from shared.fleet import PROTOCOL
 
 pytestmark = pytest.mark.slow
 
@@ -171,3 +172,21 @@ async def test_a_pool_that_cannot_take_a_session_spills_to_its_fallback(make_sys
     samples = system.metrics(f"{system.api_url}/metrics")
     key = 'voicepool_sessions_spilled_total{pool="jetson",reason="no_workers",to="server"}'
     assert samples[key] == 1
+
+
+async def test_a_worker_of_another_protocol_refuses_to_join(make_system) -> None:
+    """API and workers run together when their protocols are equal (shared/fleet.py): a
+    worker of another one exits at once, saying why, rather than serve sessions it would
+    misread; the API lists its own workers as compatible."""
+    system = make_system(workers=1, capacity=1)
+    admin = system.create_user("ops", admin=True)
+    async with api_client(system, admin) as ops:
+        (listed,) = (await ops.get("/api/workers")).json()
+        assert (listed["protocol"], listed["compatible"]) == (PROTOCOL, True)
+    with system.redis as r:
+        assert r.get("vp:protocol") == str(PROTOCOL)  # what the API said when it started
+        r.set("vp:protocol", PROTOCOL + 1)  # as an upgraded API would
+    newcomer = system.start_worker(capacity=1)
+    code = await asyncio.to_thread(newcomer.wait, 60)
+    assert code == 1
+    assert f"speaks protocol {PROTOCOL} and this fleet's API {PROTOCOL + 1}" in system.log_tail()

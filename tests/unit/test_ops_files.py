@@ -333,7 +333,7 @@ def test_failures_are_primed_so_the_first_one_counts() -> None:
     """A counter series born at 1 has no increase; the API creates its failure and
     refusal series at 0, for every pool, transport and profile it offers."""
     settings = Settings(pools=["server", "jetson"], redis_url="redis://-")
-    api.metrics.prime(settings)
+    api.metrics.prime(settings, "0.0.0")
     for transport in settings.available_transports:
         labels = {"pool": "jetson", "transport": transport, "profile": "echo", "state": "failed",
                   "reason": "worker_lost"}  # fmt: skip

@@ -962,6 +962,11 @@ export interface components {
             active: number;
             /** Capacity */
             capacity: number;
+            /**
+             * Compatible
+             * @description Its protocol is this API's: only then does it serve this API's sessions.
+             */
+            compatible: boolean;
             /** Draining */
             draining: boolean;
             /** Heartbeat Age S */
@@ -979,6 +984,11 @@ export interface components {
             poll_age_s: number | null;
             /** Pool */
             pool: string;
+            /**
+             * Protocol
+             * @description Its API protocol (0: older than the number).
+             */
+            protocol: number;
             /**
              * Stalled
              * @description Its heartbeat lives but its queue poll loop has not run for a few seconds: its slots are not counted as capacity.

@@ -14,7 +14,8 @@ const json = (body: unknown, status = 200) =>
   new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json" } });
 
 const worker: WorkerOut = {
-  id: "w-1", pool: "server", host: "box", version: "1.4.0", capacity: 8, active: 3, draining: false,
+  id: "w-1", pool: "server", host: "box", version: "1.4.0", protocol: 2, compatible: true,
+  capacity: 8, active: 3, draining: false,
   load: 0.4, heartbeat_age_s: 0.5, started_at: 0, stalled: false, poll_age_s: 0.1,
 };
 const pool = (extra: Partial<PoolOut> = {}): PoolOut =>

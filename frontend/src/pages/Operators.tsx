@@ -171,7 +171,11 @@ export function Operators() {
                       {w.active} / {w.capacity}
                     </td>
                     <td data-label="State">
-                      {w.draining ? (
+                      {!w.compatible ? (
+                        <span className="tag tag-failed" title="It speaks another API protocol: it serves no session of this API's.">
+                          incompatible (protocol {w.protocol})
+                        </span>
+                      ) : w.draining ? (
                         <span className="tag tag-failed">draining</span>
                       ) : w.stalled ? (
                         <span className="tag tag-failed" title="Its heartbeat lives, but it has not polled its queue: its slots are not counted.">
