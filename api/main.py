@@ -12,7 +12,7 @@ from arq.connections import create_pool
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import metrics
+from api import metrics, retention
 from api.deps import AppState
 from api.errors import install_error_handlers
 from api.events import render
@@ -102,6 +102,12 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
                 asyncio.create_task(persister.run(), name="persister"),
                 asyncio.create_task(reaper.run(), name="reaper"),
             ]
+            if settings.retention_days:
+                tasks.append(
+                    asyncio.create_task(
+                        retention.run(state.store, settings.retention_days), name="retention"
+                    )
+                )
         freeze_startup_objects()
         try:
             yield

@@ -109,6 +109,12 @@ class Settings(BaseSettings):
         ge=1,
         description="A pool with this many sessions waiting refuses new ones (503 queue_full).",
     )
+    retention_days: float = Field(
+        0,
+        ge=0,
+        description="Conversations untouched for this many days are deleted, with their "
+        "sessions and events (hourly; never one with a live session). 0: kept forever.",
+    )
     pool_fallbacks: Annotated[dict[str, str], NoDecode] = Field(
         {},
         description="Where a pool's sessions go when it can't take them (no_workers, "

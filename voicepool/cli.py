@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -329,6 +330,35 @@ def _from_env(env: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def backup_database(settings: Settings, path: str) -> str:
+    """A consistent copy of the store at ``path``, taken while the API writes; says what
+    it did. Restore: stop the API, put the copy in place (SQLite) or ``pg_restore`` it."""
+    url = settings.sqlalchemy_url
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        source = url.split(":///", 1)[1]
+        with (
+            contextlib.closing(sqlite3.connect(source)) as live,
+            contextlib.closing(sqlite3.connect(path)) as copy,
+        ):
+            live.backup(copy)  # page by page, under SQLite's own locks: a consistent copy
+        return f"backed up {source} to {path} (SQLite)"
+    if shutil.which("pg_dump") is None:
+        raise RuntimeError("pg_dump is not installed (Debian: postgresql-client)")
+    # The password goes in pg_dump's environment, not its arguments (which `ps` shows).
+    parts = urlsplit("postgresql://" + url.split("://", 1)[1])
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    user = f"{parts.username}@" if parts.username else ""
+    target = parts._replace(netloc=user + netloc).geturl()
+    env = {**os.environ, **({"PGPASSWORD": parts.password} if parts.password else {})}
+    try:
+        subprocess.run(["pg_dump", "--format=custom", "--file", path, target], check=True, env=env)
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(f"pg_dump failed (exit {exc.returncode})") from None
+    return f"backed up the PostgreSQL database to {path} (pg_dump custom format)"
+
+
 def openapi_schema(settings: Settings) -> str:
     """The API's OpenAPI schema as stable JSON. Nothing is connected to: the app is only
     built (a placeholder Redis URL when none is set)."""
@@ -379,6 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("name")
     revoke.add_argument("--token", default=None, help="the token id (the part after vp_)")
 
+    backup = sub.add_parser(
+        "backup",
+        help="copy the database to PATH while everything runs (SQLite: an online backup; "
+        "PostgreSQL: pg_dump's custom format)",
+    )
+    backup.add_argument("path")
+
     sub.add_parser(
         "openapi",
         help="print the API's OpenAPI schema (JSON); the web app's types are made from it",
@@ -418,6 +455,11 @@ def main(argv: list[str] | None = None) -> None:
             _run_worker(settings, args.pool, args.capacity, args.metrics_port)
         case "openapi":
             print(openapi_schema(settings))
+        case "backup":
+            try:
+                print(backup_database(settings, args.path))
+            except (OSError, RuntimeError) as exc:
+                raise SystemExit(f"error: {exc}") from None
         case "migrate":
             from shared.store import migrate
 

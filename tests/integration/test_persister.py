@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from sqlmodel import col, func, select
 
+from api import retention
 from api.persister import Persister
+from harness.postgres import PostgresServer
 from shared import keys
 from shared.history import search_transcripts
 from shared.lifecycle import Reason
@@ -13,6 +19,7 @@ from shared.live import LiveSessions
 from shared.models import Conversation, EventRecord, User, VoiceSession
 from shared.settings import Settings
 from shared.store import Store, migrate_async
+from voicepool.cli import backup_database
 
 
 class Crash(Exception):
@@ -20,11 +27,13 @@ class Crash(Exception):
 
 
 @pytest.fixture
-async def store(database_url: str):
+async def store(database_url: str, request: pytest.FixtureRequest):
     """The store on SQLite and on PostgreSQL: every test here runs against both."""
     url = Settings(database_url=database_url).sqlalchemy_url
     await migrate_async(url)
     store = Store(url)
+    if url.startswith("postgresql"):  # for tests that make another database on it
+        store.postgres_server = request.getfixturevalue("postgres_server")  # type: ignore[attr-defined]
     async with store.session() as db:
         db.add(User(id="u1", name="u1"))
         await db.flush()
@@ -230,3 +239,74 @@ async def test_transcripts_are_searchable_and_talk_time_starts_at_connect(redis,
         session = await db.get(VoiceSession, "s1")
         assert session is not None and session.connected_at is not None
         assert session.ready_at is not None and session.connected_at >= session.ready_at
+
+
+async def _conversation(
+    store: Store, cid: str, *, days_old: float, state: str = "ended", words: str = ""
+) -> None:
+    """A conversation of u1 last touched ``days_old`` ago, with one session in ``state``
+    (and a transcript line of ``words``)."""
+    at = datetime.now(UTC) - timedelta(days=days_old)
+    async with store.session() as db:
+        db.add(Conversation(id=cid, user_id="u1", created_at=at, updated_at=at))
+        await db.flush()
+        db.add(
+            VoiceSession(
+                id=f"s-{cid}", conversation_id=cid, user_id="u1", pool="server",
+                transport="webrtc", profile="echo", state=state,
+            )
+        )  # fmt: skip
+        await db.flush()
+        if words:
+            db.add(
+                EventRecord(
+                    session_id=f"s-{cid}", conversation_id=cid, seq=1, ts=at.timestamp(),
+                    type="user.transcript", data={"text": words},
+                )
+            )  # fmt: skip
+        await db.commit()
+
+
+async def test_retention_deletes_old_conversations_but_never_a_live_one(store) -> None:
+    await _conversation(store, "old", days_old=40, words="the old flight to Oslo")
+    await _conversation(store, "old-live", days_old=40, state="connected", words="Oslo live")
+    await _conversation(store, "recent", days_old=2, words="a recent Oslo trip")
+    async with store.session() as db:
+        assert set(await search_transcripts(db, "u1", "oslo")) == {"old", "old-live", "recent"}
+
+    assert await retention.sweep(store, days=30) == 1
+    assert await retention.sweep(store, days=30) == 0  # nothing left to delete
+    async with store.session() as db:
+        left = set((await db.exec(select(Conversation.id))).all())
+        assert left == {"c1", "old-live", "recent"}
+        assert await db.get(VoiceSession, "s-old") is None
+        events = await db.exec(select(EventRecord).where(EventRecord.conversation_id == "old"))
+        assert events.all() == []
+        # Its lines left the search with it.
+        assert set(await search_transcripts(db, "u1", "oslo")) == {"old-live", "recent"}
+
+
+async def test_a_backup_taken_while_running_restores_everything(store, tmp_path) -> None:
+    await _conversation(store, "kept", days_old=1, words="remember the Oslo flights")
+    settings = Settings(database_url=store.url)
+    backup = tmp_path / "voicepool.backup"
+    said = await asyncio.to_thread(backup_database, settings, str(backup))
+    assert str(backup) in said and backup.stat().st_size > 0
+
+    if store.url.startswith("sqlite"):
+        restored_url = f"sqlite+aiosqlite:///{backup}"
+    else:  # pg_restore into a fresh database, as an operator would
+        server: PostgresServer = store.postgres_server
+        plain = server.create_database()
+        restore = ["pg_restore", "--no-owner", "--dbname", plain, str(backup)]
+        await asyncio.to_thread(subprocess.run, restore, check=True)
+        restored_url = Settings(database_url=plain).sqlalchemy_url
+    restored = Store(restored_url)
+    try:
+        async with restored.session() as db:
+            assert (await db.get(Conversation, "kept")) is not None
+            assert (await db.get(VoiceSession, "s-kept")) is not None
+            found = await search_transcripts(db, "u1", "oslo flights")
+            assert found == {"kept": "remember the Oslo flights"}
+    finally:
+        await restored.aclose()

@@ -42,6 +42,11 @@ def upgrade() -> None:
             "INSERT INTO transcript_search (rowid, text, conversation_id) "
             "VALUES (new.id, json_extract(new.data, '$.text'), new.conversation_id); END"
         )
+        op.execute(  # retention deletes events: their lines leave the index with them
+            "CREATE TRIGGER transcript_search_delete AFTER DELETE ON events "
+            f"WHEN old.type IN {TRANSCRIPT_TYPES} BEGIN "
+            "DELETE FROM transcript_search WHERE rowid = old.id; END"
+        )
         op.execute(
             "INSERT INTO transcript_search (rowid, text, conversation_id) "
             "SELECT id, json_extract(data, '$.text'), conversation_id FROM events "
@@ -82,6 +87,7 @@ def _backfill_connected_at() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         op.execute("DROP TRIGGER IF EXISTS transcript_search_insert")
+        op.execute("DROP TRIGGER IF EXISTS transcript_search_delete")
         op.execute("DROP TABLE IF EXISTS transcript_search")
     else:
         op.execute("DROP INDEX IF EXISTS ix_events_transcript_search")
