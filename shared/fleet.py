@@ -16,8 +16,12 @@ PROTOCOL = 2
 event shapes, the heartbeat. An API and workers run together exactly when their numbers
 are equal, whatever their versions (``voicepool_*_info`` and the Operators page show
 both); it goes up when either side would misread the other. 2: workers count their free
-slots for admission (``keys.pool_slots``); an API of 2 sees a worker of 1 as none.
+slots, and say which profiles they run, for admission (``keys.pool_slots``); an API of 2
+sees a worker of 1 as none.
 """
+
+PROFILES = ("echo", "assistant")
+"""The bot profiles there are; which of them a worker runs, its heartbeat says."""
 
 # arq polls every 10 ms; a loop that has not gone round for this long is stuck
 # (a Redis outage stalls it too, for as long as the outage lasts).
@@ -40,6 +44,8 @@ class WorkerBeat(BaseModel):
     version: str = ""
     protocol: int = 0
     """``PROTOCOL`` of the worker's code (0: one from before the number existed)."""
+    profiles: list[str] = []
+    """The bot profiles this worker can run (``assistant`` only with a model key)."""
     capacity: int
     active: int
     draining: bool = False

@@ -86,9 +86,11 @@ end
 #   recent starts, the owner's set of live sessions
 # ARGV (from ``first``): now (s), most waiting, queue TTL (s), workers required (1/0),
 #   heartbeat key prefix, fewest starts to estimate from, their window (s), how long an
-#   admitted session may take to reach the queue (s), most live sessions per owner (0: any)
+#   admitted session may take to reach the queue (s), most live sessions per owner (0: any),
+#   the session's profile ('': any)
 # Returns {code, n, starts}: 'ok' and the place in the queue (0: a slot is free);
 # 'no_workers' and the workers seen (draining and stalled ones offer no slot);
+# 'no_profile' and the workers seen, none of which runs the session's profile;
 # 'queue_full' and the sessions waiting; 'no_capacity' and the expected wait (ms);
 # 'owner_limit' and the limit. ``starts``: starts in the window (for Retry-After).
 _ADMIT_FN = """
@@ -100,18 +102,24 @@ local function admit(k, first)
   local workers_required, beat_prefix = ARGV[first + 3] == '1', ARGV[first + 4]
   local min_starts, window = tonumber(ARGV[first + 5]), tonumber(ARGV[first + 6])
   local admitting_s, owner_limit = tonumber(ARGV[first + 7]), tonumber(ARGV[first + 8])
-  local offered, free, seen = 0, 0, 0
+  local profile = ',' .. ARGV[first + 9] .. ','
+  local offered, free, seen, runs = 0, 0, 0, 0
   local slots = redis.call('HGETALL', k_slots)
   for i = 1, #slots, 2 do
     if redis.call('EXISTS', beat_prefix .. slots[i]) == 1 then
-      local o, f = string.match(slots[i + 1], '^(%d+) (%d+)$')
-      seen, offered, free = seen + 1, offered + tonumber(o), free + tonumber(f)
+      local o, f, profiles = string.match(slots[i + 1], '^(%d+) (%d+) ?(.*)$')
+      seen = seen + 1
+      -- Only a worker that runs the session's profile offers it a slot.
+      if profile == ',,' or string.find(',' .. profiles .. ',', profile, 1, true) then
+        runs, offered, free = runs + 1, offered + tonumber(o), free + tonumber(f)
+      end
     else
       redis.call('HDEL', k_slots, slots[i])  -- its heartbeat lapsed: the worker is gone
     end
   end
   local starts = redis.call('ZCOUNT', k_starts, now - window, '+inf')
-  if workers_required and offered == 0 then return {'no_workers', seen, starts} end
+  if workers_required and runs == 0 and seen > 0 then return {'no_profile', seen, starts} end
+  if workers_required and offered == 0 then return {'no_workers', runs, starts} end
   redis.call('ZREMRANGEBYSCORE', k_admitting, '-inf', (now - admitting_s) * 1000)
   local waiting = redis.call('ZCARD', k_queue) + redis.call('ZCARD', k_admitting)
   if waiting >= max_waiting then return {'queue_full', waiting, starts} end
@@ -257,8 +265,9 @@ class OwnerLimitReached(Exception):
 
 class AdmissionRefused(Exception):
     """The pool can't take the session now: ``code`` says why (``no_workers``,
-    ``queue_full``, ``no_capacity``), ``value`` by how much (workers seen, sessions waiting,
-    expected wait in seconds), ``starts_per_s`` how fast the pool has been starting them."""
+    ``no_profile``, ``queue_full``, ``no_capacity``), ``value`` by how much (workers seen,
+    sessions waiting, expected wait in seconds), ``starts_per_s`` how fast the pool has
+    been starting them."""
 
     def __init__(self, code: str, value: float, starts_per_s: float):
         super().__init__(f"{code} ({value})")
@@ -287,7 +296,7 @@ class AdmissionPolicy:
     """Fewer starts than this in the window say too little about the wait to refuse on it
     (a pool that was idle has few starts, not a long wait)."""
 
-    def args(self, now: float, owner_limit: int) -> list[Any]:
+    def args(self, now: float, owner_limit: int, profile: str = "") -> list[Any]:
         return [
             repr(now),
             self.max_waiting,
@@ -298,6 +307,7 @@ class AdmissionPolicy:
             self.window_s,
             ADMITTING_S,
             owner_limit,
+            profile,
         ]
 
 
@@ -368,13 +378,20 @@ class LiveSessions:
         return [session_id, self.stream_maxlen, repr(at or time.time())]
 
     async def admit(
-        self, pool: str, owner: str, policy: AdmissionPolicy, *, owner_limit: int = 0
+        self,
+        pool: str,
+        owner: str,
+        policy: AdmissionPolicy,
+        *,
+        owner_limit: int = 0,
+        profile: str = "",
     ) -> int:
         """Would ``pool`` take a session of ``owner``'s now? Its place in the queue (0: a
         slot is free), or ``AdmissionRefused`` / ``OwnerLimitReached``. A cheap look before
         any work is done; ``create`` decides again, atomically."""
         reply = await self._admit(
-            keys=_admission_keys(pool, owner), args=policy.args(time.time(), owner_limit)
+            keys=_admission_keys(pool, owner),
+            args=policy.args(time.time(), owner_limit, profile),
         )
         return _admitted(reply, policy)
 
@@ -406,7 +423,7 @@ class LiveSessions:
                 str(state),
                 str(reason),
                 json.dumps({**fields, "owner": owner}),
-                *admission.args(now, owner_limit),
+                *admission.args(now, owner_limit, fields.get("profile", "")),
             ],
         )
         try:
@@ -561,7 +578,9 @@ class LiveSessions:
                 alive_ms(self.heartbeat_ttl),
                 _OWNED,
                 beat.model_dump_json() if beat is not None else "",
-                f"{beat.serving_capacity} {beat.free_slots}" if beat is not None else "",
+                f"{beat.serving_capacity} {beat.free_slots} {','.join(beat.profiles)}"
+                if beat is not None
+                else "",
             ],
         )
         return {sid: (flat[2 * i], flat[2 * i + 1]) for i, sid in enumerate(session_ids)}

@@ -374,14 +374,9 @@ class Settings(BaseSettings):
 
     @property
     def available_profiles(self) -> list[str]:
-        """Bot profiles this deployment can run: ``assistant`` needs an OpenAI key."""
+        """Bot profiles a worker of these settings runs (``assistant`` needs an OpenAI key);
+        the API offers what its live workers say they run, these until one is up."""
         return ["echo", "assistant"] if self.openai_api_key else ["echo"]
-
-    @property
-    def missing_profiles(self) -> dict[str, str]:
-        """Bot profiles this deployment could run but does not, each with what it needs
-        (the name of a setting, never its value)."""
-        return {} if self.openai_api_key else {"assistant": "OPENAI_API_KEY on the server"}
 
     @property
     def default_profile(self) -> str:

@@ -525,6 +525,7 @@ class VoicepoolWorker:
             pid=os.getpid(),
             version=self.options.version,
             protocol=PROTOCOL,
+            profiles=self.options.profiles,
             capacity=self.options.capacity,
             active=len(self.sessions),
             draining=self.draining or self.supervisor.failed.is_set(),

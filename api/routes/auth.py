@@ -9,9 +9,11 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field, field_validator
 
 from api import limits, web_sessions
-from api.deps import CurrentUser, SessionDep, StateDep, check_csrf
-from api.errors import ApiError
+from api.deps import AppState, CurrentUser, SessionDep, StateDep, check_csrf
+from api.errors import PROFILE_NEEDS, ApiError
+from api.routes.workers import live_beats
 from api.schemas import Strict
+from shared.fleet import PROFILES, PROTOCOL
 from shared.settings import Settings
 from shared.users import authenticate
 
@@ -149,18 +151,29 @@ async def me(user: CurrentUser, request: Request, state: StateDep) -> Me:
     return Me(id=user.id, name=user.name, role=user.role, csrf_token=csrf)
 
 
+async def offered_profiles(state: AppState) -> list[str]:
+    """The profiles the live workers of this API's protocol run (what they can, not what
+    the API's own environment holds); before any worker is up, the API's settings'."""
+    running = {p for b in await live_beats(state) if b.protocol == PROTOCOL for p in b.profiles}
+    if not running:
+        return state.settings.available_profiles
+    return [p for p in PROFILES if p in running]
+
+
 @router.get("/config", response_model=ServerConfig)
 async def server_config(_user: CurrentUser, state: StateDep) -> ServerConfig:
     """What a client may choose here: profiles, transports, pools, ICE servers."""
     settings = state.settings
+    offered = await offered_profiles(state)
     return ServerConfig(
-        profiles=settings.available_profiles,
+        profiles=offered,
         unavailable_profiles=[
-            UnavailableProfile(name=name, needs=needs)
-            for name, needs in settings.missing_profiles.items()
+            UnavailableProfile(name=name, needs=PROFILE_NEEDS.get(name, "a worker that runs it"))
+            for name in PROFILES
+            if name not in offered
         ],
         profile_info=profile_info(settings),
-        default_profile=settings.default_profile,
+        default_profile="assistant" if "assistant" in offered else offered[0],
         assistant_name=settings.assistant_name,
         transports=settings.available_transports,
         pools=list(settings.pools),

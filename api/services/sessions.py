@@ -30,6 +30,7 @@ from api.events import wait_for_state
 from api.schemas import IcePatch, SdpOffer, SessionCreate, SessionOut, sdp_offer_problem
 from api.services import ownership
 from shared import control, keys, queue
+from shared.fleet import PROFILES
 from shared.history import transcript_history
 from shared.ids import new_id
 from shared.lifecycle import (
@@ -143,7 +144,7 @@ async def create(
         await _remove(state, db, row, conversation if new_conversation else None)
         if isinstance(exc, OwnerLimitReached):
             raise _too_many(pool, exc.limit) from exc
-        raise _refused(state, pool, exc) from exc
+        raise _refused(state, pool, exc, row.profile) from exc
     except Exception as exc:
         await _mark_failed(state, db, row, Reason.QUEUE_UNAVAILABLE)
         raise ApiError(503, "queue_unavailable", "the session queue is unreachable") from exc
@@ -156,8 +157,8 @@ async def _admit(state: AppState, user: User, request: SessionCreate) -> tuple[s
     settings = state.settings
     await limits.hit(state.redis, "sessions", user.id, limit=settings.sessions_per_minute, per_s=60)
     profile = request.profile or settings.default_profile
-    if profile not in settings.available_profiles:
-        raise not_offered("profile", profile, settings.available_profiles)
+    if profile not in PROFILES:  # which workers run it, admission says (a pool's own)
+        raise not_offered("profile", profile, list(PROFILES))
     if request.transport not in settings.available_transports:
         raise not_offered("transport", request.transport, settings.available_transports)
     pool = request.pool or settings.default_pool
@@ -165,7 +166,7 @@ async def _admit(state: AppState, user: User, request: SessionCreate) -> tuple[s
         raise ApiError(422, "unknown_pool", f"no pool {pool!r}; pools: {', '.join(settings.pools)}")
 
     try:  # a first look, before the rows are written; _go_live decides, atomically
-        pool = await _admitting_pool(state, user, pool)
+        pool = await _admitting_pool(state, user, pool, profile)
     except OwnerLimitReached as exc:
         raise _too_many(pool, exc.limit) from None
     return profile, pool
@@ -254,23 +255,25 @@ async def _mark_failed(
         await db.commit()
 
 
-async def _admitting_pool(state: AppState, user: User, pool: str) -> str:
+async def _admitting_pool(state: AppState, user: User, pool: str, profile: str) -> str:
     """``pool``, or its fallback (VOICEPOOL_POOL_FALLBACKS) when ``pool`` can't take the
     session and the fallback can: a Jetson pool whose board is down spills to the server.
     Raises the requested pool's refusal when neither can."""
     settings = state.settings
     policy, limit = admission(settings), settings.max_sessions_per_user
     try:
-        await state.live.admit(pool, user.id, policy, owner_limit=limit)
+        await state.live.admit(pool, user.id, policy, owner_limit=limit, profile=profile)
         return pool
     except AdmissionRefused as refusal:
         fallback = settings.pool_fallbacks.get(pool)
         if fallback is not None:
             with contextlib.suppress(AdmissionRefused):
-                await state.live.admit(fallback, user.id, policy, owner_limit=limit)
+                await state.live.admit(
+                    fallback, user.id, policy, owner_limit=limit, profile=profile
+                )
                 metrics.SESSIONS_SPILLED.labels(pool=pool, to=fallback, reason=refusal.code).inc()
                 return fallback
-        raise _refused(state, pool, refusal) from None
+        raise _refused(state, pool, refusal, profile) from None
 
 
 def admission(settings: Settings) -> AdmissionPolicy:
@@ -281,9 +284,9 @@ def admission(settings: Settings) -> AdmissionPolicy:
     )
 
 
-def _refused(state: AppState, pool: str, refusal: AdmissionRefused) -> ApiError:
+def _refused(state: AppState, pool: str, refusal: AdmissionRefused, profile: str) -> ApiError:
     metrics.SESSIONS_REFUSED.labels(pool=pool, reason=refusal.code).inc()
-    return refused(pool, refusal, state.settings.queue_ttl)
+    return refused(pool, refusal, state.settings.queue_ttl, profile)
 
 
 def _too_many(pool: str, limit: int) -> ApiError:

@@ -209,7 +209,7 @@ async def test_cookie_sign_in_needs_csrf_for_changes_and_signs_out(api) -> None:
     assert config["profiles"] == ["echo"]
     # The assistant is not hidden: the page can say what it needs (a setting's name, no value).
     assert config["unavailable_profiles"] == [
-        {"name": "assistant", "needs": "OPENAI_API_KEY on the server"}
+        {"name": "assistant", "needs": "OPENAI_API_KEY on the workers"}
     ]
     body = {"transport": "webrtc"}
     refused = await api.client.post("/api/sessions", json=body)

@@ -9,18 +9,25 @@ import time
 import pytest
 
 from shared import keys, queue
-from shared.fleet import WorkerBeat
+from shared.fleet import PROTOCOL, WorkerBeat
 from shared.live import AdmissionPolicy, AdmissionRefused, LiveSessions, OwnerLimitReached
 
 POOL = "server"
 POLICY = AdmissionPolicy(max_waiting=3, queue_ttl=30)
 
 
-def _beat(worker_id: str, *, capacity: int = 2, active: int = 0, draining: bool = False):
+def _beat(
+    worker_id: str,
+    *,
+    capacity: int = 2,
+    active: int = 0,
+    draining: bool = False,
+    profiles: tuple[str, ...] = ("echo",),
+):
     now = time.time()
     return WorkerBeat(
         id=worker_id, pool=POOL, host="h", capacity=capacity, active=active,
-        draining=draining, ts=now, polled_at=now,
+        draining=draining, ts=now, polled_at=now, protocol=PROTOCOL, profiles=list(profiles),
     )  # fmt: skip
 
 
@@ -136,3 +143,51 @@ def test_pool_fallbacks_are_pairs_of_known_pools() -> None:
     for wrong in ("jetson", "jetson=cloud", "server=server"):
         with pytest.raises(ValidationError):
             Settings(pools="server,jetson", pool_fallbacks=wrong)
+
+
+async def test_only_workers_that_run_the_profile_offer_it_slots(redis) -> None:
+    live = LiveSessions(redis)
+    policy = AdmissionPolicy(max_waiting=10, queue_ttl=30)
+
+    async def create(sid: str, profile: str) -> int:
+        fields = {"conversation_id": "c", "pool": POOL, "profile": profile}
+        return await live.create(sid, f"o-{sid}", fields, admission=policy)
+
+    await live.keep_alive("board", [], beat=_beat("board", capacity=1, profiles=("echo",)))
+    with pytest.raises(AdmissionRefused) as refused:
+        await create("a1", "assistant")  # the board has no model key
+    assert (refused.value.code, refused.value.value) == ("no_profile", 1)
+    assert await create("e1", "echo") == 0
+
+    await live.keep_alive("server", [], beat=_beat("server", profiles=("echo", "assistant")))
+    assert await create("a1", "assistant") == 0  # the server's free slots, not the board's
+
+
+async def test_what_the_workers_run_is_what_the_api_offers(make_api) -> None:
+    """The API has no model key; a worker that has one makes the assistant available,
+    and a pool whose workers can't run it refuses it plainly."""
+    async with make_api(admit_without_workers=False) as api:
+        assert api.state.settings.openai_api_key is None
+        token = await api.token("ivy")
+        config = (await api.client.get("/api/config", headers=api.auth(token))).json()
+        assert config["profiles"] == ["echo"]  # no worker yet: the API's own settings
+
+        live = api.state.live
+        await live.keep_alive("board", [], beat=_beat("board", profiles=("echo",)))
+        config = (await api.client.get("/api/config", headers=api.auth(token))).json()
+        assert config["profiles"] == ["echo"]
+        assert config["unavailable_profiles"] == [
+            {"name": "assistant", "needs": "OPENAI_API_KEY on the workers"}
+        ]
+        body = {"transport": "webrtc", "profile": "assistant"}
+        refused = await api.client.post("/api/sessions", json=body, headers=api.auth(token))
+        assert refused.status_code == 422
+        assert refused.json()["detail"]["code"] == "profile_unavailable"
+        assert "OPENAI_API_KEY on the workers" in refused.json()["detail"]["message"]
+
+        await live.keep_alive("server", [], beat=_beat("server", profiles=("echo", "assistant")))
+        config = (await api.client.get("/api/config", headers=api.auth(token))).json()
+        assert config["profiles"] == ["echo", "assistant"]
+        assert config["default_profile"] == "assistant"
+        started = await api.client.post("/api/sessions", json=body, headers=api.auth(token))
+        assert started.status_code == 202, started.text

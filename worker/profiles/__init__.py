@@ -2,7 +2,7 @@
 
 A profile is prepared when a worker takes the session (load models, check
 configuration) so that when the client connects only the transport is left to
-build. ``Settings.available_profiles`` tells the API which ones a deployment runs.
+build. Each worker's heartbeat says which ones it runs; the API offers those.
 """
 
 from __future__ import annotations

@@ -355,9 +355,9 @@ describe("Talk, the focus after Start and Stop", () => {
 
 describe("Talk, profiles the server could offer but does not", () => {
   it("shows the assistant as a disabled choice that says what it needs", () => {
-    config = { ...ECHO_ONLY, unavailable_profiles: [{ name: "assistant", needs: "OPENAI_API_KEY on the server" }] };
+    config = { ...ECHO_ONLY, unavailable_profiles: [{ name: "assistant", needs: "OPENAI_API_KEY on the workers" }] };
     renderTalk("open", null, { phase: "idle", session: null, view: emptyView() });
-    const option = screen.getByRole("option", { name: "assistant (needs OPENAI_API_KEY on the server)" });
+    const option = screen.getByRole("option", { name: "assistant (needs OPENAI_API_KEY on the workers)" });
     expect((option as HTMLOptionElement).disabled).toBe(true);
     expect((screen.getByRole("option", { name: "echo" }) as HTMLOptionElement).disabled).toBe(false);
     expect((screen.getByLabelText("Profile") as HTMLSelectElement).value).toBe("echo");
@@ -486,13 +486,13 @@ describe("Talk, profiles", () => {
         echo: { label: "Echo test", description: "Hear yourself back." },
         assistant: { label: "Archie, the assistant", description: "Talk to Archie." },
       },
-      unavailable_profiles: [{ name: "assistant", needs: "OPENAI_API_KEY on the server" }],
+      unavailable_profiles: [{ name: "assistant", needs: "OPENAI_API_KEY on the workers" }],
     };
     renderTalk("open", null, { phase: "idle", session: null });
     const select = screen.getByLabelText("Profile") as HTMLSelectElement;
     expect([...select.options].map((o) => o.textContent)).toEqual([
       "Echo test",
-      "Archie, the assistant (needs OPENAI_API_KEY on the server)",
+      "Archie, the assistant (needs OPENAI_API_KEY on the workers)",
     ]);
     expect(screen.getByTestId("profile-description").textContent).toBe("Hear yourself back.");
     expect(select.getAttribute("aria-describedby")).toBe("profile-description");
