@@ -32,7 +32,7 @@ from arq.connections import ArqRedis
 from api import metrics
 from shared import keys, queue
 from shared.events import EventType
-from shared.fleet import WORKER_CLIENT_PREFIX, WorkerBeat, worker_client_name
+from shared.fleet import PROTOCOL, WORKER_CLIENT_PREFIX, WorkerBeat, worker_client_name
 from shared.lifecycle import LIVE_STATES, OWNED_STATES, Reason, SessionState
 from shared.live import LiveSessions, PendingEvent
 from shared.queue import START_JOB_SLACK_S, start_rate, wait_at
@@ -120,6 +120,8 @@ class Reaper:
         restarted = self._redis_run_id is not None and run_id != self._redis_run_id
         # First sight of a Redis that has just started: it may have restarted under us.
         young = self._redis_run_id is None and uptime < self.live.heartbeat_ttl
+        if run_id != self._redis_run_id:  # a Redis new to this API (restarted empty?)
+            await self.redis.set(keys.PROTOCOL, PROTOCOL)  # for workers that join it
         self._redis_run_id = run_id
         if self._blind:
             self._grant_grace("Redis answers again")

@@ -10,6 +10,7 @@ import pytest
 
 from api.reaper import Reaper
 from shared import keys
+from shared.fleet import PROTOCOL
 from shared.lifecycle import (
     FINAL_STATES,
     LIVE_STATES,
@@ -399,3 +400,17 @@ async def test_a_call_is_quiet_when_nobody_speaks_and_no_tool_runs() -> None:
     started = time.monotonic()
     assert await watch.wait_quiet(soon)
     assert time.monotonic() - started >= continuity.QUIET_S - 0.05
+
+
+async def test_the_reaper_records_the_protocol_in_a_redis_new_to_it(redis) -> None:
+    """A Redis that restarted empty has lost the API's protocol (shared/fleet.py): the
+    next round of the reaper writes it again, for the workers that join that Redis."""
+    reaper = Reaper(LiveSessions(redis), queue_ttl=5)
+    await reaper.check_redis()
+    assert await redis.get(keys.PROTOCOL) == str(PROTOCOL)
+    await redis.delete(keys.PROTOCOL)
+    await reaper.check_redis()  # the same Redis: nothing to say again
+    assert await redis.get(keys.PROTOCOL) is None
+    reaper._redis_run_id = "a Redis before a restart"
+    await reaper.check_redis()
+    assert await redis.get(keys.PROTOCOL) == str(PROTOCOL)
