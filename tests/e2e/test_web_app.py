@@ -31,7 +31,7 @@ DIST = ROOT / "frontend" / "dist"
 SCRIPT = Path(__file__).with_name("web_app.e2e.mjs")
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM = os.environ.get("VOICEPOOL_E2E_CHROMIUM", "/usr/bin/chromium")
-SCRIPT_TIMEOUT_S = 120
+SCRIPT_TIMEOUT_S = 180
 GRAFANA_URL = "http://127.0.0.1:3000/d/voicepool"  # only linked to, never opened
 
 
