@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from api.deps import AppState
-from shared import ws_tokens
+from shared import ice, ws_tokens
 from shared.lifecycle import CLIENT_MAY_CONNECT, OWNER_CONNECT, SessionState
 from shared.models import VoiceSession
 
@@ -25,9 +25,9 @@ def _with_token(url: str, token: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}{urlencode({'token': token})}"
 
 
-def connect_url(row: VoiceSession) -> str | None:
-    """Where the owner asks for connection parameters; None for WebRTC (it sends an offer)."""
-    return None if row.transport == "webrtc" else f"/api/sessions/{row.id}/connect"
+def connect_url(row: VoiceSession) -> str:
+    """Where the owner asks for connection parameters (for WebRTC: its ICE servers)."""
+    return f"/api/sessions/{row.id}/connect"
 
 
 def room_connect(row: VoiceSession, live: dict[str, str]) -> dict[str, Any] | None:
@@ -46,15 +46,27 @@ def room_connect(row: VoiceSession, live: dict[str, str]) -> dict[str, Any] | No
     return None
 
 
+def peer_connect(state: AppState, row: VoiceSession) -> dict[str, Any]:
+    """A WebRTC session's owner: where the offer goes, and ICE servers with a fresh TURN
+    credential (if TURN is set up) in the owner's name."""
+    return {
+        "offer_url": f"/api/sessions/{row.id}/offer",
+        "ice_servers": [s.model_dump() for s in ice.for_user(state.settings, row.user_id)],
+    }
+
+
 async def owner_connect(
     state: AppState, row: VoiceSession, live: dict[str, str]
 ) -> dict[str, Any] | None:
     """Connection parameters for the session's owner, or None while there are none.
 
     A WebSocket token is minted per call (single use, ``VOICEPOOL_WS_TOKEN_TTL``), only
-    while the session waits for its client: call this only for an explicit request to
-    connect, never for a read. A Daily room takes people while it lives.
+    while the session waits for its client, and a TURN credential for a WebRTC one: call
+    this only for an explicit request to connect, never for a read. A Daily room takes
+    people while it lives.
     """
+    if row.transport == "webrtc":
+        return peer_connect(state, row)
     stored = json.loads(live.get(OWNER_CONNECT) or "{}")
     if row.transport == "websocket":
         # One client at a time: none while one is connected, another after it is lost.
@@ -73,9 +85,10 @@ def start_response(
     """``POST /api/start``'s body: what Pipecat's client passes on to its transport's
     ``connect()`` (``startBotAndConnect``), in the Pipecat Cloud / runner shape.
 
-    - ``webrtc``: ``sessionId`` (+ ``iceConfig``): SmallWebRTCTransport then posts its
-      offer to ``<start endpoint without /start>/sessions/{sessionId}/api/offer`` with
-      the headers of the start request; that route exists (api/routes/start.py).
+    - ``webrtc``: ``sessionId`` (+ ``iceConfig``, a TURN credential included):
+      SmallWebRTCTransport then posts its offer to ``<start endpoint without
+      /start>/sessions/{sessionId}/api/offer`` with the headers of the start request;
+      that route exists (api/routes/start.py).
     - ``websocket``: ``wsUrl`` only, token included: WebSocketTransport refuses any key
       but ``wsUrl``/``token`` (pipecat-client-web-transports), so ``sessionId`` goes in
       the ``X-Session-Id`` header instead.
@@ -90,6 +103,7 @@ def start_response(
             "sessionId": row.id,
         }
     body: dict[str, Any] = {"sessionId": row.id}
-    if state.settings.ice_servers:
-        body["iceConfig"] = {"iceServers": [{"urls": url} for url in state.settings.ice_servers]}
+    servers = (connect or peer_connect(state, row))["ice_servers"]
+    if servers:  # RTCIceServer's shape: no null fields
+        body["iceConfig"] = {"iceServers": [{k: v for k, v in s.items() if v} for s in servers]}
     return body

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.ice import IceServer
 from shared.lifecycle import SessionState
 
 
@@ -64,13 +65,14 @@ class SessionOut(BaseModel):
     connect_url: str | None = Field(
         None,
         description="`POST` here for connection parameters (websocket: a single-use token; "
-        "daily: the room). None for webrtc, which sends an SDP offer to `offer_url`.",
+        "daily: the room; webrtc: `offer_url` and ICE servers with a fresh TURN credential).",
     )
     connect: dict[str, Any] | None = Field(
         None,
         description="For the session's owner. Daily, while the room can be joined: `room_url` "
         "and `token`. WebSocket, only in the answer to `POST /api/sessions?wait=ready`: "
-        "`ws_url` with a single-use token (else ask `connect_url`). Never in events.",
+        "`ws_url` with a single-use token (else ask `connect_url`). WebRTC, in that answer: "
+        "`offer_url` and `ice_servers`. Never in events.",
     )
 
 
@@ -82,6 +84,14 @@ class WebSocketConnect(BaseModel):
 class RoomConnect(BaseModel):
     room_url: str
     token: str = Field(description="The owner's Daily meeting token.")
+
+
+class PeerConnect(BaseModel):
+    offer_url: str = Field(description="`POST` the SDP offer here (it waits for `ready`).")
+    ice_servers: list[IceServer] = Field(
+        description="`RTCConfiguration.iceServers` for the peer connection: STUN, and TURN "
+        "with a credential minted for this request (valid `VOICEPOOL_TURN_TTL`)."
+    )
 
 
 class SdpOffer(Strict):

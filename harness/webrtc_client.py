@@ -148,9 +148,15 @@ class WebRTCTestClient:
     """
 
     def __init__(
-        self, wav_path: str | None, *, loop_audio: bool = False, loop_pause_s: float = 0.0
+        self,
+        wav_path: str | None,
+        *,
+        loop_audio: bool = False,
+        loop_pause_s: float = 0.0,
+        configuration: RTCConfiguration | None = None,
     ) -> None:
         self.track = WavAudioTrack(wav_path, loop=loop_audio, pause_s=loop_pause_s)
+        self.configuration = configuration or RTCConfiguration(iceServers=[])
         self.pc_id: str | None = None
         # All remote audio so far, mono s16 little-endian at RECEIVED_SAMPLE_RATE.
         self.received_pcm = bytearray()
@@ -174,7 +180,7 @@ class WebRTCTestClient:
         """
         if self._pc is not None:
             raise RuntimeError("already connected")
-        pc = self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc = self._pc = RTCPeerConnection(self.configuration)
 
         @pc.on("connectionstatechange")
         def _on_connection_state() -> None:

@@ -14,10 +14,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
+ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
 
 
 class Settings(BaseSettings):
@@ -194,7 +202,30 @@ class Settings(BaseSettings):
 
     # --- media ----------------------------------------------------------------
     ice_servers: CommaList = Field(
-        [], description="STUN/TURN URLs handed to WebRTC peers (none: host candidates only)."
+        [],
+        description="STUN (or credential-free TURN) URLs handed to WebRTC peers "
+        "(none: host candidates only).",
+    )
+    turn_urls: CommaList = Field(
+        [],
+        description="TURN URLs (turn:host:3478?transport=udp, turns:host:5349?transport=tcp) "
+        "used with time-limited credentials made from TURN_SECRET.",
+    )
+    turn_secret: SecretStr | None = Field(
+        None,
+        description="The TURN server's shared secret (coturn: use-auth-secret, "
+        "static-auth-secret); needed with TURN_URLS.",
+    )
+    turn_ttl: float = Field(
+        86400.0,
+        ge=60,
+        description="Seconds a TURN credential stays valid; a call must end before its "
+        "credential expires (the TURN server refuses to refresh the allocation after).",
+    )
+    webrtc_ice_policy: Literal["all", "relay"] = Field(
+        "all",
+        description="relay: a worker offers only TURN relay candidates (its own address "
+        "stays hidden and it needs no inbound UDP); needs TURN_URLS.",
     )
     webrtc_host_addresses: CommaList = Field(
         [],
@@ -278,7 +309,8 @@ class Settings(BaseSettings):
     ws_public_url: str | None = Field(
         None,
         description="WebSocket URL clients use instead of ws://PUBLIC_HOST:PORT/ws "
-        "(a published container port, or wss:// behind a TLS proxy).",
+        "(a published container port, or wss:// behind a TLS proxy); {host} and {port} in "
+        "it become this machine's host name and the listener's port.",
     )
     ws_token_ttl: float = Field(
         60.0, gt=0, le=3600, description="Seconds a single-use WebSocket token stays valid."
@@ -296,8 +328,8 @@ class Settings(BaseSettings):
         return ["webrtc", "websocket", "daily"] if self.daily_api_key else ["webrtc", "websocket"]
 
     @field_validator(
-        "pools", "ice_servers", "webrtc_host_addresses", "cors_origins", "trusted_proxies",
-        mode="before",
+        "pools", "ice_servers", "turn_urls", "webrtc_host_addresses", "cors_origins",
+        "trusted_proxies", mode="before",
     )  # fmt: skip
     @classmethod
     def _split_commas(cls, value: object) -> object:
@@ -348,6 +380,25 @@ class Settings(BaseSettings):
             return None
         host, _, port = self.metrics_bind.rpartition(":")
         return host.strip("[]"), int(port)
+
+    @field_validator("ice_servers", "turn_urls")
+    @classmethod
+    def _ice_urls(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        schemes = ("turn:", "turns:") if info.field_name == "turn_urls" else ICE_SCHEMES
+        for url in value:
+            if not url.startswith(schemes):
+                raise ValueError(f"{url!r} is not a {' or '.join(s[:-1] for s in schemes)} URL")
+        return value
+
+    @model_validator(mode="after")
+    def _turn_is_complete(self) -> Settings:
+        if self.turn_urls and self.turn_secret is None:
+            raise ValueError("TURN_URLS needs TURN_SECRET (the TURN server's shared secret)")
+        if self.webrtc_ice_policy == "relay" and not (
+            self.turn_urls or any(url.startswith("turn") for url in self.ice_servers)
+        ):
+            raise ValueError("WEBRTC_ICE_POLICY=relay needs a TURN server (TURN_URLS)")
+        return self
 
     @field_validator("trusted_proxies")
     @classmethod

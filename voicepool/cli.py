@@ -437,6 +437,7 @@ def main(argv: list[str] | None = None) -> None:
             settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
             settings.daily_api_key.get_secret_value() if settings.daily_api_key else None,
             settings.metrics_token.get_secret_value() if settings.metrics_token else None,
+            settings.turn_secret.get_secret_value() if settings.turn_secret else None,
             # arq prints its RedisSettings with the password as a plain field, not in a URL.
             urlsplit(settings.redis_url).password if settings.redis_url else None,
         ],

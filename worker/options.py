@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from typing import Literal
 
 from shared import __version__
 from shared.fleet import POLL_STALL_S
@@ -128,7 +129,19 @@ class WorkerOptions:
     stream_maxlen: int = 20000
 
     ice_servers: list[str] = field(default_factory=list)
-    """STUN/TURN URLs for WebRTC peers."""
+    """STUN (or credential-free TURN) URLs for WebRTC peers."""
+
+    turn_urls: list[str] = field(default_factory=list)
+    """TURN URLs this worker relays through, with a credential it makes from ``turn_secret``."""
+
+    turn_secret: str | None = field(default=None, repr=False)
+    """The TURN server's shared secret. Never logged (excluded from repr)."""
+
+    turn_ttl: float = 86400.0
+    """Seconds a credential the worker makes for a session stays valid."""
+
+    ice_policy: Literal["all", "relay"] = "all"
+    """relay: offer only TURN relay candidates (the worker's address stays hidden)."""
 
     webrtc_host_addresses: list[str] = field(default_factory=list)
     """Restrict ICE host candidates to these addresses (loopback-only or NAT setups)."""
@@ -201,6 +214,10 @@ class WorkerOptions:
             stream_retention=settings.stream_retention,
             stream_maxlen=settings.session_stream_maxlen,
             ice_servers=list(settings.ice_servers),
+            turn_urls=list(settings.turn_urls),
+            turn_secret=settings.turn_secret.get_secret_value() if settings.turn_secret else None,
+            turn_ttl=settings.turn_ttl,
+            ice_policy=settings.webrtc_ice_policy,
             webrtc_host_addresses=list(settings.webrtc_host_addresses),
             assistant=AssistantConfig.from_settings(settings),
             ws_host=settings.ws_host,

@@ -13,7 +13,9 @@ from api.deps import AppState, CurrentUser, SessionDep, StateDep, check_csrf
 from api.errors import PROFILE_NEEDS, ApiError
 from api.routes.workers import live_beats
 from api.schemas import Strict
+from shared import ice
 from shared.fleet import PROFILES, PROTOCOL
+from shared.ice import IceServer
 from shared.settings import Settings
 from shared.users import authenticate
 
@@ -79,7 +81,10 @@ class ServerConfig(BaseModel):
     transports: list[str]
     pools: list[str]
     default_pool: str
-    ice_servers: list[str]
+    ice_servers: list[IceServer] = Field(
+        description="`RTCConfiguration.iceServers`: STUN, and TURN with a credential minted "
+        "for this request (valid `VOICEPOOL_TURN_TTL`)."
+    )
     grafana_url: str | None
     assistant_name: str = Field(description="What the assistant calls itself; its lines' label.")
 
@@ -161,7 +166,7 @@ async def offered_profiles(state: AppState) -> list[str]:
 
 
 @router.get("/config", response_model=ServerConfig)
-async def server_config(_user: CurrentUser, state: StateDep) -> ServerConfig:
+async def server_config(user: CurrentUser, state: StateDep) -> ServerConfig:
     """What a client may choose here: profiles, transports, pools, ICE servers."""
     settings = state.settings
     offered = await offered_profiles(state)
@@ -178,6 +183,6 @@ async def server_config(_user: CurrentUser, state: StateDep) -> ServerConfig:
         transports=settings.available_transports,
         pools=list(settings.pools),
         default_pool=settings.default_pool,
-        ice_servers=list(settings.ice_servers),
+        ice_servers=ice.for_user(settings, user.id),
         grafana_url=settings.grafana_url,
     )

@@ -27,6 +27,7 @@ from api.errors import ApiError
 from api.events import session_event_stream
 from api.schemas import (
     IcePatch,
+    PeerConnect,
     RoomConnect,
     SdpAnswer,
     SdpOffer,
@@ -106,14 +107,19 @@ async def get_session(row: OwnedSession, user: CurrentUser, state: StateDep) -> 
     return described
 
 
-@router.post("/{session_id}/connect", response_model=WebSocketConnect | RoomConnect)
-async def connect_session(row: OwnersSession, state: StateDep) -> WebSocketConnect | RoomConnect:
+@router.post("/{session_id}/connect", response_model=WebSocketConnect | RoomConnect | PeerConnect)
+async def connect_session(
+    row: OwnersSession, state: StateDep
+) -> WebSocketConnect | RoomConnect | PeerConnect:
     """Owner only: what the client connects with. A WebSocket session gets a fresh token
     (single use, valid ``VOICEPOOL_WS_TOKEN_TTL`` seconds) per call, while it waits for its
-    client; a Daily session its room and the owner's meeting token."""
+    client; a Daily session its room and the owner's meeting token; a WebRTC session where
+    its offer goes and its ICE servers (a TURN credential minted per call)."""
     connect = await sessions.connect(state, row)
     if row.transport == "websocket":
         return WebSocketConnect(**connect)
+    if row.transport == "webrtc":
+        return PeerConnect(**connect)
     return RoomConnect(**connect)
 
 

@@ -14,7 +14,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api import limits, metrics
-from api.connect import connect_url, owner_connect, room_connect
+from api.connect import connect_url, owner_connect, peer_connect, room_connect
 from api.deps import AppState
 from api.errors import (
     ApiError,
@@ -104,16 +104,16 @@ def _state_seq(live: dict[str, str], row: VoiceSession) -> int | None:
 
 
 async def connect(state: AppState, row: VoiceSession) -> dict[str, Any]:
-    """What the owner of a WebSocket or Daily session connects with (a WebSocket token is
-    minted afresh, single use, while the session waits for its client)."""
-    if row.transport == "webrtc":
-        offer_url = f"/api/sessions/{row.id}/offer"
-        message = f"a WebRTC session connects by sending its SDP offer to {offer_url}"
-        raise ApiError(409, "no_connect", message)
+    """What the owner of a session connects with: a WebSocket token minted afresh (single
+    use, while the session waits for its client), a Daily room, or a WebRTC session's
+    offer URL and ICE servers (a TURN credential minted afresh; the offer may be sent
+    while the session is still queued: it waits for ``ready``)."""
     live = await state.live.get(row.id)
     current = live.get("state", row.state)
     if current in FINAL_STATES:
         raise session_ended(current)
+    if row.transport == "webrtc":
+        return peer_connect(state, row)
     if current not in CLIENT_MAY_CONNECT:  # waiting for a worker, or starting on one
         raise not_ready()
     found = await owner_connect(state, row, live)

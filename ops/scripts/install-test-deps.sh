@@ -3,7 +3,8 @@
 # when they are missing: promtool (package prometheus) and amtool (package
 # prometheus-alertmanager) for the ops-file checks,
 # PostgreSQL for the store tests, Chromium (package chromium) for the web app's
-# browser test (tests/e2e drives /usr/bin/chromium; no browser is downloaded).
+# browser test (tests/e2e drives /usr/bin/chromium; no browser is downloaded),
+# coturn (turnserver) for the TURN relay test.
 # Idempotent and quick when everything is present. Needs root (CI runs as root).
 set -euo pipefail
 
@@ -12,6 +13,7 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0

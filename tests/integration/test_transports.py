@@ -264,7 +264,7 @@ async def test_start_for_each_transport(make_system, hello_wav) -> None:
         body = started.json()
         session_id = body["sessionId"]
         assert body == {"sessionId": session_id,
-                        "iceConfig": {"iceServers": [{"urls": "stun:127.0.0.1:3478"}]}}  # fmt: skip
+                        "iceConfig": {"iceServers": [{"urls": ["stun:127.0.0.1:3478"]}]}}  # fmt: skip
         assert started.headers["X-Session-Id"] == session_id
         assert (await api.get(f"/api/sessions/{session_id}")).json()["status"] == "ready"
         offer_url = str(started.url).replace("/start", f"/sessions/{session_id}/api/offer")
@@ -387,8 +387,11 @@ async def test_connect_route_refusals(api) -> None:
         return response.status_code, response.json()["detail"]["code"]
 
     rtc = (await api.client.post("/api/sessions", json={}, headers=alice)).json()
-    assert rtc["connect_url"] is None  # WebRTC connects by SDP offer
-    assert await refused(rtc["session_id"], alice) == (409, "no_connect")
+    # WebRTC connects by SDP offer, which may go while the session is queued: its ICE
+    # servers (no TURN here, so none) are there at once; to nobody else.
+    peer = await api.client.post(rtc["connect_url"], headers=alice)
+    assert peer.json() == {"offer_url": rtc["offer_url"], "ice_servers": []}, peer.text
+    assert await refused(rtc["session_id"], bob) == (404, "session_not_found")
 
     ws = await api.client.post("/api/sessions", json={"transport": "websocket"}, headers=alice)
     session_id = ws.json()["session_id"]

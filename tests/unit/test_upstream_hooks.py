@@ -22,6 +22,7 @@ import aioice
 import aioice.ice
 import pytest
 import uvicorn
+from aiortc import RTCIceTransportPolicy, RTCPeerConnection
 from aiortc.rtcicetransport import RTCIceGatherer
 from arq import Worker
 from packaging.requirements import Requirement
@@ -35,12 +36,14 @@ from pipecat.services.openai.realtime import events as rt
 from pipecat.services.openai.realtime import llm as realtime_llm
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
 from pipecat.transports.daily.transport import DailyTransport
+from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
 from pipecat.utils.base_object import BaseObject
 from websockets.asyncio.client import connect as websocket_connect
 
 from worker.observers import ACTIVITY_FRAMES
 from worker.profiles.assistant import HeldRealtimeService, WatchedRealtimeService
 from worker.transports.daily import RoomTransport
+from worker.transports.smallwebrtc import SessionConnection
 from worker.transports.websocket import _EmbeddedServer
 from worker.vad import SharedSileroVADAnalyzer
 from worker.worker import SessionWorker, restrict_ice_host_addresses
@@ -127,6 +130,31 @@ def test_idle_activity() -> None:
     default = inspect.signature(PipelineWorker.__init__).parameters["idle_timeout_frames"].default
     assert (StartFrame, *default) == ACTIVITY_FRAMES
     assert "isinstance(data.frame, StartFrame)" in source(IdleFrameObserver.on_push_frame)
+
+
+# --- Pipecat and aiortc: the ICE policy of a SmallWebRTC connection --------------------
+
+
+def test_ice_policy() -> None:
+    """``SessionConnection._initialize`` swaps the peer connection's configuration for one
+    with ``iceTransportPolicy=RELAY``, which aiortc reads when it makes the ICE gatherer.
+
+    If this fails, ``VOICEPOOL_WEBRTC_ICE_POLICY=relay`` would be ignored: a worker would
+    offer its own addresses, which the operator asked to keep hidden.
+    """
+    assert_pinned_exactly("pipecat-ai")
+    assert_pinned_exactly("aiortc")
+    assert "self._pc = RTCPeerConnection(rtc_config)" in source(SmallWebRTCConnection._initialize)
+    assert "self._initialize()" in source(SmallWebRTCConnection.__init__)
+    assert "iceTransportPolicy=self.__configuration.iceTransportPolicy" in source(RTCPeerConnection)
+    relay = SessionConnection([], relay_only=True)
+    assert relay.pc.__dict__["_RTCPeerConnection__configuration"].iceTransportPolicy == (
+        RTCIceTransportPolicy.RELAY
+    )
+    plain = SessionConnection([])
+    assert plain.pc.__dict__["_RTCPeerConnection__configuration"].iceTransportPolicy == (
+        RTCIceTransportPolicy.ALL
+    )
 
 
 # --- aioice ---------------------------------------------------------------------------

@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from typing import Any
 
-from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc import MediaStreamTrack, RTCIceTransportPolicy, RTCPeerConnection
 from aiortc.sdp import candidate_from_sdp
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 from pipecat.transports.smallwebrtc.connection import IceServer, SmallWebRTCConnection
 from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
 
+from shared import ice
 from worker.options import WorkerOptions
 from worker.transports import ClientPresence, SignalError
 
@@ -50,6 +52,21 @@ class SessionConnection(SmallWebRTCConnection):
 
     audio_out: MediaStreamTrack | None = None
 
+    def __init__(self, ice_servers: list[IceServer], *, relay_only: bool = False) -> None:
+        self.relay_only = relay_only  # before Pipecat's __init__, which makes the first pc
+        super().__init__(ice_servers=ice_servers)
+
+    def _initialize(self) -> None:
+        super()._initialize()  # type: ignore[no-untyped-call]  # pipecat: SmallWebRTCConnection._initialize is unannotated
+        if self.relay_only:
+            # Pipecat builds the RTCConfiguration itself and offers no ICE policy; aiortc
+            # reads it when it creates the ICE gatherer (at the offer), after this.
+            # Guarded by tests/unit/test_upstream_hooks.py::test_ice_policy.
+            configuration = vars(self.pc)["_RTCPeerConnection__configuration"]
+            vars(self.pc)["_RTCPeerConnection__configuration"] = dataclasses.replace(
+                configuration, iceTransportPolicy=RTCIceTransportPolicy.RELAY
+            )
+
     def replace_audio_track(self, track: MediaStreamTrack) -> None:
         self.audio_out = track  # a new one for each peer (on its "connected")
         super().replace_audio_track(track)  # type: ignore[no-untyped-call]  # pipecat: SmallWebRTCConnection.replace_audio_track is unannotated
@@ -72,7 +89,6 @@ class SmallWebRTCSessionTransport:
     def __init__(self, session_id: str, options: WorkerOptions):
         self.session_id = session_id
         self.options = options
-        self._ice_servers = [IceServer(urls=url) for url in options.ice_servers]
         self._connection: SessionConnection | None = None
         self._releases: set[asyncio.Task[None]] = set()
         self._arrived = asyncio.Event()
@@ -80,6 +96,16 @@ class SmallWebRTCSessionTransport:
         self._presence: ClientPresence | None = None
         self._mic_on = True  # the peer says (track-status) whether its microphone is on
         self._watchdog: asyncio.Task[None] | None = None
+
+    def _ice_servers(self) -> list[IceServer]:
+        """The worker's own ICE servers for this session: a TURN credential made now, in the
+        worker's name, valid for the whole call (``VOICEPOOL_TURN_TTL``)."""
+        o = self.options
+        who = f"worker-{o.worker_id}"
+        return [
+            IceServer(urls=s.urls, username=s.username, credential=s.credential)
+            for s in ice.ice_servers(o.ice_servers, o.turn_urls, o.turn_secret, o.turn_ttl, who)
+        ]
 
     async def prepare(self) -> dict[str, Any]:
         return {"offer_url": f"/api/sessions/{self.session_id}/offer"}
@@ -113,7 +139,9 @@ class SmallWebRTCSessionTransport:
             connection = self._connection
             try:
                 if connection is None:
-                    connection = SessionConnection(ice_servers=self._ice_servers)
+                    connection = SessionConnection(
+                        self._ice_servers(), relay_only=self.options.ice_policy == "relay"
+                    )
                     try:
                         await connection.initialize(sdp=sdp, type=type_)
                     except Exception:

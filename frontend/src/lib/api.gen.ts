@@ -240,7 +240,8 @@ export interface paths {
          * Connect Session
          * @description Owner only: what the client connects with. A WebSocket session gets a fresh token
          *     (single use, valid ``VOICEPOOL_WS_TOKEN_TTL`` seconds) per call, while it waits for its
-         *     client; a Daily session its room and the owner's meeting token.
+         *     client; a Daily session its room and the owner's meeting token; a WebRTC session where
+         *     its offer goes and its ICE servers (a TURN credential minted per call).
          */
         post: operations["connect_session_api_sessions__session_id__connect_post"];
         delete?: never;
@@ -638,6 +639,24 @@ export interface components {
             /** Pc Id */
             pc_id: string;
         };
+        /**
+         * IceServer
+         * @description One entry of WebRTC's ``RTCConfiguration.iceServers``, in the browser's shape.
+         */
+        IceServer: {
+            /**
+             * Credential
+             * @description TURN only; valid until the expiry.
+             */
+            credential?: string | null;
+            /** Urls */
+            urls: string[];
+            /**
+             * Username
+             * @description TURN only: '<expiry>:<who>'.
+             */
+            username?: string | null;
+        };
         /** InviteIn */
         InviteIn: {
             /**
@@ -680,6 +699,19 @@ export interface components {
             token: string;
             /** User */
             user: string;
+        };
+        /** PeerConnect */
+        PeerConnect: {
+            /**
+             * Ice Servers
+             * @description `RTCConfiguration.iceServers` for the peer connection: STUN, and TURN with a credential minted for this request (valid `VOICEPOOL_TURN_TTL`).
+             */
+            ice_servers: components["schemas"]["IceServer"][];
+            /**
+             * Offer Url
+             * @description `POST` the SDP offer here (it waits for `ready`).
+             */
+            offer_url: string;
         };
         /** PoolOut */
         PoolOut: {
@@ -759,8 +791,11 @@ export interface components {
             default_profile: string;
             /** Grafana Url */
             grafana_url: string | null;
-            /** Ice Servers */
-            ice_servers: string[];
+            /**
+             * Ice Servers
+             * @description `RTCConfiguration.iceServers`: STUN, and TURN with a credential minted for this request (valid `VOICEPOOL_TURN_TTL`).
+             */
+            ice_servers: components["schemas"]["IceServer"][];
             /** Pools */
             pools: string[];
             /**
@@ -831,14 +866,14 @@ export interface components {
         SessionOut: {
             /**
              * Connect
-             * @description For the session's owner. Daily, while the room can be joined: `room_url` and `token`. WebSocket, only in the answer to `POST /api/sessions?wait=ready`: `ws_url` with a single-use token (else ask `connect_url`). Never in events.
+             * @description For the session's owner. Daily, while the room can be joined: `room_url` and `token`. WebSocket, only in the answer to `POST /api/sessions?wait=ready`: `ws_url` with a single-use token (else ask `connect_url`). WebRTC, in that answer: `offer_url` and `ice_servers`. Never in events.
              */
             connect?: {
                 [key: string]: unknown;
             } | null;
             /**
              * Connect Url
-             * @description `POST` here for connection parameters (websocket: a single-use token; daily: the room). None for webrtc, which sends an SDP offer to `offer_url`.
+             * @description `POST` here for connection parameters (websocket: a single-use token; daily: the room; webrtc: `offer_url` and ICE servers with a fresh TURN credential).
              */
             connect_url?: string | null;
             /** Conversation Id */
@@ -1441,7 +1476,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["WebSocketConnect"] | components["schemas"]["RoomConnect"];
+                    "application/json": components["schemas"]["WebSocketConnect"] | components["schemas"]["RoomConnect"] | components["schemas"]["PeerConnect"];
                 };
             };
             /** @description Validation Error */

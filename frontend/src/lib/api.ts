@@ -5,6 +5,7 @@ import type {
   ConversationDetail,
   ConversationSummary,
   Me,
+  PeerConnect,
   PoolOut,
   ServerConfig,
   SessionOut,
@@ -120,6 +121,9 @@ export const api = {
   createSession: (body: StartSession) =>
     request<SessionOut>("/api/sessions", { method: "POST", body }),
   session: (id: string) => request<SessionOut>(`/api/sessions/${encodeURIComponent(id)}`),
+  /** A WebRTC session's offer URL and ICE servers (a TURN credential minted per call). */
+  peerConnect: (id: string) =>
+    request<PeerConnect>(`/api/sessions/${encodeURIComponent(id)}/connect`, { method: "POST" }),
   /** The caller's own live sessions, newest first (to find a call again after a reload). */
   liveSessions: (signal?: AbortSignal) => request<SessionOut[]>("/api/sessions?live=true", { signal }),
   endSession: (id: string) =>

@@ -17,6 +17,8 @@ export type SessionBrief = Schemas["SessionBrief"];
 export type ConversationDetail = Omit<Schemas["ConversationDetail"], "events"> & { events: VPEvent[] };
 export type WorkerOut = Schemas["WorkerOut"];
 export type PoolOut = Schemas["PoolOut"];
+export type IceServer = Schemas["IceServer"];
+export type PeerConnect = Schemas["PeerConnect"];
 
 export const FINAL_STATES: ReadonlySet<string> = new Set(["ended", "failed", "expired", "cancelled"]);
 

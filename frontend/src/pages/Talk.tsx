@@ -102,7 +102,6 @@ export function Talk() {
       profile: profile || config?.default_profile || "echo",
       transport,
       conversationId,
-      iceServers: config?.ice_servers,
     });
 
   // Start and Stop replace each other: the focus follows to the button that took the pressed

@@ -63,6 +63,7 @@ const api = {
   liveSessions: vi.fn<() => Promise<SessionOut[]>>(),
   endSession: vi.fn(),
   session: vi.fn(),
+  peerConnect: vi.fn(),
 };
 vi.mock("../lib/api", async (importOriginal) => ({ ...(await importOriginal<object>()), api }));
 
@@ -117,10 +118,30 @@ beforeEach(() => {
   streams.length = 0;
   sessionStorage.clear();
   api.liveSessions.mockResolvedValue([]);
+  api.peerConnect.mockResolvedValue({ offer_url: "/api/sessions/s1/offer", ice_servers: [] });
 });
 afterEach(cleanup);
 
 describe("the call's media, through the reconnect phases", () => {
+  it("connects with the ICE servers the API minted for this attempt, TURN credential included", async () => {
+    const turn = { urls: ["turn:turn.test:3478?transport=udp"], username: "1900000000:user-u1", credential: "c1" };
+    api.peerConnect
+      .mockResolvedValueOnce({ offer_url: "/api/sessions/s1/offer", ice_servers: [{ urls: ["stun:stun.test:3478"], username: null, credential: null }, turn] })
+      .mockResolvedValueOnce({ offer_url: "/api/sessions/s1/offer", ice_servers: [{ ...turn, credential: "c2" }] });
+    api.createSession.mockResolvedValue(session("queued", 1));
+    mount();
+    await act(() => voice.start({ profile: "echo", transport: "webrtc" }));
+    deliver([1, "queued", "created"], [2, "starting", "picked_up"]);
+    await waitFor(() => expect(offers()).toBe(1));
+    // Null fields dropped: RTCPeerConnection would take a null username as the string "null".
+    const iceConfig = (call: number) => (client().connect.mock.calls[call][0] as { iceConfig: { iceServers: RTCIceServer[] } }).iceConfig;
+    expect(iceConfig(0)).toEqual({ iceServers: [{ urls: ["stun:stun.test:3478"] }, turn] });
+    expect(JSON.stringify(JSON.parse(sessionStorage.getItem("voicepool.call")!))).not.toContain("c1");
+    deliver([3, "ready", "pipeline_ready"], [4, "connected", "client_connected"], [5, "reconnecting", "client_lost"]);
+    await waitFor(() => expect(offers()).toBe(2));
+    expect(iceConfig(1).iceServers[0].credential).toBe("c2"); // asked again
+  });
+
   it("offers once ready, and again each time the worker lost the media", async () => {
     api.createSession.mockResolvedValue(session("queued", 1));
     mount();
@@ -151,7 +172,7 @@ describe("the call's media, through the reconnect phases", () => {
   });
 
   it("after a reload, attaches to this tab's call: the events from the start, a new offer", async () => {
-    sessionStorage.setItem("voicepool.call", JSON.stringify({ session_id: "s1", transport: "webrtc", ice_servers: [] }));
+    sessionStorage.setItem("voicepool.call", JSON.stringify({ session_id: "s1", transport: "webrtc" }));
     api.liveSessions.mockResolvedValue([{ ...session("reconnecting", 7), reason: "client_lost" }]);
     const { getByTestId } = mount();
     await waitFor(() => expect(streams).toHaveLength(1));

@@ -33,7 +33,7 @@ import {
   type ReactNode,
 } from "react";
 import { api, ApiError, csrfHeaders, errorFromResponse } from "../lib/api";
-import type { SessionOut } from "../lib/types";
+import type { IceServer, SessionOut } from "../lib/types";
 import { audioContext, monitorTrack, playbackAllowed, type LevelMonitor } from "./audio";
 import { openEventStream, type EventStream, type StreamRefusal, type StreamStatus } from "./eventStream";
 import { currentView, initialStream, streamReducer, type SessionView, type StreamState } from "./events";
@@ -67,7 +67,6 @@ export interface StartOptions {
   profile: string;
   transport: string;
   conversationId?: string | null;
-  iceServers?: string[];
 }
 
 export interface VoiceSessionApi {
@@ -165,6 +164,15 @@ function connectProblem(error: unknown, refusal: ApiError | null): Problem {
 
 const OFFER_RETRIES = 3;
 
+/** The API's ICE server as RTCPeerConnection takes it: no null fields (STUN has no credential). */
+function rtcIceServer(server: IceServer): RTCIceServer {
+  return {
+    urls: server.urls,
+    ...(server.username ? { username: server.username } : {}),
+    ...(server.credential ? { credential: server.credential } : {}),
+  };
+}
+
 /** Transport states in which the client's media is up (see reconnect.ts). */
 const MEDIA_UP: ReadonlySet<string> = new Set(["connected", "ready"]);
 
@@ -175,7 +183,6 @@ const CALL_KEY = "voicepool.call";
 interface RememberedCall {
   session_id: string;
   transport: string;
-  ice_servers: string[];
 }
 
 function remember(call: RememberedCall): void {
@@ -190,8 +197,7 @@ function recall(): RememberedCall | null {
   try {
     const call = JSON.parse(sessionStorage.getItem(CALL_KEY) ?? "null") as Partial<RememberedCall> | null;
     if (!call || typeof call.session_id !== "string" || typeof call.transport !== "string") return null;
-    const ice = Array.isArray(call.ice_servers) ? call.ice_servers.filter((u) => typeof u === "string") : [];
-    return { session_id: call.session_id, transport: call.transport, ice_servers: ice };
+    return { session_id: call.session_id, transport: call.transport };
   } catch {
     return null;
   }
@@ -340,7 +346,6 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
   }, []);
 
   // --- connect the media once a worker has the session, and again when it was lost ----------
-  const iceServers = useRef<string[]>([]);
   useEffect(() => {
     if (!session || stopping.current) return;
     const kind = slotRef.current.kind;
@@ -372,7 +377,8 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
         if (!join?.room_url) throw new ApiError(409, "not_ready", "the Daily room is not ready yet");
         return { room_url: join.room_url, token: join.token };
       }
-      const ice = iceServers.current;
+      // Asked per attempt: a TURN credential minted now, valid for the whole call.
+      const { ice_servers: ice } = await api.peerConnect(session.session_id);
       return {
         webrtcRequestParams: {
           endpoint: session.offer_url,
@@ -380,7 +386,7 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
           // The transport sends these headers with the offer POST and the ICE PATCHes.
           headers: new Headers(csrfHeaders()),
         },
-        ...(ice.length ? { iceConfig: { iceServers: [{ urls: ice }] } } : {}),
+        ...(ice.length ? { iceConfig: { iceServers: ice.map(rtcIceServer) } } : {}),
       };
     };
 
@@ -437,9 +443,8 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
   );
 
   /** Show `found` and follow it: its events (from the start), its media (the connect effect). */
-  const follow = useCallback((found: SessionOut, ice: string[], reattached: boolean) => {
+  const follow = useCallback((found: SessionOut, reattached: boolean) => {
     eventsRef.current?.close();
-    iceServers.current = ice;
     plan.current = newPlan(reattached);
     generation.current += 1; // an attempt for an earlier call is not this one's problem
     stopping.current = false;
@@ -470,7 +475,7 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
       },
       onRefused: setStreamRefusal,
     });
-    remember({ session_id: found.session_id, transport: found.transport, ice_servers: ice });
+    remember({ session_id: found.session_id, transport: found.transport });
   }, []);
 
   const start = useCallback(
@@ -505,7 +510,7 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
         setProblem(apiProblem(error, "The session could not start"));
         return;
       }
-      follow(created, options.iceServers ?? [], false);
+      follow(created, false);
     },
     [clientFor, follow],
   );
@@ -541,7 +546,7 @@ export function VoiceSessionProvider({ children }: { children: ReactNode }) {
         setPending(null);
         return;
       }
-      follow(found, call.ice_servers, true);
+      follow(found, true);
     })();
     return () => abort.abort();
   }, [clientFor, follow]);
