@@ -263,8 +263,8 @@ async def test_start_for_each_transport(make_system, hello_wav) -> None:
         assert started.status_code == 200, started.text
         body = started.json()
         session_id = body["sessionId"]
-        assert body == {"sessionId": session_id,
-                        "iceConfig": {"iceServers": [{"urls": ["stun:127.0.0.1:3478"]}]}}  # fmt: skip
+        stun = {"urls": ["stun:127.0.0.1:3478"]}
+        assert body == {"sessionId": session_id, "iceConfig": {"iceServers": [stun]}}
         assert started.headers["X-Session-Id"] == session_id
         assert (await api.get(f"/api/sessions/{session_id}")).json()["status"] == "ready"
         offer_url = str(started.url).replace("/start", f"/sessions/{session_id}/api/offer")
