@@ -52,9 +52,12 @@ class ProtobufClient:
 
     @classmethod
     async def connect(
-        cls, url: str, wav: Path | None = None, *, loop: bool = False
+        cls, url: str, wav: Path | None = None, *, loop: bool = False, **connect: Any
     ) -> ProtobufClient:
-        client = cls(await websockets.connect(url, max_size=None, open_timeout=5), wav, loop=loop)
+        """``connect``: more for ``websockets.connect`` (``ssl``, or ``host`` and
+        ``server_hostname`` to reach a name no resolver knows)."""
+        websocket = await websockets.connect(url, max_size=None, open_timeout=5, **connect)
+        client = cls(websocket, wav, loop=loop)
         about = {"version": "1.0.0", "about": {"library": "tests"}}
         await client.send_message(
             {"label": "rtvi-ai", "type": "client-ready", "id": "c1", "data": about}

@@ -13,6 +13,9 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# Caddy and NSS's certutil for the HTTPS proxy test (tests/e2e/test_https_proxy.py).
+command -v caddy >/dev/null 2>&1 || need+=(caddy)
+command -v certutil >/dev/null 2>&1 || need+=(libnss3-tools)
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 
 if [ ${#need[@]} -eq 0 ]; then
@@ -27,3 +30,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # policy-rc.d-free images would start the services; the tests start what they need.
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Debian's caddy package starts a system service on port 80; the test runs its own.
+if [[ " ${need[*]} " == *" caddy "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now caddy.service >/dev/null 2>&1 || true
+fi

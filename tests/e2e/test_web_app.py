@@ -54,11 +54,11 @@ def _require_tools() -> str:
     return node
 
 
-async def _run_browser(node: str, env: dict[str, str], system) -> str:
+async def _run_browser(node: str, env: dict[str, str], system, script: Path = SCRIPT) -> str:
     """Run the script (the model doubles keep serving meanwhile); fail with its output."""
     proc = await asyncio.create_subprocess_exec(
         node,
-        str(SCRIPT),
+        str(script),
         env=env,
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
@@ -73,7 +73,8 @@ async def _run_browser(node: str, env: dict[str, str], system) -> str:
     print(out.decode())
     if proc.returncode != 0:
         pytest.fail(
-            f"the browser test ({env['SCENARIO']}) failed (exit {proc.returncode}); "
+            f"the browser test ({env.get('SCENARIO', script.name)}) failed "
+            f"(exit {proc.returncode}); "
             f"screenshots in {ARTIFACTS}\n--- output ---\n{out.decode()}\n"
             f"--- stderr ---\n{err.decode()}\n--- system logs ---\n{system.log_tail()}"
         )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -155,6 +157,145 @@ def test_workers_get_longer_to_stop_than_they_drain() -> None:
     )
     assert seconds(unit["TimeoutStopSec"]) > float(env["VOICEPOOL_DRAIN_TIMEOUT"])
     assert unit["KillSignal"] == "SIGTERM"
+
+
+# --- HTTPS in front: Caddy ---------------------------------------------------------------
+
+CADDYFILE = ROOT / "deploy" / "Caddyfile"
+ENV_EXAMPLE = ROOT / "deploy" / ".env.example"
+
+
+def _published_everywhere(port: str | dict[str, Any]) -> bool:
+    """Whether a compose port entry is published on every interface of the host."""
+    if isinstance(port, dict):  # the long syntax
+        return port.get("published") is not None and port.get("host_ip") in (None, "0.0.0.0")
+    parts = port.split("/")[0].split(":")  # [host_ip:]host_port:container_port
+    return len(parts) == 2 or parts[0] in ("", "0.0.0.0", "[::]")
+
+
+def test_only_caddy_is_published_on_the_network() -> None:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    exposed = {
+        name
+        for name, service in services.items()
+        if any(_published_everywhere(port) for port in service.get("ports", []))
+    }
+    assert exposed == {"caddy"}
+    assert {"80:80", "443:443"} <= set(services["caddy"]["ports"])
+    assert services["api"]["ports"] == ["127.0.0.1:8000:8000"]
+    assert services["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
+
+
+def test_grafana_has_no_default_password() -> None:
+    grafana = yaml.safe_load(COMPOSE.read_text())["services"]["grafana"]
+    password = grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    # ${VAR:?message}: compose refuses to start without it (no ${VAR:-admin}).
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", password), password
+    example = ENV_EXAMPLE.read_text()
+    assert re.search(r"^GRAFANA_ADMIN_PASSWORD=$", example, re.M)
+    assert re.search(r"^VOICEPOOL_SITE=$", example, re.M)
+
+
+def test_caddy_sits_where_the_api_and_the_workers_expect_it() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    caddy = services["caddy"]
+    assert "./Caddyfile:/etc/caddy/Caddyfile:ro" in caddy["volumes"]
+    assert any(volume.endswith(":/data") for volume in caddy["volumes"])  # the CA persists
+    # The API trusts Caddy's fixed address alone; other containers can never get it.
+    address = ipaddress.ip_address(caddy["networks"]["default"]["ipv4_address"])
+    assert services["api"]["environment"]["VOICEPOOL_TRUSTED_PROXIES"] == str(address)
+    (pool,) = compose["networks"]["default"]["ipam"]["config"]
+    assert address in ipaddress.ip_network(pool["subnet"])
+    assert address not in ipaddress.ip_network(pool["ip_range"])
+    # Workers advertise the route deploy/Caddyfile serves, on the port it proxies to.
+    worker = services["worker"]["environment"]
+    assert worker["VOICEPOOL_WS_HOST"] == "0.0.0.0"
+    assert worker["VOICEPOOL_WS_PUBLIC_URL"].startswith("wss://${VOICEPOOL_SITE:?")
+    assert worker["VOICEPOOL_WS_PUBLIC_URL"].endswith("}/workers/{host}/ws")
+    caddyfile = CADDYFILE.read_text()
+    assert f"{{$VOICEPOOL_WORKER_WS_PORT:{worker['VOICEPOOL_WS_PORT']}}}" in caddyfile
+
+
+def _caddy_adapt(**env: str) -> dict[str, Any]:
+    binary = shutil.which("caddy")
+    if binary is None:
+        message = "caddy is not on PATH: run `make test-deps` (Debian package caddy)"
+        if os.geteuid() != 0:
+            pytest.skip(message)
+        pytest.fail(message)
+    result = subprocess.run(
+        [binary, "adapt", "--config", str(CADDYFILE), "--adapter", "caddyfile"],
+        env={"PATH": os.environ.get("PATH", ""), "HOME": "/nonexistent", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "not formatted" not in result.stderr  # `caddy fmt --overwrite deploy/Caddyfile`
+    config: dict[str, Any] = json.loads(result.stdout)
+    return config
+
+
+def _routes(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        if "handle" in node and isinstance(node["handle"], list):
+            yield node
+        for value in node.values():
+            yield from _routes(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _routes(item)
+
+
+def test_caddyfile_serves_lan_names_and_public_ones() -> None:
+    lan = _caddy_adapt(VOICEPOOL_SITE="voicepool.lan")
+    (policy,) = lan["apps"]["tls"]["automation"]["policies"]
+    assert policy["subjects"] == ["voicepool.lan"]
+    assert [issuer["module"] for issuer in policy["issuers"]] == ["internal"]
+    assert lan["apps"]["pki"]["certificate_authorities"]["local"]["install_trust"] is False
+
+    public = _caddy_adapt(VOICEPOOL_SITE="voice.example.org", VOICEPOOL_TLS="ops@example.org")
+    (policy,) = public["apps"]["tls"]["automation"]["policies"]
+    assert policy["issuers"][0] == {"module": "acme", "email": "ops@example.org"}
+    assert public["apps"]["http"]["servers"]["srv0"]["listen"] == [":443"]
+
+
+def test_caddy_proxies_only_worker_host_names_on_the_one_port() -> None:
+    config = _caddy_adapt(VOICEPOOL_SITE="voicepool.lan")
+    routes = list(_routes(config["apps"]["http"]["servers"]))
+    (worker,) = [r for r in routes if any("path_regexp" in m for m in r.get("match", []))]
+    pattern = worker["match"][0]["path_regexp"]["pattern"]
+    (dial,) = {
+        upstream["dial"]
+        for route in _routes(worker["handle"])
+        for handler in route["handle"]
+        for upstream in handler.get("upstreams", [])
+    }
+    assert dial == "{http.regexp.worker.1}:8765"
+    # Compose containers' host names (12 hex digits) and nothing that names another
+    # host or port (Go's RE2 and Python's re agree on this pattern).
+    assert re.fullmatch(pattern, "/workers/0123456789ab/ws")
+    for path in ("/workers/redis/ws", "/workers/127.0.0.1:6379/ws", "/workers/0123456789ab:22/ws",
+                 "/workers/0123456789abc/ws", "/workers/0123456789AB/ws", "/workers//ws",
+                 "/workers/0123456789ab/ws/x"):  # fmt: skip
+        assert not re.fullmatch(pattern, path), path
+    upstreams = {
+        upstream["dial"]
+        for route in routes
+        for handler in route["handle"]
+        for upstream in handler.get("upstreams", [])
+    }
+    assert upstreams == {dial, "api:8000"}
+    # Event streams are not buffered on their way through.
+    (api,) = [
+        handler
+        for route in routes
+        for handler in route["handle"]
+        if handler.get("handler") == "reverse_proxy"
+        and handler["upstreams"][0]["dial"] == "api:8000"
+    ]
+    assert api["flush_interval"] == -1
 
 
 # --- promtool ----------------------------------------------------------------------------

@@ -249,9 +249,18 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 def advertised_url(options: WorkerOptions, port: int) -> str:
-    """Where clients reach a listener bound to ``port``, per the worker's settings."""
+    """Where clients reach a listener bound to ``port``, per the worker's settings.
+
+    ``VOICEPOOL_WS_PUBLIC_URL`` may name ``{host}`` (this machine's host name) and
+    ``{port}`` (the listener's port): replicas that share one setting, such as compose
+    workers behind one TLS proxy, then each advertise their own route
+    (``wss://site/workers/{host}/ws``, see deploy/Caddyfile).
+    """
     if options.ws_public_url:
-        return options.ws_public_url
+        # Plain replacement, not str.format: other braces in a URL stay as they are.
+        return options.ws_public_url.replace("{host}", socket.gethostname()).replace(
+            "{port}", str(port)
+        )
     host = options.ws_public_host or options.ws_host
     if host in ("", "0.0.0.0", "::"):
         host = socket.gethostname()
