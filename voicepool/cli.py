@@ -371,6 +371,13 @@ def openapi_schema(settings: Settings) -> str:
 # --- argument parsing -----------------------------------------------------------------
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicepool", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -420,6 +427,30 @@ def build_parser() -> argparse.ArgumentParser:
         "openapi",
         help="print the API's OpenAPI schema (JSON); the web app's types are made from it",
     )
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check this host before it joins the fleet as a worker, and recommend --capacity "
+        "from a short benchmark (exit 1 when a check fails)",
+    )
+    doctor.add_argument("--pool", default=None, help="the worker's --pool (default from settings)")
+    doctor.add_argument(
+        "--capacity", type=_positive_int, default=None, help="the worker's --capacity"
+    )
+    doctor.add_argument(
+        "--metrics-port", type=int, default=None, help="the worker's --metrics-port"
+    )
+    doctor.add_argument(
+        "--seconds", type=float, default=5.0, help="benchmark length in seconds (default 5)"
+    )
+    doctor.add_argument(
+        "--sessions",
+        type=_positive_int,
+        default=4,
+        help="echo sessions the benchmark runs (default 4)",
+    )
+    doctor.add_argument("--skip-benchmark", action="store_true", help="only the checks")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
 
     export = sub.add_parser("export", help="print a conversation as JSON or Markdown")
     export.add_argument("conversation_id")
@@ -499,6 +530,18 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{user['name']:<24} {user['role']:<6} {user['id']}")
         case "export":
             print(asyncio.run(_export(settings, args.conversation_id, args.format)))
+        case "doctor":
+            from voicepool.doctor import DoctorRequest, doctor
+
+            request = DoctorRequest(
+                pool=args.pool,
+                capacity=args.capacity,
+                metrics_port=args.metrics_port,
+                seconds=args.seconds,
+                sessions=args.sessions,
+                skip_benchmark=args.skip_benchmark,
+            )
+            raise SystemExit(doctor(settings, request, as_json=args.json))
 
 
 if __name__ == "__main__":

@@ -150,10 +150,11 @@ async def test_one_request_from_create_to_connect(make_system, hello_wav) -> Non
             await eventually(lambda: client.got_message("bot-ready"), what="RTVI bot-ready")
         finally:
             await client.close()
-        # WebRTC connects by its offer: ready, and nothing to hand over.
+        # WebRTC connects by its offer: ready, with where it goes and the ICE servers (none
+        # configured here).
         rtc = await api.post("/api/sessions?wait=ready", json={"transport": "webrtc"})
         assert rtc.status_code == 201 and rtc.json()["status"] == "ready"
-        assert rtc.json()["connect"] is None
+        assert rtc.json()["connect"] == {"offer_url": rtc.json()["offer_url"], "ice_servers": []}
         for ended in (session, rtc.json()):
             assert (await api.delete(f"/api/sessions/{ended['session_id']}")).status_code == 200
         refused = await api.post("/api/sessions?wait=soon", json={"transport": "webrtc"})
