@@ -446,25 +446,9 @@ def host_addresses(*, loopback: bool) -> list[str]:
     return found
 
 
-def advertised_ws_url(options: WorkerOptions, port: int | str) -> str:
-    """Where clients are told to reach the WebSocket listener: the same answer as
-    ``worker.transports.websocket.advertised_url``, written again here because that
-    module imports FastAPI (tests/integration/test_doctor.py keeps the two equal)."""
-    if options.ws_public_url:
-        return options.ws_public_url.replace("{host}", socket.gethostname()).replace(
-            "{port}", str(port)
-        )
-    host = options.ws_public_host or options.ws_host
-    if host in ("", "0.0.0.0", "::"):
-        host = socket.gethostname()
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"ws://{host}:{port}/ws"
-
-
 def check_websocket(options: WorkerOptions, single_host: bool) -> Check:
-    url = advertised_ws_url(options, options.ws_port or "<a free port each start>")
-    host = urlsplit(advertised_ws_url(options, options.ws_port)).hostname or ""
+    url = options.advertised_ws_url(options.ws_port or "<a free port each start>")
+    host = urlsplit(options.advertised_ws_url(options.ws_port)).hostname or ""
     problem = _tcp_bind_problem(options.ws_host, options.ws_port)
     if problem:
         return Check(

@@ -26,6 +26,9 @@ you are on it; you can keep talking while it works, and report the result when i
 If a tool fails, say what went wrong in plain words."""
 
 
+WS_PATH = "/ws"  # the one route of a worker's WebSocket listener
+
+
 @dataclass
 class AssistantConfig:
     """How the ``assistant`` profile talks to OpenAI's Realtime model."""
@@ -175,6 +178,26 @@ class WorkerOptions:
     @property
     def profiles(self) -> list[str]:
         return ["echo", "assistant"] if self.assistant.api_key else ["echo"]
+
+    def advertised_ws_url(self, port: int | str) -> str:
+        """Where clients reach the WebSocket listener bound to ``port``.
+
+        ``ws_public_url`` may name ``{host}`` (this machine's host name) and ``{port}``
+        (the listener's port): replicas that share one setting, such as compose workers
+        behind one TLS proxy, then each advertise their own route
+        (``wss://site/workers/{host}/ws``, see deploy/Caddyfile).
+        """
+        if self.ws_public_url:
+            # Plain replacement, not str.format: other braces in a URL stay as they are.
+            return self.ws_public_url.replace("{host}", socket.gethostname()).replace(
+                "{port}", str(port)
+            )
+        host = self.ws_public_host or self.ws_host
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.gethostname()
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 literal
+        return f"ws://{host}:{port}{WS_PATH}"
 
     def __post_init__(self) -> None:
         if self.capacity < 1:

@@ -6,23 +6,24 @@ from __future__ import annotations
 import socket
 
 from worker.options import WorkerOptions
-from worker.transports.websocket import advertised_url
 
 REDIS = "redis://-"  # never connected to
 
 
 def test_public_url_names_this_host_and_port() -> None:
     options = WorkerOptions(REDIS, ws_public_url="wss://voicepool.lan/workers/{host}/ws")
-    assert advertised_url(options, 8765) == f"wss://voicepool.lan/workers/{socket.gethostname()}/ws"
+    assert (
+        options.advertised_ws_url(8765) == f"wss://voicepool.lan/workers/{socket.gethostname()}/ws"
+    )
     options = WorkerOptions(REDIS, ws_public_url="wss://voicepool.lan:{port}/ws")
-    assert advertised_url(options, 40001) == "wss://voicepool.lan:40001/ws"
+    assert options.advertised_ws_url(40001) == "wss://voicepool.lan:40001/ws"
 
 
 def test_public_url_without_placeholders_is_used_as_is() -> None:
     url = "wss://voicepool.lan/ws/{other}"  # other braces are left alone
-    assert advertised_url(WorkerOptions(REDIS, ws_public_url=url), 8765) == url
+    assert WorkerOptions(REDIS, ws_public_url=url).advertised_ws_url(8765) == url
 
 
 def test_without_a_public_url_the_listener_is_advertised() -> None:
     options = WorkerOptions(REDIS, ws_host="127.0.0.1")
-    assert advertised_url(options, 8765) == "ws://127.0.0.1:8765/ws"
+    assert options.advertised_ws_url(8765) == "ws://127.0.0.1:8765/ws"

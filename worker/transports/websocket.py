@@ -42,12 +42,11 @@ from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketState
 
 from shared import ws_tokens
-from worker.options import WorkerOptions
+from worker.options import WS_PATH, WorkerOptions
 from worker.transports import ClientPresence, SignalError
 
 log = logging.getLogger(__name__)
 
-WS_PATH = "/ws"
 # Pipecat's JS WebSocketTransport plays bot audio at 24 kHz whatever the frame says;
 # the output transport resamples the profile's audio to it.
 CLIENT_PLAYBACK_RATE = 24_000
@@ -248,27 +247,6 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
-def advertised_url(options: WorkerOptions, port: int) -> str:
-    """Where clients reach a listener bound to ``port``, per the worker's settings.
-
-    ``VOICEPOOL_WS_PUBLIC_URL`` may name ``{host}`` (this machine's host name) and
-    ``{port}`` (the listener's port): replicas that share one setting, such as compose
-    workers behind one TLS proxy, then each advertise their own route
-    (``wss://site/workers/{host}/ws``, see deploy/Caddyfile).
-    """
-    if options.ws_public_url:
-        # Plain replacement, not str.format: other braces in a URL stay as they are.
-        return options.ws_public_url.replace("{host}", socket.gethostname()).replace(
-            "{port}", str(port)
-        )
-    host = options.ws_public_host or options.ws_host
-    if host in ("", "0.0.0.0", "::"):
-        host = socket.gethostname()
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # an IPv6 literal
-    return f"ws://{host}:{port}{WS_PATH}"
-
-
 def _token_of(websocket: WebSocket) -> str:
     token = websocket.query_params.get("token", "")
     auth = websocket.headers.get("authorization", "")
@@ -318,7 +296,7 @@ class WebSocketListener:
             if self._task.done():
                 self._task.result()  # raises what stopped it
             await asyncio.sleep(0.01)
-        self.url = advertised_url(self.options, self.port)
+        self.url = self.options.advertised_ws_url(self.port)
         log.info("WebSocket sessions on %s (listening on port %d)", self.url, self.port)
         return self.url
 
