@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: dev test test-quick test-deps lint bench drills soak install clean frontend frontend-test frontend-if-npm frontend-types
+.PHONY: dev test test-quick test-deps lint bench drills soak install install-dev lock clean frontend frontend-test frontend-if-npm frontend-types
 
 # The web app (frontend/): npm ci when node_modules is missing or older than the
 # lock file, and a build when frontend/dist is missing or older than the sources.
@@ -15,13 +15,42 @@ WEB_DIST := $(WEB)/dist/index.html
 WEB_SRC := $(WEB)/index.html $(WEB)/vite.config.ts $(WEB)/tsconfig.json $(WEB)/package.json \
 	$(shell find $(WEB)/src $(WEB)/public -type f 2>/dev/null)
 
-$(STAMP): pyproject.toml
+# Installs come from the lock files (requirements/, hashed), then voicepool itself without
+# dependencies: `make dev` what running needs (requirements/dev.txt), everything else the
+# test and lint tools too (requirements/test.txt).
+DEV_STAMP := $(VENV)/.installed-dev
+
+define install_locked
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(BIN)/pip install --quiet --require-hashes -r $(1)
+	$(BIN)/pip install --quiet --no-deps -e .
+endef
+
+$(STAMP): pyproject.toml requirements/test.txt
+	$(call install_locked,requirements/test.txt)
+	touch $(STAMP) $(DEV_STAMP)
+
+$(DEV_STAMP): pyproject.toml requirements/dev.txt
+	$(call install_locked,requirements/dev.txt)
+	touch $(DEV_STAMP)
 
 install: $(STAMP)
+
+install-dev: $(DEV_STAMP)
+
+## Remake the lock files (requirements/*.txt) from pyproject.toml, with uv (from PyPI).
+UV_VERSION := 0.13.8
+LOCK_SETS := worker server dev
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 \
+		--generate-hashes --quiet -o requirements/test.txt
+	for set in $(LOCK_SETS); do \
+		$(BIN)/uv pip compile pyproject.toml --extra $$set --universal --python-version 3.11 \
+			--generate-hashes --quiet -c requirements/test.txt -o requirements/$$set.txt || exit 1; \
+	done
 
 $(WEB_DEPS): $(WEB)/package.json $(WEB)/package-lock.json
 	@command -v $(NPM) >/dev/null 2>&1 || { echo "the web app needs Node.js (>= 22.14; 20.19 works with a warning) with npm" >&2; exit 1; }
@@ -53,7 +82,7 @@ frontend-if-npm:
 
 ## Run the whole system on this machine (embedded Redis, SQLite, API, 2 workers);
 ## `make dev PORT=9000 WORKERS=3` changes the API port and the number of workers.
-dev: install frontend-if-npm
+dev: install-dev frontend-if-npm
 	$(BIN)/voicepool dev $(if $(PORT),--port $(PORT)) $(if $(WORKERS),--workers $(WORKERS))
 
 ## The whole test suite (lint, web app unit tests, unit, integration with real processes,

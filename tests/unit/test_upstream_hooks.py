@@ -52,13 +52,14 @@ PYPROJECT = Path(__file__).parents[2] / "pyproject.toml"
 
 
 def assert_pinned_exactly(distribution: str) -> None:
-    """``distribution`` is pinned with ``==`` in [project] dependencies, and installed at that."""
-    requirements = [
-        Requirement(r) for r in tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
-    ]
+    """``distribution`` is pinned with ``==`` in pyproject.toml (the dependencies, or an
+    extra's), and installed at that."""
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    listed = [project["dependencies"], *project["optional-dependencies"].values()]
+    requirements = [Requirement(r) for group in listed for r in group]
     pins = {canonicalize_name(r.name): r for r in requirements}
     requirement = pins.get(canonicalize_name(distribution))
-    assert requirement is not None, f"{distribution} is missing from [project] dependencies"
+    assert requirement is not None, f"{distribution} is missing from pyproject.toml"
     specifiers = list(requirement.specifier)
     assert [s.operator for s in specifiers] == ["=="], f"{distribution} must be pinned with =="
     assert metadata.version(distribution) == specifiers[0].version, (
