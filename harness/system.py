@@ -72,11 +72,13 @@ class System:
         assert self.redis_server is not None
         return redis.Redis.from_url(self.redis_server.url, decode_responses=True)
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, *args: str, command: list[str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = self.tmp / f"{name}.log"
         self._logs.append(log)
         return subprocess.Popen(
-            [sys.executable, "-m", "voicepool", *args],
+            [*(command or [sys.executable, "-m", "voicepool"]), *args],
             env=self.env,
             cwd=self.root,
             stdout=log.open("wb"),
@@ -92,12 +94,15 @@ class System:
         self.wait_ready(workers)
         return self
 
-    def start_worker(self, *, capacity: int = 2, pool: str = "server") -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, *, capacity: int = 2, pool: str = "server", command: list[str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """A worker process; ``command``: another ``voicepool`` to run (an installed one)."""
         index = len(self.workers)
         port = free_port()
         proc = self._spawn(
             f"worker{index}", "worker", "--capacity", str(capacity), "--pool", pool,
-            "--metrics-port", str(port),
+            "--metrics-port", str(port), command=command,
         )  # fmt: skip
         self.workers.append(proc)
         self.metrics_ports[proc.pid] = port

@@ -705,8 +705,8 @@ def check_metrics_port(host: str, port: int) -> Check:
             "warn",
             "metrics",
             f"{host}:{port} is free, but 9100 is node_exporter's port on most hosts",
-            "if node_exporter is (or will be) installed here, use --metrics-port 9101 and "
-            "change ops/prometheus/targets to match",
+            "if node_exporter is (or will be) installed here, use --metrics-port 9310 (the "
+            "unit's) and change ops/prometheus/targets to match",
         )
     return Check("ok", "metrics", f"{host}:{port} is free")
 

@@ -104,8 +104,9 @@ def speech_pcm() -> tuple[bytes, str]:
 
 def _fixture_paths() -> list[Path]:
     package_checkout = Path(__file__).resolve().parents[1]  # an editable install
-    venv_checkout = Path(sys.prefix).parent  # /opt/voicepool/.venv in /opt/voicepool
-    return [package_checkout / FIXTURE, venv_checkout / FIXTURE]
+    beside_venv = Path(sys.prefix).parent  # a venv in its checkout
+    # ops/jetson/install.sh: /opt/voicepool/venv, its checkout /opt/voicepool/src
+    return [package_checkout / FIXTURE, beside_venv / FIXTURE, beside_venv / "src" / FIXTURE]
 
 
 def _read_wav(path: Path) -> bytes:

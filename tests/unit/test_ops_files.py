@@ -419,8 +419,8 @@ WORKER_HEALTH = {
 FIRSTS = {
     "interval": "15s",
     "input_series": [
-        series("up", "1x80", job="voicepool-worker-hosts", instance="board1:9100"),
-        series("up", "1x20 0x60", job="voicepool-worker-hosts", instance="board2:9100"),
+        series("up", "1x80", job="voicepool-worker-hosts", instance="board1:9310"),
+        series("up", "1x20 0x60", job="voicepool-worker-hosts", instance="board2:9310"),
         series("voicepool_pool_workers", "0x80", pool="server"),
         series("voicepool_queue_depth", "2x80", pool="server"),
         series("voicepool_pool_capacity_sessions", "0x80", pool="server"),
@@ -443,7 +443,7 @@ FIRSTS = {
     ],
     "alert_rule_test": [
         expect("VoicepoolWorkerDown", severity="warning", job="voicepool-worker-hosts",
-               instance="board2:9100"),
+               instance="board2:9310"),
         expect("VoicepoolCapacityExhausted"),  # no worker at all: not "full"
         # Failing from 5 minutes on, `for: 10m`: firing at 16 (counted from the first
         # failure, because the series was at 0 before it: test_failures_are_primed).
