@@ -222,6 +222,13 @@ class Settings(BaseSettings):
         description="Seconds a TURN credential stays valid; a call must end before its "
         "credential expires (the TURN server refuses to refresh the allocation after).",
     )
+    webrtc_udp_ports: str | None = Field(
+        None,
+        pattern=r"^\d{1,5}-\d{1,5}$",
+        description="A worker's WebRTC media sockets take their ports from this range "
+        "(e.g. 40000-40199), for a firewall or a published container range; default: "
+        "the kernel's ephemeral ports.",
+    )
     webrtc_ice_policy: Literal["all", "relay"] = Field(
         "all",
         description="relay: a worker offers only TURN relay candidates (its own address "
@@ -390,6 +397,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"{url!r} is not a {' or '.join(s[:-1] for s in schemes)} URL")
         return value
 
+    @field_validator("webrtc_udp_ports")
+    @classmethod
+    def _port_range(cls, value: str | None) -> str | None:
+        if value is not None:
+            low, high = map(int, value.split("-"))
+            if not 1024 <= low <= high <= 65535:
+                raise ValueError("WEBRTC_UDP_PORTS is LOW-HIGH within 1024-65535, LOW <= HIGH")
+        return value
+
     @model_validator(mode="after")
     def _turn_is_complete(self) -> Settings:
         if self.turn_urls and self.turn_secret is None:
@@ -409,6 +425,14 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"{entry!r} is not an IP address or CIDR network") from None
         return value
+
+    @property
+    def webrtc_udp_port_range(self) -> tuple[int, int] | None:
+        """WEBRTC_UDP_PORTS as (low, high), both included."""
+        if self.webrtc_udp_ports is None:
+            return None
+        low, high = self.webrtc_udp_ports.split("-")
+        return int(low), int(high)
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -149,6 +149,9 @@ class WorkerOptions:
     webrtc_host_addresses: list[str] = field(default_factory=list)
     """Restrict ICE host candidates to these addresses (loopback-only or NAT setups)."""
 
+    webrtc_udp_ports: tuple[int, int] | None = None
+    """Bind WebRTC media sockets to ports in this range, both ends included (None: any)."""
+
     assistant: AssistantConfig = field(default_factory=AssistantConfig)
     """The assistant profile's model and tools (unused by ``echo``)."""
 
@@ -242,6 +245,7 @@ class WorkerOptions:
             turn_ttl=settings.turn_ttl,
             ice_policy=settings.webrtc_ice_policy,
             webrtc_host_addresses=list(settings.webrtc_host_addresses),
+            webrtc_udp_ports=settings.webrtc_udp_port_range,
             assistant=AssistantConfig.from_settings(settings),
             ws_host=settings.ws_host,
             ws_port=settings.ws_port,

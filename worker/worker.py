@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import itertools
 import json
 import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, cast
 
@@ -181,6 +183,8 @@ class VoicepoolWorker:
             return 1
         if self.options.webrtc_host_addresses:
             restrict_ice_host_addresses(self.options.webrtc_host_addresses)
+        if self.options.webrtc_udp_ports:
+            bind_udp_in_range(asyncio.get_running_loop(), *self.options.webrtc_udp_ports)
         self._install_signal_handlers()
         preload_profiles(self.options.profiles)
         # Listening before the first job: a websocket session is ready only with a URL.
@@ -627,6 +631,39 @@ class VoicepoolWorker:
             runner.end(message.payload.reason)
             return {}
         return await runner.handle_signal(message.kind, message.payload.model_dump())
+
+
+def bind_udp_in_range(loop: asyncio.AbstractEventLoop, low: int, high: int) -> None:
+    """Bind the UDP sockets this process asks any port for (``local_addr`` port 0: aioice's
+    ICE host candidates, that is WebRTC media) to a free port in ``low``..``high`` instead.
+
+    aioice (under aiortc) has no port-range setting; a firewall or a container's published
+    range needs one. The ports are tried in turn from where the last one was taken, so a
+    port a closed call just let go is the last to be used again.
+    """
+    create = loop.create_datagram_endpoint
+    size = high - low + 1
+    turn = itertools.count()
+
+    async def create_in_range(
+        protocol_factory: Callable[[], asyncio.DatagramProtocol],
+        local_addr: tuple[str, int] | None = None,
+        **kwargs: Any,
+    ) -> tuple[asyncio.DatagramTransport, asyncio.DatagramProtocol]:
+        if local_addr is None or local_addr[1] != 0:
+            return await create(protocol_factory, local_addr=local_addr, **kwargs)
+        for _ in range(size):
+            port = low + next(turn) % size
+            try:
+                return await create(protocol_factory, local_addr=(local_addr[0], port), **kwargs)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        raise OSError(errno.EADDRINUSE, f"every UDP port in {low}-{high} is in use")
+
+    # aioice binds through the running loop; guarded by
+    # tests/unit/test_upstream_hooks.py::test_aioice_ports
+    loop.create_datagram_endpoint = create_in_range  # type: ignore[method-assign, assignment]
 
 
 def restrict_ice_host_addresses(addresses: list[str]) -> None:

@@ -1,6 +1,9 @@
-"""TURN with time-limited credentials, against a real coturn (``use-auth-secret``) on
+"""What lets a browser's WebRTC reach a worker through a firewall.
+
+TURN with time-limited credentials, against a real coturn (``use-auth-secret``) on
 loopback: the credentials voicepool mints are the ones coturn accepts, and a call whose
-two ends may only use relay candidates carries the echo through the TURN server."""
+two ends may only use relay candidates carries the echo through the TURN server. And a
+worker whose media ports are held to a range a firewall opens."""
 
 from __future__ import annotations
 
@@ -19,12 +22,14 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy
 from harness.api import api_client, wait_for_status
 from harness.turn import TurnServer
 from harness.waiting import eventually
-from harness.webrtc_client import WebRTCTestClient
+from harness.webrtc_client import WebRTCTestClient, allow_loopback_ice
+from shared.connections import free_port
 from shared.ice import turn_credential
 
 ECHO_RMS = 300  # the fixture's speech is ~1000-1800 RMS; silence is ~0
+CANDIDATE_PORT = re.compile(r"a=candidate:\S+ \d+ udp \d+ \S+ (\d+) ")
 
-pytestmark = pytest.mark.skipif(
+needs_coturn = pytest.mark.skipif(
     shutil.which("turnserver") is None, reason="needs Debian's coturn (make test-deps)"
 )
 
@@ -53,6 +58,7 @@ async def _relay_candidates(server: TurnServer, username: str, password: str) ->
         await connection.close()
 
 
+@needs_coturn
 async def test_coturn_takes_our_credentials_and_refuses_forged_or_expired_ones(turn) -> None:
     assert await _relay_candidates(turn, *turn_credential(turn.secret, "user-a", 60))
     # Another secret, and one that expired 10 s ago: no relay for either.
@@ -66,6 +72,7 @@ def _candidate_types(sdp: str) -> set[str]:
     return set(re.findall(r"a=candidate:.* typ (\w+)", sdp))
 
 
+@needs_coturn
 @pytest.mark.slow
 async def test_a_relay_only_call_echoes_through_turn(make_system, turn, hello_wav) -> None:
     system = make_system(
@@ -135,3 +142,35 @@ async def test_a_relay_only_call_echoes_through_turn(make_system, turn, hello_wa
 
     by_kind = await eventually(relayed, timeout=10, what="coturn's usage lines")
     print(f"echo through TURN: {echoed_s:.1f} s of audio back; relayed in bytes: {by_kind}")
+
+
+@pytest.mark.slow
+async def test_a_worker_held_to_a_port_range_takes_its_calls_there(make_system, hello_wav) -> None:
+    allow_loopback_ice()
+    low = 40000 + free_port() % 20000  # a range of its own; some of it may be taken
+    system = make_system(workers=1, capacity=2, VOICEPOOL_WEBRTC_UDP_PORTS=f"{low}-{low + 9}")
+    async with api_client(system, system.create_user("alice")) as api:
+        peers, ports = [], []
+        try:
+            for _ in range(2):  # two calls at once: a port each
+                session = (await api.post("/api/sessions", json={"profile": "echo"})).json()
+                peer = WebRTCTestClient(str(hello_wav))
+                peers.append(peer)
+
+                async def send_offer(offer: dict[str, Any], url=session["offer_url"]) -> dict:
+                    answer = await api.post(url, json=offer)
+                    assert answer.status_code == 200, answer.text
+                    return answer.json()
+
+                answer = await peer.connect(send_offer)
+                ports += [
+                    int(p)
+                    for p in re.findall(r"a=candidate:\S+ \d+ udp \d+ \S+ (\d+) ", answer["sdp"])
+                ]
+                await peer.wait_connected(timeout=20)
+                await peer.wait_for_audio(min_rms=ECHO_RMS, timeout=20)
+        finally:
+            for peer in peers:
+                await peer.close()
+    assert len(set(ports)) == 2, ports
+    assert all(low <= port <= low + 9 for port in ports), (low, ports)

@@ -53,6 +53,9 @@ def test_without_turn_there_is_nothing_to_mint() -> None:
         ({"ice_servers": "turn.test:3478"}, "not a stun or stuns or turn or turns URL"),
         ({"webrtc_ice_policy": "relay"}, "needs a TURN server"),
         ({"turn_urls": "turn:t:3478", "turn_secret": "s", "turn_ttl": 5}, "greater than or equal"),
+        ({"webrtc_udp_ports": "40000"}, "should match pattern"),
+        ({"webrtc_udp_ports": "500-600"}, "LOW-HIGH within 1024-65535"),
+        ({"webrtc_udp_ports": "41000-40000"}, "LOW <= HIGH"),
     ],
 )
 def test_incomplete_ice_settings_are_refused_at_start(settings, complaint) -> None:
@@ -72,3 +75,9 @@ def test_a_worker_makes_its_own_credential_per_session() -> None:
         "s3cret", f"worker-{options.worker_id}", options.turn_ttl,
         now=int(server.username.split(":")[0]) - options.turn_ttl,
     )[1]  # fmt: skip
+
+
+def test_a_port_range_reaches_the_worker_as_numbers() -> None:
+    settings = Settings(redis_url="redis://-", webrtc_udp_ports="40000-40199")
+    assert WorkerOptions.from_settings(settings).webrtc_udp_ports == (40000, 40199)
+    assert WorkerOptions.from_settings(Settings(redis_url="redis://-")).webrtc_udp_ports is None

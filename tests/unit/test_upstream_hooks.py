@@ -10,8 +10,10 @@ override (its comment names the test) before lifting the pin. README.md's
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
+import socket
 import tomllib
 from collections.abc import Callable
 from importlib import metadata
@@ -46,7 +48,7 @@ from worker.transports.daily import RoomTransport
 from worker.transports.smallwebrtc import SessionConnection
 from worker.transports.websocket import _EmbeddedServer
 from worker.vad import SharedSileroVADAnalyzer
-from worker.worker import SessionWorker, restrict_ice_host_addresses
+from worker.worker import SessionWorker, bind_udp_in_range, restrict_ice_host_addresses
 
 PYPROJECT = Path(__file__).parents[2] / "pyproject.toml"
 
@@ -187,6 +189,40 @@ async def test_aioice_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
         assert [c.host for c in connection.local_candidates] == ["127.0.0.1"]
     finally:
         await connection.close()
+
+
+async def test_aioice_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bind_udp_in_range`` replaces the running loop's ``create_datagram_endpoint``.
+
+    If this fails, aioice binds its host candidates some other way: with
+    ``VOICEPOOL_WEBRTC_UDP_PORTS`` set, media would use ports outside the range a firewall
+    or a container publishes, and calls would not connect.
+    """
+    assert_pinned_exactly("aioice")
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)
+    candidates = source(aioice.ice.Connection.get_component_candidates)
+    assert "loop = asyncio.get_running_loop()" in candidates
+    assert re.search(r"loop\.create_datagram_endpoint\(\s*lambda: StunProtocol\(self\), "
+                     r"local_addr=\(address, 0\)", candidates)  # fmt: skip
+
+    restrict_ice_host_addresses(["127.0.0.1"])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        low = taken.getsockname()[1]  # the range's first port is in use: it is skipped
+        bind_udp_in_range(asyncio.get_running_loop(), low, low + 2)
+        connections = [aioice.Connection(ice_controlling=True, use_ipv6=False) for _ in range(3)]
+        try:
+            for connection in connections[:2]:
+                await connection.gather_candidates()
+            ports = [c.local_candidates[0].port for c in connections[:2]]
+            assert sorted(ports) == [low + 1, low + 2]
+            with pytest.raises(OSError, match="every UDP port"):  # aioice logs, gathers none
+                await asyncio.get_running_loop().create_datagram_endpoint(
+                    asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+                )
+        finally:
+            for connection in connections:
+                await connection.close()
 
 
 # --- Pipecat: Silero VAD --------------------------------------------------------------
