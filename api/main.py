@@ -8,7 +8,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from arq.connections import create_pool
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -30,7 +29,7 @@ from api.reaper import Reaper
 from api.routes import auth, conversations, health, participants, sessions, start, workers
 from api.signals import WorkerSignals
 from shared import __version__, keys
-from shared.connections import arq_redis_settings, redis_client
+from shared.connections import arq_pool, redis_client
 from shared.fleet import PROTOCOL
 from shared.gc_freeze import freeze_startup_objects
 from shared.live import LiveSessions
@@ -60,7 +59,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         state = AppState(
             settings=settings,
             redis=redis,
-            arq=await create_pool(arq_redis_settings(redis_url)),
+            arq=await arq_pool(redis_url),
             live=live,
             store=Store(settings.sqlalchemy_url),
             signals=WorkerSignals(redis, timeout=settings.signal_timeout),

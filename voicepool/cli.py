@@ -458,6 +458,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sentinel_password(url: str | None) -> str | None:
+    from shared.connections import parse_sentinel_url
+
+    sentinel = parse_sentinel_url(url) if url else None
+    return sentinel.sentinel_password if sentinel else None
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     settings = get_settings()
@@ -471,6 +478,7 @@ def main(argv: list[str] | None = None) -> None:
             settings.turn_secret.get_secret_value() if settings.turn_secret else None,
             # arq prints its RedisSettings with the password as a plain field, not in a URL.
             urlsplit(settings.redis_url).password if settings.redis_url else None,
+            _sentinel_password(settings.redis_url),
         ],
     )
     match args.command:

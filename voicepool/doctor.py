@@ -211,13 +211,10 @@ def check_redis(url: str | None) -> tuple[Check, redis.Redis | None]:
             "VOICEPOOL_REDIS_URL is not set",
             "set it to the fleet's Redis, with its password: redis://:PASSWORD@HOST:6379/0",
         ), None
-    import redis
 
     shown = mask_url(url)
     try:
-        client = redis.Redis.from_url(
-            url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S
-        )
+        client = _sync_client(url)
     except ValueError as exc:
         return Check("fail", "redis", f"{shown} is not a Redis URL: {exc}"), None
     try:
@@ -231,9 +228,33 @@ def check_redis(url: str | None) -> tuple[Check, redis.Redis | None]:
     return Check("ok", "redis", f"{shown} answered PING ({rtt_ms:.1f} ms)"), client
 
 
+def _sync_client(url: str) -> redis.Redis:
+    """A plain client on ``url``; for ``redis+sentinel://``, on the primary the Sentinels
+    name (as the worker's own clients find it)."""
+    import redis
+    from redis.sentinel import Sentinel
+
+    from shared.connections import parse_sentinel_url
+
+    timeouts = {"socket_connect_timeout": REDIS_TIMEOUT_S, "socket_timeout": REDIS_TIMEOUT_S}
+    sentinel = parse_sentinel_url(url)
+    if sentinel is None:
+        return redis.Redis.from_url(url, **timeouts)
+    sentinels = Sentinel(  # type: ignore[no-untyped-call]  # redis-py: unannotated
+        sentinel.sentinels,
+        sentinel_kwargs={"password": sentinel.sentinel_password, **timeouts},
+        db=sentinel.db,
+        username=sentinel.username,
+        password=sentinel.password,
+        **timeouts,
+    )
+    client: redis.Redis = sentinels.master_for(sentinel.service)  # type: ignore[no-untyped-call]
+    return client
+
+
 def mask_url(url: str) -> str:
-    """The URL with its password masked (redis://:***@host:6379/0)."""
-    return logs.redact(url)
+    """The URL with its passwords masked (redis://:***@host:6379/0, ?sentinel_password=)."""
+    return logs.mask_query_secrets(logs.redact(url))
 
 
 def _redis_failure(shown: str, exc: Exception) -> tuple[str, str]:

@@ -35,7 +35,7 @@ from arq.worker import func
 from pydantic import ValidationError
 
 from shared import control, keys, queue
-from shared.connections import arq_redis_settings, redis_client
+from shared.connections import arq_pool, redis_client
 from shared.fleet import PROTOCOL, WorkerBeat, worker_client_name
 from shared.gc_freeze import freeze_startup_objects
 from shared.lifecycle import (
@@ -199,7 +199,7 @@ class VoicepoolWorker:
                 func(start_session, name=queue.START_JOB, max_tries=1, timeout=JOB_TIMEOUT_S)
             ],
             queue_name=keys.queue(self.options.pool),
-            redis_settings=arq_redis_settings(self.options.redis_url),
+            redis_pool=await arq_pool(self.options.redis_url),
             max_jobs=self.options.capacity,
             job_timeout=JOB_TIMEOUT_S,
             keep_result=0,
