@@ -96,6 +96,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
                 max_recoveries=settings.max_recoveries,
                 heartbeat_interval=settings.heartbeat_interval,
                 fast_worker_loss=settings.fast_worker_loss,
+                fallbacks=settings.pool_fallbacks,
             )
             tasks += [
                 asyncio.create_task(persister.run(), name="persister"),

@@ -28,7 +28,7 @@ SESSIONS_REFUSED = Counter(
 SESSIONS_SPILLED = Counter(
     "voicepool_sessions_spilled_total",
     "Sessions sent to a pool's fallback (VOICEPOOL_POOL_FALLBACKS): the pool couldn't "
-    "take them (reason: its refusal).",
+    "take them (reason: its refusal), or they waited there too long (reason: waited).",
     ["pool", "to", "reason"],
 )
 SESSIONS_STARTED = Counter(

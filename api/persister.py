@@ -206,6 +206,8 @@ class Persister:
             values["ended_at"] = when
         if event.data.get("worker_id"):
             values["worker_id"] = event.data["worker_id"]
+        if event.data.get("pool"):  # moved to a fallback pool, or taken up by a worker of one
+            values["pool"] = event.data["pool"]
         result = await db.execute(
             update(SESSIONS)
             .where(SESSIONS.c.id == event.session_id)

@@ -36,6 +36,7 @@ from shared.fleet import PROTOCOL, WORKER_CLIENT_PREFIX, WorkerBeat, worker_clie
 from shared.lifecycle import LIVE_STATES, OWNED_STATES, Reason, SessionState
 from shared.live import LiveSessions, PendingEvent
 from shared.queue import START_JOB_SLACK_S, start_rate, wait_at
+from shared.settings import PoolFallback
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class Reaper:
         max_recoveries: int = 2,
         heartbeat_interval: float = 1.0,
         fast_worker_loss: bool = True,
+        fallbacks: dict[str, PoolFallback] | None = None,
     ):
         """Without ``arq`` (to queue a lost worker's sessions again) or with
         ``max_recoveries=0``, a lost worker's sessions fail at once."""
@@ -81,6 +83,12 @@ class Reaper:
         self.max_recoveries = max_recoveries
         self.heartbeat_interval = heartbeat_interval
         self.fast_worker_loss = fast_worker_loss
+        # Pools whose queued sessions move on after a while: pool → (fallback, seconds).
+        self.spill_after = {
+            pool: (to.pool, to.after)
+            for pool, to in (fallbacks or {}).items()
+            if to.after is not None
+        }
         self._still_live: list[tuple[str, str]] = []  # (pool, state), as the last sweep saw
         self._judge_from = 0.0  # monotonic time before which nobody is judged lost
         self._blind = False  # the last round could not reach Redis
@@ -187,14 +195,32 @@ class Reaper:
                 if await self._ended(sid, Reason.NO_CAPACITY, self.live.expire(sid)):
                     await queue.remove_start(self.redis, pool, job_id)
                     outcome = Reason.NO_CAPACITY
+            elif state == SessionState.QUEUED and await self._spilled(sid, pool):
+                outcome = Reason.POOL_FALLBACK  # still queued, in the fallback's queue now
             elif state == SessionState.QUEUED:
                 waiting.append((sid, pool, job_id, fields["queue_position"]))
             if outcome is not None:
                 done.append((sid, outcome))
             if state is not None and outcome in (None, SessionState.RECOVERING):
                 self._still_live.append((pool, outcome or state))  # still live after this sweep
+            elif outcome == Reason.POOL_FALLBACK:
+                self._still_live.append((self.spill_after[pool][0], SessionState.QUEUED))
         await self._tell_positions(waiting)
         return done
+
+    async def _spilled(self, sid: str, pool: str) -> bool:
+        """Move a session queued long enough to its pool's fallback, if a worker there has
+        a free slot (VOICEPOOL_POOL_FALLBACKS=pool=fallback:seconds); wake that worker."""
+        if pool not in self.spill_after:
+            return False
+        to, after = self.spill_after[pool]
+        if not await self.live.spill(sid, pool, to, after):
+            return False
+        await queue.ring(self.redis, to)
+        metrics.SESSIONS_SPILLED.labels(pool=pool, to=to, reason="waited").inc()
+        log.info("session moved from pool %s to %s (queued %g s)", pool, to, after,
+                 extra={"session_id": sid})  # fmt: skip
+        return True
 
     async def _worker_lost(
         self, sid: str, state: SessionState, fields: dict[str, str | None], seen: str

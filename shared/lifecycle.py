@@ -85,6 +85,7 @@ class Reason(StrEnum):
     DAILY_UNAVAILABLE = "daily_unavailable"  # Daily's REST API refused or failed
     REVOKED = "revoked"  # the owner's access was revoked (voicepool users revoke)
     QUEUE_UNAVAILABLE = "queue_unavailable"  # the start job could not be queued
+    POOL_FALLBACK = "pool_fallback"  # still queued, moved to its pool's fallback pool
 
 
 FAILURES = frozenset(

@@ -248,6 +248,42 @@ return out
 """
 )
 
+# A queued session moves to its pool's fallback, keeping its place by arrival: only if
+# it is still queued in ``from`` (a worker may have taken its job meanwhile), has waited
+# ``after`` seconds, and a live worker of the fallback has a free slot for its profile.
+# KEYS: 1..5 the session's (as for a move), 6 from-queue, 7 to-queue, 8 to-slots
+# ARGV: 1..3 the head, 4 from pool, 5 to pool, 6 heartbeat key prefix, 7 after (seconds)
+_SPILL = (
+    _PUBLISH_FN
+    + """
+local s = redis.call('HMGET', KEYS[1], 'state', 'pool', 'job_id', 'created_ts', 'profile')
+if s[1] ~= 'queued' or s[2] ~= ARGV[4] then return 0 end
+if tonumber(ARGV[3]) - tonumber(s[4] or ARGV[3]) < tonumber(ARGV[7]) then return 0 end
+local job = s[3] or ARGV[1]
+local place = redis.call('ZSCORE', KEYS[6], job)
+if not place then return 0 end
+local profile, free = ',' .. (s[5] or '') .. ',', 0
+local slots = redis.call('HGETALL', KEYS[8])
+for i = 1, #slots, 2 do
+  if redis.call('EXISTS', ARGV[6] .. slots[i]) == 1 then
+    local _, f, profiles = string.match(slots[i + 1], '^(%d+) (%d+) ?(.*)$')
+    if profile == ',,' or string.find(',' .. profiles .. ',', profile, 1, true) then
+      free = free + tonumber(f)
+    end
+  end
+end
+if free == 0 then return 0 end
+redis.call('ZREM', KEYS[6], job)
+redis.call('ZADD', KEYS[7], place, job)
+redis.call('HSET', KEYS[1], 'pool', ARGV[5], 'reason', 'pool_fallback')
+local data = {state = 'queued', reason = 'pool_fallback', previous = 'queued',
+              pool = ARGV[5], from_pool = ARGV[4]}
+local _, seq = publish('session.state', cjson.encode(data))
+redis.call('HSET', KEYS[1], 'state_seq', seq)
+return 1
+"""
+)
+
 _FINAL = " ".join(sorted(FINAL_STATES))
 _NOT_OWNED = " ".join(sorted(set(SessionState) - OWNED_STATES))
 _OWNED = " ".join(sorted(OWNED_STATES))
@@ -364,6 +400,7 @@ class LiveSessions:
         self._transition = redis.register_script(_TRANSITION)
         self._publish = redis.register_script(_PUBLISH)
         self._keep_alive = redis.register_script(_KEEP_ALIVE)
+        self._spill = redis.register_script(_SPILL)
 
     def _keys(self, session_id: str) -> list[str]:
         return [
@@ -493,6 +530,22 @@ class LiveSessions:
         """A queued session given up before any worker took it (its job: ``queue``)."""
         changed, _ = await self.move(session_id, "cancel", reason)
         return changed
+
+    async def spill(self, session_id: str, from_pool: str, to_pool: str, after: float) -> bool:
+        """Move a session queued ``after`` seconds or more in ``from_pool`` to ``to_pool``'s
+        queue, in its place by arrival, if a worker there has a free slot for it (its
+        event: ``queued``, reason ``pool_fallback``, with the new ``pool``). False if not
+        (taken meanwhile, too young, or no free slot there)."""
+        moved = await self._spill(
+            keys=[
+                *self._keys(session_id),
+                keys.queue(from_pool),
+                keys.queue(to_pool),
+                keys.pool_slots(to_pool),
+            ],
+            args=[*self._head(session_id), from_pool, to_pool, keys.worker(""), after],
+        )
+        return bool(moved)
 
     async def expire(self, session_id: str) -> bool:
         changed, _ = await self.move(session_id, "expire", Reason.NO_CAPACITY)

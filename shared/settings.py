@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import (
     AliasChoices,
@@ -25,6 +25,16 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
+
+
+class PoolFallback(NamedTuple):
+    """Where a pool's sessions go when it can't take them, and after how long a session
+    still queued there moves over too (None: only when it is created)."""
+
+    pool: str
+    after: float | None = None
+
+
 ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
 
 
@@ -125,11 +135,12 @@ class Settings(BaseSettings):
         description="Conversations untouched for this many days are deleted, with their "
         "sessions and events (hourly; never one with a live session). 0: kept forever.",
     )
-    pool_fallbacks: Annotated[dict[str, str], NoDecode] = Field(
+    pool_fallbacks: Annotated[dict[str, PoolFallback], NoDecode] = Field(
         {},
         description="Where a pool's sessions go when it can't take them (no_workers, "
         "queue_full, no_capacity): `jetson=server` (comma-separated pairs; one step, no "
-        "chains).",
+        "chains); `jetson=server:5` also moves a session still queued after 5 s to the "
+        "fallback once a worker there has a free slot, in its place by arrival.",
     )
     admit_without_workers: bool = Field(
         False,
@@ -352,19 +363,33 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
             if any(len(pair) != 2 for pair in pairs):
-                raise ValueError("pool fallbacks are pool=fallback pairs, e.g. jetson=server")
-            return {a.strip(): b.strip() for a, b in pairs}
+                raise ValueError(
+                    "pool fallbacks are pool=fallback[:seconds] pairs, e.g. jetson=server:5"
+                )
+            fallbacks = {}
+            for pool, target in pairs:
+                name, _, after = target.partition(":")
+                try:
+                    delay = float(after) if after.strip() else None
+                except ValueError:
+                    raise ValueError(f"{after!r} is not a number of seconds") from None
+                fallbacks[pool.strip()] = PoolFallback(name.strip(), delay)
+            return fallbacks
         return value
 
     @field_validator("pool_fallbacks")
     @classmethod
-    def _known_pools(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+    def _known_pools(
+        cls, value: dict[str, PoolFallback], info: ValidationInfo
+    ) -> dict[str, PoolFallback]:
         pools = set(info.data.get("pools") or [])
-        unknown = {p for pair in value.items() for p in pair} - pools
+        unknown = {p for pool, to in value.items() for p in (pool, to.pool)} - pools
         if unknown:
             raise ValueError(f"pool fallbacks name pools not in VOICEPOOL_POOLS: {sorted(unknown)}")
-        if any(a == b for a, b in value.items()):
+        if any(pool == to.pool for pool, to in value.items()):
             raise ValueError("a pool cannot fall back to itself")
+        if any(to.after is not None and to.after < 0 for to in value.values()):
+            raise ValueError("a fallback's delay is seconds, 0 or more")
         return value
 
     @field_validator("metrics_token", "metrics_bind", mode="before")

@@ -265,7 +265,7 @@ async def _admitting_pool(state: AppState, user: User, pool: str, profile: str) 
         await state.live.admit(pool, user.id, policy, owner_limit=limit, profile=profile)
         return pool
     except AdmissionRefused as refusal:
-        fallback = settings.pool_fallbacks.get(pool)
+        fallback = settings.pool_fallbacks[pool].pool if pool in settings.pool_fallbacks else None
         if fallback is not None:
             with contextlib.suppress(AdmissionRefused):
                 await state.live.admit(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import time
 
 import pytest
 
@@ -172,6 +174,53 @@ async def test_a_pool_that_cannot_take_a_session_spills_to_its_fallback(make_sys
     samples = system.metrics(f"{system.api_url}/metrics")
     key = 'voicepool_sessions_spilled_total{pool="jetson",reason="no_workers",to="server"}'
     assert samples[key] == 1
+
+
+async def test_a_session_queued_too_long_moves_to_the_fallback_in_its_place(
+    make_system,
+) -> None:
+    """`jetson=server:2`: the board is busy, so a Jetson session waits in its queue; after
+    2 s it moves to the server pool (which has a free slot), in its place by arrival, and
+    its event stream and its record say so."""
+    system = make_system(
+        workers=0,
+        VOICEPOOL_POOLS="server,jetson",
+        VOICEPOOL_POOL_FALLBACKS="jetson=server:2",
+    )
+    system.start_worker(capacity=1, pool="jetson")
+    system.start_worker(capacity=1, pool="server")
+    system.wait_ready(2)
+    boards = {w["id"] for w in system.live_workers() if w["pool"] == "jetson"}
+    async with api_client(system, system.create_user("hana")) as api:
+        busy = await create_session(api, profile="echo", pool="jetson")  # the board's slot
+        on_board = await wait_for_status(api, busy["session_id"], {"ready"})
+        assert on_board["worker_id"] in boards
+        queued_at = time.monotonic()
+        waiting = await create_session(api, profile="echo", pool="jetson")
+        assert (waiting["pool"], waiting["status"]) == ("jetson", "queued")
+        moved = await wait_for_status(api, waiting["session_id"], {"ready"}, timeout=20)
+        assert time.monotonic() - queued_at >= 2  # not before its time
+        assert moved["pool"] == "server" and moved["worker_id"] not in boards
+        with system.redis as r:
+            entries = r.xrange(f"vp:session:{waiting['session_id']}:events")
+        states = [json.loads(f["data"]) for _, f in entries if f["type"] == "session.state"]
+        assert [(e["state"], e["reason"]) for e in states[:3]] == [
+            ("queued", "created"), ("queued", "pool_fallback"), ("starting", "picked_up"),
+        ]  # fmt: skip
+        assert (states[1]["from_pool"], states[1]["pool"]) == ("jetson", "server")
+        for session in (busy, waiting):
+            await api.delete(f"/api/sessions/{session['session_id']}")
+
+        async def stored_pool() -> str:
+            row = (await api.get(f"/api/sessions/{waiting['session_id']}")).json()
+            assert row["status"] == "ended" and row["pool"] == "server", row
+            return str(row["pool"])
+
+        await eventually(stored_pool, timeout=10, what="the stored session in pool server")
+    samples = system.metrics(f"{system.api_url}/metrics")
+    assert (
+        samples['voicepool_sessions_spilled_total{pool="jetson",reason="waited",to="server"}'] == 1
+    )
 
 
 async def test_a_worker_of_another_protocol_refuses_to_join(make_system) -> None:

@@ -136,11 +136,14 @@ async def test_the_owner_limit_comes_after_the_pool_and_is_atomic(redis) -> None
 def test_pool_fallbacks_are_pairs_of_known_pools() -> None:
     from pydantic import ValidationError
 
-    from shared.settings import Settings
+    from shared.settings import PoolFallback, Settings
 
     settings = Settings(pools="server,jetson", pool_fallbacks="jetson = server")
-    assert settings.pool_fallbacks == {"jetson": "server"}
-    for wrong in ("jetson", "jetson=cloud", "server=server"):
+    assert settings.pool_fallbacks == {"jetson": PoolFallback("server", None)}
+    settings = Settings(pools="server,jetson", pool_fallbacks="jetson=server:5")
+    assert settings.pool_fallbacks == {"jetson": PoolFallback("server", 5.0)}
+    for wrong in ("jetson", "jetson=cloud", "server=server", "jetson=server:soon",
+                  "jetson=server:-1"):  # fmt: skip
         with pytest.raises(ValidationError):
             Settings(pools="server,jetson", pool_fallbacks=wrong)
 

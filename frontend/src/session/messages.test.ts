@@ -70,6 +70,7 @@ describe("plain-words errors", () => {
     expect(STATE_LABELS.recovering).toBe("Moving");
     expect(reasonText("client_lost")).toContain("waits for it to come back");
     expect(reasonText("client_reconnected")).toBe("Your browser is connected again.");
+    expect(reasonText("pool_fallback")).toContain("another pool");
     expect(reasonText("recovered")).toContain("moved to another worker");
     expect(endProblem("ended", "client_left")).toBeNull();
   });

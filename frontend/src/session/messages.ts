@@ -246,6 +246,8 @@ export function reasonText(reason: string | null | undefined, messages: readonly
       return "Your browser is connected again.";
     case "recovered":
       return "The call moved to another worker and goes on.";
+    case "pool_fallback":
+      return "Still waiting, now for a worker of another pool that has room.";
     case "idle_timeout":
       return "Ended after a long silence.";
     case "max_duration":
