@@ -71,7 +71,13 @@ fi
 say "installing the worker's dependencies (requirements/worker.txt)"
 "$venv/bin/pip" install --quiet --disable-pip-version-check --require-hashes -r "$SOURCE/requirements/worker.txt"
 say "installing voicepool"
-"$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps "$SOURCE"
+# From a copy of what the package holds, as the image does: pip builds in the source tree,
+# and a checkout should not be left with build/ (nor the venv with the test harness).
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+cp -r "$SOURCE/pyproject.toml" "$SOURCE/README.md" "$SOURCE/api" "$SOURCE/worker" \
+    "$SOURCE/shared" "$SOURCE/voicepool" "$stage/"
+"$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps "$stage"
 "$venv/bin/voicepool" --help >/dev/null
 say "venv: $(du -sh "$venv" | cut -f1)"
 
