@@ -32,6 +32,8 @@ import httpx
 
 from harness.api import connect_webrtc
 from harness.postgres import PostgresServer
+from harness.sentinel import SentinelSet
+from harness.sse import is_final_state, read_events
 from harness.system import System
 from harness.waiting import eventually
 from harness.webrtc_client import allow_loopback_ice
@@ -418,6 +420,86 @@ async def redis_outage(
 # --- worker supervision ----------------------------------------------------------------
 
 
+async def _watch(api: httpx.AsyncClient, url: str, seen: set[tuple[int, str]]) -> None:
+    """Every event a browser following ``url`` is shown, through reconnects (Last-Event-ID),
+    until the session's final state: what users saw, to hold the store against."""
+    last: str | None = None
+    while True:
+        try:
+            for event in await read_events(api, url, last_event_id=last):
+                seen.add((int(event.data["seq"]), event.event))
+                last = event.id or last
+                if is_final_state(event):
+                    return
+            return
+        except (httpx.HTTPError, AssertionError, json.JSONDecodeError):
+            await asyncio.sleep(0.2)  # the API's stream broke with Redis: follow again
+
+
+async def sentinel_failover(system: System, api: httpx.AsyncClient) -> Row:
+    """Redis behind Sentinel (a primary, a replica, three Sentinels): the primary is
+    killed while 4 calls stream audio on 2 workers. Every process knows only the
+    Sentinels. New calls must start once the replica is promoted, the 4 go on, and every
+    event users were shown must be in the store, with no seq missing."""
+    allow_loopback_ice()
+    sentinels: SentinelSet = system.sentinels  # type: ignore[attr-defined]
+    calls = [await _ready_session(api) for _ in range(4)]
+    peers = [
+        await connect_webrtc(api, c["session_id"], str(HELLO_WAV), loop_pause_s=LOOP_PAUSE_S)
+        for c in calls
+    ]
+    await eventually(lambda: _all_status(api, calls, {"connected"}), timeout=20, what="calls")
+    seen: list[set[tuple[int, str]]] = [set() for _ in calls]
+    watchers = [
+        asyncio.create_task(_watch(api, c["events_url"], into))
+        for c, into in zip(calls, seen, strict=True)
+    ]
+    for peer in peers:
+        assert await _rtc_heard(peer, 0, 20), "no echo before the fault"
+    heard = [peer.received_seconds() for peer in peers]
+
+    assert sentinels.primary is not None
+    killed = time.monotonic()
+    sentinels.primary.kill()
+    system.redis_server = sentinels.replica  # the one Sentinels promote (the harness's look)
+    while (created := await api.post("/api/sessions", json={})).status_code != 202:
+        assert time.monotonic() - killed < 60, created.text  # 503 while Redis is away
+        await asyncio.sleep(0.2)
+    fresh = created.json()
+    admitted_s = time.monotonic() - killed
+    await eventually(
+        lambda: _status_is(api, fresh["session_id"], {"ready"}), timeout=60, what="ready"
+    )
+    back_s = time.monotonic() - killed
+    went_on = [await _rtc_heard(p, since, 20) for p, since in zip(peers, heard, strict=True)]
+    still = [await _status_is(api, c["session_id"], {"connected"}) for c in calls]
+    dropped = sum(1 for ok, on in zip(went_on, still, strict=True) if not (ok and on))
+
+    for session in [*calls, fresh]:
+        await api.delete(f"/api/sessions/{session['session_id']}")
+    for peer in peers:
+        await peer.close()
+    await asyncio.wait_for(asyncio.gather(*watchers), 30)
+    await _persisted(system, api, calls)
+    lost = 0
+    for session, shown in zip(calls, seen, strict=True):
+        detail = (await api.get(f"/api/conversations/{session['conversation_id']}")).json()
+        stored = {(e["seq"], e["type"]) for e in detail["events"]
+                  if e["session_id"] == session["session_id"]}  # fmt: skip
+        seqs = sorted(seq for seq, _ in stored)
+        lost += len(shown - stored) + (seqs[-1] - len(seqs) if seqs else 0)  # + seqs missing
+    return Row(
+        "Redis primary kill -9 under Sentinel (1 replica, 3 Sentinels)",
+        "4 WebRTC calls on 2 workers",
+        f"a new session admitted {admitted_s:.1f} s and ready {back_s:.1f} s after the kill; "
+        f"{len(calls) - dropped}/{len(calls)} calls went on (echo after, still connected), "
+        f"{dropped} dropped; {sum(map(len, seen))} events shown to their watchers",
+        lost,
+        back_s,
+        facts={"dropped": dropped, "admitted_s": admitted_s, "back_s": back_s},
+    )
+
+
 async def poll_loop_fails(system: System, api: httpx.AsyncClient) -> Row:
     """Redis refuses the command arq polls with (an ACL change): the worker's poll loop
     fails for good. It must exit non-zero, never be listed with free slots meanwhile,
@@ -782,6 +864,7 @@ DRILLS: dict[str, Callable[[System, httpx.AsyncClient], Awaitable[Row]]] = {
     "concurrent_migrate": concurrent_migrate,
     "postgres_restart": postgres_restart,
     "sqlite_disk_full": sqlite_disk_full,
+    "sentinel_failover": sentinel_failover,
 }
 
 
@@ -819,8 +902,13 @@ async def run(only: list[str]) -> list[Row]:
             settings["VOICEPOOL_DATABASE_URL"] = f"sqlite+aiosqlite:///{mount / 'voicepool.db'}"
         if workers == 0 or postgres or mount:  # sessions wait in the queue; none runs them
             settings["VOICEPOOL_ADMIT_WITHOUT_WORKERS"] = "true"
+        sentinels = SentinelSet(tmp / "redis").start() if name == "sentinel_failover" else None
+        if sentinels:
+            settings["VOICEPOOL_REDIS_URL"] = sentinels.url
         system = System(tmp, settings=settings)
         system.postgres, system.tiny_mount = postgres, mount  # type: ignore[attr-defined]
+        if sentinels:
+            system.sentinels, system.redis_server = sentinels, sentinels.primary  # type: ignore[attr-defined]
         system.start(workers=0 if postgres or mount else workers, capacity=4)
         try:
             token = system.create_user("drill")
@@ -832,6 +920,8 @@ async def run(only: list[str]) -> list[Row]:
             system.stop()
             if postgres:
                 postgres.stop()
+            if sentinels:
+                sentinels.stop()
             if mount:
                 await _run(["umount", str(mount)], check=False)
     return rows
