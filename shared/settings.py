@@ -392,7 +392,7 @@ class Settings(BaseSettings):
             raise ValueError("a fallback's delay is seconds, 0 or more")
         return value
 
-    @field_validator("metrics_token", "metrics_bind", mode="before")
+    @field_validator("metrics_token", "metrics_bind", "turn_secret", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # compose passes ${VAR:-} through as "": that must not mean "the token is empty".
