@@ -135,3 +135,12 @@ soak: install
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info
+
+## Autoscaling under a burst (about 3 minutes): the production ScaledObject's formula
+## (ops/scale/keda_loop.py, with a real Prometheus) starting and draining real workers;
+## results in ops/bench/results/autoscale.md. Debian's prometheus and kubectl when missing.
+.PHONY: autoscale
+autoscale: install
+	@command -v prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; }
+	@command -v kubectl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq kubernetes-client >/dev/null; }
+	$(BIN)/python ops/bench/autoscale.py

@@ -4,7 +4,8 @@
 # prometheus-alertmanager) for the ops-file checks,
 # PostgreSQL for the store tests, Chromium (package chromium) for the web app's
 # browser test (tests/e2e drives /usr/bin/chromium; no browser is downloaded),
-# coturn (turnserver) for the TURN relay test.
+# coturn (turnserver) for the TURN relay test, kubectl (package kubernetes-client) to
+# render deploy/k8s's kustomizations (tests/unit/test_k8s.py; Debian's 1.20 does).
 # Idempotent and quick when everything is present. Needs root (CI runs as root).
 set -euo pipefail
 
@@ -17,6 +18,7 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 command -v caddy >/dev/null 2>&1 || need+=(caddy)
 command -v certutil >/dev/null 2>&1 || need+=(libnss3-tools)
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
+command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
