@@ -4,6 +4,7 @@ Redis; a live call on the other worker is not touched."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 
 async def test_a_drained_worker_is_replaced_and_nothing_else_stops(tmp_path: Path) -> None:
-    port = free_port()
+    port = _free_ports(3)  # the API's, and the two workers' metrics after it
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEPOOL_")}
     env.pop("OPENAI_API_KEY", None)
     env.update(
@@ -100,6 +101,21 @@ def test_a_busy_port_is_said_plainly_before_anything_starts(tmp_path: Path) -> N
     assert f"port {port} on 127.0.0.1 is in use" in ran.stderr and "--port" in ran.stderr
     assert "Bearer" not in ran.stdout + ran.stderr  # no token printed for a system not started
     assert not (tmp_path / "redis").exists()  # nothing was started
+
+
+def _free_ports(count: int) -> int:
+    """A port N with N … N+count-1 all free now (``voicepool dev`` takes N and the ones
+    after it): a free port alone may have a busy neighbour."""
+    while True:
+        port = free_port()
+        with contextlib.ExitStack() as held:
+            try:
+                for candidate in range(port, port + count):
+                    probe = held.enter_context(socket.socket())
+                    probe.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+        return port
 
 
 def _start(args: list[str], env: dict[str, str], out: Path) -> subprocess.Popen[bytes]:
