@@ -71,25 +71,38 @@ def too_many(code: str, message: str, retry_after_s: float) -> ApiError:
     return ApiError(429, code, message, headers={"Retry-After": _seconds(retry_after_s)})
 
 
-# What a worker lacks to run a profile (a setting's name, never its value).
+# What a worker lacks to run a profile or serve a transport (a setting's name, never its
+# value).
 PROFILE_NEEDS = {"assistant": "OPENAI_API_KEY on the workers"}
+TRANSPORT_NEEDS = {"daily": "DAILY_API_KEY on the workers"}
 
 # With no worker in a pool, when one comes is the operator's doing: a worker that is
 # starting joins within about this long.
 NO_WORKERS_RETRY_S = 10.0
 
 
-def refused(pool: str, refusal: AdmissionRefused, queue_ttl: float, profile: str) -> ApiError:
+def refused(
+    pool: str,
+    refusal: AdmissionRefused,
+    queue_ttl: float,
+    profile: str,
+    transport: str = "",
+    lacking: str = "profile",
+) -> ApiError:
     """503 when the pool can't take a session now, for anyone: ``no_workers``,
     ``queue_full`` or ``no_capacity``, with a ``Retry-After`` from the pool's numbers;
-    422 ``profile_unavailable`` when none of its workers runs the session's profile."""
+    422 ``profile_unavailable`` (or ``transport_unavailable``, per ``lacking``) when none
+    of its workers runs the session's profile with its transport."""
     code, amount = refusal.code, refusal.value
     if code == "no_profile":
-        needs = PROFILE_NEEDS.get(profile, "")
+        what = transport if lacking == "transport" else profile
+        table = TRANSPORT_NEEDS if lacking == "transport" else PROFILE_NEEDS
+        needs = table.get(what, "")
+        verb = "serves" if lacking == "transport" else "runs"
         return ApiError(
             422,
-            "profile_unavailable",
-            f"no worker of pool {pool!r} runs profile {profile!r}"
+            f"{lacking}_unavailable",
+            f"no worker of pool {pool!r} {verb} {lacking} {what!r}"
             + (f" (it needs {needs})" if needs else ""),
         )
     if code == "no_workers":

@@ -9,15 +9,23 @@ its poll loop is stuck shows as ``stalled`` with no free slots.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import cast
+
+import redis.asyncio as aioredis
 from pydantic import BaseModel
 
-PROTOCOL = 2
+from shared import keys
+
+PROTOCOL = 3
 """The contract between the API and workers, through Redis: keys, Lua scripts, job and
 event shapes, the heartbeat. An API and workers run together exactly when their numbers
 are equal, whatever their versions (``voicepool_*_info`` and the Operators page show
 both); it goes up when either side would misread the other. 2: workers count their free
 slots, and say which profiles they run, for admission (``keys.pool_slots``); an API of 2
-sees a worker of 1 as none.
+sees a worker of 1 as none. 3: start jobs carry the protocol they were made under, and a
+worker hands back (and drains on) a job of another one; a session can move to its pool's
+fallback while queued (``pool_fallback``).
 """
 
 PROFILES = ("echo", "assistant")
@@ -46,6 +54,8 @@ class WorkerBeat(BaseModel):
     """``PROTOCOL`` of the worker's code (0: one from before the number existed)."""
     profiles: list[str] = []
     """The bot profiles this worker can run (``assistant`` only with a model key)."""
+    transports: list[str] = []
+    """The transports it can serve (``daily`` only with a Daily key)."""
     capacity: int
     active: int
     draining: bool = False
@@ -55,6 +65,11 @@ class WorkerBeat(BaseModel):
     ts: float
     polled_at: float | None = None
     """When the worker's queue poll loop last completed a round (None: an older worker)."""
+
+    @property
+    def serves(self) -> list[str]:
+        """What admission matches a session's profile and transport against."""
+        return [*self.profiles, *self.transports]
 
     @property
     def poll_age(self) -> float | None:
@@ -74,3 +89,10 @@ class WorkerBeat(BaseModel):
     def free_slots(self) -> int:
         """Sessions this worker would take now, as of this beat."""
         return max(self.serving_capacity - self.active, 0)
+
+
+async def live_beats(redis: aioredis.Redis) -> list[WorkerBeat]:
+    """The heartbeats of the workers alive now (a beat's key expires with its worker)."""
+    ids = sorted(await cast("Awaitable[set[str]]", redis.smembers(keys.WORKERS)))
+    beats = await redis.mget([keys.worker(i) for i in ids]) if ids else []
+    return [WorkerBeat.model_validate_json(beat) for beat in beats if beat is not None]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -93,7 +93,20 @@ end
 # 'no_profile' and the workers seen, none of which runs the session's profile;
 # 'queue_full' and the sessions waiting; 'no_capacity' and the expected wait (ms);
 # 'owner_limit' and the limit. ``starts``: starts in the window (for Retry-After).
-_ADMIT_FN = """
+# Does a worker that serves ``serves`` (comma-separated: its profiles and transports) have
+# each of ``needs`` (comma-separated; none: anything does)?
+_SERVES_FN = """
+local function serves_all(serves, needs)
+  for need in string.gmatch(needs, '[^,]+') do
+    if not string.find(',' .. serves .. ',', ',' .. need .. ',', 1, true) then return false end
+  end
+  return true
+end
+"""
+
+_ADMIT_FN = (
+    _SERVES_FN
+    + """
 local function admit(k, first)
   local k_slots, k_queue, k_admitting, k_starts, k_owner =
     KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
@@ -102,15 +115,15 @@ local function admit(k, first)
   local workers_required, beat_prefix = ARGV[first + 3] == '1', ARGV[first + 4]
   local min_starts, window = tonumber(ARGV[first + 5]), tonumber(ARGV[first + 6])
   local admitting_s, owner_limit = tonumber(ARGV[first + 7]), tonumber(ARGV[first + 8])
-  local profile = ',' .. ARGV[first + 9] .. ','
+  local needs = ARGV[first + 9]
   local offered, free, seen, runs = 0, 0, 0, 0
   local slots = redis.call('HGETALL', k_slots)
   for i = 1, #slots, 2 do
     if redis.call('EXISTS', beat_prefix .. slots[i]) == 1 then
-      local o, f, profiles = string.match(slots[i + 1], '^(%d+) (%d+) ?(.*)$')
+      local o, f, serves = string.match(slots[i + 1], '^(%d+) (%d+) ?(.*)$')
       seen = seen + 1
-      -- Only a worker that runs the session's profile offers it a slot.
-      if profile == ',,' or string.find(',' .. profiles .. ',', profile, 1, true) then
+      -- Only a worker that runs the session's profile and transport offers it a slot.
+      if serves_all(serves, needs) then
         runs, offered, free = runs + 1, offered + tonumber(o), free + tonumber(f)
       end
     else
@@ -134,6 +147,7 @@ local function admit(k, first)
   return {'ok', ahead > 0 and waiting + 1 or 0, starts}
 end
 """
+)
 
 _ADMIT = _ADMIT_FN + "return admit(1, 1)"
 
@@ -255,21 +269,21 @@ return out
 # ARGV: 1..3 the head, 4 from pool, 5 to pool, 6 heartbeat key prefix, 7 after (seconds)
 _SPILL = (
     _PUBLISH_FN
+    + _SERVES_FN
     + """
-local s = redis.call('HMGET', KEYS[1], 'state', 'pool', 'job_id', 'created_ts', 'profile')
+local s = redis.call('HMGET', KEYS[1], 'state', 'pool', 'job_id', 'created_ts', 'profile',
+                     'transport')
 if s[1] ~= 'queued' or s[2] ~= ARGV[4] then return 0 end
 if tonumber(ARGV[3]) - tonumber(s[4] or ARGV[3]) < tonumber(ARGV[7]) then return 0 end
 local job = s[3] or ARGV[1]
 local place = redis.call('ZSCORE', KEYS[6], job)
 if not place then return 0 end
-local profile, free = ',' .. (s[5] or '') .. ',', 0
+local needs, free = (s[5] or '') .. ',' .. (s[6] or ''), 0
 local slots = redis.call('HGETALL', KEYS[8])
 for i = 1, #slots, 2 do
   if redis.call('EXISTS', ARGV[6] .. slots[i]) == 1 then
-    local _, f, profiles = string.match(slots[i + 1], '^(%d+) (%d+) ?(.*)$')
-    if profile == ',,' or string.find(',' .. profiles .. ',', profile, 1, true) then
-      free = free + tonumber(f)
-    end
+    local _, f, serves = string.match(slots[i + 1], '^(%d+) (%d+) ?(.*)$')
+    if serves_all(serves, needs) then free = free + tonumber(f) end
   end
 end
 if free == 0 then return 0 end
@@ -332,7 +346,7 @@ class AdmissionPolicy:
     """Fewer starts than this in the window say too little about the wait to refuse on it
     (a pool that was idle has few starts, not a long wait)."""
 
-    def args(self, now: float, owner_limit: int, profile: str = "") -> list[Any]:
+    def args(self, now: float, owner_limit: int, needs: Sequence[str] = ()) -> list[Any]:
         return [
             repr(now),
             self.max_waiting,
@@ -343,7 +357,7 @@ class AdmissionPolicy:
             self.window_s,
             ADMITTING_S,
             owner_limit,
-            profile,
+            ",".join(n for n in needs if n),
         ]
 
 
@@ -421,14 +435,15 @@ class LiveSessions:
         policy: AdmissionPolicy,
         *,
         owner_limit: int = 0,
-        profile: str = "",
+        needs: Sequence[str] = (),
     ) -> int:
         """Would ``pool`` take a session of ``owner``'s now? Its place in the queue (0: a
-        slot is free), or ``AdmissionRefused`` / ``OwnerLimitReached``. A cheap look before
-        any work is done; ``create`` decides again, atomically."""
+        slot is free), or ``AdmissionRefused`` / ``OwnerLimitReached``. ``needs``: the
+        session's profile and transport, which a worker must serve to count. A cheap look
+        before any work is done; ``create`` decides again, atomically."""
         reply = await self._admit(
             keys=_admission_keys(pool, owner),
-            args=policy.args(time.time(), owner_limit, profile),
+            args=policy.args(time.time(), owner_limit, needs),
         )
         return _admitted(reply, policy)
 
@@ -460,7 +475,9 @@ class LiveSessions:
                 str(state),
                 str(reason),
                 json.dumps({**fields, "owner": owner}),
-                *admission.args(now, owner_limit, fields.get("profile", "")),
+                *admission.args(
+                    now, owner_limit, (fields.get("profile", ""), fields.get("transport", ""))
+                ),
             ],
         )
         try:
@@ -631,7 +648,7 @@ class LiveSessions:
                 alive_ms(self.heartbeat_ttl),
                 _OWNED,
                 beat.model_dump_json() if beat is not None else "",
-                f"{beat.serving_capacity} {beat.free_slots} {','.join(beat.profiles)}"
+                f"{beat.serving_capacity} {beat.free_slots} {','.join(beat.serves)}"
                 if beat is not None
                 else "",
             ],

@@ -17,6 +17,7 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 
 from shared import keys
+from shared.fleet import PROTOCOL
 from shared.lifecycle import Reason, SessionState
 from shared.live import START_RATE_WINDOW_S, LiveSessions
 
@@ -41,9 +42,12 @@ async def enqueue_start(
     job_id: str,
     expires_s: float,
     place: float | None = None,
+    protocol: int = PROTOCOL,
 ) -> None:
     """Queue the session's start job: at the back of its pool's queue, or, with ``place``
     (a Unix time, e.g. when the session was created), before everything queued after it.
+    The job carries the fleet ``protocol`` it was made under: a worker of another one
+    puts it back rather than run it (a job handed back keeps the one it came with).
 
     arq orders a queue by the time a job may run; a time in the past runs at once, in
     that order (arq skips a score of 0, hence the floor)."""
@@ -51,6 +55,7 @@ async def enqueue_start(
     await arq.enqueue_job(
         START_JOB,
         session_id,
+        protocol,
         _job_id=job_id,
         _queue_name=keys.queue(pool),
         _expires=expires_s,

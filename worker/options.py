@@ -182,6 +182,10 @@ class WorkerOptions:
     def profiles(self) -> list[str]:
         return ["echo", "assistant"] if self.assistant.api_key else ["echo"]
 
+    @property
+    def transports(self) -> list[str]:
+        return ["webrtc", "websocket", "daily"] if self.daily_api_key else ["webrtc", "websocket"]
+
     def advertised_ws_url(self, port: int | str) -> str:
         """Where clients reach the WebSocket listener bound to ``port``.
 

@@ -71,14 +71,19 @@ BEAT_COALESCE_S = 0.05  # beats asked for during a beat wait this long: one for 
 # Counting every task walks them all (hundreds at 24 calls): every 30th beat is enough to
 # show a leak, and keeps it out of the beat a burst of starts asks for.
 TASK_COUNT_EVERY = 30
+PROTOCOL_CHECK_EVERY = 10  # heartbeats between two looks at the API's protocol
 
 
-async def start_session(ctx: dict[str, Any], session_id: str) -> str:
-    """The arq job: take a queued session and bring it to ``ready``."""
+async def start_session(ctx: dict[str, Any], session_id: str, protocol: int = 0) -> str:
+    """The arq job: take a queued session and bring it to ``ready``. ``protocol``: the
+    fleet protocol the job was made under (0: before jobs carried it)."""
     if ctx["job_try"] > 1:
         # A start that died half-way is not retried: its session is failed by the reaper.
         return "not retried"
     worker: VoicepoolWorker = ctx["voicepool"]
+    if protocol != PROTOCOL:  # an API of another protocol made it: not ours to read
+        await worker.hand_back(session_id, ctx["redis"], protocol)
+        return "another protocol's"
     return await worker.start_session(session_id, ctx["redis"])
 
 
@@ -468,7 +473,29 @@ class VoicepoolWorker:
         with contextlib.suppress(Exception):  # only the queue's wait estimate misses it
             await record_start(self.redis, self.options.pool, session_id)
 
-    async def _requeue(self, session_id: str, arq_redis: Any) -> None:
+    async def hand_back(self, session_id: str, arq_redis: Any, protocol: int) -> None:
+        """A start job of another protocol: back in the queue as it came (its place, its
+        protocol) for a worker that speaks it, and this worker, whose fleet moved on,
+        drains."""
+        await self._requeue(session_id, arq_redis, protocol=protocol)
+        self.outdated(str(protocol))
+
+    def outdated(self, theirs: str) -> None:
+        """The fleet's API speaks another protocol now: take no more sessions; the live
+        ones move or finish (a drain), and the worker exits."""
+        if self.draining:
+            return
+        log.critical(
+            "worker %s speaks protocol %d and this fleet now %s: draining (run a voicepool of "
+            "the API's protocol, see README, Versions)",
+            self.id,
+            PROTOCOL,
+            theirs,
+        )
+        self.draining = True  # from now: no poll takes another job (drain() follows)
+        self._spawn(self.drain())
+
+    async def _requeue(self, session_id: str, arq_redis: Any, *, protocol: int = PROTOCOL) -> None:
         """Hand a session we cannot run back to the pool's queue, keeping its place."""
         record = SessionRecord.from_hash(await self.live.get(session_id))
         if record is None or record.state not in WAITING_STATES:
@@ -488,6 +515,7 @@ class VoicepoolWorker:
             job_id=job_id,
             expires_s=REQUEUE_EXPIRES_S,
             place=record.created_ts,
+            protocol=protocol,
         )
 
     def _websocket_session(self, session_id: str) -> WebSocketSessionTransport | None:
@@ -530,6 +558,7 @@ class VoicepoolWorker:
             version=self.options.version,
             protocol=PROTOCOL,
             profiles=self.options.profiles,
+            transports=self.options.transports,
             capacity=self.options.capacity,
             active=len(self.sessions),
             draining=self.draining or self.supervisor.failed.is_set(),
@@ -567,6 +596,15 @@ class VoicepoolWorker:
                 )
                 runner.let_go(Reason.WORKER_LOST)
 
+    async def _check_protocol(self) -> None:
+        """The API of an upgraded fleet records its protocol: a worker of the old one
+        drains instead of taking sessions it would misread (between two checks, the jobs
+        it takes say so themselves)."""
+        with contextlib.suppress(Exception):  # Redis away: the next check
+            theirs = await self.redis.get(keys.PROTOCOL)
+            if theirs is not None and int(theirs) != PROTOCOL:
+                self.outdated(theirs)
+
     async def _heartbeat_once(self) -> None:
         with contextlib.suppress(Exception):  # the loop's next beat covers a failure
             await self._heartbeat()
@@ -577,6 +615,8 @@ class VoicepoolWorker:
             self._beat_soon.clear()
             if beats % TASK_COUNT_EVERY == 0:
                 self._task_count = len(asyncio.all_tasks())  # a leak shows here first
+            if beats % PROTOCOL_CHECK_EVERY == 0 and beats:
+                await self._check_protocol()
             beats += 1
             try:
                 await self._heartbeat()

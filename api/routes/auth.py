@@ -69,6 +69,11 @@ def profile_info(settings: Settings) -> dict[str, ProfileInfo]:
     }
 
 
+class PoolOffer(BaseModel):
+    profiles: list[str] = Field(description="What the pool's live workers run.")
+    transports: list[str] = Field(description="What they serve (and this API offers).")
+
+
 class ServerConfig(BaseModel):
     profiles: list[str]
     profile_info: dict[str, ProfileInfo] = Field(
@@ -80,6 +85,11 @@ class ServerConfig(BaseModel):
     default_profile: str
     transports: list[str]
     pools: list[str]
+    pool_offers: dict[str, PoolOffer] = Field(
+        default_factory=dict,
+        description="Per pool with live workers: the profiles and transports they serve "
+        "(a session asking for another is refused with 422).",
+    )
     default_pool: str
     ice_servers: list[IceServer] = Field(
         description="`RTCConfiguration.iceServers`: STUN, and TURN with a credential minted "
@@ -165,6 +175,21 @@ async def offered_profiles(state: AppState) -> list[str]:
     return [p for p in PROFILES if p in running]
 
 
+async def pool_offers(state: AppState) -> dict[str, PoolOffer]:
+    """Per pool, what its live workers of this API's protocol serve; transports only those
+    this API offers too (its settings are the ceiling: Daily needs the API's key)."""
+    offered = state.settings.available_transports
+    offers: dict[str, PoolOffer] = {}
+    for beat in await live_beats(state):
+        if beat.protocol != PROTOCOL or beat.pool not in state.settings.pools:
+            continue
+        offer = offers.setdefault(beat.pool, PoolOffer(profiles=[], transports=[]))
+        offer.profiles = [p for p in PROFILES if p in {*offer.profiles, *beat.profiles}]
+        served = {*offer.transports, *beat.transports}
+        offer.transports = [t for t in offered if t in served]
+    return offers
+
+
 @router.get("/config", response_model=ServerConfig)
 async def server_config(user: CurrentUser, state: StateDep) -> ServerConfig:
     """What a client may choose here: profiles, transports, pools, ICE servers."""
@@ -182,6 +207,7 @@ async def server_config(user: CurrentUser, state: StateDep) -> ServerConfig:
         assistant_name=settings.assistant_name,
         transports=settings.available_transports,
         pools=list(settings.pools),
+        pool_offers=await pool_offers(state),
         default_pool=settings.default_pool,
         ice_servers=ice.for_user(settings, user.id),
         grafana_url=settings.grafana_url,

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
-from typing import Annotated, cast
+from typing import Annotated
 
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, Field
 
 from api.deps import AdminUser, StateDep
 from api.errors import ApiError
-from shared import control, keys
+from shared import control, fleet, keys
 from shared.fleet import PROTOCOL, WorkerBeat
 from shared.queue import estimate_wait
 
@@ -56,9 +55,7 @@ class DrainRequest(BaseModel):
 
 
 async def live_beats(state: StateDep) -> list[WorkerBeat]:
-    ids = sorted(await cast("Awaitable[set[str]]", state.redis.smembers(keys.WORKERS)))
-    beats = await state.redis.mget([keys.worker(i) for i in ids]) if ids else []
-    return [WorkerBeat.model_validate_json(beat) for beat in beats if beat is not None]
+    return await fleet.live_beats(state.redis)
 
 
 def _worker_out(beat: WorkerBeat, now: float) -> WorkerOut:

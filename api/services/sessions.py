@@ -30,7 +30,7 @@ from api.events import wait_for_state
 from api.schemas import IcePatch, SdpOffer, SessionCreate, SessionOut, sdp_offer_problem
 from api.services import ownership
 from shared import control, keys, queue
-from shared.fleet import PROFILES
+from shared.fleet import PROFILES, PROTOCOL, live_beats
 from shared.history import transcript_history
 from shared.ids import new_id
 from shared.lifecycle import (
@@ -144,7 +144,7 @@ async def create(
         await _remove(state, db, row, conversation if new_conversation else None)
         if isinstance(exc, OwnerLimitReached):
             raise _too_many(pool, exc.limit) from exc
-        raise _refused(state, pool, exc, row.profile) from exc
+        raise await _refused(state, pool, exc, (row.profile, row.transport)) from exc
     except Exception as exc:
         await _mark_failed(state, db, row, Reason.QUEUE_UNAVAILABLE)
         raise ApiError(503, "queue_unavailable", "the session queue is unreachable") from exc
@@ -166,7 +166,7 @@ async def _admit(state: AppState, user: User, request: SessionCreate) -> tuple[s
         raise ApiError(422, "unknown_pool", f"no pool {pool!r}; pools: {', '.join(settings.pools)}")
 
     try:  # a first look, before the rows are written; _go_live decides, atomically
-        pool = await _admitting_pool(state, user, pool, profile)
+        pool = await _admitting_pool(state, user, pool, (profile, request.transport))
     except OwnerLimitReached as exc:
         raise _too_many(pool, exc.limit) from None
     return profile, pool
@@ -255,25 +255,23 @@ async def _mark_failed(
         await db.commit()
 
 
-async def _admitting_pool(state: AppState, user: User, pool: str, profile: str) -> str:
+async def _admitting_pool(state: AppState, user: User, pool: str, needs: tuple[str, str]) -> str:
     """``pool``, or its fallback (VOICEPOOL_POOL_FALLBACKS) when ``pool`` can't take the
     session and the fallback can: a Jetson pool whose board is down spills to the server.
     Raises the requested pool's refusal when neither can."""
     settings = state.settings
     policy, limit = admission(settings), settings.max_sessions_per_user
     try:
-        await state.live.admit(pool, user.id, policy, owner_limit=limit, profile=profile)
+        await state.live.admit(pool, user.id, policy, owner_limit=limit, needs=needs)
         return pool
     except AdmissionRefused as refusal:
         fallback = settings.pool_fallbacks[pool].pool if pool in settings.pool_fallbacks else None
         if fallback is not None:
             with contextlib.suppress(AdmissionRefused):
-                await state.live.admit(
-                    fallback, user.id, policy, owner_limit=limit, profile=profile
-                )
+                await state.live.admit(fallback, user.id, policy, owner_limit=limit, needs=needs)
                 metrics.SESSIONS_SPILLED.labels(pool=pool, to=fallback, reason=refusal.code).inc()
                 return fallback
-        raise _refused(state, pool, refusal, profile) from None
+        raise await _refused(state, pool, refusal, needs) from None
 
 
 def admission(settings: Settings) -> AdmissionPolicy:
@@ -284,9 +282,19 @@ def admission(settings: Settings) -> AdmissionPolicy:
     )
 
 
-def _refused(state: AppState, pool: str, refusal: AdmissionRefused, profile: str) -> ApiError:
+async def _refused(
+    state: AppState, pool: str, refusal: AdmissionRefused, needs: tuple[str, str]
+) -> ApiError:
     metrics.SESSIONS_REFUSED.labels(pool=pool, reason=refusal.code).inc()
-    return refused(pool, refusal, state.settings.queue_ttl, profile)
+    profile, transport = needs
+    lacking = "profile"
+    if refusal.code == "no_profile":  # no worker serves both: say which one is missing
+        beats = [
+            b for b in await live_beats(state.redis) if b.pool == pool and b.protocol == PROTOCOL
+        ]
+        if any(profile in b.profiles for b in beats):
+            lacking = "transport"
+    return refused(pool, refusal, state.settings.queue_ttl, profile, transport, lacking)
 
 
 def _too_many(pool: str, limit: int) -> ApiError:

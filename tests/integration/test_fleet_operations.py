@@ -8,9 +8,12 @@ import signal
 import time
 
 import pytest
+from arq.jobs import Job
 
 from harness.api import api_client, create_session, wait_for_status
 from harness.waiting import eventually
+from shared import keys, queue
+from shared.connections import arq_pool
 from shared.fleet import PROTOCOL
 
 pytestmark = pytest.mark.slow
@@ -239,3 +242,37 @@ async def test_a_worker_of_another_protocol_refuses_to_join(make_system) -> None
     code = await asyncio.to_thread(newcomer.wait, 60)
     assert code == 1
     assert f"speaks protocol {PROTOCOL} and this fleet's API {PROTOCOL + 1}" in system.log_tail()
+    # The worker that was already running sees it too, within a few heartbeats, and
+    # drains (nothing to move here), then exits.
+    assert await asyncio.to_thread(system.workers[0].wait, 30) == 0
+    assert f"and this fleet now {PROTOCOL + 1}: draining" in system.log_tail(200)
+
+
+async def test_a_start_job_of_another_protocol_is_handed_back_as_it_came(make_system) -> None:
+    """A job an API of another protocol queued (a fleet mid-upgrade): the worker doesn't
+    run it. It puts it back in its place, still of that protocol, for a worker that speaks
+    it, and drains."""
+    system = make_system(workers=0, VOICEPOOL_ADMIT_WITHOUT_WORKERS="true")
+    async with api_client(system, system.create_user("ivo")) as api:
+        session = await create_session(api, profile="echo")
+    sid = session["session_id"]
+    assert system.redis_server is not None
+    arq = await arq_pool(system.redis_server.url)
+    try:
+        await queue.remove_start(arq, "server", sid)  # the API's job, made as a newer one
+        await queue.enqueue_start(arq, sid, "server", job_id=f"{sid}.n", expires_s=60,
+                                  place=1.0, protocol=PROTOCOL + 1)  # fmt: skip
+        with system.redis as r:
+            r.hset(keys.session(sid), "job_id", f"{sid}.n")
+        worker = system.start_worker(capacity=1)
+        assert await asyncio.to_thread(worker.wait, 60) == 0  # drained and gone
+        with system.redis as r:
+            state, job_id, created = r.hmget(keys.session(sid), ["state", "job_id", "created_ts"])
+            assert state == "queued" and job_id != f"{sid}.n"  # back in the queue, anew
+            place = r.zscore(keys.queue("server"), job_id)
+            assert place == pytest.approx(float(created) * 1000, abs=1)  # by its arrival
+        job = await Job(job_id, arq, _queue_name=keys.queue("server")).info()
+        assert job is not None and job.args == (sid, PROTOCOL + 1)  # as it came
+    finally:
+        await arq.aclose()
+    assert "draining (run a voicepool of the API's protocol" in system.log_tail(200)

@@ -23,11 +23,13 @@ def _beat(
     active: int = 0,
     draining: bool = False,
     profiles: tuple[str, ...] = ("echo",),
+    transports: tuple[str, ...] = ("webrtc", "websocket"),
 ):
     now = time.time()
     return WorkerBeat(
         id=worker_id, pool=POOL, host="h", capacity=capacity, active=active,
         draining=draining, ts=now, polled_at=now, protocol=PROTOCOL, profiles=list(profiles),
+        transports=list(transports),
     )  # fmt: skip
 
 
@@ -166,6 +168,37 @@ async def test_only_workers_that_run_the_profile_offer_it_slots(redis) -> None:
     assert await create("a1", "assistant") == 0  # the server's free slots, not the board's
 
 
+async def test_a_transport_no_worker_serves_is_refused_by_name(make_api) -> None:
+    """The API offers Daily (it has the key); the pool's workers don't (they lack it)."""
+    async with make_api(admit_without_workers=False, daily_api_key="k") as api:
+        token = await api.token("ivo")
+        await api.state.live.keep_alive("board", [], beat=_beat("board"))
+        config = (await api.client.get("/api/config", headers=api.auth(token))).json()
+        assert config["pool_offers"][POOL]["transports"] == ["webrtc", "websocket"]
+        body = {"transport": "daily", "profile": "echo"}
+        refused = await api.client.post("/api/sessions", json=body, headers=api.auth(token))
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"]["code"] == "transport_unavailable"
+        assert "DAILY_API_KEY on the workers" in refused.json()["detail"]["message"]
+
+
+async def test_only_workers_that_serve_the_transport_offer_it_slots(redis) -> None:
+    live = LiveSessions(redis)
+    policy = AdmissionPolicy(max_waiting=10, queue_ttl=30)
+
+    async def create(sid: str, transport: str) -> int:
+        fields = {"conversation_id": "c", "pool": POOL, "profile": "echo", "transport": transport}
+        return await live.create(sid, f"o-{sid}", fields, admission=policy)
+
+    await live.keep_alive("board", [], beat=_beat("board", capacity=1))  # no Daily key
+    with pytest.raises(AdmissionRefused) as refused:
+        await create("d1", "daily")
+    assert refused.value.code == "no_profile"  # no worker serves what it needs
+    assert await create("w1", "webrtc") == 0
+    await live.keep_alive("server", [], beat=_beat("server", transports=("webrtc", "daily")))
+    assert await create("d1", "daily") == 0
+
+
 async def test_what_the_workers_run_is_what_the_api_offers(make_api) -> None:
     """The API has no model key; a worker that has one makes the assistant available,
     and a pool whose workers can't run it refuses it plainly."""
@@ -192,5 +225,8 @@ async def test_what_the_workers_run_is_what_the_api_offers(make_api) -> None:
         config = (await api.client.get("/api/config", headers=api.auth(token))).json()
         assert config["profiles"] == ["echo", "assistant"]
         assert config["default_profile"] == "assistant"
+        assert config["pool_offers"] == {
+            POOL: {"profiles": ["echo", "assistant"], "transports": ["webrtc", "websocket"]}
+        }
         started = await api.client.post("/api/sessions", json=body, headers=api.auth(token))
         assert started.status_code == 202, started.text

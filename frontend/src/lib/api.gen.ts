@@ -713,6 +713,19 @@ export interface components {
              */
             offer_url: string;
         };
+        /** PoolOffer */
+        PoolOffer: {
+            /**
+             * Profiles
+             * @description What the pool's live workers run.
+             */
+            profiles: string[];
+            /**
+             * Transports
+             * @description What they serve (and this API offers).
+             */
+            transports: string[];
+        };
         /** PoolOut */
         PoolOut: {
             /** Active */
@@ -796,6 +809,13 @@ export interface components {
              * @description `RTCConfiguration.iceServers`: STUN, and TURN with a credential minted for this request (valid `VOICEPOOL_TURN_TTL`).
              */
             ice_servers: components["schemas"]["IceServer"][];
+            /**
+             * Pool Offers
+             * @description Per pool with live workers: the profiles and transports they serve (a session asking for another is refused with 422).
+             */
+            pool_offers?: {
+                [key: string]: components["schemas"]["PoolOffer"];
+            };
             /** Pools */
             pools: string[];
             /**
