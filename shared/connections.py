@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import secrets
@@ -138,15 +139,13 @@ async def arq_pool(url: str) -> ArqRedis:
         return await create_pool(arq_redis_settings(url))
     pool = _primary(sentinel, ArqRedis, retry=_retry(), retry_on_error=RETRY_ERRORS,
                     socket_connect_timeout=2)  # fmt: skip
-    for attempt in range(ARQ_CONNECT_TRIES):
-        try:
+    for _ in range(ARQ_CONNECT_TRIES - 1):
+        with contextlib.suppress(*RETRY_ERRORS, OSError):
             await pool.ping()
             return pool
-        except (*RETRY_ERRORS, OSError):
-            if attempt == ARQ_CONNECT_TRIES - 1:
-                raise
-            await asyncio.sleep(1)
-    raise AssertionError("unreachable")
+        await asyncio.sleep(1)
+    await pool.ping()  # the last try: its error is the caller's
+    return pool
 
 
 _URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+")
