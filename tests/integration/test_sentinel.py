@@ -81,8 +81,7 @@ async def test_the_primary_dies_mid_call_and_calls_go_on(tmp_path: Path, hello_w
 
             # The first call went on through the failover: still connected, echo coming.
             await first_peer.wait_for_audio(min_rms=ECHO_RMS, timeout=20, start_s=heard_before)
-            status = (await api.get(f"/api/sessions/{first['session_id']}")).json()["status"]
-            assert status == "connected", status
+            await wait_for_status(api, first["session_id"], {"connected"}, timeout=20)
 
             for session, peer in ((first, first_peer), (second, second_peer)):
                 await api.delete(f"/api/sessions/{session['session_id']}")
