@@ -195,25 +195,29 @@ class Reaper:
                 if await self._ended(sid, Reason.NO_CAPACITY, self.live.expire(sid)):
                     await queue.remove_start(self.redis, pool, job_id)
                     outcome = Reason.NO_CAPACITY
-            elif state == SessionState.QUEUED and await self._spilled(sid, pool):
-                outcome = Reason.POOL_FALLBACK  # still queued, in the fallback's queue now
+            elif state == SessionState.QUEUED and await self._spilled(sid, pool, fields, now):
+                # Still queued, in the fallback's queue now: counted there.
+                self._still_live.append((self.spill_after[pool][0], state))
+                continue
             elif state == SessionState.QUEUED:
                 waiting.append((sid, pool, job_id, fields["queue_position"]))
             if outcome is not None:
                 done.append((sid, outcome))
             if state is not None and outcome in (None, SessionState.RECOVERING):
                 self._still_live.append((pool, outcome or state))  # still live after this sweep
-            elif outcome == Reason.POOL_FALLBACK:
-                self._still_live.append((self.spill_after[pool][0], SessionState.QUEUED))
         await self._tell_positions(waiting)
         return done
 
-    async def _spilled(self, sid: str, pool: str) -> bool:
+    async def _spilled(
+        self, sid: str, pool: str, fields: dict[str, str | None], now: float
+    ) -> bool:
         """Move a session queued long enough to its pool's fallback, if a worker there has
         a free slot (VOICEPOOL_POOL_FALLBACKS=pool=fallback:seconds); wake that worker."""
         if pool not in self.spill_after:
             return False
         to, after = self.spill_after[pool]
+        if now - float(fields["created_ts"] or now) < after:  # not yet: no round trip
+            return False
         if not await self.live.spill(sid, pool, to, after):
             return False
         await queue.ring(self.redis, to)
