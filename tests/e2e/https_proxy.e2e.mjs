@@ -12,20 +12,10 @@
 //                 CA, the way a user trusts it: no certificate error is ignored
 // Exits non-zero on the first failed step, after a screenshot of the page.
 
-import { createRequire } from "node:module";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
-const require = createRequire(path.join(ROOT, "frontend", "package.json"));
-const { chromium } = require("playwright-core");
-
-const env = (name, fallback) => {
-  const value = process.env[name] ?? fallback;
-  if (value === undefined || value === "") throw new Error(`set ${name}`);
-  return value;
-};
+import { ROOT, chromium, chromiumArgs, elapsed, env, note, observations, step, waitFor } from "./browser.mjs";
 const SITE_URL = new URL(env("SITE_URL"));
 const USER_TOKEN = env("USER_TOKEN");
 const FIXTURE_WAV = path.resolve(env("FIXTURE_WAV"));
@@ -34,53 +24,12 @@ const CHROMIUM = env("CHROMIUM", "/usr/bin/chromium");
 const MIN_BOT_RMS = 0.01; // the fixture's speech is ~0.03-0.05 RMS; silence ~0
 
 mkdirSync(ARTIFACTS, { recursive: true });
-const t0 = Date.now();
-const observations = {};
 const problems = [];
-
-function note(key, value) {
-  observations[key] = value;
-  console.log(`  · ${key}: ${typeof value === "object" ? JSON.stringify(value) : value}`);
-}
-
-async function step(name, fn) {
-  const started = Date.now();
-  try {
-    const result = await fn();
-    console.log(`✓ ${name} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
-    return result;
-  } catch (error) {
-    console.log(`✗ ${name}`);
-    throw Object.assign(error instanceof Error ? error : new Error(String(error)), { step: name });
-  }
-}
-
-async function waitFor(what, check, { timeout = 15000, interval = 100 } = {}) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    const last = await check();
-    if (last) return last;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeout / 1000} s waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, interval));
-  }
-}
 
 const voiceState = (page) => page.evaluate(() => window.__voicepool?.state() ?? null);
 
-const args = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--no-first-run",
-  "--disable-quic",
-  "--use-fake-ui-for-media-stream",
-  "--use-fake-device-for-media-stream",
-  `--use-file-for-fake-audio-capture=${FIXTURE_WAV}`,
-  // The site's name resolves to this machine, as a LAN name would to the server.
-  `--host-resolver-rules=MAP ${SITE_URL.hostname} 127.0.0.1`,
-];
+// The site's name resolves to this machine, as a LAN name would to the server.
+const args = chromiumArgs(FIXTURE_WAV, `--host-resolver-rules=MAP ${SITE_URL.hostname} 127.0.0.1`);
 
 let browser;
 let page;
@@ -183,7 +132,7 @@ try {
   await step("no console errors, page errors or failed requests", async () => {
     if (problems.length) throw new Error(problems.join("\n"));
   });
-  console.log(`passed in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  console.log(`passed in ${elapsed()} s`);
   console.log(`OBSERVATIONS ${JSON.stringify(observations)}`);
 } catch (error) {
   exitCode = 1;

@@ -17,22 +17,22 @@
 //   CHROMIUM      (optional) the browser, default /usr/bin/chromium
 // Exits non-zero on the first failed step, after a screenshot of the page.
 
-import { createRequire } from "node:module";
 import { mkdirSync, readFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
-// playwright-core is a dev dependency of the frontend: resolve it from there.
-const require = createRequire(path.join(ROOT, "frontend", "package.json"));
-const { chromium } = require("playwright-core");
-
-const env = (name, fallback) => {
-  const value = process.env[name] ?? fallback;
-  if (value === undefined || value === "") throw new Error(`set ${name}`);
-  return value;
-};
+import {
+  ROOT,
+  chromium,
+  chromiumArgs,
+  elapsed,
+  env,
+  frontendRequire,
+  note,
+  observations,
+  step,
+  waitFor,
+} from "./browser.mjs";
 const API_URL = new URL(env("BASE_URL"));
 const USER_TOKEN = env("USER_TOKEN");
 const OTHER_TOKEN = env("OTHER_TOKEN");
@@ -81,38 +81,7 @@ async function startRelay(target) {
 }
 const relay = await startRelay(API_URL);
 const BASE_URL = relay.url;
-const t0 = Date.now();
-const elapsed = () => ((Date.now() - t0) / 1000).toFixed(1);
-const observations = {};
 const problems = []; // console errors, page errors, failed requests
-
-function note(key, value) {
-  observations[key] = value;
-  console.log(`  · ${key}: ${typeof value === "object" ? JSON.stringify(value) : value}`);
-}
-
-async function step(name, fn) {
-  const started = Date.now();
-  try {
-    const result = await fn();
-    console.log(`✓ ${name} (${((Date.now() - started) / 1000).toFixed(1)} s, at ${elapsed()} s)`);
-    return result;
-  } catch (error) {
-    console.log(`✗ ${name} (after ${((Date.now() - started) / 1000).toFixed(1)} s)`);
-    throw Object.assign(error instanceof Error ? error : new Error(String(error)), { step: name });
-  }
-}
-
-async function waitFor(what, check, { timeout = 15000, interval = 100 } = {}) {
-  const deadline = Date.now() + timeout;
-  let last;
-  for (;;) {
-    last = await check();
-    if (last) return last;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeout / 1000} s waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, interval));
-  }
-}
 
 // Chrome logs every 4xx answer as a console error ("Failed to load resource"). These
 // are expected: /api/me before signing in (401), and the other user's look at the
@@ -159,7 +128,7 @@ const shot = (page, name) => page.screenshot({ path: path.join(ARTIFACTS, name),
 // axe-core, run in the page through the DevTools protocol (page.evaluate is not held to the
 // page's CSP, which rightly refuses injected scripts). Every page and state the steps
 // visit is checked against WCAG 2.1 AA; a violation fails the step.
-const AXE_SOURCE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+const AXE_SOURCE = readFileSync(frontendRequire.resolve("axe-core/axe.min.js"), "utf8");
 const a11yChecked = [];
 async function a11y(page, what) {
   if (!(await page.evaluate(() => typeof window.axe !== "undefined"))) await page.evaluate(AXE_SOURCE);
@@ -183,18 +152,7 @@ async function signIn(page, token, label) {
   note(`${label} signed in as`, (await page.getByTestId("user-name").innerText()).trim());
 }
 
-const args = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--no-first-run",
-  "--disable-quic",
-  "--use-fake-ui-for-media-stream",
-  "--use-fake-device-for-media-stream",
-  `--use-file-for-fake-audio-capture=${FIXTURE_WAV}`,
-];
+const args = chromiumArgs(FIXTURE_WAV);
 
 let browser;
 let current; // the page a failure screenshot is taken of
