@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -156,3 +157,16 @@ async def test_web_app_call_survives_a_reload(make_system, hello_wav: Path) -> N
         "SCENARIO": "reload",
     }
     await _run_browser(node, env, system)
+
+
+def test_pages_load_the_voice_sdk_only_for_a_call() -> None:
+    """The chunk every page loads has neither the Pipecat SDK nor daily-js; a SmallWebRTC
+    call's chunk has the SDK without daily-js (the build stubs it: vite.config.ts)."""
+    _require_tools()
+    entry = re.search(r'src="/assets/([^"]+\.js)"', (DIST / "index.html").read_text())
+    assert entry is not None, "index.html names no script"
+    chunks = {p.name: p.read_text(errors="replace") for p in (DIST / "assets").glob("*.js")}
+    daily, sdk = "DailyIframe", "PipecatClient"  # names each bundle keeps, minified or not
+    assert daily not in chunks[entry[1]] and sdk not in chunks[entry[1]]
+    call_chunks = [name for name, text in chunks.items() if sdk in text and daily not in text]
+    assert call_chunks, f"no chunk has the SDK without daily-js: {sorted(chunks)}"

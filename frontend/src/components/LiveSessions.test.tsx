@@ -1,6 +1,7 @@
 import { cleanup, fireEvent, render, screen, waitFor } from "@testing-library/react";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import type { SessionOut } from "../lib/types";
+import { sessionOut } from "../testing/sessions";
 import { LiveSessions } from "./LiveSessions";
 
 afterEach(() => {
@@ -9,20 +10,11 @@ afterEach(() => {
 });
 
 const live = (id: string, status: string): SessionOut =>
-  ({
-    session_id: id,
+  sessionOut(status as SessionOut["status"], null, id, {
     conversation_id: `conv-${id}`,
-    status,
-    reason: null,
     pool: "default",
-    transport: "webrtc",
-    profile: "echo",
-    worker_id: null,
-    queue_position: null,
     created_at: "2026-01-01T10:00:00Z",
-    events_url: "",
-    offer_url: "",
-  }) as SessionOut;
+  });
 
 const json = (body: unknown, status = 200) =>
   new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json" } });

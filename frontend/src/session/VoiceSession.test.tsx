@@ -2,20 +2,23 @@ import { act, cleanup, render, waitFor } from "@testing-library/react";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import type { SessionOut, VPEvent } from "../lib/types";
 import type { EventStreamHandlers } from "./eventStream";
+import { sessionOut } from "../testing/sessions";
 
-// The provider on its own: the Pipecat client, the API and the event stream are stand-ins,
-// so what it does with them (offer, hang up, offer again; re-attach after a reload) shows.
+// The provider with its call (call.ts) and the SDK glue (pipecat.tsx): the Pipecat client,
+// the API and the event stream are stand-ins, so what it does with them (offer, hang up,
+// offer again; re-attach after a reload) shows.
 
 class FakeClient {
   static made: FakeClient[] = [];
   state = "disconnected";
-  private handlers = new Map<string, Set<(...args: unknown[]) => void>>();
+  private callbacks: Record<string, ((...args: unknown[]) => void) | undefined>;
   connect = vi.fn(async (_params: unknown) => this.setState("ready"));
   disconnect = vi.fn(async () => this.setState("disconnected"));
   initDevices = vi.fn(async () => this.setState("initialized"));
   enableMic = vi.fn();
   setLogLevel = vi.fn();
-  constructor() {
+  constructor(options: { callbacks: Record<string, (...args: unknown[]) => void> }) {
+    this.callbacks = options.callbacks;
     FakeClient.made.push(this);
   }
   get connected() {
@@ -24,27 +27,16 @@ class FakeClient {
   tracks() {
     return { local: { audio: {} } };
   }
-  on(event: string, handler: (...args: unknown[]) => void) {
-    if (!this.handlers.has(event)) this.handlers.set(event, new Set());
-    this.handlers.get(event)!.add(handler);
-  }
-  off(event: string, handler: (...args: unknown[]) => void) {
-    this.handlers.get(event)?.delete(handler);
-  }
   private setState(state: string) {
     this.state = state;
-    for (const handler of this.handlers.get("TransportStateChanged") ?? []) handler(state);
+    this.callbacks.onTransportStateChanged?.(state);
   }
 }
 
-vi.mock("@pipecat-ai/client-js", () => ({
-  PipecatClient: FakeClient,
-  LogLevel: { WARN: 2 },
-  RTVIEvent: new Proxy({}, { get: (_target, name) => name }),
-}));
+vi.mock("@pipecat-ai/client-js", () => ({ PipecatClient: FakeClient, LogLevel: { WARN: 2 } }));
 vi.mock("@pipecat-ai/client-react", () => ({
   PipecatClientProvider: ({ children }: { children: unknown }) => children,
-  PipecatClientAudio: () => null,
+  PipecatClientAudio: () => <audio data-testid="bot-audio" />,
 }));
 vi.mock("@pipecat-ai/small-webrtc-transport", () => ({ SmallWebRTCTransport: class {} }));
 vi.mock("@pipecat-ai/daily-transport", () => ({ DailyTransport: class {} }));
@@ -70,21 +62,7 @@ vi.mock("../lib/api", async (importOriginal) => ({ ...(await importOriginal<obje
 const { VoiceSessionProvider, useVoiceSession } = await import("./VoiceSession");
 type Voice = ReturnType<typeof useVoiceSession>;
 
-const session = (status: SessionOut["status"], stateSeq: number): SessionOut => ({
-  session_id: "s1",
-  conversation_id: "c1",
-  status,
-  reason: null,
-  state_seq: stateSeq,
-  pool: "server",
-  transport: "webrtc",
-  profile: "echo",
-  worker_id: null,
-  queue_position: null,
-  created_at: "2026-01-01T00:00:00Z",
-  events_url: "/api/sessions/s1/events",
-  offer_url: "/api/sessions/s1/offer",
-});
+const session = (status: SessionOut["status"], stateSeq: number) => sessionOut(status, stateSeq);
 
 let voice: Voice;
 function Probe() {
@@ -238,5 +216,19 @@ describe("putting a finished call away", () => {
     expect(voice.session).toBeNull();
     expect(voice.view.status).toBeNull();
     expect(voice.stream.events).toHaveLength(0);
+  });
+});
+
+describe("the bot's sound", () => {
+  it("plays in the SDK's audio element, there once a call has a client, on the speaker picked", async () => {
+    api.createSession.mockResolvedValue(session("queued", 1));
+    const { findByTestId, queryByTestId } = mount();
+    expect(queryByTestId("bot-audio")).toBeNull(); // no SDK before a call
+    await act(() => voice.start({ profile: "echo", transport: "webrtc" }));
+    const audio = (await findByTestId("bot-audio")) as HTMLAudioElement & { setSinkId?: (id: string) => Promise<void> };
+    audio.setSinkId = vi.fn(async () => undefined);
+    act(() => voice.selectSpeaker("speaker-2"));
+    expect(audio.setSinkId).toHaveBeenCalledWith("speaker-2");
+    expect(voice.devices.speaker).toBe("speaker-2");
   });
 });

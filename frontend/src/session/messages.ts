@@ -123,6 +123,16 @@ export function streamRefusalProblem(refusal: StreamRefusal): Problem {
   return { title: "Live updates stopped", detail: detail(`The server refused them (HTTP ${refusal.status}).`) };
 }
 
+/** The call's client could not be made: most often its code (the Pipecat SDK, loaded with the
+ * first call) could not be loaded, e.g. the app was updated since this page was opened. */
+export function loadProblem(error: unknown): Problem {
+  const reason = error instanceof Error && error.message ? ` (${error.message})` : "";
+  return {
+    title: "The call could not be set up",
+    detail: `The page could not load what a call needs${reason}. Reload the page, then press Start again.`,
+  };
+}
+
 /** The microphone could not be opened: getUserMedia's error (or the SDK's DeviceError). */
 export function micProblem(error: unknown): Problem {
   const name =

@@ -1,7 +1,7 @@
 // When the web app connects the call's media, hangs up, and connects again.
 //
 // A step function over the session's state as the page shows it, so the rules can
-// be tested without a browser; VoiceSession.tsx runs it on every state change
+// be tested without a browser; call.ts runs it on every state change
 // and does what it says.
 //
 // - Connect once a worker has the call: `ready` (SmallWebRTC already at
@@ -16,7 +16,7 @@
 //   anyway. A `reconnecting` while our own offer is under way (the worker
 //   announcing it lost the old media) is not a loss of ours: the offer goes on,
 //   and the step is taken again once the transport has connected or the offer
-//   failed (VoiceSession.tsx runs it then): if the call still waits for its
+//   failed (call.ts runs it then): if the call still waits for its
 //   client, this page hangs up and connects again rather than wait for ever.
 
 import type { SessionStatus } from "../lib/types";
