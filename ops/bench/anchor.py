@@ -122,7 +122,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 import numpy as np
@@ -206,8 +206,10 @@ class TimedClient(ProtobufClient):
         self.audio = _Tap(self._audio, keep=False)  # 100 clients' echoes add up
 
     @classmethod
-    async def connect(cls, url: str, wav: Path | None = None, *, loop: bool = False) -> TimedClient:
-        ws = await websockets.connect(url, max_size=None, open_timeout=SESSION_TIMEOUT_S)
+    async def connect(
+        cls, url: str, wav: Path | None = None, *, loop: bool = False, **connect: Any
+    ) -> Self:
+        ws = await websockets.connect(url, max_size=None, open_timeout=SESSION_TIMEOUT_S, **connect)
         client = cls(ws, wav, loop=loop)
         about = {"version": "1.0.0", "about": {"library": "anchor"}}
         await client.send_message(
@@ -373,16 +375,27 @@ class Runner(Target):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def command(self) -> list[str]:
+        """The runner process's command line (``self.port`` is chosen by then)."""
+        return [sys.executable, str(BOT), "-t", "websocket", "--host", "127.0.0.1",
+                "--port", str(self.port), "--ws-auth", "token", "--vad", self.vad,
+                "--log-level", "INFO"]  # fmt: skip
+
     def start(self, tmp: Path) -> None:
+        self.launch(tmp)
+        self.wait_ready()
+
+    def launch(self, tmp: Path) -> None:
+        """Start the process; ``wait_ready`` waits until it serves."""
         tmp.mkdir(parents=True, exist_ok=True)
         self.port, self.log = free_port(), tmp / "runner.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPECAT_", "VOICEPOOL_"))}
         env["PYTHONUNBUFFERED"] = "1"
-        args = [sys.executable, str(BOT), "-t", "websocket", "--host", "127.0.0.1",
-                "--port", str(self.port), "--ws-auth", "token", "--vad", self.vad,
-                "--log-level", "INFO"]  # fmt: skip
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=out)
+            self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdout=out, stderr=out)
+
+    def wait_ready(self) -> None:
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

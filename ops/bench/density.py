@@ -10,7 +10,10 @@ One invocation, everything as real processes on this machine:
   the ordinary ``voicepool worker`` command (nothing in worker/ is changed or wrapped);
 * the clients, in this process: one WebSocket per session speaking Pipecat's protobuf frames
   (as tests/integration/test_transports.py does), streaming 24 kHz PCM in 20 ms frames in
-  real time, looping a tone burst then silence, so the model hears a turn and answers.
+  real time, looping a tone burst then silence, so the model hears a turn and answers. The
+  tone alternates between 300 and 700 Hz, turn by turn, and the fake answers each turn
+  with a tone at the pitch it heard (density_webrtc.py tells answers apart by it; here the
+  markers do).
 
 Latency is measured from the outside, on one clock (CLOCK_MONOTONIC is system-wide):
 
@@ -27,14 +30,21 @@ Latency is measured from the outside, on one clock (CLOCK_MONOTONIC is system-wi
 until the added p99 of either direction exceeds the budget (20 ms) or the list ends.
 Besides latency: worker CPU (user+system over the measured window) per session, RSS per
 additional session (least-squares slope of worker RSS vs N), and a py-spy profile of the
-worker at the largest N. Baseline: the same N as N independent worker processes, one
-session each (capacity 1), same clients, same metrics (CPU and RSS summed over them).
+worker at the largest N.
+
+Baseline: the same N as N plain Pipecat bot processes, one session each: Pipecat's
+development runner serving ops/bench/runner_bots/assistant_bot.py (the assistant pipeline
+from Pipecat's own parts, no voicepool code in the process; its docstring lists what a
+voicepool session adds), each asked for its session with ``POST /start`` and connected to by
+the same client, same metrics (CPU and RSS summed over the N processes). The API and Redis
+stay up, idle, meanwhile (their columns show it).
 
 The clients, the fake model, Redis and the API share the machine's cores with the worker,
 so at high N some of what is measured is contention, not the worker's own code: the CPU
 of every process is reported to show it.
 
-Results go to ops/bench/results/density.{json,md}; the Markdown is printed too.
+Results go to ops/bench/results/density.{json,md} (``--out DIR``: DIR/density.*); the
+Markdown is printed too.
 
     .venv/bin/python ops/bench/density.py [--sessions 1,2,4,8,12,16,24] [--baseline 1,4,8]
                                           [--duration 15] [--warmup 5] [--budget-ms 20]
@@ -58,7 +68,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +76,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import numpy as np
 import profiling  # ops/bench/profiling.py
+from anchor import Runner  # ops/bench/anchor.py
 from measure import (  # ops/bench/measure.py
     bench_process,
     cpu_seconds,
@@ -75,10 +86,13 @@ from measure import (  # ops/bench/measure.py
     write_results,
 )
 
+from harness.doubles.openai_realtime import CHUNK_MS, SPEECH_RMS
+
 DESCRIPTION = "Density: assistant sessions per worker process before it adds latency."
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+ASSISTANT_BOT = HERE / "runner_bots" / "assistant_bot.py"  # the baseline's bot
 API_KEY = "sk-bench-not-a-real-key"
 RATE = 24000  # what the assistant profile takes and gives: no resampling anywhere
 FRAME_MS = 20
@@ -98,14 +112,50 @@ def marker(magic: bytes, seq: int) -> bytes:
 
 
 def marker_seq(mark: bytes) -> int:
-    return struct.unpack(
+    seq: int = struct.unpack(
         "<I", np.frombuffer(mark[MAGIC_LEN:MARK_LEN], "<i2").astype(np.uint8).tobytes()
     )[0]
+    return seq
 
 
-TONE_S, SILENCE_S = 1.0, 3.0  # the caller's loop: speech, then quiet while the bot answers
+TONE_S, SILENCE_S = 1.0, 3.0  # one turn of the caller: speech, then quiet while the bot answers
+TURN_S = TONE_S + SILENCE_S
+# The caller's tone alternates between these pitches, turn by turn, and the fake answers each
+# turn at the pitch it heard: so a client can tell the answer to its last turn from the late
+# tail of an earlier answer. Far apart, so that the FFT of one 20 ms frame separates them
+# (bins of 50 Hz), through Opus too.
+TURN_PITCHES_HZ = (300.0, 700.0)
+GREETING_HZ = 1100.0  # the fake's answer before it has heard anything: nobody's turn
+PITCH_TOLERANCE_HZ = 150.0
+LOOP_S = TURN_S * len(TURN_PITCHES_HZ)  # the caller's loop: one turn at each pitch
 ANSWER = "Sure, here is a short spoken answer."  # 36 chars x 60 ms = 2.2 s of audio
+ANSWER_S = len(ANSWER) * CHUNK_MS / 1000
 SESSION_TIMEOUT_S = 30.0
+
+
+def tone(hz: float, seconds: float, amplitude: float, phase: float = 0.0) -> np.ndarray:
+    """A sine at ``hz`` (int16 at RATE), starting at ``phase`` radians."""
+    t = np.arange(round(RATE * seconds)) / RATE
+    return (amplitude * np.sin(2 * np.pi * hz * t + phase) * 32767).astype("<i2")
+
+
+def rms(samples: np.ndarray) -> float:
+    x = samples.astype(np.float64)
+    return math.sqrt(float(np.mean(x * x))) if len(x) else 0.0
+
+
+def dominant_hz(samples: np.ndarray, rate: int) -> float:
+    """The frequency of the strongest bin of the samples' spectrum (Hann window, DC left
+    out): a pitch to within rate / len(samples) (50 Hz for 20 ms)."""
+    x = samples.astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    spectrum[0] = 0.0
+    return float(np.argmax(spectrum)) * rate / len(x)
+
+
+def same_pitch(hz: float, pitch_hz: float) -> bool:
+    return abs(hz - pitch_hz) < PITCH_TOLERANCE_HZ
+
 
 if TYPE_CHECKING:
     import psutil
@@ -131,20 +181,56 @@ def fake_main(argv: list[str]) -> None:
     sent: dict[int, int] = {}  # output marker seq → monotonic ns just before the send
     out_seq = [0]
 
+    @dataclass
+    class PitchedTurn(fake.Turn):
+        pitch_hz: float = GREETING_HZ  # of the caller's speech this turn answers
+
     class MarkedConnection(fake._Connection):
+        """Answers each turn with a tone at the pitch of the speech that made the turn (the
+        last loud audio before the commit), and stamps an output marker into each delta."""
+
+        heard_hz = GREETING_HZ  # the pitch of the last loud audio appended
+        answer_hz = GREETING_HZ  # the pitch of the answer being sent
+        phase = 0.0  # of the answer's tone, carried from delta to delta (no clicks)
+
+        async def _append(self, pcm: bytes) -> None:
+            samples = np.frombuffer(pcm, "<i2")
+            if rms(samples) > SPEECH_RMS:  # what the fake's VAD takes for speech
+                self.heard_hz = dominant_hz(samples, RATE)
+            await super()._append(pcm)
+
+        async def _commit(self, item_id: str) -> fake.Turn:
+            turn = await super()._commit(item_id)
+            return PitchedTurn(**vars(turn), pitch_hz=self.heard_hz)
+
+        def _start_turn(self, turn: fake.Turn, *, text_only: bool) -> None:
+            if turn.tool_call is not None:
+                super()._start_turn(turn, text_only=text_only)
+            else:  # responses run one at a time: the pitch is set as this one starts
+                self._start(self._answer_turn(turn, text_only))
+
+        async def _answer_turn(self, turn: fake.Turn, text_only: bool) -> None:
+            self.answer_hz = getattr(turn, "pitch_hz", GREETING_HZ)
+            await self._answer(turn.answer, text_only=text_only, turn=True)
+
+        def answer_chunk(self) -> bytes:
+            chunk = tone(self.answer_hz, CHUNK_MS / 1000, 0.3, self.phase)
+            self.phase = (self.phase + 2 * np.pi * self.answer_hz * CHUNK_MS / 1000) % (2 * np.pi)
+            return chunk.tobytes()
+
         async def send(self, type_: str, **fields: Any) -> None:
             if type_ == "response.output_audio.delta" and isinstance(fields.get("delta"), str):
                 out_seq[0] += 1
                 seq = out_seq[0]
-                head = base64.b64encode(marker(MAGIC_OUT, seq)).decode()
-                fields["delta"] = head + fields["delta"][len(head) :]
+                audio = marker(MAGIC_OUT, seq) + self.answer_chunk()[MARK_LEN:]
+                fields["delta"] = base64.b64encode(audio).decode()
                 sent[seq] = now_ns()
             await super().send(type_, **fields)
 
     class MarkedServer(fake.FakeRealtimeServer):
         async def _serve(self, ws: Any) -> None:
-            conn = MarkedConnection(self, ws, "bench")
             self.connections += 1
+            conn = MarkedConnection(self, ws, "bench", self.connections)
             self._live.add(conn)
             try:
                 await conn.run()
@@ -221,10 +307,12 @@ class FakeModel:
 
 
 def caller_audio() -> np.ndarray:
-    """One loop of the caller: a 1 s tone (RMS ~5000, speech to the fake's VAD), 3 s quiet."""
-    t = np.arange(int(RATE * TONE_S)) / RATE
-    tone = (0.2 * np.sin(2 * np.pi * 220 * t) * 32767).astype("<i2")
-    return np.concatenate([tone, np.zeros(int(RATE * SILENCE_S), "<i2")])
+    """One loop of the caller: per turn a 1 s tone at the turn's pitch (RMS ~4600, speech to
+    the fake's VAD), then 3 s quiet."""
+    quiet = np.zeros(round(RATE * SILENCE_S), "<i2")
+    return np.concatenate(
+        [part for hz in TURN_PITCHES_HZ for part in (tone(hz, TONE_S, 0.2), quiet)]
+    )
 
 
 class Recorder:
@@ -263,6 +351,7 @@ class DensityClient:
         ready = {"label": "rtvi-ai", "type": "client-ready", "id": "c1",
                  "data": {"version": "1.0.0", "about": {"library": "density"}}}  # fmt: skip
         data = await client.serializer.serialize(OutputTransportMessageFrame(message=ready))
+        assert data is not None
         await ws.send(data)
         return client
 
@@ -347,16 +436,103 @@ async def wait_ended(api: httpx.AsyncClient, sids: list[str]) -> None:
             await asyncio.sleep(0.1)
 
 
+class Sessions:
+    """Where a phase's N sessions come from: WebSocket URLs to connect to, and their end."""
+
+    async def open(self, n: int) -> list[str]:
+        raise NotImplementedError
+
+    async def wait_ended(self) -> None:
+        """After the clients have closed."""
+
+
+class WorkerSessions(Sessions):
+    """voicepool: created through the API, run by whichever worker takes them."""
+
+    def __init__(self, api: httpx.AsyncClient) -> None:
+        self.api = api
+        self.sids: list[str] = []
+
+    async def open(self, n: int) -> list[str]:
+        opened = await asyncio.gather(*(open_session(self.api) for _ in range(n)))
+        self.sids = [sid for sid, _ in opened]
+        return [url for _, url in opened]
+
+    async def wait_ended(self) -> None:
+        await wait_ended(self.api, self.sids)
+
+
+class BotSessions(Sessions):
+    """The baseline: one session on each plain bot process, from its runner's ``POST /start``
+    (the bot's pipeline ends when its client leaves)."""
+
+    def __init__(self, bots: list[AssistantBot]) -> None:
+        self.bots = bots
+
+    async def open(self, n: int) -> list[str]:
+        assert n == len(self.bots), "one session per bot"
+        urls = []
+        for bot in self.bots:
+            async with bot.http(1) as http:
+                urls.append((await bot.request(http))[0])
+        return urls
+
+
+# --- the baseline: plain Pipecat bots, one process per session -------------------------
+
+
+class AssistantBot(Runner):
+    """runner_bots/assistant_bot.py under Pipecat's development runner (anchor.py's Runner:
+    ``POST /start`` for a WebSocket URL with a token, or SmallWebRTC's ``POST /api/offer``),
+    talking to the fake model; logs at WARNING, as the benchmark's workers do."""
+
+    def __init__(self, transport: str, model_url: str) -> None:
+        super().__init__("assistant-bot", vad="")  # (anchor's target key and echo VAD: unused)
+        self.transport, self.model_url = transport, model_url
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(ASSISTANT_BOT), "-t", self.transport,
+                "--host", "127.0.0.1", "--port", str(self.port), "--ws-auth", "token",
+                "--openai-base-url", self.model_url, "--openai-api-key", API_KEY,
+                "--ice-host", "127.0.0.1", "--log-level", "WARNING"]  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def assistant_bots(
+    n: int, transport: str, model_url: str, tmp: Path
+) -> AsyncIterator[list[AssistantBot]]:
+    """N bot processes, started together, ready and settled; stopped on the way out."""
+    bots = [AssistantBot(transport, model_url) for _ in range(n)]
+    try:
+        for i, bot in enumerate(bots):
+            bot.launch(tmp / f"bots{n}-{i}")
+        await asyncio.gather(*(asyncio.to_thread(bot.wait_ready) for bot in bots))
+        await asyncio.sleep(2)  # let their start-up CPU settle
+        yield bots
+    finally:
+        await asyncio.gather(*(asyncio.to_thread(bot.stop) for bot in bots))
+
+
+def bot_processes(bots: list[AssistantBot]) -> list[psutil.Process]:
+    import psutil
+
+    return [psutil.Process(bot.proc.pid) for bot in bots if bot.proc is not None]
+
+
 # --- one phase: N sessions, warm up, measure ------------------------------------------
+
+
+ONE_WORKER = "one voicepool worker"
+BOT_PER_SESSION = "plain bot per session"  # the baseline
 
 
 @dataclass
 class Phase:
-    mode: str  # "one worker" or "N workers"
+    mode: str  # ONE_WORKER or BOT_PER_SESSION
     sessions: int
     wall_s: float = 0.0
-    cpu_s: dict[str, float] = field(default_factory=dict)
-    worker_rss_mb: float = 0.0  # one worker: its RSS; N workers: the sum
+    cpu_s: dict[str, float] = field(default_factory=dict)  # "worker": the worker, or the N bots
+    worker_rss_mb: float = 0.0  # one worker: its RSS; bots: the sum of the N processes'
     a_ms: list[float] = field(default_factory=list)
     b_ms: list[float] = field(default_factory=list)
     a_lost: int = 0
@@ -394,7 +570,7 @@ def rss_mb(group: list[psutil.Process]) -> float:
 async def run_phase(
     mode: str,
     n: int,
-    api: httpx.AsyncClient,
+    sessions: Sessions,
     fake: FakeModel,
     procs: dict[str, list[psutil.Process]],
     args: argparse.Namespace,
@@ -403,11 +579,11 @@ async def run_phase(
 ) -> Phase:
     rec = Recorder()
     phase = Phase(mode, n)
-    opened = await asyncio.gather(*(open_session(api) for _ in range(n)))
-    loop_frames = int((TONE_S + SILENCE_S) * 1000 / FRAME_MS)
+    urls = await sessions.open(n)
+    loop_frames = round(LOOP_S * 1000 / FRAME_MS)
     clients: list[DensityClient] = []
     try:
-        for i, (_sid, url) in enumerate(opened):
+        for i, url in enumerate(urls):
             clients.append(await DensityClient.connect(url, rec, i * loop_frames // n))
         await asyncio.sleep(args.warmup)
         fake.dump(tmp / "fake-warmup.json")
@@ -443,7 +619,7 @@ async def run_phase(
             await profiling.record(procs["worker"][0].pid, args.spy_seconds, spy)
     finally:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
-        await wait_ended(api, [sid for sid, _ in opened])
+        await sessions.wait_ended()
     return phase
 
 
@@ -524,8 +700,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['config']['budget_ms']} ms.",
         "",
         "| mode | N | (a) p50 / p99 / max | (b) p50 / p99 / max | added p99 a / b "
-        "| lost a / b | worker cores | CPU per session | sessions/core (CPU) | worker RSS MB "
-        "| fake, clients, api, redis cores | machine busy |",
+        "| lost a / b | cores (worker; bots: sum) | CPU per session | sessions/core (CPU) "
+        "| RSS MB (worker; bots: sum) | fake, clients, api, redis cores | machine busy |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in result["rows"]:
@@ -644,7 +820,8 @@ async def run_all(
                     break
                 last = n == args.sessions[-1]
                 print(f"one worker, N={n}", flush=True)
-                phase = await run_phase("one worker", n, api, fake, procs, args, tmp)
+                sessions = WorkerSessions(api)
+                phase = await run_phase(ONE_WORKER, n, sessions, fake, procs, args, tmp)
                 single.append(phase)
                 base = base or phase
                 r = row(phase, base)
@@ -653,24 +830,22 @@ async def run_all(
                 if (over or last or time.monotonic() > deadline) and args.spy_seconds > 0:
                     spy = tmp / "density.py-spy.txt"
                     print(f"  py-spy on the worker at N={n} ({args.spy_seconds} s)", flush=True)
-                    await run_phase("profile", n, api, fake, procs, _short(args), tmp, spy)
+                    sessions = WorkerSessions(api)
+                    await run_phase("profile", n, sessions, fake, procs, _short(args), tmp, spy)
                 if over:
                     print(f"  over budget at N={n}", flush=True)
                     break
         finally:
             await asyncio.to_thread(stop_workers, system, workers)
-        # Baseline: N independent worker processes, one session each.
-        for n in args.baseline:
-            print(f"{n} workers x 1 session (baseline)", flush=True)
-            workers = await asyncio.to_thread(start_workers, system, n, 1)
-            try:
-                procs = common | {"worker": [psutil.Process(w.pid) for w in workers]}
-                await asyncio.sleep(2)  # let their start-up CPU settle
-                multi.append(await run_phase("N workers", n, api, fake, procs, args, tmp))
-                r = row(multi[-1], multi[0])
-                print(f"  {json.dumps({k: r[k] for k in list(r)[:18]})}", flush=True)
-            finally:
-                await asyncio.to_thread(stop_workers, system, workers)
+    # Baseline: N plain bot processes, one session each.
+    for n in args.baseline:
+        print(f"{n} plain bots x 1 session (baseline)", flush=True)
+        async with assistant_bots(n, "websocket", fake.url, tmp) as bots:
+            procs = common | {"worker": bot_processes(bots)}
+            phase = await run_phase(BOT_PER_SESSION, n, BotSessions(bots), fake, procs, args, tmp)
+            multi.append(phase)
+            r = row(multi[-1], multi[0])
+            print(f"  {json.dumps({k: r[k] for k in list(r)[:18]})}", flush=True)
     return single, multi, spy
 
 
@@ -719,9 +894,9 @@ def main(argv: list[str] | None = None) -> None:
             fake.stop()
 
     rows = [row(p, single[0]) for p in single] + [row(p, multi[0]) for p in multi]
-    verdicts = {"one worker": verdict(rows[: len(single)], args.budget_ms)}
+    verdicts = {ONE_WORKER: verdict(rows[: len(single)], args.budget_ms)}
     if multi:
-        verdicts["N workers (baseline)"] = verdict(rows[len(single) :], args.budget_ms)
+        verdicts[f"{BOT_PER_SESSION} (baseline)"] = verdict(rows[len(single) :], args.budget_ms)
     result: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": shlex.join([os.path.relpath(sys.executable, ROOT), *sys.argv]),
@@ -734,12 +909,23 @@ def main(argv: list[str] | None = None) -> None:
             f"Each step: N sessions created through the API (transport websocket, profile "
             f"assistant), clients connected, {args.warmup} s warm-up (the greeting), then "
             f"{args.duration} s measured. Caller loop: {TONE_S} s tone, {SILENCE_S} s quiet, "
-            "staggered across sessions; the fake answers each turn with 2.2 s of audio.",
-            "CPU per session = worker user+system CPU s / wall s / N (cores). Sessions/core "
-            "(CPU) = N / worker cores: an extrapolation; one worker process is one event loop, "
-            "so the latency budget, not this number, bounds one process.",
+            f"the tone at {TURN_PITCHES_HZ[0]:.0f} and {TURN_PITCHES_HZ[1]:.0f} Hz by turns, "
+            f"staggered across sessions; the fake answers each turn with {ANSWER_S:.2f} s of "
+            "tone at the pitch it heard.",
+            f"Baseline ({BOT_PER_SESSION}): N processes of Pipecat's development runner "
+            "serving ops/bench/runner_bots/assistant_bot.py (-t websocket), one session each "
+            "from its POST /start, the same clients. The bot is the assistant pipeline from "
+            "Pipecat's parts with voicepool's settings and no voicepool code: no reconnects "
+            "or hold of the model socket, no event publishing, observers or heartbeats. Its "
+            "model socket keeps Pipecat's permessage-deflate (voicepool turns it off), so each "
+            "bot compresses the audio it sends the model and inflates what it gets.",
+            "CPU per session = user+system CPU s of the worker (the baseline: of the N bots) / "
+            "wall s / N (cores). Sessions/core (CPU) = N / those cores: an extrapolation; one "
+            "worker process is one event loop, so the latency budget, not this number, bounds "
+            "one process.",
             "RSS per additional session = least-squares slope of worker RSS (max over the "
-            "window) vs N; for the baseline, of the summed RSS of the N processes.",
+            "window) vs N; for the baseline, of the summed RSS of the N bot processes (about "
+            "one bot's RSS).",
             "Everything shares the machine: the clients, fake model, API and Redis columns "
             "show how much of the 2 cores they took; at high N the worker waits for a CPU "
             "as well as for its own work.",

@@ -33,7 +33,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 def cpu_seconds(proc: psutil.Process) -> float:
     """User + system CPU seconds the process has used so far."""
     times = proc.cpu_times()
-    return times.user + times.system
+    return float(times.user + times.system)
 
 
 def _git(*args: str) -> str:

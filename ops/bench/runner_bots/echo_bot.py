@@ -10,7 +10,8 @@ worker/transports/websocket.py, worker/session.py)::
 
 with the same transport settings (FastAPIWebsocketTransport, ProtobufFrameSerializer,
 bot audio resampled to 24 kHz for Pipecat's JS client, no Origin allow-list) and
-PipelineParams (16 kHz in and out, metrics and usage metrics on). Not here:
+PipelineParams (16 kHz in and out, metrics and usage metrics on), as runner_session.py
+sets them up for every bot here. Not here:
 what a voicepool session adds around it (its ClientGate, its event observer
 publishing to Redis, pipeline heartbeats, session limits, reconnects).
 
@@ -31,22 +32,14 @@ level once the server starts.
 from __future__ import annotations
 
 import argparse
-import sys
 
-from loguru import logger
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
-from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.audio.vad_processor import VADProcessor
-from pipecat.runner.run import app, main
 from pipecat.runner.types import RunnerArguments, WebSocketRunnerArguments
-from pipecat.serializers.protobuf import ProtobufFrameSerializer
-from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
-from pipecat.workers.runner import WorkerRunner
+from runner_session import cli_args, run_session, serve, session_transport
 
 from worker.profiles.echo import SAMPLE_RATE, EchoTurns
-from worker.transports.websocket import CLIENT_PLAYBACK_RATE
 from worker.vad import SharedSileroVADAnalyzer
 
 VAD_STOP_SECS = 0.5  # EchoProfile's default
@@ -61,60 +54,21 @@ def _vad(mode: str) -> SileroVADAnalyzer:
 
 async def bot(runner_args: RunnerArguments) -> None:
     assert isinstance(runner_args, WebSocketRunnerArguments), "run with -t websocket"
-    cli = runner_args.cli_args
-    transport = FastAPIWebsocketTransport(
-        websocket=runner_args.websocket,
-        params=FastAPIWebsocketParams(
-            audio_in_enabled=True,
-            audio_out_enabled=True,
-            audio_out_sample_rate=CLIENT_PLAYBACK_RATE,
-            serializer=ProtobufFrameSerializer(),
-            allowed_origins=[],
-        ),
-    )
-    pipeline = Pipeline(
-        [
-            transport.input(),
-            VADProcessor(vad_analyzer=_vad(cli.vad)),
-            EchoTurns(),
-            transport.output(),
-        ]
-    )
-    worker = PipelineWorker(
-        pipeline,
-        params=PipelineParams(
-            audio_in_sample_rate=SAMPLE_RATE,
-            audio_out_sample_rate=SAMPLE_RATE,
-            enable_metrics=True,
-            enable_usage_metrics=True,
-        ),
-        idle_timeout_secs=runner_args.pipeline_idle_timeout_secs,
-    )
+    transport = session_transport(runner_args)
+    vad = VADProcessor(vad_analyzer=_vad(cli_args(runner_args).vad))
+    pipeline = [transport.input(), vad, EchoTurns(), transport.output()]
+    await run_session(runner_args, transport, pipeline, sample_rate=SAMPLE_RATE)
 
-    @transport.event_handler("on_client_disconnected")
-    async def on_client_disconnected(_transport: object, _client: object) -> None:
-        await worker.cancel()
 
-    runner = WorkerRunner(handle_sigint=runner_args.handle_sigint)
-    await runner.add_workers(worker)
-    await runner.run()
+def _preload(args: argparse.Namespace) -> None:
+    if args.vad == "shared":
+        SharedSileroVADAnalyzer.preload()  # as a voicepool worker does when it starts
 
 
 def _run() -> None:
     parser = argparse.ArgumentParser(description="voicepool's echo pipeline on Pipecat's runner")
     parser.add_argument("--vad", choices=["per-session", "shared"], default="per-session")
-    parser.add_argument("--log-level", default="INFO")
-    args, _ = parser.parse_known_args()
-
-    def on_startup() -> None:  # after main() has set up loguru, before the first request
-        logger.remove()
-        logger.add(sys.stderr, level=args.log_level.upper())
-        if args.vad == "shared":
-            SharedSileroVADAnalyzer.preload()  # as a voicepool worker does when it starts
-        logger.info(f"echo bot ready: vad={args.vad}")
-
-    app.router.on_startup.append(on_startup)
-    main(parser)  # the runner's own flags, next to --vad and --log-level
+    serve(parser, "echo bot", _preload)
 
 
 if __name__ == "__main__":
