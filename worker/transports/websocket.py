@@ -289,6 +289,9 @@ class WebSocketListener:
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
             ws_ping_interval=PING_INTERVAL_S,
             ws_ping_timeout=PING_TIMEOUT_S,
+            # Nearly every frame is PCM audio, which deflate cannot shrink: compressing it
+            # only costs CPU on both ends (uvicorn accepts a client's offer by default).
+            ws_per_message_deflate=False,
         )
         self._server = _EmbeddedServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="ws-listener")
