@@ -36,7 +36,7 @@ workers have it.
 Opus encoder and decoder (a late answer whose tail arrives after the next turn's tone, and
 an answer with a 200 ms gap) and checks what it finds.
 
-    .venv/bin/python ops/bench/density_webrtc.py [--sessions 1,2,4,8] [--baseline 1,4]
+    .venv/bin/python ops/bench/density_webrtc.py [--sessions 1,2,4,8] [--baseline 1,4,8]
                                                  [--duration 12] [--warmup 5] [--out DIR]
 """
 
@@ -619,7 +619,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=DESCRIPTION)
     parser.add_argument("--sessions", type=ints, default=ints("1,2,4,8"))
-    parser.add_argument("--baseline", type=ints, default=ints("1,4"), help="plain bots")
+    parser.add_argument("--baseline", type=ints, default=ints("1,4,8"), help="plain bots")
     parser.add_argument("--duration", type=float, default=12.0, help="measured s per step")
     parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured s per step")
     parser.add_argument("--spy-seconds", type=float, default=6.0, help="0: no py-spy")
