@@ -4,8 +4,9 @@ headless Chromium by ``tests/e2e/web_app.e2e.mjs`` (playwright-core, no download
 The echo profile over SmallWebRTC; the assistant profile against the OpenAI Realtime
 double with a tool (the nested-team double), for transcript lines and tool cards; then,
 with the model double stopped, a session whose model is unreachable; with every worker
-stopped, a start refused in plain words. Apart: an echo call
-that survives a reload of its page.
+stopped, a start refused in plain words. Apart: an echo call that survives a reload of
+its page; its user may have one live call, so a second tab meets the cap (and the slot
+comes back once the call ends).
 
 Needs ``frontend/dist`` (``npm --prefix frontend run build``; ``make test`` builds it),
 ``frontend/node_modules`` (``npm --prefix frontend ci``), Node and Debian's ``chromium``
@@ -145,7 +146,12 @@ def _workers_hold_lost_clients() -> bool:
 )
 async def test_web_app_call_survives_a_reload(make_system, hello_wav: Path) -> None:
     node = _require_tools()
-    system = make_system(workers=1, capacity=2, VOICEPOOL_FRONTEND_DIR=str(DIST))
+    system = make_system(
+        workers=1,
+        capacity=2,
+        VOICEPOOL_FRONTEND_DIR=str(DIST),
+        VOICEPOOL_MAX_SESSIONS_PER_USER="1",  # a second tab meets the cap
+    )
     env = {
         **os.environ,
         "BASE_URL": system.api_url,

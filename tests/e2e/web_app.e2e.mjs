@@ -783,12 +783,39 @@ async function reload(browser) {
     await waitFor("a bot reply after the reload", async () => (await turnLines()) > before.turnLines, { timeout: 25000 });
   });
 
+  // VOICEPOOL_MAX_SESSIONS_PER_USER=1 for this scenario (test_web_app.py).
+  await step("at the session cap, another tab says so and lists the live call, with End", async () => {
+    expectedForStep = [{ status: 429, path: /^\/api\/sessions$/ }];
+    const other = await context.newPage();
+    watch(other, "user, second tab");
+    await other.goto(`${BASE_URL}/`);
+    await other.getByLabel("Profile").selectOption("echo");
+    await other.getByLabel("Transport").selectOption("webrtc");
+    await other.getByTestId("start").click();
+    const problem = other.getByTestId("problem").filter({ hasText: "Too many sessions" });
+    await problem.waitFor({ timeout: 10000 });
+    const listed = other.getByTestId(`live-session-${before.sessionId}`);
+    await listed.getByRole("button", { name: "End" }).waitFor({ timeout: 10000 });
+    note("shown", (await other.getByTestId("live-sessions").innerText()).replace(/\s+/g, " "));
+    await shot(other, "15-talk-session-cap.png");
+    await a11y(other, "15-talk-session-cap");
+    await other.close();
+    expectedForStep = [];
+  });
+
   await step("stop: the call ends, and the tab forgets it", async () => {
     await page.getByTestId("stop").click();
     await waitFor("it to end", async () => (await voiceState(page)).status === "ended", { timeout: 10000 });
     const state = await voiceState(page);
     if (state.reason !== "client_ended") throw new Error(`reason ${state.reason}`);
     if (await page.evaluate(() => sessionStorage.getItem("voicepool.call"))) throw new Error("the tab still remembers the call");
+  });
+
+  await step("the ended call's slot comes back: a new call starts", async () => {
+    await page.getByTestId("start").click();
+    await waitFor("connected", async () => (await voiceState(page))?.status === "connected", { timeout: 20000 });
+    await page.getByTestId("stop").click();
+    await waitFor("it to end", async () => (await voiceState(page)).status === "ended", { timeout: 10000 });
   });
   await context.close();
 }

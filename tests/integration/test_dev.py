@@ -17,12 +17,17 @@ import httpx
 import pytest
 
 from harness.waiting import eventually
+from harness.ws_client import ProtobufClient
 from shared.connections import free_port
 
 pytestmark = pytest.mark.slow
 
+ECHO_RMS = 300  # the fixture's speech is ~1000-1800 RMS; silence is ~0
 
-async def test_a_drained_worker_is_replaced_and_nothing_else_stops(tmp_path: Path) -> None:
+
+async def test_a_drained_worker_is_replaced_and_nothing_else_stops(
+    tmp_path: Path, hello_wav: Path
+) -> None:
     port = _free_ports(3)  # the API's, and the two workers' metrics after it
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEPOOL_")}
     env.pop("OPENAI_API_KEY", None)
@@ -41,7 +46,10 @@ async def test_a_drained_worker_is_replaced_and_nothing_else_stops(tmp_path: Pat
             lambda: _token(out.read_text(errors="replace")), timeout=60, what="the banner"
         )
         headers = {"Authorization": f"Bearer {token}"}
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as api:
+        async with (
+            contextlib.AsyncExitStack() as stack,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as api,
+        ):
 
             async def workers() -> list[dict]:
                 got = await api.get("/api/workers")
@@ -49,10 +57,16 @@ async def test_a_drained_worker_is_replaced_and_nothing_else_stops(tmp_path: Pat
                 return live if len(live) == 2 else []
 
             before = await eventually(workers, timeout=60, what="two workers")
-            session = (await api.post("/api/sessions", json={"transport": "webrtc"})).json()
-            await eventually(
-                lambda: _status(api, session["session_id"], "ready"), timeout=30, what="ready"
+            # A call with someone on it: an echo over WebSocket, the caller speaking in a loop.
+            created = await api.post(
+                "/api/sessions", params={"wait": "ready"}, json={"transport": "websocket"}
             )
+            assert created.status_code == 201, created.text
+            session = created.json()
+            ws_url = session["connect"]["ws_url"]
+            client = await ProtobufClient.connect(ws_url, hello_wav, loop=True)
+            stack.push_async_callback(client.close)
+            await eventually(lambda: client.loudest_rms() > ECHO_RMS, timeout=30, what="the echo")
             owner = (await api.get(f"/api/sessions/{session['session_id']}")).json()["worker_id"]
             other = next(w["id"] for w in before if w["id"] != owner)
 
@@ -66,10 +80,17 @@ async def test_a_drained_worker_is_replaced_and_nothing_else_stops(tmp_path: Pat
             await eventually(replaced, timeout=60, what="the drained worker replaced")
             assert dev.poll() is None, out.read_text()
             assert "drained and exited; starting a fresh one" in out.read_text()
-            # The call on the other worker is untouched, and the API still starts new ones.
+            # The call on the other worker goes on (its caller is heard back after the
+            # drain), and the API still starts new ones.
+            heard = len(client.audio)
+            await eventually(
+                lambda: client.loudest_rms(since=heard) > ECHO_RMS,
+                timeout=30,
+                what="the echo after the drain",
+            )
             assert (await api.get(f"/api/sessions/{session['session_id']}")).json()[
                 "status"
-            ] == "ready"
+            ] == "connected"
             fresh = (await api.post("/api/sessions", json={"transport": "webrtc"})).json()
             await eventually(
                 lambda: _status(api, fresh["session_id"], "ready"), timeout=30, what="a new one"
