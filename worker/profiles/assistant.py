@@ -38,6 +38,7 @@ from pipecat.processors.aggregators.llm_context import LLMContext, LLMContextMes
 from pipecat.processors.aggregators.llm_response_universal import (
     AssistantTurnStoppedMessage,
     LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
     UserTurnMessageAddedMessage,
 )
 from pipecat.processors.audio.vad_processor import VADProcessor
@@ -45,6 +46,9 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.processors.frameworks.rtvi import RTVISendTextFrame
 from pipecat.services.openai.realtime import events as rt
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
+from pipecat.turns.user_start import ExternalUserTurnStartStrategy
+from pipecat.turns.user_stop import ExternalUserTurnStopStrategy
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as websocket_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
@@ -633,7 +637,9 @@ class AssistantProfile:
 
         register_tools(self._llm, self.config.tools, emit, tool_done)
         context = LLMContext(messages=_history(self.context.meta))
-        self._aggregators = LLMContextAggregatorPair(context, realtime_service_mode=True)
+        self._aggregators = LLMContextAggregatorPair(
+            context, realtime_service_mode=True, user_params=self._user_params()
+        )
         if self.local_turns:
             self._vad = SharedSileroVADAnalyzer(sample_rate=VAD_SAMPLE_RATE)
 
@@ -653,6 +659,25 @@ class AssistantProfile:
         self._aggregators.user().add_event_handler("on_user_turn_message_added", _user_said)
         self._aggregators.assistant().add_event_handler(
             "on_assistant_turn_stopped", _assistant_said
+        )
+
+    def _user_params(self) -> LLMUserAggregatorParams | None:
+        """With the model's own turn detection (the default), the turns its events announce.
+
+        The Realtime service recommends these itself once the pipeline starts, and they
+        replace the aggregator's defaults; but those defaults are built first, and they
+        load Pipecat's Smart Turn model (an 8.7 MB ONNX session): ~40 ms of CPU and
+        ~12 MB per session start, for nothing. Given now, nothing is loaded. They are
+        what realtime mode makes of the recommendation (no waiting for transcripts). With
+        local turns, the defaults (Silero, then Smart Turn) are what decides.
+        """
+        if self.local_turns:
+            return None
+        return LLMUserAggregatorParams(
+            user_turn_strategies=UserTurnStrategies(
+                start=[ExternalUserTurnStartStrategy()],
+                stop=[ExternalUserTurnStopStrategy(wait_for_transcript=False)],
+            )
         )
 
     def pipeline(self, input: FrameProcessor, output: FrameProcessor) -> list[FrameProcessor]:
