@@ -95,7 +95,8 @@ async def test_websocket_echo_session_end_to_end(make_system, hello_wav) -> None
         try:
             # Offered by the client (websockets does by default), declined: audio frames
             # don't compress, so deflate would only cost CPU on both ends.
-            assert "Sec-WebSocket-Extensions" not in client.ws.response.headers
+            handshake = client.ws.response
+            assert handshake is not None and "Sec-WebSocket-Extensions" not in handshake.headers
             await eventually(
                 lambda: client.got_message("bot-ready"), timeout=20, what="RTVI bot-ready"
             )

@@ -667,9 +667,10 @@ class AssistantProfile:
         The Realtime service recommends these itself once the pipeline starts, and they
         replace the aggregator's defaults; but those defaults are built first, and they
         load Pipecat's Smart Turn model (an 8.7 MB ONNX session): ~40 ms of CPU and
-        ~12 MB per session start, for nothing. Given now, nothing is loaded. They are
-        what realtime mode makes of the recommendation (no waiting for transcripts). With
-        local turns, the defaults (Silero, then Smart Turn) are what decides.
+        ~10 MB per session start, for nothing (ops/bench/assistant_start.py). Given now,
+        nothing is loaded. They are what realtime mode makes of the recommendation (no
+        waiting for transcripts). With local turns, the defaults (Silero, then Smart
+        Turn) are what decides.
         """
         if self.local_turns:
             return None
