@@ -101,6 +101,23 @@ def built_web_app(tmp_path: Path) -> Path:
     return dist
 
 
+async def test_web_app_files_routes_and_missing_chunks(make_api, built_web_app) -> None:
+    (built_web_app / "assets").mkdir()
+    (built_web_app / "assets" / "index-abc123.js").write_text("export {};")
+    async with make_api(frontend_dir=built_web_app) as api:
+        chunk = await api.client.get("/assets/index-abc123.js")
+        assert chunk.status_code == 200 and "immutable" in chunk.headers["cache-control"]
+        # An app route survives a reload: index.html, looked at afresh each time.
+        route = await api.client.get("/history")
+        assert route.status_code == 200 and "<title>voicepool</title>" in route.text
+        assert route.headers["cache-control"] == "no-cache"
+        # A chunk of an earlier build, asked for by a page opened before an update.
+        gone = await api.client.get("/assets/pipecat-old999.js")
+        assert gone.status_code == 404 and "Reload the page" in gone.text
+        escape = await api.client.get("/assets/..%2f..%2fetc%2fpasswd")
+        assert escape.status_code == 404
+
+
 async def test_docs_are_served_by_default(make_api, built_web_app) -> None:
     async with make_api(frontend_dir=built_web_app) as api:
         schema = await api.client.get("/openapi.json")
