@@ -95,6 +95,8 @@ from density import (  # ops/bench/density.py
 )
 from measure import machine_facts, percentile, write_results  # ops/bench/measure.py
 
+from harness.webrtc_client import RECEIVED_SAMPLE_RATE  # the rate the client's audio is kept at
+
 if TYPE_CHECKING:
     import psutil
 
@@ -105,7 +107,6 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 LOUD_RMS = 300.0
-RECEIVED_RATE = 16000  # what the client resamples the bot's audio to (harness/webrtc_client.py)
 TURN_SAMPLES = round(RATE * TURN_S)
 LOOP_SAMPLES = TURN_SAMPLES * len(TURN_PITCHES_HZ)
 TONE_SAMPLES = round(RATE * TONE_S)
@@ -200,7 +201,7 @@ def make_client(wav: Path, shift: int) -> Any:
 
     from harness.webrtc_client import WavAudioTrack, WebRTCTestClient
 
-    matcher = AnswerMatcher(RECEIVED_RATE)
+    matcher = AnswerMatcher(RECEIVED_SAMPLE_RATE)
 
     class TurnTrack(WavAudioTrack):
         def _next_chunk(self) -> np.ndarray:
@@ -218,7 +219,7 @@ def make_client(wav: Path, shift: int) -> Any:
             self.matcher = matcher
 
         async def _consume_audio(self, track: Any) -> None:
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=RECEIVED_RATE)
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=RECEIVED_SAMPLE_RATE)
             while True:
                 try:
                     frame = await track.recv()
@@ -543,7 +544,7 @@ def through_opus(pcm: np.ndarray) -> list[np.ndarray]:
     from aiortc.jitterbuffer import JitterFrame
 
     encoder, decoder = OpusEncoder(), OpusDecoder()
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=RECEIVED_RATE)
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=RECEIVED_SAMPLE_RATE)
     step = RATE * FRAME_MS // 1000
     chunks: list[np.ndarray] = []
     for i in range(len(pcm) // step):
@@ -587,7 +588,7 @@ def self_check() -> None:
             quiet(1.0),
         ]
     )
-    matcher = AnswerMatcher(RECEIVED_RATE)
+    matcher = AnswerMatcher(RECEIVED_SAMPLE_RATE)
     matcher.tone_ended(1.0, low)
     matcher.tone_ended(5.0, high)
     pitch_blind: float | None = None  # what the old count took for turn 2's answer

@@ -7,6 +7,7 @@ import pytest
 from pipecat.audio.turn.smart_turn import local_smart_turn_v3
 from pipecat.turns.user_start import ExternalUserTurnStartStrategy, VADUserTurnStartStrategy
 from pipecat.turns.user_stop import ExternalUserTurnStopStrategy, TurnAnalyzerUserTurnStopStrategy
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from worker.options import AssistantConfig, WorkerOptions
 from worker.profiles import SessionContext
@@ -35,11 +36,16 @@ def smart_turn_loads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     return loads
 
 
-async def test_the_models_turns_need_no_smart_turn_model(smart_turn_loads: list[object]) -> None:
-    profile = _profile("semantic_vad")
+async def _prepared_strategies(turn_detection: str) -> UserTurnStrategies:
+    """The user aggregator's turn strategies once a session of the profile is prepared."""
+    profile = _profile(turn_detection)
     await profile.prepare()
     assert profile._aggregators is not None
-    strategies = profile._aggregators.user()._user_turn_controller.user_turn_strategies
+    return profile._aggregators.user()._user_turn_controller.user_turn_strategies
+
+
+async def test_the_models_turns_need_no_smart_turn_model(smart_turn_loads: list[object]) -> None:
+    strategies = await _prepared_strategies("semantic_vad")
     # What the Realtime service recommends, as realtime mode makes it: its turn events
     # start and stop the user's turn, without waiting for the transcript.
     assert [type(s) for s in strategies.start or []] == [ExternalUserTurnStartStrategy]
@@ -49,10 +55,7 @@ async def test_the_models_turns_need_no_smart_turn_model(smart_turn_loads: list[
 
 
 async def test_local_turns_keep_pipecats_defaults(smart_turn_loads: list[object]) -> None:
-    profile = _profile("local")
-    await profile.prepare()
-    assert profile._aggregators is not None
-    strategies = profile._aggregators.user()._user_turn_controller.user_turn_strategies
+    strategies = await _prepared_strategies("local")
     assert [type(s) for s in strategies.start or []] == [VADUserTurnStartStrategy]
     assert [type(s) for s in strategies.stop or []] == [TurnAnalyzerUserTurnStopStrategy]
     assert len(smart_turn_loads) == 1
