@@ -224,10 +224,11 @@ class VoicepoolWorker:
             partial(watch_event_loop, self.options.pool, busy=lambda: bool(self.sessions)),
         )
         log.info(
-            "worker %s serving pool %r with %d slots",
+            "worker %s serving pool %r with %d slots (event loop: %s)",
             self.id,
             self.options.pool,
             self.options.capacity,
+            type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
         stopped = asyncio.create_task(self._stopped.wait())
         failed = asyncio.create_task(self.supervisor.failed.wait())

@@ -113,6 +113,9 @@ async def test_echo_session_end_to_end(make_system, hello_wav) -> None:
     )
     assert worker_metrics[duration_key] == 1
     assert worker_metrics['voicepool_worker_capacity_sessions{pool="server"}'] == 2
+    # ... and that was a worker on uvloop, as `voicepool worker` runs where it is installed.
+    index = system.workers.index(system.worker_process(worker_id))
+    assert "(event loop: uvloop)" in (system.tmp / f"worker{index}.log").read_text()
 
     exported = system.run_cli("export", conversation_id, "--format", "json")
     assert f'"conversation_id": "{conversation_id}"' in exported

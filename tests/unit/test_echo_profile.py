@@ -5,6 +5,7 @@ from __future__ import annotations
 import wave
 from pathlib import Path
 
+from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADState
 
 from worker.profiles.echo import SAMPLE_RATE
@@ -21,7 +22,7 @@ def _frames(chunk_ms: int = 20) -> list[bytes]:
     return [pcm[i : i + size] for i in range(0, len(pcm) - size + 1, size)]
 
 
-async def _states(analyzer: SharedSileroVADAnalyzer) -> list[VADState]:
+async def _states(analyzer: SileroVADAnalyzer) -> list[VADState]:
     analyzer.set_sample_rate(SAMPLE_RATE)
     return [await analyzer.analyze_audio(frame) for frame in _frames()]
 
@@ -34,3 +35,12 @@ async def test_shared_session_analyzers_detect_speech_independently() -> None:
     assert VADState.SPEAKING in states
     assert states[-1] == VADState.QUIET  # the fixture ends in 1.5 s of silence
     assert await _states(second) == states  # a fresh analyzer hears the same thing
+
+
+async def test_inline_analysis_hears_what_pipecats_threaded_one_does() -> None:
+    """The analysis moved from the analyzer's thread onto the loop: same states, frame by
+    frame, and no thread started for it."""
+    inline = SharedSileroVADAnalyzer()
+    threaded = SileroVADAnalyzer()  # Pipecat's own: a model of its own, run on its thread
+    assert await _states(inline) == await _states(threaded)
+    assert inline._executor._threads == set()

@@ -31,6 +31,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer
+from pipecat.audio.vad.vad_controller import VADController
 from pipecat.frames.frames import StartFrame
 from pipecat.pipeline.worker import IdleFrameObserver, PipelineWorker
 from pipecat.processors.frameworks.rtvi import RTVIProcessor
@@ -257,6 +258,27 @@ def test_silero_init() -> None:
     # ... and the analyzer still runs its model through that attribute.
     assert "self._model(" in source(SileroVADAnalyzer.voice_confidence)
     assert "self._model.reset_states()" in source(SileroVADAnalyzer._maybe_reset_model)
+
+
+def test_vad_analyze_audio() -> None:
+    """``SharedSileroVADAnalyzer.analyze_audio`` runs what Pipecat's runs, minus the thread.
+
+    If this fails, Pipecat's ``analyze_audio`` does more than hand ``_run_analyzer`` the
+    buffer on the analyzer's executor (that extra would be skipped on every frame), or
+    the VAD is fed some other way than through ``analyze_audio``.
+    """
+    assert_pinned_exactly("pipecat-ai")
+    body = [
+        line.strip()
+        for line in source(VADAnalyzer.analyze_audio).split('"""')[2].splitlines()
+        if line.strip()
+    ]
+    assert body == [
+        "loop = asyncio.get_running_loop()",
+        "state = await loop.run_in_executor(self._executor, self._run_analyzer, buffer)",
+        "return state",
+    ]
+    assert "self._vad_analyzer.analyze_audio(audio)" in source(VADController._handle_vad)
 
 
 # --- Pipecat: OpenAI Realtime ---------------------------------------------------------

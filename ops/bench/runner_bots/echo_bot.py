@@ -19,7 +19,9 @@ publishing to Redis, pipeline heartbeats, session limits, reconnects).
 examples create one (the ONNX model is loaded in each session's start).
 ``--vad shared``: voicepool's ``SharedSileroVADAnalyzer`` (worker/vad.py): the
 model is loaded once, when the server starts, and each session gets its own
-recurrent state around the one inference session.
+recurrent state around the one inference session. Each frame is still analysed
+as Pipecat does it, on a thread of the session's analyzer (voicepool runs that
+analysis on the event loop instead: a change of its own, so not lent to the anchor).
 
 ``--log-level`` (default INFO, what the benchmark's voicepool processes log at):
 the runner's ``main()`` sets loguru to DEBUG; this sets it back to the given
@@ -34,7 +36,7 @@ from __future__ import annotations
 import argparse
 
 from pipecat.audio.vad.silero import SileroVADAnalyzer
-from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
 from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.runner.types import RunnerArguments, WebSocketRunnerArguments
 from runner_session import cli_args, run_session, serve, session_transport
@@ -45,10 +47,16 @@ from worker.vad import SharedSileroVADAnalyzer
 VAD_STOP_SECS = 0.5  # EchoProfile's default
 
 
+class SharedModelSileroVADAnalyzer(SharedSileroVADAnalyzer):
+    """The shared model, each frame analysed on the analyzer's thread as Pipecat does."""
+
+    analyze_audio = VADAnalyzer.analyze_audio
+
+
 def _vad(mode: str) -> SileroVADAnalyzer:
     params = VADParams(stop_secs=VAD_STOP_SECS)
     if mode == "shared":
-        return SharedSileroVADAnalyzer(sample_rate=SAMPLE_RATE, params=params)
+        return SharedModelSileroVADAnalyzer(sample_rate=SAMPLE_RATE, params=params)
     return SileroVADAnalyzer(sample_rate=SAMPLE_RATE, params=params)
 
 
