@@ -685,7 +685,8 @@ class AssistantProfile:
         assert self._llm is not None and self._aggregators is not None, "prepare() first"
         front: list[FrameProcessor] = [input]
         if self._vad is not None:
-            front.append(VADProcessor(vad_analyzer=self._vad))
+            # In the caller's task, as the echo profile's (see worker/session.py's gate).
+            front.append(VADProcessor(vad_analyzer=self._vad, enable_direct_mode=True))
         return [
             *front,
             self._aggregators.user(),

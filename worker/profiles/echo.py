@@ -126,8 +126,11 @@ class EchoProfile:
 
     def pipeline(self, input: FrameProcessor, output: FrameProcessor) -> list[FrameProcessor]:
         assert self._vad is not None, "prepare() first"
-        self._turns = EchoTurns()
-        return [input, VADProcessor(vad_analyzer=self._vad), self._turns, output]
+        self._turns = EchoTurns(enable_direct_mode=True)
+        # Both only look at each frame and act at once: run in the caller's task (see the
+        # gate's comment in worker/session.py).
+        vad = VADProcessor(vad_analyzer=self._vad, enable_direct_mode=True)
+        return [input, vad, self._turns, output]
 
     def observers(self) -> list[BaseObserver]:
         return []
