@@ -3,7 +3,7 @@
 Each simulated session is the ``echo`` profile's pipeline as a worker's session
 builds it (worker/session.py): the transport's input, the ClientGate, a
 VADProcessor on the shared Silero model, EchoTurns and the transport's output,
-with the session's event observer and Pipecat's metrics and heartbeats. Its
+with the session's event tap and Pipecat's metrics and heartbeats. Its
 transport stands in for SmallWebRTC's: every 20 ms it decodes an Opus packet of
 speech and resamples it to 16 kHz mono (aiortc's decoder, PyAV's resampler),
 pushes it in, and encodes 20 ms of what the bot plays, or silence, to Opus (an
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from pipecat.pipeline.worker import PipelineWorker
     from pipecat.workers.runner import WorkerRunner
 
-    from worker.observers import SessionEventObserver
+    from worker.session_events import SessionEvents
 
 CHUNK_S = 0.02  # what a WebRTC peer sends per packet
 WARMUP_S = 1.0
@@ -278,7 +278,7 @@ def _transport_classes() -> tuple[type[Any], type[Any]]:
 
 
 class _Publisher:
-    """The session's event publisher, minus Redis: events are counted by the observer."""
+    """The session's event publisher, minus Redis: the turns are counted by SessionEvents."""
 
     def emit(self, event_type: str, data: dict[str, Any]) -> None:
         return None
@@ -291,7 +291,7 @@ class SimulatedSession:
     output: Any
     pipeline: PipelineWorker
     runner: WorkerRunner
-    events: SessionEventObserver
+    events: SessionEvents
     started: asyncio.Event
 
     async def step(self, tick: int) -> None:
@@ -306,19 +306,16 @@ class SimulatedSession:
 
 
 async def start_session(index: int, link: Link) -> SimulatedSession:
-    """The echo profile's pipeline, built as SessionRunner._build_pipeline builds it."""
-    from pipecat.pipeline.pipeline import Pipeline
-    from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+    """The echo profile's pipeline, built by the worker's own build_pipeline_worker."""
     from pipecat.transports.base_transport import TransportParams
     from pipecat.workers.runner import WorkerRunner
 
-    from worker.client_gate import ClientGate
-    from worker.observers import SessionEventObserver
     from worker.options import WorkerOptions
-    from worker.pipeline_health import HEARTBEAT_MONITOR_S
     from worker.profiles import SessionContext
     from worker.profiles.echo import EchoProfile
     from worker.publisher import EventPublisher
+    from worker.session import build_pipeline_worker
+    from worker.session_events import SessionEvents
 
     profile = EchoProfile(
         SessionContext(
@@ -333,23 +330,8 @@ async def start_session(index: int, link: Link) -> SimulatedSession:
     input_class, output_class = _transport_classes()
     params = TransportParams(audio_in_enabled=True, audio_out_enabled=True)
     transport_in, transport_out = input_class(params), output_class(params)
-    processors = profile.pipeline(transport_in, transport_out)
-    processors.insert(1, ClientGate())
-    events = SessionEventObserver(cast(EventPublisher, _Publisher()))
-    pipeline = PipelineWorker(
-        Pipeline(processors),
-        params=PipelineParams(
-            audio_in_sample_rate=profile.audio_in_sample_rate,
-            audio_out_sample_rate=profile.audio_out_sample_rate,
-            enable_metrics=True,
-            enable_usage_metrics=True,
-            enable_heartbeats=True,
-            heartbeats_monitor_secs=HEARTBEAT_MONITOR_S,
-        ),
-        observers=[events],
-        enable_turn_tracking=False,
-        idle_timeout_secs=None,
-    )
+    events = SessionEvents(cast(EventPublisher, _Publisher()))
+    pipeline, _gate = build_pipeline_worker(profile, transport_in, transport_out, events)
     started = asyncio.Event()
 
     async def _started(_worker: object, _frame: object) -> None:

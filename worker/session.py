@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pipecat.frames.frames import ErrorFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.transports.base_input import BaseInputTransport
 from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
@@ -35,11 +36,11 @@ from shared.logs import log_fields, redact
 from worker import metrics
 from worker.client_gate import ClientGate
 from worker.continuity import QuietWatch
-from worker.observers import SessionEventObserver
 from worker.options import WorkerOptions
 from worker.pipeline_health import HEARTBEAT_MONITOR_S, count_heartbeat_timeouts
 from worker.profiles import Profile, SessionContext, build_profile
 from worker.publisher import EventPublisher
+from worker.session_events import SessionEvents
 from worker.transports import SessionTransport, SignalError, build_transport
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,46 @@ log = logging.getLogger(__name__)
 # stopping mid-word, for at most GRACEFUL_END_S; any other end is immediate.
 GRACEFUL_END_S = 8.0
 HANDED_OFF_CLOSE_S = 2.0  # a call another worker has: its last events are not waited for long
+
+
+def build_pipeline_worker(
+    profile: Profile,
+    input: FrameProcessor,
+    output: FrameProcessor,
+    events: SessionEvents,
+    *,
+    conversation_id: str | None = None,
+) -> tuple[PipelineWorker, ClientGate]:
+    """A session's pipeline: the profile's processors between the transport's ``input``
+    and ``output``, the client gate right after the input, and its events tapped."""
+    # Direct mode (Pipecat's): the gate passes each frame on in the caller's task
+    # instead of through a queue and a task of its own, as do the profiles' VAD and
+    # echo processors. One hop less per 20 ms frame each: the three together took an
+    # echo call at 16 calls from 0.056 to 0.048 cores (ops/bench/anchor.py's steady).
+    gate = ClientGate(enable_direct_mode=True)
+    processors = profile.pipeline(input, output)
+    processors.insert(1, gate)
+    worker = PipelineWorker(
+        Pipeline(processors),
+        params=PipelineParams(
+            audio_in_sample_rate=profile.audio_in_sample_rate,
+            audio_out_sample_rate=profile.audio_out_sample_rate,
+            enable_metrics=True,
+            enable_usage_metrics=True,
+            enable_heartbeats=True,  # a stuck pipeline shows in a metric and an alert
+            heartbeats_monitor_secs=HEARTBEAT_MONITOR_S,
+        ),
+        # Each observer is one more queue hop per frame (Pipecat proxies them): the
+        # session's events are tapped at the pipeline's ends instead (SessionEvents),
+        # nothing here reads Pipecat's turn tracking, and the idle timeout is kept from
+        # the events' activity (_check_idle), so none of those is paid for.
+        observers=profile.observers(),
+        enable_turn_tracking=False,
+        idle_timeout_secs=None,
+        conversation_id=conversation_id,
+    )
+    events.attach(worker)
+    return worker, gate
 
 
 class SessionRunner:
@@ -66,7 +107,7 @@ class SessionRunner:
         self.options = options
         self.live = live
         self.publisher = EventPublisher(live, session_id, options.worker_id)
-        self._events = SessionEventObserver(self.publisher)
+        self._events = SessionEvents(self.publisher)
         self.quiet = QuietWatch()  # when a drain may hand the call over
         self.publisher.watch = self.quiet.see
         # Taken up from another worker (recovering) after a client had connected: the call
@@ -289,34 +330,16 @@ class SessionRunner:
             TransportParams(audio_in_enabled=True, audio_out_enabled=True), self
         )
         self._watch_client(transport)
-        # Direct mode (Pipecat's): the gate passes each frame on in the caller's task
-        # instead of through a queue and a task of its own, as do the profiles' VAD and
-        # echo processors. One hop less per 20 ms frame each: the three together took an
-        # echo call at 16 calls from 0.056 to 0.048 cores (ops/bench/anchor.py's steady).
-        self._gate = ClientGate(enable_direct_mode=True)
-        processors = self.profile.pipeline(transport.input(), transport.output())
-        processors.insert(1, self._gate)  # right after the transport's input
-        pipeline = Pipeline(processors)
-        worker = PipelineWorker(
-            pipeline,
-            params=PipelineParams(
-                audio_in_sample_rate=self.profile.audio_in_sample_rate,
-                audio_out_sample_rate=self.profile.audio_out_sample_rate,
-                enable_metrics=True,
-                enable_usage_metrics=True,
-                enable_heartbeats=True,  # a stuck pipeline shows in a metric and an alert
-                heartbeats_monitor_secs=HEARTBEAT_MONITOR_S,
-            ),
-            observers=[self._events, *self.profile.observers()],
-            # Each observer is one more queue hop per frame (Pipecat proxies them): nothing
-            # here reads Pipecat's turn tracking, and the idle timeout is kept by the
-            # event observer (_check_idle), so neither is paid for.
-            enable_turn_tracking=False,
-            idle_timeout_secs=None,
+        worker, self._gate = build_pipeline_worker(
+            self.profile,
+            transport.input(),
+            transport.output(),
+            self._events,
             conversation_id=self.meta.get("conversation_id"),
         )
 
         async def _error(_worker: object, frame: ErrorFrame) -> None:
+            self._events.error(frame)
             kind = type(frame.processor).__name__ if frame.processor else "pipeline"
             metrics.PIPELINE_ERRORS.labels(pool=self.options.pool, kind=kind).inc()
             transport_broken = (

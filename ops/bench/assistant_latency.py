@@ -1240,7 +1240,7 @@ def main(argv: list[str] | None = None) -> None:
             "The bare pipeline is a benchmark-only profile the instrumented worker uses for "
             f"sessions created with profile {BARE_STANDIN!r}; it has no observers of its own "
             "(the assistant has ServiceMetricsObserver and UserBotLatencyObserver); both have "
-            "the session's SessionEventObserver.",
+            "the session's SessionEvents tap.",
             f"Total run time {time.monotonic() - started:.0f} s.",
         ],
     }

@@ -140,6 +140,8 @@ async def test_speech_tool_call_and_answer_are_all_recorded(
             for kind in (
                 "user.transcript", "tool.started", "tool.progress", "tool.completed",
                 "assistant.transcript", "metrics.usage", "metrics.latency",
+                "user.turn_started", "user.turn_stopped", "bot.started_speaking",
+                "bot.stopped_speaking",
             ):  # fmt: skip
                 assert kind in types, (kind, types)
             data = {e.event: [x.data["data"] for x in events if x.event == e.event] for e in events}
@@ -418,10 +420,12 @@ async def test_local_turn_detection_commits_turns_from_the_worker(make_system, h
                     lambda e: e["type"] == "input_audio_buffer.commit", timeout=20
                 )
                 said = await _published(system, session["session_id"], "user.transcript")
+                turns = await _published(system, session["session_id"], "user.turn_stopped")
             finally:
                 await api.delete(f"/api/sessions/{session['session_id']}")
                 await client.close()
             assert commit
             assert said and said[0]["text"] == "Local turns work"
+            assert turns and turns[0]["turn"] == 1  # the worker's VAD turn, as an event too
             update = fake.session_updates[0]
             assert update["audio"]["input"].get("turn_detection") is None

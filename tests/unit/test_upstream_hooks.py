@@ -43,8 +43,8 @@ from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
 from pipecat.utils.base_object import BaseObject
 from websockets.asyncio.client import connect as websocket_connect
 
-from worker.observers import ACTIVITY_FRAMES
 from worker.profiles.assistant import HeldRealtimeService, WatchedRealtimeService
+from worker.session_events import ACTIVITY_FRAMES
 from worker.transports.daily import RoomTransport
 from worker.transports.smallwebrtc import SessionConnection
 from worker.transports.websocket import _EmbeddedServer
@@ -125,10 +125,10 @@ def test_arq_pickup_wakes() -> None:
 
 
 def test_idle_activity() -> None:
-    """``SessionEventObserver`` keeps the idle timeout with Pipecat's own idle frames.
+    """``SessionEvents`` keeps the idle timeout with Pipecat's own idle frames.
 
     If this fails, Pipecat counts other frames as activity than ``ACTIVITY_FRAMES``
-    (``worker/observers.py``): a call would idle out (or not) otherwise than upstream's.
+    (``worker/session_events.py``): a call would idle out (or not) otherwise than upstream's.
     """
     assert_pinned_exactly("pipecat-ai")
     default = inspect.signature(PipelineWorker.__init__).parameters["idle_timeout_frames"].default

@@ -12,7 +12,7 @@ with the same transport settings (FastAPIWebsocketTransport, ProtobufFrameSerial
 bot audio resampled to 24 kHz for Pipecat's JS client, no Origin allow-list) and
 PipelineParams (16 kHz in and out, metrics and usage metrics on), as runner_session.py
 sets them up for every bot here. Not here:
-what a voicepool session adds around it (its ClientGate, its event observer
+what a voicepool session adds around it (its ClientGate, its event tap
 publishing to Redis, pipeline heartbeats, session limits, reconnects).
 
 ``--vad per-session``: a fresh ``SileroVADAnalyzer`` per session, as Pipecat's
