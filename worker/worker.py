@@ -118,9 +118,16 @@ class SessionWorker(Worker):
         if not (self.allow_pick_jobs and self._read == self.queue_read_limit):
             await self._wait_for_work()
 
+    # Claims together; guarded by tests/unit/test_upstream_hooks.py::test_arq_start_jobs_one_by_one
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         self._read = len(job_ids)
-        await super().start_jobs(job_ids)
+        # arq claims a poll's jobs one after another, four round trips each. On a loop busy
+        # with calls every round trip waits its turn behind them, so in a burst of 100 the
+        # 50th job of a poll was claimed seconds after the first (ops/bench/anchor.py). The
+        # claims are independent (each its own WATCHed transaction; arq's semaphore bounds
+        # them): make them together.
+        claim = super().start_jobs
+        await asyncio.gather(*(claim([job_id]) for job_id in job_ids))
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()

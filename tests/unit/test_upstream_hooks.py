@@ -121,6 +121,21 @@ def test_arq_pickup_wakes() -> None:
     assert "self._release_sem_dec_counter_on_complete()" in source(Worker.start_jobs)
 
 
+def test_arq_start_jobs_one_by_one() -> None:
+    """``SessionWorker.start_jobs`` hands arq's ``start_jobs`` one job id per call, all at once.
+
+    If this fails, arq's ``start_jobs`` no longer treats each id of its list on its own
+    (one loop pass per id, nothing carried from one to the next but its counters and
+    semaphore), so claiming them in concurrent calls could claim one twice or skip one.
+    """
+    assert_pinned_exactly("arq")
+    body = source(Worker.start_jobs)
+    assert body.count("for job_id_b in job_ids:") == 1
+    assert "job_ids[" not in body and "break" not in body
+    assert "await self.sem.acquire()" in body  # bounds the concurrent claims
+    assert "pipe.watch(in_progress_key)" in body  # a claim another worker won is refused
+
+
 # --- pipecat: the idle timeout ------------------------------------------------------
 
 
