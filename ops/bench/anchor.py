@@ -126,6 +126,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 import numpy as np
+import profiling  # ops/bench/profiling.py
 import psutil
 import websockets
 from measure import (
@@ -658,6 +659,97 @@ async def measure(target: Target, args: argparse.Namespace, wav: Path) -> dict[s
     return result
 
 
+# --- where the burst's time goes (py-spy) ---------------------------------------------
+
+PROFILE_S = 45  # sampling window: the burst, its echoes and its teardown fit in it
+PROFILE_TOP = 8
+
+
+async def profiled_burst(
+    target: Target, args: argparse.Namespace, wav: Path, out: Path
+) -> dict[str, Any]:
+    """One more burst, unmeasured, with py-spy on the API and the workers: their hottest
+    functions (self time, and our own code's inclusive time) over the burst."""
+    async with target.http(4) as http:  # warm-up, as before the measured burst
+        await close(target, http, await open_session(target, http, wav))
+    await asyncio.sleep(SETTLE_S)
+    procs = {k: p for k, p in target.processes().items() if k != "redis"}
+    spies = {k: profiling.start(p.pid, PROFILE_S, out / f"{k}.raw") for k, p in procs.items()}
+    if any(spy is None for spy in spies.values()):
+        return {}
+    await asyncio.sleep(1.0)  # py-spy attached
+    await burst(target, args.burst, wav)
+    for spy in spies.values():
+        assert spy is not None
+        await asyncio.to_thread(spy.wait)
+    workers = out / "workers.raw"  # the workers' collapsed stacks, added up
+    workers.write_text("".join((out / f"{k}.raw").read_text() for k in procs if k != "api"))
+    found = {}
+    for name, raw in (("API", out / "api.raw"), ("workers", workers)):
+        summary = profiling.summarize(raw, ours=("api", "shared", "worker"), top=PROFILE_TOP)
+        found[name] = {k: summary[k] for k in ("self_time", "inclusive_ours", "working_samples")}
+    return found
+
+
+def profile_targets(args: argparse.Namespace, wav: Path, tmp: Path) -> dict[str, Any]:
+    profiles: dict[str, Any] = {}
+    for key in (k for k in args.targets if k in ("voicepool", BEFORE)):
+        target = make_target(key, args)
+        print(f"py-spy over a burst: {target.label}", flush=True)
+        folder = tmp / f"profile-{key}"
+        try:
+            target.start(folder)
+            profiles[key] = asyncio.run(profiled_burst(target, args, wav, folder))
+        except Exception as exc:
+            profiles[key] = {"failed": f"{type(exc).__name__}: {exc}"[:300]}
+        finally:
+            target.stop()
+    return profiles
+
+
+def profile_markdown(result: dict[str, Any]) -> list[str]:
+    profiles = result.get("profiles") or {}
+    if not any(profiles.values()):
+        return []
+    lines = [
+        "",
+        f"## Where the burst's time goes (py-spy, {profiling.RATE_HZ} Hz)",
+        "",
+        f"One more burst of {result['config']['burst']} per voicepool target after the "
+        "measured reps, not measured, py-spy sampling the API and both workers (added up). "
+        "Shares are of the samples where a thread was working.",
+    ]
+    for key, found in profiles.items():
+        label = result["labels"].get(key, key)
+        if "failed" in found:
+            lines += ["", f"{label}: failed: {found['failed']}"]
+            continue
+        for process, summary in found.items():
+            lines += [
+                "",
+                f"**{label}, {process}** ({summary['working_samples']} working samples)",
+                "",
+                "| self time | share | our code, inclusive | share |",
+                "|---|---:|---|---:|",
+            ]
+            own, ours = summary["self_time"], summary["inclusive_ours"]
+            blank: dict[str, Any] = {"function": "", "share": None}
+            for i in range(max(len(own), len(ours))):
+                a = own[i] if i < len(own) else blank
+                b = ours[i] if i < len(ours) else blank
+                lines.append(
+                    f"| `{a['function']}` | {_pct(a['share'])} | "
+                    f"`{b['function']}` | {_pct(b['share'])} |"
+                    if b["function"]
+                    else f"| `{a['function']}` | {_pct(a['share'])} | | |"
+                )
+    return lines
+
+
+def _pct(share: float | None) -> str:
+    return "" if share is None else f"{share * 100:.1f}%"
+
+
 # --- report ----------------------------------------------------------------------------
 
 # (row, unit, value of one rep's result or None where it does not apply, ratio shown)
@@ -789,6 +881,7 @@ def markdown(result: dict[str, Any]) -> str:
         ratios = [row["ratio_vs_anchor"]] + ([row["ratio_vs_before"]] if BEFORE in keys else [])
         shown = " | ".join("—" if r is None else f"{r}x" for r in ratios)
         lines.append(f"| {name} | {row['unit']} | " + " | ".join(cells) + f" | {shown} |")
+    lines += profile_markdown(result)
     lines += ["", "Notes:", "", *[f"- {n}" for n in result["notes"]]]
     odd = result["anomalies"]
     lines += ["", "Anomalies:", ""] + ([f"- {a}" for a in odd] if odd else ["- none"])
@@ -866,6 +959,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="REV",
         help="also measure voicepool as of this commit (a git worktree), as a before/after",
     )
+    parser.add_argument(
+        "--no-profile",
+        dest="profile",
+        action="store_false",
+        help="skip the extra burst under py-spy (per voicepool target, after the reps)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
     args.targets = [t for t in args.targets.split(",") if t and t != BEFORE]
@@ -922,6 +1021,7 @@ def main(argv: list[str] | None = None) -> None:
                     target.stop()  # also on Ctrl-C / SIGTERM
                 entry["log_problems"] = log_problems(tmp / f"rep{rep}-{key}")
                 reps[key].append(entry)
+        profiles = profile_targets(args, wav, tmp) if args.profile else {}
 
     measured = {k: [r for r in v if "failed" not in r] for k, v in reps.items()}
     result: dict[str, Any] = {
@@ -943,6 +1043,7 @@ def main(argv: list[str] | None = None) -> None:
         "table": summarize(measured),
         "notes": [*NOTES, f"Total run time {time.monotonic() - started:.0f} s."],
         "anomalies": anomalies(reps),
+        "profiles": profiles,
         "reps": reps,
     }
     write_results(args.out, "anchor", result, markdown)
