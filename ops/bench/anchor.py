@@ -38,10 +38,13 @@ voicepool runs with its product defaults for liveness (heartbeat every 1 s, TTL
 10 s, reaper every 0.5 s), not the test harness's tighter ones.
 
 The pipeline is ``input → VADProcessor(Silero, stop_secs 0.5) → EchoTurns →
-output`` in all three; voicepool's session adds its ClientGate, an event
-observer publishing to Redis and pipeline heartbeats (its own product cost,
-counted against it). The echo needs the VAD's end of speech: the bot plays
-a turn back only after 0.5 s of silence.
+output`` in all three; voicepool's session adds its ClientGate, its event
+tap publishing to Redis and pipeline heartbeats (its own product cost,
+counted against it), and runs the gate, the VAD and EchoTurns in Pipecat's
+direct mode and Silero's analysis on the event loop, where the runner's bots
+keep Pipecat's defaults (a queue and task per processor, a thread per
+analyzer). The echo needs the VAD's end of speech: the bot plays a turn back
+only after 0.5 s of silence.
 
 What is measured, all on the client, one clock (``time.perf_counter``), each
 from the moment just before the start request is sent:

@@ -23,7 +23,7 @@ What a voicepool session has that this bot lacks: its Realtime service subclass
 text, failures ended with a reason), the model socket opened *without* permessage-deflate
 (this bot keeps the ``websockets`` default, as Pipecat does: it compresses every base64
 audio event it sends and inflates every one it gets), its ClientGate, the event
-observer publishing to Redis, Pipecat's service-metrics and user-bot-latency observers,
+tap publishing to Redis, Pipecat's service-metrics and user-bot-latency observers,
 pipeline heartbeats, session limits, client reconnects; and Pipecat's turn tracking,
 which voicepool turns off, is on here (Pipecat's default). Alike in both: the context
 aggregator pair, with Pipecat's defaults, loads its Smart Turn model (onnxruntime) with the
