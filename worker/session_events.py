@@ -20,6 +20,7 @@ It also notes when the call was last active, for the idle timeout.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pipecat.frames.frames import (
@@ -61,34 +62,42 @@ WATCHED_FRAMES = (*ACTIVITY_FRAMES, *TURN_FRAMES)
 
 
 class _Turns:
-    """One party's turns: open from a start to the next stop, counted when they close."""
+    """One party's turns, as events: open from a start to the next stop, counted when
+    they close."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, emit: Callable[[str, dict[str, Any]], None], started: EventType, stopped: EventType
+    ):
+        self._emit, self._started, self._stopped = emit, started, stopped
         self.count = 0
-        self.since: float | None = None  # time.time() the open turn started
+        self._since: float | None = None  # time.time() the open turn started
         self._changed_by = -1  # id of the frame that last opened or closed a turn
 
-    def start(self, frame: Frame, now: float) -> bool:
-        if self.since is not None or frame.id < self._changed_by:
-            return False
-        self.since, self._changed_by = now, frame.id
-        return True
+    def start(self, frame: Frame) -> None:
+        if self._since is not None or frame.id < self._changed_by:
+            return
+        self._since, self._changed_by = time.time(), frame.id
+        self._emit(self._started, {"turn": self.count + 1})
 
-    def stop(self, frame: Frame, now: float) -> float | None:
-        """The closed turn's length, or None when there was no open turn to close."""
-        if self.since is None or frame.id < self._changed_by:
-            return None
-        duration, self.since, self._changed_by = now - self.since, None, frame.id
+    def stop(self, frame: Frame) -> None:
+        if self._since is None or frame.id < self._changed_by:
+            return
+        duration = time.time() - self._since
+        self._since, self._changed_by = None, frame.id
         self.count += 1
-        return duration
+        self._emit(self._stopped, {"turn": self.count, "duration_s": round(duration, 3)})
 
 
 class SessionEvents:
     def __init__(self, publisher: EventPublisher):
         self.publisher = publisher
         self.active_at = time.monotonic()  # the last frame that shows someone in the call
-        self._user = _Turns()
-        self._bot = _Turns()
+        self._user = _Turns(
+            publisher.emit, EventType.USER_TURN_STARTED, EventType.USER_TURN_STOPPED
+        )
+        self._bot = _Turns(
+            publisher.emit, EventType.BOT_STARTED_SPEAKING, EventType.BOT_STOPPED_SPEAKING
+        )
 
     @property
     def user_turns(self) -> int:
@@ -111,25 +120,15 @@ class SessionEvents:
     def see(self, frame: Frame) -> None:
         if isinstance(frame, ACTIVITY_FRAMES):
             self.active_at = time.monotonic()
-        now = time.time()
-        if isinstance(frame, UserStartedSpeakingFrame):
-            if self._user.start(frame, now):
-                self.publisher.emit(EventType.USER_TURN_STARTED, {"turn": self._user.count + 1})
-        elif isinstance(frame, UserStoppedSpeakingFrame):
-            if (duration := self._user.stop(frame, now)) is not None:
-                self.publisher.emit(
-                    EventType.USER_TURN_STOPPED,
-                    {"turn": self._user.count, "duration_s": round(duration, 3)},
-                )
-        elif isinstance(frame, BotStartedSpeakingFrame):
-            if self._bot.start(frame, now):
-                self.publisher.emit(EventType.BOT_STARTED_SPEAKING, {"turn": self._bot.count + 1})
-        elif isinstance(frame, BotStoppedSpeakingFrame):
-            if (duration := self._bot.stop(frame, now)) is not None:
-                self.publisher.emit(
-                    EventType.BOT_STOPPED_SPEAKING,
-                    {"turn": self._bot.count, "duration_s": round(duration, 3)},
-                )
+        match frame:
+            case UserStartedSpeakingFrame():
+                self._user.start(frame)
+            case UserStoppedSpeakingFrame():
+                self._user.stop(frame)
+            case BotStartedSpeakingFrame():
+                self._bot.start(frame)
+            case BotStoppedSpeakingFrame():
+                self._bot.stop(frame)
 
     def error(self, frame: ErrorFrame) -> None:
         self.publisher.emit(
