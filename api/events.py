@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Collection
 from dataclasses import dataclass
-from typing import cast
 
 from sqlmodel import col, select
 from sse_starlette import ServerSentEvent
@@ -38,24 +37,30 @@ async def wait_for_state(
 ) -> str | None:
     """Block until the session's state is one of ``targets`` or ``timeout`` passes.
 
-    Returns the state it is in then. Woken by the session's own events, not polled.
+    Returns the state it is in then. Woken by the session's own events, not polled:
+    the state and the stream's last entry are read together (a state changes in the
+    same atomic step that adds its event), then each ``session.state`` event read after
+    that entry is the state from then on. One round trip per wake, where reading the
+    hash again after each wake took two (0.7-1.0 ms of ``POST /api/start`` at rest).
     """
     deadline = time.monotonic() + timeout
     stream = keys.session_events(session_id)
-    last_id = "0-0"
-    while True:
-        current = await cast(
-            "Awaitable[str | None]", state.redis.hget(keys.session(session_id), "state")
-        )
-        if current is None or current in targets:
-            return current
+    async with state.redis.pipeline(transaction=True) as pipe:
+        pipe.hget(keys.session(session_id), "state")
+        pipe.xrevrange(stream, count=1)
+        current, last = await pipe.execute()
+    last_id = last[0][0] if last else "0-0"
+    while current is not None and current not in targets:
         remaining_ms = int((deadline - time.monotonic()) * 1000)
         if remaining_ms <= 0:
-            return current
+            break
         reply = await state.redis.xread({stream: last_id}, count=READ_COUNT, block=remaining_ms)
         for _stream, entries in reply or ():
-            if entries:
-                last_id = entries[-1][0]
+            for entry_id, fields in entries:
+                last_id = entry_id
+                if fields.get("type") == EventType.SESSION_STATE:
+                    current = json.loads(fields["data"]).get("state", current)
+    return None if current is None else str(current)
 
 
 @dataclass(frozen=True)
