@@ -118,16 +118,37 @@ class SessionWorker(Worker):
         if not (self.allow_pick_jobs and self._read == self.queue_read_limit):
             await self._wait_for_work()
 
-    # Claims together; guarded by tests/unit/test_upstream_hooks.py::test_arq_start_jobs_one_by_one
+    # Claims together, each in one step; guarded by tests/unit/test_upstream_hooks.py::
+    # test_arq_start_jobs_one_by_one and test_arq_claim
     async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's ``start_jobs``: claim each job and run it in a task, counted against
+        ``max_jobs`` and arq's semaphore. The claims are made together: arq makes them one
+        after another, four round trips each, and on a loop busy with calls each round
+        trip waits its turn behind them, so in a burst of 100 the 50th job of a poll was
+        claimed seconds after the first (ops/bench/anchor.py). Each claim is independent
+        (``queue.claim``, one atomic step)."""
         self._read = len(job_ids)
-        # arq claims a poll's jobs one after another, four round trips each. On a loop busy
-        # with calls every round trip waits its turn behind them, so in a burst of 100 the
-        # 50th job of a poll was claimed seconds after the first (ops/bench/anchor.py). The
-        # claims are independent (each its own WATCHed transaction; arq's semaphore bounds
-        # them): make them together.
-        claim = super().start_jobs
-        await asyncio.gather(*(claim([job_id]) for job_id in job_ids))
+        await asyncio.gather(*(self._start_job(job_id.decode()) for job_id in job_ids))
+
+    async def _start_job(self, job_id: str) -> None:
+        await self.sem.acquire()
+        if self.job_counter >= self.max_jobs:
+            self.sem.release()
+            return
+        self.job_counter += 1
+        try:
+            score = await queue.claim(
+                self.pool, self.queue_name, job_id, int(self.in_progress_timeout_s * 1000)
+            )
+        except BaseException:
+            self._release_sem_dec_counter_on_complete()
+            raise
+        if score is None:  # another worker's, or no longer queued
+            self._release_sem_dec_counter_on_complete()
+            return
+        task = self.loop.create_task(self.run_job(job_id, score))
+        task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+        self.tasks[job_id] = task
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()

@@ -229,13 +229,13 @@ async def _go_live(
         admission=admission(settings),
     )
     expires_s = settings.queue_ttl + queue.START_JOB_SLACK_S
-    await queue.enqueue_start(state.arq, row.id, row.pool, job_id=row.id, expires_s=expires_s)
+    await queue.enqueue_new_start(state.arq, row.id, row.pool, expires_s=expires_s)
 
 
 async def _remove(
     state: AppState, db: AsyncSession, row: VoiceSession, conversation: Conversation | None
 ) -> None:
-    """Undo ``_insert``: the session, and the conversation if it was made for it."""
+    """Undo the create: the session's row, and the conversation's if it was made for it."""
     async with state.store.writing():
         await db.delete(row)
         await db.flush()  # the session before its conversation (foreign key)

@@ -122,18 +122,43 @@ def test_arq_pickup_wakes() -> None:
 
 
 def test_arq_start_jobs_one_by_one() -> None:
-    """``SessionWorker.start_jobs`` hands arq's ``start_jobs`` one job id per call, all at once.
+    """``SessionWorker.start_jobs`` claims each job id of a poll on its own, all at once.
 
     If this fails, arq's ``start_jobs`` no longer treats each id of its list on its own
     (one loop pass per id, nothing carried from one to the next but its counters and
-    semaphore), so claiming them in concurrent calls could claim one twice or skip one.
+    semaphore), so claiming them concurrently could claim one twice or skip one.
     """
     assert_pinned_exactly("arq")
     body = source(Worker.start_jobs)
     assert body.count("for job_id_b in job_ids:") == 1
     assert "job_ids[" not in body and "break" not in body
     assert "await self.sem.acquire()" in body  # bounds the concurrent claims
-    assert "pipe.watch(in_progress_key)" in body  # a claim another worker won is refused
+    assert "if self.job_counter >= self.max_jobs:" in body
+
+
+def test_arq_claim() -> None:
+    """``SessionWorker._start_job`` claims a job as arq's ``start_jobs`` does, in one step
+    (``shared.queue.claim``), and starts it the way arq does.
+
+    If this fails, arq claims a job otherwise (another key, another test of the queue's
+    score) or starts it otherwise: a job could run on two workers, or run without arq's
+    bookkeeping (its retries, its result, its slot given back).
+    """
+    assert_pinned_exactly("arq")
+    body = source(Worker.start_jobs)
+    for step in (
+        "in_progress_key = in_progress_key_prefix + job_id",
+        "await pipe.watch(in_progress_key)",
+        "ongoing_exists = await pipe.exists(in_progress_key)",
+        "score = await pipe.zscore(self.queue_name, job_id)",
+        "if ongoing_exists or not score or score > timestamp_ms():",
+        "pipe.psetex(in_progress_key, int(self.in_progress_timeout_s * 1000), b'1')",
+        "t = self.loop.create_task(self.run_job(job_id, int(score)))",
+        "t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())",
+        "self.tasks[job_id] = t",
+    ):
+        assert step in body, f"arq's claim no longer does: {step}"
+    assert [p[0] for p in parameters(Worker.run_job)] == ["self", "job_id", "score"]
 
 
 # --- pipecat: the idle timeout ------------------------------------------------------
