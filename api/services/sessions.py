@@ -132,24 +132,75 @@ async def create(
     its rows committed, its live record written and its start job enqueued; or an
     error and, for a lost race or an unreachable queue, nothing left half-made."""
     profile, pool = await _admit(state, user, request)
-    conversation, row, new_conversation = await _insert(state, db, user, request, profile, pool)
+    conversation, row, new_conversation = await _new_rows(db, user, request, profile, pool)
     history = (
         []  # a new conversation has none: no query on the common path
         if new_conversation
         else await transcript_history(db, conversation.id, state.settings.history_max_messages)
     )
-    try:
-        await _go_live(state, row, request, history)
-    except (OwnerLimitReached, AdmissionRefused) as exc:  # lost a race: leave nothing
+    db.add(conversation)
+    db.add(row)
+    stored, live = await _commit_and_go_live(state, db, row, request, history)
+    if stored is not None:  # the rows are not stored: nothing may run without them
+        await _call_off(state, row)
+        raise ApiError(503, "store_unavailable", "the session store is unreachable") from stored
+    if isinstance(live, OwnerLimitReached | AdmissionRefused):  # lost a race: leave nothing
         await _remove(state, db, row, conversation if new_conversation else None)
-        if isinstance(exc, OwnerLimitReached):
-            raise _too_many(pool, exc.limit) from exc
-        raise await _refused(state, pool, exc, (row.profile, row.transport)) from exc
-    except Exception as exc:
+        if isinstance(live, OwnerLimitReached):
+            raise _too_many(pool, live.limit) from live
+        raise await _refused(state, pool, live, (row.profile, row.transport)) from live
+    if live is not None:
         await _mark_failed(state, db, row, Reason.QUEUE_UNAVAILABLE)
-        raise ApiError(503, "queue_unavailable", "the session queue is unreachable") from exc
+        raise ApiError(503, "queue_unavailable", "the session queue is unreachable") from live
     metrics.SESSIONS_REQUESTED.labels(pool=pool, transport=row.transport, profile=profile).inc()
     return row
+
+
+async def _commit_and_go_live(
+    state: AppState,
+    db: AsyncSession,
+    row: VoiceSession,
+    request: SessionCreate,
+    history: list[dict[str, str]],
+) -> tuple[BaseException | None, BaseException | None]:
+    """Commit the new rows and put the session live; each one's failure, or None.
+
+    The rows must be stored before the persister writes the session's first state
+    event, which may come at once. Where the store takes one writer at a time in this
+    process (SQLite), the persister's writes wait on the same lock, held here until the
+    commit is done: the commit (aiosqlite's thread hops, ~2.3 ms) and the Redis round
+    trips (~1.5 ms) then overlap, the largest single cut in ``POST /api/start`` one at a
+    time (ops/bench/anchor.py). Elsewhere (PostgreSQL, any number of API processes)
+    nothing orders another process's persister, so the commit comes first."""
+    if not state.store.serializes_writes:
+        async with state.store.writing():
+            stored = await _failure_of(db.commit())
+        live = (
+            None
+            if stored is not None
+            else await _failure_of(_go_live(state, row, request, history))
+        )
+        return stored, live
+    async with state.store.writing():
+        stored, live = await asyncio.gather(
+            _failure_of(db.commit()), _failure_of(_go_live(state, row, request, history))
+        )
+    return stored, live
+
+
+async def _failure_of(step: Awaitable[Any]) -> BaseException | None:
+    try:
+        await step
+    except Exception as exc:
+        return exc
+    return None
+
+
+async def _call_off(state: AppState, row: VoiceSession) -> None:
+    """A session whose rows could not be stored: if it went live, end it (cancelled while
+    queued, ended by its worker if one took it meanwhile)."""
+    with contextlib.suppress(Exception):
+        await end(state, row)
 
 
 async def _admit(state: AppState, user: User, request: SessionCreate) -> tuple[str, str]:
@@ -172,16 +223,11 @@ async def _admit(state: AppState, user: User, request: SessionCreate) -> tuple[s
     return profile, pool
 
 
-async def _insert(
-    state: AppState,
-    db: AsyncSession,
-    user: User,
-    request: SessionCreate,
-    profile: str,
-    pool: str,
+async def _new_rows(
+    db: AsyncSession, user: User, request: SessionCreate, profile: str, pool: str
 ) -> tuple[Conversation, VoiceSession, bool]:
-    """The session's row and its conversation's (new, or the caller's own, touched),
-    committed; and whether the conversation is new."""
+    """The session's row and its conversation's (new, or the caller's own, touched), not
+    yet added; and whether the conversation is new."""
     new_conversation = not request.conversation_id
     if request.conversation_id:
         conversation = await db.get(Conversation, request.conversation_id)
@@ -198,10 +244,6 @@ async def _insert(
         transport=request.transport,
         profile=profile,
     )
-    async with state.store.writing():
-        db.add(conversation)
-        db.add(row)
-        await db.commit()  # before Redis: the persister may see this session's events at once
     return conversation, row, new_conversation
 
 

@@ -1,0 +1,66 @@
+"""Creating a session, whose rows are committed while it goes live in Redis: a store that
+refuses the rows leaves nothing running, and a session the persister hears of at once is
+stored in order (the app in-process, real Redis and SQLite)."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from harness.waiting import eventually
+from shared import keys
+from shared.models import VoiceSession
+
+REFUSE_SESSIONS = """
+CREATE TRIGGER refuse_sessions BEFORE INSERT ON sessions
+BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END
+"""
+
+
+async def _sql(api, statement: str) -> None:
+    async with api.state.store.session() as db:
+        await db.execute(text(statement))
+        await db.commit()
+
+
+async def test_a_session_whose_rows_are_refused_leaves_nothing_running(make_api, redis) -> None:
+    async with make_api(max_sessions_per_user=1) as api:
+        alice = api.auth(await api.token("alice"))
+        await _sql(api, REFUSE_SESSIONS)
+
+        refused = await api.client.post("/api/sessions", json={"transport": "websocket"},
+                                        headers=alice)  # fmt: skip
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["detail"]["code"] == "store_unavailable"
+        # It went live while its rows were being written: now it is not, and its job is gone.
+        assert await redis.zcard(keys.queue("server")) == 0
+        found = redis.scan_iter(keys.session("*"), _type="hash")
+        live = [await redis.hgetall(key) async for key in found]
+        assert [(s["state"], s["reason"]) for s in live] == [("cancelled", "client_ended")]
+        for listing in ("/api/sessions?live=true", "/api/conversations"):  # nothing half-made
+            listed = await api.client.get(listing, headers=alice)
+            assert listed.status_code == 200 and listed.json() == [], listing
+
+        # What she does next: once the store takes rows again, her one session is free.
+        await _sql(api, "DROP TRIGGER refuse_sessions")
+        created = await api.client.post("/api/sessions", json={"transport": "websocket"},
+                                        headers=alice)  # fmt: skip
+        assert created.status_code == 202, created.text
+        assert created.json()["status"] == "queued"
+        assert await redis.zcard(keys.queue("server")) == 1
+
+
+async def test_the_persister_stores_the_state_of_a_session_created_at_once(make_api) -> None:
+    async with make_api() as api:
+        alice = api.auth(await api.token("alice"))
+        created = await api.client.post("/api/sessions", json={"transport": "websocket"},
+                                        headers=alice)  # fmt: skip
+        session_id = created.json()["session_id"]
+        ended = await api.client.delete(f"/api/sessions/{session_id}", headers=alice)
+        assert ended.json()["status"] == "cancelled"
+
+        async def stored() -> tuple[str, int] | None:
+            async with api.state.store.session() as db:
+                row = await db.get(VoiceSession, session_id)
+                return (row.state, row.state_seq) if row and row.state_seq == 2 else None
+
+        assert await eventually(stored, timeout=10, what="the cancel stored") == ("cancelled", 2)
