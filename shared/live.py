@@ -180,7 +180,8 @@ return {'ok', admitted[2], admitted[3], id}
 # ARGV: 4 to_state, 5 reason, 6 from-states (space separated), 7 data JSON,
 #       8 alive TTL ms, 9 worker id, 10 retention seconds, 11 final (1/0),
 #       12 publisher seq (0: none), 13 owner mode (set|expect|''), 14 alive (set|drop|''),
-#       15/16 what goes before and after the owner's id in its live-set key
+#       15/16 what goes before and after the owner's id in its live-set key,
+#       17 fields for the hash alone, never the event (JSON object, '' for none)
 _TRANSITION = (
     _PUBLISH_FN
     + """
@@ -200,6 +201,9 @@ if already_applied(ARGV[12]) then return {1, 'applied before'} end
 redis.call('HSET', KEYS[1], 'state', ARGV[4], 'reason', ARGV[5], ARGV[4] .. '_ts', ARGV[3])
 if ARGV[13] == 'set' then
   redis.call('HSET', KEYS[1], 'worker_id', ARGV[9], 'pub_seq', 0)
+end
+if ARGV[17] ~= '' then
+  for name, value in pairs(cjson.decode(ARGV[17])) do redis.call('HSET', KEYS[1], name, value) end
 end
 local data = cjson.decode(ARGV[7])
 data['state'] = ARGV[4]
@@ -496,6 +500,7 @@ class LiveSessions:
         worker_id: str = "",
         publisher_seq: int = 0,
         at: float | None = None,
+        private: dict[str, str] | None = None,
     ) -> tuple[bool, str]:
         """Make the move ``name`` (``shared.lifecycle.MOVES``) if the session is where it
         starts from, and, with ``only_from``, in exactly that state (a caller that judged
@@ -505,6 +510,8 @@ class LiveSessions:
         ``not_owner`` when the move is the owner's and ``worker_id`` no longer owns it).
         ``publisher_seq`` (increasing per owner) makes a retry of the same call a no-op;
         ``at`` is when it happened, if not now (an event held back while Redis was away).
+        ``private``: fields set in the session's hash in the same step, and never in the
+        event (what only the owner may read, like ``OWNER_CONNECT``).
         """
         move = MOVES[name]
         sources = move.sources if only_from is None else move.sources & {only_from}
@@ -527,6 +534,7 @@ class LiveSessions:
                 move.owner,
                 move.alive,
                 *keys.USER_LIVE_AROUND,
+                json.dumps(private) if private else "",
             ],
         )
         return bool(changed), value

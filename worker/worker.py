@@ -455,17 +455,15 @@ class VoicepoolWorker:
         try:
             connect = await runner.prepare()
             owner = runner.transport.owner_params()
-            if owner:  # in the session's hash for the API, never in an event
-                await cast(
-                    "Awaitable[int]",
-                    self.redis.hset(keys.session(session_id), OWNER_CONNECT, json.dumps(owner)),
-                )
             ready, _ = await self.live.move(
                 session_id,
                 "mark_ready",
                 Reason.RECOVERED if recovered else Reason.PIPELINE_READY,
                 worker_id=self.id,
                 data={"transport": meta.get("transport", "webrtc"), **connect},
+                # for the API, never in an event; set with ready, so it is there when
+                # the API sees ready
+                private={OWNER_CONNECT: json.dumps(owner)} if owner else None,
             )
         except TransportError as exc:  # e.g. Daily refused: the owner sees why
             log.warning("session not started: %s (%s)", exc, exc.reason)

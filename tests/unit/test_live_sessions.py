@@ -28,6 +28,28 @@ async def _new(live: LiveSessions, sid: str = "s1", **fields: str) -> None:
     await live.create(sid, "u1", {"conversation_id": "c1", "pool": "server", **fields})
 
 
+async def test_a_moves_private_fields_go_in_the_hash_with_it_and_never_in_its_event(
+    redis,
+) -> None:
+    live = LiveSessions(redis)
+    await _new(live)
+    await live.pick_up("s1", "w1")
+    secret = '{"ws_url": "ws://127.0.0.1:9/s1"}'
+    ready, _ = await live.move(
+        "s1", "mark_ready", Reason.PIPELINE_READY, worker_id="w1", private={"owner_connect": secret}
+    )
+    assert ready
+    record = await live.get("s1")
+    assert (record["state"], record["owner_connect"]) == ("ready", secret)
+    events = await redis.xrange(keys.session_events("s1"))
+    assert json.loads(events[-1][1]["data"])["state"] == "ready"
+    assert all("ws://" not in str(fields) for _, fields in events)
+    # A move that is refused sets nothing.
+    refused, _ = await live.move("s1", "pick_up", Reason.PICKED_UP, worker_id="w2",
+                                 private={"owner_connect": "{}"})  # fmt: skip
+    assert not refused and (await live.get("s1"))["owner_connect"] == secret
+
+
 async def test_only_one_of_two_racing_transitions_wins(redis) -> None:
     live = LiveSessions(redis)
     await _new(live)
