@@ -52,6 +52,7 @@ async def test_a_start_queued_in_one_trip_is_the_job_arq_queues(arq, redis) -> N
     assert mine is not None and arqs is not None
     assert (mine.function, mine.kwargs, mine.job_try) == (arqs.function, arqs.kwargs, arqs.job_try)
     assert mine.args == ("one-trip", PROTOCOL) and arqs.args == ("arqs-own", PROTOCOL)
+    assert mine.score is not None and arqs.score is not None
     assert before <= mine.score <= arqs.score  # queued in order of arrival, by enqueue time
     assert 0 < await redis.pttl(job_key_prefix + "one-trip") <= 60_000
     # Rung (one ring per job) and no longer counted as on its way to the queue.
