@@ -167,25 +167,27 @@ async def _commit_and_go_live(
 
     The rows must be stored before the persister writes the session's first state
     event, which may come at once. Where the store takes one writer at a time in this
-    process (SQLite), the persister's writes wait on the same lock, held here until the
-    commit is done: the commit (aiosqlite's thread hops, ~2.3 ms) and the Redis round
-    trips (~1.5 ms) then overlap, the largest single cut in ``POST /api/start`` one at a
-    time (ops/bench/anchor.py). Elsewhere (PostgreSQL, any number of API processes)
-    nothing orders another process's persister, so the commit comes first."""
+    process (SQLite), the persister's writes wait on the same lock: taken here before
+    the session goes live and held until the commit is done, it orders them, and the
+    commit (aiosqlite's thread hops, ~2.3 ms) and the Redis round trips then overlap
+    instead of adding up (ops/bench/start_trace.py). The lock is held for the commit
+    alone, as before: a burst of creates queues on it. Elsewhere (PostgreSQL, any
+    number of API processes) nothing orders another process's persister, so the
+    commit comes first."""
     if not state.store.serializes_writes:
         async with state.store.writing():
             stored = await _failure_of(db.commit())
-        live = (
-            None
-            if stored is not None
-            else await _failure_of(_go_live(state, row, request, history))
-        )
-        return stored, live
+        if stored is not None:
+            return stored, None
+        return None, await _failure_of(_go_live(state, row, request, history))
     async with state.store.writing():
-        stored, live = await asyncio.gather(
-            _failure_of(db.commit()), _failure_of(_go_live(state, row, request, history))
-        )
-    return stored, live
+        live = asyncio.ensure_future(_failure_of(_go_live(state, row, request, history)))
+        try:
+            stored = await _failure_of(db.commit())
+        except BaseException:  # the request was cancelled: start nothing nobody will answer
+            live.cancel()
+            raise
+    return stored, await live
 
 
 async def _failure_of(step: Awaitable[Any]) -> BaseException | None:
