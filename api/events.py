@@ -41,7 +41,8 @@ async def wait_for_state(
     the state and the stream's last entry are read together (a state changes in the
     same atomic step that adds its event), then each ``session.state`` event read after
     that entry is the state from then on. One round trip per wake, where reading the
-    hash again after each wake took two (0.7-1.0 ms of ``POST /api/start`` at rest).
+    hash again after each wake took two: waiting from ``queued`` to ``ready`` takes three
+    round trips instead of seven.
     """
     deadline = time.monotonic() + timeout
     stream = keys.session_events(session_id)

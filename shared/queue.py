@@ -76,8 +76,7 @@ async def enqueue_new_start(
     ``POST /api/start``'s ~9 ms in the API, one at a time). A new session's id is new
     (``LiveSessions.create`` refuses one it has seen), so is its job's: nothing to
     guard. The job is arq's own (``serialize_job``, scored by its enqueue time), read by
-    arq's worker like any other; guarded by tests/unit/test_upstream_hooks.py::
-    test_arq_reads_a_start_queued_in_one_trip."""
+    arq's worker like any other (tests/unit/test_start_queue.py runs one with arq's)."""
     now_ms = timestamp_ms()
     job = serialize_job(
         START_JOB, (session_id, protocol), {}, None, now_ms, serializer=arq.job_serializer
