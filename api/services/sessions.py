@@ -132,11 +132,15 @@ async def create(
     its rows committed, its live record written and its start job enqueued; or an
     error and, for a lost race or an unreachable queue, nothing left half-made."""
     profile, pool = await _admit(state, user, request)
-    conversation, row, new_conversation = await _new_rows(db, user, request, profile, pool)
-    history = (
-        []  # a new conversation has none: no query on the common path
-        if new_conversation
-        else await transcript_history(db, conversation.id, state.settings.history_max_messages)
+    conversation, history = await _conversation(state, db, user, request)
+    new_conversation = not request.conversation_id
+    row = VoiceSession(
+        id=new_id(),
+        conversation_id=conversation.id,
+        user_id=user.id,
+        pool=pool,
+        transport=request.transport,
+        profile=profile,
     )
     db.add(conversation)
     db.add(row)
@@ -225,28 +229,26 @@ async def _admit(state: AppState, user: User, request: SessionCreate) -> tuple[s
     return profile, pool
 
 
-async def _new_rows(
-    db: AsyncSession, user: User, request: SessionCreate, profile: str, pool: str
-) -> tuple[Conversation, VoiceSession, bool]:
-    """The session's row and its conversation's (new, or the caller's own, touched), not
-    yet added; and whether the conversation is new."""
-    new_conversation = not request.conversation_id
-    if request.conversation_id:
-        conversation = await db.get(Conversation, request.conversation_id)
-        if conversation is None or conversation.user_id != user.id:
-            raise not_found("conversation")
-        conversation.updated_at = utcnow()
-    else:
-        conversation = Conversation(id=new_id(), user_id=user.id)
-    row = VoiceSession(
-        id=new_id(),
-        conversation_id=conversation.id,
-        user_id=user.id,
-        pool=pool,
-        transport=request.transport,
-        profile=profile,
-    )
-    return conversation, row, new_conversation
+async def _conversation(
+    state: AppState, db: AsyncSession, user: User, request: SessionCreate
+) -> tuple[Conversation, list[dict[str, str]]]:
+    """The session's conversation (a new one, or the caller's own, touched) and what was
+    said in it so far; read in a transaction of its own, ended before anything is written.
+
+    Under WAL, a transaction that read and then writes fails at once ("database is
+    locked") if another connection wrote in between; and a write made before the store's
+    write lock is taken (an autoflush of the touched conversation by the history query)
+    would hold SQLite's own lock while waiting for that one, which the persister may hold
+    while it waits for SQLite's: both stalled for SQLite's busy timeout."""
+    if not request.conversation_id:
+        return Conversation(id=new_id(), user_id=user.id), []  # no query on the common path
+    conversation = await db.get(Conversation, request.conversation_id)
+    if conversation is None or conversation.user_id != user.id:
+        raise not_found("conversation")
+    history = await transcript_history(db, conversation.id, state.settings.history_max_messages)
+    await db.commit()  # ends the read: nothing is written yet
+    conversation.updated_at = utcnow()
+    return conversation, history
 
 
 async def _go_live(

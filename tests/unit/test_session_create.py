@@ -4,11 +4,15 @@ stored in order (the app in-process, real Redis and SQLite)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from sqlalchemy import text
 
+from api.services import sessions
 from harness.waiting import eventually
 from shared import keys
 from shared.models import VoiceSession
+from shared.users import create_user
 
 REFUSE_SESSIONS = """
 CREATE TRIGGER refuse_sessions BEFORE INSERT ON sessions
@@ -64,3 +68,35 @@ async def test_the_persister_stores_the_state_of_a_session_created_at_once(make_
                 return (row.state, row.state_seq) if row and row.state_seq == 2 else None
 
         assert await eventually(stored, timeout=10, what="the cancel stored") == ("cancelled", 2)
+
+
+async def test_a_create_in_a_known_conversation_holds_no_sqlite_lock_while_it_waits(
+    make_api, monkeypatch
+) -> None:
+    """A session in an existing conversation reads it and its history first. Nothing of
+    that may hold SQLite's write lock while the create waits for the store's: the
+    persister holds the store's lock while it writes, and would wait for SQLite's."""
+    async with make_api() as api:
+        alice = api.auth(await api.token("alice"))
+        first = await api.client.post("/api/sessions", json={"transport": "websocket"},
+                                      headers=alice)  # fmt: skip
+        conversation_id = first.json()["conversation_id"]
+
+        about_to_write = asyncio.Event()
+        commit_and_go_live = sessions._commit_and_go_live
+
+        async def noted(*args, **kwargs):
+            about_to_write.set()
+            return await commit_and_go_live(*args, **kwargs)
+
+        monkeypatch.setattr(sessions, "_commit_and_go_live", noted)
+        store = api.state.store
+        async with store.writing():  # as the persister holds it while it writes
+            body = {"transport": "websocket", "conversation_id": conversation_id}
+            second = asyncio.create_task(api.client.post("/api/sessions", json=body, headers=alice))
+            await asyncio.wait_for(about_to_write.wait(), timeout=10)
+            async with store.session() as db:  # a write of the persister's: not held up
+                await asyncio.wait_for(create_user(db, "bob"), timeout=5)
+        created = await second
+        assert created.status_code == 202, created.text
+        assert created.json()["conversation_id"] == conversation_id
