@@ -69,6 +69,12 @@ _STATE_UPDATE = (
 )
 
 READ_BLOCK_MS = 1000
+# After the first new entries, how long more may gather before the batch is written: a
+# session's start publishes ~5 events within ~20 ms, and writing each as it came was a
+# transaction per event, on the API's loop and aiosqlite's thread, while the API was
+# answering that same start (ops/bench/start_trace.py). Events are durable in Redis
+# meanwhile; the store lags by at most this much more.
+GATHER_S = 0.05
 CLAIM_EVERY_S = 5.0
 TRIM_EVERY_S = 1.0
 TITLE_LENGTH = 80
@@ -110,7 +116,7 @@ class Persister:
         await self.ensure_group()
         while True:
             try:
-                await self.step()
+                await self.step(gather_s=GATHER_S)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis or the database away: retry, never lose entries
@@ -118,8 +124,9 @@ class Persister:
                 self._retry_own = True
                 await asyncio.sleep(1.0)
 
-    async def step(self, block_ms: int = READ_BLOCK_MS) -> int:
-        """Store one batch: adopted entries first, then new ones. Returns entries handled."""
+    async def step(self, block_ms: int = READ_BLOCK_MS, gather_s: float = 0.0) -> int:
+        """Store one batch: adopted entries first, then new ones, with what follows the first
+        within ``gather_s`` (up to a full batch). Returns entries handled."""
         entries: list[Entry] = []
         now = time.monotonic()
         if self._retry_own:
@@ -131,14 +138,10 @@ class Persister:
             self._last_claim = now
             entries = await self.claim_abandoned()
         if not entries:
-            reply = await self.redis.xreadgroup(
-                keys.PERSISTER_GROUP,
-                self.consumer,
-                {keys.INGEST_STREAM: ">"},
-                count=self.batch_size,
-                block=block_ms,
-            )
-            entries = [e for _stream, batch in reply or () for e in batch]
+            entries = await self.read_new(self.batch_size, block_ms)
+            if entries and len(entries) < self.batch_size and gather_s > 0:
+                await asyncio.sleep(gather_s)
+                entries += await self.read_new(self.batch_size - len(entries), None)
         if entries:
             started = time.perf_counter()
             await self.store_entries(entries)
@@ -148,6 +151,18 @@ class Persister:
             self._last_trim = time.monotonic()
             await self.trim()
         return len(entries)
+
+    async def read_new(self, count: int, block_ms: int | None) -> list[Entry]:
+        """Entries no consumer of the group has read yet (waiting up to ``block_ms`` for the
+        first; None: not at all)."""
+        reply = await self.redis.xreadgroup(
+            keys.PERSISTER_GROUP,
+            self.consumer,
+            {keys.INGEST_STREAM: ">"},
+            count=count,
+            block=block_ms,
+        )
+        return [e for _stream, batch in reply or () for e in batch]
 
     async def own_pending(self) -> tuple[list[Entry], bool]:
         """Entries delivered to this consumer and not acknowledged, oldest first, and

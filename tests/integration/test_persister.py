@@ -81,6 +81,29 @@ class CrashBeforeCommit(Persister):
         raise Crash
 
 
+async def test_what_follows_the_first_event_within_the_gather_is_one_batch(redis, store) -> None:
+    """A session's start publishes several events within a few ms: one transaction, not
+    one per event; and a full batch is written at once, without gathering."""
+    live = LiveSessions(redis)
+    await live.create("s1", "u1", {"conversation_id": "c1", "pool": "server"})
+    persister = Persister(redis, store, consumer="p", batch_size=4)
+    await persister.ensure_group()
+    gathering = asyncio.create_task(persister.step(block_ms=5000, gather_s=1.0))
+    await asyncio.sleep(0.2)  # the first entry is read; the gather has begun
+    assert not gathering.done()
+    await live.pick_up("s1", "w1")
+    assert await live.publish("s1", "user.turn_stopped", {"turn": 0})
+    assert await gathering == 3  # queued, starting and the turn: stored together
+    assert [seq for seq, _ in await _stored(store)] == [1, 2, 3]
+
+    for turn in range(1, 5):
+        assert await live.publish("s1", "user.turn_stopped", {"turn": turn})
+    started = asyncio.get_running_loop().time()
+    assert await persister.step(block_ms=50, gather_s=5.0) == 4  # a full batch: no wait
+    assert asyncio.get_running_loop().time() - started < 2.0
+    assert [seq for seq, _ in await _stored(store)] == list(range(1, 8))
+
+
 @pytest.mark.parametrize("crashing", [CrashAfterCommit, CrashBeforeCommit])
 async def test_every_event_is_stored_exactly_once_after_a_crash(redis, store, crashing) -> None:
     live = LiveSessions(redis)
