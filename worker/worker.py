@@ -103,6 +103,9 @@ class SessionWorker(Worker):
     def __init__(self, voicepool: VoicepoolWorker, **kwargs: Any):
         super().__init__(**kwargs, poll_delay=0)  # the waiting is in _poll_iteration
         self.voicepool = voicepool
+        self.claims = queue.JobClaims(
+            self.pool, self.queue_name, int(self.in_progress_timeout_s * 1000)
+        )
         self.slot_freed = asyncio.Event()
         self._read = 0
 
@@ -126,7 +129,7 @@ class SessionWorker(Worker):
         after another, four round trips each, and on a loop busy with calls each round
         trip waits its turn behind them, so in a burst of 100 the 50th job of a poll was
         claimed seconds after the first (ops/bench/anchor.py). Each claim is independent
-        (``queue.claim``, one atomic step)."""
+        (``queue.JobClaims``, one atomic step each)."""
         self._read = len(job_ids)
         await asyncio.gather(*(self._start_job(job_id.decode()) for job_id in job_ids))
 
@@ -137,9 +140,7 @@ class SessionWorker(Worker):
             return
         self.job_counter += 1
         try:
-            score = await queue.claim(
-                self.pool, self.queue_name, job_id, int(self.in_progress_timeout_s * 1000)
-            )
+            score = await self.claims.claim(job_id)
         except BaseException:
             self._release_sem_dec_counter_on_complete()
             raise

@@ -71,13 +71,14 @@ async def test_a_start_queued_in_one_trip_is_the_job_arq_queues(arq, redis) -> N
 
 async def test_a_claim_takes_a_queued_job_once_and_refuses_what_arq_would(arq, redis) -> None:
     ttl_ms = 5000
+    claims = queue.JobClaims(arq, keys.queue("server"), ttl_ms)
     await queue.enqueue_new_start(arq, "queued", "server", expires_s=60)
     score = await redis.zscore(keys.queue("server"), "queued")
 
-    assert await queue.claim(arq, keys.queue("server"), "queued", ttl_ms) == int(score)
+    assert await claims.claim("queued") == int(score)
     assert 0 < await redis.pttl(in_progress_key_prefix + "queued") <= ttl_ms
     # Another worker's claim, ours or arq's own, is refused while it runs here.
-    assert await queue.claim(arq, keys.queue("server"), "queued", ttl_ms) is None
+    assert await claims.claim("queued") is None
     ran: list[tuple[Any, ...]] = []
     worker = _worker(arq, ran)
     try:
@@ -89,12 +90,12 @@ async def test_a_claim_takes_a_queued_job_once_and_refuses_what_arq_would(arq, r
     # One arq claimed (its in-progress key), one no longer queued, one deferred: all refused.
     await queue.enqueue_new_start(arq, "arqs", "server", expires_s=60)
     await redis.psetex(in_progress_key_prefix + "arqs", ttl_ms, b"1")
-    assert await queue.claim(arq, keys.queue("server"), "arqs", ttl_ms) is None
-    assert await queue.claim(arq, keys.queue("server"), "gone", ttl_ms) is None
+    assert await claims.claim("arqs") is None
+    assert await claims.claim("gone") is None
     later = time.time() + 60
     await arq.enqueue_job(
         queue.START_JOB, "later", PROTOCOL, _job_id="later", _queue_name=keys.queue("server"),
         _defer_until=datetime.fromtimestamp(later, UTC),
     )  # fmt: skip
-    assert await queue.claim(arq, keys.queue("server"), "later", ttl_ms) is None
+    assert await claims.claim("later") is None
     assert not await redis.exists(in_progress_key_prefix + "later")
