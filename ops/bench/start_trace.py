@@ -38,11 +38,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis
-
 sys.path.insert(0, str(Path(__file__).parent))
 import anchor  # the same target, client and session steps
 from measure import bench_process, machine_facts
+
+from shared import keys
+from shared.connections import redis_client
+from shared.events import EventType
 
 RESULTS = Path(__file__).parent / "results"
 WARM_UP = 2  # sessions opened first and not counted: imports, connection pools, caches
@@ -54,27 +56,26 @@ SERVER_STATES = {"queued", "starting", "ready", "connected"}
 async def trace(target: anchor.Voicepool, count: int, wav: Path) -> list[dict[str, float]]:
     """Each counted session's stages, in ms from its request."""
     assert target.system is not None and target.system.redis_server is not None
-    events = redis.Redis.from_url(target.system.redis_server.url, decode_responses=True)
+    events = redis_client(target.system.redis_server.url)
     traced: list[dict[str, float]] = []
     async with target.http(4) as http:
         for i in range(WARM_UP + count):
             sent = time.time()
             opened = await anchor.open_session(target, http, wav)
-            stages: dict[str, float] = {}
-            if not opened.run.error and opened.session:
-                run = opened.run
-                stages = {"answer": run.ready_s * 1000, "bot-ready": run.talk_s * 1000}
-                stream = events.xrange(f"vp:session:{opened.session}:events")
-                for _id, fields in stream:
-                    state = json.loads(fields["data"]).get("state", "")
-                    if fields["type"] == "session.state" and state in SERVER_STATES:
-                        stages.setdefault(state, (float(fields["ts"]) - sent) * 1000)
             await anchor.wait_echo(opened)
             await anchor.close(target, http, opened)
-            if i >= WARM_UP and len(stages) == len(STAGES):
-                traced.append(stages)
+            run = opened.run
+            if i >= WARM_UP and not run.error and opened.session:
+                # Read once the call is over: the client's loop stays free while it talks.
+                stages = {"answer": run.ready_s * 1000, "bot-ready": run.talk_s * 1000}
+                for _id, fields in await events.xrange(keys.session_events(opened.session)):
+                    state = json.loads(fields["data"]).get("state", "")
+                    if fields["type"] == EventType.SESSION_STATE and state in SERVER_STATES:
+                        stages.setdefault(state, (float(fields["ts"]) - sent) * 1000)
+                if len(stages) == len(STAGES):
+                    traced.append(stages)
             await asyncio.sleep(PAUSE_S)
-    events.close()
+    await events.aclose()
     return traced
 
 
