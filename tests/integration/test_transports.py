@@ -22,6 +22,7 @@ from harness.waiting import eventually
 from harness.webrtc_client import WebRTCTestClient, allow_loopback_ice
 from harness.ws_client import ProtobufClient
 from shared import ws_tokens
+from shared.lifecycle import FINAL_STATES
 
 ECHO_RMS = 300  # the fixture's speech is ~1000-1800 RMS; silence is ~0
 FRAME_MS = 20
@@ -65,12 +66,14 @@ async def _final(api: httpx.AsyncClient, session_id: str) -> dict[str, Any]:
 
 
 async def _stored(api: httpx.AsyncClient, conversation_id: str, types: set[str]) -> list[dict]:
-    """The stored events, once these types are among them (the persister stores
-    asynchronously)."""
+    """The stored events, once these types and the session's final state are among them
+    (the persister stores asynchronously, in batches gathered over up to 50 ms)."""
 
     async def stored() -> list[dict]:
         events = (await api.get(f"/api/conversations/{conversation_id}")).json()["events"]
         assert types <= {e["type"] for e in events}, [e["type"] for e in events]
+        states = [e["data"]["state"] for e in events if e["type"] == "session.state"]
+        assert states and states[-1] in FINAL_STATES, states
         return events
 
     return await eventually(stored, what=f"stored events of types {sorted(types)}")
