@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from api.deps import AppState
-from shared import ice, ws_tokens
+from shared import ice, keys, ws_tokens
 from shared.lifecycle import CLIENT_MAY_CONNECT, OWNER_CONNECT, SessionState
 from shared.models import VoiceSession
 
@@ -56,14 +56,14 @@ def peer_connect(state: AppState, row: VoiceSession) -> dict[str, Any]:
 
 
 async def owner_connect(
-    state: AppState, row: VoiceSession, live: dict[str, str]
+    state: AppState, row: VoiceSession, live: dict[str, str], *, token: str | None = None
 ) -> dict[str, Any] | None:
     """Connection parameters for the session's owner, or None while there are none.
 
-    A WebSocket token is minted per call (single use, ``VOICEPOOL_WS_TOKEN_TTL``), only
-    while the session waits for its client, and a TURN credential for a WebRTC one: call
-    this only for an explicit request to connect, never for a read. A Daily room takes
-    people while it lives.
+    A WebSocket token is minted per call (single use, ``VOICEPOOL_WS_TOKEN_TTL``; or
+    ``token``, minted already), only while the session waits for its client, and a TURN
+    credential for a WebRTC one: call this only for an explicit request to connect, never
+    for a read. A Daily room takes people while it lives.
     """
     if row.transport == "webrtc":
         return peer_connect(state, row)
@@ -74,9 +74,25 @@ async def owner_connect(
         if live.get("state") not in waiting or not stored.get("ws_url"):
             return None
         ttl = state.settings.ws_token_ttl
-        token = await ws_tokens.mint(state.redis, row.id, ttl)
+        token = token or await ws_tokens.mint(state.redis, row.id, ttl)
         return {"ws_url": _with_token(stored["ws_url"], token), "expires_in_s": ttl}
     return room_connect(row, live)
+
+
+async def owner_connect_when_ready(state: AppState, row: VoiceSession) -> dict[str, Any] | None:
+    """``owner_connect`` for a caller that has just seen the session ready: for a WebSocket
+    session, its live hash is read and its token minted in one round trip instead of two
+    (the token is withdrawn if the session moved on meanwhile); the answer waits on it."""
+    if row.transport != "websocket":
+        return await owner_connect(state, row, await state.live.get(row.id))
+    async with state.redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.session(row.id))
+        token = ws_tokens.mint_in(pipe, row.id, state.settings.ws_token_ttl)
+        live, _ = await pipe.execute()
+    found = await owner_connect(state, row, live, token=token)
+    if found is None:
+        await ws_tokens.revoke(state.redis, token)
+    return found
 
 
 def start_response(

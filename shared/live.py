@@ -151,9 +151,11 @@ end
 
 _ADMIT = _ADMIT_FN + "return admit(1, 1)"
 
-# KEYS: 6..10 admission's (above), 6 being the pool's slots hash
+# KEYS: 6..10 admission's (above), 6 being the pool's slots hash, 7 its queue;
+#       11 the start job's key, 12 the pool's doorbell (with a job)
 # ARGV: 4 state event data (JSON), 5 initial state, 6 its reason, 7 fields to set (JSON),
-#       8.. admission's (above)
+#       8..17 admission's (above), 18 the start job ('': none), 19 its TTL (ms),
+#       20 its score (ms), 21 rings kept at most
 _CREATE = (
     _PUBLISH_FN
     + _ADMIT_FN
@@ -170,7 +172,14 @@ end
 redis.call('HSET', KEYS[1], unpack(flat))
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('SADD', KEYS[10], ARGV[1])
-redis.call('ZADD', KEYS[8], ARGV[8] * 1000, ARGV[1])
+if ARGV[18] ~= '' then  -- queued at once, and a worker woken
+  redis.call('PSETEX', KEYS[11], ARGV[19], ARGV[18])
+  redis.call('ZADD', KEYS[7], ARGV[20], ARGV[1])
+  redis.call('LPUSH', KEYS[12], 1)
+  redis.call('LTRIM', KEYS[12], 0, tonumber(ARGV[21]) - 1)
+else  -- counted as waiting until its job is queued
+  redis.call('ZADD', KEYS[8], ARGV[8] * 1000, ARGV[1])
+end
 local id, seq = publish('session.state', ARGV[4])
 redis.call('HSET', KEYS[1], 'state_seq', seq)
 return {'ok', admitted[2], admitted[3], id}
@@ -328,6 +337,27 @@ class AdmissionRefused(Exception):
         self.code, self.value, self.starts_per_s = code, value, starts_per_s
 
 
+@dataclass(frozen=True)
+class StartJob:
+    """A new session's start job, queued by ``LiveSessions.create`` in the step that
+    records the session (made by ``queue.new_start_job``)."""
+
+    key: str
+    payload: bytes
+    """The job as arq's worker reads it."""
+    ttl_ms: int
+    score_ms: int
+    """Its place in the pool's queue (when it may run)."""
+    doorbell: str
+    rings_kept: int
+
+    def script_args(self) -> list[bytes | int]:
+        return [self.payload, self.ttl_ms, self.score_ms, self.rings_kept]
+
+
+_NO_JOB: list[bytes | int] = [b"", 0, 0, 0]
+
+
 START_RATE_WINDOW_S = 120.0
 """Recent starts in a pool are counted over this long, for wait estimates."""
 
@@ -459,10 +489,12 @@ class LiveSessions:
         *,
         owner_limit: int = 0,
         admission: AdmissionPolicy = ADMIT_ALL,
+        job: StartJob | None = None,
     ) -> int:
-        """Record a new queued session and its first event, if its pool admits it (counted
-        as waiting until ``queue.enqueue_start`` takes it off ``keys.pool_admitting``).
-        Returns its place in the queue (0: a slot is free).
+        """Record a new queued session and its first event, if its pool admits it, and
+        with ``job``, queue its start job and wake a worker in the same step (without one
+        it is counted as waiting until ``queue.enqueue_start`` takes it off
+        ``keys.pool_admitting``). Returns its place in the queue (0: a slot is free).
 
         Raises ``AdmissionRefused`` when the pool can't take it and ``OwnerLimitReached``
         when ``owner`` already has ``owner_limit`` live sessions (both checked in the same
@@ -472,7 +504,11 @@ class LiveSessions:
         state, reason = SessionState.QUEUED, Reason.CREATED
         data = json.dumps({"state": state, "reason": reason, "previous": None})
         reply = await self._create(
-            keys=[*self._keys(session_id), *_admission_keys(fields.get("pool", ""), owner)],
+            keys=[
+                *self._keys(session_id),
+                *_admission_keys(fields.get("pool", ""), owner),
+                *([job.key, job.doorbell] if job else []),
+            ],
             args=[
                 *self._head(session_id, now),
                 data,
@@ -482,6 +518,7 @@ class LiveSessions:
                 *admission.args(
                     now, owner_limit, (fields.get("profile", ""), fields.get("transport", ""))
                 ),
+                *(job.script_args() if job else _NO_JOB),
             ],
         )
         try:

@@ -21,7 +21,7 @@ from arq.utils import timestamp_ms
 from shared import keys
 from shared.fleet import PROTOCOL
 from shared.lifecycle import Reason, SessionState
-from shared.live import START_RATE_WINDOW_S, LiveSessions
+from shared.live import START_RATE_WINDOW_S, LiveSessions, StartJob
 
 START_JOB = "start_session"
 """The worker function a start job runs (registered under this name by the worker)."""
@@ -66,26 +66,30 @@ async def enqueue_start(
     await ring(arq, pool, queued=session_id)
 
 
-async def enqueue_new_start(
+def new_start_job(
     arq: ArqRedis, session_id: str, pool: str, *, expires_s: float, protocol: int = PROTOCOL
-) -> None:
-    """Queue a new session's start job, as ``enqueue_start`` does, in one round trip.
+) -> StartJob:
+    """A new session's start job, as ``enqueue_start`` queues it, for ``LiveSessions.create``
+    to queue in the step that records the session: no round trip of its own.
 
     arq's ``enqueue_job`` WATCHes the job's key and checks that neither it nor a result
-    exists first: four round trips, a fifth of a session's create (1.0-1.6 ms of
-    ``POST /api/start``'s ~9 ms in the API, one at a time). A new session's id is new
-    (``LiveSessions.create`` refuses one it has seen), so is its job's: nothing to
-    guard. The job is arq's own (``serialize_job``, scored by its enqueue time), read by
-    arq's worker like any other (tests/unit/test_start_queue.py runs one with arq's)."""
+    exists first: four round trips, then the ring, a fifth of a session's create (1.0-1.6
+    ms of ``POST /api/start``'s ~9 ms in the API, one at a time). A new session's id is
+    new (``create`` refuses one it has seen), so is its job's: nothing to guard. The job
+    is arq's own (``serialize_job``, scored by its enqueue time), read by arq's worker
+    like any other (tests/unit/test_start_queue.py runs one with arq's)."""
     now_ms = timestamp_ms()
-    job = serialize_job(
+    payload = serialize_job(
         START_JOB, (session_id, protocol), {}, None, now_ms, serializer=arq.job_serializer
     )
-    async with arq.pipeline(transaction=True) as pipe:  # the job and its place, together
-        pipe.psetex(job_key_prefix + session_id, max(int(expires_s * 1000), 1), job)
-        pipe.zadd(keys.queue(pool), {session_id: now_ms})
-        _ring(pipe, pool, queued=session_id)
-        await pipe.execute()
+    return StartJob(
+        key=job_key_prefix + session_id,
+        payload=payload,
+        ttl_ms=max(int(expires_s * 1000), 1),
+        score_ms=now_ms,
+        doorbell=keys.doorbell(pool),
+        rings_kept=DOORBELL_MAX,
+    )
 
 
 # KEYS: 1 the job's in-progress key, 2 the queue. ARGV: 1 job id, 2 now (ms), 3 the

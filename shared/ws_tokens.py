@@ -12,6 +12,7 @@ import hashlib
 import secrets
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from shared import keys
 
@@ -25,9 +26,22 @@ def _key(token: str) -> str:
 
 async def mint(redis: aioredis.Redis, session_id: str, ttl_s: float) -> str:
     """A new token for ``session_id``, valid for ``ttl_s`` seconds or one connection."""
-    token = secrets.token_urlsafe(TOKEN_BYTES)
-    await redis.set(_key(token), session_id, px=max(int(ttl_s * 1000), 1))
+    async with redis.pipeline(transaction=False) as pipe:
+        token = mint_in(pipe, session_id, ttl_s)
+        await pipe.execute()
     return token
+
+
+def mint_in(pipe: Pipeline, session_id: str, ttl_s: float) -> str:
+    """``mint``, as one command of the caller's pipeline (the token is stored when it runs)."""
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    pipe.set(_key(token), session_id, px=max(int(ttl_s * 1000), 1))
+    return token
+
+
+async def revoke(redis: aioredis.Redis, token: str) -> None:
+    """Withdraw a token nobody was given."""
+    await redis.delete(_key(token))
 
 
 async def consume(redis: aioredis.Redis, token: str) -> str | None:

@@ -14,7 +14,13 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api import limits, metrics
-from api.connect import connect_url, owner_connect, peer_connect, room_connect
+from api.connect import (
+    connect_url,
+    owner_connect,
+    owner_connect_when_ready,
+    peer_connect,
+    room_connect,
+)
 from api.deps import AppState
 from api.errors import (
     ApiError,
@@ -187,6 +193,9 @@ async def _commit_and_go_live(
     async with state.store.writing():
         live = asyncio.ensure_future(_failure_of(_go_live(state, row, request, history)))
         try:
+            # The live record's round trip goes out first: the commit's flush is ~1 ms of
+            # Python before its first wait, and the worker's pickup waits on the record.
+            await asyncio.sleep(0)
             stored = await _failure_of(db.commit())
         except BaseException:  # the request was cancelled: start nothing nobody will answer
             live.cancel()
@@ -254,8 +263,10 @@ async def _conversation(
 async def _go_live(
     state: AppState, row: VoiceSession, request: SessionCreate, history: list[dict[str, str]]
 ) -> None:
-    """The session's live record (with the conversation so far) and its start job."""
+    """The session's live record (with the conversation so far) and its start job, in one
+    step."""
     settings = state.settings
+    expires_s = settings.queue_ttl + queue.START_JOB_SLACK_S
     await state.live.create(
         row.id,
         row.user_id,
@@ -273,9 +284,8 @@ async def _go_live(
         },
         owner_limit=settings.max_sessions_per_user,
         admission=admission(settings),
+        job=queue.new_start_job(state.arq, row.id, row.pool, expires_s=expires_s),
     )
-    expires_s = settings.queue_ttl + queue.START_JOB_SLACK_S
-    await queue.enqueue_new_start(state.arq, row.id, row.pool, expires_s=expires_s)
 
 
 async def _remove(
@@ -371,7 +381,7 @@ async def start(
             "no worker could start the session in time; try again", session_id=session_id
         )
     # The row as created: what changed since (its state, its worker) is read from Redis.
-    found = await owner_connect(state, created, await state.live.get(session_id))
+    found = await owner_connect_when_ready(state, created)
     if found is None and created.transport != "webrtc":  # the session moved on meanwhile
         raise already_connected()
     return created, found
@@ -542,7 +552,7 @@ async def resume(
         raise session_ended(current or SessionState.ENDED)
     if current not in CLIENT_MAY_CONNECT:
         raise not_ready("no worker has the session ready yet; try again", session_id=row.id)
-    found = await owner_connect(state, row, await state.live.get(row.id))
+    found = await owner_connect_when_ready(state, row)
     if found is None and row.transport != "webrtc":  # a WebSocket call has its client
         raise already_connected()
     return row, found

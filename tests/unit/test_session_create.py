@@ -5,12 +5,16 @@ stored in order (the app in-process, real Redis and SQLite)."""
 from __future__ import annotations
 
 import asyncio
+import json
+from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy import text
 
+from api.connect import owner_connect_when_ready
 from api.services import sessions
 from harness.waiting import eventually
-from shared import keys
+from shared import keys, ws_tokens
+from shared.lifecycle import OWNER_CONNECT
 from shared.models import VoiceSession
 from shared.users import create_user
 
@@ -100,3 +104,30 @@ async def test_a_create_in_a_known_conversation_holds_no_sqlite_lock_while_it_wa
         created = await second
         assert created.status_code == 202, created.text
         assert created.json()["conversation_id"] == conversation_id
+
+
+async def test_a_token_minted_with_the_ready_read_opens_the_call_once_or_is_withdrawn(
+    make_api, redis
+) -> None:
+    """``POST /api/start`` reads the ready session and mints its WebSocket token in one
+    round trip: the token opens the call once, and is withdrawn if the session moved on."""
+    async with make_api() as api:
+        alice = api.auth(await api.token("alice"))
+        created = await api.client.post("/api/sessions", json={"transport": "websocket"},
+                                        headers=alice)  # fmt: skip
+        session_id = created.json()["session_id"]
+        async with api.state.store.session() as db:
+            row = await db.get(VoiceSession, session_id)
+        assert row is not None
+        owner = json.dumps({"ws_url": "ws://127.0.0.1:9/ws/s"})
+        await redis.hset(keys.session(session_id), mapping={"state": "ready", OWNER_CONNECT: owner})
+
+        found = await owner_connect_when_ready(api.state, row)
+        assert found is not None
+        token = parse_qs(urlsplit(found["ws_url"]).query)["token"][0]
+        assert await ws_tokens.consume(redis, token) == session_id
+        assert await ws_tokens.consume(redis, token) is None  # single use
+
+        await redis.hset(keys.session(session_id), "state", "connected")  # its client came
+        assert await owner_connect_when_ready(api.state, row) is None
+        assert [key async for key in redis.scan_iter(keys.ws_token("*"))] == []

@@ -17,6 +17,7 @@ from arq.worker import func
 from shared import keys, queue
 from shared.connections import arq_redis_settings
 from shared.fleet import PROTOCOL
+from shared.live import ADMIT_ALL, AdmissionPolicy, AdmissionRefused, LiveSessions
 
 
 @pytest.fixture
@@ -24,6 +25,15 @@ async def arq(redis, redis_server) -> AsyncIterator[ArqRedis]:
     pool = await create_pool(arq_redis_settings(redis_server.url))
     yield pool
     await pool.aclose()
+
+
+async def _create(
+    arq: ArqRedis, redis: Any, session_id: str, admission: AdmissionPolicy = ADMIT_ALL
+) -> int:
+    """A new session recorded, and its start job queued, as the API's create does."""
+    job = queue.new_start_job(arq, session_id, "server", expires_s=60)
+    fields = {"conversation_id": "c", "pool": "server"}
+    return await LiveSessions(redis).create(session_id, "u1", fields, admission=admission, job=job)
 
 
 def _worker(arq: ArqRedis, ran: list[tuple[Any, ...]]) -> Worker:
@@ -43,8 +53,7 @@ def _worker(arq: ArqRedis, ran: list[tuple[Any, ...]]) -> Worker:
 
 async def test_a_start_queued_in_one_trip_is_the_job_arq_queues(arq, redis) -> None:
     before = int(time.time() * 1000)  # arq scores in whole ms
-    await redis.zadd(keys.pool_admitting("server"), {"one-trip": time.time()})
-    await queue.enqueue_new_start(arq, "one-trip", "server", expires_s=60)
+    await _create(arq, redis, "one-trip")
     await queue.enqueue_start(arq, "arqs-own", "server", job_id="arqs-own", expires_s=60)
 
     mine = await Job("one-trip", arq, _queue_name=keys.queue("server")).info()
@@ -55,9 +64,10 @@ async def test_a_start_queued_in_one_trip_is_the_job_arq_queues(arq, redis) -> N
     assert mine.score is not None and arqs.score is not None
     assert before <= mine.score <= arqs.score  # queued in order of arrival, by enqueue time
     assert 0 < await redis.pttl(job_key_prefix + "one-trip") <= 60_000
-    # Rung (one ring per job) and no longer counted as on its way to the queue.
+    # Rung (one ring per job), and counted as queued, never as on its way to the queue.
     assert await redis.llen(keys.doorbell("server")) == 2
     assert not await redis.zscore(keys.pool_admitting("server"), "one-trip")
+    assert (await LiveSessions(redis).get("one-trip"))["state"] == "queued"
 
     ran: list[tuple[Any, ...]] = []
     worker = _worker(arq, ran)
@@ -72,7 +82,7 @@ async def test_a_start_queued_in_one_trip_is_the_job_arq_queues(arq, redis) -> N
 async def test_a_claim_takes_a_queued_job_once_and_refuses_what_arq_would(arq, redis) -> None:
     ttl_ms = 5000
     claims = queue.JobClaims(arq, keys.queue("server"), ttl_ms)
-    await queue.enqueue_new_start(arq, "queued", "server", expires_s=60)
+    await _create(arq, redis, "queued")
     score = await redis.zscore(keys.queue("server"), "queued")
 
     assert await claims.claim("queued") == int(score)
@@ -88,7 +98,7 @@ async def test_a_claim_takes_a_queued_job_once_and_refuses_what_arq_would(arq, r
         await worker.close()
 
     # One arq claimed (its in-progress key), one no longer queued, one deferred: all refused.
-    await queue.enqueue_new_start(arq, "arqs", "server", expires_s=60)
+    await _create(arq, redis, "arqs")
     await redis.psetex(in_progress_key_prefix + "arqs", ttl_ms, b"1")
     assert await claims.claim("arqs") is None
     assert await claims.claim("gone") is None
@@ -99,3 +109,17 @@ async def test_a_claim_takes_a_queued_job_once_and_refuses_what_arq_would(arq, r
     )  # fmt: skip
     assert await claims.claim("later") is None
     assert not await redis.exists(in_progress_key_prefix + "later")
+
+
+async def test_a_refused_session_queues_no_job_and_rings_no_worker(arq, redis) -> None:
+    one_waiting = AdmissionPolicy(max_waiting=1, queue_ttl=60, workers_required=False)
+    await _create(arq, redis, "first", one_waiting)
+    with pytest.raises(AdmissionRefused) as refused:
+        await _create(arq, redis, "second", one_waiting)
+    assert refused.value.code == "queue_full"  # the first one's job counts as waiting
+    assert await redis.zrange(keys.queue("server"), 0, -1) == ["first"]
+    assert not await redis.exists(job_key_prefix + "second")
+    assert await redis.llen(keys.doorbell("server")) == 1
+    with pytest.raises(ValueError, match="already exists"):  # its job is not queued twice
+        await _create(arq, redis, "first")
+    assert await redis.llen(keys.doorbell("server")) == 1
