@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypedDict, Unpack, cast
 
 import redis.asyncio as aioredis
 
@@ -190,7 +190,8 @@ return {'ok', admitted[2], admitted[3], id}
 #       8 alive TTL ms, 9 worker id, 10 retention seconds, 11 final (1/0),
 #       12 publisher seq (0: none), 13 owner mode (set|expect|''), 14 alive (set|drop|''),
 #       15/16 what goes before and after the owner's id in its live-set key,
-#       17 fields for the hash alone, never the event (JSON object, '' for none)
+#       17 fields for the hash alone, never the event (JSON object, '' for none),
+#       18 '1': the hash, as the move left it, returned with the event's id
 _TRANSITION = (
     _PUBLISH_FN
     + """
@@ -234,6 +235,7 @@ elseif ARGV[14] == 'set' then
 elseif ARGV[14] == 'drop' then
   redis.call('DEL', KEYS[5])
 end
+if ARGV[18] == '1' then return {1, id, redis.call('HGETALL', KEYS[1])} end
 return {1, id}
 """
 )
@@ -314,6 +316,24 @@ return 1
 _FINAL = " ".join(sorted(FINAL_STATES))
 _NOT_OWNED = " ".join(sorted(set(SessionState) - OWNED_STATES))
 _OWNED = " ".join(sorted(OWNED_STATES))
+
+
+class MoveOptions(TypedDict, total=False):
+    """How a move is made (``LiveSessions.move``)."""
+
+    only_from: SessionState | None
+    """Only from exactly this state (one of the move's sources)."""
+    data: dict[str, Any] | None
+    """Added to the state event's data."""
+    worker_id: str
+    """The worker making it: required for an owner's move."""
+    publisher_seq: int
+    """Increasing per owner: a retry of the same call is a no-op."""
+    at: float | None
+    """When it happened, if not now (an event held back while Redis was away)."""
+    private: dict[str, str] | None
+    """Fields set in the session's hash in the same step, and never in the event (what
+    only the owner may read, like ``OWNER_CONNECT``)."""
 
 
 PendingEvent = tuple[str, EventType | str, dict[str, Any], dict[str, Any]]
@@ -527,6 +547,20 @@ class LiveSessions:
             raise ValueError(f"session {session_id} already exists") from None
 
     async def move(
+        self, session_id: str, name: MoveName, reason: Reason | str, **how: Unpack[MoveOptions]
+    ) -> tuple[bool, str]:
+        """Make the move ``name`` (``shared.lifecycle.MOVES``) if the session is where it
+        starts from, and, with ``only_from``, in exactly that state (a caller that judged
+        the session in one state, like the reaper, changes nothing if it moved meanwhile).
+
+        Returns (changed, stream id of the event) or (False, the current state, or
+        ``not_owner`` when the move is the owner's and ``worker_id`` no longer owns it).
+        The options: ``MoveOptions``.
+        """
+        changed, value, *_ = await self._move(session_id, name, reason, **how)
+        return bool(changed), value
+
+    async def _move(
         self,
         session_id: str,
         name: MoveName,
@@ -538,43 +572,37 @@ class LiveSessions:
         publisher_seq: int = 0,
         at: float | None = None,
         private: dict[str, str] | None = None,
-    ) -> tuple[bool, str]:
-        """Make the move ``name`` (``shared.lifecycle.MOVES``) if the session is where it
-        starts from, and, with ``only_from``, in exactly that state (a caller that judged
-        the session in one state, like the reaper, changes nothing if it moved meanwhile).
-
-        Returns (changed, stream id of the event) or (False, the current state, or
-        ``not_owner`` when the move is the owner's and ``worker_id`` no longer owns it).
-        ``publisher_seq`` (increasing per owner) makes a retry of the same call a no-op;
-        ``at`` is when it happened, if not now (an event held back while Redis was away).
-        ``private``: fields set in the session's hash in the same step, and never in the
-        event (what only the owner may read, like ``OWNER_CONNECT``).
-        """
+        read: bool = False,
+    ) -> list[Any]:
+        """``move``'s step; its reply, and with ``read``, the hash after a move made."""
         move = MOVES[name]
         sources = move.sources if only_from is None else move.sources & {only_from}
         to = target(move, reason)
         if move.owner and not worker_id:
             raise ValueError(f"{name} is a worker's move: give its worker_id")
-        changed, value = await self._transition(
-            keys=self._keys(session_id),
-            args=[
-                *self._head(session_id, at),
-                str(to),
-                str(reason),
-                " ".join(sorted(sources)),
-                json.dumps(data or {}),
-                alive_ms(self.heartbeat_ttl),
-                worker_id,
-                int(self.stream_retention),
-                "1" if to in FINAL_STATES else "0",
-                publisher_seq,
-                move.owner,
-                move.alive,
-                *keys.USER_LIVE_AROUND,
-                json.dumps(private) if private else "",
-            ],
+        return cast(
+            "list[Any]",
+            await self._transition(
+                keys=self._keys(session_id),
+                args=[
+                    *self._head(session_id, at),
+                    str(to),
+                    str(reason),
+                    " ".join(sorted(sources)),
+                    json.dumps(data or {}),
+                    alive_ms(self.heartbeat_ttl),
+                    worker_id,
+                    int(self.stream_retention),
+                    "1" if to in FINAL_STATES else "0",
+                    publisher_seq,
+                    move.owner,
+                    move.alive,
+                    *keys.USER_LIVE_AROUND,
+                    json.dumps(private) if private else "",
+                    "1" if read else "",
+                ],
+            ),
         )
-        return bool(changed), value
 
     # The moves by name, for callers that make one directly (a worker's go through its
     # publisher, after the events emitted before them).
@@ -587,6 +615,20 @@ class LiveSessions:
             session_id, "pick_up", Reason.PICKED_UP, worker_id=worker_id, data=data
         )
         return changed
+
+    async def take(
+        self, session_id: str, worker_id: str, *, data: dict[str, Any] | None = None
+    ) -> dict[str, str] | None:
+        """``pick_up``, and the session's hash as it left it, in one step (None: not
+        taken). A worker that takes its job's session this way is one round trip from
+        ``starting`` where a read and then a pick-up were two."""
+        reply = await self._move(
+            session_id, "pick_up", Reason.PICKED_UP, worker_id=worker_id, data=data, read=True
+        )
+        if not reply[0]:
+            return None
+        flat = reply[2]
+        return dict(zip(flat[::2], flat[1::2], strict=True))
 
     async def cancel(self, session_id: str, reason: Reason) -> bool:
         """A queued session given up before any worker took it (its job: ``queue``)."""

@@ -169,6 +169,7 @@ class VoicepoolWorker:
         self.options = options
         self.id = options.worker_id
         self.sessions: dict[str, SessionRunner] = {}
+        self._starting: dict[str, list[Reason]] = {}  # being taken: end requests held
         self.draining = False
         self._drain_started = False
         self.started_at = time.time()
@@ -433,25 +434,10 @@ class VoicepoolWorker:
         if self.draining or self.free_slots() <= 0:
             await self._requeue(session_id, arq_redis)
             return "requeued"
-        meta = await self.live.get(session_id)
-        if not meta:
-            return "unknown session"
-        recovered = int(meta.get("recoveries") or 0) > 0  # another worker had the call
-        if recovered:
-            meta = await resumed_meta(self.redis, session_id, meta)
-        stale = self.sessions.get(session_id)
-        if stale is not None:  # its own call, recovered while it stalled: that run stops
-            stale.let_go(Reason.WORKER_LOST)
-        runner = SessionRunner(
-            session_id, meta, options=self.options, live=self.live, on_finished=self._finished
-        )
-        # Registered before the transition so an end request racing it finds the session.
-        self.sessions[session_id] = runner
-        taken = await self.live.pick_up(session_id, self.id, data={"pool": self.options.pool})
-        if not taken:  # cancelled or expired meanwhile
-            self.sessions.pop(session_id, None)
-            await runner.publisher.aclose()
-            return "not queued"
+        runner = await self._take(session_id)
+        if runner is None:
+            return "not started"
+        recovered = int(runner.meta.get("recoveries") or 0) > 0  # another worker had the call
         self._spawn(self._note_start(session_id))  # off the start's path
         try:
             connect = await runner.prepare()
@@ -461,7 +447,7 @@ class VoicepoolWorker:
                 "mark_ready",
                 Reason.RECOVERED if recovered else Reason.PIPELINE_READY,
                 worker_id=self.id,
-                data={"transport": meta.get("transport", "webrtc"), **connect},
+                data={"transport": runner.meta.get("transport", "webrtc"), **connect},
                 # for the API, never in an event; set with ready, so it is there when
                 # the API sees ready
                 private={OWNER_CONNECT: json.dumps(owner)} if owner else None,
@@ -469,24 +455,13 @@ class VoicepoolWorker:
         except TransportError as exc:  # e.g. Daily refused: the owner sees why
             log.warning("session not started: %s (%s)", exc, exc.reason)
             runner.end(exc.reason, str(exc))
-            await self.live.move(
-                session_id,
-                "finish_own",
-                exc.reason,
-                worker_id=self.id,
-                data={"message": str(exc)},
-            )
+            await self._not_started(session_id, exc.reason, str(exc))
             ready = False
         except Exception as exc:
             log.exception("session could not be prepared")
             runner.end(Reason.PIPELINE_ERROR)
-            await self.live.move(
-                session_id,
-                "finish_own",
-                Reason.PIPELINE_ERROR,
-                worker_id=self.id,
-                data={"message": f"the session could not be prepared: {type(exc).__name__}"},
-            )
+            message = f"the session could not be prepared: {type(exc).__name__}"
+            await self._not_started(session_id, Reason.PIPELINE_ERROR, message)
             ready = False
         if not ready:
             self.sessions.pop(session_id, None)
@@ -496,6 +471,48 @@ class VoicepoolWorker:
         runner.start()
         self._beat_soon.set()  # operators see the slot taken at once
         return "ready"
+
+    async def _take(self, session_id: str) -> SessionRunner | None:
+        """Take the session (picked up and read in one step) and register its runner; None
+        if it is not this worker's to run (no longer queued), or could not be set up (then
+        it is ended, saying why). Until its runner is registered, an end request for it is
+        held (``_handle``) and applied to the runner then."""
+        held = self._starting[session_id] = []
+        try:
+            meta = await self.live.take(session_id, self.id, data={"pool": self.options.pool})
+            if meta is None:  # unknown, cancelled or expired meanwhile
+                return None
+            try:
+                if int(meta.get("recoveries") or 0) > 0:  # another worker had the call
+                    meta = await resumed_meta(self.redis, session_id, meta)
+                runner = SessionRunner(
+                    session_id,
+                    meta,
+                    options=self.options,
+                    live=self.live,
+                    on_finished=self._finished,
+                )
+            except Exception as exc:  # it is ours now: say why it ends rather than leave it
+                log.exception("session could not be set up")
+                with contextlib.suppress(Exception):
+                    message = f"the session could not be set up: {type(exc).__name__}"
+                    await self._not_started(session_id, Reason.PIPELINE_ERROR, message)
+                return None
+            stale = self.sessions.get(session_id)
+            if stale is not None:  # its own call, recovered while it stalled: that run stops
+                stale.let_go(Reason.WORKER_LOST)
+            self.sessions[session_id] = runner
+        finally:
+            del self._starting[session_id]
+        for reason in held:
+            runner.end(reason)
+        return runner
+
+    async def _not_started(self, session_id: str, reason: Reason, message: str) -> None:
+        """End a session this worker took and could not start, saying why."""
+        await self.live.move(
+            session_id, "finish_own", reason, worker_id=self.id, data={"message": message}
+        )
 
     async def _note_start(self, session_id: str) -> None:
         with contextlib.suppress(Exception):  # only the queue's wait estimate misses it
@@ -692,6 +709,9 @@ class VoicepoolWorker:
             self.draining = True  # before answering: no job is taken from here on
             self._spawn(self.drain(message.payload.timeout))
             return {"draining": True}
+        if isinstance(message, control.End) and message.session_id in self._starting:
+            self._starting[message.session_id].append(message.payload.reason)  # taken, or not
+            return {}
         runner = self.sessions.get(message.session_id)
         if runner is None:
             raise SignalError("unknown_session", "the session is not running on this worker", 404)

@@ -436,3 +436,17 @@ async def test_the_reaper_records_the_protocol_in_a_redis_new_to_it(redis) -> No
     reaper._redis_run_id = "a Redis before a restart"
     await reaper.check_redis()
     assert await redis.get(keys.PROTOCOL) == str(PROTOCOL)
+
+
+async def test_a_take_picks_the_session_up_and_reads_it_in_one_step(redis) -> None:
+    live = LiveSessions(redis)
+    await _new(live, profile="echo")
+    meta = await live.take("s1", "w1", data={"pool": "server"})
+    assert meta is not None
+    assert (meta["state"], meta["worker_id"], meta["profile"]) == ("starting", "w1", "echo")
+    assert meta == await live.get("s1")  # the hash as the move left it
+    assert await live.take("s1", "w2") is None  # taken already: not twice
+    await _new(live, "s2")
+    assert await live.cancel("s2", Reason.CLIENT_ENDED)
+    assert await live.take("s2", "w1") is None  # given up before any worker took it
+    assert await live.take("never", "w1") is None
