@@ -92,37 +92,52 @@ def new_start_job(
     )
 
 
-# KEYS: 1 the job's in-progress key, 2 the queue. ARGV: 1 job id, 2 now (ms), 3 the
-# in-progress key's TTL (ms). arq's own claim, as one step: the job's score, or nil if
-# another worker runs it, it has left the queue, or it is deferred.
-_CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
-redis.call('PSETEX', KEYS[1], ARGV[3], '1')
-return score
+# KEYS: 1 the queue. ARGV: 1 now (ms), 2 most jobs to take, 3 the in-progress key's TTL
+# (ms), 4 arq's in-progress key prefix (the keys are named from the ids: single-instance
+# Redis, as arq itself). Each due job, oldest first, is taken as arq's claim takes one (its
+# in-progress key set, unless another worker's is); returns {id, score, id, score, ...}.
+# Jobs another worker is starting stay queued until done: the read looks past that many.
+_TAKE_DUE = """
+local most = tonumber(ARGV[2])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES',
+  'LIMIT', 0, most * 2 + 32)
+local taken = {}
+for i = 1, #due, 2 do
+  if #taken >= 2 * most then break end
+  local key = ARGV[4] .. due[i]
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('PSETEX', key, ARGV[3], '1')
+    taken[#taken + 1] = due[i]
+    taken[#taken + 1] = due[i + 1]
+  end
+end
+return taken
 """
 
 
 class JobClaims:
-    """One worker's claims on its queue's jobs, each made as arq's ``Worker.start_jobs``
-    makes it (the in-progress key set, unless another worker's is) in one round trip,
-    where arq's WATCH transaction takes four (1.4 ms of the 3.5 from a ring to
-    ``starting``, one at a time). Guarded by
-    tests/unit/test_upstream_hooks.py::test_arq_claim."""
+    """One worker's claims on its queue's jobs: each poll reads the due jobs and claims as
+    many as it may run in one step, where arq reads them in one round trip and claims each
+    in a WATCH transaction of four (1.4 ms of the 3.5 from a ring to ``starting``, one at
+    a time; on a worker busy with calls, each round trip waits behind their audio). Each
+    claim is arq's own (guarded by tests/unit/test_upstream_hooks.py::test_arq_claim)."""
 
     def __init__(self, arq: ArqRedis, queue_name: str, in_progress_ms: int):
-        self._claim = arq.register_script(_CLAIM)
+        self._take_due = arq.register_script(_TAKE_DUE)
         self.queue_name = queue_name
         self.in_progress_ms = in_progress_ms
 
-    async def claim(self, job_id: str) -> int | None:
-        """The job's score, now this worker's to run; None if it is not."""
-        score = await self._claim(
-            keys=[in_progress_key_prefix + job_id, self.queue_name],
-            args=[job_id, timestamp_ms(), self.in_progress_ms],
+    async def take_due(self, most: int) -> list[tuple[str, int]]:
+        """Up to ``most`` due jobs, oldest first, now this worker's to run: (id, score)."""
+        flat = await self._take_due(
+            keys=[self.queue_name],
+            args=[timestamp_ms(), most, self.in_progress_ms, in_progress_key_prefix],
         )
-        return None if score is None else int(float(score))
+        return [(_text(flat[i]), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def ring(redis: aioredis.Redis, pool: str, *, queued: str = "") -> None:

@@ -91,13 +91,15 @@ class SessionWorker(Worker):
     """arq's worker, with each poll bounded by the session slots that are free, and woken
     by the pool's doorbell instead of polling every few milliseconds.
 
-    arq starts every job id one poll reads; reading at most ``free_slots`` ids
-    per poll is what keeps a full worker from taking a session it cannot run.
+    Each poll reads the due jobs and claims at most ``free_slots`` of them in one step
+    (``queue.JobClaims``); what keeps a full worker from taking a session it cannot run
+    is that it claims no more than that. Each claimed job runs as arq runs it
+    (``run_job``, counted against ``max_jobs`` and arq's semaphore).
 
     Between polls it waits for whichever comes first: a ring (a job was queued; a blocking
     pop, so pickup costs one round trip and an idle worker sleeps), a slot freed here (a
     full worker takes the next waiting job the moment it can), or ``safety_poll`` seconds.
-    A poll that read as many jobs as it could goes round again at once: more may wait.
+    A poll that took as many jobs as it could goes round again at once: more may wait.
     """
 
     def __init__(self, voicepool: VoicepoolWorker, **kwargs: Any):
@@ -107,49 +109,28 @@ class SessionWorker(Worker):
             self.pool, self.queue_name, int(self.in_progress_timeout_s * 1000)
         )
         self.slot_freed = asyncio.Event()
-        self._read = 0
 
-    # Caps each poll's reads; guarded by tests/unit/test_upstream_hooks.py::test_arq_poll
+    # arq's poll, with its read and claims made in one step; guarded by
+    # tests/unit/test_upstream_hooks.py::test_arq_poll and test_arq_claim
     async def _poll_iteration(self) -> None:
         self.slot_freed.clear()  # before counting: a slot freed from here on wakes the wait
         free = self.voicepool.free_slots(in_flight=self.job_counter)
         self.allow_pick_jobs = free > 0
-        self.queue_read_limit = max(free, 1)
-        self._read = 0
-        await super()._poll_iteration()
+        taken = await self.claims.take_due(free) if free else []
+        for job_id, score in taken:
+            await self.sem.acquire()  # never waits: at most max_jobs run, and sem has one more
+            self.job_counter += 1
+            task = self.loop.create_task(self.run_job(job_id, score))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+        for job_id, task in list(self.tasks.items()):
+            if task.done():  # as arq's poll: a finished job's own failure is raised here
+                del self.tasks[job_id]
+                task.result()
+        await self.heart_beat()
         self.voicepool.polled_at = time.time()  # the heartbeat tells the fleet
-        if not (self.allow_pick_jobs and self._read == self.queue_read_limit):
+        if not (free and len(taken) == free):
             await self._wait_for_work()
-
-    # Claims together, each in one step; guarded by tests/unit/test_upstream_hooks.py::
-    # test_arq_start_jobs_one_by_one and test_arq_claim
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's ``start_jobs``: claim each job and run it in a task, counted against
-        ``max_jobs`` and arq's semaphore. The claims are made together: arq makes them one
-        after another, four round trips each, and on a loop busy with calls each round
-        trip waits its turn behind them, so in a burst of 100 the 50th job of a poll was
-        claimed seconds after the first (ops/bench/anchor.py). Each claim is independent
-        (``queue.JobClaims``, one atomic step each)."""
-        self._read = len(job_ids)
-        await asyncio.gather(*(self._start_job(job_id.decode()) for job_id in job_ids))
-
-    async def _start_job(self, job_id: str) -> None:
-        await self.sem.acquire()
-        if self.job_counter >= self.max_jobs:
-            self.sem.release()
-            return
-        self.job_counter += 1
-        try:
-            score = await self.claims.claim(job_id)
-        except BaseException:
-            self._release_sem_dec_counter_on_complete()
-            raise
-        if score is None:  # another worker's, or no longer queued
-            self._release_sem_dec_counter_on_complete()
-            return
-        task = self.loop.create_task(self.run_job(job_id, score))
-        task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-        self.tasks[job_id] = task
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()

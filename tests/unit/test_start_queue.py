@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -79,35 +80,41 @@ async def test_a_start_queued_in_one_trip_is_the_job_arq_queues(arq, redis) -> N
     assert await Job("one-trip", arq).status() == JobStatus.complete
 
 
-async def test_a_claim_takes_a_queued_job_once_and_refuses_what_arq_would(arq, redis) -> None:
+async def test_a_poll_takes_due_jobs_oldest_first_once_and_refuses_what_arq_would(
+    arq, redis
+) -> None:
     ttl_ms = 5000
     claims = queue.JobClaims(arq, keys.queue("server"), ttl_ms)
-    await _create(arq, redis, "queued")
-    score = await redis.zscore(keys.queue("server"), "queued")
+    for sid in ("first", "second", "third"):
+        await _create(arq, redis, sid)
+        await asyncio.sleep(0.002)  # arq scores in whole ms: one each
+    scores = {
+        sid: int(await redis.zscore(keys.queue("server"), sid)) for sid in ("first", "second")
+    }
 
-    assert await claims.claim("queued") == int(score)
-    assert 0 < await redis.pttl(in_progress_key_prefix + "queued") <= ttl_ms
-    # Another worker's claim, ours or arq's own, is refused while it runs here.
-    assert await claims.claim("queued") is None
+    assert await claims.take_due(2) == [("first", scores["first"]), ("second", scores["second"])]
+    assert 0 < await redis.pttl(in_progress_key_prefix + "first") <= ttl_ms
+    # Taken here: not again, by another poll of ours or by arq's own claim.
+    assert [job for job, _ in await claims.take_due(5)] == ["third"]
+    assert await claims.take_due(5) == []
     ran: list[tuple[Any, ...]] = []
     worker = _worker(arq, ran)
     try:
-        await worker.start_jobs([b"queued"])
+        await worker.start_jobs([b"first"])
         assert worker.tasks == {} and worker.job_counter == 0
     finally:
         await worker.close()
 
-    # One arq claimed (its in-progress key), one no longer queued, one deferred: all refused.
+    # One arq claimed (its in-progress key), one deferred: both left; what is due is taken.
     await _create(arq, redis, "arqs")
     await redis.psetex(in_progress_key_prefix + "arqs", ttl_ms, b"1")
-    assert await claims.claim("arqs") is None
-    assert await claims.claim("gone") is None
     later = time.time() + 60
     await arq.enqueue_job(
         queue.START_JOB, "later", PROTOCOL, _job_id="later", _queue_name=keys.queue("server"),
         _defer_until=datetime.fromtimestamp(later, UTC),
     )  # fmt: skip
-    assert await claims.claim("later") is None
+    await _create(arq, redis, "due")
+    assert [job for job, _ in await claims.take_due(5)] == ["due"]
     assert not await redis.exists(in_progress_key_prefix + "later")
 
 

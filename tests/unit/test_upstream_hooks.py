@@ -88,57 +88,49 @@ def assigned_attributes(function: Callable[..., Any]) -> set[str]:
 
 
 def test_arq_poll() -> None:
-    """``SessionWorker._poll_iteration`` caps each poll at the worker's free session slots.
+    """``SessionWorker._poll_iteration`` is arq's poll, with its read and claims in one step,
+    capped at the worker's free session slots.
 
-    If this fails, arq no longer runs ``Worker._poll_iteration`` once per poll, or no
-    longer reads ``allow_pick_jobs``/``queue_read_limit`` there: a full worker would take
-    sessions it cannot run (or stop taking any), and the heartbeat's "last polled" would
-    go stale, so the fleet would count the worker as stalled.
+    If this fails, arq no longer runs ``Worker._poll_iteration`` once per poll (so our poll
+    would not run, or the heartbeat's "last polled" would go stale and the fleet count the
+    worker as stalled), its poll does more than read, start, reap finished tasks and beat
+    (something ours would skip), or it no longer keeps the counters ours keeps for it.
     """
     assert_pinned_exactly("arq")
     assert parameters(Worker._poll_iteration) == parameters(SessionWorker._poll_iteration)
     assert "await self._poll_iteration()" in source(Worker.main)
     poll = source(Worker._poll_iteration)
-    for read in ("self.queue_read_limit", "self.allow_pick_jobs", "self.job_counter"):
-        assert read in poll, f"arq's poll no longer reads {read}"
-    assert {"job_counter", "queue_read_limit", "allow_pick_jobs"} <= assigned_attributes(
+    for step in (
+        "job_ids = await self.pool.zrangebyscore(",
+        "await self.start_jobs(job_ids)",
+        "if self.allow_abort_jobs:",  # off here (arq's default): nothing to abort
+        "for job_id, t in list(self.tasks.items()):",
+        "t.result()",
+        "await self.heart_beat()",
+    ):
+        assert step in poll, f"arq's poll no longer does: {step}"
+    assert poll.count("await ") == 4, "arq's poll does something more"
+    assert {"job_counter", "sem", "tasks", "allow_abort_jobs"} <= assigned_attributes(
         Worker.__init__
     )
+    assert "self.sem = asyncio.BoundedSemaphore(max_jobs + 1)" in source(Worker.__init__)
 
 
 def test_arq_pickup_wakes() -> None:
     """``SessionWorker`` waits for a ring between polls instead of arq's ``poll_delay``.
 
-    If this fails, arq no longer sleeps ``poll_delay`` between polls (so 0 would spin), no
-    longer hands each poll's job ids to ``start_jobs`` (so a full read is not seen, and
-    a burst waits a poll per slot), or no longer releases a finished job's slot through
-    ``_release_sem_dec_counter_on_complete`` (so a full worker waits for the safety poll).
+    If this fails, arq no longer sleeps ``poll_delay`` between polls (so 0 would spin), or
+    no longer releases a finished job's slot through ``_release_sem_dec_counter_on_complete``
+    (so a full worker waits for the safety poll).
     """
     assert_pinned_exactly("arq")
     assert "async for _ in poll(self.poll_delay_s)" in source(Worker.main)
-    assert "await self.start_jobs(job_ids)" in source(Worker._poll_iteration)
-    assert parameters(Worker.start_jobs) == parameters(SessionWorker.start_jobs)
     assert "self._release_sem_dec_counter_on_complete()" in source(Worker.start_jobs)
 
 
-def test_arq_start_jobs_one_by_one() -> None:
-    """``SessionWorker.start_jobs`` claims each job id of a poll on its own, all at once.
-
-    If this fails, arq's ``start_jobs`` no longer treats each id of its list on its own
-    (one loop pass per id, nothing carried from one to the next but its counters and
-    semaphore), so claiming them concurrently could claim one twice or skip one.
-    """
-    assert_pinned_exactly("arq")
-    body = source(Worker.start_jobs)
-    assert body.count("for job_id_b in job_ids:") == 1
-    assert "job_ids[" not in body and "break" not in body
-    assert "await self.sem.acquire()" in body  # bounds the concurrent claims
-    assert "if self.job_counter >= self.max_jobs:" in body
-
-
 def test_arq_claim() -> None:
-    """``SessionWorker._start_job`` claims a job as arq's ``start_jobs`` does, in one step
-    (``shared.queue.claim``), and starts it the way arq does.
+    """``SessionWorker._poll_iteration`` claims each job as arq's ``start_jobs`` does, in one
+    step for the poll (``queue.JobClaims.take_due``), and starts it the way arq does.
 
     If this fails, arq claims a job otherwise (another key, another test of the queue's
     score) or starts it otherwise: a job could run on two workers, or run without arq's
@@ -147,6 +139,8 @@ def test_arq_claim() -> None:
     assert_pinned_exactly("arq")
     body = source(Worker.start_jobs)
     for step in (
+        "await self.sem.acquire()",
+        "self.job_counter = self.job_counter + 1",
         "in_progress_key = in_progress_key_prefix + job_id",
         "await pipe.watch(in_progress_key)",
         "ongoing_exists = await pipe.exists(in_progress_key)",
