@@ -112,6 +112,7 @@ bench: install
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python ops/bench/anchor.py --before $(BENCH_BEFORE)
 	$(BIN)/python ops/bench/start_trace.py --before $(BENCH_BEFORE)
+	$(BIN)/python ops/bench/start_trace.py --burst 100 --before $(BENCH_BEFORE)
 	$(BIN)/python ops/bench/dispatch.py
 	$(BIN)/python ops/bench/events.py
 	$(BIN)/python ops/bench/assistant_latency.py

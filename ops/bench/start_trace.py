@@ -20,9 +20,16 @@ API's wake on ``ready``, the token minted, the response; ``connected``, the WebS
 handshake to the worker and its token check; ``bot-ready``, the client's
 ``client-ready`` and the bot's answer.
 
-    .venv/bin/python ops/bench/start_trace.py [--sessions 30] [--reps 3] [--before REV]
+With ``--burst N``, each rep opens N sessions at once instead, as ``anchor.py``'s burst
+does, and every stage is reported from the burst's start (p50 / p90, max): where a
+burst's starts wait. The client streams the audio of every connected session from one
+process meanwhile, so ``answer`` and ``bot-ready`` include its own loop's delay too.
 
-Results: ops/bench/results/start_trace.{json,md}; the Markdown table is printed.
+    .venv/bin/python ops/bench/start_trace.py [--sessions 30] [--reps 3] [--before REV]
+    .venv/bin/python ops/bench/start_trace.py --burst 100 [--reps 3] [--before REV]
+
+Results: ops/bench/results/start_trace.{json,md} (a burst: start_trace_burst.{json,md});
+the Markdown table is printed.
 """
 
 from __future__ import annotations
@@ -68,15 +75,52 @@ async def trace(target: anchor.Voicepool, count: int, wav: Path) -> list[dict[st
             if i >= WARM_UP and not run.error and opened.session:
                 # Read once the call is over: the client's loop stays free while it talks.
                 stages = {"answer": run.ready_s * 1000, "bot-ready": run.talk_s * 1000}
-                for _id, fields in await events.xrange(keys.session_events(opened.session)):
-                    state = json.loads(fields["data"]).get("state", "")
-                    if fields["type"] == EventType.SESSION_STATE and state in SERVER_STATES:
-                        stages.setdefault(state, (float(fields["ts"]) - sent) * 1000)
+                stages |= await server_stages(events, opened.session, sent)
                 if len(stages) == len(STAGES):
                     traced.append(stages)
             await asyncio.sleep(PAUSE_S)
     await events.aclose()
     return traced
+
+
+async def trace_burst(target: anchor.Voicepool, count: int, wav: Path) -> list[dict[str, float]]:
+    """Each session of a burst of ``count`` (opened at once, as ``anchor.py``'s burst), its
+    stages in ms from the burst's start."""
+    assert target.system is not None and target.system.redis_server is not None
+    events = redis_client(target.system.redis_server.url)
+    async with target.http(count + 8) as http:
+        for _ in range(WARM_UP):
+            warm = await anchor.open_session(target, http, wav)
+            await anchor.wait_echo(warm)
+            await anchor.close(target, http, warm)
+        wall, mono = time.time(), time.perf_counter()
+        opened = await asyncio.gather(
+            *(anchor.open_session(target, http, wav) for _ in range(count))
+        )
+        await asyncio.gather(*(anchor.wait_echo(o) for o in opened))
+        await asyncio.gather(*(anchor.close(target, http, o) for o in opened))
+    traced: list[dict[str, float]] = []
+    for one in opened:
+        if one.run.error or not one.session:
+            continue
+        sent_ms = (one.t0 - mono) * 1000  # the client sends its requests as its loop gets to them
+        stages = {"answer": sent_ms + one.run.ready_s * 1000}
+        stages["bot-ready"] = sent_ms + one.run.talk_s * 1000
+        stages |= await server_stages(events, one.session, wall)
+        if len(stages) == len(STAGES):
+            traced.append(stages)
+    await events.aclose()
+    return traced
+
+
+async def server_stages(events: Any, session: str, since: float) -> dict[str, float]:
+    """The session's first event of each server-stamped state, in ms after ``since``."""
+    stages: dict[str, float] = {}
+    for _id, fields in await events.xrange(keys.session_events(session)):
+        state = json.loads(fields["data"]).get("state", "")
+        if fields["type"] == EventType.SESSION_STATE and state in SERVER_STATES:
+            stages.setdefault(state, (float(fields["ts"]) - since) * 1000)
+    return stages
 
 
 def summary(traced: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -87,6 +131,7 @@ def summary(traced: list[dict[str, float]]) -> dict[str, dict[str, float]]:
         steps = [t[stage] - (t[previous] if previous else 0.0) for t in traced]
         rows[stage] = {
             "p50": round(statistics.median(at), 1),
+            "p90": round(statistics.quantiles(at, n=10)[-1], 1) if len(at) > 1 else at[0],
             "min": round(min(at), 1),
             "max": round(max(at), 1),
             "step_p50": round(statistics.median(steps), 1),
@@ -97,21 +142,36 @@ def summary(traced: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 def markdown(result: dict[str, Any]) -> str:
     keys = list(result["targets"])
+    burst = result.get("burst")
+    if burst:
+        title = f"a burst of {burst} sessions"
+        how = (
+            f"{burst} sessions opened at once per rep x {result['reps']} reps per target, "
+            "interleaved. ms from the burst's start: p50 / p90 (max); step: p50 of the time "
+            "since the stage before."
+        )
+    else:
+        title = "one session at a time"
+        how = (
+            f"{result['sessions']} sessions per rep x {result['reps']} reps per target, "
+            "interleaved. ms from the request: p50 (min-max); step: p50 of the time since "
+            "the stage before."
+        )
+    origin = "from the burst's start" if burst else "from request"
     lines = [
-        f"# Start trace, one session at a time ({result['date']})",
+        f"# Start trace, {title} ({result['date']})",
         "",
-        f"`{result['command']}`; {result['sessions']} sessions per rep x {result['reps']} reps "
-        "per target, interleaved. ms from the request: p50 (min-max); step: p50 of the "
-        "time since the stage before.",
+        f"`{result['command']}`; {how}",
         "",
-        "| stage | " + " | ".join(f"{k}: from request | {k}: step" for k in keys) + " |",
+        "| stage | " + " | ".join(f"{k}: {origin} | {k}: step" for k in keys) + " |",
         "|---|" + "---|---|" * len(keys),
     ]
     for stage in STAGES:
         cells = []
         for key in keys:
             row = result["targets"][key]["stages"][stage]
-            cells += [f"{row['p50']} ({row['min']}-{row['max']})", f"{row['step_p50']}"]
+            spread = f"{row['p90']} ({row['max']})" if burst else f"({row['min']}-{row['max']})"
+            cells += [f"{row['p50']} {'/ ' if burst else ''}{spread}", f"{row['step_p50']}"]
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     counted = ", ".join(f"{k}: {result['targets'][k]['counted']}" for k in keys)
     lines += ["", f"Sessions counted (all stages seen): {counted}."]
@@ -123,6 +183,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sessions", type=int, default=30, help="counted sessions per rep")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--before", help="also trace voicepool at this git revision")
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=0,
+        help="open this many sessions at once per rep instead (results: start_trace_burst.*)",
+    )
     return parser.parse_args(argv)
 
 
@@ -145,7 +211,10 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"rep {rep}: {key}", flush=True)
                 try:
                     target.start(tmp / f"rep{rep}-{key}")
-                    traced[key] += asyncio.run(trace(target, args.sessions, wav))
+                    if args.burst:
+                        traced[key] += asyncio.run(trace_burst(target, args.burst, wav))
+                    else:
+                        traced[key] += asyncio.run(trace(target, args.sessions, wav))
                 finally:
                     target.stop()
     result = {
@@ -153,14 +222,16 @@ def main(argv: list[str] | None = None) -> None:
         "command": " ".join(["ops/bench/start_trace.py", *(argv or sys.argv[1:])]),
         "machine": machine_facts(),
         "sessions": args.sessions,
+        "burst": args.burst,
         "reps": args.reps,
         "before": args.before,
         "targets": {k: {"counted": len(v), "stages": summary(v)} for k, v in traced.items()},
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "start_trace.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = "start_trace_burst" if args.burst else "start_trace"
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
-    (RESULTS / "start_trace.md").write_text(table)
+    (RESULTS / f"{name}.md").write_text(table)
     print(table)
 
 
