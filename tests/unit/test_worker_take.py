@@ -47,3 +47,26 @@ async def test_an_end_request_during_the_take_ends_the_call(redis, redis_server)
         await worker.end_all(Reason.WORKER_SHUTDOWN)
         await asyncio.sleep(0)
         await worker.redis.aclose()
+
+
+async def test_a_session_taken_but_not_set_up_ends_saying_why(
+    redis, redis_server, monkeypatch
+) -> None:
+    """Taken (``starting``, this worker's) and then its runner cannot be made: the session
+    ends with its reason at once, not left ``starting`` for the reaper."""
+    import worker.worker as worker_module
+
+    def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise KeyError("profile")
+
+    monkeypatch.setattr(worker_module, "SessionRunner", broken)
+    worker = VoicepoolWorker(WorkerOptions(redis_url=redis_server.url, worker_id="w1"))
+    fields = {"conversation_id": "c1", "pool": "server", "transport": "webrtc", "profile": "echo"}
+    await worker.live.create("s1", "alice", fields)
+    try:
+        assert await worker.start_session("s1", None) == "not started"
+        meta = await LiveSessions(redis).get("s1")
+        assert (meta["state"], meta["reason"]) == ("failed", "pipeline_error")
+        assert worker.sessions == {} and worker._starting == {}
+    finally:
+        await worker.redis.aclose()
