@@ -3,8 +3,9 @@
 DESIGN decision 1: arq dispatches session *starts*, not whole sessions. The
 start job takes the session (queued → starting), prepares its pipeline and
 returns once it is ready; the session then lives here as an asyncio task.
-Capacity is explicit: when every slot is used the worker stops picking jobs
-(``allow_pick_jobs = False``) and resumes when a slot frees.
+Capacity is explicit: each poll claims at most the free slots' worth of jobs, so
+a worker with every slot used takes none, and takes the next one when a slot frees
+(where DESIGN says ``allow_pick_jobs = False``: the poll is ours, see SessionWorker).
 
 DESIGN decision 2: liveness is ours. This process refreshes its own heartbeat
 and each session's; the API's reaper fails the sessions of a worker whose
@@ -115,7 +116,6 @@ class SessionWorker(Worker):
     async def _poll_iteration(self) -> None:
         self.slot_freed.clear()  # before counting: a slot freed from here on wakes the wait
         free = self.voicepool.free_slots(in_flight=self.job_counter)
-        self.allow_pick_jobs = free > 0
         taken = await self.claims.take_due(free) if free else []
         for job_id, score in taken:
             await self.sem.acquire()  # never waits: at most max_jobs run, and sem has one more
@@ -365,9 +365,7 @@ class VoicepoolWorker:
 
     async def aclose(self) -> None:
         """Stop picking jobs, end every session, and remove this worker's traces."""
-        self.draining = True
-        if self._arq is not None:
-            self._arq.allow_pick_jobs = False
+        self.draining = True  # no free slots from here on: no poll claims a job
         try:  # with Redis away, sessions' final events wait for it, but not forever
             await asyncio.wait_for(self.end_all(Reason.WORKER_SHUTDOWN), SHUTDOWN_PUBLISH_S)
         except TimeoutError:
