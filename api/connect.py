@@ -82,7 +82,10 @@ async def owner_connect(
 async def owner_connect_when_ready(state: AppState, row: VoiceSession) -> dict[str, Any] | None:
     """``owner_connect`` for a caller that has just seen the session ready: for a WebSocket
     session, its live hash is read and its token minted in one round trip instead of two
-    (the token is withdrawn if the session moved on meanwhile); the answer waits on it."""
+    (the token is withdrawn if the session moved on meanwhile); the answer waits on it.
+    A WebRTC session's parameters need no read at all."""
+    if row.transport == "webrtc":
+        return peer_connect(state, row)
     if row.transport != "websocket":
         return await owner_connect(state, row, await state.live.get(row.id))
     async with state.redis.pipeline(transaction=False) as pipe:
