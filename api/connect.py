@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from api.deps import AppState
-from shared import ice, keys, ws_tokens
+from shared import ice, ws_tokens
 from shared.lifecycle import CLIENT_MAY_CONNECT, OWNER_CONNECT, SessionState
 from shared.models import VoiceSession
 
@@ -55,15 +55,15 @@ def peer_connect(state: AppState, row: VoiceSession) -> dict[str, Any]:
     }
 
 
-async def owner_connect(
-    state: AppState, row: VoiceSession, live: dict[str, str], *, token: str | None = None
+def owner_connect(
+    state: AppState, row: VoiceSession, live: dict[str, str]
 ) -> dict[str, Any] | None:
     """Connection parameters for the session's owner, or None while there are none.
 
-    A WebSocket token is minted per call (single use, ``VOICEPOOL_WS_TOKEN_TTL``; or
-    ``token``, minted already), only while the session waits for its client, and a TURN
-    credential for a WebRTC one: call this only for an explicit request to connect, never
-    for a read. A Daily room takes people while it lives.
+    A WebSocket token is minted per call (single use, ``VOICEPOOL_WS_TOKEN_TTL``), only
+    while the session waits for its client, and a TURN credential for a WebRTC one: call
+    this only for an explicit request to connect, never for a read. A Daily room takes
+    people while it lives.
     """
     if row.transport == "webrtc":
         return peer_connect(state, row)
@@ -71,31 +71,38 @@ async def owner_connect(
     if row.transport == "websocket":
         # One client at a time: none while one is connected, another after it is lost.
         waiting = (SessionState.READY, SessionState.RECONNECTING)
-        if live.get("state") not in waiting or not stored.get("ws_url"):
+        if live.get("state") not in waiting:
             return None
-        ttl = state.settings.ws_token_ttl
-        token = token or await ws_tokens.mint(state.redis, row.id, ttl)
-        return {"ws_url": _with_token(stored["ws_url"], token), "expires_in_s": ttl}
+        return websocket_connect(state, row, stored, live.get(ws_tokens.KEY_FIELD, ""))
     return room_connect(row, live)
 
 
-async def owner_connect_when_ready(state: AppState, row: VoiceSession) -> dict[str, Any] | None:
-    """``owner_connect`` for a caller that has just seen the session ready: for a WebSocket
-    session, its live hash is read and its token minted in one round trip instead of two
-    (the token is withdrawn if the session moved on meanwhile); the answer waits on it.
-    A WebRTC session's parameters need no read at all."""
+def websocket_connect(
+    state: AppState, row: VoiceSession, listener: dict[str, Any], key: str
+) -> dict[str, Any] | None:
+    """A WebSocket session's URL with a fresh token, signed with the session's ``key`` for
+    the ``listener`` (its ``ws_url`` and ``ws_listener``) that has it; None without them."""
+    if not (key and listener.get("ws_url") and listener.get("ws_listener")):
+        return None
+    ttl = state.settings.ws_token_ttl
+    token = ws_tokens.mint(key, row.id, listener["ws_listener"], ttl)
+    return {"ws_url": _with_token(listener["ws_url"], token), "expires_in_s": ttl}
+
+
+async def owner_connect_when_ready(
+    state: AppState, row: VoiceSession, ready: dict[str, Any], ws_key: str = ""
+) -> dict[str, Any] | None:
+    """``owner_connect`` for a caller that has just seen the session ready, with the data of
+    the ``ready`` event it saw (``{}`` if none). A WebSocket session whose key the caller
+    holds (it made the session) needs no read: its listener is in the event. A WebRTC
+    session's parameters need no read at all."""
     if row.transport == "webrtc":
         return peer_connect(state, row)
-    if row.transport != "websocket":
-        return await owner_connect(state, row, await state.live.get(row.id))
-    async with state.redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(keys.session(row.id))
-        token = ws_tokens.mint_in(pipe, row.id, state.settings.ws_token_ttl)
-        live, _ = await pipe.execute()
-    found = await owner_connect(state, row, live, token=token)
-    if found is None:
-        await ws_tokens.revoke(state.redis, token)
-    return found
+    if row.transport == "websocket" and ws_key and ready.get("state") == SessionState.READY:
+        found = websocket_connect(state, row, ready, ws_key)
+        if found is not None:
+            return found
+    return owner_connect(state, row, await state.live.get(row.id))
 
 
 def start_response(

@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Collection
 from dataclasses import dataclass
+from typing import Any
 
 from sqlmodel import col, select
 from sse_starlette import ServerSentEvent
@@ -35,14 +36,24 @@ def _parse_id(stream_id: str) -> tuple[int, int]:
 async def wait_for_state(
     state: AppState, session_id: str, targets: Collection[str], *, timeout: float
 ) -> str | None:
+    """Block until the session's state is one of ``targets`` or ``timeout`` passes, and
+    return the state it is in then (``wait_for_state_event``)."""
+    current, _data = await wait_for_state_event(state, session_id, targets, timeout=timeout)
+    return current
+
+
+async def wait_for_state_event(
+    state: AppState, session_id: str, targets: Collection[str], *, timeout: float
+) -> tuple[str | None, dict[str, Any]]:
     """Block until the session's state is one of ``targets`` or ``timeout`` passes.
 
-    Returns the state it is in then. Woken by the session's own events, not polled:
-    the state and the stream's last entry are read together (a state changes in the
-    same atomic step that adds its event), then each ``session.state`` event read after
-    that entry is the state from then on. One round trip per wake, where reading the
-    hash again after each wake took two: waiting from ``queued`` to ``ready`` takes three
-    round trips instead of seven.
+    Returns the state it is in then, and the data of the state event that brought it
+    (``{}`` if it was so already when the wait began). Woken by the session's own
+    events, not polled: the state and the stream's last entry are read together (a
+    state changes in the same atomic step that adds its event), then each
+    ``session.state`` event read after that entry is the state from then on. One round
+    trip per wake, where reading the hash again after each wake took two: waiting from
+    ``queued`` to ``ready`` takes three round trips instead of seven.
     """
     deadline = time.monotonic() + timeout
     stream = keys.session_events(session_id)
@@ -51,6 +62,7 @@ async def wait_for_state(
         pipe.xrevrange(stream, count=1)
         current, last = await pipe.execute()
     last_id = last[0][0] if last else "0-0"
+    data: dict[str, Any] = {}
     while current is not None and current not in targets:
         remaining_ms = int((deadline - time.monotonic()) * 1000)
         if remaining_ms <= 0:
@@ -60,8 +72,9 @@ async def wait_for_state(
             for entry_id, fields in entries:
                 last_id = entry_id
                 if fields.get("type") == EventType.SESSION_STATE:
-                    current = json.loads(fields["data"]).get("state", current)
-    return None if current is None else str(current)
+                    data = json.loads(fields["data"])
+                    current = data.get("state", current)
+    return (None if current is None else str(current)), data
 
 
 @dataclass(frozen=True)

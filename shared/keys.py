@@ -88,11 +88,6 @@ def doorbell(pool: str) -> str:
     return f"{PREFIX}:doorbell:{pool}"
 
 
-def ws_token(token_hash: str) -> str:
-    """String: the session a single-use WebSocket token opens (short TTL; keyed by its hash)."""
-    return f"{PREFIX}:wstoken:{token_hash}"
-
-
 def leases(scope: str, who: str) -> str:
     """Sorted set: a user's open event streams or requests in flight, scored by lease end."""
     return f"{PREFIX}:leases:{scope}:{who}"

@@ -171,6 +171,10 @@ class WorkerOptions:
     ws_advertised_url: str = ""
     """The listener's URL as clients reach it; set by the worker once it listens."""
 
+    ws_listener: str = ""
+    """The listener's identity, random per process, which its tokens are bound to
+    (``shared.ws_tokens``); set by the worker once it listens."""
+
     daily_api_key: str | None = field(default=None, repr=False)
     """DAILY_API_KEY. Never logged (excluded from repr) and never put in events."""
 

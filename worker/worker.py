@@ -35,7 +35,7 @@ from arq import Worker
 from arq.worker import func
 from pydantic import ValidationError
 
-from shared import control, keys, queue
+from shared import control, keys, queue, ws_tokens
 from shared.connections import arq_pool, redis_client
 from shared.fleet import PROTOCOL, WorkerBeat, worker_client_name
 from shared.gc_freeze import freeze_startup_objects
@@ -163,7 +163,7 @@ class VoicepoolWorker:
             stream_maxlen=options.stream_maxlen,
         )
         self._arq: SessionWorker | None = None
-        self.ws_listener = WebSocketListener(self.redis, self._websocket_session, options)
+        self.ws_listener = WebSocketListener(self._websocket_session, options)
         self.polled_at = time.time()
         self._task_count = 0
         self.supervisor = TaskSupervisor(
@@ -205,6 +205,7 @@ class VoicepoolWorker:
         preload_profiles(self.options.profiles)
         # Listening before the first job: a websocket session is ready only with a URL.
         self.options.ws_advertised_url = await self.ws_listener.start()
+        self.options.ws_listener = self.ws_listener.id
         metrics.serve(self.options.metrics_port, self.options.metrics_host)
         metrics.CAPACITY.labels(pool=self.options.pool).set(self.options.capacity)
         metrics.INFO.info({"version": self.options.version, "protocol": str(PROTOCOL)})
@@ -554,9 +555,13 @@ class VoicepoolWorker:
         await self._forget_owner_connect(runner.id)
 
     async def _forget_owner_connect(self, session_id: str) -> None:
-        # The hash is kept for a while for replay; the meeting token in it is not.
+        # The hash is kept for a while for replay; the meeting token and the key that
+        # signs WebSocket tokens in it are not.
         with contextlib.suppress(Exception):
-            await cast("Awaitable[int]", self.redis.hdel(keys.session(session_id), OWNER_CONNECT))
+            await cast(
+                "Awaitable[int]",
+                self.redis.hdel(keys.session(session_id), OWNER_CONNECT, ws_tokens.KEY_FIELD),
+            )
 
     def _finished(self, runner: SessionRunner) -> None:
         if self.sessions.get(runner.id) is runner:

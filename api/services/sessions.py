@@ -32,10 +32,10 @@ from api.errors import (
     session_ended,
     too_many,
 )
-from api.events import wait_for_state
+from api.events import wait_for_state, wait_for_state_event
 from api.schemas import IcePatch, SdpOffer, SessionCreate, SessionOut, sdp_offer_problem
 from api.services import ownership
-from shared import control, keys, queue
+from shared import control, keys, queue, ws_tokens
 from shared.fleet import PROFILES, PROTOCOL, live_beats
 from shared.history import transcript_history
 from shared.ids import new_id
@@ -122,7 +122,7 @@ async def connect(state: AppState, row: VoiceSession) -> dict[str, Any]:
         return peer_connect(state, row)
     if current not in CLIENT_MAY_CONNECT:  # waiting for a worker, or starting on one
         raise not_ready()
-    found = await owner_connect(state, row, live)
+    found = owner_connect(state, row, live)
     if found is None:  # a WebSocket call takes one client, and it has it
         raise already_connected()
     return found
@@ -132,11 +132,13 @@ async def connect(state: AppState, row: VoiceSession) -> dict[str, Any]:
 
 
 async def create(
-    state: AppState, db: AsyncSession, user: User, request: SessionCreate
+    state: AppState, db: AsyncSession, user: User, request: SessionCreate, *, ws_key: str = ""
 ) -> VoiceSession:
     """A new queued session (and, without ``conversation_id``, a new conversation):
     its rows committed, its live record written and its start job enqueued; or an
-    error and, for a lost race or an unreachable queue, nothing left half-made."""
+    error and, for a lost race or an unreachable queue, nothing left half-made.
+    ``ws_key``: the key its WebSocket tokens are signed with, if the caller is to mint
+    them without reading it back (else one is made)."""
     profile, pool = await _admit(state, user, request)
     conversation, history = await _conversation(state, db, user, request)
     new_conversation = not request.conversation_id
@@ -150,7 +152,7 @@ async def create(
     )
     db.add(conversation)
     db.add(row)
-    stored, live = await _commit_and_go_live(state, db, row, request, history)
+    stored, live = await _commit_and_go_live(state, db, row, request, history, ws_key)
     if stored is not None:  # the rows are not stored: nothing may run without them
         await _call_off(state, row)
         raise ApiError(503, "store_unavailable", "the session store is unreachable") from stored
@@ -172,6 +174,7 @@ async def _commit_and_go_live(
     row: VoiceSession,
     request: SessionCreate,
     history: list[dict[str, str]],
+    ws_key: str,
 ) -> tuple[BaseException | None, BaseException | None]:
     """Commit the new rows and put the session live; each one's failure, or None.
 
@@ -189,9 +192,9 @@ async def _commit_and_go_live(
             stored = await _failure_of(db.commit())
         if stored is not None:
             return stored, None
-        return None, await _failure_of(_go_live(state, row, request, history))
+        return None, await _failure_of(_go_live(state, row, request, history, ws_key))
     async with state.store.writing():
-        live = asyncio.ensure_future(_failure_of(_go_live(state, row, request, history)))
+        live = asyncio.ensure_future(_failure_of(_go_live(state, row, request, history, ws_key)))
         try:
             # The live record's round trip goes out first: the commit's flush is ~1 ms of
             # Python before its first wait, and the worker's pickup waits on the record.
@@ -261,7 +264,11 @@ async def _conversation(
 
 
 async def _go_live(
-    state: AppState, row: VoiceSession, request: SessionCreate, history: list[dict[str, str]]
+    state: AppState,
+    row: VoiceSession,
+    request: SessionCreate,
+    history: list[dict[str, str]],
+    ws_key: str,
 ) -> None:
     """The session's live record (with the conversation so far) and its start job, in one
     step."""
@@ -281,6 +288,7 @@ async def _go_live(
             if request.options
             else "",
             "history": json.dumps(history) if history else "",
+            **({ws_tokens.KEY_FIELD: ws_key} if ws_key else {}),
         },
         owner_limit=settings.max_sessions_per_user,
         admission=admission(settings),
@@ -364,10 +372,11 @@ async def start(
 ) -> tuple[VoiceSession, dict[str, Any] | None]:
     """Create a session and wait (up to ``VOICEPOOL_READY_WAIT``) until it is ready: the
     session and what its owner connects with (None for WebRTC, which sends an offer)."""
-    created = await create(state, db, user, request)
+    ws_key = ws_tokens.new_key() if request.transport == "websocket" else ""
+    created = await create(state, db, user, request, ws_key=ws_key)
     session_id = created.id
     await db.close()  # hold no pooled connection while waiting for a worker
-    current = await wait_for_state(
+    current, seen = await wait_for_state_event(
         state, session_id, {*CLIENT_MAY_CONNECT, *FINAL_STATES}, timeout=state.settings.ready_wait
     )
     if current in FINAL_STATES:
@@ -381,7 +390,7 @@ async def start(
             "no worker could start the session in time; try again", session_id=session_id
         )
     # The row as created: what changed since (its state, its worker) is read from Redis.
-    found = await owner_connect_when_ready(state, created)
+    found = await owner_connect_when_ready(state, created, seen, ws_key)
     if found is None and created.transport != "webrtc":  # the session moved on meanwhile
         raise already_connected()
     return created, found
@@ -545,14 +554,14 @@ async def resume(
     if transport is not None and transport != row.transport:
         message = f"session {row.id} uses the {row.transport} transport, not {transport}"
         raise ApiError(422, "invalid_request", message)
-    current = await wait_for_state(
+    current, seen = await wait_for_state_event(
         state, row.id, {*CLIENT_MAY_CONNECT, *FINAL_STATES}, timeout=state.settings.ready_wait
     )
     if current is None or current in FINAL_STATES:  # None: Redis no longer has it
         raise session_ended(current or SessionState.ENDED)
     if current not in CLIENT_MAY_CONNECT:
         raise not_ready("no worker has the session ready yet; try again", session_id=row.id)
-    found = await owner_connect_when_ready(state, row)
+    found = await owner_connect_when_ready(state, row, seen)
     if found is None and row.transport != "webrtc":  # a WebSocket call has its client
         raise already_connected()
     return row, found

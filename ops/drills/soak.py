@@ -194,9 +194,7 @@ def _settled_keys(names: list[str] | None) -> list[str]:
     if not names:
         return []
     return [
-        f"Redis keys once settled: {', '.join(f'`{k}`' for k in names)}. A `vp:wstoken:*` is "
-        "a connection token a status poll minted and nobody used; it expires after "
-        "`VOICEPOOL_WS_TOKEN_TTL`.",
+        f"Redis keys once settled: {', '.join(f'`{k}`' for k in names)}.",
         "",
     ]
 

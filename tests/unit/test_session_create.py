@@ -106,11 +106,13 @@ async def test_a_create_in_a_known_conversation_holds_no_sqlite_lock_while_it_wa
         assert created.json()["conversation_id"] == conversation_id
 
 
-async def test_a_token_minted_with_the_ready_read_opens_the_call_once_or_is_withdrawn(
-    make_api, redis
+async def test_a_websocket_token_opens_its_call_once_on_its_listener(
+    make_api, redis, monkeypatch
 ) -> None:
-    """``POST /api/start`` reads the ready session and mints its WebSocket token in one
-    round trip: the token opens the call once, and is withdrawn if the session moved on."""
+    """The API signs a WebSocket token with the session's key, for the listener that has the
+    session: a caller that made the session and saw it ready mints one without a read; any
+    other reads the key and listener from the session's hash. The listener's gate takes it
+    once; none is minted once the call has its client."""
     async with make_api() as api:
         alice = api.auth(await api.token("alice"))
         created = await api.client.post("/api/sessions", json={"transport": "websocket"},
@@ -119,15 +121,33 @@ async def test_a_token_minted_with_the_ready_read_opens_the_call_once_or_is_with
         async with api.state.store.session() as db:
             row = await db.get(VoiceSession, session_id)
         assert row is not None
-        owner = json.dumps({"ws_url": "ws://127.0.0.1:9/ws/s"})
-        await redis.hset(keys.session(session_id), mapping={"state": "ready", OWNER_CONNECT: owner})
+        key = await redis.hget(keys.session(session_id), ws_tokens.KEY_FIELD)
+        assert key  # made with the session
+        listener = {"ws_url": "ws://127.0.0.1:9/ws", "ws_listener": ws_tokens.new_listener()}
+        await redis.hset(
+            keys.session(session_id),
+            mapping={"state": "ready", OWNER_CONNECT: json.dumps(listener)},
+        )
 
-        found = await owner_connect_when_ready(api.state, row)
-        assert found is not None
-        token = parse_qs(urlsplit(found["ws_url"]).query)["token"][0]
-        assert await ws_tokens.consume(redis, token) == session_id
-        assert await ws_tokens.consume(redis, token) is None  # single use
+        def token(found: dict | None) -> str:
+            assert found is not None and found["ws_url"].startswith(listener["ws_url"] + "?")
+            return parse_qs(urlsplit(found["ws_url"]).query)["token"][0]
+
+        gate = ws_tokens.TokenGate(key, listener["ws_listener"])
+        read = token(await owner_connect_when_ready(api.state, row, {}))
+        assert gate.admit(read) and not gate.admit(read)  # single use
+
+        async def no_read(session_id: str) -> dict[str, str]:
+            raise AssertionError("read the session's hash")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(api.state.live, "get", no_read)
+            ready = {"state": "ready", **listener}
+            seen = token(await owner_connect_when_ready(api.state, row, ready, key))
+        assert gate.admit(seen) and not gate.admit(seen)
+        assert not ws_tokens.TokenGate(key, ws_tokens.new_listener()).admit(
+            token(await owner_connect_when_ready(api.state, row, {}))
+        )  # bound to its listener
 
         await redis.hset(keys.session(session_id), "state", "connected")  # its client came
-        assert await owner_connect_when_ready(api.state, row) is None
-        assert [key async for key in redis.scan_iter(keys.ws_token("*"))] == []
+        assert await owner_connect_when_ready(api.state, row, {}) is None

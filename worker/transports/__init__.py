@@ -91,7 +91,8 @@ def build_transport(
     kind: str, session_id: str, options: WorkerOptions, meta: dict[str, str] | None = None
 ) -> SessionTransport:
     """The session's transport; ``meta`` is its live record (a call moved from another
-    worker finds there what its client already connects to)."""
+    worker finds there what its client already connects to; a WebSocket one, the key
+    its tokens are signed with)."""
     if kind == "webrtc":
         from worker.transports.smallwebrtc import SmallWebRTCSessionTransport
 
@@ -99,7 +100,7 @@ def build_transport(
     if kind == "websocket":
         from worker.transports.websocket import WebSocketSessionTransport
 
-        return WebSocketSessionTransport(session_id, options)
+        return WebSocketSessionTransport(session_id, options, meta or {})
     if kind == "daily":
         from worker.transports.daily import DailySessionTransport
 

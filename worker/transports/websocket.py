@@ -5,9 +5,10 @@ one fixed, advertised port to publish through NAT, a firewall or a container
 (``VOICEPOOL_WS_PORT``, ``VOICEPOOL_WORKER_PUBLIC_HOST``), sessions need no
 port range, and there is no bind race when sessions start at once. The
 connection's single-use token (``shared.ws_tokens``) is both its credential
-and its route: the listener consumes it, finds the session it opens among this
-worker's sessions, and hands the socket to that session's transport, which
-wraps it in Pipecat's ``FastAPIWebsocketTransport`` with the protobuf serializer.
+and its route: the listener reads the session it names, and that session's
+transport checks it (signed with the session's key, for this listener, unexpired,
+unused; no Redis on the way) and takes the socket, which it wraps in Pipecat's
+``FastAPIWebsocketTransport`` with the protobuf serializer.
 
 Pipecat's transport holds one socket for the session's life: it gets a
 ``SessionSocket`` that stays while client sockets come and go behind it. A
@@ -31,7 +32,6 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 import uvicorn
 from pipecat.serializers.protobuf import ProtobufFrameSerializer
 from pipecat.transports.base_transport import BaseTransport, TransportParams
@@ -167,9 +167,10 @@ class WebSocketSessionTransport:
     pipeline_before_client = True  # warm: running behind the socket before a client comes
     announces_clients = True  # SessionSocket tells of each attach, the first too
 
-    def __init__(self, session_id: str, options: WorkerOptions):
+    def __init__(self, session_id: str, options: WorkerOptions, meta: dict[str, str]):
         self.session_id = session_id
         self.options = options
+        self.tokens = ws_tokens.TokenGate(meta.get(ws_tokens.KEY_FIELD, ""), options.ws_listener)
         self.socket = SessionSocket()
         self._claimed: WebSocket | None = None  # a client between its token and its accept
         self._closed = asyncio.Event()
@@ -177,15 +178,19 @@ class WebSocketSessionTransport:
     async def prepare(self) -> dict[str, Any]:
         if not self.options.ws_advertised_url:
             raise RuntimeError("this worker has no WebSocket listener")
-        return {}  # nothing public: the URL is only useful with a token, which the API mints
+        # In the ready event: neither opens anything without a token, which only the API
+        # mints, and with them the API that waited for ready mints one without a read.
+        return self.owner_params()
 
     def owner_params(self) -> dict[str, Any]:
-        return {"ws_url": self.options.ws_advertised_url}
+        return {"ws_url": self.options.ws_advertised_url, "ws_listener": self.options.ws_listener}
 
-    def claim(self, websocket: WebSocket) -> bool:
-        """Take the session's one client (again, after one was lost); False if it has one
-        already or has ended."""
+    def claim(self, websocket: WebSocket, token: str) -> bool:
+        """Take the session's one client (again, after one was lost) if ``token`` opens
+        it; False if it does not, or the session has a client already or has ended."""
         if self.socket.attached or self._claimed is not None or self._closed.is_set():
+            return False
+        if not self.tokens.admit(token):
             return False
         self._claimed = websocket
         return True
@@ -259,12 +264,10 @@ class WebSocketListener:
     """The worker's one WebSocket endpoint; routes each connection to its session by token."""
 
     def __init__(
-        self,
-        redis: aioredis.Redis,
-        find: Callable[[str], WebSocketSessionTransport | None],
-        options: WorkerOptions,
+        self, find: Callable[[str], WebSocketSessionTransport | None], options: WorkerOptions
     ):
-        self.redis = redis
+        self.id = ws_tokens.new_listener()
+        """What this listener's tokens are bound to (``WorkerOptions.ws_listener``)."""
         self.find = find
         self.options = options
         self.port = 0
@@ -304,15 +307,13 @@ class WebSocketListener:
         return self.url
 
     async def _endpoint(self, websocket: WebSocket) -> None:
-        try:
-            session_id = await ws_tokens.consume(self.redis, _token_of(websocket))
-        except Exception:
-            log.exception("could not check a WebSocket token")
-            session_id = None
+        token = _token_of(websocket)
+        session_id = ws_tokens.session_of(token)
         transport = self.find(session_id) if session_id else None
-        # Unauthenticated, forged, expired, reused, or for a session this worker does not
-        # run (or that already has its client): all refused alike, before the handshake.
-        if transport is None or not transport.claim(websocket):
+        # Unauthenticated, forged, expired, reused, for another listener, or for a session
+        # this worker does not run (or that already has its client): all refused alike,
+        # before the handshake.
+        if transport is None or not transport.claim(websocket, token):
             await websocket.close(code=REFUSED)
             return
         try:
