@@ -117,6 +117,7 @@ bench: install
 	$(BIN)/python ops/bench/events.py
 	$(BIN)/python ops/bench/assistant_latency.py
 	$(BIN)/python ops/bench/assistant_start.py
+	$(BIN)/python ops/bench/vad_batch.py
 	$(BIN)/python ops/bench/density.py
 	$(BIN)/python ops/bench/density_webrtc.py
 	$(BIN)/python ops/bench/api_throughput.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import wave
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADState
 
 from worker.profiles.echo import SAMPLE_RATE
-from worker.vad import SharedSileroVADAnalyzer
+from worker.vad import SharedSileroVADAnalyzer, SileroBatch
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "hello.wav"
 
@@ -44,3 +45,34 @@ async def test_inline_analysis_hears_what_pipecats_threaded_one_does() -> None:
     threaded = SileroVADAnalyzer()  # Pipecat's own: a model of its own, run on its thread
     assert await _states(inline) == await _states(threaded)
     assert inline._executor._threads == set()
+
+
+async def test_sessions_scored_together_hear_what_each_hears_alone() -> None:
+    """Windows of sessions fed in the same loop turns are scored in one ONNX run, and each
+    session's states are what it gets alone (and what Pipecat's own analyzer gets)."""
+    frames = _frames()
+    alone = await _states(SileroVADAnalyzer())
+    analyzers = [SharedSileroVADAnalyzer() for _ in range(4)]
+    batch = SharedSileroVADAnalyzer.batch()
+    runs, windows = batch.runs, batch.windows
+
+    async def feed(analyzer: SileroVADAnalyzer, lead: int) -> list[VADState]:
+        analyzer.set_sample_rate(SAMPLE_RATE)
+        for _ in range(lead):  # out of step with the others: windows end in other turns
+            await asyncio.sleep(0)
+        return [await analyzer.analyze_audio(frame) for frame in frames]
+
+    together = await asyncio.gather(*(feed(a, lead) for lead, a in enumerate(analyzers)))
+    assert all(states == alone for states in together)
+    scored = batch.windows - windows
+    assert scored == 4 * (len(frames) * 320 // 512)  # every window of every session, once
+    assert batch.runs - runs < scored / 2  # most runs scored several sessions' windows
+
+
+async def test_a_batch_that_fails_scores_silence() -> None:
+    """As Pipecat's own: a failed inference is no speech, not a failed call."""
+    analyzer = SharedSileroVADAnalyzer()
+    analyzer.set_sample_rate(SAMPLE_RATE)
+    window = bytes(analyzer._vad_frames_num_bytes)
+    batch = SileroBatch(session=None)  # no session: its run raises
+    assert await batch.score(analyzer._model, window, SAMPLE_RATE) == 0.0

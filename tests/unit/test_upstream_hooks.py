@@ -278,9 +278,12 @@ def test_silero_init() -> None:
     assert "super().__init__(sample_rate=sample_rate, params=params)" in source(
         SileroVADAnalyzer.__init__
     )
-    assert assigned_attributes(SileroVADAnalyzer.__init__) == assigned_attributes(
-        SharedSileroVADAnalyzer.__init__
+    ours = {"_scored", "_analyzing"}  # the batch's: scores handed to voice_confidence
+    assert (
+        assigned_attributes(SileroVADAnalyzer.__init__)
+        == assigned_attributes(SharedSileroVADAnalyzer.__init__) - ours
     )
+    assert not ours & set(vars(SileroVADAnalyzer()))
     assert not hasattr(SileroVADAnalyzer, "_loaded")  # our class-level cache clashes with nothing
     # The ONNX wrapper we build with __new__: what its __init__ sets, we set.
     assert assigned_attributes(SileroOnnxModel.__init__) == {"session", "sample_rates"}
@@ -313,6 +316,36 @@ def test_vad_analyze_audio() -> None:
         "return state",
     ]
     assert "self._vad_analyzer.analyze_audio(audio)" in source(VADController._handle_vad)
+
+
+def test_silero_batch() -> None:
+    """``SileroBatch`` computes, row by row, what ``SileroOnnxModel.__call__`` computes for
+    one window, and ``SharedSileroVADAnalyzer`` hands ``_run_analyzer`` the scores of the
+    windows it cuts, in order.
+
+    If this fails, Pipecat's Silero wrapper prepares its input or carries its state
+    differently (the batch would score with a wrong context or state), or its analyzer
+    scores windows some other way than one ``voice_confidence`` call per window cut from
+    ``_vad_buffer`` (scores would go to the wrong windows).
+    """
+    assert_pinned_exactly("pipecat-ai")
+    call = source(SileroOnnxModel.__call__)
+    for line in (
+        "context_size = 64 if sr == 16000 else 32",
+        "x = np.concatenate((self._context, x), axis=1)",
+        'ort_inputs = {"input": x, "state": self._state, "sr": np.array(sr, dtype="int64")}',
+        "self._state = cast(np.ndarray, ort_outs[1])",
+        "self._context = x[..., -context_size:]",
+    ):
+        assert line in call, line
+    confidence = source(SileroVADAnalyzer.voice_confidence)
+    assert "audio_int16.astype(np.float32) / 32768.0" in confidence
+    assert "self._maybe_reset_model(confidence.item())" in confidence
+    run = source(VADAnalyzer._run_analyzer)
+    assert run.count("self.voice_confidence(") == 1
+    assert "while len(self._vad_buffer) >= num_required_bytes:" in run
+    assert "audio_frames = self._vad_buffer[:num_required_bytes]" in run
+    assert "self._vad_buffer += buffer" in run
 
 
 # --- Pipecat: OpenAI Realtime ---------------------------------------------------------
