@@ -48,12 +48,12 @@ async def wait_for_state_event(
     """Block until the session's state is one of ``targets`` or ``timeout`` passes.
 
     Returns the state it is in then, and the data of the state event that brought it
-    (``{}`` if it was so already when the wait began). Woken by the session's own
-    events, not polled: the state and the stream's last entry are read together (a
-    state changes in the same atomic step that adds its event), then each
-    ``session.state`` event read after that entry is the state from then on. One round
-    trip per wake, where reading the hash again after each wake took two: waiting from
-    ``queued`` to ``ready`` takes three round trips instead of seven.
+    (``{}`` if it was so already when the wait began, and other events came since that
+    one). Woken by the session's own events, not polled: the state and the stream's
+    last entry are read together (a state changes in the same atomic step that adds its
+    event), then each ``session.state`` event read after that entry is the state from
+    then on. One round trip per wake, where reading the hash again after each wake took
+    two: waiting from ``queued`` to ``ready`` takes three round trips instead of seven.
     """
     deadline = time.monotonic() + timeout
     stream = keys.session_events(session_id)
@@ -61,8 +61,12 @@ async def wait_for_state_event(
         pipe.hget(keys.session(session_id), "state")
         pipe.xrevrange(stream, count=1)
         current, last = await pipe.execute()
-    last_id = last[0][0] if last else "0-0"
-    data: dict[str, Any] = {}
+    last_id, data = "0-0", {}
+    if last:
+        last_id, fields = last[0]
+        if fields.get("type") == EventType.SESSION_STATE:
+            data = json.loads(fields["data"])  # the state's own event, if nothing came since
+            data = data if data.get("state") == current else {}
     while current is not None and current not in targets:
         remaining_ms = int((deadline - time.monotonic()) * 1000)
         if remaining_ms <= 0:
