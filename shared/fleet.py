@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from shared import keys
 
-PROTOCOL = 3
+PROTOCOL = 4
 """The contract between the API and workers, through Redis: keys, Lua scripts, job and
 event shapes, the heartbeat. An API and workers run together exactly when their numbers
 are equal, whatever their versions (``voicepool_*_info`` and the Operators page show
@@ -25,7 +25,9 @@ both); it goes up when either side would misread the other. 2: workers count the
 slots, and say which profiles they run, for admission (``keys.pool_slots``); an API of 2
 sees a worker of 1 as none. 3: start jobs carry the protocol they were made under, and a
 worker hands back (and drains on) a job of another one; a session can move to its pool's
-fallback while queued (``pool_fallback``).
+fallback while queued (``pool_fallback``). 4: WebSocket tokens are signed by the API
+with the session's key and checked by the worker (``shared.ws_tokens``), where a worker of
+3 looked a stored token up in Redis.
 """
 
 PROFILES = ("echo", "assistant")

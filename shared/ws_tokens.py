@@ -32,7 +32,7 @@ KEY_FIELD = "ws_key"
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
-MAC_BYTES = 16  # 128 bits: forging one is as hard as guessing the old random token
+MAC_BYTES = 16  # 128 bits of HMAC-SHA256: not to be guessed
 MAX_TOKEN_CHARS = 160  # longer input is not a token of ours; refuse it before parsing
 
 
