@@ -31,6 +31,7 @@ class SileroBatch:
     def __init__(self, session: InferenceSession):
         self._session = session
         self._pending: list[tuple[SileroOnnxModel, bytes, int, asyncio.Future[float]]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the next run is scheduled
         self.runs = 0
         self.windows = 0
 
@@ -40,6 +41,8 @@ class SileroBatch:
         """The speech confidence of ``window`` (s16 PCM, Silero's window size) for the session
         whose recurrent state ``model`` holds; its state moves on when it is scored."""
         loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # the batch is per process: a loop that stopped with a
+            self._pending, self._loop = [], loop  # run scheduled left its windows behind
         if not self._pending:
             loop.call_soon(self._run)
         future: asyncio.Future[float] = loop.create_future()

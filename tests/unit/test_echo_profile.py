@@ -76,3 +76,27 @@ async def test_a_batch_that_fails_scores_silence() -> None:
     window = bytes(analyzer._vad_frames_num_bytes)
     batch = SileroBatch(session=None)  # no session: its run raises
     assert await batch.score(analyzer._model, window, SAMPLE_RATE) == 0.0
+
+
+def test_a_loop_that_stopped_mid_batch_leaves_nothing_that_holds_up_the_next() -> None:
+    """The batch is one per process; one event loop's windows, left unscored when it
+    stopped, must not keep another loop's from being scheduled."""
+    analyzer = SharedSileroVADAnalyzer()
+    analyzer.set_sample_rate(SAMPLE_RATE)
+    window = bytes(analyzer._vad_frames_num_bytes)
+    batch = SharedSileroVADAnalyzer.batch()
+
+    async def left_unscored() -> None:
+        batch.score(analyzer._model, window, SAMPLE_RATE)
+        asyncio.get_running_loop().stop()  # before the run it scheduled comes
+
+    stopped = asyncio.new_event_loop()
+    task = stopped.create_task(left_unscored())
+    stopped.run_forever()
+    assert task.done()  # it stopped the loop
+    stopped.close()
+
+    async def scored() -> float:
+        return await asyncio.wait_for(batch.score(analyzer._model, window, SAMPLE_RATE), 5)
+
+    assert asyncio.run(scored()) < 0.5  # silence, scored
