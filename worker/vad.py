@@ -10,10 +10,19 @@ from typing import ClassVar
 
 import numpy as np
 from onnxruntime import InferenceSession
+from pipecat.audio.utils import exp_smoothing
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
 
 log = logging.getLogger(__name__)
+
+# A window too quiet for Pipecat to call speech (smoothed volume under ``min_volume``) is
+# not scored; when the audio grows loud again the model first hears the last windows it
+# skipped, freshly reset. Without that warm-up it met speech cold: on the spoken
+# fixture played 20 dB quieter, speech was found 420 ms later than Pipecat's analyzer
+# finds it. With 8 windows (256 ms) its states match Pipecat's within one window on
+# every test recording (tests/unit/test_echo_profile.py); 4 were not enough.
+WARM_UP_WINDOWS = 8
 
 
 class SileroBatch:
@@ -109,6 +118,11 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
     100). A worker's sessions share one core anyway, so the thread bought no
     parallelism. Here a frame that completes a window awaits its score from the
     batch, then Pipecat's own ``_run_analyzer`` runs on it with that score.
+
+    A window whose smoothed volume is under ``min_volume`` is not scored at all:
+    Pipecat's analyzer calls it silence whatever the model says. Callers are quiet
+    much of a call (while the bot talks, between turns), and the model was most of a
+    worker's CPU (py-spy, 16 echo calls).
     """
 
     _loaded: ClassVar[SileroVADAnalyzer | None] = None
@@ -127,6 +141,8 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
         self._windows_since_reset = 0
         self._low_confidence_windows = 0
         self._scored: deque[float] = deque()  # scores of the windows _run_analyzer will cut
+        self._volumes: deque[float] = deque()  # and their smoothed volumes
+        self._skipped: deque[bytes] = deque(maxlen=WARM_UP_WINDOWS)  # quiet, not scored
         self._analyzing = asyncio.Lock()  # the input's task and the client gate's may feed it
 
     @classmethod
@@ -143,15 +159,38 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
             need = self._vad_frames_num_bytes
             have = len(self._vad_buffer)
             if have + len(buffer) >= need:
-                # The windows _run_analyzer will cut, scored first, one by one: a model
-                # reset after one (_maybe_reset_model) applies to the next, as in Pipecat.
+                # The windows _run_analyzer will cut, measured and scored first, one by
+                # one: a model reset after one (_maybe_reset_model) applies to the next,
+                # as in Pipecat.
                 pending = self._vad_buffer + buffer
+                volume = self._prev_volume
                 for start in range(0, len(pending) - need + 1, need):
                     window = pending[start : start + need]
-                    confidence = await self.batch().score(self._model, window, self.sample_rate)
+                    volume = self._measure(window, volume)
+                    confidence = await self._score(window, volume)
                     self._maybe_reset_model(confidence)
                     self._scored.append(confidence)
             return self._run_analyzer(buffer)
+
+    def _measure(self, window: bytes, previous: float) -> float:
+        """The window's smoothed volume, as Pipecat's ``_get_smoothed_volume`` has it."""
+        self._volume_tracker.update(window, self.sample_rate)
+        volume = exp_smoothing(self._volume_tracker.volume, previous, self._smoothing_factor)
+        self._volumes.append(volume)
+        return volume
+
+    async def _score(self, window: bytes, volume: float) -> float:
+        """The window's speech confidence; 0 without running the model when the window is
+        too quiet to be speech whatever its score (``_run_analyzer`` asks for both)."""
+        if volume < self._params.min_volume:
+            self._skipped.append(window)
+            return 0.0
+        if self._skipped:  # loud again: the model hears what it missed, from a reset
+            self._model.reset_states()  # type: ignore[no-untyped-call]  # pipecat: unannotated
+            for missed in self._skipped:
+                self._model(np.frombuffer(missed, np.int16) / np.float32(32768.0), self.sample_rate)
+            self._skipped.clear()
+        return await self.batch().score(self._model, window, self.sample_rate)
 
     # Guarded by tests/unit/test_upstream_hooks.py::test_silero_batch
     def voice_confidence(self, buffer: bytes) -> float:
@@ -159,6 +198,13 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
         if self._scored:
             return self._scored.popleft()
         return super().voice_confidence(buffer)  # not fed through analyze_audio
+
+    # Guarded by tests/unit/test_upstream_hooks.py::test_silero_batch
+    def _get_smoothed_volume(self, audio: bytes) -> float:
+        """The window's smoothed volume, as ``analyze_audio`` measured it."""
+        if self._volumes:
+            return self._volumes.popleft()
+        return super()._get_smoothed_volume(audio)
 
     @classmethod
     def preload(cls) -> None:

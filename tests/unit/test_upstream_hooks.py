@@ -278,7 +278,7 @@ def test_silero_init() -> None:
     assert "super().__init__(sample_rate=sample_rate, params=params)" in source(
         SileroVADAnalyzer.__init__
     )
-    ours = {"_scored", "_analyzing"}  # the batch's: scores handed to voice_confidence
+    ours = {"_scored", "_volumes", "_skipped", "_analyzing"}  # handed to _run_analyzer
     assert (
         assigned_attributes(SileroVADAnalyzer.__init__)
         == assigned_attributes(SharedSileroVADAnalyzer.__init__) - ours
@@ -326,7 +326,9 @@ def test_silero_batch() -> None:
     If this fails, Pipecat's Silero wrapper prepares its input or carries its state
     differently (the batch would score with a wrong context or state), or its analyzer
     scores windows some other way than one ``voice_confidence`` call per window cut from
-    ``_vad_buffer`` (scores would go to the wrong windows).
+    ``_vad_buffer`` (scores would go to the wrong windows), or it measures a window's
+    volume otherwise, or no longer calls a window too quiet silence whatever its score
+    (a quiet window is not scored at all: its score would be missed).
     """
     assert_pinned_exactly("pipecat-ai")
     call = source(SileroOnnxModel.__call__)
@@ -346,6 +348,18 @@ def test_silero_batch() -> None:
     assert "while len(self._vad_buffer) >= num_required_bytes:" in run
     assert "audio_frames = self._vad_buffer[:num_required_bytes]" in run
     assert "self._vad_buffer += buffer" in run
+    assert run.count("self._get_smoothed_volume(") == 1
+    assert "self._prev_volume = volume" in run
+    speaking = (
+        "speaking = confidence >= self._params.confidence and volume >= self._params.min_volume"
+    )
+    assert speaking in run
+    smoothed = source(VADAnalyzer._get_smoothed_volume)
+    assert "self._volume_tracker.update(audio, self.sample_rate)" in smoothed
+    assert (
+        "return exp_smoothing(self._volume_tracker.volume, self._prev_volume, "
+        "self._smoothing_factor)" in smoothed
+    )
 
 
 # --- Pipecat: OpenAI Realtime ---------------------------------------------------------
