@@ -121,8 +121,8 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
 
     A window whose smoothed volume is under ``min_volume`` is not scored at all:
     Pipecat's analyzer calls it silence whatever the model says. Callers are quiet
-    much of a call (while the bot talks, between turns), and the model was most of a
-    worker's CPU (py-spy, 16 echo calls).
+    much of a call (while the bot talks, between turns), and the model's run was a
+    fifth of a worker's samples with 16 echo calls talking (py-spy).
     """
 
     _loaded: ClassVar[SileroVADAnalyzer | None] = None
@@ -186,11 +186,22 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
             self._skipped.append(window)
             return 0.0
         if self._skipped:  # loud again: the model hears what it missed, from a reset
-            self._model.reset_states()  # type: ignore[no-untyped-call]  # pipecat: unannotated
-            for missed in self._skipped:
-                self._model(np.frombuffer(missed, np.int16) / np.float32(32768.0), self.sample_rate)
-            self._skipped.clear()
+            self._warm_up()
         return await self.batch().score(self._model, window, self.sample_rate)
+
+    def _warm_up(self) -> None:
+        """The skipped windows through the model, inline: ~1.3 ms (8 runs of one window,
+        ``ops/bench/vad_batch.py``) once per onset of loud audio, where the batch would
+        add a loop turn per window to finding speech."""
+        missed, rate = list(self._skipped), self.sample_rate
+        self._skipped.clear()
+        self._model.reset_states()  # type: ignore[no-untyped-call]  # pipecat: unannotated
+        try:
+            for window in missed:
+                self._model(np.frombuffer(window, np.int16) / np.float32(32768.0), rate)
+        except Exception:  # as a failed batch: the window is scored from a fresh state
+            log.exception("Silero VAD failed warming up on %d windows", len(missed))
+            self._model.reset_states()  # type: ignore[no-untyped-call]
 
     # Guarded by tests/unit/test_upstream_hooks.py::test_silero_batch
     def voice_confidence(self, buffer: bytes) -> float:

@@ -94,6 +94,7 @@ async def test_quiet_windows_are_not_scored_and_speech_is_found_as_pipecats_find
     """A window too quiet for Pipecat to call speech is not scored; when the audio grows
     loud the model hears the windows it missed first. Speech starts and stops where
     Pipecat's own analyzer has it, within one 32 ms window (two frames)."""
+    SharedSileroVADAnalyzer.preload()
     batch = SharedSileroVADAnalyzer.batch()
     for name, audio in _recordings().items():
         pipecats = _turns(await _states(SileroVADAnalyzer(), audio))
@@ -110,6 +111,7 @@ async def test_a_quiet_window_is_silence_whatever_the_model_would_say() -> None:
     """Under ``min_volume`` the window is silence without a score; at 0, every window is
     scored, as Pipecat's analyzer does."""
     audio = _recordings()["quieter first"]
+    SharedSileroVADAnalyzer.preload()
     batch = SharedSileroVADAnalyzer.batch()
     scored = batch.windows
     always = SharedSileroVADAnalyzer(params=VADParams(min_volume=0.0))
@@ -149,3 +151,17 @@ def test_a_loop_that_stopped_mid_batch_leaves_nothing_that_holds_up_the_next() -
         return await asyncio.wait_for(batch.score(analyzer._model, window, SAMPLE_RATE), 5)
 
     assert asyncio.run(scored()) < 0.5  # silence, scored
+
+
+async def test_a_warm_up_that_fails_starts_the_model_afresh() -> None:
+    """As a failed batch: the window after the quiet ones is still scored, from a reset
+    state, and the call goes on."""
+    analyzer = SharedSileroVADAnalyzer()
+    analyzer.set_sample_rate(SAMPLE_RATE)
+    need = analyzer._vad_frames_num_bytes
+    speech = _fixture().tobytes()
+    analyzer._skipped.extend([bytes(need)] * 3)
+    analyzer._model.session = None  # its own runs fail; the batch's shared session does not
+    confidence = await analyzer._score(speech[16000 : 16000 + need], volume=1.0)
+    assert 0.0 <= confidence <= 1.0
+    assert not analyzer._skipped
