@@ -1,4 +1,5 @@
-"""The echo profile's VAD on the spoken fixture: speech found, state not shared between sessions."""
+"""The echo profile's VAD on the spoken fixture: speech found as Pipecat finds it, quiet
+windows left unscored, state not shared between sessions."""
 
 from __future__ import annotations
 
@@ -107,9 +108,9 @@ async def test_quiet_windows_are_not_scored_and_speech_is_found_as_pipecats_find
         assert all(abs(a - b) <= 2 for (a, _), (b, _) in zip(ours, pipecats, strict=True)), name
 
 
-async def test_a_quiet_window_is_silence_whatever_the_model_would_say() -> None:
-    """Under ``min_volume`` the window is silence without a score; at 0, every window is
-    scored, as Pipecat's analyzer does."""
+async def test_min_volume_0_scores_every_window_as_pipecat_does() -> None:
+    """No window is too quiet under ``min_volume=0``: every one is scored, and the states
+    are Pipecat's own analyzer's, frame by frame."""
     audio = _recordings()["quieter first"]
     SharedSileroVADAnalyzer.preload()
     batch = SharedSileroVADAnalyzer.batch()
