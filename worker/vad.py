@@ -10,7 +10,6 @@ from typing import ClassVar
 
 import numpy as np
 from onnxruntime import InferenceSession
-from pipecat.audio.utils import exp_smoothing
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
 
@@ -163,19 +162,19 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
                 # one: a model reset after one (_maybe_reset_model) applies to the next,
                 # as in Pipecat.
                 pending = self._vad_buffer + buffer
-                volume = self._prev_volume
                 for start in range(0, len(pending) - need + 1, need):
                     window = pending[start : start + need]
-                    volume = self._measure(window, volume)
+                    volume = self._measure(window)
                     confidence = await self._score(window, volume)
                     self._maybe_reset_model(confidence)
                     self._scored.append(confidence)
             return self._run_analyzer(buffer)
 
-    def _measure(self, window: bytes, previous: float) -> float:
-        """The window's smoothed volume, as Pipecat's ``_get_smoothed_volume`` has it."""
-        self._volume_tracker.update(window, self.sample_rate)
-        volume = exp_smoothing(self._volume_tracker.volume, previous, self._smoothing_factor)
+    def _measure(self, window: bytes) -> float:
+        """The window's smoothed volume, by Pipecat's own ``_get_smoothed_volume``; the
+        previous window's is kept as ``_run_analyzer`` keeps it (it sets the same again)."""
+        volume = super()._get_smoothed_volume(window)
+        self._prev_volume = volume
         self._volumes.append(volume)
         return volume
 
