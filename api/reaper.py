@@ -184,8 +184,7 @@ class Reaper:
                     else Reason.WORKER_LOST
                 )
                 ending = self.live.finish(sid, why, only_from=SessionState.RECOVERING)
-                if await self._ended(sid, why, ending):
-                    await queue.remove_start(self.redis, pool, job_id)
+                if await self._ended(sid, why, ending):  # its job left the queue with it
                     outcome = why
             elif (
                 state == SessionState.QUEUED
@@ -193,7 +192,6 @@ class Reaper:
                 and now - float(fields["created_ts"] or now) > self.queue_ttl
             ):
                 if await self._ended(sid, Reason.NO_CAPACITY, self.live.expire(sid)):
-                    await queue.remove_start(self.redis, pool, job_id)
                     outcome = Reason.NO_CAPACITY
             elif state == SessionState.QUEUED and await self._spilled(sid, pool, fields, now):
                 # Still queued, in the fallback's queue now: counted there.

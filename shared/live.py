@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict, Unpack, cast
 
 import redis.asyncio as aioredis
+from arq.constants import job_key_prefix
 
 from shared import keys, ws_tokens
 from shared.events import EventType
@@ -191,7 +192,8 @@ return {'ok', admitted[2], admitted[3], id}
 #       12 publisher seq (0: none), 13 owner mode (set|expect|''), 14 alive (set|drop|''),
 #       15/16 what goes before and after the owner's id in its live-set key,
 #       17 fields for the hash alone, never the event (JSON object, '' for none),
-#       18 '1': the hash, as the move left it, returned with the event's id
+#       18 '1': the hash, as the move left it, returned with the event's id,
+#       19/20 what goes before a pool in its queue's key and before a job id in its key
 _TRANSITION = (
     _PUBLISH_FN
     + """
@@ -227,6 +229,14 @@ if ARGV[11] == '1' then
   -- The owner's set is named from the hash (single-instance Redis; not cluster-safe).
   local owner = redis.call('HGET', KEYS[1], 'owner')
   if owner then redis.call('SREM', ARGV[15] .. owner .. ARGV[16], ARGV[1]) end
+  if current == 'queued' or current == 'recovering' then
+    -- Its start job leaves the queue in the same step: no one who saw the final event
+    -- can find it still waiting (named from the hash, as the owner's set is).
+    local s = redis.call('HMGET', KEYS[1], 'pool', 'job_id')
+    local job = s[2] or ARGV[1]
+    redis.call('ZREM', ARGV[19] .. (s[1] or ''), job)
+    redis.call('DEL', ARGV[20] .. job)
+  end
   redis.call('DEL', KEYS[5])
   redis.call('EXPIRE', KEYS[1], ARGV[10])
   redis.call('EXPIRE', KEYS[2], ARGV[10])
@@ -603,6 +613,8 @@ class LiveSessions:
                     *keys.USER_LIVE_AROUND,
                     json.dumps(private) if private else "",
                     "1" if read else "",
+                    keys.queue(""),
+                    job_key_prefix,
                 ],
             ),
         )

@@ -191,28 +191,15 @@ async def enqueue_recovery(
 
 
 async def end_waiting(live: LiveSessions, session_id: str, reason: Reason) -> bool | None:
-    """End a session no worker runs (queued: ``cancelled``; recovering: ``ended``) and take
-    its job out of the queue. None if it is not waiting (a worker runs it, or it is final),
-    False if it moved on meanwhile."""
-    meta = await live.get(session_id)
-    state = meta.get("state")
+    """End a session no worker runs (queued: ``cancelled``; recovering: ``ended``); its
+    job leaves the queue in the same step. None if it is not waiting (a worker runs it, or
+    it is final), False if it moved on meanwhile."""
+    state = (await live.get(session_id)).get("state")
     if state == SessionState.QUEUED:
-        ended = await live.cancel(session_id, reason)
-    elif state == SessionState.RECOVERING:
-        ended = await live.finish(session_id, reason, only_from=SessionState.RECOVERING)
-    else:
-        return None
-    if ended:
-        await remove_start(live.redis, meta.get("pool", ""), meta.get("job_id", session_id))
-    return ended
-
-
-async def remove_start(redis: aioredis.Redis | Any, pool: str, job_id: str) -> None:
-    """Take a waiting session's job out of its pool's queue (nothing if it is gone)."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.zrem(keys.queue(pool), job_id)
-        pipe.delete(job_key_prefix + job_id)
-        await pipe.execute()
+        return await live.cancel(session_id, reason)
+    if state == SessionState.RECOVERING:
+        return await live.finish(session_id, reason, only_from=SessionState.RECOVERING)
+    return None
 
 
 async def record_start(redis: aioredis.Redis, pool: str, session_id: str) -> None:

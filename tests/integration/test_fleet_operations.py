@@ -8,6 +8,7 @@ import signal
 import time
 
 import pytest
+from arq.constants import job_key_prefix
 from arq.jobs import Job
 
 from harness.api import api_client, create_session, wait_for_status
@@ -259,7 +260,9 @@ async def test_a_start_job_of_another_protocol_is_handed_back_as_it_came(make_sy
     assert system.redis_server is not None
     arq = await arq_pool(system.redis_server.url)
     try:
-        await queue.remove_start(arq, "server", sid)  # the API's job, made as a newer one
+        # The API's job, made as a newer one.
+        await arq.zrem(keys.queue("server"), sid)
+        await arq.delete(job_key_prefix + sid)
         await queue.enqueue_start(arq, sid, "server", job_id=f"{sid}.n", expires_s=60,
                                   place=1.0, protocol=PROTOCOL + 1)  # fmt: skip
         with system.redis as r:

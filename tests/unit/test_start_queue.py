@@ -18,6 +18,7 @@ from arq.worker import func
 from shared import keys, queue
 from shared.connections import arq_redis_settings
 from shared.fleet import PROTOCOL
+from shared.lifecycle import Reason, SessionState
 from shared.live import ADMIT_ALL, AdmissionPolicy, AdmissionRefused, LiveSessions
 
 
@@ -130,3 +131,28 @@ async def test_a_refused_session_queues_no_job_and_rings_no_worker(arq, redis) -
     with pytest.raises(ValueError, match="already exists"):  # its job is not queued twice
         await _create(arq, redis, "first")
     assert await redis.llen(keys.doorbell("server")) == 1
+
+
+async def test_a_waiting_session_that_ends_takes_its_job_out_of_the_queue_in_the_same_step(
+    arq, redis
+) -> None:
+    """Whoever reads the final event finds the queue without it: the move and the job's
+    removal are one step (an expiry once left the job behind for a moment after it)."""
+    live = LiveSessions(redis)
+    for sid in ("cancelled", "expired", "recovering", "running"):
+        await _create(arq, redis, sid)
+    await live.pick_up("recovering", "w1")
+    assert (await live.move("recovering", "recover", Reason.WORKER_LOST, worker_id="w1"))[0]
+    await redis.hset(keys.session("recovering"), "job_id", "recovering.r1")
+    await queue.enqueue_start(arq, "recovering", "server", job_id="recovering.r1", expires_s=60)
+    await live.pick_up("running", "w1")  # its job is the worker's now, not the queue's
+
+    assert await live.cancel("cancelled", Reason.CLIENT_ENDED)
+    assert await live.expire("expired")
+    assert await live.finish("recovering", Reason.WORKER_LOST, only_from=SessionState.RECOVERING)
+    for job in ("cancelled", "expired", "recovering.r1"):
+        assert await redis.zscore(keys.queue("server"), job) is None
+        assert not await redis.exists(job_key_prefix + job)
+    # A session a worker took is ended with its job left alone: arq's, to finish.
+    assert await live.finish("running", Reason.WORKER_LOST)
+    assert await redis.exists(job_key_prefix + "running")
