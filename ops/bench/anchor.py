@@ -68,7 +68,8 @@ Phases per target and rep, in this order: start the target's processes
 (fresh each rep; one target's processes up at a time, stopped before the
 next target starts); 1 warm-up session (not measured); 2 s settle; idle
 window; ``--sequential`` sessions one at a time (open, wait for bot-ready,
-then for the echo, close, end; 0.2 s pause); 1 call talking, then
+then for the echo, close, end; 0.2 s pause); ``--churn`` sessions opened and
+closed back to back (after 20 unmeasured ones); 1 call talking, then
 ``--steady`` calls talking; a burst of ``--burst``
 sessions requested at once, every client kept connected and streaming until
 all have reached bot-ready or failed (then up to 15 s more for their echoes,
@@ -93,6 +94,15 @@ not in the CPU window), then all closed.
   excludes the clients (this process; in the JSON) and the teardown.
 * idle: cores (CPU s / wall s) each process used over ``--idle-s`` seconds with
   no session, after the warm-up session ended.
+* memory per churned session: each process's RSS after ``--churn`` sessions
+  were opened and closed one after another (request, connect, bot-ready, close,
+  end; no echo) minus its RSS before, / ``--churn``, in KB; both read 2 s after
+  the last session closed, the first after 20 unmeasured sessions (caches,
+  pools and allocator arenas at their working size). What a session leaves
+  behind in the process that ran it (voicepool: both workers; the runner: its
+  process), and in all of the target's processes (voicepool: with the API and
+  redis-server, whose session records and event streams are kept for
+  ``VOICEPOOL_STREAM_RETENTION`` by design).
 
 Each metric is computed per rep; the table shows median (min-max) over the
 reps, and voicepool / runner-shared of the medians. The clients run in this
@@ -160,6 +170,7 @@ SESSION_TIMEOUT_S = 60.0  # request + connect + bot-ready
 ECHO_TIMEOUT_S = 15.0  # after bot-ready
 LOUD_RMS = 200.0  # the phrase's quietest 20 ms frame has RMS ~365
 SETTLE_S = 2.0
+CHURN_WARM_UP = 20  # sessions before the memory baseline: caches, pools, arenas filled
 PAUSE_S = 0.2  # between sequential sessions
 STARTUP_TIMEOUT_S = 60.0
 
@@ -560,6 +571,45 @@ def cpu_now(procs: dict[str, psutil.Process]) -> dict[str, float]:
     return out
 
 
+def rss_now(procs: dict[str, psutil.Process]) -> dict[str, float]:
+    out = {}
+    for name, proc in procs.items():
+        try:
+            out[name] = float(proc.memory_info().rss)
+        except psutil.Error:
+            out[name] = math.nan
+    return out
+
+
+async def churn(target: Target, count: int, wav: Path) -> dict[str, Any]:
+    """Sessions opened and closed back to back: RSS left behind per session, in KB."""
+    procs = target.processes()
+    runs: list[Run] = []
+    async with target.http(4) as http:
+        for measured, n in ((False, CHURN_WARM_UP), (True, count)):
+            if measured:
+                await asyncio.sleep(SETTLE_S)
+                before = rss_now(procs)
+            for _ in range(n):
+                opened = await open_session(target, http, wav)
+                await close(target, http, opened)
+                if measured:
+                    runs.append(opened.run)
+    await asyncio.sleep(SETTLE_S)
+    after = rss_now(procs)
+    kb = {name: round((after[name] - before[name]) / count / 1024, 1) for name in procs}
+    bots = [name for name in procs if name.startswith(("worker", "runner"))]
+    return {
+        "n": count,
+        "reached_talk": sum(not math.isnan(r.talk_s) for r in runs),
+        "rss_before_mb": {name: round(v / 2**20, 1) for name, v in before.items()},
+        "kb_per_session": kb,
+        "bots_kb_per_session": round(sum(kb[name] for name in bots), 1),
+        "total_kb_per_session": round(sum(kb.values()), 1),
+        "errors": error_counts(runs),
+    }
+
+
 async def burst(target: Target, count: int, wav: Path) -> dict[str, Any]:
     procs, me = target.processes(), psutil.Process()
     async with target.http(count + 8) as http:
@@ -647,6 +697,13 @@ async def measure(target: Target, args: argparse.Namespace, wav: Path) -> dict[s
     result: dict[str, Any] = {"idle": await idle(target, args.idle_s)}
     print(f"  {args.sequential} sessions one at a time", flush=True)
     result["sequential"] = await sequential(target, args.sequential, wav)
+    print(f"  {args.churn} sessions opened and closed back to back", flush=True)
+    result["churn"] = c = await churn(target, args.churn, wav)
+    print(
+        f"    RSS per session {c['bots_kb_per_session']} KB where the bots run, "
+        f"{c['total_kb_per_session']} KB in all {c['errors'] or ''}",
+        flush=True,
+    )
     for n in (1, args.steady):
         print(f"  {n} call(s) talking for {args.steady_s} s", flush=True)
         result[f"steady{n}"] = await steady(target, n, args.steady_s, wav)
@@ -775,6 +832,20 @@ ROWS: list[Row] = [
     ("one at a time: talk p99", "ms", lambda r: r["sequential"]["talk_p99_ms"], True),
     ("one at a time: first echo p50", "ms", lambda r: r["sequential"]["echo_p50_ms"], True),
     ("one at a time: reached talk", "n", lambda r: r["sequential"]["reached_talk"], False),
+    # KB per session are small differences of large numbers: no ratio of them.
+    (
+        "churn: RSS per session, where the bots run",
+        "KB",
+        lambda r: r["churn"]["bots_kb_per_session"],
+        False,
+    ),
+    (
+        "churn: RSS per session, all processes",
+        "KB",
+        lambda r: r["churn"]["total_kb_per_session"],
+        False,
+    ),
+    ("churn: reached talk", "n", lambda r: r["churn"]["reached_talk"], False),
     (
         "1 call: echo delay after the phrase p50",
         "ms",
@@ -949,6 +1020,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--sequential", type=int, default=30, help="sessions one at a time")
     parser.add_argument("--burst", type=int, default=100, help="sessions requested at once")
+    parser.add_argument(
+        "--churn", type=int, default=100, help="sessions opened and closed back to back"
+    )
     parser.add_argument("--idle-s", type=float, default=10.0, help="idle CPU window, s")
     parser.add_argument("--steady", type=int, default=16, help="calls talking at once")
     parser.add_argument("--steady-s", type=float, default=20.0, help="how long they talk, s")
