@@ -18,7 +18,7 @@ from typing import Any, TypedDict, Unpack, cast
 import redis.asyncio as aioredis
 from arq.constants import job_key_prefix
 
-from shared import keys, ws_tokens
+from shared import keys
 from shared.events import EventType
 from shared.fleet import WorkerBeat
 from shared.lifecycle import (
@@ -528,14 +528,11 @@ class LiveSessions:
 
         Raises ``AdmissionRefused`` when the pool can't take it and ``OwnerLimitReached``
         when ``owner`` already has ``owner_limit`` live sessions (both checked in the same
-        atomic step, so concurrent requests cannot both slip in). A WebSocket session
-        gets the key its tokens are signed with, unless ``fields`` brings one.
+        atomic step, so concurrent requests cannot both slip in).
         """
         now = time.time()
         state, reason = SessionState.QUEUED, Reason.CREATED
         data = json.dumps({"state": state, "reason": reason, "previous": None})
-        if fields.get("transport") == "websocket" and ws_tokens.KEY_FIELD not in fields:
-            fields = {**fields, ws_tokens.KEY_FIELD: ws_tokens.new_key()}
         reply = await self._create(
             keys=[
                 *self._keys(session_id),

@@ -132,13 +132,22 @@ async def connect(state: AppState, row: VoiceSession) -> dict[str, Any]:
 
 
 async def create(
-    state: AppState, db: AsyncSession, user: User, request: SessionCreate, *, ws_key: str = ""
+    state: AppState, db: AsyncSession, user: User, request: SessionCreate
 ) -> VoiceSession:
     """A new queued session (and, without ``conversation_id``, a new conversation):
     its rows committed, its live record written and its start job enqueued; or an
-    error and, for a lost race or an unreachable queue, nothing left half-made.
-    ``ws_key``: the key its WebSocket tokens are signed with, if the caller is to mint
-    them without reading it back (else one is made)."""
+    error and, for a lost race or an unreachable queue, nothing left half-made."""
+    row, _ = await _create(state, db, user, request)
+    return row
+
+
+async def _create(
+    state: AppState, db: AsyncSession, user: User, request: SessionCreate
+) -> tuple[VoiceSession, str]:
+    """``create``, and the key the session's WebSocket tokens are signed with ('' for
+    another transport): made here, with the session, so that its creator can mint them
+    without reading it back."""
+    ws_key = ws_tokens.new_key() if request.transport == "websocket" else ""
     profile, pool = await _admit(state, user, request)
     conversation, history = await _conversation(state, db, user, request)
     new_conversation = not request.conversation_id
@@ -165,7 +174,7 @@ async def create(
         await _mark_failed(state, db, row, Reason.QUEUE_UNAVAILABLE)
         raise ApiError(503, "queue_unavailable", "the session queue is unreachable") from live
     metrics.SESSIONS_REQUESTED.labels(pool=pool, transport=row.transport, profile=profile).inc()
-    return row
+    return row, ws_key
 
 
 async def _commit_and_go_live(
@@ -372,8 +381,7 @@ async def start(
 ) -> tuple[VoiceSession, dict[str, Any] | None]:
     """Create a session and wait (up to ``VOICEPOOL_READY_WAIT``) until it is ready: the
     session and what its owner connects with (None for WebRTC, which sends an offer)."""
-    ws_key = ws_tokens.new_key() if request.transport == "websocket" else ""
-    created = await create(state, db, user, request, ws_key=ws_key)
+    created, ws_key = await _create(state, db, user, request)
     session_id = created.id
     await db.close()  # hold no pooled connection while waiting for a worker
     current, seen = await wait_for_state_event(
