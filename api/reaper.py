@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable
 from typing import cast
 
@@ -47,12 +48,12 @@ LOOP_GAP_S = 2.0
 LATE_BEATS = 2.0
 _FIELDS = (
     "state",
+    "pool",
+    "worker_id",
     "reason",
     "created_ts",
-    "pool",
     "job_id",
     "queue_position",
-    "worker_id",
     "losses",
     "recovering_ts",
 )
@@ -89,7 +90,7 @@ class Reaper:
             for pool, to in (fallbacks or {}).items()
             if to.after is not None
         }
-        self._still_live: list[tuple[str, str]] = []  # (pool, state), as the last sweep saw
+        self._still_live: Counter[tuple[str, str]] = Counter()  # (pool, state): last sweep's
         self._judge_from = 0.0  # monotonic time before which nobody is judged lost
         self._blind = False  # the last round could not reach Redis
         self._redis_run_id: str | None = None
@@ -143,34 +144,21 @@ class Reaper:
 
     async def sweep(self) -> list[tuple[str, str]]:
         """One pass over live sessions; returns (session id, reason) of those it ended, and
-        (session id, ``recovering``) of those it moved on from a lost worker."""
-        session_ids = sorted(
-            await cast("Awaitable[set[str]]", self.redis.smembers(keys.LIVE_SESSIONS))
+        (session id, ``recovering``) of those it moved on from a lost worker. Redis picks
+        out the sessions that may need something (``LiveSessions.sweep``) and counts the
+        others: a healthy call costs the API nothing here."""
+        looked, self._still_live = await self.live.sweep(
+            _FIELDS, gone=self.gone_workers, judging=self.judging
         )
-        self._still_live = []
-        if not session_ids:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sid in session_ids:
-                pipe.hmget(keys.session(sid), list(_FIELDS))
-                pipe.exists(keys.session_alive(sid))
-            replies = await pipe.execute()
-        gone = await self.gone_workers() if self.judging else set()
         now = time.time()
         done: list[tuple[str, str]] = []
         waiting: list[tuple[str, str, str, str | None]] = []
-        for i, sid in enumerate(session_ids):
-            fields = dict(zip(_FIELDS, replies[2 * i], strict=True))
-            alive = replies[2 * i + 1]
+        for sid, alive, fields in sorted(looked, key=lambda s: s[0]):
             state, pool, job_id = fields["state"], fields["pool"] or "", fields["job_id"] or sid
             outcome: str | None = None
             if state is None:  # hash expired or never written: nothing to announce
                 await cast("Awaitable[int]", self.redis.srem(keys.LIVE_SESSIONS, sid))
-            elif (
-                state in OWNED_STATES
-                and self.judging
-                and (not alive or fields["worker_id"] in gone)
-            ):
+            elif state in OWNED_STATES and self.judging:  # looked into: its worker is lost
                 seen = "its heartbeat expired" if not alive else "no connection of it is left"
                 outcome = await self._worker_lost(sid, SessionState(state), fields, seen)
             elif (
@@ -195,14 +183,14 @@ class Reaper:
                     outcome = Reason.NO_CAPACITY
             elif state == SessionState.QUEUED and await self._spilled(sid, pool, fields, now):
                 # Still queued, in the fallback's queue now: counted there.
-                self._still_live.append((self.spill_after[pool][0], state))
+                self._still_live[(self.spill_after[pool][0], state)] += 1
                 continue
             elif state == SessionState.QUEUED:
                 waiting.append((sid, pool, job_id, fields["queue_position"]))
             if outcome is not None:
                 done.append((sid, outcome))
             if state is not None and outcome in (None, SessionState.RECOVERING):
-                self._still_live.append((pool, outcome or state))  # still live after this sweep
+                self._still_live[(pool, outcome or state)] += 1  # still live after this sweep
         await self._tell_positions(waiting)
         return done
 
@@ -327,15 +315,14 @@ class Reaper:
             replies = await pipe.execute()
         depths = replies[: len(self.pools)]
         beats = replies[len(self.pools) :]
-        states = self._still_live
         for pool, depth in zip(self.pools, depths, strict=True):
             metrics.QUEUE_DEPTH.labels(pool=pool).set(depth)
         live: dict[tuple[str, str], int] = {
             (pool, str(state)): 0 for pool in self.pools for state in LIVE_STATES
         }
-        for pool, state in states:
+        for (pool, state), count in self._still_live.items():
             if pool and state in LIVE_STATES:
-                live[(pool, state)] = live.get((pool, state), 0) + 1
+                live[(pool, state)] = live.get((pool, state), 0) + count
         for (pool, state), count in live.items():
             metrics.LIVE_SESSIONS.labels(pool=pool, state=state).set(count)
         workers = dict.fromkeys(self.pools, 0)

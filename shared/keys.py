@@ -13,9 +13,15 @@ PROTOCOL = f"{PREFIX}:protocol"  # the API's fleet.PROTOCOL, set when it starts
 WORKERS = f"{PREFIX}:workers"  # set of worker ids ever seen (pruned by the reaper)
 
 
+SESSION_PREFIX = f"{PREFIX}:session:"
+"""What goes before a session id in its hash's key (the reaper's sweep builds the names)."""
+ALIVE_SUFFIX = ":alive"
+"""What goes after a session's hash key in its heartbeat key's."""
+
+
 def session(session_id: str) -> str:
     """Hash: state, reason, owner, pool, worker_id, seq counter, …"""
-    return f"{PREFIX}:session:{session_id}"
+    return f"{SESSION_PREFIX}{session_id}"
 
 
 def session_events(session_id: str) -> str:
@@ -25,7 +31,7 @@ def session_events(session_id: str) -> str:
 
 def session_alive(session_id: str) -> str:
     """Heartbeat: exists while the owning worker is alive (short TTL)."""
-    return f"{PREFIX}:session:{session_id}:alive"
+    return f"{SESSION_PREFIX}{session_id}{ALIVE_SUFFIX}"
 
 
 USER_LIVE_AROUND = (f"{PREFIX}:user:", ":live")

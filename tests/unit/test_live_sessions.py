@@ -10,6 +10,7 @@ import pytest
 
 from api.reaper import Reaper
 from shared import keys
+from shared import live as live_module
 from shared.fleet import PROTOCOL
 from shared.lifecycle import (
     FINAL_STATES,
@@ -141,6 +142,45 @@ async def test_reaper_fails_lost_sessions_and_expires_stale_queued_ones(redis) -
     assert await reaper.sweep() == [("owned", "worker_lost")]
     assert (await live.get("owned"))["state"] == "failed"
     assert (await live.get("fresh"))["state"] == "queued"
+
+
+@pytest.mark.parametrize("slice_", [live_module.SWEEP_SLICE, 2])
+async def test_a_sweep_looks_into_what_may_need_it_and_counts_the_rest(
+    redis, monkeypatch, slice_
+) -> None:
+    """Redis picks out the sessions a sweep may act on; a healthy call is only counted. In
+    slices of the live sessions, the same."""
+    monkeypatch.setattr(live_module, "SWEEP_SLICE", slice_)
+    live = LiveSessions(redis, heartbeat_ttl=10)
+    for sid in ("healthy1", "healthy2", "expired", "on_gone", "queued"):
+        await _new(live, sid)
+    for sid, worker in (("healthy1", "w1"), ("healthy2", "w1"), ("expired", "w1"),
+                        ("on_gone", "w2")):  # fmt: skip
+        assert await live.pick_up(sid, worker)
+    assert (await live.move("healthy2", "mark_ready", Reason.PIPELINE_READY, worker_id="w1"))[0]
+    await redis.delete(keys.session_alive("expired"))
+    await redis.sadd(keys.LIVE_SESSIONS, "no_hash")
+    fields = ("state", "pool", "worker_id", "created_ts")
+
+    async def gone() -> set[str]:
+        return {"w2"}
+
+    looked, counted = await live.sweep(fields, gone=gone, judging=True)
+    found = {sid: (alive, f["state"], f["worker_id"]) for sid, alive, f in looked}
+    assert found == {
+        "expired": (False, "starting", "w1"),
+        "on_gone": (True, "starting", "w2"),
+        "queued": (True, "queued", None),
+        "no_hash": (True, None, None),
+    }
+    assert counted == {("server", "starting"): 1, ("server", "ready"): 1}
+
+    # Not judging (a grace after Redis was away): no owned session is looked into.
+    looked, counted = await live.sweep(fields, gone=gone, judging=False)
+    assert sorted(sid for sid, _, _ in looked) == ["no_hash", "queued"]
+    assert counted == {("server", "starting"): 3, ("server", "ready"): 1}
+    with pytest.raises(ValueError):
+        await live.sweep(("pool", "state", "worker_id"), gone=gone, judging=True)
 
 
 async def test_reaper_judges_nobody_until_workers_could_beat_again(redis) -> None:
