@@ -325,7 +325,7 @@ return 1
 )
 
 # The reaper's look at every live session, made in Redis: a sweep's cost with a fleet of
-# healthy calls was a field read and an EXISTS per session, each parsed in the API (165 ms
+# healthy calls was a field read and an EXISTS per session, each parsed in the API (150 ms
 # of API CPU a sweep at 5,000 calls, every 0.5 s; ops/bench/reaper_sweep.py). Only the
 # sessions that may need something come back whole: not owned by a worker (queued,
 # recovering), gone from Redis, or owned with the heartbeat expired or by a worker judged
@@ -711,8 +711,9 @@ class LiveSessions:
         gone: Callable[[], Awaitable[Collection[str]]],
         judging: bool,
     ) -> tuple[list[tuple[str, bool, dict[str, str | None]]], Counter[tuple[str, str]]]:
-        """The reaper's look at every live session, in one step: (session id, its heartbeat
-        exists, ``fields`` of its hash; None: not there) of each that may need something
+        """The reaper's look at every live session, in steps of ``SWEEP_SLICE``: (session id,
+        its heartbeat exists (looked up for owned sessions; True for others), ``fields`` of
+        its hash, None where not there) of each that may need something
         (not owned by a worker, gone from Redis, or owned, with ``judging``, with its
         heartbeat expired or by a worker ``gone`` names; asked only when some session is
         live), and how many of the others there are by (pool, state). ``fields`` start with
