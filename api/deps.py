@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import ipaddress
@@ -49,6 +50,8 @@ class AppState:
     """Each user's SDP offers and ICE patches in flight (VOICEPOOL_MAX_SIGNALS_PER_USER)."""
     tokens: TokenCache = field(default_factory=TokenCache)
     """Bearer tokens checked lately (revocations evict them through Redis at once)."""
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    """The process's long-lived tasks (persister, reaper, …): one that stops is fatal."""
 
 
 # Dependencies are ``async def`` even when they await nothing: FastAPI runs a plain ``def``

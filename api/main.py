@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,6 +36,21 @@ from shared.settings import Settings, get_settings
 from shared.store import Store, migrate_async
 
 log = logging.getLogger(__name__)
+
+
+def _stopped(task: asyncio.Task[None]) -> None:
+    """A long-lived task ended on its own: fatal. Each one retries what can fail (Redis,
+    the database) inside its loop, so this is a bug; ``/healthz`` fails from now on, and
+    whatever supervises the process (Kubernetes' liveness probe, systemd) restarts it."""
+    if task.cancelled():  # shutting down
+        return
+    error = task.exception()
+    log.critical(
+        "background task %s stopped (%s); /healthz fails from now on",
+        task.get_name(),
+        repr(error) if error else "it returned",
+        exc_info=error,
+    )
 
 
 def create_app(settings: Settings | None = None, *, background: bool = True) -> FastAPI:
@@ -108,15 +122,17 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
                         retention.run(state.store, settings.retention_days), name="retention"
                     )
                 )
+        state.background = tasks
+        for task in tasks:
+            task.add_done_callback(_stopped)
         freeze_startup_objects()
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            # What one of them raised, before or on the way out, _stopped has logged.
+            await asyncio.gather(*tasks, return_exceptions=True)
             await state.streams.aclose()
             await state.signalling.aclose()
             await state.fanout.aclose()

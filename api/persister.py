@@ -113,15 +113,19 @@ class Persister:
                 raise
 
     async def run(self) -> None:
-        await self.ensure_group()
+        grouped = False
         while True:
             try:
+                if not grouped:  # at start, and after a Redis that restarted empty
+                    await self.ensure_group()
+                    grouped = True
                 await self.step(gather_s=GATHER_S)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis or the database away: retry, never lose entries
                 log.warning("persister: %s; retrying", exc)
                 self._retry_own = True
+                grouped = grouped and "NOGROUP" not in str(exc)
                 await asyncio.sleep(1.0)
 
     async def step(self, block_ms: int = READ_BLOCK_MS, gather_s: float = 0.0) -> int:

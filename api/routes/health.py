@@ -32,8 +32,13 @@ Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
 @router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    """The process is up."""
+async def healthz(state: StateDep, response: Response) -> dict[str, object]:
+    """The process is up and its long-lived tasks (the persister, the reaper, …) run; 503
+    naming those that stopped otherwise, for its supervisor to restart it."""
+    stopped = sorted(task.get_name() for task in state.background if task.done())
+    if stopped:
+        response.status_code = 503
+        return {"status": "failing", "stopped": stopped}
     return {"status": "ok"}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 from datetime import UTC, datetime, timedelta
 
@@ -12,6 +13,7 @@ from sqlmodel import col, func, select
 from api import retention
 from api.persister import Persister
 from harness.postgres import PostgresServer
+from harness.waiting import eventually
 from shared import keys
 from shared.history import search_transcripts
 from shared.lifecycle import Reason
@@ -333,3 +335,32 @@ async def test_a_backup_taken_while_running_restores_everything(store, tmp_path)
             assert found == {"kept": "remember the Oslo flights"}
     finally:
         await restored.aclose()
+
+
+async def test_a_redis_that_restarted_empty_gets_its_group_back_and_events_are_stored(
+    redis, store
+) -> None:
+    """A Redis without persistence comes back with neither the ingest stream nor the
+    persister's group: the persister makes the group again instead of failing forever."""
+    persister = Persister(redis, store, consumer="p")
+    running = asyncio.create_task(persister.run())
+    try:
+        live = LiveSessions(redis)
+        await live.create("s1", "u1", {"conversation_id": "c1", "pool": "server"})
+        await eventually(lambda: _stored(store), timeout=10)  # queued, stored
+        await redis.flushall()  # restarted empty
+        # Made again from scratch: its queued event has the same seq (stored once), then
+        # starting is new.
+        await live.create("s1", "u1", {"conversation_id": "c1", "pool": "server"})
+        await live.pick_up("s1", "w1")
+
+        async def both_stored() -> bool:
+            assert [seq for seq, _ in await _stored(store)] == [1, 2]
+            return True
+
+        await eventually(both_stored, timeout=15)  # the retry after NOGROUP is 1 s away
+        assert not running.done()
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running

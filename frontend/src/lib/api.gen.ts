@@ -443,7 +443,8 @@ export interface paths {
         };
         /**
          * Healthz
-         * @description The process is up.
+         * @description The process is up and its long-lived tasks (the persister, the reaper, …) run; 503
+         *     naming those that stopped otherwise, for its supervisor to restart it.
          */
         get: operations["healthz_healthz_get"];
         put?: never;
@@ -1816,7 +1817,7 @@ export interface operations {
                 };
                 content: {
                     "application/json": {
-                        [key: string]: string;
+                        [key: string]: unknown;
                     };
                 };
             };
