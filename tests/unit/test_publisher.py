@@ -20,6 +20,11 @@ from worker.publisher import EventPublisher
 async def outage(tmp_path: Path):
     server = EmbeddedRedis(tmp_path / "redis").start()
     redis = redis_client(server.url)
+    # Each write on disk before its reply: the tests kill -9 Redis right after writing. With
+    # the default (everysec), a write acknowledged while a slow disk's fsync is still under
+    # way may be postponed, and lost with the process (the session then gone after the
+    # restart, and every event refused).
+    await redis.config_set("appendfsync", "always")
     live = LiveSessions(redis)
     await live.create("s1", "u1", {"conversation_id": "c1", "pool": "server"})
     await live.pick_up("s1", "w1")
@@ -39,7 +44,7 @@ async def test_events_made_while_redis_is_down_arrive_once_in_order(outage) -> N
         publisher.emit("drill.tick", {"i": i})
     await publisher.flush()
 
-    server.kill()  # kill -9: the AOF has everything written so far
+    server.kill()  # kill -9: the AOF has everything written so far (appendfsync always)
     ready = publisher.transition("mark_ready", Reason.PIPELINE_READY)
     for i in range(5, 25):
         publisher.emit("drill.tick", {"i": i})
