@@ -125,14 +125,13 @@ import math
 import os
 import re
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import wave
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -143,11 +142,13 @@ import profiling  # ops/bench/profiling.py
 import psutil
 import websockets
 from measure import (
+    before_tree,
     bench_process,
     cpu_seconds,
     machine_facts,
     percentile,
     run_main,
+    spread,
     stop_process,
     write_results,
 )
@@ -561,40 +562,44 @@ async def sequential(target: Target, count: int, wav: Path) -> dict[str, Any]:
     }
 
 
-def cpu_now(procs: dict[str, psutil.Process]) -> dict[str, float]:
+def each(
+    procs: dict[str, psutil.Process], read: Callable[[psutil.Process], float]
+) -> dict[str, float]:
+    """``read`` of each process, NaN for one that is gone."""
     out = {}
     for name, proc in procs.items():
         try:
-            out[name] = cpu_seconds(proc)
+            out[name] = read(proc)
         except psutil.Error:
             out[name] = math.nan
     return out
+
+
+def cpu_now(procs: dict[str, psutil.Process]) -> dict[str, float]:
+    return each(procs, cpu_seconds)
 
 
 def rss_now(procs: dict[str, psutil.Process]) -> dict[str, float]:
-    out = {}
-    for name, proc in procs.items():
-        try:
-            out[name] = float(proc.memory_info().rss)
-        except psutil.Error:
-            out[name] = math.nan
-    return out
+    return each(procs, lambda proc: float(proc.memory_info().rss))
 
 
 async def churn(target: Target, count: int, wav: Path) -> dict[str, Any]:
     """Sessions opened and closed back to back: RSS left behind per session, in KB."""
     procs = target.processes()
-    runs: list[Run] = []
     async with target.http(4) as http:
-        for measured, n in ((False, CHURN_WARM_UP), (True, count)):
-            if measured:
-                await asyncio.sleep(SETTLE_S)
-                before = rss_now(procs)
+
+        async def cycle(n: int) -> list[Run]:
+            runs = []
             for _ in range(n):
                 opened = await open_session(target, http, wav)
                 await close(target, http, opened)
-                if measured:
-                    runs.append(opened.run)
+                runs.append(opened.run)
+            return runs
+
+        await cycle(CHURN_WARM_UP)
+        await asyncio.sleep(SETTLE_S)
+        before = rss_now(procs)
+        runs = await cycle(count)
     await asyncio.sleep(SETTLE_S)
     after = rss_now(procs)
     kb = {name: round((after[name] - before[name]) / count / 1024, 1) for name in procs}
@@ -881,17 +886,6 @@ ROWS: list[Row] = [
 ]
 
 
-def _num(value: float | None) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
-
-
-def spread(values: Sequence[float | None]) -> dict[str, float] | None:
-    ok = [v for v in (_num(v) for v in values) if v is not None]
-    if not ok:
-        return None
-    return {"min": min(ok), "median": statistics.median(ok), "max": max(ok), "n": len(ok)}
-
-
 def summarize(reps: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     table: dict[str, Any] = {}
     for name, unit, get, with_ratio in ROWS:
@@ -1052,19 +1046,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown or not args.targets:
         parser.error(f"--targets: unknown {sorted(unknown)}; choose from {list(TARGETS)}")
     return args
-
-
-@contextlib.contextmanager
-def before_tree(rev: str | None, path: Path) -> Iterator[Path | None]:
-    """A worktree of ``rev`` at ``path`` for as long as the run lasts (None without one)."""
-    if not rev:
-        yield None
-        return
-    subprocess.run(["git", "worktree", "add", "--detach", str(path), rev], cwd=ROOT, check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, check=False)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +30,28 @@ def percentile(values: Sequence[float], q: float) -> float:
     pos = (len(ordered) - 1) * q / 100
     low, high = math.floor(pos), math.ceil(pos)
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def spread(values: Sequence[float | None]) -> dict[str, float] | None:
+    """min / median / max (and how many) of the values that are numbers; None if none is."""
+    ok = [v for v in values if v is not None and not math.isnan(v)]
+    if not ok:
+        return None
+    return {"min": min(ok), "median": statistics.median(ok), "max": max(ok), "n": len(ok)}
+
+
+@contextlib.contextmanager
+def before_tree(rev: str | None, path: Path) -> Iterator[Path | None]:
+    """A worktree of ``rev`` at ``path`` for as long as the run lasts (None without one):
+    voicepool as it was, for a before/after in one run."""
+    if not rev:
+        yield None
+        return
+    subprocess.run(["git", "worktree", "add", "--detach", str(path), rev], cwd=ROOT, check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, check=False)
 
 
 def cpu_seconds(proc: psutil.Process) -> float:

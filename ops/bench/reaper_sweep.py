@@ -25,7 +25,6 @@ import asyncio
 import datetime as dt
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from measure import ROOT, cpu_seconds, machine_facts, run_main, write_results
+from measure import ROOT, before_tree, cpu_seconds, machine_facts, run_main, spread, write_results
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = (100, 1000, 5000)
@@ -92,10 +91,6 @@ def _child(tree: Path, n: int, sweeps: int) -> dict[str, float]:
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
-
-
 def markdown(result: dict[str, Any]) -> str:
     targets = result["targets"]
     lines = [
@@ -137,30 +132,25 @@ def main() -> None:
         print(json.dumps(asyncio.run(_measure(args.measure, args.sweeps))))
         return
     targets = {"voicepool": ROOT}
-    with tempfile.TemporaryDirectory(prefix="vp-bench-reaper-") as tmp:
-        if args.before:
-            before = Path(tmp) / "before"
-            subprocess.run(["git", "worktree", "add", "--detach", str(before), args.before],
-                           cwd=ROOT, check=True, capture_output=True)  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory(prefix="vp-bench-reaper-") as tmp,
+        before_tree(args.before, Path(tmp) / "before") as before,
+    ):
+        if before is not None:
             targets[f"voicepool at {args.before}"] = before
-        try:
-            runs: dict[int, dict[str, list[dict[str, float]]]] = {
-                n: {t: [] for t in targets} for n in SIZES
-            }
-            for rep in range(args.reps):
-                order = list(targets.items())
-                order = order[rep % len(order) :] + order[: rep % len(order)]
-                for n in SIZES:
-                    for name, tree in order:
-                        runs[n][name].append(_child(tree, n, args.sweeps))
-                        print(f"rep {rep + 1}, {n} sessions, {name}: {runs[n][name][-1]}",
-                              flush=True)  # fmt: skip
-        finally:
-            if args.before:
-                subprocess.run(["git", "worktree", "remove", "--force", str(before)],
-                               cwd=ROOT, check=False)  # fmt: skip
+        runs: dict[int, dict[str, list[dict[str, float]]]] = {
+            n: {t: [] for t in targets} for n in SIZES
+        }
+        for rep in range(args.reps):
+            order = list(targets.items())
+            order = order[rep % len(order) :] + order[: rep % len(order)]
+            for n in SIZES:
+                for name, tree in order:
+                    runs[n][name].append(_child(tree, n, args.sweeps))
+                    print(f"rep {rep + 1}, {n} sessions, {name}: {runs[n][name][-1]}",
+                          flush=True)  # fmt: skip
     table = {
-        str(n): {t: {k: _spread([r[k] for r in reps]) for k in reps[0]} for t, reps in by.items()}
+        str(n): {t: {k: spread([r[k] for r in reps]) for k in reps[0]} for t, reps in by.items()}
         for n, by in runs.items()
     }
     result = {

@@ -47,7 +47,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 import anchor  # the same target, client and session steps
-from measure import bench_process, machine_facts
+from measure import before_tree, bench_process, machine_facts
 
 from shared import keys
 from shared.connections import redis_client
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     traced: dict[str, list[dict[str, float]]] = {k: [] for k in keys}
     with (
         tempfile.TemporaryDirectory(prefix="vp-bench-trace-") as tmp_dir,
-        anchor.before_tree(args.before, Path(tmp_dir) / "before") as args.before_tree,
+        before_tree(args.before, Path(tmp_dir) / "before") as args.before_tree,
     ):
         tmp = Path(tmp_dir)
         wav = anchor.phrase_wav(tmp / "phrase.wav")
