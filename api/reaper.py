@@ -153,7 +153,7 @@ class Reaper:
         now = time.time()
         done: list[tuple[str, str]] = []
         waiting: list[tuple[str, str, str, str | None]] = []
-        for sid, alive, fields in sorted(looked, key=lambda s: s[0]):
+        for sid, alive, fields in looked:
             state, pool, job_id = fields["state"], fields["pool"] or "", fields["job_id"] or sid
             outcome: str | None = None
             if state is None:  # hash expired or never written: nothing to announce

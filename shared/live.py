@@ -716,8 +716,8 @@ class LiveSessions:
         its hash, None where not there) of each that may need something
         (not owned by a worker, gone from Redis, or owned, with ``judging``, with its
         heartbeat expired or by a worker ``gone`` names; asked only when some session is
-        live), and how many of the others there are by (pool, state). ``fields`` start with
-        state, pool and worker_id."""
+        live), in session id order, and how many of the others there are by (pool, state).
+        ``fields`` start with state, pool and worker_id."""
         if tuple(fields[:3]) != ("state", "pool", "worker_id"):
             raise ValueError("fields start with state, pool and worker_id")
         live = sorted(await cast("Awaitable[set[str]]", self.redis.smembers(keys.LIVE_SESSIONS)))
