@@ -6,6 +6,7 @@ Used by the API's history routes and by ``voicepool export``.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import re
 from datetime import UTC, datetime, tzinfo
 from typing import Any
@@ -34,15 +35,24 @@ async def conversation_sessions(db: AsyncSession, conversation_id: str) -> list[
 
 
 async def conversation_events(db: AsyncSession, conversation_id: str) -> list[EventRecord]:
-    return list(
-        (
-            await db.exec(
-                select(EventRecord)
-                .where(EventRecord.conversation_id == conversation_id)
-                .order_by(col(EventRecord.ts), col(EventRecord.session_id), col(EventRecord.seq))
-            )
-        ).all()
-    )
+    """A conversation's events: each session's in ``seq`` order, sessions interleaved by time.
+
+    ``seq`` is the order a session's events were written in, the order its live
+    stream had. ``ts`` is when the event happened, which a write retried across a
+    Redis failover can put before the event written ahead of it; so time only
+    decides between sessions.
+    """
+    rows = (
+        await db.exec(
+            select(EventRecord)
+            .where(EventRecord.conversation_id == conversation_id)
+            .order_by(col(EventRecord.session_id), col(EventRecord.seq))
+        )
+    ).all()
+    by_session: dict[str, list[EventRecord]] = {}
+    for row in rows:
+        by_session.setdefault(row.session_id, []).append(row)
+    return list(heapq.merge(*by_session.values(), key=lambda e: e.ts))
 
 
 async def transcript_history(

@@ -62,3 +62,31 @@ async def test_an_unknown_time_zone_is_refused(api) -> None:
     refused = await api.client.get(f"{url}&tz=Mars/Olympus", headers=api.auth(token))
     assert refused.status_code == 422
     assert refused.json()["detail"]["code"] == "invalid_request"
+
+
+async def test_each_sessions_events_in_the_order_written_sessions_by_time(tmp_path) -> None:
+    """A write retried across a Redis failover can carry an earlier time than the event
+    written before it: within a session ``seq`` decides, between sessions the time."""
+    from shared.history import conversation_events
+    from shared.store import Store, migrate_async
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    await migrate_async(url)
+    store = Store(url)
+    written = [  # (session, seq, seconds after T0)
+        ("b", 1, 0.0), ("b", 2, 2.0), ("b", 3, 1.0),  # seq 3 was retried: an earlier time
+        ("a", 1, 10.0), ("a", 2, 11.0),  # a later session, whose id sorts first
+    ]  # fmt: skip
+    async with store.session() as db:
+        for sid, seq, at in written:
+            db.add(EventRecord(session_id=sid, conversation_id="c1", seq=seq, ts=T0 + at, type="x"))
+        await db.commit()
+        events = await conversation_events(db, "c1")
+    await store.aclose()
+    assert [(e.session_id, e.seq) for e in events] == [
+        ("b", 1),
+        ("b", 2),
+        ("b", 3),
+        ("a", 1),
+        ("a", 2),
+    ]
