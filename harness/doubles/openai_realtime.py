@@ -35,7 +35,9 @@ Server event sequences (``→`` server to client):
   ``response.create`` gets the response.
 * barge-in: speech heard while answering cancels the answer (``response.output_item.done``
   with status ``incomplete``, ``conversation.item.done``, ``response.done`` with status
-  ``cancelled``), as ``interrupt_response`` does; ``response.cancel`` does the same.
+  ``cancelled``), as ``interrupt_response`` does; ``response.cancel`` does the same. With
+  the ``words_after_barge_in`` fault the answer's next chunk and word still come after
+  ``speech_started``, as events the real API has in flight do.
 * a user's text message (``conversation.item.create``, role ``user``, ``input_text``), when
   ``typed_answer`` is set: the next ``response.create`` answers it with that (an audio
   answer, as a turn's).
@@ -104,6 +106,7 @@ FaultKind = Literal[
     "close_mid_answer",  # socket closed halfway through the connection's first answer audio
     "malformed_event",  # unparseable event right after the connection's first response.created
     "reject_handshake",  # HTTP error instead of the WebSocket upgrade
+    "words_after_barge_in",  # a barged-in answer's next chunk and word after speech_started
 ]
 
 
@@ -672,6 +675,11 @@ class _Connection:
         started = time.monotonic()
         for i, chunk in enumerate(chunks):
             if self.cancel_reason is not None:
+                if self.cancel_reason == "turn_detected" and self.server.fault.strikes(
+                    "words_after_barge_in", self.number
+                ):  # what the real API had in flight when it heard the caller
+                    audio = None if text_only else chunk
+                    await self._late_words(where, audio, words[sent_words:][:1], transcript_delta)
                 break
             if not text_only:
                 delta = base64.b64encode(chunk).decode()
@@ -751,6 +759,15 @@ class _Connection:
                     code="server_error",
                     type_="server_error",
                 )
+
+    async def _late_words(
+        self, where: dict[str, Any], chunk: bytes | None, words: list[str], kind: str
+    ) -> None:
+        if chunk is not None:
+            delta = base64.b64encode(chunk).decode()
+            await self.send("response.output_audio.delta", **where, content_index=0, delta=delta)
+        for word in words:
+            await self.send(kind, **where, content_index=0, delta=word)
 
 
 def _typed_text(item: dict[str, Any]) -> str | None:

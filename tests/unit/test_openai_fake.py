@@ -111,6 +111,20 @@ class Session:
             # Pacing, not waiting: one 20 ms frame every 20 ms of wall time.
             await asyncio.sleep(max(0.0, start + (i + 1) * FRAME_MS / 1000 - time.monotonic()))
 
+    async def barge_in(self) -> None:
+        """Say the first turn, then speak again 1.2 s into its answer; wait for the answer
+        to that. (Sooner than 1 s, while the user aggregator still defers writing the
+        first transcript, Pipecat 1.14 merges both user utterances into one context
+        message.)"""
+        await self.speak()
+        await eventually(
+            lambda: len(self.out.of(TTSAudioRawFrame)) >= len(GREETING) + 20,
+            timeout=8,
+            what="1.2 s of the answer's audio",
+        )
+        await self.speak(speech(0.4, 0.6))
+        await eventually(lambda: len(self.assistant_said) >= 3, timeout=8, what="the answer")
+
 
 def session_properties(*, tools: ToolsSchema | None = None) -> rt.SessionProperties:
     return rt.SessionProperties(
@@ -306,20 +320,7 @@ async def test_speaking_over_the_answer_cancels_it_and_the_service_truncates() -
     story = "Once upon a time there was a fake."  # 2 s of audio
     async with fake([Turn(transcript="tell me a story", answer=story), Turn()]) as server:
         async with pipeline(server) as s:
-            await s.speak()
-            # Barge in 1.2 s into the answer. (Sooner than 1 s, while the user aggregator
-            # still defers writing the first transcript, Pipecat 1.14 merges both user
-            # utterances into one context message.)
-            await eventually(
-                lambda: len(s.out.of(TTSAudioRawFrame)) >= len(GREETING) + 20,
-                timeout=8,
-                what="1.2 s of the answer's audio",
-            )
-            await s.speak(speech(0.4, 0.6))
-            await eventually(
-                lambda: len(s.assistant_said) == 3, timeout=8, what="the second answer"
-            )
-
+            await s.barge_in()
             cut, answer = s.assistant_said[1:]
             assert story.startswith(cut.strip()) and len(cut.strip()) < len(story)
             assert answer == Turn.answer
@@ -332,6 +333,42 @@ async def test_speaking_over_the_answer_cancels_it_and_the_service_truncates() -
             done = [e["response"] for e in server.sent if e["type"] == "response.done"]
             assert [r["status"] for r in done] == ["completed", "cancelled", "completed"]
             assert done[1]["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
+
+
+async def test_words_in_flight_at_a_barge_in_are_neither_played_nor_recorded() -> None:
+    """After ``speech_started`` the cancelled answer's next chunk and word still arrive, as
+    the real API's events in flight do. Pipecat 1.14 would play them as a new answer and
+    put the word in front of the next one; ``HeldRealtimeService`` drops them."""
+    story = "Once upon a time there lived one fake."  # each word once
+    watch = Watch()
+    turns = [Turn(transcript="tell me a story", answer=story), Turn()]
+    async with (
+        FakeRealtimeServer(turns, Fault("words_after_barge_in"), greeting=GREETING) as server,
+        pipeline(server, service=watch.held) as s,
+    ):
+        await s.barge_in()
+        sent = server.sent
+        cancelled = [e for e in sent if e["type"] == "response.done"][1]["response"]
+        assert cancelled["status"] == "cancelled"
+        created = next(
+            i for i, e in enumerate(sent)
+            if e["type"] == "response.created" and e["response"]["id"] == cancelled["id"]
+        )  # fmt: skip
+        barge_in = next(
+            i for i in range(created, len(sent))
+            if sent[i]["type"] == "input_audio_buffer.speech_started"
+        )  # fmt: skip
+        late = [
+            e["delta"].strip() for e in sent[barge_in:]
+            if e["type"] == "response.output_audio_transcript.delta"
+            and e["response_id"] == cancelled["id"]
+        ]  # fmt: skip
+        assert late, "the fake sent no word after the barge-in"
+        await asyncio.sleep(0.5)  # time for a stray turn to show
+        cut, answer = s.assistant_said[1:]
+        assert story.startswith(cut.strip()) and late[0] not in cut.split()
+        assert answer == Turn.answer
+        assert not watch.failures and not s.errors
 
 
 # -- failures: what Pipecat 1.14 makes of them (the session watcher builds on this) -----
@@ -529,13 +566,21 @@ async def test_a_malformed_event_kills_the_read_loop_with_a_log_line_only(
 
 @dataclass
 class Watch:
-    """What ``WatchedRealtimeService`` reports: the events it emits and any failure."""
+    """What ``WatchedRealtimeService`` (or ``HeldRealtimeService``) reports: the events it
+    emits and any failure."""
 
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
 
     def service(self, **kwargs: Any) -> WatchedRealtimeService:
         return WatchedRealtimeService(
+            on_failure=lambda reason, message: self.failures.append((reason, message)),
+            emit=lambda kind, data: self.events.append((kind, data)),
+            **kwargs,
+        )
+
+    def held(self, **kwargs: Any) -> HeldRealtimeService:
+        return HeldRealtimeService(
             on_failure=lambda reason, message: self.failures.append((reason, message)),
             emit=lambda kind, data: self.events.append((kind, data)),
             **kwargs,
@@ -552,17 +597,9 @@ async def test_typed_words_go_to_the_model_as_the_users_and_are_answered() -> No
     """RTVI ``send-text`` from the client: a user item (not Pipecat's ``system`` one), an
     answer, and a transcript line marked as typed."""
     watch = Watch()
-
-    def held(**kwargs: Any) -> HeldRealtimeService:
-        return HeldRealtimeService(
-            on_failure=lambda reason, message: watch.failures.append((reason, message)),
-            emit=lambda kind, data: watch.events.append((kind, data)),
-            **kwargs,
-        )
-
     async with (
         FakeRealtimeServer(greeting=GREETING, typed_answer="You wrote: {text}") as server,
-        pipeline(server, service=held) as s,
+        pipeline(server, service=watch.held) as s,
     ):
         await eventually(lambda: s.assistant_said == [GREETING], what="the greeting")
         message = {"label": "rtvi-ai", "type": "send-text", "id": "m1",

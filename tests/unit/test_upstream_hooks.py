@@ -556,17 +556,30 @@ def test_rt_response_hold() -> None:
     """``HeldRealtimeService`` keeps the model from answering while the caller is away.
 
     If this fails, Pipecat no longer starts every response it asks for in
-    ``_create_response()``, no longer hands ``response.created`` to
-    ``_handle_evt_response_created(evt)``, or no longer lets a ``response.cancel`` that
-    finds no response pass (``response_cancel_not_active``): the model would talk to an
-    empty line during ``reconnecting``, or a late cancel would fail the call.
+    ``_create_response()``, no longer hands ``response.created``, ``speech_started`` and
+    the three output deltas to the ``_handle_evt_*`` methods ours wrap, no longer cancels
+    the response itself on an interruption with local turns only, or no longer lets a
+    ``response.cancel`` that finds no response pass (``response_cancel_not_active``): the
+    model would talk to an empty line during ``reconnecting``, words of a cancelled answer
+    would be played and recorded, or a late cancel would fail the call.
     """
     assert_pinned_exactly("pipecat-ai")
-    for name in ("_create_response", "_handle_evt_response_created"):
+    handlers = {
+        "response.created": "_handle_evt_response_created",
+        "input_audio_buffer.speech_started": "_handle_evt_speech_started",
+        "response.output_audio.delta": "_handle_evt_audio_delta",
+        "response.output_audio_transcript.delta": "_handle_evt_audio_transcript_delta",
+        "response.output_text.delta": "_handle_evt_text_delta",
+    }
+    for name in ("_create_response", "_handle_interruption", *handlers.values()):
         upstream, ours = getattr(OpenAIRealtimeLLMService, name), getattr(HeldRealtimeService, name)
         assert parameters(upstream) == parameters(ours), name
     receive = source(OpenAIRealtimeLLMService._receive_task_handler)
-    assert "await self._handle_evt_response_created(evt)" in receive
+    for kind, name in handlers.items():
+        assert f'evt.type == "{kind}":\n                await self.{name}(evt)' in receive, kind
+    interruption = source(OpenAIRealtimeLLMService._handle_interruption)
+    assert "if self._is_turn_detection_disabled():" in interruption
+    assert "events.ResponseCancelEvent()" in interruption
     assert '"response_cancel_not_active"' in receive
     assert "self._response_active = True" in source(OpenAIRealtimeLLMService._create_response)
     for caller in (

@@ -488,26 +488,42 @@ class WatchedRealtimeService(OpenAIRealtimeLLMService):
 
 
 class HeldRealtimeService(WatchedRealtimeService):
-    """The Realtime service, kept from answering while the caller is away.
+    """The Realtime service, kept from answering while the caller is away, and silent
+    about an answer once it is cut short.
 
     While the session is ``reconnecting`` nobody hears the model: an answer under
     way is cancelled (with server turn detection Pipecat's interruption only
     truncates it; the transcript keeps what was said, as for an interruption),
     and one asked for meanwhile (a tool's result), or started by the server for
     the turn the caller's silence closed, is cancelled too and owed: it is made
-    when the caller is back. (Overrides ``_create_response`` and
-    ``_handle_evt_response_created`` of the pinned pipecat-ai 1.14, guarded in
-    tests/unit/test_upstream_hooks.py::test_rt_response_hold.)
+    when the caller is back.
+
+    An answer cut short (the caller spoke over it, so the server cancelled it, or
+    it was cancelled here) can still send the audio and words the server had in
+    flight. Pipecat 1.14 plays and records those as a new answer, after its
+    interruption has closed the old one: the caller hears a stray word, and the
+    transcript puts it in front of the next answer. They are dropped here, until
+    the next response begins. (Overrides ``_create_response``,
+    ``_handle_evt_response_created``, ``_handle_evt_speech_started``,
+    ``_handle_interruption`` and the three delta handlers of the pinned pipecat-ai
+    1.14, guarded in tests/unit/test_upstream_hooks.py::test_rt_response_hold.)
     """
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self._client_away = False
         self._answer_owed = False
+        self._response_id: str | None = None  # the latest response, from response.created
+        self._cut_short: str | None = None  # a cancelled response whose deltas are dropped
+
+    def _cut_response(self) -> None:
+        if self._response_active:
+            self._cut_short = self._response_id
 
     async def client_lost(self) -> None:
         self._client_away = True
         if self._response_active:
+            self._cut_response()
             await self.send_client_event(rt.ResponseCancelEvent())
 
     async def client_back(self) -> None:
@@ -523,10 +539,37 @@ class HeldRealtimeService(WatchedRealtimeService):
         await super()._create_response()
 
     async def _handle_evt_response_created(self, evt: Any) -> None:
+        # The server finishes one response before it starts the next: nothing of an
+        # earlier one can follow this.
+        self._response_id, self._cut_short = evt.response.id, None
         await super()._handle_evt_response_created(evt)  # type: ignore[no-untyped-call]  # pipecat: OpenAIRealtimeLLMService._handle_evt_response_created is unannotated
         if self._client_away:
             self._answer_owed = True
+            self._cut_response()
             await self.send_client_event(rt.ResponseCancelEvent())
+
+    async def _handle_evt_speech_started(self, evt: Any) -> None:
+        # Server turn detection cancels the response under way (interrupt_response,
+        # left at the API's default).
+        self._cut_response()
+        await super()._handle_evt_speech_started(evt)  # type: ignore[no-untyped-call]  # pipecat: OpenAIRealtimeLLMService._handle_evt_speech_started is unannotated
+
+    async def _handle_interruption(self) -> None:
+        if self._is_turn_detection_disabled():  # local turns: Pipecat cancels it here
+            self._cut_response()
+        await super()._handle_interruption()  # type: ignore[no-untyped-call]  # pipecat: OpenAIRealtimeLLMService._handle_interruption is unannotated
+
+    async def _handle_evt_audio_delta(self, evt: Any) -> None:
+        if evt.response_id != self._cut_short:
+            await super()._handle_evt_audio_delta(evt)  # type: ignore[no-untyped-call]  # pipecat: OpenAIRealtimeLLMService._handle_evt_audio_delta is unannotated
+
+    async def _handle_evt_audio_transcript_delta(self, evt: Any) -> None:
+        if evt.response_id != self._cut_short:
+            await super()._handle_evt_audio_transcript_delta(evt)  # type: ignore[no-untyped-call]  # pipecat: OpenAIRealtimeLLMService._handle_evt_audio_transcript_delta is unannotated
+
+    async def _handle_evt_text_delta(self, evt: Any) -> None:
+        if evt.response_id != self._cut_short:
+            await super()._handle_evt_text_delta(evt)  # type: ignore[no-untyped-call]  # pipecat: OpenAIRealtimeLLMService._handle_evt_text_delta is unannotated
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         if isinstance(frame, RTVISendTextFrame):
