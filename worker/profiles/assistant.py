@@ -57,6 +57,7 @@ from websockets.protocol import State
 from shared.events import EventType
 from shared.lifecycle import Reason
 from worker import metrics
+from worker.assistant_turn_guard import AssistantTurnGuard
 from worker.options import AssistantConfig
 from worker.profiles import SessionContext
 from worker.profiles.echo import SAMPLE_RATE as VAD_SAMPLE_RATE
@@ -735,6 +736,7 @@ class AssistantProfile:
             self._aggregators.user(),
             self._llm,
             output,
+            AssistantTurnGuard(),
             self._aggregators.assistant(),
         ]
 
