@@ -308,6 +308,8 @@ class _Connection:
             if type_ == "response.output_audio.delta":  # keep the size, not the audio
                 event = event | {"delta": len(fields["delta"]) * 3 // 4}
             self.server.sent.append(event)
+            if type_ != "response.output_audio.delta":
+                self.server.exchange.append(("<", type_))
 
     async def error(
         self,
@@ -820,6 +822,8 @@ class FakeRealtimeServer:
         self.record = record
         self.received: list[Event] = []
         self.sent: list[Event] = []  # server events, audio deltas as their decoded size
+        # Both ways in the order they happened, but for the audio: ">" from the client.
+        self.exchange: list[tuple[str, str]] = []
         self.session_updates: list[dict[str, Any]] = []
         self.function_outputs: list[dict[str, Any]] = []
         self.connections = 0  # accepted WebSocket sessions
@@ -949,6 +953,7 @@ class FakeRealtimeServer:
                 self.session_updates.append(event.get("session") or {})
             if self.record:
                 self.received.append(event)
+                self.exchange.append((">", kind))
         async with self._changed:
             self._changed.notify_all()
 

@@ -120,7 +120,8 @@ async def test_speech_tool_call_and_answer_are_all_recorded(
                     )
                 except AssertionError as missing:
                     answers = _events_of(system, sid, "assistant.transcript")
-                    raise AssertionError((str(missing), answers, system.log_tail())) from None
+                    talk = fake.exchange  # what Pipecat and the model said, in order
+                    raise AssertionError((str(missing), answers, talk, system.log_tail())) from None
                 await client.wait_for_audio(2000, timeout=10)  # the model's audio reached us
             finally:
                 await api.delete(f"/api/sessions/{sid}")
