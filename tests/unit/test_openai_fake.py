@@ -337,8 +337,8 @@ async def test_speaking_over_the_answer_cancels_it_and_the_service_truncates() -
 
 async def test_words_in_flight_at_a_barge_in_are_neither_played_nor_recorded() -> None:
     """After ``speech_started`` the cancelled answer's next chunk and word still arrive, as
-    the real API's events in flight do. Pipecat 1.14 would play them as a new answer and
-    put the word in front of the next one; ``HeldRealtimeService`` drops them."""
+    the real API's events in flight do. Pipecat 1.14 would play them and record the word
+    (here, in the cut answer's transcript); ``HeldRealtimeService`` drops them."""
     story = "Once upon a time there lived one fake."  # each word once
     watch = Watch()
     turns = [Turn(transcript="tell me a story", answer=story), Turn()]

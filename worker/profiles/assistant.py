@@ -501,10 +501,9 @@ class HeldRealtimeService(WatchedRealtimeService):
 
     An answer cut short (the caller spoke over it, so the server cancelled it, or
     it was cancelled here) can still send the audio and words the server had in
-    flight. Pipecat 1.14 plays and records those as a new answer, after its
-    interruption has closed the old one: the caller hears a stray word, and the
-    transcript puts it in front of the next answer. They are dropped here, until
-    the next response begins. (Overrides ``_create_response``,
+    flight. Pipecat 1.14 plays and records those: the caller hears a stray word,
+    and the transcript keeps it, in the cut answer or in front of the next one.
+    They are dropped here, until the next response begins. (Overrides ``_create_response``,
     ``_handle_evt_response_created``, ``_handle_evt_speech_started``,
     ``_handle_interruption`` and the three delta handlers of the pinned pipecat-ai
     1.14, guarded in tests/unit/test_upstream_hooks.py::test_rt_response_hold.)
