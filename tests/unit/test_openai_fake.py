@@ -26,6 +26,7 @@ from pipecat.frames.frames import (
     EndFrame,
     ErrorFrame,
     Frame,
+    FunctionCallResultFrame,
     InputAudioRawFrame,
     InputTransportMessageFrame,
     LLMRunFrame,
@@ -55,7 +56,11 @@ from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, Inv
 
 from harness.doubles.openai_realtime import FakeRealtimeServer, Fault, Turn
 from harness.waiting import eventually
-from worker.profiles.assistant import HeldRealtimeService, WatchedRealtimeService
+from worker.profiles.assistant import (
+    ANSWER_BACKSTOP_S,
+    HeldRealtimeService,
+    WatchedRealtimeService,
+)
 
 RATE = 24000  # the service's native rate: no resampling on the way in
 FRAME_MS = 20
@@ -150,8 +155,10 @@ async def pipeline(
     greet: bool = True,
     user_params: LLMUserAggregatorParams | None = None,
     service: Callable[..., OpenAIRealtimeLLMService] = OpenAIRealtimeLLMService,
+    before_assistant: list[FrameProcessor] | None = None,
 ) -> AsyncIterator[Session]:
-    """The assistant's shape minus the transport: user aggregator → service → out → assistant."""
+    """The assistant's shape minus the transport: user aggregator → service → out →
+    ``before_assistant`` → assistant."""
     llm = service(
         api_key="sk-test",
         base_url=server.base_url,
@@ -166,7 +173,9 @@ async def pipeline(
     )
     out = Collector()
     worker = PipelineWorker(
-        Pipeline([aggregators.user(), llm, out, aggregators.assistant()]),
+        Pipeline(
+            [aggregators.user(), llm, out, *(before_assistant or []), aggregators.assistant()]
+        ),
         params=PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE),
         idle_timeout_secs=None,
     )
@@ -241,34 +250,42 @@ async def test_a_spoken_turn_is_heard_transcribed_and_answered_with_audio() -> N
         assert not s.errors
 
 
-async def test_a_tool_call_runs_the_handler_and_its_result_reaches_the_model() -> None:
-    calls: list[dict[str, Any]] = []
+class Weather:
+    """A tool the model calls for the turn "weather in Paris?", answered with 21 degrees."""
 
-    async def get_weather(params: FunctionCallParams) -> None:
-        calls.append(dict(params.arguments))
-        await params.result_callback({"temperature_c": 21})
-
-    def register(llm: OpenAIRealtimeLLMService) -> None:
-        llm.register_function("get_weather", get_weather, cancel_on_interruption=False)
-
-    tools = ToolsSchema(
-        standard_tools=[
-            FunctionSchema(
-                name="get_weather",
-                description="Weather for a city",
-                properties={"city": {"type": "string"}},
-                required=["city"],
-            )
-        ]
-    )
     turn = Turn(
         transcript="weather in Paris?",
         tool_call=("get_weather", {"city": "Paris"}),
         answer="It is 21 degrees.",
     )
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        tools = ToolsSchema(
+            standard_tools=[
+                FunctionSchema(
+                    name="get_weather",
+                    description="Weather for a city",
+                    properties={"city": {"type": "string"}},
+                    required=["city"],
+                )
+            ]
+        )
+        self.properties = session_properties(tools=tools)
+
+    async def get_weather(self, params: FunctionCallParams) -> None:
+        self.calls.append(dict(params.arguments))
+        await params.result_callback({"temperature_c": 21})
+
+    def register(self, llm: OpenAIRealtimeLLMService) -> None:
+        llm.register_function("get_weather", self.get_weather, cancel_on_interruption=False)
+
+
+async def test_a_tool_call_runs_the_handler_and_its_result_reaches_the_model() -> None:
+    weather = Weather()
     async with (
-        fake([turn]) as server,
-        pipeline(server, properties=session_properties(tools=tools), setup=register) as s,
+        fake([weather.turn]) as server,
+        pipeline(server, properties=weather.properties, setup=weather.register) as s,
     ):
         update = await server.wait_for(is_type("session.update"))
         assert [t["name"] for t in update["session"]["tools"]] == ["get_weather"]
@@ -280,7 +297,7 @@ async def test_a_tool_call_runs_the_handler_and_its_result_reaches_the_model() -
                 and e["item"]["type"] == "function_call_output"
             )
         )
-        assert calls == [{"city": "Paris"}]
+        assert weather.calls == [{"city": "Paris"}]
         assert output["item"]["output"] == '{"temperature_c": 21}'
         assert server.function_outputs == [output["item"]]
         # The service then asks for the follow-up answer itself.
@@ -289,6 +306,32 @@ async def test_a_tool_call_runs_the_handler_and_its_result_reaches_the_model() -
         assert s.assistant_said == [GREETING, "It is 21 degrees."]
         assert s.user_said == ["weather in Paris?"]
         assert not s.errors
+
+
+async def test_a_tool_result_nothing_asks_to_answer_is_answered_after_a_moment() -> None:
+    """A final result the pipeline asked to answer gets one ``response.create``; one that
+    nothing asked for (here handed to the service directly, as if the aggregator had lost
+    it) is answered by ``HeldRealtimeService`` after ``ANSWER_BACKSTOP_S``."""
+    weather, watch = Weather(), Watch()
+    async with (
+        fake([weather.turn]) as server,
+        pipeline(
+            server, properties=weather.properties, setup=weather.register, service=watch.held
+        ) as s,
+    ):
+        await s.speak()
+        await eventually(lambda: len(s.assistant_said) == 2, timeout=8, what="the answer")
+        await asyncio.sleep(ANSWER_BACKSTOP_S + 0.3)  # time for a second ask to show
+        assert server.count("response.create") == 2  # the greeting's and the answer's
+
+        assert isinstance(s.llm, HeldRealtimeService)
+        late = FunctionCallResultFrame(
+            function_name="get_weather", tool_call_id="call_late", arguments={}, result={"c": 20}
+        )
+        await s.llm._handle_function_call_result(late)  # as the pipeline would hand it over
+        await eventually(lambda: server.count("response.create") == 3, timeout=5, what="an ask")
+        await eventually(lambda: len(s.assistant_said) == 3, timeout=8, what="its answer")
+        assert not watch.failures and not s.errors
 
 
 async def test_manual_turns_the_client_commits_and_asks_for_the_response() -> None:

@@ -561,7 +561,8 @@ def test_rt_response_hold() -> None:
     the response itself on an interruption with local turns only, or no longer lets a
     ``response.cancel`` that finds no response pass (``response_cancel_not_active``): the
     model would talk to an empty line during ``reconnecting``, words of a cancelled answer
-    would be played and recorded, or a late cancel would fail the call.
+    would be played and recorded, a tool's result left unanswered would stay so, or a late
+    cancel would fail the call.
     """
     assert_pinned_exactly("pipecat-ai")
     handlers = {
@@ -571,12 +572,15 @@ def test_rt_response_hold() -> None:
         "response.output_audio_transcript.delta": "_handle_evt_audio_transcript_delta",
         "response.output_text.delta": "_handle_evt_text_delta",
     }
-    for name in ("_create_response", "_handle_interruption", *handlers.values()):
+    hooks = ("_create_response", "_handle_interruption", "_handle_function_call_result")
+    for name in (*hooks, "_handle_evt_speech_stopped", *handlers.values()):
         upstream, ours = getattr(OpenAIRealtimeLLMService, name), getattr(HeldRealtimeService, name)
         assert parameters(upstream) == parameters(ours), name
     receive = source(OpenAIRealtimeLLMService._receive_task_handler)
     for kind, name in handlers.items():
         assert f'evt.type == "{kind}":\n                await self.{name}(evt)' in receive, kind
+    result = source(OpenAIRealtimeLLMService._handle_function_call_result)
+    assert "self._results_awaiting_response = True" in result  # what the backstop reads
     interruption = source(OpenAIRealtimeLLMService._handle_interruption)
     assert "if self._is_turn_detection_disabled():" in interruption
     assert "events.ResponseCancelEvent()" in interruption

@@ -21,6 +21,7 @@ from pipecat.frames.frames import (
     CancelFrame,
     EndFrame,
     Frame,
+    FunctionCallResultFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMRunFrame,
@@ -69,6 +70,9 @@ REALTIME_SAMPLE_RATE = 24000  # PCM16 24 kHz both ways
 RECONNECT_DELAYS_S = (0.3, 1.5, 3.0)  # before each of at most three attempts
 RECONNECT_ATTEMPT_S = 2.0  # to open a socket and have the new session set up (≈10 s in all)
 RECONNECT_STABLE_S = 10.0  # a connection that held this long starts a fresh run of attempts
+# A tool's final result that nothing has asked the model to answer this long after it was
+# sent, while nobody speaks, is answered anyway (see HeldRealtimeService).
+ANSWER_BACKSTOP_S = 1.0
 CLOSE_TIMEOUT_S = 1.0  # for the close handshake: a dead socket never answers it
 CUT_ANSWER_RECORDED_S = 1.5  # at most, for an answer cut short to reach the context
 HELD_AUDIO_BYTES = REALTIME_SAMPLE_RATE * 2 * 15  # user audio a new session may need: 15 s
@@ -503,10 +507,22 @@ class HeldRealtimeService(WatchedRealtimeService):
     it was cancelled here) can still send the audio and words the server had in
     flight. Pipecat 1.14 plays and records those: the caller hears a stray word,
     and the transcript keeps it, in the cut answer or in front of the next one.
-    They are dropped here, until the next response begins. (Overrides ``_create_response``,
-    ``_handle_evt_response_created``, ``_handle_evt_speech_started``,
-    ``_handle_interruption`` and the three delta handlers of the pinned pipecat-ai
-    1.14, guarded in tests/unit/test_upstream_hooks.py::test_rt_response_hold.)
+    They are dropped here, until the next response begins.
+
+    Pipecat's assistant aggregator decides when a tool's result is answered. Under
+    load it sometimes never asked: no ``response.create`` after the
+    ``function_call_output``, the caller neither away nor speaking (one cause is
+    mended by worker/assistant_turn_guard.py; not every such run was explained).
+    A final result still waiting for a response ``ANSWER_BACKSTOP_S`` after it was
+    sent, with none under way and the server hearing no speech, is answered here,
+    with a warning in the log. If the caller is speaking, the server's answer to
+    their turn takes the result in.
+
+    (Overrides ``_create_response``, ``_handle_evt_response_created``,
+    ``_handle_evt_speech_started``, ``_handle_evt_speech_stopped``,
+    ``_handle_interruption``, ``_handle_function_call_result`` and the three delta
+    handlers of the pinned pipecat-ai 1.14, guarded in
+    tests/unit/test_upstream_hooks.py::test_rt_response_hold.)
     """
 
     def __init__(self, **kwargs: Any):
@@ -515,6 +531,8 @@ class HeldRealtimeService(WatchedRealtimeService):
         self._answer_owed = False
         self._response_id: str | None = None  # the latest response, from response.created
         self._cut_short: str | None = None  # a cancelled response whose deltas are dropped
+        self._server_hears_speech = False  # between speech_started and speech_stopped
+        self._backstop: asyncio.Task[None] | None = None
 
     def _cut_response(self) -> None:
         if self._response_active:
@@ -552,7 +570,36 @@ class HeldRealtimeService(WatchedRealtimeService):
         # Server turn detection cancels the response under way (interrupt_response,
         # left at the API's default).
         self._cut_response()
+        self._server_hears_speech = True
         await super()._handle_evt_speech_started(evt)  # type: ignore[no-untyped-call]  # pipecat: OpenAIRealtimeLLMService._handle_evt_speech_started is unannotated
+
+    async def _handle_evt_speech_stopped(self, evt: Any) -> None:
+        self._server_hears_speech = False
+        await super()._handle_evt_speech_stopped(evt)
+
+    async def _handle_function_call_result(self, frame: FunctionCallResultFrame) -> None:
+        await super()._handle_function_call_result(frame)
+        final = frame.properties is None or frame.properties.is_final
+        if final and (self._backstop is None or self._backstop.done()):
+            self._backstop = self.create_task(self._answer_if_unasked(), "answer_backstop")
+
+    async def _answer_if_unasked(self) -> None:
+        await asyncio.sleep(ANSWER_BACKSTOP_S)
+        if (
+            self._results_awaiting_response
+            and not self._response_active
+            and not self._client_away
+            and not self._server_hears_speech
+        ):
+            log.warning(
+                "a tool's result was unanswered for %.1f s: asking the model", ANSWER_BACKSTOP_S
+            )
+            await self._create_response()
+
+    async def cleanup(self) -> None:
+        if self._backstop is not None and not self._backstop.done():
+            await self.cancel_task(self._backstop)
+        await super().cleanup()
 
     async def _handle_interruption(self) -> None:
         if self._is_turn_detection_disabled():  # local turns: Pipecat cancels it here
