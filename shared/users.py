@@ -129,14 +129,15 @@ async def sign_out_everywhere(redis: aioredis.Redis, live: LiveSessions, user_id
             await asyncio.sleep(STRAGGLER_WAIT_S)
         replies: set[str] = set()
         live_ids = await cast("Awaitable[set[str]]", redis.smembers(keys.user_live(user_id)))
-        for session_id in live_ids:
-            if session_id in ended:
-                continue
-            outcome = await _end_session(redis, live, session_id)
-            if outcome is not None:
+        # Waiting ones first: a slot the revocation frees must not start one of them.
+        for session_id in live_ids - ended:
+            if await queue.end_waiting(live, session_id, Reason.REVOKED):
                 ended.add(session_id)
-                if outcome:
-                    replies.add(outcome)
+        for session_id in live_ids - ended:
+            reply = await _ask_worker_to_end(redis, live, session_id)
+            if reply is not None:
+                ended.add(session_id)
+                replies.add(reply)
         # Workers answer at once; a dead one never does (its sessions are the reaper's).
         deadline = time.monotonic() + END_REPLY_WAIT_S
         while replies and (left := deadline - time.monotonic()) > 0:
@@ -147,14 +148,14 @@ async def sign_out_everywhere(redis: aioredis.Redis, live: LiveSessions, user_id
     return len(ended)
 
 
-async def _end_session(redis: aioredis.Redis, live: LiveSessions, session_id: str) -> str | None:
-    """Cancel a queued session or ask its worker to end it (reason ``revoked``).
+async def _ask_worker_to_end(
+    redis: aioredis.Redis, live: LiveSessions, session_id: str
+) -> str | None:
+    """Ask the worker of a session that is not waiting to end it (reason ``revoked``).
 
-    Returns None if it was already final or had no worker to ask, "" when it was
-    cancelled here, else the key the worker's reply arrives on.
+    Returns None if it was already final or had no worker to ask, else the key the
+    worker's reply arrives on.
     """
-    if await queue.end_waiting(live, session_id, Reason.REVOKED):
-        return ""
     meta = await live.get(session_id)  # running, final, or a worker took it meanwhile
     worker_id = meta.get("worker_id")
     if meta.get("state") not in OWNED_STATES or not worker_id:
