@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -137,3 +138,22 @@ def bench_process() -> None:
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def client_collector_paused() -> Iterator[None]:
+    """The benchmark client's own garbage collected just before one measured window, and
+    its collector off during it.
+
+    The client is one process driving every target in turn; a full collection of its
+    heap took 26-65 ms (ops/bench/start_trace.py, timed with ``gc.callbacks``), and landed
+    in whichever target's session it happened to hit, as that session's latency: with 30
+    sessions a rep, one such pause is a rep's p99. Only for windows measured one at a
+    time (milliseconds long); the server processes collect as they always do.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

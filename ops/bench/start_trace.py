@@ -20,6 +20,14 @@ API's wake on ``ready``, the token minted, the response; ``connected``, the WebS
 handshake to the worker and its token check; ``bot-ready``, the client's
 ``client-ready`` and the bot's answer.
 
+What a hop costs: after the sessions of each voicepool rep, this process times a Redis
+round trip (``HGET`` on the target's redis-server) back to back and after 50 ms of quiet,
+as each hop of a start finds the processes it wakes (``round_trip``). Between the request
+and ``ready`` a start makes six Redis round trips one after another (the API: admission's
+first look, the create script that records, enqueues and rings; the worker: the claim, arq's
+read of the job, the take, the ready move) and the API sees ``ready`` on a seventh (its
+blocking read), between four processes; an in-process runner makes none.
+
 With ``--burst N``, each rep opens N sessions at once instead, as ``anchor.py``'s burst
 does, and every stage is reported from the burst's start (p50 / p90, max): where a
 burst's starts wait. The client streams the audio of every connected session from one
@@ -47,7 +55,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 import anchor  # the same target, client and session steps
-from measure import before_tree, bench_process, machine_facts
+from measure import before_tree, bench_process, client_collector_paused, machine_facts
 
 from shared import keys
 from shared.connections import redis_client
@@ -67,8 +75,9 @@ async def trace(target: anchor.Voicepool, count: int, wav: Path) -> list[dict[st
     traced: list[dict[str, float]] = []
     async with target.http(4) as http:
         for i in range(WARM_UP + count):
-            sent = time.time()
-            opened = await anchor.open_session(target, http, wav)
+            with client_collector_paused():
+                sent = time.time()
+                opened = await anchor.open_session(target, http, wav)
             await anchor.wait_echo(opened)
             await anchor.close(target, http, opened)
             run = opened.run
@@ -123,6 +132,29 @@ async def server_stages(events: Any, session: str, since: float) -> dict[str, fl
     return stages
 
 
+QUIET_S = 0.05  # between the "after quiet" round trips: about a pause between two starts
+ROUND_TRIPS = 200
+
+
+async def round_trip(url: str) -> dict[str, float]:
+    """A Redis round trip's time from this process, in ms (p50): back to back, and after
+    ``QUIET_S`` with nothing to do, when the processes involved have gone idle."""
+    redis = redis_client(url)
+    try:
+        await redis.hget("vp:bench:probe", "f")  # connected
+        timed: dict[str, list[float]] = {"hot": [], "after_quiet": []}
+        for kind, pause in (("hot", 0.0), ("after_quiet", QUIET_S)):
+            for _ in range(ROUND_TRIPS):
+                if pause:
+                    await asyncio.sleep(pause)
+                began = time.perf_counter()
+                await redis.hget("vp:bench:probe", "f")
+                timed[kind].append((time.perf_counter() - began) * 1000)
+        return {kind: round(statistics.median(values), 3) for kind, values in timed.items()}
+    finally:
+        await redis.aclose()
+
+
 def summary(traced: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     rows: dict[str, dict[str, float]] = {}
     previous = None
@@ -175,7 +207,19 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     counted = ", ".join(f"{k}: {result['targets'][k]['counted']}" for k in keys)
     lines += ["", f"Sessions counted (all stages seen): {counted}."]
+    trips = result.get("redis_round_trip_ms")
+    if trips:
+        hot, quiet = (trips[k]["p50_per_rep"] for k in ("hot", "after_quiet"))
+        lines += [
+            "",
+            f"A Redis round trip from the client's process, p50 per rep: {_ms_list(hot)} ms back "
+            f"to back, {_ms_list(quiet)} ms after {QUIET_S * 1000:.0f} ms of quiet.",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _ms_list(values: list[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -197,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     keys = ["voicepool", anchor.BEFORE] if args.before else ["voicepool"]
     traced: dict[str, list[dict[str, float]]] = {k: [] for k in keys}
+    hops: list[dict[str, float]] = []
     with (
         tempfile.TemporaryDirectory(prefix="vp-bench-trace-") as tmp_dir,
         before_tree(args.before, Path(tmp_dir) / "before") as args.before_tree,
@@ -215,6 +260,9 @@ def main(argv: list[str] | None = None) -> None:
                         traced[key] += asyncio.run(trace_burst(target, args.burst, wav))
                     else:
                         traced[key] += asyncio.run(trace(target, args.sessions, wav))
+                    if key == "voicepool":
+                        assert target.system is not None and target.system.redis_server
+                        hops.append(asyncio.run(round_trip(target.system.redis_server.url)))
                 finally:
                     target.stop()
     result = {
@@ -226,6 +274,9 @@ def main(argv: list[str] | None = None) -> None:
         "reps": args.reps,
         "before": args.before,
         "targets": {k: {"counted": len(v), "stages": summary(v)} for k, v in traced.items()},
+        "redis_round_trip_ms": {
+            kind: {"p50_per_rep": [h[kind] for h in hops]} for kind in ("hot", "after_quiet")
+        },
     }
     RESULTS.mkdir(exist_ok=True)
     name = "start_trace_burst" if args.burst else "start_trace"
