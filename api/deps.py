@@ -50,6 +50,9 @@ class AppState:
     """Each user's SDP offers and ICE patches in flight (VOICEPOOL_MAX_SIGNALS_PER_USER)."""
     tokens: TokenCache = field(default_factory=TokenCache)
     """Bearer tokens checked lately (revocations evict them through Redis at once)."""
+    refused_lately: dict[str, float] = field(default_factory=dict)
+    """Pools, and users at their live-session limit, that refused a session lately: when
+    (monotonic). A create for them looks at admission before it writes anything."""
     background: list[asyncio.Task[None]] = field(default_factory=list)
     """The process's long-lived tasks (persister, reaper, …): one that stops is fatal."""
 

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import functools
 import json
+import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
 from sqlmodel import col, select
@@ -52,6 +53,9 @@ from shared.models import Conversation, User, VoiceSession, as_utc, utcnow
 from shared.settings import Settings
 
 END_WAIT_S = 5.0
+REFUSALS_REMEMBERED_S = 5.0
+"""How long after a refusal creates for the same pool (or user) look at admission first."""
+REFUSALS_KEPT = 1024  # past this many remembered, the expired ones are forgotten
 
 
 # --- whose -------------------------------------------------------------------------------
@@ -142,13 +146,41 @@ async def create(
 
 
 async def _create(
-    state: AppState, db: AsyncSession, user: User, request: SessionCreate
+    state: AppState,
+    db: AsyncSession,
+    user: User,
+    request: SessionCreate,
+    *,
+    on_live: Callable[[str], None] | None = None,
 ) -> tuple[VoiceSession, str]:
     """``create``, and the key the session's WebSocket tokens are signed with ('' for
     another transport): made here, with the session, so that its creator can mint them
-    without reading it back."""
+    without reading it back.
+
+    Admission is decided where the session goes live, atomically (``LiveSessions.create``).
+    A look at it before the rows are written (``_admit``) is a Redis round trip of its own,
+    one of the seven a start waits on one after another, each ~0.5 ms on a quiet machine
+    (ops/bench/start_trace.py): it is taken only where a refusal came lately. A session
+    refused without it leaves nothing behind (its rows are removed) and is created once
+    more, looking first: so a pool that refuses spills to its fallback as before, and one
+    that goes on refusing costs no writes.
+
+    ``on_live`` is called with the session's id once it is live, which may be before its
+    rows are committed: a caller that waits for the session can start waiting then."""
+    return await _create_once(state, db, user, request, look=False, on_live=on_live)
+
+
+async def _create_once(
+    state: AppState,
+    db: AsyncSession,
+    user: User,
+    request: SessionCreate,
+    *,
+    look: bool,
+    on_live: Callable[[str], None] | None,
+) -> tuple[VoiceSession, str]:
     ws_key = ws_tokens.new_key() if request.transport == "websocket" else ""
-    profile, pool = await _admit(state, user, request)
+    profile, pool, looked = await _admit(state, user, request, look=look)
     conversation, history = await _conversation(state, db, user, request)
     new_conversation = not request.conversation_id
     row = VoiceSession(
@@ -161,13 +193,17 @@ async def _create(
     )
     db.add(conversation)
     db.add(row)
-    stored, live = await _commit_and_go_live(state, db, row, request, history, ws_key)
+    go_live = _go_live(state, row, request, history, ws_key, on_live)
+    stored, live = await _commit_and_go_live(state, db, go_live)
     if stored is not None:  # the rows are not stored: nothing may run without them
         await _call_off(state, row)
         raise ApiError(503, "store_unavailable", "the session store is unreachable") from stored
-    if isinstance(live, OwnerLimitReached | AdmissionRefused):  # lost a race: leave nothing
+    if isinstance(live, OwnerLimitReached | AdmissionRefused):  # leave nothing
         await _remove(state, db, row, conversation if new_conversation else None)
-        if isinstance(live, OwnerLimitReached):
+        _refused_lately(state, user, row.pool, live)
+        if not looked:  # refused unseen: as if it had looked (a fallback, the refusal's reason)
+            return await _create_once(state, db, user, request, look=True, on_live=on_live)
+        if isinstance(live, OwnerLimitReached):  # lost a race
             raise _too_many(pool, live.limit) from live
         raise await _refused(state, pool, live, (row.profile, row.transport)) from live
     if live is not None:
@@ -178,14 +214,10 @@ async def _create(
 
 
 async def _commit_and_go_live(
-    state: AppState,
-    db: AsyncSession,
-    row: VoiceSession,
-    request: SessionCreate,
-    history: list[dict[str, str]],
-    ws_key: str,
+    state: AppState, db: AsyncSession, go_live: Coroutine[Any, Any, None]
 ) -> tuple[BaseException | None, BaseException | None]:
-    """Commit the new rows and put the session live; each one's failure, or None.
+    """Commit the new rows and put the session live (``go_live``); each one's failure, or
+    None.
 
     The rows must be stored before the persister writes the session's first state
     event, which may come at once. Where the store takes one writer at a time in this
@@ -200,10 +232,11 @@ async def _commit_and_go_live(
         async with state.store.writing():
             stored = await _failure_of(db.commit())
         if stored is not None:
+            go_live.close()
             return stored, None
-        return None, await _failure_of(_go_live(state, row, request, history, ws_key))
+        return None, await _failure_of(go_live)
     async with state.store.writing():
-        live = asyncio.ensure_future(_failure_of(_go_live(state, row, request, history, ws_key)))
+        live = asyncio.ensure_future(_failure_of(go_live))
         try:
             # The live record's round trip goes out first: the commit's flush is ~1 ms of
             # Python before its first wait, and the worker's pickup waits on the record.
@@ -230,10 +263,16 @@ async def _call_off(state: AppState, row: VoiceSession) -> None:
         await end(state, row)
 
 
-async def _admit(state: AppState, user: User, request: SessionCreate) -> tuple[str, str]:
-    """The session's profile and pool, once the request may start one at all."""
+async def _admit(
+    state: AppState, user: User, request: SessionCreate, *, look: bool
+) -> tuple[str, str, bool]:
+    """The session's profile and pool, once the request may start one at all, and whether
+    admission was looked at (with ``look``, or after a refusal lately: see ``_create``). A
+    second attempt (``look``) is not counted against the rate limit again."""
     settings = state.settings
-    await limits.hit(state.redis, "sessions", user.id, limit=settings.sessions_per_minute, per_s=60)
+    if not look:
+        limit = settings.sessions_per_minute
+        await limits.hit(state.redis, "sessions", user.id, limit=limit, per_s=60)
     profile = request.profile or settings.default_profile
     if profile not in PROFILES:  # which workers run it, admission says (a pool's own)
         raise not_offered("profile", profile, list(PROFILES))
@@ -243,11 +282,35 @@ async def _admit(state: AppState, user: User, request: SessionCreate) -> tuple[s
     if pool not in settings.pools:
         raise ApiError(422, "unknown_pool", f"no pool {pool!r}; pools: {', '.join(settings.pools)}")
 
+    if not (look or _refusing(state, user, pool)):
+        return profile, pool, False
     try:  # a first look, before the rows are written; _go_live decides, atomically
         pool = await _admitting_pool(state, user, pool, (profile, request.transport))
     except OwnerLimitReached as exc:
+        _refused_lately(state, user, pool, exc)
         raise _too_many(pool, exc.limit) from None
-    return profile, pool
+    return profile, pool, True
+
+
+def _refusing(state: AppState, user: User, pool: str) -> bool:
+    """Whether the pool or the user's session limit refused a session lately."""
+    since = time.monotonic() - REFUSALS_REMEMBERED_S
+    lately = state.refused_lately
+    return (
+        lately.get(f"pool:{pool}", -math.inf) > since
+        or lately.get(f"user:{user.id}", -math.inf) > since
+    )
+
+
+def _refused_lately(
+    state: AppState, user: User, pool: str, refusal: AdmissionRefused | OwnerLimitReached
+) -> None:
+    key = f"user:{user.id}" if isinstance(refusal, OwnerLimitReached) else f"pool:{pool}"
+    lately = state.refused_lately
+    lately[key] = now = time.monotonic()
+    if len(lately) > REFUSALS_KEPT:  # users come and go: forget the refusals that are past
+        for stale in [k for k, at in lately.items() if at < now - REFUSALS_REMEMBERED_S]:
+            del lately[stale]
 
 
 async def _conversation(
@@ -278,9 +341,10 @@ async def _go_live(
     request: SessionCreate,
     history: list[dict[str, str]],
     ws_key: str,
+    on_live: Callable[[str], None] | None = None,
 ) -> None:
     """The session's live record (with the conversation so far) and its start job, in one
-    step."""
+    step; then ``on_live``."""
     settings = state.settings
     expires_s = settings.queue_ttl + queue.START_JOB_SLACK_S
     await state.live.create(
@@ -303,6 +367,8 @@ async def _go_live(
         admission=admission(settings),
         job=queue.new_start_job(state.arq, row.id, row.pool, expires_s=expires_s),
     )
+    if on_live is not None:
+        on_live(row.id)
 
 
 async def _remove(
@@ -338,6 +404,7 @@ async def _admitting_pool(state: AppState, user: User, pool: str, needs: tuple[s
         await state.live.admit(pool, user.id, policy, owner_limit=limit, needs=needs)
         return pool
     except AdmissionRefused as refusal:
+        _refused_lately(state, user, pool, refusal)
         fallback = settings.pool_fallbacks[pool].pool if pool in settings.pool_fallbacks else None
         if fallback is not None:
             with contextlib.suppress(AdmissionRefused):
@@ -380,13 +447,27 @@ async def start(
     state: AppState, db: AsyncSession, user: User, request: SessionCreate
 ) -> tuple[VoiceSession, dict[str, Any] | None]:
     """Create a session and wait (up to ``VOICEPOOL_READY_WAIT``) until it is ready: the
-    session and what its owner connects with (None for WebRTC, which sends an offer)."""
-    created, ws_key = await _create(state, db, user, request)
+    session and what its owner connects with (None for WebRTC, which sends an offer).
+
+    The wait begins as soon as the session is live, while its rows are being committed:
+    a worker may have it ready by the time the commit is done, and the wait's own round
+    trips were then the last steps before the answer (ops/bench/start_trace.py)."""
+    waits: list[asyncio.Task[tuple[str | None, dict[str, Any]]]] = []
+
+    def wait_from_now(session_id: str) -> None:
+        targets = {*CLIENT_MAY_CONNECT, *FINAL_STATES}
+        wait = wait_for_state_event(state, session_id, targets, timeout=state.settings.ready_wait)
+        waits.append(asyncio.ensure_future(wait))
+
+    try:
+        created, ws_key = await _create(state, db, user, request, on_live=wait_from_now)
+    except BaseException:
+        for wait in waits:  # live, then not stored (and ended): nobody waits for it
+            wait.cancel()
+        raise
     session_id = created.id
     await db.close()  # hold no pooled connection while waiting for a worker
-    current, seen = await wait_for_state_event(
-        state, session_id, {*CLIENT_MAY_CONNECT, *FINAL_STATES}, timeout=state.settings.ready_wait
-    )
+    current, seen = await waits[-1]  # a created session went live (once: see _create)
     if current in FINAL_STATES:
         raise await _failure(state, session_id, str(current))
     if current not in CLIENT_MAY_CONNECT:

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
+import httpx
 import pytest
+from sqlmodel import select
 
+from api.services import sessions
 from shared import keys, queue
 from shared.fleet import PROTOCOL, WorkerBeat
 from shared.live import AdmissionPolicy, AdmissionRefused, LiveSessions, OwnerLimitReached
+from shared.models import VoiceSession
 
 POOL = "server"
 POLICY = AdmissionPolicy(max_waiting=3, queue_ttl=30)
@@ -230,3 +235,49 @@ async def test_what_the_workers_run_is_what_the_api_offers(make_api) -> None:
         }
         started = await api.client.post("/api/sessions", json=body, headers=api.auth(token))
         assert started.status_code == 202, started.text
+
+
+async def test_a_create_looks_at_admission_first_only_while_the_pool_refuses(
+    make_api, monkeypatch
+) -> None:
+    """The look before the rows are written is a Redis round trip of its own: a create
+    takes it only after a refusal came lately, and a refusal leaves nothing behind either
+    way (one met unseen is removed, then answered as if it had looked)."""
+    async with make_api(admit_without_workers=False) as api:
+        token = await api.token("ida")
+        live = api.state.live
+        looks = 0
+        admit = live.admit
+
+        async def looked(*args: Any, **kwargs: Any) -> int:
+            nonlocal looks
+            looks += 1
+            return await admit(*args, **kwargs)
+
+        monkeypatch.setattr(live, "admit", looked)
+
+        async def create() -> httpx.Response:
+            body = {"transport": "webrtc", "profile": "echo"}
+            return await api.client.post("/api/sessions", json=body, headers=api.auth(token))
+
+        async def stored() -> int:
+            async with api.state.store.session() as db:
+                return len((await db.exec(select(VoiceSession))).all())
+
+        await live.keep_alive("server", [], beat=_beat("server"))
+        assert (await create()).status_code == 202
+        assert looks == 0  # admitted where it went live: no look of its own
+
+        await live.keep_alive("server", [], beat=_beat("server", draining=True))
+        for expected_looks in (1, 2):  # unseen, then looked at again; then looked at first
+            refused = await create()
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["detail"]["code"] == "no_workers"
+            assert looks == expected_looks
+            assert await stored() == 1  # the first session's, and nothing of the refused
+
+        monkeypatch.setattr(sessions, "REFUSALS_REMEMBERED_S", 0.0)  # the refusals are past
+        await live.keep_alive("server", [], beat=_beat("server"))
+        assert (await create()).status_code == 202
+        assert looks == 2
+        assert await stored() == 2
