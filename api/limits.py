@@ -98,14 +98,22 @@ class Leases:
         return keys.leases(self.scope, who)
 
     async def take(self, who: str, *, limit: int) -> str:
+        """A lease of ``who``'s, or 429. A take cancelled once its step was sent (a client
+        gone while its stream opened) gives back what the step may have taken, as
+        ``release`` does; it would otherwise hold a slot until the lease lapsed."""
         holder = secrets.token_hex(8)
         now = time.time()
-        taken = await self._take(
-            keys=[self._key(who)], args=[repr(now), repr(now + self.lease_s), limit, holder]
-        )
-        if not taken:
-            raise self._refusal(limit)
         self._held[holder] = who
+        try:
+            taken = await self._take(
+                keys=[self._key(who)], args=[repr(now), repr(now + self.lease_s), limit, holder]
+            )
+        except BaseException:
+            self.release(holder)
+            raise
+        if not taken:
+            del self._held[holder]
+            raise self._refusal(limit)
         return holder
 
     def release(self, holder: str) -> None:
