@@ -17,11 +17,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis._parsers.hiredis import _AsyncHiredisParser
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.utils import HIREDIS_AVAILABLE
 
 # A Redis restart or failover should look like a short pause, not an error:
 # retry a command on connection errors for about 3 s before giving up.
@@ -35,6 +37,32 @@ _R = TypeVar("_R", bound=aioredis.Redis)
 
 def _retry() -> Retry:
     return Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=8)
+
+
+class HiredisParser(_AsyncHiredisParser):
+    """redis-py 5.3's reply parser for asyncio connections, with the check made before
+    every command as redis-py makes it since 8.0 (redis/redis-py#4063; arq pins redis<6).
+
+    A pooled connection is checked for unread data or a closed stream before each
+    command. 5.3 checks by reading the socket with a zero timeout, which cannot return
+    before the event loop has gone round once more: every command waited a turn of the
+    loop behind whatever else was ready, on a worker busy with calls a turn behind all
+    of their audio. This looks at what is already buffered, and does not wait. Guarded
+    by tests/unit/test_upstream_hooks.py::test_hiredis_readiness_check."""
+
+    async def can_read_destructive(self) -> bool:
+        if not self._connected:
+            raise RedisConnectionError("the connection is closed")
+        reader: Any = self._reader  # redis-py types it None until connected; connected, it is set
+        stream: Any = self._stream
+        if reader.has_data() or stream.at_eof():
+            return True
+        return bool(stream._buffer)  # asyncio.StreamReader has no public look at it
+
+
+# Every client's connections parse with it (hiredis is a dependency; without it redis-py's
+# own pure-Python parser and its check are used).
+PARSER: dict[str, Any] = {"parser_class": HiredisParser} if HIREDIS_AVAILABLE else {}
 
 
 # --- Redis Sentinel ------------------------------------------------------------------
@@ -113,6 +141,7 @@ def redis_client(
         "health_check_interval": 15,
         "socket_connect_timeout": 2,
         "max_connections": max_connections,
+        **PARSER,
     }
     if (sentinel := parse_sentinel_url(url)) is not None:
         return _primary(sentinel, aioredis.Redis, **options)
@@ -136,9 +165,15 @@ async def arq_pool(url: str) -> ArqRedis:
     Sentinels no password and gives the primary's connections no retries."""
     sentinel = parse_sentinel_url(url)
     if sentinel is None:
-        return await create_pool(arq_redis_settings(url))
+        pool = await create_pool(arq_redis_settings(url))
+        # arq's settings take no parser: its connections are made again with ours (the
+        # one create_pool made for its ping is closed and dropped).
+        await pool.connection_pool.disconnect()
+        pool.connection_pool.reset()  # type: ignore[no-untyped-call]  # redis-py: unannotated
+        pool.connection_pool.connection_kwargs.update(PARSER)
+        return pool
     pool = _primary(sentinel, ArqRedis, retry=_retry(), retry_on_error=RETRY_ERRORS,
-                    socket_connect_timeout=2)  # fmt: skip
+                    socket_connect_timeout=2, **PARSER)  # fmt: skip
     for _ in range(ARQ_CONNECT_TRIES - 1):
         with contextlib.suppress(*RETRY_ERRORS, OSError):
             await pool.ping()

@@ -41,8 +41,11 @@ from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
 from pipecat.transports.daily.transport import DailyTransport
 from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
 from pipecat.utils.base_object import BaseObject
+from redis._parsers.hiredis import _AsyncHiredisParser
+from redis.asyncio.connection import Connection, ConnectionPool
 from websockets.asyncio.client import connect as websocket_connect
 
+from shared.connections import HiredisParser, arq_pool, redis_client
 from worker.profiles.assistant import HeldRealtimeService, WatchedRealtimeService
 from worker.session_events import ACTIVITY_FRAMES
 from worker.transports.daily import RoomTransport
@@ -718,3 +721,47 @@ def test_fastapi_socket_surface() -> None:
     # The transport reads the socket's headers only to check an Origin allow-list.
     init = source(fastapi.FastAPIWebsocketTransport.__init__)
     assert re.search(r"if params\.allowed_origins:\s*origin = websocket\.headers", init)
+
+
+# --- redis-py -----------------------------------------------------------------------
+
+
+async def test_hiredis_readiness_check(redis_server: Any) -> None:
+    """``shared.connections.HiredisParser`` checks a pooled connection for unread data or a
+    closed stream without waiting, as redis-py does since 8.0, on every client here.
+
+    If this fails, redis-py 5.3 no longer checks a pooled connection through the parser's
+    ``can_read_destructive`` before each command (the override does nothing), its own
+    check no longer waits a turn of the loop (the override may go), or its parser keeps
+    its reader, stream or state elsewhere.
+    """
+    assert_pinned_exactly("redis")
+    assert_pinned_exactly("hiredis")
+    assert "await connection.can_read_destructive()" in source(ConnectionPool.ensure_connection)
+    assert "return await self._parser.can_read_destructive()" in source(
+        Connection.can_read_destructive
+    )
+    assert "async with async_timeout(0):" in source(_AsyncHiredisParser.can_read_destructive)
+    assert {"_stream", "_reader", "_connected"} <= assigned_attributes(
+        _AsyncHiredisParser.on_connect
+    )
+
+    client = redis_client(redis_server.url)
+    arq = await arq_pool(redis_server.url)
+    try:
+        for pool in (client.connection_pool, arq.connection_pool):
+            connection = await pool.get_connection("PING")
+            assert isinstance(connection._parser, HiredisParser)
+            check = connection.can_read_destructive()
+            with pytest.raises(StopIteration) as answered:  # at once: no wait on the loop
+                check.send(None)
+            assert answered.value.value is False  # clean
+            await connection.send_command("PING")  # a reply left unread
+            await asyncio.sleep(0.05)
+            assert await connection.can_read_destructive()
+            await pool.release(connection)
+        assert await client.ping()  # the dirty connection is made again, not used as it is
+        assert await arq.ping()
+    finally:
+        await client.aclose()
+        await arq.aclose()
