@@ -155,10 +155,8 @@ async def pipeline(
     greet: bool = True,
     user_params: LLMUserAggregatorParams | None = None,
     service: Callable[..., OpenAIRealtimeLLMService] = OpenAIRealtimeLLMService,
-    before_assistant: list[FrameProcessor] | None = None,
 ) -> AsyncIterator[Session]:
-    """The assistant's shape minus the transport: user aggregator → service → out →
-    ``before_assistant`` → assistant."""
+    """The assistant's shape minus the transport: user aggregator → service → out → assistant."""
     llm = service(
         api_key="sk-test",
         base_url=server.base_url,
@@ -173,9 +171,7 @@ async def pipeline(
     )
     out = Collector()
     worker = PipelineWorker(
-        Pipeline(
-            [aggregators.user(), llm, out, *(before_assistant or []), aggregators.assistant()]
-        ),
+        Pipeline([aggregators.user(), llm, out, aggregators.assistant()]),
         params=PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE),
         idle_timeout_secs=None,
     )
