@@ -152,6 +152,7 @@ async def _create(
     request: SessionCreate,
     *,
     on_live: Callable[[str], None] | None = None,
+    look: bool = False,
 ) -> tuple[VoiceSession, str]:
     """``create``, and the key the session's WebSocket tokens are signed with ('' for
     another transport): made here, with the session, so that its creator can mint them
@@ -162,23 +163,11 @@ async def _create(
     one of the seven a start waits on one after another, each ~0.5 ms on a quiet machine
     (ops/bench/start_trace.py): it is taken only where a refusal came lately. A session
     refused without it leaves nothing behind (its rows are removed) and is created once
-    more, looking first: so a pool that refuses spills to its fallback as before, and one
+    more, looking first (``look``): so a pool that refuses spills to its fallback as before, and one
     that goes on refusing costs no writes.
 
     ``on_live`` is called with the session's id once it is live, which may be before its
     rows are committed: a caller that waits for the session can start waiting then."""
-    return await _create_once(state, db, user, request, look=False, on_live=on_live)
-
-
-async def _create_once(
-    state: AppState,
-    db: AsyncSession,
-    user: User,
-    request: SessionCreate,
-    *,
-    look: bool,
-    on_live: Callable[[str], None] | None,
-) -> tuple[VoiceSession, str]:
     ws_key = ws_tokens.new_key() if request.transport == "websocket" else ""
     profile, pool, looked = await _admit(state, user, request, look=look)
     conversation, history = await _conversation(state, db, user, request)
@@ -202,7 +191,7 @@ async def _create_once(
         await _remove(state, db, row, conversation if new_conversation else None)
         _refused_lately(state, user, row.pool, live)
         if not looked:  # refused unseen: as if it had looked (a fallback, the refusal's reason)
-            return await _create_once(state, db, user, request, look=True, on_live=on_live)
+            return await _create(state, db, user, request, on_live=on_live, look=True)
         if isinstance(live, OwnerLimitReached):  # lost a race
             raise _too_many(pool, live.limit) from live
         raise await _refused(state, pool, live, (row.profile, row.transport)) from live
