@@ -160,11 +160,11 @@ async def _create(
 
     Admission is decided where the session goes live, atomically (``LiveSessions.create``).
     A look at it before the rows are written (``_admit``) is a Redis round trip of its own,
-    one of the seven a start waits on one after another, each ~0.5 ms on a quiet machine
-    (ops/bench/start_trace.py): it is taken only where a refusal came lately. A session
-    refused without it leaves nothing behind (its rows are removed) and is created once
-    more, looking first (``look``): so a pool that refuses spills to its fallback as before, and one
-    that goes on refusing costs no writes.
+    one more on top of the six a start waits on one after another, each ~0.4 ms on a quiet
+    machine (ops/bench/start_trace.py): it is taken only where a refusal came lately. A
+    session refused without it leaves nothing behind (its rows are removed) and is created
+    once more, looking first (``look``): so a pool that refuses spills to its fallback as
+    before, and one that goes on refusing costs no writes.
 
     ``on_live`` is called with the session's id once it is live, which may be before its
     rows are committed: a caller that waits for the session can start waiting then."""
