@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
+import random
 import re
 import secrets
 import socket
@@ -186,12 +188,43 @@ async def arq_pool(url: str) -> ArqRedis:
 _URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+")
 
 
+# free_port() picks below the kernel's ephemeral range. A port the kernel handed out for
+# bind(0) was taken from that range, and so is every outgoing connection's local port: a
+# test run that picked one, closed it and passed it to a child lost it, now and then, to
+# some client's connect() before the child could bind (a worker's metrics port, in CI).
+_PICKED_FROM = 20000
+_EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_picks = itertools.count(random.randrange(1 << 16))
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(_EPHEMERAL.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default, and below the IANA range other systems use
+
+
 def free_port() -> int:
-    """A TCP port on loopback that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A TCP port on loopback, free right now, that no bind(0) or connect() will be given.
+
+    Callers that pick at once (xdist's workers) start at random places and walk one port
+    at a time, so two picking the same port before either binds it is unlikely; the kernel
+    can't be the one to take it.
+    """
+    span = range(_PICKED_FROM, _ephemeral_floor())
+    if len(span) < 1000:  # an ephemeral range opened wide: nothing to stay out of
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    for _ in range(len(span)):
+        port = span[next(_picks) % len(span)]
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use, or still in TIME_WAIT
+            return port
+    raise OSError("no free port below the ephemeral range")
 
 
 class EmbeddedRedis:

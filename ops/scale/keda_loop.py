@@ -34,7 +34,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,6 +44,8 @@ from typing import Any
 
 import httpx
 import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the test extra
+
+from shared.connections import free_port
 
 HPA_SYNC_S = 15.0  # kube-controller-manager --horizontal-pod-autoscaler-sync-period
 TOLERANCE = 0.1  # --horizontal-pod-autoscaler-tolerance
@@ -397,12 +398,6 @@ class Autoscaler:
 
 
 # --- running it on its own ---------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def local_spawn(command: Sequence[str]) -> Spawn:
