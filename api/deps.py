@@ -268,18 +268,22 @@ async def require_admin(user: CurrentUser) -> User:
 AdminUser = Annotated[User, Depends(require_admin)]
 
 
-async def get_owned_session(session_id: str, user: CurrentUser, db: SessionDep) -> VoiceSession:
-    return await ownership.owned(db, VoiceSession, session_id, user, what="session")
+async def get_owned_session(
+    session_id: str, user: CurrentUser, db: SessionDep, state: StateDep
+) -> VoiceSession:
+    return await ownership.owned_session(state, db, session_id, user)
 
 
-async def get_owners_session(session_id: str, user: CurrentUser, db: SessionDep) -> VoiceSession:
-    return await ownership.owned(db, VoiceSession, session_id, user, what="session", admins=False)
+async def get_owners_session(
+    session_id: str, user: CurrentUser, db: SessionDep, state: StateDep
+) -> VoiceSession:
+    return await ownership.owned_session(state, db, session_id, user, admins=False)
 
 
 async def get_owned_conversation(
-    conversation_id: str, user: CurrentUser, db: SessionDep
+    conversation_id: str, user: CurrentUser, db: SessionDep, state: StateDep
 ) -> Conversation:
-    return await ownership.owned(db, Conversation, conversation_id, user, what="conversation")
+    return await ownership.owned_conversation(state, db, conversation_id, user)
 
 
 OwnedSession = Annotated[VoiceSession, Depends(get_owned_session)]

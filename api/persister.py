@@ -1,9 +1,10 @@
 """The persister: ingest stream → SQL, exactly once per event.
 
 DESIGN decision 4. Workers XADD every event to the ingest stream. This task
-reads it with a consumer group, stores a batch in one transaction (inserts
-keyed by (session_id, seq) so a replayed entry is a no-op, and the session
-rows' state following their state events), and only then XACKs. Entries a
+reads it with a consumer group, stores a batch in one transaction (a new
+session's rows, from the first of its state events met: ``api.session_rows``;
+inserts keyed by (session_id, seq) so a replayed entry is a no-op; and the
+session rows' state following their state events), and only then XACKs. Entries a
 crashed persister read but never acknowledged are adopted with XAUTOCLAIM.
 The stream is trimmed below the oldest entry not yet acknowledged, so
 trimming can never drop an event that is not stored.
@@ -26,7 +27,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from api import metrics
+from api import metrics, session_rows
 from shared import keys
 from shared.events import Event, EventType
 from shared.lifecycle import FINAL_STATES, Reason, SessionState
@@ -207,7 +208,16 @@ class Persister:
             }
             for e in events
         ]
+        carried = [row for _id, fields in entries if (row := session_rows.from_entry(fields))]
+        started = {
+            e.conversation_id: e.ts
+            for e in events
+            if _is_state(e) and e.data.get("previous") is None
+        }
         async with self.store.writing(), self.store.session() as db:
+            # A new session's rows first: its state events update them.
+            await session_rows.store_missing(db, carried)
+            await session_rows.touch_conversations(db, started)
             # One statement, many parameter sets: SQLAlchemy batches them into
             # multi-row INSERTs itself ("insertmanyvalues"), much cheaper than
             # compiling one giant VALUES clause per batch. RETURNING counts only

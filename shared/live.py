@@ -52,9 +52,17 @@ local function member(word, list)
 end
 """
 
+ROW_FIELDS = ("owner", "pool", "transport", "profile", "created_ts")
+"""The session's fields a state event's ingest entry carries (``row``: a JSON list, in
+this order, null where the hash has none)."""
+
 # Shared Lua: assign the next seq and append the event to both streams.
 # KEYS: 1 session hash, 2 session stream, 3 ingest stream, 4 live set, 5 alive key
 # ARGV: 1 session id, 2 stream maxlen, 3 ts, …
+# A state event's ingest entry also carries the session's row (``ROW_FIELDS``): the
+# persister stores the row from whichever of them it meets first (api/session_rows.py),
+# so a session's create writes nothing to SQL, and no order of entries can leave a state
+# change without its row.
 _PUBLISH_FN = (
     _MEMBER_FN
     + """
@@ -63,9 +71,13 @@ local function publish(etype, data)
   local cid = redis.call('HGET', KEYS[1], 'conversation_id')
   local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
     'sid', ARGV[1], 'cid', cid, 'seq', seq, 'ts', ARGV[3], 'type', etype, 'data', data)
+  local row = ''
+  if etype == 'session.state' then
+    row = cjson.encode(redis.call('HMGET', KEYS[1], ROW_FIELDS))
+  end
   redis.call('XADD', KEYS[3], '*',
     'sid', ARGV[1], 'cid', cid, 'seq', seq, 'ts', ARGV[3], 'type', etype, 'data', data,
-    'live_id', id)
+    'live_id', id, 'row', row)
   return id, seq
 end
 
@@ -79,7 +91,7 @@ local function already_applied(pseq)
   redis.call('HSET', KEYS[1], 'pub_seq', n)
   return false
 end
-"""
+""".replace("ROW_FIELDS", ", ".join(f"'{name}'" for name in ROW_FIELDS))
 )
 
 # Admission to a pool, decided in Redis where the numbers are, so that concurrent

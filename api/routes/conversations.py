@@ -13,6 +13,7 @@ from sqlmodel import col, select
 from api.deps import AppState, CurrentUser, OwnedConversation, SessionDep, StateDep
 from api.errors import ApiError
 from api.schemas import ConversationDetail, ConversationSummary, EventOut, SessionBrief
+from api.services import ownership
 from shared import keys
 from shared.history import (
     conversation_events,
@@ -45,6 +46,7 @@ async def list_conversations(
     ] = None,
 ) -> list[ConversationSummary]:
     """The caller's own conversations, newest first."""
+    await ownership.store_callers_live(state, db, user)  # one begun just now included
     query = select(Conversation).where(Conversation.user_id == user.id)
     matches: dict[str, str] = {}
     if q is not None and q.strip():

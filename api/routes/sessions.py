@@ -230,7 +230,7 @@ async def stream_events(
     user = caller.user
     # A short database session: the stream may stay open for the whole call.
     async with state.store.session() as db:
-        row = await sessions.owned(db, user, session_id)
+        row = await sessions.owned(state, db, user, session_id)
     start = last_event_id or after or "0-0"
     if not _valid_stream_id(start):
         raise ApiError(422, "invalid_event_id", "Last-Event-ID must be a stream id like 1-0")

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Protocol, TypeVar
+import logging
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from api import session_rows
 from api.errors import not_found
+from shared import keys
 from shared.ids import MAX_ID_LENGTH
-from shared.models import User
+from shared.models import Conversation, User, VoiceSession
+
+if TYPE_CHECKING:
+    from api.deps import AppState
+
+log = logging.getLogger(__name__)
 
 
 def is_admin(user: User) -> bool:
     return user.role == "admin"
+
+
+def may_see(user: User, owner_id: str, *, admins: bool) -> bool:
+    return owner_id == user.id or (admins and is_admin(user))
 
 
 class Owned(Protocol):
@@ -33,6 +47,66 @@ async def owned(
     """The row if ``user`` owns it (or, with ``admins``, is an admin); else 404
     ``{what}_not_found``, the same whether it does not exist or belongs to someone else."""
     row = await fetch(db, model, row_id)
-    if row is None or not (row.user_id == user.id or (admins and is_admin(user))):
+    if row is None or not may_see(user, row.user_id, admins=admins):
         raise not_found(what)
     return row
+
+
+# A session's rows are stored by the persister, a moment after it is created
+# (api/session_rows.py). A caller who asks for them sooner gets them all the same: they
+# are stored here, from the live session, once it is known to be the caller's.
+
+
+async def stored_session(state: AppState, db: AsyncSession, session_id: str) -> VoiceSession | None:
+    """The session's row, or None; a live session's is stored first if it is not yet. If
+    the store cannot take it now, the row as it will be stored: a call goes on while the
+    store is away (Redis holds its events), and so does its owner's look at it."""
+    row = await fetch(db, VoiceSession, session_id)
+    if row is None and len(session_id) <= MAX_ID_LENGTH:
+        live = session_rows.from_live(session_id, await state.live.get(session_id))
+        if live is not None:
+            try:
+                await session_rows.store_now(state.store, db, [live])
+            except SQLAlchemyError as exc:
+                log.warning("session %s: its rows are not stored yet (%s)", session_id, exc)
+                await db.rollback()
+                return live.unsaved()
+            row = await db.get(VoiceSession, session_id)
+    return row
+
+
+async def owned_session(
+    state: AppState, db: AsyncSession, session_id: str, user: User, *, admins: bool = True
+) -> VoiceSession:
+    """``owned`` for a session, which may be live and not stored yet."""
+    row = await stored_session(state, db, session_id)
+    if row is None or not may_see(user, row.user_id, admins=admins):
+        raise not_found("session")
+    return row
+
+
+async def owned_conversation(
+    state: AppState, db: AsyncSession, conversation_id: str, user: User, *, admins: bool = True
+) -> Conversation:
+    """``owned`` for a conversation, with the caller's live sessions stored first: one
+    begun so lately that it is not stored yet is found, with all its sessions."""
+    await store_callers_live(state, db, user)
+    return await owned(db, Conversation, conversation_id, user, what="conversation", admins=admins)
+
+
+async def store_callers_live(state: AppState, db: AsyncSession, user: User) -> set[str]:
+    """The caller's live sessions' rows, stored now where the persister has not yet: what
+    a caller made, a caller reads back (a list right after a start includes it). One set
+    read and one query when all are stored. Returns the live sessions' ids."""
+    live = await cast("Awaitable[set[str]]", state.redis.smembers(keys.user_live(user.id)))
+    if not live:
+        return live
+    missing = live - await session_rows.stored_ids(db, live)
+    rows = []
+    for session_id in sorted(missing):
+        row = session_rows.from_live(session_id, await state.live.get(session_id))
+        if row is not None and row.user_id == user.id:
+            rows.append(row)
+    if rows:
+        await session_rows.store_now(state.store, db, rows)
+    return live

@@ -8,7 +8,7 @@ import functools
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable
 from typing import Any, cast
 
 from sqlmodel import col, select
@@ -49,7 +49,7 @@ from shared.lifecycle import (
     SessionState,
 )
 from shared.live import AdmissionPolicy, AdmissionRefused, OwnerLimitReached
-from shared.models import Conversation, User, VoiceSession, as_utc, utcnow
+from shared.models import Conversation, User, VoiceSession, as_utc
 from shared.settings import Settings
 
 END_WAIT_S = 5.0
@@ -62,19 +62,17 @@ REFUSALS_KEPT = 1024  # past this many remembered, the expired ones are forgotte
 
 
 async def owned(
-    db: AsyncSession, user: User, session_id: str, *, owner_only: bool = False
+    state: AppState, db: AsyncSession, user: User, session_id: str, *, owner_only: bool = False
 ) -> VoiceSession:
     """The session if the caller owns it (or, to read it, is an admin); else 404."""
-    return await ownership.owned(
-        db, VoiceSession, session_id, user, what="session", admins=not owner_only
-    )
+    return await ownership.owned_session(state, db, session_id, user, admins=not owner_only)
 
 
 async def owned_briefly(state: AppState, user: User, session_id: str) -> VoiceSession:
     """The caller's own session, read in a short database session: signalling waits
     for the session to be ready and must hold no pooled connection meanwhile."""
     async with state.store.session() as db:
-        return await owned(db, user, session_id, owner_only=True)
+        return await owned(state, db, user, session_id, owner_only=True)
 
 
 # --- reading -----------------------------------------------------------------------------
@@ -138,9 +136,9 @@ async def connect(state: AppState, row: VoiceSession) -> dict[str, Any]:
 async def create(
     state: AppState, db: AsyncSession, user: User, request: SessionCreate
 ) -> VoiceSession:
-    """A new queued session (and, without ``conversation_id``, a new conversation):
-    its rows committed, its live record written and its start job enqueued; or an
-    error and, for a lost race or an unreachable queue, nothing left half-made."""
+    """A new queued session (and, without ``conversation_id``, a new conversation): live
+    in Redis with its start job queued, its rows to be stored by the persister
+    (``api.session_rows``); or an error, and nothing made."""
     row, _ = await _create(state, db, user, request)
     return row
 
@@ -151,105 +149,47 @@ async def _create(
     user: User,
     request: SessionCreate,
     *,
-    on_live: Callable[[str], None] | None = None,
     look: bool = False,
 ) -> tuple[VoiceSession, str]:
     """``create``, and the key the session's WebSocket tokens are signed with ('' for
     another transport): made here, with the session, so that its creator can mint them
     without reading it back.
 
-    Admission is decided where the session goes live, atomically (``LiveSessions.create``).
-    A look at it before the rows are written (``_admit``) is a Redis round trip of its own,
-    one more on top of the six a start waits on one after another, each ~0.4 ms on a quiet
-    machine (ops/bench/start_trace.py): it is taken only where a refusal came lately. A
-    session refused without it leaves nothing behind (its rows are removed) and is created
-    once more, looking first (``look``): so a pool that refuses spills to its fallback as
-    before, and one that goes on refusing costs no writes.
+    Nothing is written to SQL: the session's rows travel with its state events, and the
+    persister stores them (a read that comes first stores them itself:
+    ``ownership.stored_session``). The only SQL is a read of the conversation a session
+    continues, which must be the caller's.
 
-    ``on_live`` is called with the session's id once it is live, which may be before its
-    rows are committed: a caller that waits for the session can start waiting then."""
+    Admission is decided where the session goes live, atomically (``LiveSessions.create``).
+    A look at it first (``_admit``) is a Redis round trip of its own, one more on top of
+    the six a start waits on one after another, each ~0.4 ms on a quiet machine
+    (ops/bench/start_trace.py): it is taken only where a refusal came lately. A session
+    refused without it left nothing behind, and is created once more, looking first
+    (``look``): so a pool that refuses spills to its fallback as before."""
     ws_key = ws_tokens.new_key() if request.transport == "websocket" else ""
     profile, pool, looked = await _admit(state, user, request, look=look)
-    conversation, history = await _conversation(state, db, user, request)
-    new_conversation = not request.conversation_id
+    conversation_id, history = await _conversation(state, db, user, request)
     row = VoiceSession(
         id=new_id(),
-        conversation_id=conversation.id,
+        conversation_id=conversation_id,
         user_id=user.id,
         pool=pool,
         transport=request.transport,
         profile=profile,
     )
-    db.add(conversation)
-    db.add(row)
-    go_live = _go_live(state, row, request, history, ws_key, on_live)
-    stored, live = await _commit_and_go_live(state, db, go_live)
-    if stored is not None:  # the rows are not stored: nothing may run without them
-        await _call_off(state, row)
-        raise ApiError(503, "store_unavailable", "the session store is unreachable") from stored
-    if isinstance(live, OwnerLimitReached | AdmissionRefused):  # leave nothing
-        await _remove(state, db, row, conversation if new_conversation else None)
-        _refused_lately(state, user, row.pool, live)
+    try:
+        await _go_live(state, row, request, history, ws_key)
+    except (OwnerLimitReached, AdmissionRefused) as refusal:
+        _refused_lately(state, user, row.pool, refusal)
         if not looked:  # refused unseen: as if it had looked (a fallback, the refusal's reason)
-            return await _create(state, db, user, request, on_live=on_live, look=True)
-        if isinstance(live, OwnerLimitReached):  # lost a race
-            raise _too_many(pool, live.limit) from live
-        raise await _refused(state, pool, live, (row.profile, row.transport)) from live
-    if live is not None:
-        await _mark_failed(state, db, row, Reason.QUEUE_UNAVAILABLE)
-        raise ApiError(503, "queue_unavailable", "the session queue is unreachable") from live
+            return await _create(state, db, user, request, look=True)
+        if isinstance(refusal, OwnerLimitReached):  # lost a race
+            raise _too_many(pool, refusal.limit) from refusal
+        raise await _refused(state, pool, refusal, (row.profile, row.transport)) from refusal
+    except Exception as exc:
+        raise ApiError(503, "queue_unavailable", "the session queue is unreachable") from exc
     metrics.SESSIONS_REQUESTED.labels(pool=pool, transport=row.transport, profile=profile).inc()
     return row, ws_key
-
-
-async def _commit_and_go_live(
-    state: AppState, db: AsyncSession, go_live: Coroutine[Any, Any, None]
-) -> tuple[BaseException | None, BaseException | None]:
-    """Commit the new rows and put the session live (``go_live``); each one's failure, or
-    None.
-
-    The rows must be stored before the persister writes the session's first state
-    event, which may come at once. Where the store takes one writer at a time in this
-    process (SQLite), the persister's writes wait on the same lock: taken here before
-    the session goes live and held until the commit is done, it orders them, and the
-    commit (aiosqlite's thread hops, ~2.3 ms) and the Redis round trips then overlap
-    instead of adding up (ops/bench/start_trace.py). The lock is held for the commit
-    alone, as before: a burst of creates queues on it. Elsewhere (PostgreSQL, any
-    number of API processes) nothing orders another process's persister, so the
-    commit comes first."""
-    if not state.store.serializes_writes:
-        async with state.store.writing():
-            stored = await _failure_of(db.commit())
-        if stored is not None:
-            go_live.close()
-            return stored, None
-        return None, await _failure_of(go_live)
-    async with state.store.writing():
-        live = asyncio.ensure_future(_failure_of(go_live))
-        try:
-            # The live record's round trip goes out first: the commit's flush is ~1 ms of
-            # Python before its first wait, and the worker's pickup waits on the record.
-            await asyncio.sleep(0)
-            stored = await _failure_of(db.commit())
-        except BaseException:  # the request was cancelled: start nothing nobody will answer
-            live.cancel()
-            raise
-    return stored, await live
-
-
-async def _failure_of(step: Awaitable[Any]) -> BaseException | None:
-    try:
-        await step
-    except Exception as exc:
-        return exc
-    return None
-
-
-async def _call_off(state: AppState, row: VoiceSession) -> None:
-    """A session whose rows could not be stored: if it went live, end it (cancelled while
-    queued, ended by its worker if one took it meanwhile)."""
-    with contextlib.suppress(Exception):
-        await end(state, row)
 
 
 async def _admit(
@@ -273,7 +213,7 @@ async def _admit(
 
     if not (look or _refusing(state, user, pool)):
         return profile, pool, False
-    try:  # a first look, before the rows are written; _go_live decides, atomically
+    try:  # a first look, before the session goes live; _go_live decides, atomically
         pool = await _admitting_pool(state, user, pool, (profile, request.transport))
     except OwnerLimitReached as exc:
         _refused_lately(state, user, pool, exc)
@@ -304,24 +244,22 @@ def _refused_lately(
 
 async def _conversation(
     state: AppState, db: AsyncSession, user: User, request: SessionCreate
-) -> tuple[Conversation, list[dict[str, str]]]:
-    """The session's conversation (a new one, or the caller's own, touched) and what was
-    said in it so far; read in a transaction of its own, ended before anything is written.
-
-    Under WAL, a transaction that read and then writes fails at once ("database is
-    locked") if another connection wrote in between; and a write made before the store's
-    write lock is taken (an autoflush of the touched conversation by the history query)
-    would hold SQLite's own lock while waiting for that one, which the persister may hold
-    while it waits for SQLite's: both stalled for SQLite's busy timeout."""
+) -> tuple[str, list[dict[str, str]]]:
+    """The session's conversation (a new one's id, or the caller's own) and what was said
+    in it so far; the read ends here (the persister touches the conversation when the
+    session's first event is stored)."""
     if not request.conversation_id:
-        return Conversation(id=new_id(), user_id=user.id), []  # no query on the common path
-    conversation = await db.get(Conversation, request.conversation_id)
-    if conversation is None or conversation.user_id != user.id:
+        return new_id(), []  # no query on the common path
+    conversation = await ownership.fetch(db, Conversation, request.conversation_id)
+    if conversation is None:  # begun by a session so new that it is not stored yet
+        conversation = await ownership.owned_conversation(
+            state, db, request.conversation_id, user, admins=False
+        )
+    if conversation.user_id != user.id:
         raise not_found("conversation")
     history = await transcript_history(db, conversation.id, state.settings.history_max_messages)
-    await db.commit()  # ends the read: nothing is written yet
-    conversation.updated_at = utcnow()
-    return conversation, history
+    await db.commit()  # ends the read
+    return conversation.id, history
 
 
 async def _go_live(
@@ -330,10 +268,9 @@ async def _go_live(
     request: SessionCreate,
     history: list[dict[str, str]],
     ws_key: str,
-    on_live: Callable[[str], None] | None = None,
 ) -> None:
     """The session's live record (with the conversation so far) and its start job, in one
-    step; then ``on_live``."""
+    step."""
     settings = state.settings
     expires_s = settings.queue_ttl + queue.START_JOB_SLACK_S
     await state.live.create(
@@ -345,7 +282,7 @@ async def _go_live(
             "transport": row.transport,
             "profile": row.profile,
             "job_id": row.id,
-            "created_ts": repr(time.time()),
+            "created_ts": repr(row.created_at.timestamp()),
             "options": request.options.model_dump_json(exclude_none=True)
             if request.options
             else "",
@@ -356,31 +293,6 @@ async def _go_live(
         admission=admission(settings),
         job=queue.new_start_job(state.arq, row.id, row.pool, expires_s=expires_s),
     )
-    if on_live is not None:
-        on_live(row.id)
-
-
-async def _remove(
-    state: AppState, db: AsyncSession, row: VoiceSession, conversation: Conversation | None
-) -> None:
-    """Undo the create: the session's row, and the conversation's if it was made for it."""
-    async with state.store.writing():
-        await db.delete(row)
-        await db.flush()  # the session before its conversation (foreign key)
-        if conversation is not None:
-            await db.delete(conversation)
-        await db.commit()
-
-
-async def _mark_failed(
-    state: AppState, db: AsyncSession, row: VoiceSession, reason: Reason
-) -> None:
-    # The one write of a row's state outside the persister: the queue (Redis) could not
-    # take the session, so no event will ever tell the persister how it ended.
-    row.state, row.reason = SessionState.FAILED, reason
-    async with state.store.writing():
-        db.add(row)
-        await db.commit()
 
 
 async def _admitting_pool(state: AppState, user: User, pool: str, needs: tuple[str, str]) -> str:
@@ -436,27 +348,14 @@ async def start(
     state: AppState, db: AsyncSession, user: User, request: SessionCreate
 ) -> tuple[VoiceSession, dict[str, Any] | None]:
     """Create a session and wait (up to ``VOICEPOOL_READY_WAIT``) until it is ready: the
-    session and what its owner connects with (None for WebRTC, which sends an offer).
-
-    The wait begins as soon as the session is live, while its rows are being committed:
-    a worker may have it ready by the time the commit is done, and the wait's own round
-    trips were then the last steps before the answer (ops/bench/start_trace.py)."""
-    waits: list[asyncio.Task[tuple[str | None, dict[str, Any]]]] = []
-
-    def wait_from_now(session_id: str) -> None:
-        targets = {*CLIENT_MAY_CONNECT, *FINAL_STATES}
-        wait = wait_for_state_event(state, session_id, targets, timeout=state.settings.ready_wait)
-        waits.append(asyncio.ensure_future(wait))
-
-    try:
-        created, ws_key = await _create(state, db, user, request, on_live=wait_from_now)
-    except BaseException:
-        for wait in waits:  # live, then not stored (and ended): nobody waits for it
-            wait.cancel()
-        raise
+    session and what its owner connects with (None for WebRTC, which sends an offer)."""
+    created, ws_key = await _create(state, db, user, request)
     session_id = created.id
     await db.close()  # hold no pooled connection while waiting for a worker
-    current, seen = await waits[-1]  # a created session went live (once: see _create)
+    targets = {*CLIENT_MAY_CONNECT, *FINAL_STATES}
+    current, seen = await wait_for_state_event(
+        state, session_id, targets, timeout=state.settings.ready_wait
+    )
     if current in FINAL_STATES:
         raise await _failure(state, session_id, str(current))
     if current not in CLIENT_MAY_CONNECT:
@@ -600,7 +499,7 @@ async def live_sessions(state: AppState, db: AsyncSession, user: User) -> list[S
     """The caller's own sessions not in a final state, newest first: from the user's live
     set, so an administrator gets only their own too. A Daily session carries its room
     (``connect``), as ``GET /api/sessions/{id}`` shows it to its owner."""
-    ids = await cast("Awaitable[set[str]]", state.redis.smembers(keys.user_live(user.id)))
+    ids = await ownership.store_callers_live(state, db, user)  # one made just now included
     if not ids:
         return []
     rows = await db.exec(
@@ -627,7 +526,7 @@ async def resume(
     another worker, until a client may connect. Another user's session is 404 (an
     administrator's look included), one that has ended 409 ``session_ended``; a session
     still without a worker after the wait is 409 ``not_ready`` and left as it is."""
-    row = await owned(db, user, session_id, owner_only=True)
+    row = await owned(state, db, user, session_id, owner_only=True)
     await db.close()  # hold no pooled connection while waiting for a worker
     if transport is not None and transport != row.transport:
         message = f"session {row.id} uses the {row.transport} transport, not {transport}"

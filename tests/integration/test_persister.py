@@ -18,7 +18,7 @@ from shared import keys
 from shared.history import search_transcripts
 from shared.lifecycle import Reason
 from shared.live import LiveSessions
-from shared.models import Conversation, EventRecord, User, VoiceSession
+from shared.models import Conversation, EventRecord, User, VoiceSession, as_utc
 from shared.settings import Settings
 from shared.store import Store, migrate_async
 from voicepool.cli import backup_database
@@ -132,6 +132,39 @@ async def test_every_event_is_stored_exactly_once_after_a_crash(redis, store, cr
     # Replaying everything again is a no-op.
     await second.store_entries(await redis.xrange(keys.INGEST_STREAM))
     assert await _stored(store) == stored
+
+
+async def test_a_session_is_stored_from_its_events_whatever_their_order(redis, store) -> None:
+    """A session's create writes no rows: each of its state events carries them. Entries
+    met in any order (adopted late from a crashed persister, or shared out among many)
+    leave the row in its last state, its new conversation made, nothing twice."""
+    live = LiveSessions(redis)
+    fields = {"conversation_id": "c2", "pool": "server", "transport": "websocket",
+              "profile": "echo", "created_ts": "1700000000.25"}  # fmt: skip
+    await live.create("s2", "u1", fields)
+    await live.pick_up("s2", "w1")
+    assert await live.publish("s2", "user.turn_stopped", {"turn": 0})
+    await live.move("s2", "finish_own", Reason.CLIENT_ENDED, worker_id="w1")
+    await live.create("s3", "gone-user", {**fields, "conversation_id": "c3"})  # no such user
+
+    entries = await redis.xrange(keys.INGEST_STREAM)
+    persister = Persister(redis, store, consumer="p")
+    for half in (entries[:1:-1], entries[1::-1], entries):  # the last ones first, then again
+        await persister.store_entries(half)
+
+    async with store.session() as db:
+        session = await db.get(VoiceSession, "s2")
+        assert session is not None
+        assert (session.state, session.state_seq) == ("ended", 4)
+        assert (session.user_id, session.conversation_id) == ("u1", "c2")
+        assert (session.transport, session.profile) == ("websocket", "echo")
+        assert as_utc(session.created_at).timestamp() == 1700000000.25
+        conversation = await db.get(Conversation, "c2")
+        assert conversation is not None and conversation.user_id == "u1"
+        assert await db.get(VoiceSession, "s3") is None  # its events are kept all the same
+        assert await db.get(Conversation, "c3") is None
+    stored = await _stored(store)
+    assert sorted(seq for seq, _ in stored) == [1, 1, 2, 3, 4]  # s2's four, s3's queued
 
 
 async def test_a_conversation_is_titled_by_its_first_user_words(redis, store) -> None:

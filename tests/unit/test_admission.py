@@ -12,6 +12,7 @@ import pytest
 from sqlmodel import select
 
 from api.services import sessions
+from harness.waiting import eventually
 from shared import keys, queue
 from shared.fleet import PROTOCOL, WorkerBeat
 from shared.live import AdmissionPolicy, AdmissionRefused, LiveSessions, OwnerLimitReached
@@ -134,7 +135,7 @@ async def test_the_owner_limit_comes_after_the_pool_and_is_atomic(redis) -> None
     results = await asyncio.gather(*attempts, return_exceptions=True)
     assert sum(not isinstance(r, BaseException) for r in results) == 2
     assert all(isinstance(r, OwnerLimitReached) for r in results if isinstance(r, BaseException))
-    # The cheap look before any rows are written says the same.
+    # The cheap look before the session goes live says the same.
     with pytest.raises(OwnerLimitReached):
         await live.admit(POOL, "u1", policy, owner_limit=2)
     assert await live.admit(POOL, "u2", policy, owner_limit=2) == 0
@@ -240,7 +241,7 @@ async def test_what_the_workers_run_is_what_the_api_offers(make_api) -> None:
 async def test_a_create_looks_at_admission_first_only_while_the_pool_refuses(
     make_api, monkeypatch
 ) -> None:
-    """The look before the rows are written is a Redis round trip of its own: a create
+    """The look before the session goes live is a Redis round trip of its own: a create
     takes it only after a refusal came lately, and a refusal leaves nothing behind either
     way (one met unseen is removed, then answered as if it had looked)."""
     async with make_api(admit_without_workers=False) as api:
@@ -260,9 +261,16 @@ async def test_a_create_looks_at_admission_first_only_while_the_pool_refuses(
             body = {"transport": "webrtc", "profile": "echo"}
             return await api.client.post("/api/sessions", json=body, headers=api.auth(token))
 
-        async def stored() -> int:
-            async with api.state.store.session() as db:
-                return len((await db.exec(select(VoiceSession))).all())
+        async def made() -> tuple[int, int]:
+            """Sessions in Redis, and (once the persister has them) rows in SQL."""
+            hashes = [k async for k in api.state.redis.scan_iter(keys.session("*"), _type="hash")]
+
+            async def stored() -> int | None:
+                async with api.state.store.session() as db:
+                    rows = len((await db.exec(select(VoiceSession))).all())
+                return rows if rows == len(hashes) else None
+
+            return len(hashes), await eventually(stored, timeout=10, what="the rows stored")
 
         await live.keep_alive("server", [], beat=_beat("server"))
         assert (await create()).status_code == 202
@@ -274,10 +282,10 @@ async def test_a_create_looks_at_admission_first_only_while_the_pool_refuses(
             assert refused.status_code == 503, refused.text
             assert refused.json()["detail"]["code"] == "no_workers"
             assert looks == expected_looks
-            assert await stored() == 1  # the first session's, and nothing of the refused
+            assert await made() == (1, 1)  # the first session's, and nothing of the refused
 
         monkeypatch.setattr(sessions, "REFUSALS_REMEMBERED_S", 0.0)  # the refusals are past
         await live.keep_alive("server", [], beat=_beat("server"))
         assert (await create()).status_code == 202
         assert looks == 2
-        assert await stored() == 2
+        assert await made() == (2, 2)

@@ -1,6 +1,7 @@
-"""Creating a session, whose rows are committed while it goes live in Redis: a store that
-refuses the rows leaves nothing running, and a session the persister hears of at once is
-stored in order (the app in-process, real Redis and SQLite)."""
+"""Creating a session writes nothing to SQL: it goes live in Redis, and the persister
+stores its rows with its first events. A store that refuses them loses nothing, and a read
+that comes before the persister stores them itself (the app in-process, real Redis and
+SQLite)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,14 @@ import asyncio
 import json
 from urllib.parse import parse_qs, urlsplit
 
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from api.connect import owner_connect_when_ready
-from api.services import sessions
+from api.services import ownership
 from harness.waiting import eventually
 from shared import keys, ws_tokens
 from shared.lifecycle import OWNER_CONNECT
-from shared.models import VoiceSession
-from shared.users import create_user
+from shared.models import Conversation, VoiceSession
 
 REFUSE_SESSIONS = """
 CREATE TRIGGER refuse_sessions BEFORE INSERT ON sessions
@@ -30,31 +30,48 @@ async def _sql(api, statement: str) -> None:
         await db.commit()
 
 
-async def test_a_session_whose_rows_are_refused_leaves_nothing_running(make_api, redis) -> None:
+async def _stored(api, session_id: str) -> VoiceSession | None:
+    async with api.state.store.session() as db:
+        return await db.get(VoiceSession, session_id)
+
+
+async def test_a_store_that_refuses_rows_loses_nothing_of_a_session(make_api, redis) -> None:
     async with make_api(max_sessions_per_user=1) as api:
         alice = api.auth(await api.token("alice"))
         await _sql(api, REFUSE_SESSIONS)
 
-        refused = await api.client.post("/api/sessions", json={"transport": "websocket"},
-                                        headers=alice)  # fmt: skip
-        assert refused.status_code == 503, refused.text
-        assert refused.json()["detail"]["code"] == "store_unavailable"
-        # It went live while its rows were being written: now it is not, and its job is gone.
-        assert await redis.zcard(keys.queue("server")) == 0
-        found = redis.scan_iter(keys.session("*"), _type="hash")
-        live = [await redis.hgetall(key) async for key in found]
-        assert [(s["state"], s["reason"]) for s in live] == [("cancelled", "client_ended")]
-        for listing in ("/api/sessions?live=true", "/api/conversations"):  # nothing half-made
-            listed = await api.client.get(listing, headers=alice)
-            assert listed.status_code == 200 and listed.json() == [], listing
-
-        # What she does next: once the store takes rows again, her one session is free.
-        await _sql(api, "DROP TRIGGER refuse_sessions")
         created = await api.client.post("/api/sessions", json={"transport": "websocket"},
                                         headers=alice)  # fmt: skip
         assert created.status_code == 202, created.text
-        assert created.json()["status"] == "queued"
+        session_id = created.json()["session_id"]
         assert await redis.zcard(keys.queue("server")) == 1
+        # Its owner sees it and ends it while the store is away: from Redis.
+        seen = await api.client.get(f"/api/sessions/{session_id}", headers=alice)
+        assert seen.status_code == 200 and seen.json()["status"] == "queued", seen.text
+        ended = await api.client.delete(f"/api/sessions/{session_id}", headers=alice)
+        assert ended.status_code == 200 and ended.json()["status"] == "cancelled", ended.text
+        assert await _stored(api, session_id) is None
+
+        # Once the store takes rows again, the persister stores the row, its end, its events.
+        await _sql(api, "DROP TRIGGER refuse_sessions")
+
+        async def stored() -> tuple[str, int] | None:
+            row = await _stored(api, session_id)
+            return (row.state, row.state_seq) if row and row.state_seq == 2 else None
+
+        assert await eventually(stored, timeout=15, what="the row stored") == ("cancelled", 2)
+        async with api.state.store.session() as db:
+            conversation = await db.get(Conversation, created.json()["conversation_id"])
+            row = await db.get(VoiceSession, session_id)
+            assert row is not None and row.transport == "websocket"
+            assert conversation is not None and conversation.user_id == row.user_id
+            kept = await db.exec(text("SELECT seq FROM events WHERE session_id = :s ORDER BY seq"),
+                                 params={"s": session_id})  # fmt: skip
+            assert [r[0] for r in kept.all()] == [1, 2]
+        # And her one session's slot is free: the next one starts.
+        again = await api.client.post("/api/sessions", json={"transport": "websocket"},
+                                      headers=alice)  # fmt: skip
+        assert again.status_code == 202, again.text
 
 
 async def test_the_persister_stores_the_state_of_a_session_created_at_once(make_api) -> None:
@@ -67,43 +84,54 @@ async def test_the_persister_stores_the_state_of_a_session_created_at_once(make_
         assert ended.json()["status"] == "cancelled"
 
         async def stored() -> tuple[str, int] | None:
-            async with api.state.store.session() as db:
-                row = await db.get(VoiceSession, session_id)
-                return (row.state, row.state_seq) if row and row.state_seq == 2 else None
+            row = await _stored(api, session_id)
+            return (row.state, row.state_seq) if row and row.state_seq == 2 else None
 
         assert await eventually(stored, timeout=10, what="the cancel stored") == ("cancelled", 2)
 
 
-async def test_a_create_in_a_known_conversation_holds_no_sqlite_lock_while_it_waits(
-    make_api, monkeypatch
-) -> None:
-    """A session in an existing conversation reads it and its history first. Nothing of
-    that may hold SQLite's write lock while the create waits for the store's: the
-    persister holds the store's lock while it writes, and would wait for SQLite's."""
+async def test_a_create_writes_nothing_to_sql_and_waits_on_no_writer(make_api) -> None:
+    """Neither a new conversation's session nor a known one's writes to SQL on its way,
+    nor waits for the store's write lock, which the persister holds while it writes."""
     async with make_api() as api:
         alice = api.auth(await api.token("alice"))
         first = await api.client.post("/api/sessions", json={"transport": "websocket"},
                                       headers=alice)  # fmt: skip
         conversation_id = first.json()["conversation_id"]
+        # Its conversation, read at once: stored by the read, ahead of the persister.
+        known = await api.client.get(f"/api/conversations/{conversation_id}", headers=alice)
+        assert known.status_code == 200, known.text
 
-        about_to_write = asyncio.Event()
-        commit_and_go_live = sessions._commit_and_go_live
+        writes: list[str] = []
 
-        async def noted(*args, **kwargs):
-            about_to_write.set()
-            return await commit_and_go_live(*args, **kwargs)
+        def note(_conn, _cursor, statement: str, *_args) -> None:
+            if statement.lstrip().split()[0].upper() in ("INSERT", "UPDATE", "DELETE"):
+                writes.append(statement)
 
-        monkeypatch.setattr(sessions, "_commit_and_go_live", noted)
-        store = api.state.store
-        async with store.writing():  # as the persister holds it while it writes
-            body = {"transport": "websocket", "conversation_id": conversation_id}
-            second = asyncio.create_task(api.client.post("/api/sessions", json=body, headers=alice))
-            await asyncio.wait_for(about_to_write.wait(), timeout=10)
-            async with store.session() as db:  # a write of the persister's: not held up
-                await asyncio.wait_for(create_user(db, "bob"), timeout=5)
-        created = await second
-        assert created.status_code == 202, created.text
+        engine = api.state.store.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", note)
+        try:
+            async with api.state.store.writing():  # as the persister holds it while it writes
+                for body in (
+                    {"transport": "websocket"},
+                    {"transport": "websocket", "conversation_id": conversation_id},
+                ):
+                    created = await asyncio.wait_for(
+                        api.client.post("/api/sessions", json=body, headers=alice), timeout=10
+                    )
+                    assert created.status_code == 202, created.text
+                assert writes == []
+        finally:
+            event.remove(engine, "before_cursor_execute", note)
         assert created.json()["conversation_id"] == conversation_id
+
+        async def all_stored() -> int | None:
+            async with api.state.store.session() as db:
+                rows = (await db.exec(text("SELECT count(*) FROM sessions"))).one()[0]
+                events = (await db.exec(text("SELECT count(*) FROM events"))).one()[0]
+            return rows if rows == 3 and events >= 3 else None
+
+        assert await eventually(all_stored, timeout=10, what="three sessions stored") == 3
 
 
 async def test_a_websocket_token_opens_its_call_once_on_its_listener(
@@ -119,7 +147,7 @@ async def test_a_websocket_token_opens_its_call_once_on_its_listener(
                                         headers=alice)  # fmt: skip
         session_id = created.json()["session_id"]
         async with api.state.store.session() as db:
-            row = await db.get(VoiceSession, session_id)
+            row = await ownership.stored_session(api.state, db, session_id)
         assert row is not None
         key = await redis.hget(keys.session(session_id), ws_tokens.KEY_FIELD)
         assert key  # made with the session
