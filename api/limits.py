@@ -23,17 +23,24 @@ async def hit(redis: aioredis.Redis, scope: str, who: str, *, limit: int, per_s:
     """Count one request in a fixed window; over ``limit`` → 429 with ``Retry-After``."""
     if limit <= 0:
         return
-    window = int(time.time()) // per_s
-    key = f"{keys.PREFIX}:rate:{scope}:{who}:{window}"
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.incr(key)
-        pipe.expire(key, per_s + 1)
+        pipe.incr(window_key(scope, who, per_s))
+        pipe.expire(window_key(scope, who, per_s), per_s + 1)
         count, _ = await pipe.execute()
     if count > limit:
-        retry = per_s - int(time.time()) % per_s
-        raise too_many(
-            "rate_limited", f"too many requests; at most {limit} per {per_s} s", max(retry, 1)
-        )
+        raise rate_limited(limit, per_s)
+
+
+def window_key(scope: str, who: str, per_s: int) -> str:
+    """The counter of ``who``'s requests in the current fixed window of ``per_s``."""
+    return f"{keys.PREFIX}:rate:{scope}:{who}:{int(time.time()) // per_s}"
+
+
+def rate_limited(limit: int, per_s: int) -> ApiError:
+    retry = per_s - int(time.time()) % per_s
+    return too_many(
+        "rate_limited", f"too many requests; at most {limit} per {per_s} s", max(retry, 1)
+    )
 
 
 def too_many_streams(limit: int) -> ApiError:

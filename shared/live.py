@@ -166,15 +166,22 @@ end
 _ADMIT = _ADMIT_FN + "return admit(1, 1)"
 
 # KEYS: 6..10 admission's (above), 6 being the pool's slots hash, 7 its queue;
-#       11 the start job's key, 12 the pool's doorbell (with a job)
+#       11 the owner's rate counter (``RateLimit``), 12 the start job's key, 13 the pool's
+#       doorbell (with a job)
 # ARGV: 4 state event data (JSON), 5 initial state, 6 its reason, 7 fields to set (JSON),
 #       8..17 admission's (above), 18 the start job ('': none), 19 its TTL (ms),
-#       20 its score (ms), 21 rings kept at most
+#       20 its score (ms), 21 rings kept at most, 22 creates allowed per window (0: not
+#       counted here), 23 the counter's TTL (s)
 _CREATE = (
     _PUBLISH_FN
     + _ADMIT_FN
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists', 0, 0} end
+if tonumber(ARGV[22]) > 0 then  -- counted whatever admission says, as a request is
+  local hits = redis.call('INCR', KEYS[11])
+  if hits == 1 then redis.call('EXPIRE', KEYS[11], ARGV[23]) end
+  if hits > tonumber(ARGV[22]) then return {'rate_limited', ARGV[22], 0} end
+end
 local admitted = admit(6, 8)
 if admitted[1] ~= 'ok' then return admitted end
 redis.call('HSET', KEYS[1], 'state', ARGV[5], 'reason', ARGV[6], 'seq', 0)
@@ -187,10 +194,10 @@ redis.call('HSET', KEYS[1], unpack(flat))
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('SADD', KEYS[10], ARGV[1])
 if ARGV[18] ~= '' then  -- queued at once, and a worker woken
-  redis.call('PSETEX', KEYS[11], ARGV[19], ARGV[18])
+  redis.call('PSETEX', KEYS[12], ARGV[19], ARGV[18])
   redis.call('ZADD', KEYS[7], ARGV[20], ARGV[1])
-  redis.call('LPUSH', KEYS[12], 1)
-  redis.call('LTRIM', KEYS[12], 0, tonumber(ARGV[21]) - 1)
+  redis.call('LPUSH', KEYS[13], 1)
+  redis.call('LTRIM', KEYS[13], 0, tonumber(ARGV[21]) - 1)
 else  -- counted as waiting until its job is queued
   redis.call('ZADD', KEYS[8], ARGV[8] * 1000, ARGV[1])
 end
@@ -424,6 +431,28 @@ class OwnerLimitReached(Exception):
         self.limit = limit
 
 
+class RateLimited(Exception):
+    """The owner made ``limit`` sessions in this window already (``RateLimit``)."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"at most {limit} sessions made per window")
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A fixed-window count of an owner's creates, made in the create's own step instead
+    of a round trip before it (~0.45 ms of a start's answer, one at a time)."""
+
+    key: str
+    """The window's counter (``api.limits.window_key``)."""
+    limit: int
+    ttl_s: int
+
+    def script_args(self) -> list[int]:
+        return [self.limit, self.ttl_s]
+
+
 class AdmissionRefused(Exception):
     """The pool can't take the session now: ``code`` says why (``no_workers``,
     ``no_profile``, ``queue_full``, ``no_capacity``), ``value`` by how much (workers seen,
@@ -521,6 +550,8 @@ def _admitted(reply: list[Any], policy: AdmissionPolicy) -> int:
         raise OwnerLimitReached(int(value))
     if code == "exists":
         raise ValueError("session already exists")
+    if code == "rate_limited":
+        raise RateLimited(int(value))
     rate = int(starts) / policy.window_s
     amount = int(value) / 1000 if code == "no_capacity" else int(value)  # ms → s
     raise AdmissionRefused(str(code), amount, rate)
@@ -589,6 +620,7 @@ class LiveSessions:
         owner_limit: int = 0,
         admission: AdmissionPolicy = ADMIT_ALL,
         job: StartJob | None = None,
+        rate: RateLimit | None = None,
     ) -> int:
         """Record a new queued session and its first event, if its pool admits it, and
         with ``job``, queue its start job and wake a worker in the same step (without one
@@ -597,7 +629,8 @@ class LiveSessions:
 
         Raises ``AdmissionRefused`` when the pool can't take it and ``OwnerLimitReached``
         when ``owner`` already has ``owner_limit`` live sessions (both checked in the same
-        atomic step, so concurrent requests cannot both slip in).
+        atomic step, so concurrent requests cannot both slip in); with ``rate``, counts
+        the create first, and raises ``RateLimited`` past the window's limit.
         """
         now = time.time()
         state, reason = SessionState.QUEUED, Reason.CREATED
@@ -606,6 +639,7 @@ class LiveSessions:
             keys=[
                 *self._keys(session_id),
                 *_admission_keys(fields.get("pool", ""), owner),
+                rate.key if rate else keys.session(session_id),  # (not counted: not touched)
                 *([job.key, job.doorbell] if job else []),
             ],
             args=[
@@ -618,6 +652,7 @@ class LiveSessions:
                     now, owner_limit, (fields.get("profile", ""), fields.get("transport", ""))
                 ),
                 *(job.script_args() if job else _NO_JOB),
+                *(rate.script_args() if rate else [0, 0]),
             ],
         )
         try:

@@ -48,7 +48,13 @@ from shared.lifecycle import (
     Reason,
     SessionState,
 )
-from shared.live import AdmissionPolicy, AdmissionRefused, OwnerLimitReached
+from shared.live import (
+    AdmissionPolicy,
+    AdmissionRefused,
+    OwnerLimitReached,
+    RateLimit,
+    RateLimited,
+)
 from shared.models import Conversation, User, VoiceSession, as_utc
 from shared.settings import Settings
 
@@ -56,6 +62,7 @@ END_WAIT_S = 5.0
 REFUSALS_REMEMBERED_S = 5.0
 """How long after a refusal creates for the same pool (or user) look at admission first."""
 REFUSALS_KEPT = 1024  # past this many remembered, the expired ones are forgotten
+SESSIONS_PER_S = 60  # the window of VOICEPOOL_SESSIONS_PER_MINUTE
 
 
 # --- whose -------------------------------------------------------------------------------
@@ -167,7 +174,7 @@ async def _create(
     refused without it left nothing behind, and is created once more, looking first
     (``look``): so a pool that refuses spills to its fallback as before."""
     ws_key = ws_tokens.new_key() if request.transport == "websocket" else ""
-    profile, pool, looked = await _admit(state, user, request, look=look)
+    profile, pool, looked, rate = await _admit(state, user, request, look=look)
     conversation_id, history = await _conversation(state, db, user, request)
     row = VoiceSession(
         id=new_id(),
@@ -178,7 +185,9 @@ async def _create(
         profile=profile,
     )
     try:
-        await _go_live(state, row, request, history, ws_key)
+        await _go_live(state, row, request, history, ws_key, rate)
+    except RateLimited as limited:
+        raise limits.rate_limited(limited.limit, SESSIONS_PER_S) from None
     except (OwnerLimitReached, AdmissionRefused) as refusal:
         _refused_lately(state, user, row.pool, refusal)
         if not looked:  # refused unseen: as if it had looked (a fallback, the refusal's reason)
@@ -194,14 +203,17 @@ async def _create(
 
 async def _admit(
     state: AppState, user: User, request: SessionCreate, *, look: bool
-) -> tuple[str, str, bool]:
-    """The session's profile and pool, once the request may start one at all, and whether
-    admission was looked at (with ``look``, or after a refusal lately: see ``_create``). A
-    second attempt (``look``) is not counted against the rate limit again."""
+) -> tuple[str, str, bool, RateLimit | None]:
+    """The session's profile and pool, once the request may start one at all; whether
+    admission was looked at (with ``look``, or after a refusal lately: see ``_create``);
+    and the rate limit for the create step to count, if it has not been counted here. A
+    second attempt (``look``) is not counted again."""
     settings = state.settings
-    if not look:
-        limit = settings.sessions_per_minute
-        await limits.hit(state.redis, "sessions", user.id, limit=limit, per_s=60)
+    limit = settings.sessions_per_minute
+    rate = None
+    if not look and limit > 0:
+        key = limits.window_key("sessions", user.id, SESSIONS_PER_S)
+        rate = RateLimit(key, limit, SESSIONS_PER_S + 1)
     profile = request.profile or settings.default_profile
     if profile not in PROFILES:  # which workers run it, admission says (a pool's own)
         raise not_offered("profile", profile, list(PROFILES))
@@ -212,13 +224,15 @@ async def _admit(
         raise ApiError(422, "unknown_pool", f"no pool {pool!r}; pools: {', '.join(settings.pools)}")
 
     if not (look or _refusing(state, user, pool)):
-        return profile, pool, False
+        return profile, pool, False, rate
+    if rate is not None:  # counted before the look, which may refuse it
+        await limits.hit(state.redis, "sessions", user.id, limit=limit, per_s=SESSIONS_PER_S)
     try:  # a first look, before the session goes live; _go_live decides, atomically
         pool = await _admitting_pool(state, user, pool, (profile, request.transport))
     except OwnerLimitReached as exc:
         _refused_lately(state, user, pool, exc)
         raise _too_many(pool, exc.limit) from None
-    return profile, pool, True
+    return profile, pool, True, None
 
 
 def _refusing(state: AppState, user: User, pool: str) -> bool:
@@ -268,9 +282,10 @@ async def _go_live(
     request: SessionCreate,
     history: list[dict[str, str]],
     ws_key: str,
+    rate: RateLimit | None,
 ) -> None:
     """The session's live record (with the conversation so far) and its start job, in one
-    step."""
+    step, counted against ``rate``."""
     settings = state.settings
     expires_s = settings.queue_ttl + queue.START_JOB_SLACK_S
     await state.live.create(
@@ -292,6 +307,7 @@ async def _go_live(
         owner_limit=settings.max_sessions_per_user,
         admission=admission(settings),
         job=queue.new_start_job(state.arq, row.id, row.pool, expires_s=expires_s),
+        rate=rate,
     )
 
 

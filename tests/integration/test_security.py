@@ -88,15 +88,17 @@ async def test_access_matrix(api) -> None:
 async def test_session_creation_and_sign_in_are_rate_limited(make_api) -> None:
     async with make_api(sessions_per_minute=2, logins_per_minute=3, max_sessions_per_user=0) as api:
         token = await api.token("eager")
-        statuses = [
-            (
-                await api.client.post(
-                    "/api/sessions", json={"transport": "webrtc"}, headers=api.auth(token)
-                )
-            ).status_code
+        answers = [
+            await api.client.post(
+                "/api/sessions", json={"transport": "webrtc"}, headers=api.auth(token)
+            )
             for _ in range(3)
         ]
-        assert statuses[:2] == [202, 202] and statuses[2] == 429
+        assert [a.status_code for a in answers] == [202, 202, 429]
+        assert answers[2].json()["detail"]["code"] == "rate_limited"
+        assert int(answers[2].headers["Retry-After"]) >= 1
+        made = [k async for k in api.state.redis.scan_iter(keys.session("*"), _type="hash")]
+        assert len(made) == 2  # the refused one made nothing
         logins = [
             (await api.client.post("/api/auth/login", json={"token": "vp_bad_guess"})).status_code
             for _ in range(4)
