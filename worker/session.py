@@ -304,7 +304,10 @@ class SessionRunner:
 
     async def _run(self) -> None:
         try:
-            if await self._wait_for_peer():
+            if self.transport.pipeline_before_client:  # a client comes to a running pipeline
+                if not self._end_requested.is_set():
+                    await self._run_pipeline()
+            elif await self._wait_for_peer():
                 await self._run_pipeline()
         except Exception:
             log.exception("session pipeline failed")

@@ -449,6 +449,10 @@ class VoicepoolWorker:
             await self._release(runner)  # a room or a token made before it failed
             return "not started"
         runner.start()
+        # The session's task builds its pipeline in its first step: let it run now, not
+        # after the job's own bookkeeping (a WebSocket client is on its way; ~1 ms of
+        # bot-ready one at a time, ops/bench/start_trace.py).
+        await asyncio.sleep(0)
         self._beat_soon.set()  # operators see the slot taken at once
         return "ready"
 

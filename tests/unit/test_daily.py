@@ -340,8 +340,11 @@ async def rooms(redis, redis_server, tmp_path: Path, daily: FakeDaily, monkeypat
     from worker.worker import VoicepoolWorker
 
     async def not_joining(_self: DailySessionTransport) -> None:
-        await asyncio.Event().wait()  # the bot would join here; Daily's cloud is out of reach
+        await asyncio.Event().wait()
 
+    # The bot would join its room as the pipeline starts; Daily's cloud is out of reach:
+    # the session waits before its pipeline instead, as for a client that has not come.
+    monkeypatch.setattr(DailySessionTransport, "pipeline_before_client", False)
     monkeypatch.setattr(DailySessionTransport, "wait_for_client", not_joining)
     settings = Settings(
         redis_url=redis_server.url,
