@@ -79,11 +79,6 @@ class Store:
         self.sessions = session_factory(self.engine)
         self._write_lock = asyncio.Lock() if url.startswith("sqlite") else None
 
-    @property
-    def serializes_writes(self) -> bool:
-        """Whether ``writing`` holds every write of this process, one at a time."""
-        return self._write_lock is not None
-
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[None]:
         """Hold around a write transaction: on SQLite, one at a time in this process.

@@ -450,8 +450,8 @@ class VoicepoolWorker:
             return "not started"
         runner.start()
         # The session's task builds its pipeline in its first step: let it run now, not
-        # after the job's own bookkeeping (a WebSocket client is on its way; ~1 ms of
-        # bot-ready one at a time, ops/bench/start_trace.py).
+        # after the job's own bookkeeping (arq's result, the beat): a WebSocket client is
+        # on its way, and its first message waits for the pipeline.
         await asyncio.sleep(0)
         self._beat_soon.set()  # operators see the slot taken at once
         return "ready"
