@@ -16,6 +16,7 @@ from harness.waiting import eventually
 from shared import keys
 from shared.logs import RedactingFormatter, add_secret, redact
 from shared.models import ApiToken, utcnow
+from shared.users import get_user_by_name, issue_token
 
 ROOT = Path(__file__).parents[2]
 
@@ -306,6 +307,17 @@ async def test_revoking_signs_out_browsers_ends_streams_and_sessions(api) -> Non
         live = await api.state.live.get(sid)
         assert (live["state"], live["reason"]) == ("cancelled", "revoked")
         assert "ended 1 live session(s)" in out.stdout, out.stdout + out.stderr
+
+    # What she does next: with a token issued afresh, she starts again.
+    async with api.state.store.session() as db:
+        user = await get_user_by_name(db, "alice")
+        assert user is not None
+        fresh = (await issue_token(db, user)).token
+    again = await api.client.post(
+        "/api/sessions", json={"transport": "webrtc"}, headers=api.auth(fresh)
+    )
+    assert again.status_code == 202, again.text
+    assert again.json()["status"] == "queued"
 
 
 async def test_an_event_stream_ends_when_its_token_expires(api) -> None:
