@@ -23,9 +23,10 @@ async def hit(redis: aioredis.Redis, scope: str, who: str, *, limit: int, per_s:
     """Count one request in a fixed window; over ``limit`` → 429 with ``Retry-After``."""
     if limit <= 0:
         return
+    key = window_key(scope, who, per_s)  # once: a window may turn between two reads
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.incr(window_key(scope, who, per_s))
-        pipe.expire(window_key(scope, who, per_s), per_s + 1)
+        pipe.incr(key)
+        pipe.expire(key, per_s + 1)
         count, _ = await pipe.execute()
     if count > limit:
         raise rate_limited(limit, per_s)
