@@ -269,7 +269,7 @@ async def _conversation(
         conversation = await ownership.owned_conversation(
             state, db, request.conversation_id, user, admins=False
         )
-    if conversation.user_id != user.id:
+    elif conversation.user_id != user.id:
         raise not_found("conversation")
     history = await transcript_history(db, conversation.id, state.settings.history_max_messages)
     await db.commit()  # ends the read
