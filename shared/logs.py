@@ -110,9 +110,22 @@ def bound_log_fields() -> dict[str, object]:
     return dict(_FIELDS.get())
 
 
+class LateField:
+    """A field's value for tasks created before it is known (a pipeline built ahead of its
+    session, ``worker.warm``): bound as ``log_fields(session_id=late)``, left out of every
+    line until ``late.value`` is set, shown from then on, in every task that copied it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+
+
 def _fields(own: Mapping[str, object]) -> dict[str, object]:
     """The bound fields and a record's own (which win), masked, FIRST_FIELDS first."""
-    merged = {**_FIELDS.get(), **own}
+    merged = {
+        k: v.value if isinstance(v, LateField) else v for k, v in {**_FIELDS.get(), **own}.items()
+    }
     ordered = [k for k in FIRST_FIELDS if k in merged] + [
         k for k in merged if k not in FIRST_FIELDS
     ]

@@ -178,6 +178,13 @@ class Settings(BaseSettings):
         "behind a proxy that hides its clients.",
     )
     worker_capacity: int = Field(4, ge=1, description="Sessions one worker process runs at once.")
+    worker_warm_pipelines: int = Field(
+        1,
+        ge=0,
+        description="Pipelines per profile that can be built ahead (echo) a worker keeps "
+        "running for WebSocket sessions to take: such a start binds one instead of building "
+        "it. 0: none.",
+    )
     worker_metrics_port: int = Field(
         0, ge=0, description="Port of a worker's own /metrics (0: off; --metrics-port)."
     )

@@ -19,6 +19,16 @@ INFO = Info(
 CAPACITY = Gauge("voicepool_worker_capacity_sessions", "Session slots of this worker.", ["pool"])
 ACTIVE = Gauge("voicepool_worker_active_sessions", "Sessions this worker runs now.", ["pool"])
 DRAINING = Gauge("voicepool_worker_draining", "1 while the worker drains.", ["pool"])
+WARM_PIPELINES = Gauge(
+    "voicepool_worker_warm_pipelines",
+    "Pipelines running ahead of any session, for a WebSocket session to take (worker/warm.py).",
+    ["pool"],
+)
+SESSION_STARTS = Counter(
+    "voicepool_worker_session_starts_total",
+    "Sessions started, by pipeline: warm (taken running, built ahead) or built (at the start).",
+    ["pool", "pipeline"],
+)
 SESSION_SECONDS = Histogram(
     "voicepool_worker_session_duration_seconds",
     "How long sessions ran on this worker, by how they ended.",

@@ -87,6 +87,11 @@ class WorkerOptions:
     """Concurrent sessions this process runs. Pick from benchmarks (`make bench`):
     dev default 4; a Jetson with 4 weak cores runs fewer than a server core."""
 
+    warm_pipelines: int = 1
+    """Pipelines of each profile that can be built ahead (``echo``) kept built and running
+    for WebSocket sessions to take (worker/warm.py): their start binds instead of building.
+    0: none."""
+
     worker_id: str = ""
     """Unique id; defaults to host-pool-pid."""
 
@@ -213,6 +218,8 @@ class WorkerOptions:
     def __post_init__(self) -> None:
         if self.capacity < 1:
             raise ValueError("capacity must be at least 1")
+        if self.warm_pipelines < 0:
+            raise ValueError("warm_pipelines must be 0 or more")
         if not 0 < self.safety_poll < POLL_STALL_S:
             raise ValueError(f"safety_poll must be between 0 and {POLL_STALL_S} seconds")
         if not self.worker_id:
@@ -236,6 +243,7 @@ class WorkerOptions:
             redis_url=redis_url,
             pool=settings.default_pool if pool is None else pool,
             capacity=settings.worker_capacity if capacity is None else capacity,
+            warm_pipelines=settings.worker_warm_pipelines,
             drain_timeout=settings.drain_timeout,
             metrics_port=settings.worker_metrics_port if metrics_port is None else metrics_port,
             metrics_host=settings.worker_metrics_host,

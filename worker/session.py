@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pipecat.frames.frames import ErrorFrame
 from pipecat.pipeline.pipeline import Pipeline
@@ -43,6 +43,9 @@ from worker.publisher import EventPublisher
 from worker.session_events import SessionEvents
 from worker.transports import SessionTransport, SignalError, build_transport
 
+if TYPE_CHECKING:
+    from worker.warm import WarmPipeline
+
 log = logging.getLogger(__name__)
 
 # Ends the service decides on, not the people in the call (lifecycle.GRACEFUL_ENDS):
@@ -56,12 +59,13 @@ def build_pipeline_worker(
     profile: Profile,
     input: FrameProcessor,
     output: FrameProcessor,
-    events: SessionEvents,
+    events: SessionEvents | None,
     *,
     conversation_id: str | None = None,
 ) -> tuple[PipelineWorker, ClientGate]:
     """A session's pipeline: the profile's processors between the transport's ``input``
-    and ``output``, the client gate right after the input, and its events tapped."""
+    and ``output``, the client gate right after the input, and its ``events`` tapped (None:
+    a pipeline built ahead of its session, tapped when one takes it, ``worker.warm``)."""
     # Direct mode (Pipecat's): the gate passes each frame on in the caller's task
     # instead of through a queue and a task of its own, as do the profiles' VAD and
     # echo processors. One hop less per 20 ms frame each: the three together took an
@@ -88,7 +92,8 @@ def build_pipeline_worker(
         idle_timeout_secs=None,
         conversation_id=conversation_id,
     )
-    events.attach(worker)
+    if events is not None:
+        events.attach(worker)
     return worker, gate
 
 
@@ -101,7 +106,10 @@ class SessionRunner:
         options: WorkerOptions,
         live: LiveSessions,
         on_finished: Callable[[SessionRunner], None],
+        warm: WarmPipeline | None = None,
     ):
+        """``warm``: a pipeline built and running ahead of the session, which it takes
+        (``worker.warm``); without one, the session builds its own as it starts."""
         self.id = session_id
         self.meta = meta
         self.options = options
@@ -114,24 +122,25 @@ class SessionRunner:
         # goes on (the client connects again; nobody greets it again).
         self.resumed = int(meta.get("recoveries") or 0) > 0 and bool(meta.get("connected_ts"))
         self.handed_off = False  # another worker has the call now: no final state from here
-        self.profile: Profile = build_profile(
-            SessionContext(
-                session_id=session_id,
-                meta=meta,
-                options=options,
-                emit=self.publisher.emit,
-                end=self.end,
-                resumed=self.resumed,
-            )
+        context = SessionContext(
+            session_id=session_id,
+            meta=meta,
+            options=options,
+            emit=self.publisher.emit,
+            end=self.end,
+            resumed=self.resumed,
         )
+        self.profile: Profile = warm.profile if warm is not None else build_profile(context)
         # Limits and the duration count from when the call was first ready, on any worker.
         live_since = float(meta.get("live_since") or 0)
         self.started_at = time.monotonic() - (max(time.time() - live_since, 0) if live_since else 0)
         self.end_reason: Reason | None = None
         self.end_message: str | None = None
         self._on_finished = on_finished
-        self.transport: SessionTransport = build_transport(
-            meta.get("transport", "webrtc"), session_id, options, meta
+        self.transport: SessionTransport = (
+            warm.transport
+            if warm is not None
+            else build_transport(meta.get("transport", "webrtc"), session_id, options, meta)
         )
         self._end_requested = asyncio.Event()
         self._client: Literal["waiting", "connected", "lost"] = "waiting"
@@ -142,13 +151,20 @@ class SessionRunner:
         self._pipeline: PipelineWorker | None = None
         self._task: asyncio.Task[None] | None = None
         self._cancel: asyncio.Task[None] | None = None
+        self._warm = warm
+        if warm is not None:
+            warm.bind(session_id, meta, context, self)
+            self._gate = warm.gate
+            self._hook(warm.client_transport, warm.pipeline)
+            self._pipeline = warm.pipeline  # running: an end from here on stops it
 
     # --- lifecycle -------------------------------------------------------------
 
     async def prepare(self) -> dict[str, Any]:
         """Everything that can happen before the client connects; returns what the
         ``ready`` event tells the client."""
-        await self.profile.prepare()
+        if self._warm is None:  # (a warm pipeline's profile was prepared as it was built)
+            await self.profile.prepare()
         return await self.transport.prepare()
 
     def start(self) -> None:
@@ -328,39 +344,47 @@ class SessionRunner:
         return peer in done and not self._end_requested.is_set()
 
     def _build_pipeline(self) -> PipelineWorker:
-        self.publisher.speaker = getattr(self.transport, "current_speaker", None)
         transport = self.transport.build(
             TransportParams(audio_in_enabled=True, audio_out_enabled=True), self
         )
-        self._watch_client(transport)
         worker, self._gate = build_pipeline_worker(
             self.profile,
             transport.input(),
             transport.output(),
-            self._events,
+            None,
             conversation_id=self.meta.get("conversation_id"),
         )
-
-        async def _error(_worker: object, frame: ErrorFrame) -> None:
-            self._events.error(frame)
-            kind = type(frame.processor).__name__ if frame.processor else "pipeline"
-            metrics.PIPELINE_ERRORS.labels(pool=self.options.pool, kind=kind).inc()
-            transport_broken = (
-                isinstance(frame.processor, BaseInputTransport | BaseOutputTransport)
-                and not frame.processor.is_usable
-            )
-            if frame.fatal or transport_broken:
-                # A transport that can no longer do its job (an output whose writes time
-                # out, say) would leave a call that says "connected" and does nothing:
-                # end it, saying why. (The model's failures have reasons of their own.)
-                self.end(Reason.PIPELINE_ERROR, f"{kind} can no longer do its job: {frame.error}")
-
-        worker.add_event_handler("on_pipeline_error", _error)
-        count_heartbeat_timeouts(worker, pool=self.options.pool, session_id=self.id)
+        self._hook(transport, worker)
         return worker
 
+    def _hook(self, transport: BaseTransport, worker: PipelineWorker) -> None:
+        """Follow the session's pipeline: its client's comings and goings, its events, its
+        errors, its heartbeats."""
+        self.publisher.speaker = getattr(self.transport, "current_speaker", None)
+        self._watch_client(transport)
+        self._events.attach(worker)
+        worker.add_event_handler("on_pipeline_error", self._pipeline_error)
+        count_heartbeat_timeouts(worker, pool=self.options.pool, session_id=self.id)
+
+    async def _pipeline_error(self, _worker: object, frame: ErrorFrame) -> None:
+        self._events.error(frame)
+        kind = type(frame.processor).__name__ if frame.processor else "pipeline"
+        metrics.PIPELINE_ERRORS.labels(pool=self.options.pool, kind=kind).inc()
+        transport_broken = (
+            isinstance(frame.processor, BaseInputTransport | BaseOutputTransport)
+            and not frame.processor.is_usable
+        )
+        if frame.fatal or transport_broken:
+            # A transport that can no longer do its job (an output whose writes time
+            # out, say) would leave a call that says "connected" and does nothing:
+            # end it, saying why. (The model's failures have reasons of their own.)
+            self.end(Reason.PIPELINE_ERROR, f"{kind} can no longer do its job: {frame.error}")
+
     async def _run_pipeline(self) -> None:
-        self._pipeline = self._build_pipeline()
+        if self._warm is None:
+            self._pipeline = self._build_pipeline()
+        pipeline = self._pipeline
+        assert pipeline is not None  # built here, or running since the warm one was taken
         remaining = self.options.max_session_duration - (time.monotonic() - self.started_at)
         loop = asyncio.get_running_loop()
         limit = loop.call_later(max(remaining, 0), self.end, Reason.MAX_DURATION)
@@ -372,13 +396,16 @@ class SessionRunner:
             if self.transport.pipeline_before_client
             else None
         )
-        runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
         follower = asyncio.create_task(self._follow_client(), name=f"client-{self.id}")
         try:
-            await runner.add_workers(self._pipeline)
-            if self._end_requested.is_set():  # ended while the pipeline was being built
-                await self._pipeline.cancel(reason=str(self.end_reason))
-            await runner.run()
+            if self._warm is not None:  # running already; an end stops it (end())
+                await self._warm.task
+            else:
+                runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
+                await runner.add_workers(pipeline)
+                if self._end_requested.is_set():  # ended while the pipeline was being built
+                    await pipeline.cancel(reason=str(self.end_reason))
+                await runner.run()
         finally:
             limit.cancel()
             if no_show is not None:

@@ -59,6 +59,7 @@ from worker.session import SessionRunner
 from worker.supervisor import TaskSupervisor
 from worker.transports import SignalError, TransportError
 from worker.transports.websocket import WebSocketListener, WebSocketSessionTransport
+from worker.warm import WarmPipelines
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,7 @@ class VoicepoolWorker:
         )
         self._arq: SessionWorker | None = None
         self.ws_listener = WebSocketListener(self._websocket_session, options)
+        self.warm = WarmPipelines(options)
         self.polled_at = time.time()
         self._task_count = 0
         self.supervisor = TaskSupervisor(
@@ -227,6 +229,7 @@ class VoicepoolWorker:
             log_results=False,
         )
         log.info("froze %d start-up objects", freeze_startup_objects())  # short GC pauses
+        self.warm.refill()  # after the freeze: what a session leaves is collected
         await self._heartbeat()  # visible to operators before the first job
         self.supervisor.start("arq", self._arq.main)
         self.supervisor.start("heartbeat", self._heartbeat_loop)
@@ -277,6 +280,7 @@ class VoicepoolWorker:
         self._drain_started = True
         self.draining = True
         log.info("worker %s draining %d sessions", self.id, len(self.sessions))
+        await self.warm.aclose()
         await self._heartbeat()
         limit = self.options.drain_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
@@ -371,6 +375,7 @@ class VoicepoolWorker:
             await asyncio.wait_for(self.end_all(Reason.WORKER_SHUTDOWN), SHUTDOWN_PUBLISH_S)
         except TimeoutError:
             log.error("worker %s: sessions' last events did not reach Redis", self.id)
+        await self.warm.aclose()
         await self.ws_listener.aclose()
         await self.supervisor.aclose()
         if self._arq is not None:
@@ -466,17 +471,24 @@ class VoicepoolWorker:
             meta = await self.live.take(session_id, self.id, data={"pool": self.options.pool})
             if meta is None:  # unknown, cancelled or expired meanwhile
                 return None
+            warm = None
             try:
                 if int(meta.get("recoveries") or 0) > 0:  # another worker had the call
                     meta = await resumed_meta(self.redis, session_id, meta)
+                warm = self.warm.take(meta)
                 runner = SessionRunner(
                     session_id,
                     meta,
                     options=self.options,
                     live=self.live,
                     on_finished=self._finished,
+                    warm=warm,
                 )
+                built = "built" if warm is None else "warm"
+                metrics.SESSION_STARTS.labels(pool=self.options.pool, pipeline=built).inc()
             except Exception as exc:  # it is ours now: say why it ends rather than leave it
+                if warm is not None:
+                    self._spawn(warm.aclose())
                 log.exception("session could not be set up")
                 with contextlib.suppress(Exception):
                     message = f"the session could not be set up: {type(exc).__name__}"

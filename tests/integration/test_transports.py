@@ -173,6 +173,50 @@ async def test_one_request_from_create_to_connect(make_system, hello_wav) -> Non
         assert refused.status_code == 422
 
 
+async def _talk(ws_url: str, wav: Any) -> None:
+    """Connect, hear bot-ready and our words played back, leave."""
+    client = await ProtobufClient.connect(ws_url, wav)
+    try:
+        await eventually(lambda: client.got_message("bot-ready"), what="RTVI bot-ready")
+        await eventually(lambda: client.loudest_rms() > ECHO_RMS, timeout=20, what="echoed speech")
+    finally:
+        await client.close()
+
+
+@pytest.mark.slow
+async def test_a_websocket_session_takes_a_pipeline_built_ahead_and_one_is_built_again(
+    make_system, hello_wav
+) -> None:
+    system = make_system(workers=1, capacity=2)
+    port = system.metrics_ports[system.workers[0].pid]
+
+    def metric(name: str) -> float:
+        return system.metrics(f"http://127.0.0.1:{port}/metrics").get(name, 0)
+
+    warm_now = 'voicepool_worker_warm_pipelines{pool="server"}'
+    started_warm = 'voicepool_worker_session_starts_total{pipeline="warm",pool="server"}'
+    started_built = 'voicepool_worker_session_starts_total{pipeline="built",pool="server"}'
+    async with api_client(system, system.create_user("alice")) as api:
+        for call in (1, 2):  # the second takes the one built after the first was taken
+            await eventually(lambda: metric(warm_now) == 1, what="a pipeline built ahead")
+            created = await api.post("/api/sessions?wait=ready", json={"transport": "websocket"})
+            assert created.status_code == 201, created.text
+            session = created.json()
+            assert metric(started_warm) == call and metric(started_built) == 0
+            await _talk(session["connect"]["ws_url"], hello_wav)
+            # Its events are the session's as a built pipeline's are; its slot comes back.
+            assert (await api.delete(f"/api/sessions/{session['session_id']}")).status_code == 200
+            wanted = {"user.turn_stopped", "bot.started_speaking", "bot.stopped_speaking"}
+            stored = await _stored(api, session["conversation_id"], wanted)
+            states = [e["data"]["state"] for e in stored if e["type"] == "session.state"]
+            assert states[:4] == ["queued", "starting", "ready", "connected"], states
+        # A WebRTC session builds its own, as before.
+        rtc = await api.post("/api/sessions?wait=ready", json={"transport": "webrtc"})
+        assert rtc.status_code == 201, rtc.text
+        assert metric(started_built) == 1 and metric(started_warm) == 2
+        await api.delete(f"/api/sessions/{rtc.json()['session_id']}")
+
+
 @pytest.mark.slow
 async def test_a_call_where_nobody_speaks_ends_after_the_idle_timeout(
     make_system, hello_wav

@@ -204,6 +204,37 @@ async def test_tasks_created_in_the_scope_carry_its_fields(
     assert "session_id" not in lines["outside loguru"]
 
 
+async def test_a_late_field_shows_from_when_it_is_known_in_tasks_made_before(
+    configure_logs: Callable[..., Lines],
+) -> None:
+    """As a pipeline built ahead of its session (worker/warm.py): its tasks are made
+    before the session is known, and their lines carry its id once it is."""
+    from loguru import logger
+
+    json_lines = configure_logs("json")
+    late = logs.LateField()
+    bound = asyncio.Event()
+
+    async def talk() -> None:
+        logging.getLogger("voicepool.test").info("before stdlib")
+        logger.info("before loguru")
+        await bound.wait()
+        logging.getLogger("voicepool.test").info("after stdlib")
+        logger.info("after loguru")
+
+    with logs.log_fields(session_id=late, pool="server"):
+        task = asyncio.create_task(talk())
+    await asyncio.sleep(0.01)
+    late.value = "s-late"
+    bound.set()
+    await task
+    lines = _by_message(json_lines())
+    for name in ("before stdlib", "before loguru"):
+        assert "session_id" not in lines[name] and lines[name]["pool"] == "server"
+    for name in ("after stdlib", "after loguru"):
+        assert lines[name]["session_id"] == "s-late"
+
+
 async def test_pipecats_lines_in_a_session_carry_its_id(
     configure_logs: Callable[..., Lines],
 ) -> None:

@@ -38,6 +38,13 @@ class Profile(Protocol):
     name: str
     audio_in_sample_rate: int
     audio_out_sample_rate: int
+    warmable: bool
+    """Its pipeline needs nothing of a session before the client connects: a worker may
+    build and start one ahead of any session (``worker.warm``) and ``bind`` it to the
+    session that takes it."""
+
+    def bind(self, context: SessionContext) -> None:
+        """Become ``context``'s session's (a warmable profile built ahead of it)."""
 
     @staticmethod
     def preload() -> None:
@@ -67,6 +74,8 @@ class Profile(Protocol):
 class ProfileClass(Protocol):
     """A profile's class: preloaded once per worker process, called once per session."""
 
+    warmable: bool
+
     def __call__(self, context: SessionContext) -> Profile: ...
 
     def preload(self) -> None: ...
@@ -84,10 +93,12 @@ def preload_profiles(names: list[str]) -> None:
         _profiles()[name].preload()
 
 
-def build_profile(context: SessionContext) -> Profile:
-    name = context.meta.get("profile", "echo")
+def profile_class(name: str) -> ProfileClass:
     try:
-        cls = _profiles()[name]
+        return _profiles()[name]
     except KeyError:
         raise ValueError(f"unknown profile {name!r}") from None
-    return cls(context)
+
+
+def build_profile(context: SessionContext) -> Profile:
+    return profile_class(context.meta.get("profile", "echo"))(context)

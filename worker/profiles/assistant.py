@@ -687,6 +687,7 @@ def _history(meta: dict[str, str]) -> list[LLMContextMessage]:
 
 class AssistantProfile:
     name = "assistant"
+    warmable = False  # its model connection, instructions and history are the session's
     audio_in_sample_rate = REALTIME_SAMPLE_RATE
     audio_out_sample_rate = REALTIME_SAMPLE_RATE
 
@@ -706,6 +707,9 @@ class AssistantProfile:
     @staticmethod
     def preload() -> None:
         SharedSileroVADAnalyzer.preload()  # for local turn detection
+
+    def bind(self, context: SessionContext) -> None:
+        raise NotImplementedError("the assistant profile is built for its session")
 
     async def prepare(self) -> None:
         if not self.config.api_key:

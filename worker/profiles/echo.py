@@ -106,6 +106,7 @@ class EchoProfile:
     """Plays each user turn back; no external service."""
 
     name = "echo"
+    warmable = True  # its processors know nothing of the session (worker.warm)
 
     @staticmethod
     def preload() -> None:
@@ -120,6 +121,9 @@ class EchoProfile:
         self._vad_params = VADParams(stop_secs=vad_stop_secs)
         self._vad: SileroVADAnalyzer | None = None
         self._turns: EchoTurns | None = None
+
+    def bind(self, context: SessionContext) -> None:
+        self.context = context
 
     async def prepare(self) -> None:
         self._vad = SharedSileroVADAnalyzer(sample_rate=SAMPLE_RATE, params=self._vad_params)

@@ -168,12 +168,19 @@ class WebSocketSessionTransport:
     announces_clients = True  # SessionSocket tells of each attach, the first too
 
     def __init__(self, session_id: str, options: WorkerOptions, meta: dict[str, str]):
-        self.session_id = session_id
         self.options = options
-        self.tokens = ws_tokens.TokenGate(meta.get(ws_tokens.KEY_FIELD, ""), options.ws_listener)
         self.socket = SessionSocket()
         self._claimed: WebSocket | None = None  # a client between its token and its accept
         self._closed = asyncio.Event()
+        self.bind(session_id, meta)
+
+    def bind(self, session_id: str, meta: dict[str, str]) -> None:
+        """Be ``session_id``'s: its tokens open the socket from now on. (One built ahead of
+        any session, ``worker.warm``, has no key: no token opens it.)"""
+        self.session_id = session_id
+        self.tokens = ws_tokens.TokenGate(
+            meta.get(ws_tokens.KEY_FIELD, ""), self.options.ws_listener
+        )
 
     async def prepare(self) -> dict[str, Any]:
         if not self.options.ws_advertised_url:

@@ -1,0 +1,110 @@
+"""Pipelines built ahead of their sessions (worker/warm.py): kept, taken, bound, replaced,
+closed, with the real echo pipeline behind an unbound WebSocket transport."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+
+from harness.waiting import eventually
+from shared import ws_tokens
+from worker.options import WorkerOptions
+from worker.profiles import SessionContext
+from worker.profiles.echo import EchoProfile
+from worker.vad import SharedSileroVADAnalyzer
+from worker.warm import WarmPipeline, WarmPipelines
+
+LISTENER = "listener-1"
+ECHO_WS = {"transport": "websocket", "profile": "echo"}
+
+
+class Presence:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def client_back(self) -> None:
+        self.seen.append("back")
+
+    def client_lost(self) -> None:
+        self.seen.append("lost")
+
+
+def _options() -> WorkerOptions:
+    return WorkerOptions(
+        redis_url="redis://unused",
+        ws_advertised_url="ws://127.0.0.1:1/ws",
+        ws_listener=LISTENER,
+    )
+
+
+async def _kept(warm: WarmPipelines, count: int = 1) -> None:
+    await eventually(lambda: warm.count() == count, what=f"{count} pipeline(s) built ahead")
+
+
+async def test_a_pipeline_is_kept_running_taken_once_bound_and_replaced() -> None:
+    SharedSileroVADAnalyzer.preload()
+    pipelines = WarmPipelines(_options())
+    assert pipelines.profiles == ["echo"] and pipelines.per_profile == 1
+    pipelines.refill()
+    await _kept(pipelines)
+    try:
+        # Only a new WebSocket session of a profile built ahead takes one.
+        assert pipelines.take({"transport": "webrtc", "profile": "echo"}) is None
+        assert pipelines.take({**ECHO_WS, "recoveries": "1"}) is None
+        assert pipelines.count() == 1
+
+        taken = pipelines.take(ECHO_WS)
+        assert isinstance(taken, WarmPipeline) and taken.usable
+        assert pipelines.count() == 0
+        # Unbound, no token opens it; bound, the session's own do (and only once).
+        key = ws_tokens.new_key()
+        token = ws_tokens.mint(key, "s-1", LISTENER, 60)
+        assert not taken.transport.tokens.admit(token)
+        presence = Presence()
+        context = SessionContext("s-1", {}, _options(), emit=print, end=print)
+        taken.bind("s-1", {**ECHO_WS, ws_tokens.KEY_FIELD: key}, context, presence)
+        assert taken.session_id.value == "s-1"
+        assert cast(EchoProfile, taken.profile).context is context
+        assert taken.transport.session_id == "s-1" and taken.transport.socket.presence is presence
+        assert taken.transport.tokens.admit(token) and not taken.transport.tokens.admit(token)
+
+        # Replaced once starts pause, by another one.
+        await _kept(pipelines)
+        replacement = pipelines.take(ECHO_WS)
+        assert replacement is not None and replacement is not taken and replacement.usable
+        await taken.aclose()
+        assert taken.task.done()
+        await _kept(pipelines)
+        await replacement.aclose()
+    finally:
+        await pipelines.aclose()
+
+
+async def test_one_that_stops_unused_is_dropped_and_replaced_and_closing_stops_all() -> None:
+    SharedSileroVADAnalyzer.preload()
+    pipelines = WarmPipelines(_options())
+    pipelines.refill()
+    await _kept(pipelines)
+    first = pipelines._ready["echo"][0]
+    await first.pipeline.cancel(reason="a processor failed")  # as a pipeline that stops
+    await asyncio.wait_for(first.task, 10)
+    await eventually(
+        lambda: pipelines.count() == 1 and pipelines._ready["echo"][0] is not first,
+        what="a replacement",
+    )
+    second = pipelines._ready["echo"][0]
+    await pipelines.aclose()
+    assert pipelines.count() == 0 and second.task.done()
+    pipelines.refill()  # closed: builds nothing more
+    await asyncio.sleep(0.2)
+    assert pipelines.count() == 0 and pipelines.take(ECHO_WS) is None
+
+
+async def test_no_pipeline_is_built_ahead_when_turned_off() -> None:
+    options = _options()
+    options.warm_pipelines = 0
+    pipelines = WarmPipelines(options)
+    pipelines.refill()
+    await asyncio.sleep(0.2)
+    assert pipelines.count() == 0 and pipelines.take(ECHO_WS) is None
+    await pipelines.aclose()
