@@ -166,8 +166,9 @@ def _run_api(settings: Settings, host: str, port: int) -> None:
 
     from api.deps import behind_proxies
     from api.main import create_app
+    from shared import http_server
 
-    uvicorn.run(
+    config = uvicorn.Config(
         # X-Forwarded-For/-Proto from VOICEPOOL_TRUSTED_PROXIES only, and the app still
         # sees the socket peer (see behind_proxies). uvicorn's own handling is off: it
         # would trust 127.0.0.1 (or FORWARDED_ALLOW_IPS) and hide the peer.
@@ -189,6 +190,7 @@ def _run_api(settings: Settings, host: str, port: int) -> None:
         log_config=None,
         timeout_graceful_shutdown=5,
     )
+    http_server.run(config)
 
 
 def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -328,6 +328,7 @@ async def test_the_apis_access_lines_are_json_with_their_query_tokens_masked(
     from starlette.routing import Route
 
     import api.main
+    from shared import http_server
     from shared.connections import free_port
     from shared.settings import Settings
     from voicepool import cli
@@ -338,23 +339,24 @@ async def test_the_apis_access_lines_are_json_with_their_query_tokens_masked(
         return PlainTextResponse("hi", status_code=201)
 
     stand_in = Starlette(routes=[Route("/{path:path}", hello, methods=["GET"])])
-    run: dict[str, Any] = {}
+    run: list[uvicorn.Config] = []
     monkeypatch.setattr(api.main, "create_app", lambda _settings: stand_in)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: run.update(app=app, **kwargs))
+    monkeypatch.setattr(http_server, "run", run.append)
     cli._run_api(Settings(_env_file=None), "127.0.0.1", free_port())
 
-    server = uvicorn.Server(uvicorn.Config(**run))
+    config = run[0]
+    server = http_server.QuietServer(config)
     serving = asyncio.create_task(server.serve())
     try:
         while not server.started:
             assert not serving.done(), serving.result()
             await asyncio.sleep(0.01)
-        url = f"http://127.0.0.1:{run['port']}/api/ws?token=tok123456&n=1&access_token=at99999"
+        url = f"http://127.0.0.1:{config.port}/api/ws?token=tok123456&n=1&access_token=at99999"
         async with httpx.AsyncClient() as client:
             assert (await client.get(url)).status_code == 201
-            await client.get(f"http://127.0.0.1:{run['port']}/api/x/{TOKEN}")
+            await client.get(f"http://127.0.0.1:{config.port}/api/x/{TOKEN}")
     finally:
-        server.should_exit = True
+        server.exit()
         await asyncio.wait_for(serving, 10)
     written = json_lines()
     access = [line for line in written if line["logger"] == "uvicorn.access"]

@@ -46,6 +46,7 @@ from redis.asyncio.connection import Connection, ConnectionPool
 from websockets.asyncio.client import connect as websocket_connect
 
 from shared.connections import HiredisParser, arq_pool, redis_client
+from shared.http_server import QuietServer
 from worker.profiles.assistant import HeldRealtimeService, WatchedRealtimeService
 from worker.session_events import ACTIVITY_FRAMES
 from worker.transports.daily import RoomTransport
@@ -655,6 +656,32 @@ def test_uvicorn_signals() -> None:
     upstream = uvicorn.Server.capture_signals
     assert parameters(upstream) == parameters(_EmbeddedServer.capture_signals)
     assert "with self.capture_signals():" in source(uvicorn.Server.serve)
+
+
+def test_uvicorn_tick() -> None:
+    """``shared.http_server.QuietServer.main_loop`` calls uvicorn's ``on_tick`` once a second
+    with the counter a second on, instead of every 0.1 s.
+
+    If this fails, ``on_tick`` no longer refreshes the Date header at multiples of 10 or no
+    longer answers whether to exit, or ``serve`` no longer runs ``main_loop``: the API and
+    the workers' listeners would send a stale Date or not stop.
+    """
+    assert_pinned_exactly("uvicorn")
+    assert parameters(uvicorn.Server.main_loop) == parameters(QuietServer.main_loop)
+    assert [name for name, _kind, _default in parameters(uvicorn.Server.on_tick)] == [
+        "self",
+        "counter",
+    ]
+    tick = source(uvicorn.Server.on_tick)
+    assert "if counter % 10 == 0:" in tick and "if self.should_exit:" in tick
+    assert "await self.main_loop()" in source(uvicorn.Server._serve)
+    # sse-starlette wraps uvicorn's handle_exit (to end event streams at shutdown), which
+    # QuietServer's calls on to: uvicorn's own still asks the loop to stop.
+    from sse_starlette.sse import AppStatus
+
+    uvicorns = AppStatus.original_handler or uvicorn.Server.handle_exit
+    assert parameters(uvicorns) == parameters(QuietServer.handle_exit)
+    assert "self.should_exit = True" in source(uvicorns)
 
 
 # --- Pipecat: SmallWebRTC and the FastAPI WebSocket transport ----------------------------

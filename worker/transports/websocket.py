@@ -42,6 +42,7 @@ from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketState
 
 from shared import ws_tokens
+from shared.http_server import QuietServer
 from worker.options import WS_PATH, WorkerOptions
 from worker.transports import ClientPresence, SignalError
 
@@ -249,7 +250,7 @@ class WebSocketSessionTransport:
         await self.socket.close()
 
 
-class _EmbeddedServer(uvicorn.Server):
+class _EmbeddedServer(QuietServer):
     """uvicorn inside the worker's event loop. The worker owns SIGTERM and SIGINT (drain,
     stop); uvicorn's own handlers would close the listener under live sessions."""
 
@@ -334,7 +335,7 @@ class WebSocketListener:
 
     async def aclose(self) -> None:
         if self._server is not None:
-            self._server.should_exit = True
+            self._server.exit()
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await self._task
