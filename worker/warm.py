@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from dataclasses import dataclass
@@ -163,6 +164,10 @@ class WarmPipelines:
         self._ready: dict[str, list[WarmPipeline]] = {name: [] for name in self.profiles}
         self._last_start = 0.0
         self._refill: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        # The worker's, not the session's whose start asked for a refill: the refill's
+        # lines carry no session_id (its pipelines bind theirs, LateField).
+        self._context: contextvars.Context | None = None
         self._closed = False
 
     def count(self) -> int:
@@ -197,7 +202,11 @@ class WarmPipelines:
             return
         if all(len(self._ready[name]) >= self.per_profile for name in self.profiles):
             return
-        self._refill = asyncio.create_task(self._fill(), name="warm-refill")
+        if self._context is None:  # the first: as the worker starts serving
+            self._context = contextvars.copy_context()
+        self._refill = asyncio.create_task(
+            self._fill(), name="warm-refill", context=self._context.copy()
+        )
 
     async def _fill(self) -> None:
         for name in self.profiles:
@@ -233,7 +242,9 @@ class WarmPipelines:
         failure = task.exception() if task.done() and not task.cancelled() else None
         log.warning("a %s pipeline built ahead stopped unused (%s)", warm.profile.name, failure)
         if not task.done():
-            asyncio.get_running_loop().create_task(warm.aclose())
+            closing = asyncio.create_task(warm.aclose())
+            self._closing.add(closing)  # (the loop keeps only a weak reference)
+            closing.add_done_callback(self._closing.discard)
 
     async def aclose(self) -> None:
         """No more pipelines ahead (the worker drains or stops): stop those not taken."""
