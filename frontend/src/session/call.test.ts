@@ -2,7 +2,7 @@ import type { PipecatClient, RTVIEventCallbacks } from "@pipecat-ai/client-js";
 import { afterEach, beforeEach, describe, expect, it, vi, type Mock } from "vitest";
 import { ApiError } from "../lib/api";
 import type { SessionOut, VPEvent } from "../lib/types";
-import { CallMachine, type CallApi, type ClientFactory, type Phase } from "./call";
+import { CallMachine, FINAL_EVENT_WAIT_MS, type CallApi, type ClientFactory, type Phase } from "./call";
 import type { EventStreamHandlers } from "./eventStream";
 import { sessionOut } from "../testing/sessions";
 
@@ -146,7 +146,11 @@ describe("a call, phase by phase", () => {
     expect(api.endSession).toHaveBeenCalledWith("s1");
     expect(now().phase).toBe("done");
     expect(now().view).toMatchObject({ status: "ended", reason: "client_ended", final: true });
+    // The API answered before the stream's own end: the stream waits for it, then closes.
+    expect(streams[0].close).not.toHaveBeenCalled();
+    deliver([5, "ended", "client_ended"]);
     expect(streams[0].close).toHaveBeenCalled();
+    expect(now().stream.events.map((e) => e.data.state)).toEqual(["queued", "starting", "ready", "connected", "ended"]);
     expect(client().disconnect).toHaveBeenCalled();
     await vi.waitFor(() => expect(media.release).toHaveBeenCalled());
     expect(sessionStorage.getItem("voicepool.call")).toBeNull();
@@ -156,6 +160,19 @@ describe("a call, phase by phase", () => {
     expect(now().session).toBeNull();
     expect(now().stream.events).toHaveLength(0);
     expect(phases).toEqual(["mic", "creating", "live", "stopping", "done", "idle"]);
+  });
+
+  it("closes a finished call's stream after a while if its final event never comes", async () => {
+    await startEcho();
+    deliver([1, "queued", "created"], [2, "starting", "picked_up"]);
+    vi.useFakeTimers();
+    await call.stop();
+    expect(now().phase).toBe("done");
+    expect(streams[0].close).not.toHaveBeenCalled();
+    vi.advanceTimersByTime(FINAL_EVENT_WAIT_MS);
+    expect(streams[0].close).toHaveBeenCalledTimes(1);
+    deliver([3, "ended", "client_ended"]); // late: nothing more to close
+    expect(streams[0].close).toHaveBeenCalledTimes(1);
   });
 
   it("ends with the session's final event too, and starts again from done with the same client", async () => {

@@ -179,6 +179,9 @@ function connectProblem(error: unknown, refusal: ApiError | null): Problem {
 }
 
 const OFFER_RETRIES = 3;
+/** How long a finished call's event stream waits for the final event the API's answer to
+ * Stop came before (the API has it by then; it is on its way). */
+export const FINAL_EVENT_WAIT_MS = 3000;
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -247,6 +250,8 @@ export class CallMachine {
   /** Bumped with each client made: the events of a client replaced are not this call's. */
   private clientSerial = 0;
   private events: EventStream | null = null;
+  /** A finished call's stream, kept until its final event comes (see finish). */
+  private lingering: { stream: EventStream; timer: ReturnType<typeof setTimeout> } | null = null;
   private local: LevelMonitor | null = null;
   private remote: LevelMonitor | null = null;
   /** What the media has done for the call as it is now (see reconnect.ts). */
@@ -333,6 +338,7 @@ export class CallMachine {
       abort.abort();
       window.removeEventListener("pagehide", onPageHide);
       this.events?.close();
+      this.stopLingering();
       this.local?.stop();
       this.remote?.stop();
       void this.slot?.client.disconnect().catch(() => undefined);
@@ -409,6 +415,7 @@ export class CallMachine {
   readonly clear = (): void => {
     if (this.snapshot.phase !== "done") return; // only a finished call
     this.generation += 1;
+    this.stopLingering();
     this.set({
       session: null,
       stream: streamReducer(this.snapshot.stream, { type: "reset", sessionId: null }),
@@ -582,6 +589,7 @@ export class CallMachine {
   /** Show `found` and follow it: its events (from the start), its media (mediaStep). */
   private follow(found: SessionOut, reattached: boolean): void {
     this.events?.close();
+    this.stopLingering();
     this.plan = newPlan(reattached);
     this.generation += 1; // an attempt for an earlier call is not this one's problem
     const slot = this.slot;
@@ -647,19 +655,34 @@ export class CallMachine {
   private viewChanged(): void {
     const { session, view } = this.snapshot;
     if (session && view.final && this.finished !== session) this.finish(session);
+    if (this.lingering && this.snapshot.stream.view.final) this.stopLingering();
     this.lookAtMedia();
   }
 
-  /** The end: close the stream, hang up, let go of the microphone. */
+  /** The end: close the stream, hang up, let go of the microphone. The answer to Stop can
+   * come before the stream's own final event: the stream stays open for it a moment, so
+   * the event log ends with the end (FINAL_EVENT_WAIT_MS at most). */
   private finish(session: SessionOut): void {
     this.finished = session;
     forget(session.session_id);
-    this.events?.close();
+    if (this.events && !this.snapshot.stream.view.final) {
+      const stream = this.events;
+      this.lingering = { stream, timer: setTimeout(() => this.stopLingering(), FINAL_EVENT_WAIT_MS) };
+    } else {
+      this.events?.close();
+    }
     this.events = null;
     void this.hangUp().then(() => this.slot?.media?.release());
     this.ending = false;
     this.set({ playbackBlocked: false });
     this.moveTo("done");
+  }
+
+  private stopLingering(): void {
+    if (!this.lingering) return;
+    clearTimeout(this.lingering.timer);
+    this.lingering.stream.close();
+    this.lingering = null;
   }
 
   // --- the media: connect once a worker has the session, and again when it was lost ----------
