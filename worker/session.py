@@ -41,7 +41,7 @@ from worker.pipeline_health import HEARTBEAT_MONITOR_S, count_heartbeat_timeouts
 from worker.profiles import Profile, SessionContext, build_profile
 from worker.publisher import EventPublisher
 from worker.session_events import SessionEvents
-from worker.transports import SessionTransport, SignalError, build_transport
+from worker.transports import ClientPresence, SessionTransport, SignalError, build_transport
 
 if TYPE_CHECKING:
     from worker.warm import WarmPipeline
@@ -95,6 +95,25 @@ def build_pipeline_worker(
     if events is not None:
         events.attach(worker)
     return worker, gate
+
+
+def build_session_pipeline(
+    profile: Profile,
+    transport: SessionTransport,
+    presence: ClientPresence | None,
+    *,
+    conversation_id: str | None = None,
+) -> tuple[BaseTransport, PipelineWorker, ClientGate]:
+    """The session transport's Pipecat transport (``presence`` told of its client) and the
+    profile's pipeline between its ends: what a session builds as it starts, and what a
+    worker builds ahead of any session (``worker.warm``, no ``presence`` yet)."""
+    client = transport.build(
+        TransportParams(audio_in_enabled=True, audio_out_enabled=True), presence
+    )
+    worker, gate = build_pipeline_worker(
+        profile, client.input(), client.output(), None, conversation_id=conversation_id
+    )
+    return client, worker, gate
 
 
 class SessionRunner:
@@ -344,15 +363,8 @@ class SessionRunner:
         return peer in done and not self._end_requested.is_set()
 
     def _build_pipeline(self) -> PipelineWorker:
-        transport = self.transport.build(
-            TransportParams(audio_in_enabled=True, audio_out_enabled=True), self
-        )
-        worker, self._gate = build_pipeline_worker(
-            self.profile,
-            transport.input(),
-            transport.output(),
-            None,
-            conversation_id=self.meta.get("conversation_id"),
+        transport, worker, self._gate = build_session_pipeline(
+            self.profile, self.transport, self, conversation_id=self.meta.get("conversation_id")
         )
         self._hook(transport, worker)
         return worker

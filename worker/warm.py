@@ -37,7 +37,7 @@ from functools import partial
 from typing import Any
 
 from pipecat.pipeline.worker import PipelineWorker
-from pipecat.transports.base_transport import BaseTransport, TransportParams
+from pipecat.transports.base_transport import BaseTransport
 from pipecat.workers.runner import WorkerRunner
 
 from shared.logs import LateField, log_fields
@@ -45,7 +45,7 @@ from worker import metrics
 from worker.client_gate import ClientGate
 from worker.options import WorkerOptions
 from worker.profiles import Profile, SessionContext, build_profile, profile_class
-from worker.session import build_pipeline_worker
+from worker.session import build_session_pipeline
 from worker.transports import ClientPresence
 from worker.transports.websocket import WebSocketSessionTransport
 
@@ -67,14 +67,14 @@ class WarmPipeline:
     pipeline: PipelineWorker
     gate: ClientGate
     task: asyncio.Task[None]
-    """Runs the pipeline (a WorkerRunner of its own) until it ends."""
-    started: asyncio.Event
+    """Runs the pipeline (a WorkerRunner of its own) until it ends; it had started when
+    ``build_warm_pipeline`` returned it."""
     session_id: LateField
     """The session_id of every line the pipeline's tasks log, once it is bound."""
 
     @property
     def usable(self) -> bool:
-        return self.started.is_set() and not self.task.done()
+        return not self.task.done()
 
     def bind(
         self,
@@ -113,12 +113,7 @@ async def build_warm_pipeline(profile_name: str, options: WorkerOptions) -> Warm
         profile = build_profile(context)
         await profile.prepare()
         transport = WebSocketSessionTransport("", options, {})
-        client_transport = transport.build(
-            TransportParams(audio_in_enabled=True, audio_out_enabled=True)
-        )
-        pipeline, gate = build_pipeline_worker(
-            profile, client_transport.input(), client_transport.output(), None
-        )
+        client_transport, pipeline, gate = build_session_pipeline(profile, transport, None)
         started = asyncio.Event()
 
         async def _started(_worker: object, _frame: object) -> None:
@@ -126,9 +121,7 @@ async def build_warm_pipeline(profile_name: str, options: WorkerOptions) -> Warm
 
         pipeline.add_event_handler("on_pipeline_started", _started)
         task = asyncio.create_task(_run(pipeline), name=f"warm-{profile_name}")
-    warm = WarmPipeline(
-        profile, transport, client_transport, pipeline, gate, task, started, session_id
-    )
+    warm = WarmPipeline(profile, transport, client_transport, pipeline, gate, task, session_id)
     waiting = asyncio.create_task(started.wait())
     try:
         await asyncio.wait(
@@ -164,7 +157,6 @@ class WarmPipelines:
         self._ready: dict[str, list[WarmPipeline]] = {name: [] for name in self.profiles}
         self._last_start = 0.0
         self._refill: asyncio.Task[None] | None = None
-        self._closing: set[asyncio.Task[None]] = set()
         # The worker's, not the session's whose start asked for a refill: the refill's
         # lines carry no session_id (its pipelines bind theirs, LateField).
         self._context: contextvars.Context | None = None
@@ -238,13 +230,9 @@ class WarmPipelines:
             self.refill()
 
     def _dropped(self, warm: WarmPipeline) -> None:
-        task = warm.task
-        failure = task.exception() if task.done() and not task.cancelled() else None
+        """One that stopped (``usable`` no more) before a session took it."""
+        failure = None if warm.task.cancelled() else warm.task.exception()
         log.warning("a %s pipeline built ahead stopped unused (%s)", warm.profile.name, failure)
-        if not task.done():
-            closing = asyncio.create_task(warm.aclose())
-            self._closing.add(closing)  # (the loop keeps only a weak reference)
-            closing.add_done_callback(self._closing.discard)
 
     async def aclose(self) -> None:
         """No more pipelines ahead (the worker drains or stops): stop those not taken."""
