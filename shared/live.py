@@ -214,9 +214,12 @@ return {'ok', admitted[2], admitted[3], id}
 #       17 fields for the hash alone, never the event (JSON object, '' for none),
 #       18 '1': the hash, as the move left it, returned with the event's id,
 #       19/20 what goes before a pool in its queue's key and before a job id in its key
-_TRANSITION = (
+# The move as a function, so that one script may make two (``_TAKE``): its parameter
+# stands for ARGV (the first three, which ``publish`` reads, are the same for both).
+_TRANSITION_FN = (
     _PUBLISH_FN
     + """
+local function transition(ARGV)
 local current = redis.call('HGET', KEYS[1], 'state')
 if not current then return {0, ''} end
 if ARGV[13] == 'expect' and redis.call('HGET', KEYS[1], 'worker_id') ~= ARGV[9] then
@@ -267,6 +270,31 @@ elseif ARGV[14] == 'drop' then
 end
 if ARGV[18] == '1' then return {1, id, redis.call('HGETALL', KEYS[1])} end
 return {1, id}
+end
+"""
+)
+_TRANSITION = _TRANSITION_FN + "return transition(ARGV)"
+
+# A worker's take, and for a session the worker has a pipeline running for (a WebSocket
+# session of one of ``ARGV[38]``'s profiles, not a call going on elsewhere before), its
+# ready move too: one round trip where two were, each ~0.5 ms of a start one at a time
+# (ops/bench/start_trace.py). ARGV: 1-20 the take's move, with its hash read; 21-37 the
+# ready move's 4-20; 38 the profiles (space separated). Returns the take's reply, and
+# with the ready move made, that move's event id fourth (the hash read after it).
+_TAKE = (
+    _TRANSITION_FN
+    + """
+local taken = transition(ARGV)
+if taken[1] ~= 1 or taken[2] == 'applied before' or ARGV[38] == '' then return taken end
+local s = redis.call('HMGET', KEYS[1], 'transport', 'profile', 'recoveries')
+if s[1] ~= 'websocket' or not member(s[2] or '', ARGV[38]) or (tonumber(s[3]) or 0) > 0 then
+  return taken
+end
+local ready = {ARGV[1], ARGV[2], ARGV[3]}
+for i = 21, 37 do ready[#ready + 1] = ARGV[i] end
+local moved = transition(ready)
+if moved[1] ~= 1 then return taken end
+return {1, taken[2], redis.call('HGETALL', KEYS[1]), moved[2]}
 """
 )
 
@@ -419,6 +447,28 @@ class MoveOptions(TypedDict, total=False):
     private: dict[str, str] | None
     """Fields set in the session's hash in the same step, and never in the event (what
     only the owner may read, like ``OWNER_CONNECT``)."""
+
+
+@dataclass(frozen=True)
+class ReadyAtTake:
+    """What a worker's take needs to move a session on to ``ready`` in the same step."""
+
+    profiles: Collection[str]
+    """The profiles the worker has a WebSocket pipeline running for."""
+    data: dict[str, Any]
+    """The ready event's data (the owner's connect parameters, as ``mark_ready`` has)."""
+    private: dict[str, str] | None = None
+    """Fields for the hash alone (``MoveOptions.private``)."""
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A session a worker took (``LiveSessions.take``)."""
+
+    meta: dict[str, str]
+    """Its hash, as the take left it."""
+    ready: bool
+    """Moved on to ``ready`` in the same step (``ReadyAtTake``)."""
 
 
 PendingEvent = tuple[str, EventType | str, dict[str, Any], dict[str, Any]]
@@ -575,6 +625,7 @@ class LiveSessions:
         self._create = redis.register_script(_CREATE)
         self._admit = redis.register_script(_ADMIT)
         self._transition = redis.register_script(_TRANSITION)
+        self._take = redis.register_script(_TAKE)
         self._publish = redis.register_script(_PUBLISH)
         self._keep_alive = redis.register_script(_KEEP_ALIVE)
         self._spill = redis.register_script(_SPILL)
@@ -689,36 +740,54 @@ class LiveSessions:
         read: bool = False,
     ) -> list[Any]:
         """``move``'s step; its reply, and with ``read``, the hash after a move made."""
-        move = MOVES[name]
-        sources = move.sources if only_from is None else move.sources & {only_from}
-        to = target(move, reason)
-        if move.owner and not worker_id:
-            raise ValueError(f"{name} is a worker's move: give its worker_id")
         return cast(
             "list[Any]",
             await self._transition(
                 keys=self._keys(session_id),
                 args=[
                     *self._head(session_id, at),
-                    str(to),
-                    str(reason),
-                    " ".join(sorted(sources)),
-                    json.dumps(data or {}),
-                    alive_ms(self.heartbeat_ttl),
-                    worker_id,
-                    int(self.stream_retention),
-                    "1" if to in FINAL_STATES else "0",
-                    publisher_seq,
-                    move.owner,
-                    move.alive,
-                    *keys.USER_LIVE_AROUND,
-                    json.dumps(private) if private else "",
-                    "1" if read else "",
-                    keys.queue(""),
-                    job_key_prefix,
+                    *self._move_args(
+                        name, reason, only_from, data, worker_id, publisher_seq, private, read
+                    ),
                 ],
             ),
         )
+
+    def _move_args(
+        self,
+        name: MoveName,
+        reason: Reason | str,
+        only_from: SessionState | None,
+        data: dict[str, Any] | None,
+        worker_id: str,
+        publisher_seq: int,
+        private: dict[str, str] | None,
+        read: bool,
+    ) -> list[Any]:
+        """The move's arguments after the head (``_TRANSITION``'s ARGV 4-20)."""
+        move = MOVES[name]
+        sources = move.sources if only_from is None else move.sources & {only_from}
+        to = target(move, reason)
+        if move.owner and not worker_id:
+            raise ValueError(f"{name} is a worker's move: give its worker_id")
+        return [
+            str(to),
+            str(reason),
+            " ".join(sorted(sources)),
+            json.dumps(data or {}),
+            alive_ms(self.heartbeat_ttl),
+            worker_id,
+            int(self.stream_retention),
+            "1" if to in FINAL_STATES else "0",
+            publisher_seq,
+            move.owner,
+            move.alive,
+            *keys.USER_LIVE_AROUND,
+            json.dumps(private) if private else "",
+            "1" if read else "",
+            keys.queue(""),
+            job_key_prefix,
+        ]
 
     # The moves by name, for callers that make one directly (a worker's go through its
     # publisher, after the events emitted before them).
@@ -733,18 +802,39 @@ class LiveSessions:
         return changed
 
     async def take(
-        self, session_id: str, worker_id: str, *, data: dict[str, Any] | None = None
-    ) -> dict[str, str] | None:
+        self,
+        session_id: str,
+        worker_id: str,
+        *,
+        data: dict[str, Any] | None = None,
+        ready_if: ReadyAtTake | None = None,
+    ) -> Taken | None:
         """``pick_up``, and the session's hash as it left it, in one step (None: not
         taken). A worker that takes its job's session this way is one round trip from
-        ``starting`` where a read and then a pick-up were two."""
-        reply = await self._move(
-            session_id, "pick_up", Reason.PICKED_UP, worker_id=worker_id, data=data, read=True
-        )
+        ``starting`` where a read and then a pick-up were two.
+
+        With ``ready_if``, a new WebSocket session of one of its profiles is also moved on
+        to ``ready`` in the same step (``_TAKE``): the taker has its pipeline running."""
+        head = self._head(session_id)
+        args = [
+            *head,
+            *self._move_args("pick_up", Reason.PICKED_UP, None, data, worker_id, 0, None, True),
+        ]
+        if ready_if is not None and ready_if.profiles:
+            args += [
+                *self._move_args(
+                    "mark_ready", Reason.PIPELINE_READY, None, ready_if.data, worker_id, 0,
+                    ready_if.private, False,
+                ),
+                " ".join(ready_if.profiles),
+            ]  # fmt: skip
+        else:
+            args += [""] * 17 + [""]
+        reply = await self._take(keys=self._keys(session_id), args=args)
         if not reply[0]:
             return None
         flat = reply[2]
-        return dict(zip(flat[::2], flat[1::2], strict=True))
+        return Taken(dict(zip(flat[::2], flat[1::2], strict=True)), ready=len(reply) > 3)
 
     async def cancel(self, session_id: str, reason: Reason) -> bool:
         """A queued session given up before any worker took it (its job: ``queue``)."""

@@ -14,7 +14,10 @@ a session before its client connects, ``echo``) built and running for WebSocket
 sessions, each behind a socket nobody can reach: no session routes to it, and
 its token gate has no key. A start takes one (``take``) and binds it to the
 session: the profile's context, the transport's session and token key, the
-session_id of every line its tasks log. The session's runner then hooks its
+session_id of every line its tasks log. The worker holds one of each profile out
+while it takes a session (``hold``): the take moves a session it has one for on to
+``ready`` in the same step (``shared.live.LiveSessions.take``), and ``settle`` gives
+that session its pipeline and keeps the others. The session's runner then hooks its
 events, limits and client tracking to it as to a pipeline it built itself.
 
 A taken pipeline is replaced once the worker has started nothing for
@@ -161,6 +164,7 @@ class WarmPipelines:
         # lines carry no session_id (its pipelines bind theirs, LateField).
         self._context: contextvars.Context | None = None
         self._closed = False
+        self._closing: set[asyncio.Task[None]] = set()
 
     def count(self) -> int:
         return sum(len(ready) for ready in self._ready.values())
@@ -168,25 +172,47 @@ class WarmPipelines:
     def _counted(self) -> None:
         metrics.WARM_PIPELINES.labels(pool=self.options.pool).set(self.count())
 
-    def take(self, meta: dict[str, str]) -> WarmPipeline | None:
-        """A running pipeline for the session ``meta`` describes, if one is kept for it (a
-        new WebSocket session of a warmable profile), else None; its replacement follows
-        once starts pause."""
+    def hold(self) -> dict[str, WarmPipeline]:
+        """One running pipeline of each profile that has one, held out for a session not
+        yet taken: its take moves it on to ``ready`` if its profile is among them
+        (``LiveSessions.take``), and ``settle`` then gives it the one it needs."""
+        held: dict[str, WarmPipeline] = {}
+        for name, ready in self._ready.items():
+            while ready and name not in held:
+                warm = ready.pop()
+                if warm.usable:
+                    held[name] = warm
+                else:
+                    self._dropped(warm)
+        self._counted()
+        return held
+
+    def settle(self, held: dict[str, WarmPipeline], profile: str | None) -> WarmPipeline | None:
+        """The held pipeline of ``profile`` (None: the session took none) for the session;
+        the others are kept for the next, and what was taken is replaced once starts
+        pause."""
         self._last_start = time.monotonic()
-        ready = self._ready.get(meta.get("profile", "echo"))
-        if meta.get("transport") != "websocket" or not ready:
-            return None
-        if int(meta.get("recoveries") or 0) > 0:  # a call going on: built as it was
-            return None
-        while ready:
-            warm = ready.pop()
-            self._counted()
-            if warm.usable:
-                self.refill()
-                return warm
+        warm = held.pop(profile, None) if profile is not None else None
+        replace = warm is not None
+        for name, unused in held.items():
+            if self._closed or not unused.usable:  # (one that stopped meanwhile: dropped)
+                self._stopped_while_held(unused)
+                replace = True
+            else:
+                self._ready[name].append(unused)
+        self._counted()
+        if replace:
+            self.refill()
+        return warm
+
+    def _stopped_while_held(self, warm: WarmPipeline) -> None:
+        if not warm.usable:
             self._dropped(warm)
-        self.refill()
-        return None
+            return
+        # Closed while it was held out: stopped as the others were (the task kept until done).
+        closing = asyncio.get_running_loop().create_task(warm.aclose())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     def refill(self) -> None:
         """Build what is missing, once the worker has started nothing for a while."""

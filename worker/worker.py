@@ -47,7 +47,7 @@ from shared.lifecycle import (
     Reason,
     SessionRecord,
 )
-from shared.live import LiveSessions
+from shared.live import LiveSessions, ReadyAtTake
 from shared.logs import log_fields
 from shared.queue import record_start
 from worker import metrics
@@ -59,7 +59,7 @@ from worker.session import SessionRunner
 from worker.supervisor import TaskSupervisor
 from worker.transports import SignalError, TransportError
 from worker.transports.websocket import WebSocketListener, WebSocketSessionTransport
-from worker.warm import WarmPipelines
+from worker.warm import WarmPipeline, WarmPipelines
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,20 @@ async def start_session(ctx: dict[str, Any], session_id: str, protocol: int = 0)
         await worker.hand_back(session_id, ctx["redis"], protocol)
         return "another protocol's"
     return await worker.start_session(session_id, ctx["redis"])
+
+
+def _ready_at_take(ahead: dict[str, WarmPipeline]) -> ReadyAtTake | None:
+    """What a take needs to move a session of one of ``ahead``'s profiles on to ``ready``:
+    the ready move's data and the owner's connect parameters, as ``_make_ready`` gives
+    them for a WebSocket session (the listener's, the same for every session here)."""
+    if not ahead:
+        return None
+    owner = next(iter(ahead.values())).transport.owner_params()
+    return ReadyAtTake(
+        profiles=list(ahead),
+        data={"transport": "websocket", **owner},
+        private={OWNER_CONNECT: json.dumps(owner)},
+    )
 
 
 class SessionWorker(Worker):
@@ -419,11 +433,29 @@ class VoicepoolWorker:
         if self.draining or self.free_slots() <= 0:
             await self._requeue(session_id, arq_redis)
             return "requeued"
-        runner = await self._take(session_id)
-        if runner is None:
+        taken = await self._take(session_id)
+        if taken is None:
             return "not started"
-        recovered = int(runner.meta.get("recoveries") or 0) > 0  # another worker had the call
+        runner, ready = taken
         self._spawn(self._note_start(session_id))  # off the start's path
+        if not ready and not await self._make_ready(runner):
+            self.sessions.pop(session_id, None)
+            await runner.publisher.aclose()
+            await self._release(runner)  # a room or a token made before it failed
+            return "not started"
+        runner.start()
+        # The session's task builds its pipeline in its first step: let it run now, not
+        # after the job's own bookkeeping (arq's result, the beat): a WebSocket client is
+        # on its way, and its first message waits for the pipeline.
+        await asyncio.sleep(0)
+        self._beat_soon.set()  # operators see the slot taken at once
+        return "ready"
+
+    async def _make_ready(self, runner: SessionRunner) -> bool:
+        """Prepare a session taken (its transport's room or listener) and move it on to
+        ``ready``; False if it could not be (ended, saying why)."""
+        session_id = runner.id
+        recovered = int(runner.meta.get("recoveries") or 0) > 0  # another worker had the call
         try:
             connect = await runner.prepare()
             owner = runner.transport.owner_params()
@@ -448,34 +480,37 @@ class VoicepoolWorker:
             message = f"the session could not be prepared: {type(exc).__name__}"
             await self._not_started(session_id, Reason.PIPELINE_ERROR, message)
             ready = False
-        if not ready:
-            self.sessions.pop(session_id, None)
-            await runner.publisher.aclose()
-            await self._release(runner)  # a room or a token made before it failed
-            return "not started"
-        runner.start()
-        # The session's task builds its pipeline in its first step: let it run now, not
-        # after the job's own bookkeeping (arq's result, the beat): a WebSocket client is
-        # on its way, and its first message waits for the pipeline.
-        await asyncio.sleep(0)
-        self._beat_soon.set()  # operators see the slot taken at once
-        return "ready"
+        return ready
 
-    async def _take(self, session_id: str) -> SessionRunner | None:
-        """Take the session (picked up and read in one step) and register its runner; None
-        if it is not this worker's to run (no longer queued), or could not be set up (then
-        it is ended, saying why). Until its runner is registered, an end request for it is
-        held (``_handle``) and applied to the runner then."""
+    async def _take(self, session_id: str) -> tuple[SessionRunner, bool] | None:
+        """Take the session (picked up and read in one step) and register its runner, and
+        whether it is ``ready`` already; None if it is not this worker's to run (no longer
+        queued), or could not be set up (then it is ended, saying why). Until its runner is
+        registered, an end request for it is held (``_handle``) and applied to it then.
+
+        A session this worker has a pipeline running for (``worker.warm``) is moved on to
+        ``ready`` by the take itself: its runner is registered, that pipeline bound, before
+        anything else runs here, so its client finds it however soon it connects."""
         held = self._starting[session_id] = []
+        ahead = self.warm.hold()
         try:
-            meta = await self.live.take(session_id, self.id, data={"pool": self.options.pool})
-            if meta is None:  # unknown, cancelled or expired meanwhile
+            taken = None
+            try:
+                taken = await self.live.take(
+                    session_id,
+                    self.id,
+                    data={"pool": self.options.pool},
+                    ready_if=_ready_at_take(ahead),
+                )
+            finally:
+                ready_profile = taken.meta.get("profile") if taken and taken.ready else None
+                warm = self.warm.settle(ahead, ready_profile)
+            if taken is None:  # unknown, cancelled or expired meanwhile
                 return None
-            warm = None
+            meta = taken.meta
             try:
                 if int(meta.get("recoveries") or 0) > 0:  # another worker had the call
                     meta = await resumed_meta(self.redis, session_id, meta)
-                warm = self.warm.take(meta)
                 runner = SessionRunner(
                     session_id,
                     meta,
@@ -502,7 +537,7 @@ class VoicepoolWorker:
             del self._starting[session_id]
         for reason in held:
             runner.end(reason)
-        return runner
+        return runner, taken.ready
 
     async def _not_started(self, session_id: str, reason: Reason, message: str) -> None:
         """End a session this worker took and could not start, saying why."""

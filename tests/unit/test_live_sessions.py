@@ -22,7 +22,7 @@ from shared.lifecycle import (
     allowed,
     final_state,
 )
-from shared.live import LiveSessions, OwnerLimitReached
+from shared.live import LiveSessions, OwnerLimitReached, ReadyAtTake
 
 
 async def _new(live: LiveSessions, sid: str = "s1", **fields: str) -> None:
@@ -481,8 +481,9 @@ async def test_the_reaper_records_the_protocol_in_a_redis_new_to_it(redis) -> No
 async def test_a_take_picks_the_session_up_and_reads_it_in_one_step(redis) -> None:
     live = LiveSessions(redis)
     await _new(live, profile="echo")
-    meta = await live.take("s1", "w1", data={"pool": "server"})
-    assert meta is not None
+    taken = await live.take("s1", "w1", data={"pool": "server"})
+    assert taken is not None and not taken.ready
+    meta = taken.meta
     assert (meta["state"], meta["worker_id"], meta["profile"]) == ("starting", "w1", "echo")
     assert meta == await live.get("s1")  # the hash as the move left it
     assert await live.take("s1", "w2") is None  # taken already: not twice
@@ -490,3 +491,35 @@ async def test_a_take_picks_the_session_up_and_reads_it_in_one_step(redis) -> No
     assert await live.cancel("s2", Reason.CLIENT_ENDED)
     assert await live.take("s2", "w1") is None  # given up before any worker took it
     assert await live.take("never", "w1") is None
+
+
+async def test_a_take_moves_a_session_its_worker_has_a_pipeline_for_on_to_ready(redis) -> None:
+    live = LiveSessions(redis)
+    connect = {"ws_url": "ws://127.0.0.1:9/ws", "ws_listener": "l1"}
+    ready_if = ReadyAtTake(
+        ["echo"], {"transport": "websocket", **connect}, {"owner_connect": json.dumps(connect)}
+    )
+    await _new(live, "s1", transport="websocket", profile="echo")
+    taken = await live.take("s1", "w1", data={"pool": "server"}, ready_if=ready_if)
+    assert taken is not None and taken.ready
+    assert (taken.meta["state"], taken.meta["worker_id"]) == ("ready", "w1")
+    assert taken.meta == await live.get("s1")
+    assert json.loads(taken.meta["owner_connect"]) == connect
+    events = [json.loads(f["data"]) for _, f in await redis.xrange(keys.session_events("s1"))]
+    assert [(e["state"], e["reason"]) for e in events] == [
+        ("queued", "created"),
+        ("starting", "picked_up"),
+        ("ready", "pipeline_ready"),
+    ]
+    assert events[-1]["ws_url"] == connect["ws_url"] and "owner_connect" not in str(events)
+    assert [f["seq"] for _, f in await redis.xrange(keys.INGEST_STREAM)] == ["1", "2", "3"]
+
+    # Not another transport, profile, or a call taken up from another worker: those are
+    # only taken, as without ``ready_if``.
+    await _new(live, "s2", transport="webrtc", profile="echo")
+    await _new(live, "s3", transport="websocket", profile="assistant")
+    await _new(live, "s4", transport="websocket", profile="echo", recoveries="1")
+    for sid in ("s2", "s3", "s4"):
+        taken = await live.take(sid, "w1", ready_if=ready_if)
+        assert taken is not None and not taken.ready and taken.meta["state"] == "starting"
+    assert await live.take("s1", "w2", ready_if=ready_if) is None  # taken already

@@ -48,14 +48,17 @@ async def test_a_pipeline_is_kept_running_taken_once_bound_and_replaced() -> Non
     pipelines.refill()
     await _kept(pipelines)
     try:
-        # Only a new WebSocket session of a profile built ahead takes one.
-        assert pipelines.take({"transport": "webrtc", "profile": "echo"}) is None
-        assert pipelines.take({**ECHO_WS, "recoveries": "1"}) is None
+        # Held out while a session is taken; kept when the session took none.
+        held = pipelines.hold()
+        assert list(held) == ["echo"] and pipelines.count() == 0
+        assert pipelines.settle(held, None) is None and pipelines.count() == 1
+        assert pipelines.settle(pipelines.hold(), "assistant") is None  # none of its profile
         assert pipelines.count() == 1
 
-        taken = pipelines.take(ECHO_WS)
-        assert isinstance(taken, WarmPipeline) and taken.usable
-        assert pipelines.count() == 0
+        held = pipelines.hold()
+        taken = pipelines.settle(held, "echo")
+        assert isinstance(taken, WarmPipeline) and taken.usable and held == {}
+        assert pipelines.count() == 0 and pipelines.hold() == {}
         # Unbound, no token opens it; bound, the session's own do (and only once).
         key = ws_tokens.new_key()
         token = ws_tokens.mint(key, "s-1", LISTENER, 60)
@@ -70,7 +73,7 @@ async def test_a_pipeline_is_kept_running_taken_once_bound_and_replaced() -> Non
 
         # Replaced once starts pause, by another one.
         await _kept(pipelines)
-        replacement = pipelines.take(ECHO_WS)
+        replacement = pipelines.settle(pipelines.hold(), "echo")
         assert replacement is not None and replacement is not taken and replacement.usable
         await taken.aclose()
         assert taken.task.done()
@@ -78,6 +81,18 @@ async def test_a_pipeline_is_kept_running_taken_once_bound_and_replaced() -> Non
         await replacement.aclose()
     finally:
         await pipelines.aclose()
+
+
+async def test_one_held_when_the_worker_closes_is_stopped_and_not_kept() -> None:
+    SharedSileroVADAnalyzer.preload()
+    pipelines = WarmPipelines(_options())
+    pipelines.refill()
+    await _kept(pipelines)
+    held = pipelines.hold()
+    await pipelines.aclose()  # a drain, while a session is being taken
+    unused = held["echo"]
+    assert pipelines.settle(held, None) is None and pipelines.count() == 0
+    await asyncio.wait_for(unused.task, 10)  # stopped, as those not held were
 
 
 async def test_one_that_stops_unused_is_dropped_and_replaced_and_closing_stops_all() -> None:
@@ -97,7 +112,7 @@ async def test_one_that_stops_unused_is_dropped_and_replaced_and_closing_stops_a
     assert pipelines.count() == 0 and second.task.done()
     pipelines.refill()  # closed: builds nothing more
     await asyncio.sleep(0.2)
-    assert pipelines.count() == 0 and pipelines.take(ECHO_WS) is None
+    assert pipelines.count() == 0 and pipelines.hold() == {}
 
 
 async def test_no_pipeline_is_built_ahead_when_turned_off() -> None:
@@ -106,5 +121,5 @@ async def test_no_pipeline_is_built_ahead_when_turned_off() -> None:
     pipelines = WarmPipelines(options)
     pipelines.refill()
     await asyncio.sleep(0.2)
-    assert pipelines.count() == 0 and pipelines.take(ECHO_WS) is None
+    assert pipelines.count() == 0 and pipelines.hold() == {}
     await pipelines.aclose()
