@@ -10,12 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix
-from arq.jobs import serialize_job
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.jobs import deserialize_job_raw, serialize_job
 from arq.utils import timestamp_ms
 
 from shared import keys
@@ -93,26 +93,54 @@ def new_start_job(
 
 
 # KEYS: 1 the queue. ARGV: 1 now (ms), 2 most jobs to take, 3 the in-progress key's TTL
-# (ms), 4 arq's in-progress key prefix (the keys are named from the ids: single-instance
-# Redis, as arq itself). Each due job, oldest first, is taken as arq's claim takes one (its
-# in-progress key set, unless another worker's is); returns {id, score, id, score, ...}.
-# Jobs another worker is starting stay queued until done: the read looks past that many.
+# (ms), 4/5/6 arq's in-progress, job and retry key prefixes (the keys are named from the
+# ids: single-instance Redis, as arq itself). Each due job, oldest first, is taken as
+# arq's claim takes one (its in-progress key set, unless another worker's is); returns
+# {id, score, job, tries, ...}: with each its job as arq stored it (false: gone) and the
+# tries arq counted before (false: none). Jobs another worker is starting stay queued
+# until done: the read looks past that many.
 _TAKE_DUE = """
 local most = tonumber(ARGV[2])
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES',
   'LIMIT', 0, most * 2 + 32)
 local taken = {}
 for i = 1, #due, 2 do
-  if #taken >= 2 * most then break end
+  if #taken >= 4 * most then break end
   local key = ARGV[4] .. due[i]
   if redis.call('EXISTS', key) == 0 then
     redis.call('PSETEX', key, ARGV[3], '1')
     taken[#taken + 1] = due[i]
     taken[#taken + 1] = due[i + 1]
+    taken[#taken + 1] = redis.call('GET', ARGV[5] .. due[i])
+    taken[#taken + 1] = redis.call('GET', ARGV[6] .. due[i])
   end
 end
 return taken
 """
+
+
+class Claim(NamedTuple):
+    """A job a worker claimed (``JobClaims.take_due``), as arq stored it then."""
+
+    job_id: str
+    score: int
+    job: bytes | None
+    """Its serialized job (None: gone since, as arq's own read will find)."""
+    tries: int
+    """How often arq had run it before (0: never)."""
+
+    def new_start(self, deserializer: Any = None) -> str | None:
+        """The session a new session's start job of this fleet protocol starts, run by
+        nobody before (a job that is not: None)."""
+        if self.job is None or self.tries:
+            return None
+        try:
+            function, args, *_ = deserialize_job_raw(self.job, deserializer=deserializer)
+        except Exception:  # not arq's, or not ours to read: arq's run says why
+            return None
+        if function != START_JOB or tuple(args) != (self.job_id, PROTOCOL):
+            return None
+        return self.job_id
 
 
 class JobClaims:
@@ -127,13 +155,21 @@ class JobClaims:
         self.queue_name = queue_name
         self.in_progress_ms = in_progress_ms
 
-    async def take_due(self, most: int) -> list[tuple[str, int]]:
-        """Up to ``most`` due jobs, oldest first, now this worker's to run: (id, score)."""
+    async def take_due(self, most: int) -> list[Claim]:
+        """Up to ``most`` due jobs, oldest first, now this worker's to run."""
         flat = await self._take_due(
             keys=[self.queue_name],
-            args=[timestamp_ms(), most, self.in_progress_ms, in_progress_key_prefix],
-        )
-        return [(_text(flat[i]), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+            args=[
+                timestamp_ms(), most, self.in_progress_ms,
+                in_progress_key_prefix, job_key_prefix, retry_key_prefix,
+            ],
+        )  # fmt: skip
+        return [
+            Claim(
+                _text(flat[i]), int(float(flat[i + 1])), flat[i + 2] or None, int(flat[i + 3] or 0)
+            )
+            for i in range(0, len(flat), 4)
+        ]
 
 
 def _text(value: bytes | str) -> str:

@@ -93,10 +93,13 @@ async def test_a_poll_takes_due_jobs_oldest_first_once_and_refuses_what_arq_woul
         sid: int(await redis.zscore(keys.queue("server"), sid)) for sid in ("first", "second")
     }
 
-    assert await claims.take_due(2) == [("first", scores["first"]), ("second", scores["second"])]
+    first, second = await claims.take_due(2)
+    assert (first.job_id, first.score, second.job_id, second.score) == (
+        "first", scores["first"], "second", scores["second"]
+    )  # fmt: skip
     assert 0 < await redis.pttl(in_progress_key_prefix + "first") <= ttl_ms
     # Taken here: not again, by another poll of ours or by arq's own claim.
-    assert [job for job, _ in await claims.take_due(5)] == ["third"]
+    assert [claim.job_id for claim in await claims.take_due(5)] == ["third"]
     assert await claims.take_due(5) == []
     ran: list[tuple[Any, ...]] = []
     worker = _worker(arq, ran)
@@ -115,8 +118,39 @@ async def test_a_poll_takes_due_jobs_oldest_first_once_and_refuses_what_arq_woul
         _defer_until=datetime.fromtimestamp(later, UTC),
     )  # fmt: skip
     await _create(arq, redis, "due")
-    assert [job for job, _ in await claims.take_due(5)] == ["due"]
+    assert [claim.job_id for claim in await claims.take_due(5)] == ["due"]
     assert not await redis.exists(in_progress_key_prefix + "later")
+
+
+async def test_a_claim_tells_a_new_sessions_start_from_any_other_job(arq, redis) -> None:
+    """What a worker may take ahead of arq's run (``VoicepoolWorker.take_ahead``): only a
+    new session's start job of its own protocol that arq never ran."""
+    claims = queue.JobClaims(arq, keys.queue("server"), 60_000)
+    await _create(arq, redis, "new")
+    (claim,) = await claims.take_due(1)
+    assert (claim.job_id, claim.tries) == ("new", 0) and claim.job is not None
+    assert claim.new_start() == "new"
+    # As arq's run found it: the same job, one try counted.
+    ran: list[tuple[Any, ...]] = []
+    worker = _worker(arq, ran)
+    try:
+        await worker.run_job("new", claim.score)
+    finally:
+        await worker.close()
+    assert ran == [("new", PROTOCOL)]
+
+    await queue.enqueue_start(arq, "s", "server", job_id="s.r1", expires_s=60)
+    await queue.enqueue_start(arq, "older", "server", job_id="older", expires_s=60,
+                              protocol=PROTOCOL - 1)  # fmt: skip
+    await _create(arq, redis, "tried")
+    await redis.set("arq:retry:tried", 1)  # a worker ran it and died
+    await _create(arq, redis, "gone")
+    await redis.delete(job_key_prefix + "gone")
+    claimed = {claim.job_id: claim for claim in await claims.take_due(5)}
+    assert claimed["s.r1"].new_start() is None  # a call taken up from another worker
+    assert claimed["older"].new_start() is None  # another protocol's: handed back
+    assert claimed["tried"].tries == 1 and claimed["tried"].new_start() is None
+    assert claimed["gone"].job is None and claimed["gone"].new_start() is None
 
 
 async def test_a_refused_session_queues_no_job_and_rings_no_worker(arq, redis) -> None:

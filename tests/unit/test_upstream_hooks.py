@@ -157,6 +157,11 @@ def test_arq_claim() -> None:
     ):
         assert step in body, f"arq's claim no longer does: {step}"
     assert [p[0] for p in parameters(Worker.run_job)] == ["self", "job_id", "score"]
+    # A claim reads the job and its tries as arq's run reads them (``queue.Claim``): a job
+    # with no tries counted was never run (its session is taken ahead of the run).
+    run = source(Worker.run_job)
+    for step in ("pipe.get(job_key_prefix + job_id)", "pipe.incr(retry_key_prefix + job_id)"):
+        assert step in run, f"arq's run no longer does: {step}"
 
 
 # --- pipecat: the idle timeout ------------------------------------------------------

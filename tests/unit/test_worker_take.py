@@ -70,3 +70,69 @@ async def test_a_session_taken_but_not_set_up_ends_saying_why(
         assert worker.sessions == {} and worker._starting == {}
     finally:
         await worker.redis.aclose()
+
+
+async def test_a_new_sessions_job_is_taken_as_it_is_claimed_and_run_from_there(
+    redis, redis_server
+) -> None:
+    """The take starts with the claim, before arq reads the job again to run it; the job's
+    run carries on from it. A session whose job was gone by arq's read (its TTL ran out
+    in between) is started all the same: it was taken already."""
+    from arq.connections import create_pool
+    from arq.constants import job_key_prefix
+
+    from shared import keys, queue
+    from shared.connections import arq_redis_settings
+    from worker.worker import SessionWorker, start_session
+
+    arq = await create_pool(arq_redis_settings(redis_server.url))
+    worker = VoicepoolWorker(WorkerOptions(redis_url=redis_server.url, worker_id="w1"))
+    fields = {"conversation_id": "c1", "pool": "server", "transport": "webrtc", "profile": "echo"}
+    for sid in ("s1", "s2"):
+        job = queue.new_start_job(arq, sid, "server", expires_s=60)
+        await worker.live.create(sid, "alice", fields, job=job)
+    polls = SessionWorker(
+        worker,
+        functions=[start_session],
+        queue_name=keys.queue("server"),
+        redis_pool=arq,
+        ctx={"voicepool": worker, "redis": arq},
+        handle_signals=False,
+    )
+    try:
+        taken: list[str] = []
+        take = worker._take
+
+        async def seen(session_id: str) -> Any:
+            taken.append(session_id)
+            return await take(session_id)
+
+        worker._take = seen  # type: ignore[method-assign]  # to see when it is taken
+        run_job = polls.run_job
+
+        async def gone_before_read(job_id: str, score: int) -> None:
+            if job_id == "s2":  # its TTL ran out between the claim and arq's read
+                await arq.delete(job_key_prefix + job_id)
+            await run_job(job_id, score)
+
+        polls.run_job = gone_before_read  # type: ignore[method-assign]
+        worker.free_slots = lambda in_flight=0: 2  # type: ignore[method-assign]  # no beat here
+        polls.voicepool.options.safety_poll = 0.05
+        poll = asyncio.create_task(polls._poll_iteration())
+        # s2 can only be taken ahead: arq's run of its job never calls start_session.
+        await eventually(lambda: taken == ["s1", "s2"] or None, what="both taken as claimed")
+
+        async def ready(sid: str) -> bool | None:
+            return (await LiveSessions(redis).get(sid)).get("state") == "ready" or None
+
+        await eventually(lambda: ready("s1"), timeout=10, what="s1 ready")
+        await eventually(lambda: ready("s2"), timeout=10, what="s2 ready, its job gone")
+        assert taken == ["s1", "s2"]  # not taken again by the job's run
+        assert worker._taken_ahead == {} and set(worker.sessions) == {"s1", "s2"}
+        await poll
+    finally:
+        await worker.end_all(Reason.WORKER_SHUTDOWN)
+        await asyncio.sleep(0)
+        await polls.close()
+        await worker.redis.aclose()
+        await arq.aclose()
