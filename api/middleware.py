@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any, cast
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from api import metrics
 from api.web_sessions import COOKIE
+
+# Formatted and masked as uvicorn's access lines are (shared/logs.py); not uvicorn's
+# logger, which ``access_log=False`` cuts off from the root handler.
+ACCESS = logging.getLogger("api.access")
 
 # The Pipecat client needs: fetch/SSE to this origin, WebRTC media (no CSP
 # directive governs RTCPeerConnection), blob: audio for the bot's track, and
@@ -136,7 +143,14 @@ async def _refuse(
 
 
 class RequestMetricsMiddleware:
-    """Counts requests by route template (never the raw path: ids are unbounded)."""
+    """Counts requests by route template (never the raw path: ids are unbounded), and
+    writes each one's access line once its answer is out.
+
+    uvicorn writes its access line (``access_log``, off for the API) as the answer starts,
+    before the headers go out: 54 µs per line in the text format and 83 in JSON, warm
+    (shared/logs.py masks and formats it), on every answer's way to its client, and
+    between the headers' write and the body's, so that a client could wake for each. This
+    line is uvicorn's own, made the same way (logger ``api.access``)."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -159,6 +173,11 @@ class RequestMetricsMiddleware:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             metrics.HTTP_REQUESTS.labels(route=path, status=str(status)).inc()
+            if ACCESS.isEnabledFor(logging.INFO):
+                ACCESS.info(
+                    '%s - "%s %s HTTP/%s" %d', get_client_addr(cast(Any, scope)), scope["method"],
+                    get_path_with_query_string(cast(Any, scope)), scope["http_version"], status,
+                )  # fmt: skip
 
 
 class SecurityHeadersMiddleware:

@@ -161,10 +161,15 @@ def _record_fields(record: logging.LogRecord) -> dict[str, object]:
     return _fields({k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRIBUTES})
 
 
+ACCESS_LOGGERS = ("uvicorn.access", "api.access")
+"""Who writes access lines: uvicorn, and the API's middleware (``api.middleware``) in its
+shape, after each answer."""
+
+
 def _is_access(record: logging.LogRecord) -> bool:
-    """uvicorn's access line: args (client_addr, method, full_path, http_version, status)."""
+    """An access line: args (client_addr, method, full_path, http_version, status)."""
     return (
-        record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5
+        record.name in ACCESS_LOGGERS and isinstance(record.args, tuple) and len(record.args) == 5
     )
 
 
@@ -181,12 +186,13 @@ def _access_fields(record: logging.LogRecord) -> dict[str, object]:
 
 
 def _unquery(record: logging.LogRecord) -> logging.LogRecord:
-    """A copy of a uvicorn record with the credentials of query strings masked.
+    """A copy of a uvicorn record or an access line with the credentials of query strings
+    masked.
 
     uvicorn logs request paths with their query strings: its access lines, and
     WebSocket handshakes (``"WebSocket /ws?token=…" [accepted]``).
     """
-    if not record.name.startswith("uvicorn"):
+    if not (record.name.startswith("uvicorn") or record.name in ACCESS_LOGGERS):
         return record
     copy = logging.makeLogRecord(record.__dict__)
     if _is_access(record):

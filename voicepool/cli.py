@@ -184,9 +184,11 @@ def _run_api(settings: Settings, host: str, port: int) -> None:
         h11_max_incomplete_event_size=16 * 1024,
         timeout_keep_alive=5,  # idle connections between requests close after this
         log_level=settings.log_level.lower(),
-        # uvicorn's lines, access lines included, go through the root handler that
-        # logs.configure set up: JSON with method/path/status/client fields under
-        # VOICEPOOL_LOG_FORMAT=json, and masked (query tokens too) in both formats.
+        # uvicorn's lines go through the root handler that logs.configure set up: JSON
+        # with method/path/status/client fields under VOICEPOOL_LOG_FORMAT=json, and
+        # masked (query tokens too) in both formats. Access lines are written once each
+        # answer is out, by api.middleware.RequestMetricsMiddleware, in uvicorn's shape.
+        access_log=False,
         log_config=None,
         timeout_graceful_shutdown=5,
     )

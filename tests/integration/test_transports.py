@@ -215,6 +215,12 @@ async def test_a_websocket_session_takes_a_pipeline_built_ahead_and_one_is_built
         assert rtc.status_code == 201, rtc.text
         assert metric(started_built) == 1 and metric(started_warm) == 2
         await api.delete(f"/api/sessions/{rtc.json()['session_id']}")
+    # Each request's access line once (written after its answer, in uvicorn's shape), and
+    # each WebSocket client's connection once, the listener's own line (not uvicorn's).
+    api_log = (system.tmp / "api.log").read_text()
+    assert api_log.count('"POST /api/sessions?wait=ready HTTP/1.1" 201') == 3
+    worker_log = (system.tmp / "worker0.log").read_text()
+    assert worker_log.count("WebSocket client connected") == 2 and "[accepted]" not in worker_log
 
 
 @pytest.mark.slow

@@ -268,6 +268,14 @@ def _token_of(websocket: WebSocket) -> str:
     return token
 
 
+def _not_an_accepted_handshake(record: logging.LogRecord) -> bool:
+    """uvicorn's line for a handshake it accepts is written before the handshake's answer,
+    on the client's way to its first message (35 µs warm, its token masked); the
+    listener says the same (``session …: WebSocket client connected``) once the answer is
+    out. Refusals are still uvicorn's to say."""
+    return not str(record.msg).endswith("[accepted]")
+
+
 class WebSocketListener:
     """The worker's one WebSocket endpoint; routes each connection to its session by token."""
 
@@ -286,6 +294,7 @@ class WebSocketListener:
     async def start(self) -> str:
         """Listen, and return the URL clients reach this listener at."""
         # Tokens in the handshake lines uvicorn logs are masked by shared/logs.py.
+        logging.getLogger("uvicorn.error").addFilter(_not_an_accepted_handshake)
         family = socket.AF_INET6 if ":" in self.options.ws_host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
