@@ -169,7 +169,7 @@ async def _create(
 
     Admission is decided where the session goes live, atomically (``LiveSessions.create``).
     A look at it first (``_admit``) is a Redis round trip of its own, one more on top of
-    the six a start waits on one after another, each ~0.4 ms on a quiet machine
+    the four a start waits on one after another, each ~0.4 ms on a quiet machine
     (ops/bench/start_trace.py): it is taken only where a refusal came lately. A session
     refused without it left nothing behind, and is created once more, looking first
     (``look``): so a pool that refuses spills to its fallback as before."""

@@ -23,10 +23,11 @@ handshake to the worker and its token check; ``bot-ready``, the client's
 What a hop costs: after the sessions of each voicepool rep, this process times a Redis
 round trip (``HGET`` on the target's redis-server) back to back and after 50 ms of quiet,
 as each hop of a start finds the processes it wakes (``round_trip``). Between the request
-and ``ready`` a start makes six Redis round trips one after another (the API: admission's
-first look, the create script that records, enqueues and rings; the worker: the claim, arq's
-read of the job, the take, the ready move) and the API sees ``ready`` on a seventh (its
-blocking read), between four processes; an in-process runner makes none.
+and ``ready`` a WebSocket ``echo`` start makes three Redis round trips one after another
+(the API: the create script that records, enqueues and rings; the worker: the claim, then
+the take that also moves it to ``ready``, while arq reads the job) and the API sees
+``ready`` on a fourth (its blocking read), between four processes; an in-process runner
+makes none.
 
 With ``--burst N``, each rep opens N sessions at once instead, as ``anchor.py``'s burst
 does, and every stage is reported from the burst's start (p50 / p90, max): where a
