@@ -12,12 +12,12 @@ A worker now keeps ``WorkerOptions.warm_pipelines`` pipelines of each profile
 that can be built ahead (``Profile.warmable``: one whose pipeline needs nothing of
 a session before its client connects, ``echo``) built and running for WebSocket
 sessions, each behind a socket nobody can reach: no session routes to it, and
-its token gate has no key. A start takes one (``take``) and binds it to the
-session: the profile's context, the transport's session and token key, the
-session_id of every line its tasks log. The worker holds one of each profile out
-while it takes a session (``hold``): the take moves a session it has one for on to
-``ready`` in the same step (``shared.live.LiveSessions.take``), and ``settle`` gives
-that session its pipeline and keeps the others. The session's runner then hooks its
+its token gate has no key. The worker holds one of each profile out while it
+takes a session (``hold``): the take moves a session it has one for on to
+``ready`` in the same step (``shared.live.LiveSessions.take``), and ``settle``
+gives that session its pipeline and keeps the others. The session binds it: the
+profile's context, the transport's session and token key, the session_id of
+every line its tasks log. The session's runner then hooks its
 events, limits and client tracking to it as to a pipeline it built itself.
 
 A taken pipeline is replaced once the worker has started nothing for
