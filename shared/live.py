@@ -285,7 +285,7 @@ _TAKE = (
     _TRANSITION_FN
     + """
 local taken = transition(ARGV)
-if taken[1] ~= 1 or taken[2] == 'applied before' or ARGV[38] == '' then return taken end
+if taken[1] ~= 1 or ARGV[38] == '' then return taken end
 local s = redis.call('HMGET', KEYS[1], 'transport', 'profile', 'recoveries')
 if s[1] ~= 'websocket' or not member(s[2] or '', ARGV[38]) or (tonumber(s[3]) or 0) > 0 then
   return taken
@@ -829,7 +829,7 @@ class LiveSessions:
                 " ".join(ready_if.profiles),
             ]  # fmt: skip
         else:
-            args += [""] * 17 + [""]
+            args += [""] * 18  # no ready move (ARGV 21-38)
         reply = await self._take(keys=self._keys(session_id), args=args)
         if not reply[0]:
             return None
