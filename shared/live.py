@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict, Unpack, cast
+from typing import Any, NamedTuple, TypedDict, Unpack, cast
 
 import redis.asyncio as aioredis
 from arq.constants import job_key_prefix
@@ -196,7 +196,7 @@ redis.call('SADD', KEYS[10], ARGV[1])
 if ARGV[18] ~= '' then  -- queued at once, and a worker woken
   redis.call('PSETEX', KEYS[12], ARGV[19], ARGV[18])
   redis.call('ZADD', KEYS[7], ARGV[20], ARGV[1])
-  redis.call('LPUSH', KEYS[13], 1)
+  redis.call('LPUSH', KEYS[13], ARGV[1])  -- the ring names it (shared/queue.py, RING)
   redis.call('LTRIM', KEYS[13], 0, tonumber(ARGV[21]) - 1)
 else  -- counted as waiting until its job is queued
   redis.call('ZADD', KEYS[8], ARGV[8] * 1000, ARGV[1])
@@ -281,9 +281,11 @@ _TRANSITION = _TRANSITION_FN + "return transition(ARGV)"
 # (ops/bench/start_trace.py). ARGV: 1-20 the take's move, with its hash read; 21-37 the
 # ready move's 4-20; 38 the profiles (space separated). Returns the take's reply, and
 # with the ready move made, that move's event id fourth (the hash read after it).
-_TAKE = (
+# A function, so that a worker's claim of its jobs may end with one (shared/queue.py).
+TAKE_FN = (
     _TRANSITION_FN
     + """
+local function take(ARGV)
 local taken = transition(ARGV)
 if taken[1] ~= 1 or ARGV[38] == '' then return taken end
 local s = redis.call('HMGET', KEYS[1], 'transport', 'profile', 'recoveries')
@@ -295,8 +297,10 @@ for i = 21, 37 do ready[#ready + 1] = ARGV[i] end
 local moved = transition(ready)
 if moved[1] ~= 1 then return taken end
 return {1, taken[2], redis.call('HGETALL', KEYS[1]), moved[2]}
+end
 """
 )
+_TAKE = TAKE_FN + "return take(ARGV)"
 
 # ARGV: 4 event type, 5 data JSON, 6 publisher seq (0: none), 7 final states (space
 #       separated), 8 the publishing worker ('' for none: only the owner may publish)
@@ -469,6 +473,22 @@ class Taken:
     """Its hash, as the take left it."""
     ready: bool
     """Moved on to ``ready`` in the same step (``ReadyAtTake``)."""
+
+    @classmethod
+    def from_reply(cls, reply: list[Any]) -> Taken | None:
+        """The take's reply (``TAKE_FN``) read: None if it did not take the session. (From
+        a connection that does not decode, as arq's: its hash is decoded here.)"""
+        if not reply[0]:
+            return None
+        flat = [x.decode() if isinstance(x, bytes) else x for x in reply[2]]
+        return cls(dict(zip(flat[::2], flat[1::2], strict=True)), ready=len(reply) > 3)
+
+
+class TakeStep(NamedTuple):
+    """A take's keys and arguments, for ``_TAKE`` or a script that ends with one."""
+
+    keys: list[str]
+    args: list[Any]
 
 
 PendingEvent = tuple[str, EventType | str, dict[str, Any], dict[str, Any]]
@@ -815,9 +835,20 @@ class LiveSessions:
 
         With ``ready_if``, a new WebSocket session of one of its profiles is also moved on
         to ``ready`` in the same step (``_TAKE``): the taker has its pipeline running."""
-        head = self._head(session_id)
+        step = self.take_step(session_id, worker_id, data=data, ready_if=ready_if)
+        return Taken.from_reply(await self._take(keys=step.keys, args=step.args))
+
+    def take_step(
+        self,
+        session_id: str,
+        worker_id: str,
+        *,
+        data: dict[str, Any] | None = None,
+        ready_if: ReadyAtTake | None = None,
+    ) -> TakeStep:
+        """``take``'s keys and arguments (``TAKE_FN``'s KEYS 1-5, ARGV 1-38)."""
         args = [
-            *head,
+            *self._head(session_id),
             *self._move_args("pick_up", Reason.PICKED_UP, None, data, worker_id, 0, None, True),
         ]
         if ready_if is not None and ready_if.profiles:
@@ -830,11 +861,7 @@ class LiveSessions:
             ]  # fmt: skip
         else:
             args += [""] * 18  # no ready move (ARGV 21-38)
-        reply = await self._take(keys=self._keys(session_id), args=args)
-        if not reply[0]:
-            return None
-        flat = reply[2]
-        return Taken(dict(zip(flat[::2], flat[1::2], strict=True)), ready=len(reply) > 3)
+        return TakeStep(self._keys(session_id), args)
 
     async def cancel(self, session_id: str, reason: Reason) -> bool:
         """A queued session given up before any worker took it (its job: ``queue``)."""

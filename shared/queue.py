@@ -21,10 +21,15 @@ from arq.utils import timestamp_ms
 from shared import keys
 from shared.fleet import PROTOCOL
 from shared.lifecycle import Reason, SessionState
-from shared.live import START_RATE_WINDOW_S, LiveSessions, StartJob
+from shared.live import START_RATE_WINDOW_S, TAKE_FN, LiveSessions, StartJob, Taken, TakeStep
 
 START_JOB = "start_session"
 """The worker function a start job runs (registered under this name by the worker)."""
+
+RING = "1"
+"""A ring that names no session (``ring``'s). A new session's own ring, pushed as it is
+created (``LiveSessions.create``), is its id: the worker that pops it takes the session
+in the step that claims its job (``JobClaims.take_due``)."""
 
 DOORBELL_MAX = 1024
 """Rings kept unanswered at most: enough for every job of a burst to wake a worker, while a
@@ -92,31 +97,61 @@ def new_start_job(
     )
 
 
-# KEYS: 1 the queue. ARGV: 1 now (ms), 2 most jobs to take, 3 the in-progress key's TTL
-# (ms), 4/5/6 arq's in-progress, job and retry key prefixes (the keys are named from the
-# ids: single-instance Redis, as arq itself). Each due job, oldest first, is taken as
-# arq's claim takes one (its in-progress key set, unless another worker's is); returns
-# {id, score, job, tries, ...}: with each its job as arq stored it (false: gone) and the
-# tries arq counted before (false: none). Jobs another worker is starting stay queued
-# until done: the read looks past that many.
-_TAKE_DUE = """
-local most = tonumber(ARGV[2])
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES',
-  'LIMIT', 0, most * 2 + 32)
-local taken = {}
-for i = 1, #due, 2 do
-  if #taken >= 4 * most then break end
-  local key = ARGV[4] .. due[i]
-  if redis.call('EXISTS', key) == 0 then
-    redis.call('PSETEX', key, ARGV[3], '1')
-    taken[#taken + 1] = due[i]
-    taken[#taken + 1] = due[i + 1]
-    taken[#taken + 1] = redis.call('GET', ARGV[5] .. due[i])
-    taken[#taken + 1] = redis.call('GET', ARGV[6] .. due[i])
+# Each due job of ``queue``, oldest first, is taken as arq's claim takes one (its
+# in-progress key set, unless another worker's is). ARGV from ``a``: now (ms), most jobs to
+# take, the in-progress key's TTL (ms), arq's in-progress, job and retry key prefixes (the
+# keys are named from the ids: single-instance Redis, as arq itself). Returns {id, score,
+# job, tries, ...}: with each its job as arq stored it (false: gone) and the tries arq
+# counted before (false: none). Jobs another worker is starting stay queued until done:
+# the read looks past that many.
+_TAKE_DUE_FN = """
+local function take_due(queue, a)
+  local most = tonumber(ARGV[a + 1])
+  local due = redis.call('ZRANGEBYSCORE', queue, '-inf', ARGV[a], 'WITHSCORES',
+    'LIMIT', 0, most * 2 + 32)
+  local taken = {}
+  for i = 1, #due, 2 do
+    if #taken >= 4 * most then break end
+    local key = ARGV[a + 3] .. due[i]
+    if redis.call('EXISTS', key) == 0 then
+      redis.call('PSETEX', key, ARGV[a + 2], '1')
+      taken[#taken + 1] = due[i]
+      taken[#taken + 1] = due[i + 1]
+      taken[#taken + 1] = redis.call('GET', ARGV[a + 4] .. due[i])
+      taken[#taken + 1] = redis.call('GET', ARGV[a + 5] .. due[i])
+    end
+  end
+  return taken
+end
+"""
+
+# KEYS: 1 the queue. ARGV: 1-6 ``take_due``'s.
+_TAKE_DUE = _TAKE_DUE_FN + "return take_due(KEYS[1], 1)"
+
+# The claim, and the take of the session whose ring woke the worker if its job is among
+# those claimed and is a new start of this protocol (its job there, never run, the
+# session made by an API of ``ARGV[45]``): what ``Claim.new_start`` would take ahead, in
+# the claim's own step, where it took a round trip of its own after it (~0.5 ms of a start
+# one at a time, ops/bench/start_trace.py). KEYS: 1-5 the take's, 6 the queue. ARGV: 1-38
+# the take's (``LiveSessions.take_step``), 39-44 ``take_due``'s, 45 the protocol.
+# Returns {claims} or {claims, the take's reply}.
+_TAKE_DUE_AND_RUNG = (
+    TAKE_FN
+    + _TAKE_DUE_FN
+    + """
+local claimed = take_due(KEYS[6], 39)
+for i = 1, #claimed, 4 do
+  if claimed[i] == ARGV[1] then
+    if claimed[i + 2] and not claimed[i + 3]
+        and redis.call('HGET', KEYS[1], 'protocol') == ARGV[45] then
+      return {claimed, take(ARGV)}
+    end
+    break
   end
 end
-return taken
+return {claimed}
 """
+)
 
 
 class Claim(NamedTuple):
@@ -143,6 +178,15 @@ class Claim(NamedTuple):
         return self.job_id
 
 
+class Claimed(NamedTuple):
+    """What one poll claimed (``JobClaims.take_due``)."""
+
+    claims: list[Claim]
+    rung: Taken | None = None
+    """The session whose ring woke the worker, taken in the claim's step (None: it was
+    not: its job was not claimed here, is no new start, or it could not be taken)."""
+
+
 class JobClaims:
     """One worker's claims on its queue's jobs: each poll reads the due jobs and claims as
     many as it may run in one step, where arq reads them in one round trip and claims each
@@ -152,24 +196,31 @@ class JobClaims:
 
     def __init__(self, arq: ArqRedis, queue_name: str, in_progress_ms: int):
         self._take_due = arq.register_script(_TAKE_DUE)
+        self._take_due_and_rung = arq.register_script(_TAKE_DUE_AND_RUNG)
         self.queue_name = queue_name
         self.in_progress_ms = in_progress_ms
 
-    async def take_due(self, most: int) -> list[Claim]:
-        """Up to ``most`` due jobs, oldest first, now this worker's to run."""
-        flat = await self._take_due(
-            keys=[self.queue_name],
-            args=[
-                timestamp_ms(), most, self.in_progress_ms,
-                in_progress_key_prefix, job_key_prefix, retry_key_prefix,
-            ],
-        )  # fmt: skip
-        return [
-            Claim(
-                _text(flat[i]), int(float(flat[i + 1])), flat[i + 2] or None, int(flat[i + 3] or 0)
-            )
-            for i in range(0, len(flat), 4)
-        ]
+    async def take_due(self, most: int, rung: TakeStep | None = None) -> Claimed:
+        """Up to ``most`` due jobs, oldest first, now this worker's to run; with ``rung``,
+        the take of the session a ring named (``LiveSessions.take_step``), made in the same
+        step if its job is among them and a new start of this protocol."""
+        claim_args: list[str | int] = [
+            timestamp_ms(), most, self.in_progress_ms,
+            in_progress_key_prefix, job_key_prefix, retry_key_prefix,
+        ]  # fmt: skip
+        if rung is None:
+            return Claimed(_claims(await self._take_due(keys=[self.queue_name], args=claim_args)))
+        reply = await self._take_due_and_rung(
+            keys=[*rung.keys, self.queue_name], args=[*rung.args, *claim_args, PROTOCOL]
+        )
+        return Claimed(_claims(reply[0]), Taken.from_reply(reply[1]) if len(reply) > 1 else None)
+
+
+def _claims(flat: list[Any]) -> list[Claim]:
+    return [
+        Claim(_text(flat[i]), int(float(flat[i + 1])), flat[i + 2] or None, int(flat[i + 3] or 0))
+        for i in range(0, len(flat), 4)
+    ]
 
 
 def _text(value: bytes | str) -> str:
@@ -189,14 +240,19 @@ async def ring(redis: aioredis.Redis, pool: str, *, queued: str = "") -> None:
 def _ring(pipe: Any, pool: str, *, queued: str) -> None:
     if queued:
         pipe.zrem(keys.pool_admitting(pool), queued)
-    pipe.lpush(keys.doorbell(pool), 1)
+    pipe.lpush(keys.doorbell(pool), RING)
     pipe.ltrim(keys.doorbell(pool), 0, DOORBELL_MAX - 1)
 
 
-async def wait_for_ring(redis: aioredis.Redis, pool: str, timeout: float) -> bool:
-    """Block until a job of ``pool`` is rung in, or ``timeout`` seconds pass (False)."""
+async def wait_for_ring(redis: aioredis.Redis, pool: str, timeout: float) -> str | None:
+    """Block until a job of ``pool`` is rung in, or ``timeout`` seconds pass (None). Returns
+    the new session the ring names ('' for a ring that names none: ``ring``'s)."""
     rung = redis.blpop([keys.doorbell(pool)], timeout)  # type: ignore[arg-type]  # redis-py: timeout typed int; Redis takes float seconds
-    return await cast("Awaitable[Any]", rung) is not None
+    popped = await cast("Awaitable[Any]", rung)
+    if popped is None:
+        return None
+    named = _text(popped[1])
+    return "" if named == RING else named
 
 
 async def enqueue_recovery(

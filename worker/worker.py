@@ -47,7 +47,7 @@ from shared.lifecycle import (
     Reason,
     SessionRecord,
 )
-from shared.live import LiveSessions, ReadyAtTake
+from shared.live import LiveSessions, ReadyAtTake, Taken, TakeStep
 from shared.logs import log_fields
 from shared.queue import record_start
 from worker import metrics
@@ -125,13 +125,16 @@ class SessionWorker(Worker):
             self.pool, self.queue_name, int(self.in_progress_timeout_s * 1000)
         )
         self.slot_freed = asyncio.Event()
+        self.rung = ""
+        """The new session the last ring named ('': none), for the next poll to take."""
 
     # arq's poll, with its read and claims made in one step; guarded by
     # tests/unit/test_upstream_hooks.py::test_arq_poll and test_arq_claim
     async def _poll_iteration(self) -> None:
         self.slot_freed.clear()  # before counting: a slot freed from here on wakes the wait
         free = self.voicepool.free_slots(in_flight=self.job_counter)
-        taken = await self.claims.take_due(free) if free else []
+        rung, self.rung = self.rung, ""
+        taken = await self.voicepool.claim(self.claims, free, rung) if free else []
         for claim in taken:
             await self.sem.acquire()  # never waits: at most max_jobs run, and sem has one more
             self.job_counter += 1
@@ -162,7 +165,8 @@ class SessionWorker(Worker):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.slot_freed.wait(), wait_s)
             return
-        await queue.wait_for_ring(self.voicepool.redis, self.voicepool.options.pool, wait_s)
+        rung = await queue.wait_for_ring(self.voicepool.redis, self.voicepool.options.pool, wait_s)
+        self.rung = rung or ""
 
 
 class VoicepoolWorker:
@@ -435,6 +439,27 @@ class VoicepoolWorker:
         with log_fields(session_id=session_id):
             return await self._start_session(session_id, arq_redis)
 
+    async def claim(self, claims: queue.JobClaims, most: int, rung: str) -> list[queue.Claim]:
+        """Claim up to ``most`` due jobs; with ``rung``, the new session whose ring woke this
+        worker, taken in the same step if its job is among them (``JobClaims.take_due``):
+        the session's start carries on from there (``_start_session``), one round trip
+        sooner than a take after the claim (``take_ahead``)."""
+        if not rung or self.draining:
+            return (await claims.take_due(most)).claims
+        ahead = self._begin_take(rung)
+        try:
+            claimed = await claims.take_due(most, self._take_step(rung, ahead))
+        except BaseException:
+            self._not_taken(rung, ahead)
+            raise
+        if claimed.rung is None:  # not claimed here, no new start, or no longer queued
+            self._not_taken(rung, ahead)
+        else:
+            with log_fields(session_id=rung):
+                finish = self._finish_take(rung, claimed.rung, ahead)
+                self._taken_ahead[rung] = asyncio.create_task(finish)
+        return claimed.claims
+
     def take_ahead(self, session_id: str) -> None:
         """Take a new session as its start job is claimed, while arq reads the job again to
         run it (``SessionWorker._poll_iteration``): the take's round trip and arq's overlap,
@@ -442,8 +467,9 @@ class VoicepoolWorker:
         sooner one at a time: ops/bench/start_trace.py). The job's run (``start_session``)
         carries on from it.
         Only a job of this fleet's protocol that never ran before (``queue.Claim``): what
-        ``start_session`` would turn away is never taken here."""
-        if self.draining:
+        ``start_session`` would turn away is never taken here. A session taken with its
+        claim (``claim``) is not taken again."""
+        if self.draining or session_id in self._taken_ahead:
             return
         with log_fields(session_id=session_id):
             self._taken_ahead[session_id] = asyncio.create_task(self._take(session_id))
@@ -520,22 +546,46 @@ class VoicepoolWorker:
         A session this worker has a pipeline running for (``worker.warm``) is moved on to
         ``ready`` by the take itself: its runner is registered, that pipeline bound, before
         anything else runs here, so its client finds it however soon it connects."""
-        held = self._starting[session_id] = []
-        ahead = self.warm.hold()
+        ahead = self._begin_take(session_id)
         try:
-            taken = None
-            try:
-                taken = await self.live.take(
-                    session_id,
-                    self.id,
-                    data={"pool": self.options.pool},
-                    ready_if=_ready_at_take(ahead),
-                )
-            finally:
-                ready_profile = taken.meta.get("profile") if taken and taken.ready else None
-                warm = self.warm.settle(ahead, ready_profile)
-            if taken is None:  # unknown, cancelled or expired meanwhile
-                return None
+            taken = await self.live.take(
+                session_id, self.id, data=self._take_data(), ready_if=_ready_at_take(ahead)
+            )
+        except BaseException:
+            self._not_taken(session_id, ahead)
+            raise
+        if taken is None:  # unknown, cancelled or expired meanwhile
+            self._not_taken(session_id, ahead)
+            return None
+        return await self._finish_take(session_id, taken, ahead)
+
+    def _begin_take(self, session_id: str) -> dict[str, WarmPipeline]:
+        """Before a take: end requests for the session are held from now on, and one
+        running pipeline of each profile is held out for it (``WarmPipelines.hold``). Ends
+        with ``_not_taken`` or ``_finish_take``."""
+        self._starting[session_id] = []
+        return self.warm.hold()
+
+    def _take_data(self) -> dict[str, Any]:
+        return {"pool": self.options.pool}
+
+    def _take_step(self, session_id: str, ahead: dict[str, WarmPipeline]) -> TakeStep:
+        return self.live.take_step(
+            session_id, self.id, data=self._take_data(), ready_if=_ready_at_take(ahead)
+        )
+
+    def _not_taken(self, session_id: str, ahead: dict[str, WarmPipeline]) -> None:
+        self.warm.settle(ahead, None)
+        del self._starting[session_id]
+
+    async def _finish_take(
+        self, session_id: str, taken: Taken, ahead: dict[str, WarmPipeline]
+    ) -> tuple[SessionRunner, bool] | None:
+        """Register the runner of a session taken (``_take``, or with its claim: ``claim``),
+        with the pipeline held for it if the take made it ready; None if it could not be
+        set up (it is ended, saying why)."""
+        try:
+            warm = self.warm.settle(ahead, taken.meta.get("profile") if taken.ready else None)
             meta = taken.meta
             try:
                 if int(meta.get("recoveries") or 0) > 0:  # another worker had the call
@@ -563,7 +613,7 @@ class VoicepoolWorker:
                 stale.let_go(Reason.WORKER_LOST)
             self.sessions[session_id] = runner
         finally:
-            del self._starting[session_id]
+            held = self._starting.pop(session_id)
         for reason in held:
             runner.end(reason)
         return runner, taken.ready

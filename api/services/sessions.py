@@ -297,6 +297,7 @@ async def _go_live(
             "transport": row.transport,
             "profile": row.profile,
             "job_id": row.id,
+            "protocol": str(PROTOCOL),  # a worker takes it as it claims the job only if its own
             "created_ts": repr(row.created_at.timestamp()),
             "options": request.options.model_dump_json(exclude_none=True)
             if request.options

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from shared import keys, queue
 from shared.connections import arq_redis_settings
 from shared.fleet import PROTOCOL
 from shared.lifecycle import Reason, SessionState
-from shared.live import ADMIT_ALL, AdmissionPolicy, AdmissionRefused, LiveSessions
+from shared.live import ADMIT_ALL, AdmissionPolicy, AdmissionRefused, LiveSessions, ReadyAtTake
 
 
 @pytest.fixture
@@ -93,14 +94,14 @@ async def test_a_poll_takes_due_jobs_oldest_first_once_and_refuses_what_arq_woul
         sid: int(await redis.zscore(keys.queue("server"), sid)) for sid in ("first", "second")
     }
 
-    first, second = await claims.take_due(2)
+    first, second = (await claims.take_due(2)).claims
     assert (first.job_id, first.score, second.job_id, second.score) == (
         "first", scores["first"], "second", scores["second"]
     )  # fmt: skip
     assert 0 < await redis.pttl(in_progress_key_prefix + "first") <= ttl_ms
     # Taken here: not again, by another poll of ours or by arq's own claim.
-    assert [claim.job_id for claim in await claims.take_due(5)] == ["third"]
-    assert await claims.take_due(5) == []
+    assert [claim.job_id for claim in (await claims.take_due(5)).claims] == ["third"]
+    assert (await claims.take_due(5)).claims == []
     ran: list[tuple[Any, ...]] = []
     worker = _worker(arq, ran)
     try:
@@ -118,7 +119,7 @@ async def test_a_poll_takes_due_jobs_oldest_first_once_and_refuses_what_arq_woul
         _defer_until=datetime.fromtimestamp(later, UTC),
     )  # fmt: skip
     await _create(arq, redis, "due")
-    assert [claim.job_id for claim in await claims.take_due(5)] == ["due"]
+    assert [claim.job_id for claim in (await claims.take_due(5)).claims] == ["due"]
     assert not await redis.exists(in_progress_key_prefix + "later")
 
 
@@ -127,7 +128,7 @@ async def test_a_claim_tells_a_new_sessions_start_from_any_other_job(arq, redis)
     new session's start job of its own protocol that arq never ran."""
     claims = queue.JobClaims(arq, keys.queue("server"), 60_000)
     await _create(arq, redis, "new")
-    (claim,) = await claims.take_due(1)
+    (claim,) = (await claims.take_due(1)).claims
     assert (claim.job_id, claim.tries) == ("new", 0) and claim.job is not None
     assert claim.new_start() == "new"
     # As arq's run found it: the same job, one try counted.
@@ -146,11 +147,58 @@ async def test_a_claim_tells_a_new_sessions_start_from_any_other_job(arq, redis)
     await redis.set("arq:retry:tried", 1)  # a worker ran it and died
     await _create(arq, redis, "gone")
     await redis.delete(job_key_prefix + "gone")
-    claimed = {claim.job_id: claim for claim in await claims.take_due(5)}
+    claimed = {claim.job_id: claim for claim in (await claims.take_due(5)).claims}
     assert claimed["s.r1"].new_start() is None  # a call taken up from another worker
     assert claimed["older"].new_start() is None  # another protocol's: handed back
     assert claimed["tried"].tries == 1 and claimed["tried"].new_start() is None
     assert claimed["gone"].job is None and claimed["gone"].new_start() is None
+
+
+async def test_a_new_sessions_ring_names_it_and_its_claim_takes_it_in_the_same_step(
+    arq, redis
+) -> None:
+    """The worker a new session's ring wakes takes it with its job's claim (one step,
+    ``VoicepoolWorker.claim``), moved on to ``ready`` too when it has a pipeline for it.
+    Only a new start of this protocol is: a job another worker claimed, a job tried
+    before, or a session an API of another protocol made is left for the job's run."""
+    live = LiveSessions(redis)
+    claims = queue.JobClaims(arq, keys.queue("server"), 60_000)
+    fields = {"conversation_id": "c", "pool": "server", "transport": "websocket",
+              "profile": "echo", "protocol": str(PROTOCOL)}  # fmt: skip
+
+    async def create(sid: str, **changes: str) -> None:
+        job = queue.new_start_job(arq, sid, "server", expires_s=60)
+        await live.create(sid, "u1", {**fields, **changes}, job=job)
+
+    await create("rung")
+    await queue.ring(redis, "server")
+    assert await queue.wait_for_ring(redis, "server", 1) == ""  # a ring that names none
+    assert await queue.wait_for_ring(redis, "server", 1) == "rung"
+    assert await queue.wait_for_ring(redis, "server", 0.01) is None
+    await create("other")
+    ready_if = ReadyAtTake(["echo"], {"transport": "websocket", "ws_url": "ws://w1"})
+    step = live.take_step("rung", "w1", data={"pool": "server"}, ready_if=ready_if)
+    claimed = await claims.take_due(5, step)
+    assert [claim.job_id for claim in claimed.claims] == ["rung", "other"]
+    assert claimed.rung is not None and claimed.rung.ready
+    assert (claimed.rung.meta["state"], claimed.rung.meta["worker_id"]) == ("ready", "w1")
+    assert claimed.claims[0].new_start() == "rung"  # its run carries on from the take
+    assert (await live.get("other"))["state"] == "queued"  # claimed, not taken
+    events = await redis.xrange(keys.session_events("rung"))
+    assert [json.loads(e["data"])["state"] for _, e in events] == ["queued", "starting", "ready"]
+
+    await create("elsewhere")
+    await redis.psetex(in_progress_key_prefix + "elsewhere", 60_000, b"1")
+    claimed = await claims.take_due(5, live.take_step("elsewhere", "w1"))
+    assert claimed == ([], None) and (await live.get("elsewhere"))["state"] == "queued"
+    for sid, protocol in [("tried", str(PROTOCOL)), ("newer", str(PROTOCOL + 1)),
+                          ("unsaid", "")]:  # fmt: skip  # (unsaid: made before sessions said)
+        await create(sid, protocol=protocol)
+        if sid == "tried":
+            await redis.set("arq:retry:tried", 1)  # a worker ran it and died
+        claimed = await claims.take_due(1, live.take_step(sid, "w1"))
+        assert [claim.job_id for claim in claimed.claims] == [sid]
+        assert claimed.rung is None and (await live.get(sid))["state"] == "queued", sid
 
 
 async def test_a_refused_session_queues_no_job_and_rings_no_worker(arq, redis) -> None:

@@ -15,6 +15,29 @@ from worker.options import WorkerOptions
 from worker.worker import VoicepoolWorker
 
 
+def _polls(worker: VoicepoolWorker, arq: Any) -> Any:
+    """arq's worker for ``worker``'s pool, with its polls ours (``SessionWorker``)."""
+    from shared import keys
+    from worker.worker import SessionWorker, start_session
+
+    return SessionWorker(
+        worker,
+        functions=[start_session],
+        queue_name=keys.queue("server"),
+        redis_pool=arq,
+        ctx={"voicepool": worker, "redis": arq},
+        handle_signals=False,
+    )
+
+
+async def _close(worker: VoicepoolWorker, polls: Any, arq: Any) -> None:
+    await worker.end_all(Reason.WORKER_SHUTDOWN)
+    await asyncio.sleep(0)
+    await polls.close()
+    await worker.redis.aclose()
+    await arq.aclose()
+
+
 async def test_an_end_request_during_the_take_ends_the_call(redis, redis_server) -> None:
     worker = VoicepoolWorker(WorkerOptions(redis_url=redis_server.url, worker_id="w1"))
     fields = {"conversation_id": "c1", "pool": "server", "transport": "webrtc", "profile": "echo"}
@@ -81,9 +104,8 @@ async def test_a_new_sessions_job_is_taken_as_it_is_claimed_and_run_from_there(
     from arq.connections import create_pool
     from arq.constants import job_key_prefix
 
-    from shared import keys, queue
+    from shared import queue
     from shared.connections import arq_redis_settings
-    from worker.worker import SessionWorker, start_session
 
     arq = await create_pool(arq_redis_settings(redis_server.url))
     worker = VoicepoolWorker(WorkerOptions(redis_url=redis_server.url, worker_id="w1"))
@@ -91,14 +113,7 @@ async def test_a_new_sessions_job_is_taken_as_it_is_claimed_and_run_from_there(
     for sid in ("s1", "s2"):
         job = queue.new_start_job(arq, sid, "server", expires_s=60)
         await worker.live.create(sid, "alice", fields, job=job)
-    polls = SessionWorker(
-        worker,
-        functions=[start_session],
-        queue_name=keys.queue("server"),
-        redis_pool=arq,
-        ctx={"voicepool": worker, "redis": arq},
-        handle_signals=False,
-    )
+    polls = _polls(worker, arq)
     try:
         taken: list[str] = []
         take = worker._take
@@ -131,8 +146,59 @@ async def test_a_new_sessions_job_is_taken_as_it_is_claimed_and_run_from_there(
         assert worker._taken_ahead == {} and set(worker.sessions) == {"s1", "s2"}
         await poll
     finally:
-        await worker.end_all(Reason.WORKER_SHUTDOWN)
-        await asyncio.sleep(0)
-        await polls.close()
-        await worker.redis.aclose()
-        await arq.aclose()
+        await _close(worker, polls, arq)
+
+
+async def test_the_session_a_ring_names_is_taken_with_its_claim(redis, redis_server) -> None:
+    """The ring that woke the worker names the new session: the poll's claim takes it in
+    the same step (``VoicepoolWorker.claim``), and the job's run carries on from there,
+    with no take of its own. A named session whose job another worker claimed is left to
+    it, and nothing of the try stays behind (its end requests held, pipelines held out)."""
+    from arq.connections import create_pool
+    from arq.constants import in_progress_key_prefix
+
+    from shared import queue
+    from shared.connections import arq_redis_settings
+    from shared.fleet import PROTOCOL
+
+    arq = await create_pool(arq_redis_settings(redis_server.url))
+    worker = VoicepoolWorker(WorkerOptions(redis_url=redis_server.url, worker_id="w1"))
+    fields = {"conversation_id": "c1", "pool": "server", "transport": "webrtc",
+              "profile": "echo", "protocol": str(PROTOCOL)}  # fmt: skip
+
+    async def create(sid: str) -> None:
+        job = queue.new_start_job(arq, sid, "server", expires_s=60)
+        await worker.live.create(sid, "alice", fields, job=job)
+
+    polls = _polls(worker, arq)
+    takes: list[str] = []
+    take = worker.live.take
+
+    async def seen(session_id: str, *args: Any, **kwargs: Any) -> Any:
+        takes.append(session_id)
+        return await take(session_id, *args, **kwargs)
+
+    worker.live.take = seen  # type: ignore[method-assign]  # a take of its own would show
+    worker.free_slots = lambda in_flight=0: 2  # type: ignore[method-assign]  # no beat here
+    polls.voicepool.options.safety_poll = 0.05
+    try:
+        await create("s1")
+        polls.rung = await queue.wait_for_ring(redis, "server", 1) or ""
+        assert polls.rung == "s1"
+        await polls._poll_iteration()
+
+        async def ready() -> bool | None:
+            return (await LiveSessions(redis).get("s1")).get("state") == "ready" or None
+
+        await eventually(ready, timeout=10, what="s1 ready")
+        await eventually(lambda: not worker._taken_ahead or None, what="its run carried on")
+        assert takes == [] and set(worker.sessions) == {"s1"} and worker._starting == {}
+
+        await create("s2")
+        await redis.psetex(in_progress_key_prefix + "s2", 60_000, b"1")  # another worker's
+        polls.rung = "s2"
+        await polls._poll_iteration()
+        assert (await LiveSessions(redis).get("s2"))["state"] == "queued"
+        assert takes == [] and worker._starting == {} and worker._taken_ahead == {}
+    finally:
+        await _close(worker, polls, arq)
