@@ -12,13 +12,12 @@ from shared import control
 from shared.lifecycle import Reason
 from shared.live import LiveSessions
 from worker.options import WorkerOptions
-from worker.worker import VoicepoolWorker
+from worker.worker import SessionWorker, VoicepoolWorker, start_session
 
 
-def _polls(worker: VoicepoolWorker, arq: Any) -> Any:
+def _polls(worker: VoicepoolWorker, arq: Any) -> SessionWorker:
     """arq's worker for ``worker``'s pool, with its polls ours (``SessionWorker``)."""
     from shared import keys
-    from worker.worker import SessionWorker, start_session
 
     return SessionWorker(
         worker,
@@ -30,7 +29,7 @@ def _polls(worker: VoicepoolWorker, arq: Any) -> Any:
     )
 
 
-async def _close(worker: VoicepoolWorker, polls: Any, arq: Any) -> None:
+async def _close(worker: VoicepoolWorker, polls: SessionWorker, arq: Any) -> None:
     await worker.end_all(Reason.WORKER_SHUTDOWN)
     await asyncio.sleep(0)
     await polls.close()
