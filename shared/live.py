@@ -484,6 +484,16 @@ class Taken:
         return cls(dict(zip(flat[::2], flat[1::2], strict=True)), ready=len(reply) > 3)
 
 
+class Created(NamedTuple):
+    """A session made live (``LiveSessions.create``)."""
+
+    position: int
+    """Its place in the queue (0: a slot is free)."""
+    event_id: str
+    """Its ``queued`` event's stream id: a wait for what comes next reads on from there
+    (``api.events.wait_for_state_event``), with no look at where it is first."""
+
+
 class TakeStep(NamedTuple):
     """A take's keys and arguments, for ``_TAKE`` or a script that ends with one."""
 
@@ -692,11 +702,12 @@ class LiveSessions:
         admission: AdmissionPolicy = ADMIT_ALL,
         job: StartJob | None = None,
         rate: RateLimit | None = None,
-    ) -> int:
+    ) -> Created:
         """Record a new queued session and its first event, if its pool admits it, and
         with ``job``, queue its start job and wake a worker in the same step (without one
         it is counted as waiting until ``queue.enqueue_start`` takes it off
-        ``keys.pool_admitting``). Returns its place in the queue (0: a slot is free).
+        ``keys.pool_admitting``). Returns its place in the queue (0: a slot is free) and
+        its ``queued`` event's id.
 
         Raises ``AdmissionRefused`` when the pool can't take it and ``OwnerLimitReached``
         when ``owner`` already has ``owner_limit`` live sessions (both checked in the same
@@ -727,9 +738,11 @@ class LiveSessions:
             ],
         )
         try:
-            return _admitted(reply, admission)
+            position = _admitted(reply, admission)
         except ValueError:
             raise ValueError(f"session {session_id} already exists") from None
+        event_id = reply[3]
+        return Created(position, event_id.decode() if isinstance(event_id, bytes) else event_id)
 
     async def move(
         self, session_id: str, name: MoveName, reason: Reason | str, **how: Unpack[MoveOptions]

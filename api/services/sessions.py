@@ -51,6 +51,7 @@ from shared.lifecycle import (
 from shared.live import (
     AdmissionPolicy,
     AdmissionRefused,
+    Created,
     OwnerLimitReached,
     RateLimit,
     RateLimited,
@@ -146,7 +147,7 @@ async def create(
     """A new queued session (and, without ``conversation_id``, a new conversation): live
     in Redis with its start job queued, its rows to be stored by the persister
     (``api.session_rows``); or an error, and nothing made."""
-    row, _ = await _create(state, db, user, request)
+    row, _, _ = await _create(state, db, user, request)
     return row
 
 
@@ -157,10 +158,10 @@ async def _create(
     request: SessionCreate,
     *,
     look: bool = False,
-) -> tuple[VoiceSession, str]:
-    """``create``, and the key the session's WebSocket tokens are signed with ('' for
-    another transport): made here, with the session, so that its creator can mint them
-    without reading it back.
+) -> tuple[VoiceSession, str, str]:
+    """``create``, the key the session's WebSocket tokens are signed with ('' for another
+    transport): made here, with the session, so that its creator can mint them without
+    reading it back; and its ``queued`` event's id, for its creator to wait on from there.
 
     Nothing is written to SQL: the session's rows travel with its state events, and the
     persister stores them (a read that comes first stores them itself:
@@ -169,7 +170,8 @@ async def _create(
 
     Admission is decided where the session goes live, atomically (``LiveSessions.create``).
     A look at it first (``_admit``) is a Redis round trip of its own, one more on top of
-    the four a start waits on one after another, each ~0.4 ms on a quiet machine
+    the three a start waits on one after another (this step; a worker's claim, which
+    takes the session too; the API's wake on ``ready``), each ~0.4 ms on a quiet machine
     (ops/bench/start_trace.py): it is taken only where a refusal came lately. A session
     refused without it left nothing behind, and is created once more, looking first
     (``look``): so a pool that refuses spills to its fallback as before."""
@@ -185,7 +187,7 @@ async def _create(
         profile=profile,
     )
     try:
-        await _go_live(state, row, request, history, ws_key, rate)
+        created = await _go_live(state, row, request, history, ws_key, rate)
     except RateLimited as limited:
         raise limits.rate_limited(limited.limit, SESSIONS_PER_S) from None
     except (OwnerLimitReached, AdmissionRefused) as refusal:
@@ -198,7 +200,7 @@ async def _create(
     except Exception as exc:
         raise ApiError(503, "queue_unavailable", "the session queue is unreachable") from exc
     metrics.SESSIONS_REQUESTED.labels(pool=pool, transport=row.transport, profile=profile).inc()
-    return row, ws_key
+    return row, ws_key, created.event_id
 
 
 async def _admit(
@@ -283,12 +285,12 @@ async def _go_live(
     history: list[dict[str, str]],
     ws_key: str,
     rate: RateLimit | None,
-) -> None:
+) -> Created:
     """The session's live record (with the conversation so far) and its start job, in one
     step, counted against ``rate``."""
     settings = state.settings
     expires_s = settings.queue_ttl + queue.START_JOB_SLACK_S
-    await state.live.create(
+    return await state.live.create(
         row.id,
         row.user_id,
         {
@@ -366,12 +368,16 @@ async def start(
 ) -> tuple[VoiceSession, dict[str, Any] | None]:
     """Create a session and wait (up to ``VOICEPOOL_READY_WAIT``) until it is ready: the
     session and what its owner connects with (None for WebRTC, which sends an offer)."""
-    created, ws_key = await _create(state, db, user, request)
+    created, ws_key, queued_id = await _create(state, db, user, request)
     session_id = created.id
     await db.close()  # hold no pooled connection while waiting for a worker
     targets = {*CLIENT_MAY_CONNECT, *FINAL_STATES}
     current, seen = await wait_for_state_event(
-        state, session_id, targets, timeout=state.settings.ready_wait
+        state,
+        session_id,
+        targets,
+        timeout=state.settings.ready_wait,
+        since=(SessionState.QUEUED, queued_id),
     )
     if current in FINAL_STATES:
         raise await _failure(state, session_id, str(current))

@@ -40,8 +40,9 @@ def _beat(
 
 
 async def _create(live: LiveSessions, sid: str, policy: AdmissionPolicy = POLICY) -> int:
-    return await live.create(sid, f"owner-{sid}", {"conversation_id": "c", "pool": POOL},
-                             admission=policy)  # fmt: skip
+    created = await live.create(sid, f"owner-{sid}", {"conversation_id": "c", "pool": POOL},
+                                admission=policy)  # fmt: skip
+    return created.position
 
 
 async def _refusal(live: LiveSessions, sid: str, policy: AdmissionPolicy = POLICY):
@@ -162,7 +163,7 @@ async def test_only_workers_that_run_the_profile_offer_it_slots(redis) -> None:
 
     async def create(sid: str, profile: str) -> int:
         fields = {"conversation_id": "c", "pool": POOL, "profile": profile}
-        return await live.create(sid, f"o-{sid}", fields, admission=policy)
+        return (await live.create(sid, f"o-{sid}", fields, admission=policy)).position
 
     await live.keep_alive("board", [], beat=_beat("board", capacity=1, profiles=("echo",)))
     with pytest.raises(AdmissionRefused) as refused:
@@ -194,7 +195,7 @@ async def test_only_workers_that_serve_the_transport_offer_it_slots(redis) -> No
 
     async def create(sid: str, transport: str) -> int:
         fields = {"conversation_id": "c", "pool": POOL, "profile": "echo", "transport": transport}
-        return await live.create(sid, f"o-{sid}", fields, admission=policy)
+        return (await live.create(sid, f"o-{sid}", fields, admission=policy)).position
 
     await live.keep_alive("board", [], beat=_beat("board", capacity=1))  # no Daily key
     with pytest.raises(AdmissionRefused) as refused:

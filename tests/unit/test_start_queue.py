@@ -36,7 +36,10 @@ async def _create(
     """A new session recorded, and its start job queued, as the API's create does."""
     job = queue.new_start_job(arq, session_id, "server", expires_s=60)
     fields = {"conversation_id": "c", "pool": "server"}
-    return await LiveSessions(redis).create(session_id, "u1", fields, admission=admission, job=job)
+    created = await LiveSessions(redis).create(
+        session_id, "u1", fields, admission=admission, job=job
+    )
+    return created.position
 
 
 def _worker(arq: ArqRedis, ran: list[tuple[Any, ...]]) -> Worker:

@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from api.deps import AppState
 from api.events import wait_for_state_event
+from shared import keys
 from shared.lifecycle import CLIENT_MAY_CONNECT, FINAL_STATES, Reason
 from shared.live import LiveSessions
 
@@ -62,3 +63,31 @@ async def test_a_wait_that_times_out_says_where_it_is(redis) -> None:
         {"state": "queued", "reason": "created", "previous": None},
     )
     assert await wait_for_state_event(_state(redis), "gone", TARGETS, timeout=0.1) == (None, {})
+
+
+async def test_the_creator_waits_on_from_its_queued_event(redis) -> None:
+    """The session's creator knows where it is (``queued``, at its event): the wait reads on
+    from there, and finds a state reached before it began, and its data, all the same."""
+    live = LiveSessions(redis)
+    fields = {"conversation_id": "c1", "pool": "server", "transport": "websocket"}
+    created = await live.create("s1", "u1", fields)
+    since = ("queued", created.event_id)
+    assert (await redis.xrange(keys.session_events("s1")))[0][0] == created.event_id
+    assert await wait_for_state_event(_state(redis), "s1", TARGETS, timeout=0.1, since=since) == (
+        "queued",
+        {},
+    )
+    await _ready(live, "s1")  # before the wait
+    state, data = await wait_for_state_event(_state(redis), "s1", TARGETS, timeout=5, since=since)
+    assert state == "ready" and data["ws_listener"] == "l1"
+
+    created = await live.create("s2", "u1", fields)
+    waiting = asyncio.create_task(
+        wait_for_state_event(
+            _state(redis), "s2", TARGETS, timeout=5, since=("queued", created.event_id)
+        )
+    )
+    await asyncio.sleep(0.05)  # blocked on the stream
+    await _ready(live, "s2")
+    state, data = await waiting
+    assert state == "ready" and data["ws_url"] == LISTENER["ws_url"]
