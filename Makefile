@@ -116,6 +116,7 @@ bench: install
 	$(BIN)/python ops/bench/anchor.py --before $(BENCH_BEFORE)
 	$(BIN)/python ops/bench/start_trace.py --before $(BENCH_BEFORE)
 	$(BIN)/python ops/bench/start_trace.py --burst 100 --before $(BENCH_BEFORE)
+	$(BIN)/python ops/bench/take_at_claim.py
 	$(BIN)/python ops/bench/dispatch.py
 	$(BIN)/python ops/bench/events.py
 	$(BIN)/python ops/bench/assistant_latency.py
