@@ -444,7 +444,7 @@ class VoicepoolWorker:
         worker, taken in the same step if its job is among them (``JobClaims.take_due``):
         the session's start carries on from there (``_start_session``), one round trip
         sooner than a take after the claim (``take_ahead``)."""
-        if not rung or self.draining:
+        if not rung or self.draining or self._has(rung):
             return (await claims.take_due(most)).claims
         ahead = self._begin_take(rung)
         try:
@@ -459,6 +459,16 @@ class VoicepoolWorker:
                 finish = self._finish_take(rung, claimed.rung, ahead)
                 self._taken_ahead[rung] = asyncio.create_task(finish)
         return claimed.claims
+
+    def _has(self, session_id: str) -> bool:
+        """Is the session being taken or started here, or running here? Rings come last
+        first: a burst's session may be claimed, and taken, by a poll before its own ring
+        is heard. One take of a session at a time (``_starting`` is the take's)."""
+        return (
+            session_id in self._starting
+            or session_id in self._taken_ahead
+            or session_id in self.sessions
+        )
 
     def take_ahead(self, session_id: str) -> None:
         """Take a new session as its start job is claimed, while arq reads the job again to

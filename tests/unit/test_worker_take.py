@@ -201,3 +201,38 @@ async def test_the_session_a_ring_names_is_taken_with_its_claim(redis, redis_ser
         assert takes == [] and worker._starting == {} and worker._taken_ahead == {}
     finally:
         await _close(worker, polls, arq)
+
+
+async def test_a_ring_heard_after_its_session_was_claimed_leaves_the_take_alone(
+    redis, redis_server
+) -> None:
+    """Rings come last first: in a burst a poll claims, and takes ahead, a session whose
+    own ring comes later. The poll that ring wakes does not take it again, nor touch the
+    take under way (two at once lost the worker its poll loop, in a burst of 100)."""
+    from arq.connections import create_pool
+
+    from shared import queue
+    from shared.connections import arq_redis_settings
+    from shared.fleet import PROTOCOL
+
+    arq = await create_pool(arq_redis_settings(redis_server.url))
+    worker = VoicepoolWorker(WorkerOptions(redis_url=redis_server.url, worker_id="w1"))
+    fields = {"conversation_id": "c1", "pool": "server", "transport": "webrtc",
+              "profile": "echo", "protocol": str(PROTOCOL)}  # fmt: skip
+    job = queue.new_start_job(arq, "s1", "server", expires_s=60)
+    await worker.live.create("s1", "alice", fields, job=job)
+    polls = _polls(worker, arq)
+    worker.free_slots = lambda in_flight=0: 2  # type: ignore[method-assign]  # no beat here
+    polls.voicepool.options.safety_poll = 0.05
+    try:
+        # Claimed without its ring (a safety poll), and taken ahead; the ring is heard next.
+        claims = await worker.claim(polls.claims, 2, "")
+        assert [claim.job_id for claim in claims] == ["s1"]
+        worker.take_ahead("s1")
+        assert await worker.claim(polls.claims, 2, "s1") == []  # while the take is under way
+        taken = await worker._taken_ahead.pop("s1")
+        assert taken is not None and set(worker.sessions) == {"s1"} and worker._starting == {}
+        assert await worker.claim(polls.claims, 2, "s1") == []  # and once it runs here
+        assert worker._starting == {}
+    finally:
+        await _close(worker, polls, arq)
