@@ -131,9 +131,10 @@ _TAKE_DUE = _TAKE_DUE_FN + "return take_due(KEYS[1], 1)"
 # The claim, and the take of the session whose ring woke the worker if its job is among
 # those claimed and is a new start of this protocol (its job there, never run, the
 # session made by an API of ``ARGV[45]``): what ``Claim.new_start`` would take ahead, in
-# the claim's own step, where it took a round trip of its own after it (~0.5 ms of a start
-# one at a time, ops/bench/start_trace.py). KEYS: 1-5 the take's, 6 the queue. ARGV: 1-38
-# the take's (``LiveSessions.take_step``), 39-44 ``take_due``'s, 45 the protocol.
+# the claim's own step, where it took a round trip of its own after it (a new session is
+# ready 1.2 ms sooner, p50 4.0 against 5.2 ms: ops/bench/take_at_claim.py). KEYS: 1-5 the
+# take's, 6 the queue. ARGV: 1-38 the take's (``LiveSessions.take_step``), 39-44
+# ``take_due``'s, 45 the protocol.
 # Returns {claims} or {claims, the take's reply}.
 _TAKE_DUE_AND_RUNG = (
     TAKE_FN
