@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -13,6 +14,10 @@ from harness.system import System
 from shared.connections import EmbeddedRedis, redis_client
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# As a worker does (worker/__init__.py), before a test imports onnxruntime: nothing it
+# reports leaves this machine.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
 @pytest.fixture(scope="session")

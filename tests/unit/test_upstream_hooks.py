@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import re
 import socket
+import subprocess
+import sys
 import tomllib
 from collections.abc import Callable
 from importlib import metadata
@@ -304,6 +307,34 @@ def test_silero_init() -> None:
     # ... and the analyzer still runs its model through that attribute.
     assert "self._model(" in source(SileroVADAnalyzer.voice_confidence)
     assert "self._model.reset_states()" in source(SileroVADAnalyzer._maybe_reset_model)
+
+
+def test_onnxruntime_telemetry() -> None:
+    """A worker loads onnxruntime with its telemetry off (``worker/__init__.py``).
+
+    onnxruntime 1.32 (pipecat-ai[silero]'s, locked in requirements/) starts an uploader
+    thread as it is imported, which looks up mobile.events.data.microsoft.com every few
+    seconds; ``ORT_DISABLE_TELEMETRY=1``, read at that import, keeps it from starting. If
+    this fails, the switch or the thread changed: a worker may be reporting to Microsoft
+    again.
+    """
+    count = (
+        "import os, time, worker.vad; time.sleep(0.5); print(len(os.listdir('/proc/self/task')))"
+    )
+
+    def threads(switch: str | None) -> int:
+        # onnxruntime also starts no uploader where the environment says CI (CI, GITHUB_ACTIONS,
+        # TF_BUILD and nine more: strings in its binary), as this suite's does in CI; a worker's
+        # host doesn't, so the child gets only PATH and HOME.
+        env = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
+        if switch is not None:
+            env["ORT_DISABLE_TELEMETRY"] = switch
+        run = subprocess.run(
+            [sys.executable, "-c", count], env=env, capture_output=True, text=True, check=True
+        )
+        return int(run.stdout.split()[-1])
+
+    assert threads(None) == threads("0") - 1  # as the worker sets it; as an operator allows it
 
 
 def test_vad_analyze_audio() -> None:
