@@ -442,10 +442,13 @@ async def test_daily_session_invites_and_participants(
     assert body["dailyToken"] not in events and body["dailyRoom"] not in events
     assert "fake-" not in events
 
-    # Ending the session deletes the room and forgets the owner's token.
+    # Ending the session deletes the room and forgets the owner's token: the worker
+    # releases them once its end is recorded, which is what the DELETE waits for.
     ended = await client.delete(f"/api/sessions/{session_id}", headers=alice)
     assert (ended.json()["status"], ended.json()["reason"]) == ("ended", "client_ended")
-    assert daily.rooms == {} and len(daily.deleted) == 1
+    await eventually(
+        lambda: daily.rooms == {} and len(daily.deleted) == 1, timeout=5, what="the room deleted"
+    )
     assert not daily.token_valid(body["dailyToken"])
 
     async def token_forgotten() -> bool:
