@@ -37,7 +37,11 @@ from worker import metrics
 from worker.client_gate import ClientGate
 from worker.continuity import QuietWatch
 from worker.options import WorkerOptions
-from worker.pipeline_health import HEARTBEAT_MONITOR_S, count_heartbeat_timeouts
+from worker.pipeline_health import (
+    HEARTBEAT_MONITOR_S,
+    HEARTBEAT_PERIOD_S,
+    count_heartbeat_timeouts,
+)
 from worker.profiles import Profile, SessionContext, build_profile
 from worker.publisher import EventPublisher
 from worker.session_events import SessionEvents
@@ -81,6 +85,7 @@ def build_pipeline_worker(
             enable_metrics=True,
             enable_usage_metrics=True,
             enable_heartbeats=True,  # a stuck pipeline shows in a metric and an alert
+            heartbeats_period_secs=HEARTBEAT_PERIOD_S,
             heartbeats_monitor_secs=HEARTBEAT_MONITOR_S,
         ),
         # Each observer is one more queue hop per frame (Pipecat proxies them): the
