@@ -8,7 +8,7 @@ takes the job, and whoever cancels or expires a waiting session removes both.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Collection
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, cast
 
@@ -295,10 +295,11 @@ async def end_waiting(live: LiveSessions, session_id: str, reason: Reason) -> bo
     return None
 
 
-async def record_start(redis: aioredis.Redis, pool: str, session_id: str) -> None:
+async def record_starts(redis: aioredis.Redis, pool: str, session_ids: Collection[str]) -> None:
+    """Sessions started in the pool just now: counted in its recent start rate."""
     now = time.time()
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zadd(keys.pool_starts(pool), {session_id: now})
+        pipe.zadd(keys.pool_starts(pool), dict.fromkeys(session_ids, now))
         pipe.zremrangebyscore(keys.pool_starts(pool), 0, now - START_RATE_WINDOW_S)
         pipe.expire(keys.pool_starts(pool), int(START_RATE_WINDOW_S) * 2)
         await pipe.execute()

@@ -49,7 +49,7 @@ from shared.lifecycle import (
 )
 from shared.live import LiveSessions, ReadyAtTake, Taken, TakeStep
 from shared.logs import log_fields
-from shared.queue import record_start
+from shared.queue import record_starts
 from worker import metrics
 from worker.continuity import resumed_meta
 from worker.loop_monitor import watch_event_loop
@@ -70,6 +70,10 @@ SHUTDOWN_PUBLISH_S = 15.0  # at exit, how long sessions' held events may wait fo
 DRAIN_LOOK_S = 0.25  # a drain looks this often for free slots elsewhere and calls to move
 MOVE_FINISH_S = 2.0  # at a drain's end, how long a hand-off under way may take to finish
 BEAT_COALESCE_S = 0.05  # beats asked for during a beat wait this long: one for a burst
+# A start's beat (and its note for the queue's wait estimate) comes this long after it: its
+# client's handshake and first messages arrive on this loop in those ms, and on two cores
+# the beat's work delayed them (ops/bench/start_trace.py). A burst's starts share one.
+START_BEAT_DELAY_S = 0.05
 # Counting every task walks them all (hundreds at 24 calls): every 30th beat is enough to
 # show a leak, and keeps it out of the beat a burst of starts asks for.
 TASK_COUNT_EVERY = 30
@@ -197,6 +201,7 @@ class VoicepoolWorker:
         )
         self._background: set[asyncio.Task[Any]] = set()
         self._beat_soon = asyncio.Event()  # a slot taken or freed: beat now, not at the interval
+        self._unnoted_starts: list[str] = []  # started since the last beat (_note_starts)
         self._stopped = asyncio.Event()
         self._signals_seen = 0
 
@@ -474,12 +479,12 @@ class VoicepoolWorker:
         """Take a new session as its start job is claimed, while arq reads the job again to
         run it (``SessionWorker._poll_iteration``): the take's round trip and arq's overlap,
         where one came after the other (with the take's ready move, ``ready`` comes 1.1 ms
-        sooner one at a time: ops/bench/start_trace.py). The job's run (``start_session``)
-        carries on from it.
+        sooner one at a time: ops/bench/start_trace.py). A session the take made ready runs
+        from there; the job's run (``start_session``) carries on from it otherwise.
         Only a job of this fleet's protocol that never ran before (``queue.Claim``): what
         ``start_session`` would turn away is never taken here. A session taken with its
-        claim (``claim``) is not taken again."""
-        if self.draining or session_id in self._taken_ahead:
+        claim (``claim``), or being started or running here, is not taken again (``_has``)."""
+        if self.draining or self._has(session_id):
             return
         with log_fields(session_id=session_id):
             self._taken_ahead[session_id] = asyncio.create_task(self._take(session_id))
@@ -502,19 +507,25 @@ class VoicepoolWorker:
         if taken is None:
             return "not started"
         runner, ready = taken
-        self._spawn(self._note_start(session_id))  # off the start's path
-        if not ready and not await self._make_ready(runner):
+        if ready:  # bound to a pipeline running here: it runs already (_finish_take)
+            return "ready"
+        if not await self._make_ready(runner):
             self.sessions.pop(session_id, None)
             await runner.publisher.aclose()
             await self._release(runner)  # a room or a token made before it failed
             return "not started"
-        runner.start()
+        self._run(runner)
         # The session's task builds its pipeline in its first step: let it run now, not
-        # after the job's own bookkeeping (arq's result, the beat): a WebSocket client is
-        # on its way, and its first message waits for the pipeline.
+        # after the job's own bookkeeping (arq's result, the beat): a client is on its way.
         await asyncio.sleep(0)
-        self._beat_soon.set()  # operators see the slot taken at once
         return "ready"
+
+    def _run(self, runner: SessionRunner) -> None:
+        """A session ready here starts running: its task from the next step of the loop."""
+        self._unnoted_starts.append(runner.id)
+        runner.start()
+        # Operators see the slot taken in the next beat, a moment later.
+        asyncio.get_running_loop().call_later(START_BEAT_DELAY_S, self._beat_soon.set)
 
     async def _make_ready(self, runner: SessionRunner) -> bool:
         """Prepare a session taken (its transport's room or listener) and move it on to
@@ -592,8 +603,9 @@ class VoicepoolWorker:
         self, session_id: str, taken: Taken, ahead: dict[str, WarmPipeline]
     ) -> tuple[SessionRunner, bool] | None:
         """Register the runner of a session taken (``_take``, or with its claim: ``claim``),
-        with the pipeline held for it if the take made it ready; None if it could not be
-        set up (it is ended, saying why)."""
+        with the pipeline held for it if the take made it ready, and then run it; None if
+        it could not be set up (it is ended, saying why). A session not ready yet runs
+        once ``_start_session`` has prepared it."""
         try:
             warm = self.warm.settle(ahead, taken.meta.get("profile") if taken.ready else None)
             meta = taken.meta
@@ -626,6 +638,12 @@ class VoicepoolWorker:
             held = self._starting.pop(session_id)
         for reason in held:
             runner.end(reason)
+        if taken.ready:
+            # Bound to a warm pipeline and ready, so its client may be connecting already:
+            # it runs from here, not once arq has read its job again and called
+            # start_session (a round trip and arq's bookkeeping later, on a loop the
+            # client's handshake shares: ops/bench/start_trace.py).
+            self._run(runner)
         return runner, taken.ready
 
     async def _not_started(self, session_id: str, reason: Reason, message: str) -> None:
@@ -634,9 +652,12 @@ class VoicepoolWorker:
             session_id, "finish_own", reason, worker_id=self.id, data={"message": message}
         )
 
-    async def _note_start(self, session_id: str) -> None:
-        with contextlib.suppress(Exception):  # only the queue's wait estimate misses it
-            await record_start(self.redis, self.options.pool, session_id)
+    async def _note_starts(self) -> None:
+        """The sessions started since the last beat, in the pool's start rate."""
+        noted, self._unnoted_starts = self._unnoted_starts, []
+        if noted:
+            with contextlib.suppress(Exception):  # only the queue's wait estimate misses them
+                await record_starts(self.redis, self.options.pool, noted)
 
     async def hand_back(self, session_id: str, arq_redis: Any, protocol: int) -> None:
         """A start job of another protocol: back in the queue as it came (its place, its
@@ -791,6 +812,7 @@ class VoicepoolWorker:
                 await self._heartbeat()
             except Exception as exc:  # keep beating through a Redis restart
                 log.warning("heartbeat failed: %s", exc)
+            await self._note_starts()
             if self._beat_soon.is_set():  # asked for during the beat: the next one at once,
                 await asyncio.sleep(BEAT_COALESCE_S)  # after a moment (one for a burst)
                 continue

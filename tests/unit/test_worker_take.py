@@ -236,3 +236,61 @@ async def test_a_ring_heard_after_its_session_was_claimed_leaves_the_take_alone(
         assert worker._starting == {}
     finally:
         await _close(worker, polls, arq)
+
+
+async def test_a_session_its_take_made_ready_runs_before_arq_runs_its_job(
+    redis, redis_server
+) -> None:
+    """A WebSocket session taken with its claim onto a pipeline built ahead is ``ready`` at
+    the take, and its client may connect at once: its runner runs from the take, not once
+    arq has read the job again and called ``start_session``, which then finds it running
+    and starts nothing more."""
+    from arq.connections import create_pool
+
+    from shared import queue
+    from shared.connections import arq_redis_settings
+    from shared.fleet import PROTOCOL
+    from worker.vad import SharedSileroVADAnalyzer
+
+    SharedSileroVADAnalyzer.preload()
+    arq = await create_pool(arq_redis_settings(redis_server.url))
+    options = WorkerOptions(
+        redis_url=redis_server.url,
+        worker_id="w1",
+        ws_advertised_url="ws://127.0.0.1:1/ws",
+        ws_listener="listener-1",
+    )
+    worker = VoicepoolWorker(options)
+    fields = {"conversation_id": "c1", "pool": "server", "transport": "websocket",
+              "profile": "echo", "protocol": str(PROTOCOL)}  # fmt: skip
+    job = queue.new_start_job(arq, "s1", "server", expires_s=60)
+    polls = _polls(worker, arq)
+    arq_ran = asyncio.Event()
+    run_job = polls.run_job
+
+    async def held_back(job_id: str, score: int) -> None:
+        await arq_ran.wait()  # arq's read of the job and its call, as late as they come
+        await run_job(job_id, score)
+
+    polls.run_job = held_back  # type: ignore[method-assign]
+    worker.free_slots = lambda in_flight=0: 2  # type: ignore[method-assign]  # no beat here
+    polls.voicepool.options.safety_poll = 0.05
+    worker.warm.refill()
+    await eventually(lambda: worker.warm.count() == 1 or None, what="a pipeline built ahead")
+    try:
+        await worker.live.create("s1", "alice", fields, job=job)
+        polls.rung = await queue.wait_for_ring(redis, "server", 1) or ""
+        await polls._poll_iteration()
+        await eventually(lambda: "s1" in worker.sessions or None, what="s1 taken")
+        runner = worker.sessions["s1"]
+        assert (await LiveSessions(redis).get("s1"))["state"] == "ready"
+        await eventually(lambda: runner._task is not None or None, what="s1 running")
+        running = runner._task
+        assert not arq_ran.is_set()
+
+        arq_ran.set()
+        await eventually(lambda: not worker._taken_ahead or None, what="arq's run carried on")
+        assert running is not None and runner._task is running and not running.done()  # once
+    finally:
+        await _close(worker, polls, arq)
+        await worker.warm.aclose()
