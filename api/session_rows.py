@@ -6,8 +6,9 @@ waited on (ops/bench/start_trace.py). The persister stores them instead, with th
 session's first events, from whichever of its state events it meets first: each one's
 ingest entry carries them (``shared.live.ROW_FIELDS``), so entries adopted late from a
 crashed persister, or shared out among many, cannot leave a state change without its
-row. A request that needs the row before the persister has stored it (a read right
-after the create) stores it the same way, from the live hash (``from_live``).
+row. A request about one live session needs no row: the live hash holds what the row
+would (``live_row``). One that reads many from SQL (a list right after a start) stores
+those not stored yet itself, from the live hash (``from_live``).
 """
 
 from __future__ import annotations
@@ -101,6 +102,21 @@ def from_live(session_id: str, live: Mapping[str, str]) -> SessionRow | None:
     """The row a session's live hash holds (None: Redis has no such session)."""
     values = [live.get(field) for field in ROW_FIELDS]
     return SessionRow.from_values(session_id, live.get("conversation_id", ""), values)
+
+
+def live_row(session_id: str, live: Mapping[str, str]) -> VoiceSession | None:
+    """The session's row as its live hash has it now, state and worker included, not
+    stored (None: Redis has no such session)."""
+    row = from_live(session_id, live)
+    if row is None:
+        return None
+    current = row.unsaved()
+    current.state = live.get("state", current.state)
+    seq = live.get("state_seq", "")
+    current.state_seq = int(seq) if seq.isdigit() else 0
+    current.reason = live.get("reason") or None
+    current.worker_id = live.get("worker_id") or None
+    return current
 
 
 async def store_missing(db: AsyncSession, rows: Iterable[SessionRow]) -> int:

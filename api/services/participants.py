@@ -58,7 +58,7 @@ async def uninvite(state: AppState, db: AsyncSession, row: VoiceSession, name: s
 async def token(state: AppState, db: AsyncSession, user: User, session_id: str) -> dict[str, Any]:
     """A fresh meeting token for the room, for its owner or a user the owner invited
     (anyone else: 404): ``room_url``, ``token``, ``expires_at``."""
-    row = await ownership.stored_session(state, db, session_id)
+    row = await ownership.current_session(state, db, session_id)
     allowed = row is not None and (
         row.user_id == user.id
         or bool(

@@ -164,8 +164,8 @@ async def _create(
     reading it back; and its ``queued`` event's id, for its creator to wait on from there.
 
     Nothing is written to SQL: the session's rows travel with its state events, and the
-    persister stores them (a read that comes first stores them itself:
-    ``ownership.stored_session``). The only SQL is a read of the conversation a session
+    persister stores them (a request about the session reads it from Redis while it is
+    live: ``ownership.current_session``). The only SQL is a read of the conversation a session
     continues, which must be the caller's.
 
     Admission is decided where the session goes live, atomically (``LiveSessions.create``).

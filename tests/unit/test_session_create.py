@@ -1,6 +1,6 @@
 """Creating a session writes nothing to SQL: it goes live in Redis, and the persister
-stores its rows with its first events. A store that refuses them loses nothing, and a read
-that comes before the persister stores them itself (the app in-process, real Redis and
+stores its rows with its first events. A store that refuses them loses nothing, and a
+request about a live session reads Redis, not SQL (the app in-process, real Redis and
 SQLite)."""
 
 from __future__ import annotations
@@ -90,6 +90,64 @@ async def test_the_persister_stores_the_state_of_a_session_created_at_once(make_
         assert await eventually(stored, timeout=10, what="the cancel stored") == ("cancelled", 2)
 
 
+async def test_a_live_session_is_read_and_ended_with_no_sql(make_api, redis) -> None:
+    """Whose a live session is, and what state it is in, come from its live hash: its
+    owner reads it, connects to it and ends it with no SQL statement, while the persister
+    holds the store's write lock; anyone else gets 404 as for no session, an admin may
+    look; once Redis no longer holds it, its stored row answers."""
+    async with make_api() as api:
+        alice = api.auth(await api.token("alice"))
+        bob = api.auth(await api.token("bob"))
+        admin = api.auth(await api.token("root", role="admin"))
+        created = await api.client.post("/api/sessions", json={"transport": "websocket"},
+                                        headers=alice)  # fmt: skip
+        session_id = created.json()["session_id"]
+        for caller in (alice, bob, admin):  # each one's token, cached as a first use does
+            assert (await api.client.get("/api/me", headers=caller)).status_code == 200
+
+        statements: list[str] = []
+        engine = api.state.store.engine.sync_engine
+
+        def note(_conn, _cursor, statement: str, *_args) -> None:
+            statements.append(statement)
+
+        url = f"/api/sessions/{session_id}"
+
+        async def calls() -> None:
+            seen = await api.client.get(url, headers=alice)
+            assert seen.status_code == 200 and seen.json()["status"] == "queued", seen.text
+            connect = await api.client.post(f"{url}/connect", headers=alice)
+            assert connect.status_code == 409, connect.text  # queued: no worker's yet
+            assert connect.json()["detail"]["code"] == "not_ready"
+            for method, path in (("GET", url), ("DELETE", url), ("POST", f"{url}/connect")):
+                refused = await api.client.request(method, path, headers=bob)
+                assert refused.status_code == 404, (method, path, refused.text)
+                assert refused.json()["detail"]["code"] == "session_not_found"
+            looked = await api.client.get(url, headers=admin)
+            assert looked.status_code == 200 and looked.json()["connect"] is None
+            ended = await api.client.delete(url, headers=alice)
+            assert ended.status_code == 200 and ended.json()["status"] == "cancelled"
+
+        async with api.state.store.writing():
+            event.listen(engine, "before_cursor_execute", note)
+            try:  # a request that waited for the lock would wait for good
+                await asyncio.wait_for(calls(), timeout=10)
+            finally:
+                event.remove(engine, "before_cursor_execute", note)
+        assert statements == []
+
+        async def stored() -> str | None:
+            row = await _stored(api, session_id)
+            return row.state if row and row.state_seq == 2 else None
+
+        assert await eventually(stored, timeout=10, what="the cancel stored") == "cancelled"
+        await redis.delete(keys.session(session_id))  # as once its live record is gone
+        later = await api.client.get(url, headers=alice)
+        assert later.status_code == 200 and later.json()["status"] == "cancelled", later.text
+        refused = await api.client.get(url, headers=bob)
+        assert refused.status_code == 404
+
+
 async def test_a_create_writes_nothing_to_sql_and_waits_on_no_writer(make_api) -> None:
     """Neither a new conversation's session nor a known one's writes to SQL on its way,
     nor waits for the store's write lock, which the persister holds while it writes."""
@@ -149,7 +207,7 @@ async def test_a_websocket_token_opens_its_call_once_on_its_listener(
                                         headers=alice)  # fmt: skip
         session_id = created.json()["session_id"]
         async with api.state.store.session() as db:
-            row = await ownership.stored_session(api.state, db, session_id)
+            row = await ownership.current_session(api.state, db, session_id)
         assert row is not None
         key = await redis.hget(keys.session(session_id), ws_tokens.KEY_FIELD)
         assert key  # made with the session
