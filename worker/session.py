@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pipecat.frames.frames import ErrorFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.transports.base_input import BaseInputTransport
 from pipecat.transports.base_output import BaseOutputTransport
@@ -74,8 +75,9 @@ def build_pipeline_worker(
     # instead of through a queue and a task of its own, as do the profiles' VAD and
     # echo processors. One hop less per 20 ms frame each: the three together took an
     # echo call at 16 calls from 0.056 to 0.048 cores (ops/bench/anchor.py's steady).
-    gate = ClientGate(enable_direct_mode=True)
     processors = profile.pipeline(input, output)
+    local_vad = any(isinstance(p, VADProcessor) for p in processors)
+    gate = ClientGate(local_vad=local_vad, enable_direct_mode=True)
     processors.insert(1, gate)
     worker = PipelineWorker(
         Pipeline(processors),

@@ -58,6 +58,7 @@ async def test_a_pipeline_is_kept_running_taken_once_bound_and_replaced() -> Non
         held = pipelines.hold()
         taken = pipelines.settle(held, "echo")
         assert isinstance(taken, WarmPipeline) and taken.usable and held == {}
+        assert taken.gate.local_vad  # the echo profile's VAD comes after it: hold sees turns
         assert pipelines.count() == 0 and pipelines.hold() == {}
         # Unbound, no token opens it; bound, the session's own do (and only once).
         key = ws_tokens.new_key()
