@@ -107,6 +107,10 @@ not in the CPU window), then all closed.
   process), and in all of the target's processes (voicepool: with the API and
   redis-server, whose session records and event streams are kept for
   ``VOICEPOOL_STREAM_RETENTION`` by design).
+* CPU per churned session: user+system CPU of the target's processes over those
+  sessions (no audio but the client's frames until bot-ready; voicepool's
+  ``DELETE`` included, its persister's writes as far as they kept up), / ``--churn``;
+  and the API's share alone.
 
 Each metric is computed per rep; the table shows median (min-max) over the
 reps, and voicepool / runner-shared of the medians. The clients run in this
@@ -412,6 +416,9 @@ class Runner(Target):
         self.port, self.log = free_port(), tmp / "runner.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPECAT_", "VOICEPOOL_"))}
         env["PYTHONUNBUFFERED"] = "1"
+        # As voicepool's workers run it (worker/__init__.py): no telemetry thread, and
+        # nothing sent off this machine.
+        env["ORT_DISABLE_TELEMETRY"] = "1"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdout=out, stderr=out)
 
@@ -604,11 +611,13 @@ async def churn(target: Target, count: int, wav: Path) -> dict[str, Any]:
 
         await cycle(CHURN_WARM_UP)
         await asyncio.sleep(SETTLE_S)
-        before = rss_now(procs)
+        before, cpu_before = rss_now(procs), cpu_now(procs)
         runs = await cycle(count)
+        cpu_after = cpu_now(procs)
     await asyncio.sleep(SETTLE_S)
     after = rss_now(procs)
     kb = {name: round((after[name] - before[name]) / count / 1024, 1) for name in procs}
+    cpu_ms = {name: round((cpu_after[name] - cpu_before[name]) / count * 1000, 2) for name in procs}
     bots = [name for name in procs if name.startswith(("worker", "runner"))]
     return {
         "n": count,
@@ -617,6 +626,8 @@ async def churn(target: Target, count: int, wav: Path) -> dict[str, Any]:
         "kb_per_session": kb,
         "bots_kb_per_session": round(sum(kb[name] for name in bots), 1),
         "total_kb_per_session": round(sum(kb.values()), 1),
+        "cpu_ms_per_session": cpu_ms,
+        "total_cpu_ms_per_session": round(sum(cpu_ms.values()), 2),
         "errors": error_counts(runs),
     }
 
@@ -712,7 +723,8 @@ async def measure(target: Target, args: argparse.Namespace, wav: Path) -> dict[s
     result["churn"] = c = await churn(target, args.churn, wav)
     print(
         f"    RSS per session {c['bots_kb_per_session']} KB where the bots run, "
-        f"{c['total_kb_per_session']} KB in all {c['errors'] or ''}",
+        f"{c['total_kb_per_session']} KB in all; CPU per session "
+        f"{c['total_cpu_ms_per_session']} ms {c['errors'] or ''}",
         flush=True,
     )
     for n in (1, args.steady):
@@ -857,6 +869,18 @@ ROWS: list[Row] = [
         False,
     ),
     ("churn: reached talk", "n", lambda r: r["churn"]["reached_talk"], False),
+    (
+        "churn: CPU per session, all processes",
+        "ms",
+        lambda r: r["churn"]["total_cpu_ms_per_session"],
+        True,
+    ),
+    (
+        "churn: CPU per session, API",
+        "ms",
+        lambda r: r["churn"]["cpu_ms_per_session"].get("api"),
+        False,
+    ),
     (
         "1 call: echo delay after the phrase p50",
         "ms",
@@ -1048,6 +1072,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.before:
         args.targets.insert(1, BEFORE)
         TARGETS[BEFORE] = f"voicepool at {args.before}"
+    if args.steady < 2:
+        parser.error("--steady: 2 or more (the run is compared with 1 call talking)")
     unknown = set(args.targets) - set(TARGETS)
     if unknown or not args.targets:
         parser.error(f"--targets: unknown {sorted(unknown)}; choose from {list(TARGETS)}")
