@@ -185,6 +185,14 @@ class Settings(BaseSettings):
         "running for WebSocket sessions to take: such a start binds one instead of building "
         "it. 0: none.",
     )
+    worker_warm_model_sockets: int = Field(
+        0,
+        ge=0,
+        description="Realtime model sockets a worker with the assistant profile keeps open "
+        "for sessions to take instead of connecting (the connect and TLS handshake off the "
+        "way to the first words). Each is a session at the provider while it waits, "
+        "replaced every 15 minutes. 0: none.",
+    )
     worker_metrics_port: int = Field(
         0, ge=0, description="Port of a worker's own /metrics (0: off; --metrics-port)."
     )

@@ -24,6 +24,16 @@ WARM_PIPELINES = Gauge(
     "Pipelines running ahead of any session, for a WebSocket session to take (worker/warm.py).",
     ["pool"],
 )
+MODEL_SOCKETS_SPARE = Gauge(
+    "voicepool_worker_model_sockets_spare",
+    "Realtime model sockets open ahead of any assistant session (worker/model_sockets.py).",
+    ["pool"],
+)
+MODEL_SOCKETS_TAKEN = Counter(
+    "voicepool_worker_model_sockets_taken_total",
+    "Assistant model connections that took a socket opened ahead instead of connecting.",
+    ["pool"],
+)
 SESSION_STARTS = Counter(
     "voicepool_worker_session_starts_total",
     "Sessions started, by pipeline: warm (taken running, built ahead) or built (at the start).",

@@ -92,6 +92,12 @@ class WorkerOptions:
     for WebSocket sessions to take (worker/warm.py): their start binds instead of building.
     0: none."""
 
+    warm_model_sockets: int = 0
+    """Realtime model sockets kept open for ``assistant`` sessions to take instead of
+    connecting (worker/model_sockets.py): the model's connect and TLS handshake off the
+    way to its first words. Each is a session at the provider while it waits (replaced
+    every 15 minutes). Dev and prod default 0: off."""
+
     worker_id: str = ""
     """Unique id; defaults to host-pool-pid."""
 
@@ -220,6 +226,8 @@ class WorkerOptions:
             raise ValueError("capacity must be at least 1")
         if self.warm_pipelines < 0:
             raise ValueError("warm_pipelines must be 0 or more")
+        if self.warm_model_sockets < 0:
+            raise ValueError("warm_model_sockets must be 0 or more")
         if not 0 < self.safety_poll < POLL_STALL_S:
             raise ValueError(f"safety_poll must be between 0 and {POLL_STALL_S} seconds")
         if not self.worker_id:
@@ -244,6 +252,7 @@ class WorkerOptions:
             pool=settings.default_pool if pool is None else pool,
             capacity=settings.worker_capacity if capacity is None else capacity,
             warm_pipelines=settings.worker_warm_pipelines,
+            warm_model_sockets=settings.worker_warm_model_sockets,
             drain_timeout=settings.drain_timeout,
             metrics_port=settings.worker_metrics_port if metrics_port is None else metrics_port,
             metrics_host=settings.worker_metrics_host,

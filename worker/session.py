@@ -49,6 +49,7 @@ from worker.session_events import SessionEvents
 from worker.transports import ClientPresence, SessionTransport, SignalError, build_transport
 
 if TYPE_CHECKING:
+    from worker.model_sockets import ModelSockets
     from worker.warm import WarmPipeline
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ class SessionRunner:
         live: LiveSessions,
         on_finished: Callable[[SessionRunner], None],
         warm: WarmPipeline | None = None,
+        model_sockets: ModelSockets | None = None,
     ):
         """``warm``: a pipeline built and running ahead of the session, which it takes
         (``worker.warm``); without one, the session builds its own as it starts."""
@@ -155,6 +157,7 @@ class SessionRunner:
             emit=self.publisher.emit,
             end=self.end,
             resumed=self.resumed,
+            model_sockets=model_sockets,
         )
         self.profile: Profile = warm.profile if warm is not None else build_profile(context)
         # Limits and the duration count from when the call was first ready, on any worker.

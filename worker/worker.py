@@ -53,6 +53,7 @@ from shared.queue import record_starts
 from worker import metrics
 from worker.continuity import resumed_meta
 from worker.loop_monitor import watch_event_loop
+from worker.model_sockets import ModelSockets
 from worker.options import JOB_TIMEOUT_S, SIGNAL_BLOCK_S, WorkerOptions
 from worker.profiles import preload_profiles
 from worker.session import SessionRunner
@@ -194,6 +195,9 @@ class VoicepoolWorker:
         self._arq: SessionWorker | None = None
         self.ws_listener = WebSocketListener(self._websocket_session, options)
         self.warm = WarmPipelines(options)
+        self.model_sockets = ModelSockets.for_worker(
+            options.assistant, options.warm_model_sockets, options.profiles, options.pool
+        )
         self.polled_at = time.time()
         self._task_count = 0
         self.supervisor = TaskSupervisor(
@@ -263,6 +267,8 @@ class VoicepoolWorker:
         self.supervisor.start("arq", self._arq.main)
         self.supervisor.start("heartbeat", self._heartbeat_loop)
         self.supervisor.start("signals", self._signal_loop)
+        if self.model_sockets is not None:
+            self.supervisor.start("model-sockets", self.model_sockets.run)
         self.supervisor.start(
             "event-loop",
             partial(watch_event_loop, self.options.pool, busy=lambda: bool(self.sessions)),
@@ -407,6 +413,8 @@ class VoicepoolWorker:
         await self.warm.aclose()
         await self.ws_listener.aclose()
         await self.supervisor.aclose()
+        if self.model_sockets is not None:
+            await self.model_sockets.aclose()
         if self._arq is not None:
             with contextlib.suppress(Exception):
                 await self._arq.close()
@@ -619,6 +627,7 @@ class VoicepoolWorker:
                     live=self.live,
                     on_finished=self._finished,
                     warm=warm,
+                    model_sockets=self.model_sockets,
                 )
                 built = "built" if warm is None else "warm"
                 metrics.SESSION_STARTS.labels(pool=self.options.pool, pipeline=built).inc()

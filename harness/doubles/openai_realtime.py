@@ -61,6 +61,7 @@ import contextlib
 import json
 import math
 import re
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -369,6 +370,8 @@ class _Connection:
                     await self.error("The server could not parse the event.", code="invalid_json")
                     continue
                 await self.server._record(event)
+                if event["type"] == "session.update":
+                    self.server.update_connections.append(self.number)
                 await self.handle(event)
         except ConnectionClosed:
             pass
@@ -805,11 +808,13 @@ class FakeRealtimeServer:
         typed_answer: str | None = None,
         pace: float = 1.0,
         record: bool = True,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """``greeting`` answers a ``response.create`` with no user turn pending (Pipecat
         asks for one at the start when the pipeline runs the LLM); ``pace`` scales the
         real-time pacing of output audio (0 = as fast as possible); ``record=False`` keeps
-        ``received`` empty, for long benchmark runs."""
+        ``received`` empty, for long benchmark runs; ``tls``: serve ``wss://`` with it, a
+        handshake like a real provider's."""
         self.turns = list(turns) if turns else [Turn()]
         self.fault = fault or Fault()
         self.host, self.port = host, port
@@ -820,6 +825,7 @@ class FakeRealtimeServer:
         self.typed: list[str] = []  # the user text messages answered, in order
         self.pace = pace
         self.record = record
+        self.tls = tls
         self.received: list[Event] = []
         self.sent: list[Event] = []  # server events, audio deltas as their decoded size
         # Both ways in the order they happened, but for the audio: ">" from the client.
@@ -833,6 +839,7 @@ class FakeRealtimeServer:
         # Where each accepted connection's client events begin in `received`.
         self.connection_starts: list[int] = []
         self.models: list[str] = []  # the ?model= of each accepted connection
+        self.update_connections: list[int] = []  # the connection of each session.update
         self.audio_appends = 0
         self.audio_bytes = 0
         self._server: Server | None = None
@@ -841,7 +848,8 @@ class FakeRealtimeServer:
 
     @property
     def base_url(self) -> str:
-        return f"ws://{self.host}:{self.port}{PATH}"
+        scheme = "wss" if self.tls is not None else "ws"
+        return f"{scheme}://{self.host}:{self.port}{PATH}"
 
     @property
     def open_connections(self) -> int:
@@ -856,6 +864,7 @@ class FakeRealtimeServer:
             self.port,
             process_request=self._check_request,
             close_timeout=1.0,
+            ssl=self.tls,
         )
         self.port = next(iter(self._server.sockets)).getsockname()[1]
 
@@ -965,10 +974,16 @@ async def _main() -> None:
     parser.add_argument("--transcript", default=Turn.transcript)
     parser.add_argument("--answer", default=Turn.answer)
     parser.add_argument("--pace", type=float, default=1.0, help="1 = real time, 0 = no pacing")
+    parser.add_argument("--tls-cert", help="serve wss:// with this certificate (PEM) ...")
+    parser.add_argument("--tls-key", help="... and its key (PEM)")
     args = parser.parse_args()
     turn = Turn(transcript=args.transcript, answer=args.answer)
+    tls = None
+    if args.tls_cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
     server = FakeRealtimeServer(
-        [turn], host=args.host, port=args.port, pace=args.pace, record=False
+        [turn], host=args.host, port=args.port, pace=args.pace, record=False, tls=tls
     )
     async with server:
         print(f"fake OpenAI Realtime listening on {server.base_url}", flush=True)

@@ -263,6 +263,45 @@ async def test_a_continued_conversation_sends_its_transcript_to_the_model(
                 await client.close()
 
 
+async def test_a_model_socket_opened_ahead_is_the_sessions_and_is_replaced(make_system) -> None:
+    """VOICEPOOL_WORKER_WARM_MODEL_SOCKETS=1: the worker connects to the model before any
+    session; a session's model service takes that socket instead of connecting (its
+    session.update is the spare's first word), and the worker opens the next spare."""
+    allow_loopback_ice()
+    async with FakeRealtimeServer() as fake:
+        settings = {
+            "OPENAI_API_KEY": API_KEY,
+            "VOICEPOOL_OPENAI_BASE_URL": fake.base_url,
+            "VOICEPOOL_WORKER_WARM_MODEL_SOCKETS": "1",
+        }
+        system = make_system(workers=1, capacity=2, **settings)
+        await eventually(lambda: fake.open_connections == 1, what="a spare model socket")
+        assert fake.received == []  # no session yet: nothing said on it
+        token = system.create_user("ana")
+        async with api_client(system, token) as api:
+            session = await create_session(api, profile="assistant")
+            sid = session["session_id"]
+            client = await connect_webrtc(api, sid, None)
+            try:
+                await fake.wait_for(lambda e: e["type"] == "response.create", timeout=15)
+                await client.wait_for_audio(2000, timeout=10)  # the greeting reached us
+                assert fake.update_connections[0] == 1  # set up on the spare
+                await eventually(lambda: fake.open_connections == 2, what="the next spare")
+                port = system.metrics_ports[system.workers[0].pid]
+                url = f"http://127.0.0.1:{port}/metrics"
+                taken = 'voicepool_worker_model_sockets_taken_total{pool="server"}'
+                spare = 'voicepool_worker_model_sockets_spare{pool="server"}'
+                await eventually(
+                    lambda: (m := system.metrics(url))[taken] == 1 and m[spare] == 1,
+                    what="one taken, one spare again",
+                )
+            finally:
+                await api.delete(f"/api/sessions/{sid}")
+                await client.close()
+        system.stop()
+        assert API_KEY not in system.log_tail(lines=100000)
+
+
 FAULTS = [  # a dropped socket is reconnected first: see the tests after this one
     (Fault(kind="reject_handshake"), "model_unavailable"),
     (Fault(kind="error_on_session_update"), "model_error"),

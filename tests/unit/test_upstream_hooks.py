@@ -21,6 +21,7 @@ import tomllib
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aioice
@@ -50,6 +51,7 @@ from websockets.asyncio.client import connect as websocket_connect
 
 from shared.connections import HiredisParser, arq_pool, redis_client
 from shared.http_server import QuietServer
+from worker.model_sockets import auth_headers
 from worker.profiles.assistant import HeldRealtimeService, WatchedRealtimeService
 from worker.session_events import ACTIVITY_FRAMES
 from worker.transports.daily import RoomTransport
@@ -433,6 +435,11 @@ def test_rt_connect() -> None:
     assert parameters(OpenAIRealtimeLLMService._auth_headers) == [
         ("self", inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty)
     ]
+    # The sockets a worker opens ahead (worker/model_sockets.py) send the same headers.
+    keyed = SimpleNamespace(api_key="sk-test-key")
+    assert asyncio.run(OpenAIRealtimeLLMService._auth_headers(keyed)) == auth_headers(  # type: ignore[arg-type]  # only api_key is read
+        "sk-test-key"
+    )
     assert re.search(r"except Exception as \w+:.*?self\._websocket = None", connect, re.S)
     assert {"_websocket", "_disconnecting"} <= assigned_attributes(
         OpenAIRealtimeLLMService.__init__

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pipecat.observers.base_observer import BaseObserver
 from pipecat.processors.frame_processor import FrameProcessor
 
 from shared.lifecycle import Reason
 from worker.options import WorkerOptions
+
+if TYPE_CHECKING:
+    from worker.model_sockets import ModelSockets
 
 
 @dataclass
@@ -32,6 +35,8 @@ class SessionContext:
     resumed: bool = False
     """The call was taken up from another worker (``recovered``): the conversation so far
     is in ``meta["history"]``, and the bot carries on without greeting again."""
+    model_sockets: ModelSockets | None = None
+    """The worker's model sockets opened ahead, for the session's model service to take."""
 
 
 class Profile(Protocol):

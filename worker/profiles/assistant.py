@@ -51,7 +51,6 @@ from pipecat.turns.user_start import ExternalUserTurnStartStrategy
 from pipecat.turns.user_stop import ExternalUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as websocket_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 from websockets.protocol import State
 
@@ -59,6 +58,7 @@ from shared.events import EventType
 from shared.lifecycle import Reason
 from worker import metrics
 from worker.assistant_turn_guard import AssistantTurnGuard
+from worker.model_sockets import ModelSockets, open_model_socket
 from worker.options import AssistantConfig
 from worker.profiles import SessionContext
 from worker.profiles.echo import SAMPLE_RATE as VAD_SAMPLE_RATE
@@ -73,7 +73,6 @@ RECONNECT_STABLE_S = 10.0  # a connection that held this long starts a fresh run
 # A tool's final result that nothing has asked the model to answer this long after it was
 # sent, while nobody speaks, is answered anyway (see HeldRealtimeService).
 ANSWER_BACKSTOP_S = 1.0
-CLOSE_TIMEOUT_S = 1.0  # for the close handshake: a dead socket never answers it
 CUT_ANSWER_RECORDED_S = 1.5  # at most, for an answer cut short to reach the context
 HELD_AUDIO_BYTES = REALTIME_SAMPLE_RATE * 2 * 15  # user audio a new session may need: 15 s
 APPEND_BYTES = REALTIME_SAMPLE_RATE * 2  # re-appended in 1 s events
@@ -118,11 +117,13 @@ class WatchedRealtimeService(OpenAIRealtimeLLMService):
         *,
         on_failure: Callable[[Reason, str], None],
         emit: Callable[[str, dict[str, Any]], None] = _no_events,
+        sockets: ModelSockets | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self._on_failure = on_failure
         self._emit = emit
+        self._sockets = sockets  # opened ahead by the worker, taken before connecting
         self._model_error: str | None = None
         self._failed = False  # on_failure was called: the session is ending
         self._closing = False  # the pipeline is stopping: no more reconnects
@@ -157,18 +158,15 @@ class WatchedRealtimeService(OpenAIRealtimeLLMService):
             self._lost(Reason.MODEL_UNAVAILABLE)
 
     async def _open(self) -> Exception | None:
-        """Open the socket and start reading it, as Pipecat's ``_connect`` does; return what
-        went wrong, if anything."""
+        """Open the socket (or take one the worker opened ahead: ``worker.model_sockets``) and
+        start reading it, as Pipecat's ``_connect`` does; return what went wrong, if
+        anything."""
+        socket = self._sockets.take(self.base_url) if self._sockets is not None else None
         try:
-            socket = await websocket_connect(
-                uri=self.base_url,
-                additional_headers=await self._auth_headers(),
-                open_timeout=RECONNECT_ATTEMPT_S,
-                close_timeout=CLOSE_TIMEOUT_S,
-                # Not upstream's: nearly every message is base64 audio, which deflate cannot
-                # shrink, and deflating it was a visible part of a worker's CPU (py-spy).
-                compression=None,
-            )
+            if socket is None:
+                socket = await open_model_socket(
+                    self.base_url, await self._auth_headers(), open_timeout=RECONNECT_ATTEMPT_S
+                )
         except Exception as exc:
             self._websocket = None
             return exc
@@ -724,6 +722,7 @@ class AssistantProfile:
             ),
             on_failure=self.context.end,
             emit=emit,
+            sockets=self.context.model_sockets,
         )
 
         def tool_done(tool: str, outcome: str, seconds: float) -> None:
