@@ -9,12 +9,12 @@ can keep a few opened ahead, and the service takes one instead of connecting
 read as if it had just arrived, so what follows (the session's
 ``session.update``: its instructions, voice, tools and history) is the same.
 
-Off by default (0): at the provider an open socket is a session, which it ends
-after a while (OpenAI: 60 minutes). A spare socket is replaced once it is
-``MAX_AGE_S`` old or as soon as it closes, so a session never takes one about to
-be cut; the provider bills what a session says and hears, not an idle socket.
-Spares are opened with the worker's own key and model, to the configured URL,
-exactly as the service opens its own (``open_model_socket``).
+Off by default (0): at the provider an open socket is a session, which counts
+against its limits and which it ends after a while (OpenAI caps a Realtime
+session's length). A spare is replaced once it is ``MAX_AGE_S`` old or as soon
+as it closes, so a session never takes one about to be cut. Spares are opened
+with the worker's own key and model, to the configured URL, exactly as the
+service opens its own (``open_model_socket``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
@@ -42,7 +42,7 @@ OPEN_TIMEOUT_S = 10.0  # one attempt to open a spare (nobody waits on it)
 RETRY_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # after failed opens, the last one repeating
 # After a take, before the replacement is opened: the taking session's own setup goes
 # first. Opened at once, the replacement's TLS handshake ran on the loop while the session
-# read its first event: 1.0 ms (p50) instead of 0.1 (ops/bench/model_socket.py).
+# read its first event: 1.0 ms (p50) instead of 0.4 (ops/bench/model_socket.py).
 REFILL_DELAY_S = 0.1
 
 
@@ -72,9 +72,6 @@ async def open_model_socket(
     )
 
 
-Opener = Callable[[], Awaitable[ClientConnection]]
-
-
 class ModelSockets:
     """Keeps ``count`` Realtime sockets open for this worker's sessions to take.
 
@@ -82,17 +79,12 @@ class ModelSockets:
     socket that closed or grew old, and backs off while the model cannot be reached
     (meanwhile a session opens its own, and fails as it would have)."""
 
-    def __init__(
-        self, config: AssistantConfig, count: int, pool: str, *, opener: Opener | None = None
-    ):
+    def __init__(self, config: AssistantConfig, count: int, pool: str):
         if not config.api_key:
             raise ValueError("spare model sockets need the worker's OPENAI_API_KEY")
-        headers = auth_headers(config.api_key)
         self.url = realtime_url(config)
         self.count = count
-        self._open = opener or (
-            lambda: open_model_socket(self.url, headers, open_timeout=OPEN_TIMEOUT_S)
-        )
+        self._headers = auth_headers(config.api_key)
         self._spare: deque[tuple[float, ClientConnection]] = deque()  # (opened at, socket)
         self._wanted = asyncio.Event()  # one was taken, or closed: look again
         self._failures = 0  # opens failed in a row
@@ -147,7 +139,7 @@ class ModelSockets:
 
     async def _open_one(self) -> None:
         try:
-            socket = await self._open()
+            socket = await open_model_socket(self.url, self._headers, open_timeout=OPEN_TIMEOUT_S)
         except Exception as exc:  # refused, unreachable, timed out: later, never fatal
             delay = RETRY_DELAYS_S[min(self._failures, len(RETRY_DELAYS_S) - 1)]
             self._failures += 1

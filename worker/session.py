@@ -137,7 +137,9 @@ class SessionRunner:
         model_sockets: ModelSockets | None = None,
     ):
         """``warm``: a pipeline built and running ahead of the session, which it takes
-        (``worker.warm``); without one, the session builds its own as it starts."""
+        (``worker.warm``); without one, the session builds its own as it starts.
+        ``model_sockets``: the worker's model sockets opened ahead, for an ``assistant``
+        session's model service to take (``worker.model_sockets``)."""
         self.id = session_id
         self.meta = meta
         self.options = options
