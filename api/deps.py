@@ -268,10 +268,10 @@ async def require_admin(user: CurrentUser) -> User:
 AdminUser = Annotated[User, Depends(require_admin)]
 
 
-async def get_owned_session(
+async def get_owned_session_as_read(
     session_id: str, user: CurrentUser, db: SessionDep, state: StateDep
-) -> VoiceSession:
-    return await ownership.owned_session(state, db, session_id, user)
+) -> ownership.SessionAsRead:
+    return await ownership.owned_session_as_read(state, db, session_id, user)
 
 
 async def get_owners_session(
@@ -286,8 +286,9 @@ async def get_owned_conversation(
     return await ownership.owned_conversation(state, db, conversation_id, user)
 
 
-OwnedSession = Annotated[VoiceSession, Depends(get_owned_session)]
-"""The path's session, if the caller owns it or is an admin looking on; else 404."""
+OwnedSessionAsRead = Annotated[ownership.SessionAsRead, Depends(get_owned_session_as_read)]
+"""The path's session, if the caller owns it or is an admin looking on (else 404), with its
+live hash as read: what the route does next needs no second read."""
 OwnersSession = Annotated[VoiceSession, Depends(get_owners_session)]
 """The path's session, only for its owner (connecting, signalling, inviting); else 404."""
 OwnedConversation = Annotated[Conversation, Depends(get_owned_conversation)]

@@ -283,11 +283,15 @@ async def enqueue_recovery(
     return job_id
 
 
-async def end_waiting(live: LiveSessions, session_id: str, reason: Reason) -> bool | None:
+async def end_waiting(
+    live: LiveSessions, session_id: str, reason: Reason, state: str | None = None
+) -> bool | None:
     """End a session no worker runs (queued: ``cancelled``; recovering: ``ended``); its
     job leaves the queue in the same step. None if it is not waiting (a worker runs it, or
-    it is final), False if it moved on meanwhile."""
-    state = (await live.get(session_id)).get("state")
+    it is final), False if it moved on meanwhile. ``state``: the session's state as the
+    caller read it just now (each end step checks it again); without it, read here."""
+    if state is None:
+        state = (await live.get(session_id)).get("state")
     if state == SessionState.QUEUED:
         return await live.cancel(session_id, reason)
     if state == SessionState.RECOVERING:

@@ -18,7 +18,7 @@ from api.deps import (
     Caller,
     CurrentCaller,
     CurrentUser,
-    OwnedSession,
+    OwnedSessionAsRead,
     OwnersSession,
     SessionDep,
     StateDep,
@@ -99,11 +99,12 @@ async def list_live_sessions(
 
 
 @router.get("/{session_id}", response_model=SessionOut)
-async def get_session(row: OwnedSession, user: CurrentUser, state: StateDep) -> SessionOut:
-    described = await sessions.describe(state, row)
+async def get_session(found: OwnedSessionAsRead, user: CurrentUser, state: StateDep) -> SessionOut:
+    row, live = found.row, found.live  # one read of the live hash answers it all
+    described = await sessions.describe(state, row, live)
     if row.user_id == user.id:  # not for admins looking on: the secrets are the owner's
         # Only what is stored: a read mints no WebSocket token (POST …/connect does).
-        described.connect = room_connect(row, await state.live.get(row.id))
+        described.connect = room_connect(row, live)
     return described
 
 
@@ -124,10 +125,10 @@ async def connect_session(
 
 
 @router.delete("/{session_id}", response_model=SessionOut)
-async def end_session(row: OwnedSession, state: StateDep) -> SessionOut:
+async def end_session(found: OwnedSessionAsRead, state: StateDep) -> SessionOut:
     """End a session (reason ``client_ended``). Ending an ended session changes nothing."""
-    await sessions.end(state, row)
-    return await sessions.describe(state, row)
+    await sessions.end(state, found.row, found.live)
+    return await sessions.describe(state, found.row)  # read again: it has ended since
 
 
 @router.post("/{session_id}/offer", response_model=SdpAnswer)

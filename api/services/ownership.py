@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -56,26 +57,51 @@ async def owned(
 # run of sequential starts, py-spy). A session Redis no longer holds is read from its row.
 
 
-async def current_session(
-    state: AppState, db: AsyncSession, session_id: str
-) -> VoiceSession | None:
+@dataclass(frozen=True)
+class SessionAsRead:
+    """A session as a request read it: its row, and its live hash as read then (``{}``:
+    Redis holds it no longer, and the row is the stored one). What the request does next
+    may use the hash instead of reading it again, until it changes the session."""
+
+    row: VoiceSession
+    live: dict[str, str]
+
+
+async def read_session(state: AppState, db: AsyncSession, session_id: str) -> SessionAsRead | None:
     """The session as it is now, or None: while it is live, as its live hash says (a row
     not stored, or not necessarily); after, its stored row."""
     if len(session_id) > MAX_ID_LENGTH:
         return None
     live = await state.live.get(session_id)
     row = session_rows.live_row(session_id, live)
-    return row if row is not None else await fetch(db, VoiceSession, session_id)
+    if row is None:
+        row = await fetch(db, VoiceSession, session_id)
+    return SessionAsRead(row, live) if row is not None else None
+
+
+async def current_session(
+    state: AppState, db: AsyncSession, session_id: str
+) -> VoiceSession | None:
+    """``read_session``'s row."""
+    found = await read_session(state, db, session_id)
+    return found.row if found is not None else None
+
+
+async def owned_session_as_read(
+    state: AppState, db: AsyncSession, session_id: str, user: User, *, admins: bool = True
+) -> SessionAsRead:
+    """``owned`` for a session, which may be live and not stored yet."""
+    found = await read_session(state, db, session_id)
+    if found is None or not may_see(user, found.row.user_id, admins=admins):
+        raise not_found("session")
+    return found
 
 
 async def owned_session(
     state: AppState, db: AsyncSession, session_id: str, user: User, *, admins: bool = True
 ) -> VoiceSession:
-    """``owned`` for a session, which may be live and not stored yet."""
-    row = await current_session(state, db, session_id)
-    if row is None or not may_see(user, row.user_id, admins=admins):
-        raise not_found("session")
-    return row
+    """``owned_session_as_read``'s row."""
+    return (await owned_session_as_read(state, db, session_id, user, admins=admins)).row
 
 
 async def owned_conversation(

@@ -86,8 +86,13 @@ async def owned_briefly(state: AppState, user: User, session_id: str) -> VoiceSe
 # --- reading -----------------------------------------------------------------------------
 
 
-async def describe(state: AppState, row: VoiceSession) -> SessionOut:
-    live = await state.live.get(row.id)
+async def describe(
+    state: AppState, row: VoiceSession, live: dict[str, str] | None = None
+) -> SessionOut:
+    """The session's state for its reader, from ``live`` (its live hash as the caller read it
+    just now) or, without it, from a read here."""
+    if live is None:
+        live = await state.live.get(row.id)
     status = live.get("state", row.state)
     position = None
     if status == SessionState.QUEUED:
@@ -411,14 +416,16 @@ async def _failure(state: AppState, session_id: str, status: str) -> ApiError:
 # --- ending ------------------------------------------------------------------------------
 
 
-async def end(state: AppState, row: VoiceSession) -> None:
+async def end(state: AppState, row: VoiceSession, live: dict[str, str] | None = None) -> None:
     """End the session (reason ``client_ended``): a queued one is cancelled and its job
     removed, a running one is asked to end by its worker (waited for, bounded). Ending
-    an ended session changes nothing."""
-    live = await state.live.get(row.id)
+    an ended session changes nothing. ``live``: its live hash as the caller read it just
+    now (``ownership.read_session``); without it, read here."""
+    if live is None:
+        live = await state.live.get(row.id)
     current = live.get("state")
     if current in WAITING_STATES:  # no worker runs it: end it here
-        if await queue.end_waiting(state.live, row.id, Reason.CLIENT_ENDED):
+        if await queue.end_waiting(state.live, row.id, Reason.CLIENT_ENDED, current):
             return
         live = await state.live.get(row.id)
         current = live.get("state")

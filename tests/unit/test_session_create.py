@@ -9,6 +9,7 @@ import asyncio
 import json
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 from sqlalchemy import event, text
 
 from api.connect import owner_connect_when_ready
@@ -146,6 +147,36 @@ async def test_a_live_session_is_read_and_ended_with_no_sql(make_api, redis) -> 
         assert later.status_code == 200 and later.json()["status"] == "cancelled", later.text
         refused = await api.client.get(url, headers=bob)
         assert refused.status_code == 404
+
+
+async def test_a_read_reads_the_live_hash_once_and_an_end_twice(
+    make_api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner's read of a live session reads its live hash once, the ownership check's
+    read answering it all (it was three reads: the check, the state, the room); an end
+    reads it twice: the check's read decides how to end it, then the state it ended in
+    (it was four for a queued session: the check, the end, the cancel, the state)."""
+    async with make_api() as api:
+        alice = api.auth(await api.token("alice"))
+        created = await api.client.post("/api/sessions", json={"transport": "websocket"},
+                                        headers=alice)  # fmt: skip
+        session_id = created.json()["session_id"]
+        reads: list[str] = []
+        read_live = api.state.live.get
+
+        async def counted(sid: str) -> dict[str, str]:
+            reads.append(sid)
+            return await read_live(sid)
+
+        monkeypatch.setattr(api.state.live, "get", counted)
+        url = f"/api/sessions/{session_id}"
+        seen = await api.client.get(url, headers=alice)
+        assert seen.status_code == 200 and seen.json()["status"] == "queued", seen.text
+        assert reads == [session_id]
+        reads.clear()
+        ended = await api.client.delete(url, headers=alice)
+        assert ended.status_code == 200 and ended.json()["status"] == "cancelled", ended.text
+        assert reads == [session_id, session_id]
 
 
 async def test_a_create_writes_nothing_to_sql_and_waits_on_no_writer(make_api) -> None:
