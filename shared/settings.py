@@ -191,7 +191,7 @@ class Settings(BaseSettings):
         description="Realtime model sockets a worker with the assistant profile keeps open "
         "for sessions to take instead of connecting (the connect and TLS handshake off the "
         "way to the first words). Each is a session at the provider while it waits, "
-        "replaced every 15 minutes. 0: none.",
+        "replaced every 5 minutes. 0: none.",
     )
     worker_metrics_port: int = Field(
         0, ge=0, description="Port of a worker's own /metrics (0: off; --metrics-port)."

@@ -36,7 +36,9 @@ from worker.options import AssistantConfig
 
 log = logging.getLogger(__name__)
 
-MAX_AGE_S = 15 * 60.0  # far inside the provider's session limit, whatever the call's length
+# A call that takes a spare has at most this much less of the length the provider allows
+# one session; replacing a spare this often costs one handshake every few minutes.
+MAX_AGE_S = 5 * 60.0
 CLOSE_TIMEOUT_S = 1.0  # for the close handshake: a dead socket never answers it
 OPEN_TIMEOUT_S = 10.0  # one attempt to open a spare (nobody waits on it)
 RETRY_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # after failed opens, the last one repeating

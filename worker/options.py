@@ -96,7 +96,7 @@ class WorkerOptions:
     """Realtime model sockets kept open for ``assistant`` sessions to take instead of
     connecting (worker/model_sockets.py): the model's connect and TLS handshake off the
     way to its first words. Each is a session at the provider while it waits (replaced
-    every 15 minutes). Dev and prod default 0: off."""
+    every 5 minutes). Dev and prod default 0: off."""
 
     worker_id: str = ""
     """Unique id; defaults to host-pool-pid."""
