@@ -112,14 +112,8 @@ class ModelSockets:
         """An open socket to ``url`` that is not too old, or None (the caller connects)."""
         if url != self.url:
             return None
-        now = time.monotonic()
-        found = None
-        while self._spare and found is None:
-            opened_at, socket = self._spare.popleft()
-            if socket.state is State.OPEN and now - opened_at < MAX_AGE_S:
-                found = socket
-            else:
-                self._spawn(_close(socket))
+        self._drop_stale()
+        found = self._spare.popleft()[1] if self._spare else None
         self._wanted.set()
         self._gauge.set(len(self._spare))
         if found is not None:
@@ -158,6 +152,7 @@ class ModelSockets:
         self._wanted.set()
 
     def _drop_stale(self) -> None:
+        """Close and forget the spares that closed or grew too old."""
         now = time.monotonic()
         keep: deque[tuple[float, ClientConnection]] = deque()
         for opened_at, socket in self._spare:
