@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import gc
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from measure import bench_process, machine_facts, run_main, write_results
+from measure import bench_process, run_facts, run_main, write_results
 
 from worker.options import AssistantConfig, WorkerOptions
 from worker.profiles import SessionContext
@@ -149,11 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     result = asyncio.run(measure(args.rounds, args.keep))
-    result |= {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine_facts(),
-        "command": " ".join([".venv/bin/python ops/bench/assistant_start.py", *sys.argv[1:]]),
-    }
+    result |= run_facts(__file__)
     write_results(args.out, "assistant_start", result, markdown)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import gc
 import json
 import math
@@ -107,6 +108,16 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 15) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def run_facts(script: str) -> dict[str, Any]:
+    """A result's header: when, on what machine, and the command that made it (``script``:
+    the benchmark's ``__file__``; its arguments from ``sys.argv``)."""
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_facts(),
+        "command": " ".join([f".venv/bin/python ops/bench/{Path(script).name}", *sys.argv[1:]]),
+    }
 
 
 def write_results(

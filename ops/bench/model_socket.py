@@ -39,7 +39,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from measure import bench_process, machine_facts, run_main, stop_process, write_results
+from measure import bench_process, run_facts, run_main, stop_process, write_results
 
 from harness.waiting import eventually
 from worker.model_sockets import ModelSockets, auth_headers, open_model_socket, realtime_url
@@ -199,11 +199,7 @@ def main(argv: list[str] | None = None) -> None:
             result = asyncio.run(measure(args.rounds, base_url))
         finally:
             stop_process(proc)
-    result |= {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine_facts(),
-        "command": " ".join([".venv/bin/python ops/bench/model_socket.py", *sys.argv[1:]]),
-    }
+    result |= run_facts(__file__)
     write_results(args.out, "model_socket", result, markdown)
 
 
