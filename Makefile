@@ -122,6 +122,7 @@ bench: install
 	$(BIN)/python ops/bench/assistant_latency.py
 	$(BIN)/python ops/bench/assistant_start.py
 	$(BIN)/python ops/bench/model_socket.py
+	$(BIN)/python ops/bench/http_parser.py
 	$(BIN)/python ops/bench/vad_batch.py
 	$(BIN)/python ops/bench/reaper_sweep.py
 	$(BIN)/python ops/bench/density.py

@@ -100,10 +100,10 @@ class Settings(BaseSettings):
         "TRUSTED_PROXY_HEADER (none: nobody, loopback included).",
     )
     api_http: Literal["h11", "httptools"] = Field(
-        "h11",
-        description="The API's HTTP parser. h11 bounds request heads (one unfinished after "
-        "16 KiB is refused); httptools costs less per request and per event-stream write but "
-        "buffers headers without limit: choose it only behind a reverse proxy that bounds them.",
+        "httptools",
+        description="The API's HTTP parser. Both bound request heads (one still unfinished "
+        "after 16 KiB is refused); httptools costs a third less CPU per request "
+        "(shared/http_server.py), h11 is pure Python.",
     )
     api_docs: bool = Field(
         True,

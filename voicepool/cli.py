@@ -177,11 +177,10 @@ def _run_api(settings: Settings, host: str, port: int) -> None:
         port=port,
         proxy_headers=False,
         forwarded_allow_ips="",
-        # Only h11 bounds a request's head (it stops buffering an unfinished one past
-        # 16 KiB); httptools takes headers for as long as they come. Neither times out
-        # a slow head: see README, Security.
-        http=settings.api_http,
-        h11_max_incomplete_event_size=16 * 1024,
+        # Request heads are bounded (one unfinished past 16 KiB is refused) with either
+        # parser; neither times out a slow head: see README, Security.
+        http=http_server.BoundedHttpToolsProtocol if settings.api_http == "httptools" else "h11",
+        h11_max_incomplete_event_size=http_server.MAX_HEAD_BYTES,
         timeout_keep_alive=5,  # idle connections between requests close after this
         log_level=settings.log_level.lower(),
         # uvicorn's lines go through the root handler that logs.configure set up: JSON

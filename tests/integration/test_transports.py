@@ -16,13 +16,14 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import websockets
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import InvalidMessage, InvalidStatus
 
 from harness.api import api_client, wait_for_status
 from harness.waiting import eventually
 from harness.webrtc_client import WebRTCTestClient, allow_loopback_ice
 from harness.ws_client import ProtobufClient
 from shared import ws_tokens
+from shared.http_server import MAX_HEAD_BYTES
 from shared.lifecycle import FINAL_STATES
 
 ECHO_RMS = 300  # the fixture's speech is ~1000-1800 RMS; silence is ~0
@@ -291,6 +292,13 @@ async def test_websocket_tokens_are_single_use(make_system) -> None:
         assert await _refused(base)  # no token
         assert await _refused(f"{base}?token=forged-{'x' * 30}")
         assert await _refused(f"{base}?token={'y' * 500}")
+        # A handshake whose head runs past the bound is a bad request, even with a token
+        # that would do (shared/http_server.py); the session's client connects below.
+        padded = {f"X-Pad-{n}": "a" * MAX_HEAD_BYTES for n in range(64)}  # past one read
+        with pytest.raises((InvalidStatus, InvalidMessage, ConnectionError)) as too_large:
+            await websockets.connect(spare, open_timeout=5, additional_headers=padded)
+        if isinstance(too_large.value, InvalidStatus):  # else closed before it could read
+            assert too_large.value.response.status_code == 400
         # The session's own name and expiry, signed with another key or for another
         # listener, or expired: what a client could forge or keep.
         key = _hash(system, session_id)["ws_key"]

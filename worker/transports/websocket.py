@@ -42,7 +42,7 @@ from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketState
 
 from shared import ws_tokens
-from shared.http_server import QuietServer
+from shared.http_server import BoundedHttpToolsProtocol, QuietServer
 from worker.options import WS_PATH, WorkerOptions
 from worker.transports import ClientPresence, SignalError
 
@@ -312,6 +312,7 @@ class WebSocketListener:
             # Nearly every frame is PCM audio, which deflate cannot shrink: compressing it
             # only costs CPU on both ends (uvicorn accepts a client's offer by default).
             ws_per_message_deflate=False,
+            http=BoundedHttpToolsProtocol,  # a handshake's head is bounded, as the API's
         )
         self._server = _EmbeddedServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="ws-listener")
