@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     api_http: Literal["h11", "httptools"] = Field(
         "httptools",
         description="The API's HTTP parser. Both bound request heads (one still unfinished "
-        "after 16 KiB is refused); httptools costs a third less CPU per request "
+        "after 16 KiB is refused); httptools costs a quarter less CPU per request "
         "(shared/http_server.py), h11 is pure Python.",
     )
     api_docs: bool = Field(
