@@ -9,15 +9,15 @@ listener that only has to notice it should stop. ``QuietServer`` looks once a se
 often as the header changes, and is woken at once when told to stop (``exit``, or a
 signal uvicorn handles), so stopping takes no longer than before.
 
-``BoundedHttpToolsProtocol``: uvicorn's h11 protocol stops buffering a request head that
-is still unfinished past ``h11_max_incomplete_event_size``; its httptools protocol takes
-headers for as long as they come. httptools costs less: an authenticated request took
-0.76x the API's CPU and 0.88x the time from request to answer that it took with h11, one at
-a time, and the bound costs nothing measurable (0.95x and 0.97x of uvicorn's own httptools
-protocol: ops/bench/http_parser.py, medians of 30 interleaved rounds). This protocol counts
-a head's bytes as they arrive and refuses it, as h11 does (400, connection closed), once
-it is still unfinished past ``MAX_HEAD_BYTES``: at most one socket read more than that is
-buffered, as with h11.
+``bounded_http``: uvicorn's h11 protocol stops buffering a request head that is still
+unfinished past ``h11_max_incomplete_event_size``; its httptools protocol takes headers
+for as long as they come. httptools costs less: an authenticated request took 0.76x the
+API's CPU and 0.88x the time from request to answer that it took with h11, one at a time,
+and the bound costs nothing measurable (0.95x and 0.97x of uvicorn's own httptools
+protocol: ops/bench/http_parser.py, medians of 30 interleaved rounds).
+``shared/httptools_protocol.py`` counts a head's bytes as they arrive and refuses it, as
+h11 does (400, connection closed), once it is still unfinished past ``MAX_HEAD_BYTES``: at
+most one socket read more than that is buffered, as with h11.
 
 Used by the API (``voicepool api``) and each worker's WebSocket listener.
 """
@@ -28,11 +28,10 @@ import asyncio
 import contextlib
 import sys
 from types import FrameType
-from typing import Any
+from typing import Literal
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 TICK_S = 1.0
 TICKS_PER_SECOND = 10  # what on_tick counts in: it refreshes the Date header at multiples
@@ -71,32 +70,16 @@ class QuietServer(uvicorn.Server):
             self._loop.call_soon_threadsafe(self._wake.set)
 
 
-# uvicorn's parser callbacks, extended; guarded by tests/unit/test_http_server.py
-class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, refusing a request whose head is still unfinished after
-    ``MAX_HEAD_BYTES`` (400, and the connection closed, as uvicorn's h11 protocol does)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._in_head = False
-        self._head_bytes = 0
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self._in_head and not self.transport.is_closing():
-            # The whole read counts: a head begun in it may follow the end of the one before.
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self.logger.warning("Request head over %d bytes refused.", MAX_HEAD_BYTES)
-                self.send_400_response("Request head too large.")
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._in_head, self._head_bytes = True, 0
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        super().on_headers_complete()
+def bounded_http() -> type[asyncio.Protocol] | Literal["h11"]:
+    """uvicorn's ``http`` with request heads bounded: ``BoundedHttpToolsProtocol`` where
+    httptools is installed (every API host: the ``api`` extra has it), else h11, bounding
+    them itself with ``h11_max_incomplete_event_size=MAX_HEAD_BYTES`` (a worker-only host,
+    a Jetson board say, installs no httptools)."""
+    try:
+        from shared.httptools_protocol import BoundedHttpToolsProtocol
+    except ImportError:
+        return "h11"
+    return BoundedHttpToolsProtocol
 
 
 def run(config: uvicorn.Config) -> None:

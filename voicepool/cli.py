@@ -179,7 +179,7 @@ def _run_api(settings: Settings, host: str, port: int) -> None:
         forwarded_allow_ips="",
         # Request heads are bounded (one unfinished past 16 KiB is refused) with either
         # parser; neither times out a slow head: see README, Security.
-        http=http_server.BoundedHttpToolsProtocol if settings.api_http == "httptools" else "h11",
+        http=http_server.bounded_http() if settings.api_http == "httptools" else "h11",
         h11_max_incomplete_event_size=http_server.MAX_HEAD_BYTES,
         timeout_keep_alive=5,  # idle connections between requests close after this
         log_level=settings.log_level.lower(),

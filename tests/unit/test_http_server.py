@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import sys
 import time
 
 import httpx
@@ -18,7 +19,8 @@ from starlette.routing import Route
 
 from harness.waiting import eventually
 from shared.connections import free_port
-from shared.http_server import MAX_HEAD_BYTES, BoundedHttpToolsProtocol, QuietServer
+from shared.http_server import MAX_HEAD_BYTES, QuietServer, bounded_http
+from shared.httptools_protocol import BoundedHttpToolsProtocol
 
 
 async def _hello(_request: object) -> PlainTextResponse:
@@ -117,3 +119,13 @@ async def test_a_head_past_the_bound_is_refused_and_nothing_else() -> None:
     finally:
         server.exit()
         await asyncio.wait_for(serving, 5)
+
+
+def test_without_httptools_heads_are_bounded_by_h11(monkeypatch) -> None:
+    """A worker-only host installs no httptools: its listener parses with h11, which bounds
+    heads itself (``h11_max_incomplete_event_size``), instead of failing to start."""
+    assert bounded_http() is BoundedHttpToolsProtocol
+    for name in ("httptools", "uvicorn.protocols.http.httptools_impl", "shared.httptools_protocol"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setitem(sys.modules, "httptools", None)  # import httptools: ImportError
+    assert bounded_http() == "h11"

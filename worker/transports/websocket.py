@@ -42,7 +42,7 @@ from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketState
 
 from shared import ws_tokens
-from shared.http_server import BoundedHttpToolsProtocol, QuietServer
+from shared.http_server import MAX_HEAD_BYTES, QuietServer, bounded_http
 from worker.options import WS_PATH, WorkerOptions
 from worker.transports import ClientPresence, SignalError
 
@@ -312,7 +312,9 @@ class WebSocketListener:
             # Nearly every frame is PCM audio, which deflate cannot shrink: compressing it
             # only costs CPU on both ends (uvicorn accepts a client's offer by default).
             ws_per_message_deflate=False,
-            http=BoundedHttpToolsProtocol,  # a handshake's head is bounded, as the API's
+            # A handshake's head is bounded, as the API's (h11 where httptools is not installed).
+            http=bounded_http(),
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         )
         self._server = _EmbeddedServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="ws-listener")
