@@ -11,9 +11,9 @@ signal uvicorn handles), so stopping takes no longer than before.
 
 ``bounded_http``: uvicorn's h11 protocol stops buffering a request head that is still
 unfinished past ``h11_max_incomplete_event_size``; its httptools protocol takes headers
-for as long as they come. httptools costs less: an authenticated request took 0.76x the
+for as long as they come. httptools costs less: an authenticated request took 0.75x the
 API's CPU and 0.88x the time from request to answer that it took with h11, one at a time,
-and the bound costs nothing measurable (0.95x and 0.97x of uvicorn's own httptools
+and the bound costs nothing measurable (0.92x and 0.98x of uvicorn's own httptools
 protocol: ops/bench/http_parser.py, medians of 30 interleaved rounds).
 ``shared/httptools_protocol.py`` counts a head's bytes as they arrive and refuses it, as
 h11 does (400, connection closed), once it is still unfinished past ``MAX_HEAD_BYTES``: at

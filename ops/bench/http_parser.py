@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -38,8 +37,10 @@ from measure import (
     before_tree,
     bench_process,
     cpu_seconds,
+    min_median_max,
     run_facts,
     run_main,
+    spread,
     write_results,
 )
 
@@ -62,10 +63,6 @@ async def _requests(client: httpx.AsyncClient, n: int) -> float:
         answer = await client.get("/api/me")
         answer.raise_for_status()
     return time.perf_counter() - began
-
-
-def _spread(values: list[float]) -> list[float]:
-    return [min(values), statistics.median(values), max(values)]
 
 
 async def _rounds(
@@ -112,7 +109,7 @@ def measure(rounds: int, requests: int, before: Path) -> dict[str, Any]:
         "rounds": rounds,
         "requests": requests,
         "targets": {
-            t: {m: _spread([r[m] for r in runs[t]]) for m in ("api_cpu_us", "wall_us")}
+            t: {m: spread([r[m] for r in runs[t]]) for m in ("api_cpu_us", "wall_us")}
             for t in TARGETS
         },
     }
@@ -137,16 +134,13 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---:|---:|",
     ]
     for target, label in TARGETS.items():
-        c, w = rows[target]["api_cpu_us"], rows[target]["wall_us"]
-        lines.append(
-            f"| {label} | {c[0]:.0f} / {c[1]:.0f} / {c[2]:.0f} | "
-            f"{w[0]:.0f} / {w[1]:.0f} / {w[2]:.0f} |"
-        )
+        cpu, wall = rows[target]["api_cpu_us"], rows[target]["wall_us"]
+        lines.append(f"| {label} | {min_median_max(cpu, 0)} | {min_median_max(wall, 0)} |")
     ours = rows["httptools"]
     lines.append("")
     for base in ("h11", "uvicorn"):
-        cpu = ours["api_cpu_us"][1] / rows[base]["api_cpu_us"][1]
-        wall = ours["wall_us"][1] / rows[base]["wall_us"][1]
+        cpu = ours["api_cpu_us"]["median"] / rows[base]["api_cpu_us"]["median"]
+        wall = ours["wall_us"]["median"] / rows[base]["wall_us"]["median"]
         lines.append(
             f"- voicepool's httptools / {TARGETS[base]}, medians: API CPU {cpu:.2f}x, "
             f"request to answer {wall:.2f}x."

@@ -42,6 +42,11 @@ def spread(values: Sequence[float | None]) -> dict[str, float] | None:
     return {"min": min(ok), "median": statistics.median(ok), "max": max(ok), "n": len(ok)}
 
 
+def min_median_max(cell: dict[str, float], digits: int) -> str:
+    """A ``spread`` as a table cell: ``min / median / max``."""
+    return " / ".join(f"{cell[k]:.{digits}f}" for k in ("min", "median", "max"))
+
+
 @contextlib.contextmanager
 def before_tree(rev: str | None, path: Path) -> Iterator[Path | None]:
     """A worktree of ``rev`` at ``path`` for as long as the run lasts (None without one):

@@ -27,7 +27,6 @@ import asyncio
 import datetime as dt
 import ipaddress
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from measure import bench_process, run_facts, run_main, stop_process, write_results
+from measure import (
+    bench_process,
+    min_median_max,
+    run_facts,
+    run_main,
+    spread,
+    stop_process,
+    write_results,
+)
 
 from harness.waiting import eventually
 from worker.model_sockets import ModelSockets, auth_headers, open_model_socket, realtime_url
@@ -134,13 +141,7 @@ async def measure(rounds: int, base_url: str) -> dict[str, Any]:
         refill.cancel()
         await asyncio.gather(refill, return_exceptions=True)
         await spares.aclose()
-    rows = {}
-    for target in TARGETS:
-        w, c = sorted(wall[target]), sorted(cpu[target])
-        rows[target] = {
-            "wall_ms": [round(w[0], 2), round(statistics.median(w), 2), round(w[-1], 2)],
-            "cpu_ms": [round(c[0], 2), round(statistics.median(c), 2), round(c[-1], 2)],
-        }
+    rows = {t: {"wall_ms": spread(wall[t]), "cpu_ms": spread(cpu[t])} for t in TARGETS}
     return {"rounds": rounds, "targets": rows}
 
 
@@ -163,15 +164,13 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for key, label in TARGETS.items():
         w, c = rows[key]["wall_ms"], rows[key]["cpu_ms"]
-        lines.append(
-            f"| {label} | {w[0]:.2f} / {w[1]:.2f} / {w[2]:.2f} | "
-            f"{c[0]:.2f} / {c[1]:.2f} / {c[2]:.2f} |"
-        )
+        lines.append(f"| {label} | {min_median_max(w, 2)} | {min_median_max(c, 2)} |")
     spare, connect = rows["spare"], rows["connect"]
     lines += [
         "",
-        f"spare / connect, median: wall {spare['wall_ms'][1] / connect['wall_ms'][1]:.3f}x, "
-        f"CPU {spare['cpu_ms'][1] / connect['cpu_ms'][1]:.3f}x.",
+        f"spare / connect, median: wall "
+        f"{spare['wall_ms']['median'] / connect['wall_ms']['median']:.3f}x, "
+        f"CPU {spare['cpu_ms']['median'] / connect['cpu_ms']['median']:.3f}x.",
         "",
         "Notes:",
         "",
