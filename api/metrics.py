@@ -31,6 +31,12 @@ SESSIONS_SPILLED = Counter(
     "take them (reason: its refusal), or they waited there too long (reason: waited).",
     ["pool", "to", "reason"],
 )
+SESSIONS_SEATED = Counter(
+    "voicepool_sessions_seated_total",
+    "Sessions made ready in their create step, in a waiting worker's seat (shared/seats.py), "
+    "instead of queued: the rest of the requested ones went through the queue.",
+    ["pool"],
+)
 SESSIONS_STARTED = Counter(
     "voicepool_sessions_started_total",
     "Sessions that reached ready.",

@@ -21,6 +21,8 @@ from pipecat.frames.frames import (
 from pipecat.serializers.protobuf import ProtobufFrameSerializer
 from websockets.asyncio.client import ClientConnection
 
+from harness.waiting import eventually
+
 FRAME_MS = 20
 LOOP_PAUSE_S = 2.5  # between repeats of a looped WAV: the echo bot's turn
 
@@ -126,6 +128,16 @@ class ProtobufClient:
             task.cancel()
         await self.ws.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def talk(ws_url: str, wav: Path, echo_rms: float) -> None:
+    """Connect, hear bot-ready and our words played back (louder than ``echo_rms``), leave."""
+    client = await ProtobufClient.connect(ws_url, wav)
+    try:
+        await eventually(lambda: client.got_message("bot-ready"), what="RTVI bot-ready")
+        await eventually(lambda: client.loudest_rms() > echo_rms, timeout=20, what="echo")
+    finally:
+        await client.close()
 
 
 def _read_wav(path: Path) -> tuple[np.ndarray, int]:

@@ -94,6 +94,29 @@ def doorbell(pool: str) -> str:
     return f"{PREFIX}:doorbell:{pool}"
 
 
+def pool_seats(pool: str) -> str:
+    """Set: ids of the pool's workers offering a seat (``worker_seat``) to the create step."""
+    return f"{PREFIX}:pool:{pool}:seats"
+
+
+SEAT_PREFIX = f"{PREFIX}:seat:"
+"""What goes before a worker id in its seat's key (the create step builds the names)."""
+SEATED_PREFIX = f"{PREFIX}:seated:"
+"""What goes before a worker id in its seated list's key (the create step builds them)."""
+
+
+def worker_seat(worker_id: str) -> str:
+    """String with a short expiry: the worker's free slot with a pipeline running, offered
+    to the API's create step while the worker waits for work (shared/seats.py)."""
+    return f"{SEAT_PREFIX}{worker_id}"
+
+
+def worker_seated(worker_id: str) -> str:
+    """List: the session the create step seated in the worker's seat, for the worker's
+    blocking pop to bring in (shared/seats.py)."""
+    return f"{SEATED_PREFIX}{worker_id}"
+
+
 def leases(scope: str, who: str) -> str:
     """Sorted set: a user's open event streams or requests in flight, scored by lease end."""
     return f"{PREFIX}:leases:{scope}:{who}"

@@ -165,47 +165,6 @@ end
 
 _ADMIT = _ADMIT_FN + "return admit(1, 1)"
 
-# KEYS: 6..10 admission's (above), 6 being the pool's slots hash, 7 its queue;
-#       11 the owner's rate counter (``RateLimit``), 12 the start job's key, 13 the pool's
-#       doorbell (with a job)
-# ARGV: 4 state event data (JSON), 5 initial state, 6 its reason, 7 fields to set (JSON),
-#       8..17 admission's (above), 18 the start job ('': none), 19 its TTL (ms),
-#       20 its score (ms), 21 rings kept at most, 22 creates allowed per window (0: not
-#       counted here), 23 the counter's TTL (s)
-_CREATE = (
-    _PUBLISH_FN
-    + _ADMIT_FN
-    + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists', 0, 0} end
-if tonumber(ARGV[22]) > 0 then  -- counted whatever admission says, as a request is
-  local hits = redis.call('INCR', KEYS[11])
-  if hits == 1 then redis.call('EXPIRE', KEYS[11], ARGV[23]) end
-  if hits > tonumber(ARGV[22]) then return {'rate_limited', ARGV[22], 0} end
-end
-local admitted = admit(6, 8)
-if admitted[1] ~= 'ok' then return admitted end
-redis.call('HSET', KEYS[1], 'state', ARGV[5], 'reason', ARGV[6], 'seq', 0)
-local flat = {}
-for name, value in pairs(cjson.decode(ARGV[7])) do
-  flat[#flat + 1] = name
-  flat[#flat + 1] = value
-end
-redis.call('HSET', KEYS[1], unpack(flat))
-redis.call('SADD', KEYS[4], ARGV[1])
-redis.call('SADD', KEYS[10], ARGV[1])
-if ARGV[18] ~= '' then  -- queued at once, and a worker woken
-  redis.call('PSETEX', KEYS[12], ARGV[19], ARGV[18])
-  redis.call('ZADD', KEYS[7], ARGV[20], ARGV[1])
-  redis.call('LPUSH', KEYS[13], ARGV[1])  -- the ring names it (shared/queue.py, RING)
-  redis.call('LTRIM', KEYS[13], 0, tonumber(ARGV[21]) - 1)
-else  -- counted as waiting until its job is queued
-  redis.call('ZADD', KEYS[8], ARGV[8] * 1000, ARGV[1])
-end
-local id, seq = publish('session.state', ARGV[4])
-redis.call('HSET', KEYS[1], 'state_seq', seq)
-return {'ok', admitted[2], admitted[3], id}
-"""
-)
 
 # ARGV: 4 to_state, 5 reason, 6 from-states (space separated), 7 data JSON,
 #       8 alive TTL ms, 9 worker id, 10 retention seconds, 11 final (1/0),
@@ -301,6 +260,102 @@ end
 """
 )
 _TAKE = TAKE_FN + "return take(ARGV)"
+
+# A new WebSocket session seated in a worker's seat (shared/seats.py): a free slot with a
+# pipeline running, offered while the worker waits for work. Only when nothing waits in the
+# pool's queue (a seat never jumps it) and the seat is the API's protocol, runs the
+# session's profile, and its worker is alive and not draining (its slots entry offers
+# some). The session is taken and moved on to ``ready`` in this step, as that worker's own
+# take would have (``take``, with the seat's arguments), and handed to the worker through
+# its seated list, which its blocking pop wakes on; the create step's caller answers at
+# once, with no start job, no ring and no wait for the worker. Returns the session's hash
+# after the take, or nil (a seat that is gone, expired or draining is forgotten on the way).
+# KEYS and ARGV: ``_CREATE``'s.
+_SEAT_FN = (
+    TAKE_FN
+    + """
+local function seat()
+  if redis.call('ZCARD', KEYS[7]) > 0 or redis.call('ZCARD', KEYS[8]) > 0 then return nil end
+  local s = redis.call('HMGET', KEYS[1], 'transport', 'profile')
+  if s[1] ~= 'websocket' then return nil end
+  for _, w in ipairs(redis.call('SMEMBERS', KEYS[14])) do
+    local raw = redis.call('GET', ARGV[25] .. w)
+    local slots = redis.call('HGET', KEYS[6], w)
+    local offered = tonumber(slots and string.match(slots, '^(%d+)') or '0')
+    if not raw or offered == 0 or redis.call('EXISTS', ARGV[12] .. w) == 0 then
+      redis.call('SREM', KEYS[14], w)  -- withdrawn, lapsed, draining or gone
+    else
+      local offer = cjson.decode(raw)
+      if offer['protocol'] == ARGV[24] and member(s[2] or '', offer['profiles']) then
+        redis.call('DEL', ARGV[25] .. w)
+        redis.call('SREM', KEYS[14], w)
+        local args = {ARGV[1], ARGV[2], ARGV[3]}
+        for _, a in ipairs(offer['take']) do args[#args + 1] = a end
+        local taken = take(args)
+        -- A new WebSocket session of one of the seat's profiles: moved on to ready. (Were it
+        -- only taken, its worker, never told, would let its liveness lapse: the reaper
+        -- would queue it again.)
+        if #taken < 4 then return nil end
+        redis.call('RPUSH', ARGV[26] .. w, cjson.encode({ARGV[1], taken[3]}))
+        redis.call('PEXPIRE', ARGV[26] .. w, ARGV[27])
+        return taken[3]
+      end
+    end
+  end
+  return nil
+end
+"""
+)
+
+# KEYS: 6..10 admission's (above), 6 being the pool's slots hash, 7 its queue, 8 its
+#       admitting set; 11 the owner's rate counter (``RateLimit``), 12 the start job's key,
+#       13 the pool's doorbell (with a job), 14 the pool's seats (with a job and seats)
+# ARGV: 4 state event data (JSON), 5 initial state, 6 its reason, 7 fields to set (JSON),
+#       8..17 admission's (above), 12 being the heartbeat key prefix, 18 the start job
+#       ('': none), 19 its TTL (ms), 20 its score (ms), 21 rings kept at most, 22 creates
+#       allowed per window (0: not counted here), 23 the counter's TTL (s), 24 the API's
+#       fleet protocol ('': seat nothing), 25/26 what goes before a worker id in its seat's
+#       and its seated list's keys, 27 the seated list's TTL (ms)
+# A session seated (``seat``) is returned with its hash fifth, and has no start job.
+_CREATE = (
+    _ADMIT_FN
+    + _SEAT_FN
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists', 0, 0} end
+if tonumber(ARGV[22]) > 0 then  -- counted whatever admission says, as a request is
+  local hits = redis.call('INCR', KEYS[11])
+  if hits == 1 then redis.call('EXPIRE', KEYS[11], ARGV[23]) end
+  if hits > tonumber(ARGV[22]) then return {'rate_limited', ARGV[22], 0} end
+end
+local admitted = admit(6, 8)
+if admitted[1] ~= 'ok' then return admitted end
+redis.call('HSET', KEYS[1], 'state', ARGV[5], 'reason', ARGV[6], 'seq', 0)
+local flat = {}
+for name, value in pairs(cjson.decode(ARGV[7])) do
+  flat[#flat + 1] = name
+  flat[#flat + 1] = value
+end
+redis.call('HSET', KEYS[1], unpack(flat))
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('SADD', KEYS[10], ARGV[1])
+local id, seq = publish('session.state', ARGV[4])
+redis.call('HSET', KEYS[1], 'state_seq', seq)
+if ARGV[18] ~= '' then
+  if ARGV[24] ~= '' and admitted[2] == 0 then
+    local seated = seat()
+    if seated then return {'ok', 0, admitted[3], id, seated} end
+  end
+  -- queued at once, and a worker woken
+  redis.call('PSETEX', KEYS[12], ARGV[19], ARGV[18])
+  redis.call('ZADD', KEYS[7], ARGV[20], ARGV[1])
+  redis.call('LPUSH', KEYS[13], ARGV[1])  -- the ring names it (shared/queue.py, RING)
+  redis.call('LTRIM', KEYS[13], 0, tonumber(ARGV[21]) - 1)
+else  -- counted as waiting until its job is queued
+  redis.call('ZADD', KEYS[8], ARGV[8] * 1000, ARGV[1])
+end
+return {'ok', admitted[2], admitted[3], id}
+"""
+)
 
 # ARGV: 4 event type, 5 data JSON, 6 publisher seq (0: none), 7 final states (space
 #       separated), 8 the publishing worker ('' for none: only the owner may publish)
@@ -480,8 +535,14 @@ class Taken:
         a connection that does not decode, as arq's: its hash is decoded here.)"""
         if not reply[0]:
             return None
-        flat = [x.decode() if isinstance(x, bytes) else x for x in reply[2]]
-        return cls(dict(zip(flat[::2], flat[1::2], strict=True)), ready=len(reply) > 3)
+        return cls(_decoded_hash(reply[2]), ready=len(reply) > 3)
+
+
+def _decoded_hash(flat: list[Any]) -> dict[str, str]:
+    """HGETALL's reply, as a script returns it (flat; bytes from a connection that does not
+    decode, as arq's), as a dict."""
+    text = [x.decode() if isinstance(x, bytes) else x for x in flat]
+    return dict(zip(text[::2], text[1::2], strict=True))
 
 
 class Created(NamedTuple):
@@ -492,6 +553,25 @@ class Created(NamedTuple):
     event_id: str
     """Its ``queued`` event's stream id: a wait for what comes next reads on from there
     (``api.events.wait_for_state_event``), with no look at where it is first."""
+    seated: dict[str, str] | None = None
+    """Its hash, ``ready`` on a worker already, if it was seated in the same step
+    (``SeatOffer``); None if it was queued."""
+
+
+@dataclass(frozen=True)
+class SeatOffer:
+    """Seat a new WebSocket session in a free worker's seat in its create step if one is
+    offered (shared/seats.py): ``protocol``, the caller's fleet protocol (a seat of another
+    is not taken)."""
+
+    protocol: int
+    seated_ttl_ms: int
+
+    def script_args(self) -> list[str | int]:
+        return [str(self.protocol), keys.SEAT_PREFIX, keys.SEATED_PREFIX, self.seated_ttl_ms]
+
+
+_NO_SEAT: list[str | int] = ["", "", "", 0]
 
 
 class TakeStep(NamedTuple):
@@ -702,12 +782,14 @@ class LiveSessions:
         admission: AdmissionPolicy = ADMIT_ALL,
         job: StartJob | None = None,
         rate: RateLimit | None = None,
+        seat: SeatOffer | None = None,
     ) -> Created:
         """Record a new queued session and its first event, if its pool admits it, and
         with ``job``, queue its start job and wake a worker in the same step (without one
         it is counted as waiting until ``queue.enqueue_start`` takes it off
         ``keys.pool_admitting``). Returns its place in the queue (0: a slot is free) and
-        its ``queued`` event's id.
+        its ``queued`` event's id. With ``job`` and ``seat``, a session a worker's seat
+        takes is seated there instead of queued: ``ready`` on return (``Created.seated``).
 
         Raises ``AdmissionRefused`` when the pool can't take it and ``OwnerLimitReached``
         when ``owner`` already has ``owner_limit`` live sessions (both checked in the same
@@ -723,6 +805,7 @@ class LiveSessions:
                 *_admission_keys(fields.get("pool", ""), owner),
                 rate.key if rate else keys.session(session_id),  # (not counted: not touched)
                 *([job.key, job.doorbell] if job else []),
+                *([keys.pool_seats(fields.get("pool", ""))] if job and seat else []),
             ],
             args=[
                 *self._head(session_id, now),
@@ -735,6 +818,7 @@ class LiveSessions:
                 ),
                 *(job.script_args() if job else _NO_JOB),
                 *(rate.script_args() if rate else [0, 0]),
+                *(seat.script_args() if job and seat else _NO_SEAT),
             ],
         )
         try:
@@ -742,7 +826,10 @@ class LiveSessions:
         except ValueError:
             raise ValueError(f"session {session_id} already exists") from None
         event_id = reply[3]
-        return Created(position, event_id.decode() if isinstance(event_id, bytes) else event_id)
+        seated = _decoded_hash(reply[4]) if len(reply) > 4 else None
+        return Created(
+            position, event_id.decode() if isinstance(event_id, bytes) else event_id, seated
+        )
 
     async def move(
         self, session_id: str, name: MoveName, reason: Reason | str, **how: Unpack[MoveOptions]

@@ -245,17 +245,6 @@ def _ring(pipe: Any, pool: str, *, queued: str) -> None:
     pipe.ltrim(keys.doorbell(pool), 0, DOORBELL_MAX - 1)
 
 
-async def wait_for_ring(redis: aioredis.Redis, pool: str, timeout: float) -> str | None:
-    """Block until a job of ``pool`` is rung in, or ``timeout`` seconds pass (None). Returns
-    the new session the ring names ('' for a ring that names none: ``ring``'s)."""
-    rung = redis.blpop([keys.doorbell(pool)], timeout)  # type: ignore[arg-type]  # redis-py: timeout typed int; Redis takes float seconds
-    popped = await cast("Awaitable[Any]", rung)
-    if popped is None:
-        return None
-    named = _text(popped[1])
-    return "" if named == RING else named
-
-
 async def enqueue_recovery(
     redis: aioredis.Redis,
     arq: ArqRedis,

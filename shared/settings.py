@@ -185,6 +185,13 @@ class Settings(BaseSettings):
         "running for WebSocket sessions to take: such a start binds one instead of building "
         "it. 0: none.",
     )
+    worker_seats: bool = Field(
+        True,
+        description="A worker waiting for work with a free slot and a pipeline running "
+        "offers it as a seat: a new WebSocket session is made ready there in its create "
+        "step, and POST /api/start answers without waiting for a worker (shared/seats.py). "
+        "Only while nothing waits in the pool. Off: every start goes through the queue.",
+    )
     worker_warm_model_sockets: int = Field(
         0,
         ge=0,

@@ -92,6 +92,11 @@ class WorkerOptions:
     for WebSocket sessions to take (worker/warm.py): their start binds instead of building.
     0: none."""
 
+    seats: bool = True
+    """Offer a free slot with a pipeline running as a seat while waiting for work
+    (shared/seats.py): a new WebSocket session is made ready here in the API's create
+    step, one hop sooner than through the queue. Needs ``warm_pipelines``."""
+
     warm_model_sockets: int = 0
     """Realtime model sockets kept open for ``assistant`` sessions to take instead of
     connecting (worker/model_sockets.py): the model's connect and TLS handshake off the
@@ -252,6 +257,7 @@ class WorkerOptions:
             pool=settings.default_pool if pool is None else pool,
             capacity=settings.worker_capacity if capacity is None else capacity,
             warm_pipelines=settings.worker_warm_pipelines,
+            seats=settings.worker_seats,
             warm_model_sockets=settings.worker_warm_model_sockets,
             drain_timeout=settings.drain_timeout,
             metrics_port=settings.worker_metrics_port if metrics_port is None else metrics_port,

@@ -35,6 +35,7 @@ import contextlib
 import contextvars
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -153,8 +154,10 @@ def _nothing(*_args: Any) -> None:
 class WarmPipelines:
     """The pipelines a worker keeps running ahead of its sessions, per warmable profile."""
 
-    def __init__(self, options: WorkerOptions):
+    def __init__(self, options: WorkerOptions, on_built: Callable[[], None] | None = None):
         self.options = options
+        self.on_built = on_built
+        """Called as each pipeline is ready to take (the worker offers it as a seat)."""
         self.per_profile = options.warm_pipelines if "websocket" in options.transports else 0
         self.profiles = [name for name in options.profiles if profile_class(name).warmable]
         self._ready: dict[str, list[WarmPipeline]] = {name: [] for name in self.profiles}
@@ -165,12 +168,13 @@ class WarmPipelines:
         self._context: contextvars.Context | None = None
         self._closed = False
         self._closing: set[asyncio.Task[None]] = set()
+        self._held_out = 0  # held for a take or a seat: still no session's, still counted
 
     def count(self) -> int:
         return sum(len(ready) for ready in self._ready.values())
 
     def _counted(self) -> None:
-        metrics.WARM_PIPELINES.labels(pool=self.options.pool).set(self.count())
+        metrics.WARM_PIPELINES.labels(pool=self.options.pool).set(self.count() + self._held_out)
 
     def hold(self) -> dict[str, WarmPipeline]:
         """One running pipeline of each profile that has one, held out for a session not
@@ -184,6 +188,7 @@ class WarmPipelines:
                     held[name] = warm
                 else:
                     self._dropped(warm)
+        self._held_out += len(held)
         self._counted()
         return held
 
@@ -192,6 +197,7 @@ class WarmPipelines:
         the others are kept for the next, and what was taken is replaced once starts
         pause."""
         self._last_start = time.monotonic()
+        self._held_out -= len(held)
         warm = held.pop(profile, None) if profile is not None else None
         replace = warm is not None
         for name, unused in held.items():
@@ -245,6 +251,8 @@ class WarmPipelines:
                 warm.task.add_done_callback(partial(self._stopped, warm))
                 self._ready[name].append(warm)
                 self._counted()
+                if self.on_built is not None:
+                    self.on_built()
 
     def _stopped(self, warm: WarmPipeline, _task: object = None) -> None:
         """A pipeline ended: if no session had it, it is dropped and replaced."""

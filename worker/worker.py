@@ -6,6 +6,10 @@ returns once it is ready; the session then lives here as an asyncio task.
 Capacity is explicit: each poll claims at most the free slots' worth of jobs, so
 a worker with every slot used takes none, and takes the next one when a slot frees
 (where DESIGN says ``allow_pick_jobs = False``: the poll is ours, see SessionWorker).
+One start skips the queue, on purpose: while the poll waits for work with a free slot
+and a pipeline running, it offers them as a seat, and a new WebSocket session that
+finds it is taken and made ready in the API's create step, with no job to run
+(shared/seats.py says why, and what keeps a seat from being a slot counted twice).
 
 DESIGN decision 2: liveness is ours. This process refreshes its own heartbeat
 and each session's; the API's reaper fails the sessions of a worker whose
@@ -35,7 +39,7 @@ from arq import Worker
 from arq.worker import func
 from pydantic import ValidationError
 
-from shared import control, keys, queue, ws_tokens
+from shared import control, keys, queue, seats, ws_tokens
 from shared.connections import arq_pool, redis_client
 from shared.fleet import PROTOCOL, WorkerBeat, worker_client_name
 from shared.gc_freeze import freeze_startup_objects
@@ -50,6 +54,7 @@ from shared.lifecycle import (
 from shared.live import LiveSessions, ReadyAtTake, Taken, TakeStep
 from shared.logs import log_fields
 from shared.queue import record_starts
+from shared.seats import Seated, WorkerSeat
 from worker import metrics
 from worker.continuity import resumed_meta
 from worker.loop_monitor import watch_event_loop
@@ -79,6 +84,7 @@ START_BEAT_DELAY_S = 0.05
 # show a leak, and keeps it out of the beat a burst of starts asks for.
 TASK_COUNT_EVERY = 30
 PROTOCOL_CHECK_EVERY = 10  # heartbeats between two looks at the API's protocol
+SEATED_ENDS_HELD = 16  # end requests held for a session being seated here, at most
 
 
 async def start_session(ctx: dict[str, Any], session_id: str, protocol: int = 0) -> str:
@@ -170,8 +176,7 @@ class SessionWorker(Worker):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.slot_freed.wait(), wait_s)
             return
-        rung = await queue.wait_for_ring(self.voicepool.redis, self.voicepool.options.pool, wait_s)
-        self.rung = rung or ""
+        self.rung = await self.voicepool.wait_for_work(wait_s)
 
 
 class VoicepoolWorker:
@@ -193,8 +198,15 @@ class VoicepoolWorker:
             stream_maxlen=options.stream_maxlen,
         )
         self._arq: SessionWorker | None = None
-        self.ws_listener = WebSocketListener(self._websocket_session, options)
-        self.warm = WarmPipelines(options)
+        self.ws_listener = WebSocketListener(self._websocket_session_soon, options)
+        self.seat = WorkerSeat(self.redis, options.pool, self.id)
+        self._seat_held: dict[str, WarmPipeline] | None = None
+        """The pipelines held out for the seat offered (shared/seats.py), until it is taken
+        or withdrawn; None: no seat offered."""
+        self._seated_ends: dict[str, list[Reason]] = {}  # for a session being seated here
+        self._seated_in = asyncio.Event()  # set (and replaced) as a seated session comes in
+        self._waiting_unseated = False  # the poll waits with no seat offered
+        self.warm = WarmPipelines(options, on_built=self._pipeline_built)
         self.model_sockets = ModelSockets.for_worker(
             options.assistant, options.warm_model_sockets, options.profiles, options.pool
         )
@@ -315,6 +327,7 @@ class VoicepoolWorker:
         self._drain_started = True
         self.draining = True
         log.info("worker %s draining %d sessions", self.id, len(self.sessions))
+        await self._wake_seat()
         await self.warm.aclose()
         await self._heartbeat()
         limit = self.options.drain_timeout if timeout is None else timeout
@@ -406,6 +419,7 @@ class VoicepoolWorker:
     async def aclose(self) -> None:
         """Stop picking jobs, end every session, and remove this worker's traces."""
         self.draining = True  # no free slots from here on: no poll claims a job
+        await self._wake_seat()
         try:  # with Redis away, sessions' final events wait for it, but not forever
             await asyncio.wait_for(self.end_all(Reason.WORKER_SHUTDOWN), SHUTDOWN_PUBLISH_S)
         except TimeoutError:
@@ -418,8 +432,13 @@ class VoicepoolWorker:
         if self._arq is not None:
             with contextlib.suppress(Exception):
                 await self._arq.close()
+        if self._seat_held is not None:  # the poll stopped as it waited on the seat
+            held, self._seat_held = self._seat_held, None
+            self.warm.settle(held, None)
         with contextlib.suppress(Exception):
             async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.delete(keys.worker_seat(self.id))
+                pipe.srem(keys.pool_seats(self.options.pool), self.id)
                 pipe.delete(keys.worker(self.id))
                 pipe.srem(keys.WORKERS, self.id)
                 pipe.hdel(keys.pool_slots(self.options.pool), self.id)
@@ -502,6 +521,74 @@ class VoicepoolWorker:
         job gone between the claim and arq's read), the session is started anyway."""
         if session_id in self._taken_ahead:
             self._spawn(self.start_session(session_id, None))
+
+    # --- seats (shared/seats.py) ----------------------------------------------------------
+
+    async def wait_for_work(self, wait_s: float) -> str:
+        """Wait until a job of the pool is rung in (returns the session the ring names, ''
+        for none) or ``wait_s`` seconds pass (''). With a free slot and pipelines running,
+        offer them as a seat meanwhile: a session seated in it is in and running here by
+        the time this returns, and the seat is withdrawn (a slot is never both seated and
+        claimed). The caller has seen a free slot."""
+        held = self._seat_held if self._seat_held is not None else self._hold_for_seat()
+        if not held:  # a pipeline built meanwhile wakes the wait, to offer a seat
+            self._waiting_unseated = True
+            try:
+                return (await self.seat.wait(wait_s)).ring or ""
+            finally:
+                self._waiting_unseated = False
+        self._seat_held = held  # from here until taken or withdrawn (also after a failure)
+        offer = seats.offer(self._take_step("", held), list(held), PROTOCOL)
+        woken = await self.seat.wait(wait_s, offer)
+        if woken.seated is not None:
+            await self._seated(woken.seated)
+        else:
+            await self._withdraw_seat()
+        return woken.ring or ""
+
+    def _hold_for_seat(self) -> dict[str, WarmPipeline]:
+        if not self.options.seats or self.draining or not self.options.ws_advertised_url:
+            return {}
+        return self.warm.hold()
+
+    def _pipeline_built(self) -> None:
+        """A pipeline was built ahead: a wait that offers no seat for want of one ends, to
+        offer it (the next session need not wait for the safety poll's turn)."""
+        if self._waiting_unseated and self.options.seats and not self.draining:
+            self._waiting_unseated = False  # one wake
+            self._spawn(self._wake_seat(offered=False))
+
+    async def _withdraw_seat(self) -> None:
+        """The seat withdrawn; a session seated in it meanwhile is brought in."""
+        if self._seat_held is None:
+            return
+        seated = await self.seat.withdraw()  # (failed: still held, offered again next wait)
+        if seated is not None:
+            await self._seated(seated)
+            return
+        held, self._seat_held = self._seat_held, None
+        self._seated_ends.clear()
+        self.warm.settle(held, None)
+
+    async def _wake_seat(self, *, offered: bool = True) -> None:
+        """End the poll's wait now: on a seat offered (which the poll withdraws as it wakes),
+        for a drain or a close; or, not ``offered``, on none."""
+        if self._seat_held is not None or not offered:
+            with contextlib.suppress(Exception):  # Redis away: the seat lapses by itself
+                await self.seat.wake(withdraw=offered)
+
+    async def _seated(self, seated: Seated) -> None:
+        """A session the API's create step seated in this worker's seat: taken and ready in
+        that step, as a take of this worker's own would have left it (the seat's arguments
+        were its take's), it runs from here with the pipeline held for the seat."""
+        held, self._seat_held = self._seat_held or {}, None
+        session_id = seated.session_id
+        self._starting[session_id] = self._seated_ends.pop(session_id, [])
+        self._seated_ends.clear()
+        with log_fields(session_id=session_id):
+            await self._finish_take(session_id, Taken(seated.meta, ready=True), held)
+        self._seated_in.set()  # a client that came sooner looks again
+        self._seated_in = asyncio.Event()
 
     async def _start_session(self, session_id: str, arq_redis: Any) -> str:
         ahead = self._taken_ahead.pop(session_id, None)
@@ -714,10 +801,21 @@ class VoicepoolWorker:
         )
 
     def _websocket_session(self, session_id: str) -> WebSocketSessionTransport | None:
-        """The WebSocket listener's route: this worker's session a token opens."""
+        """This worker's WebSocket session ``session_id``, if it runs here."""
         runner = self.sessions.get(session_id)
         transport = runner.transport if runner is not None else None
         return transport if isinstance(transport, WebSocketSessionTransport) else None
+
+    async def _websocket_session_soon(self, session_id: str) -> WebSocketSessionTransport | None:
+        """The WebSocket listener's route: this worker's session a token opens. While a seat
+        is offered, a client may come before the session seated in it is in (the API
+        answered as it was seated): it waits for it, ``seats.SEATED_ARRIVAL_S`` at most."""
+        found = self._websocket_session(session_id)
+        if found is not None or self._seat_held is None:
+            return found
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._seated_in.wait(), seats.SEATED_ARRIVAL_S)
+        return self._websocket_session(session_id)
 
     async def _release(self, runner: SessionRunner) -> None:
         with contextlib.suppress(Exception):
@@ -862,10 +960,19 @@ class VoicepoolWorker:
     async def _handle(self, message: control.ControlMessage) -> Any:
         if isinstance(message, control.Drain):
             self.draining = True  # before answering: no job is taken from here on
+            await self._wake_seat()  # nor a session seated
             self._spawn(self.drain(message.payload.timeout))
             return {"draining": True}
         if isinstance(message, control.End) and message.session_id in self._starting:
             self._starting[message.session_id].append(message.payload.reason)  # taken, or not
+            return {}
+        if (
+            isinstance(message, control.End)
+            and message.session_id not in self.sessions
+            and self._seat_held is not None
+            and len(self._seated_ends) < SEATED_ENDS_HELD
+        ):  # seated here by the API's create step, maybe, and not in yet: held for it
+            self._seated_ends.setdefault(message.session_id, []).append(message.payload.reason)
             return {}
         runner = self.sessions.get(message.session_id)
         if runner is None:

@@ -21,6 +21,7 @@ from api.connect import (
     owner_connect_when_ready,
     peer_connect,
     room_connect,
+    websocket_connect,
 )
 from api.deps import AppState
 from api.errors import (
@@ -36,7 +37,7 @@ from api.errors import (
 from api.events import wait_for_state, wait_for_state_event
 from api.schemas import IcePatch, SdpOffer, SessionCreate, SessionOut, sdp_offer_problem
 from api.services import ownership
-from shared import control, keys, queue, ws_tokens
+from shared import control, keys, queue, seats, ws_tokens
 from shared.fleet import PROFILES, PROTOCOL, live_beats
 from shared.history import transcript_history
 from shared.ids import new_id
@@ -44,6 +45,7 @@ from shared.lifecycle import (
     CLIENT_MAY_CONNECT,
     FINAL_STATES,
     OWNED_STATES,
+    OWNER_CONNECT,
     WAITING_STATES,
     Reason,
     SessionState,
@@ -55,6 +57,7 @@ from shared.live import (
     OwnerLimitReached,
     RateLimit,
     RateLimited,
+    SeatOffer,
 )
 from shared.models import Conversation, User, VoiceSession, as_utc
 from shared.settings import Settings
@@ -163,10 +166,11 @@ async def _create(
     request: SessionCreate,
     *,
     look: bool = False,
-) -> tuple[VoiceSession, str, str]:
+) -> tuple[VoiceSession, str, Created]:
     """``create``, the key the session's WebSocket tokens are signed with ('' for another
     transport): made here, with the session, so that its creator can mint them without
-    reading it back; and its ``queued`` event's id, for its creator to wait on from there.
+    reading it back; and what its create step said (its ``queued`` event's id, for its
+    creator to wait on from there; or that it was seated, ``ready`` already).
 
     Nothing is written to SQL: the session's rows travel with its state events, and the
     persister stores them (a request about the session reads it from Redis while it is
@@ -205,7 +209,9 @@ async def _create(
     except Exception as exc:
         raise ApiError(503, "queue_unavailable", "the session queue is unreachable") from exc
     metrics.SESSIONS_REQUESTED.labels(pool=pool, transport=row.transport, profile=profile).inc()
-    return row, ws_key, created.event_id
+    if created.seated is not None:
+        metrics.SESSIONS_SEATED.labels(pool=pool).inc()
+    return row, ws_key, created
 
 
 async def _admit(
@@ -316,6 +322,7 @@ async def _go_live(
         admission=admission(settings),
         job=queue.new_start_job(state.arq, row.id, row.pool, expires_s=expires_s),
         rate=rate,
+        seat=SeatOffer(PROTOCOL, seats.SEATED_TTL_MS) if request.transport == "websocket" else None,
     )
 
 
@@ -373,16 +380,21 @@ async def start(
 ) -> tuple[VoiceSession, dict[str, Any] | None]:
     """Create a session and wait (up to ``VOICEPOOL_READY_WAIT``) until it is ready: the
     session and what its owner connects with (None for WebRTC, which sends an offer)."""
-    created, ws_key, queued_id = await _create(state, db, user, request)
+    created, ws_key, step = await _create(state, db, user, request)
     session_id = created.id
     await db.close()  # hold no pooled connection while waiting for a worker
+    if step.seated is not None:  # ready on a worker already: its listener is in its hash
+        listener = json.loads(step.seated.get(OWNER_CONNECT) or "{}")
+        seated = websocket_connect(state, created, listener, ws_key)
+        if seated is not None:
+            return created, seated
     targets = {*CLIENT_MAY_CONNECT, *FINAL_STATES}
     current, seen = await wait_for_state_event(
         state,
         session_id,
         targets,
         timeout=state.settings.ready_wait,
-        since=(SessionState.QUEUED, queued_id),
+        since=(SessionState.QUEUED, step.event_id),
     )
     if current in FINAL_STATES:
         raise await _failure(state, session_id, str(current))

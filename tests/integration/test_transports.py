@@ -21,7 +21,7 @@ from websockets.exceptions import InvalidMessage, InvalidStatus
 from harness.api import api_client, wait_for_status
 from harness.waiting import eventually
 from harness.webrtc_client import WebRTCTestClient, allow_loopback_ice
-from harness.ws_client import ProtobufClient
+from harness.ws_client import ProtobufClient, talk
 from shared import ws_tokens
 from shared.http_server import MAX_HEAD_BYTES
 from shared.lifecycle import FINAL_STATES
@@ -175,13 +175,7 @@ async def test_one_request_from_create_to_connect(make_system, hello_wav) -> Non
 
 
 async def _talk(ws_url: str, wav: Any) -> None:
-    """Connect, hear bot-ready and our words played back, leave."""
-    client = await ProtobufClient.connect(ws_url, wav)
-    try:
-        await eventually(lambda: client.got_message("bot-ready"), what="RTVI bot-ready")
-        await eventually(lambda: client.loudest_rms() > ECHO_RMS, timeout=20, what="echoed speech")
-    finally:
-        await client.close()
+    await talk(ws_url, wav, ECHO_RMS)
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from shared.connections import arq_redis_settings
 from shared.fleet import PROTOCOL
 from shared.lifecycle import Reason, SessionState
 from shared.live import ADMIT_ALL, AdmissionPolicy, AdmissionRefused, LiveSessions, ReadyAtTake
+from shared.seats import WorkerSeat
 
 
 @pytest.fixture
@@ -175,9 +176,10 @@ async def test_a_new_sessions_ring_names_it_and_its_claim_takes_it_in_the_same_s
 
     await create("rung")
     await queue.ring(redis, "server")
-    assert await queue.wait_for_ring(redis, "server", 1) == ""  # a ring that names none
-    assert await queue.wait_for_ring(redis, "server", 1) == "rung"
-    assert await queue.wait_for_ring(redis, "server", 0.01) is None
+    waits = WorkerSeat(redis, "server", "w1")  # a worker's wait, with no seat offered
+    assert (await waits.wait(1)).ring == ""  # a ring that names none
+    assert (await waits.wait(1)).ring == "rung"
+    assert (await waits.wait(0.01)).ring is None
     await create("other")
     ready_if = ReadyAtTake(["echo"], {"transport": "websocket", "ws_url": "ws://w1"})
     step = live.take_step("rung", "w1", data={"pool": "server"}, ready_if=ready_if)

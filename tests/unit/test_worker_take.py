@@ -182,7 +182,7 @@ async def test_the_session_a_ring_names_is_taken_with_its_claim(redis, redis_ser
     polls.voicepool.options.safety_poll = 0.05
     try:
         await create("s1")
-        polls.rung = await queue.wait_for_ring(redis, "server", 1) or ""
+        polls.rung = (await worker.seat.wait(1)).ring or ""
         assert polls.rung == "s1"
         await polls._poll_iteration()
 
@@ -279,7 +279,7 @@ async def test_a_session_its_take_made_ready_runs_before_arq_runs_its_job(
     await eventually(lambda: worker.warm.count() == 1 or None, what="a pipeline built ahead")
     try:
         await worker.live.create("s1", "alice", fields, job=job)
-        polls.rung = await queue.wait_for_ring(redis, "server", 1) or ""
+        polls.rung = (await worker.seat.wait(1)).ring or ""
         await polls._poll_iteration()
         await eventually(lambda: "s1" in worker.sessions or None, what="s1 taken")
         runner = worker.sessions["s1"]

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, cast
 
 import uvicorn
@@ -280,7 +280,9 @@ class WebSocketListener:
     """The worker's one WebSocket endpoint; routes each connection to its session by token."""
 
     def __init__(
-        self, find: Callable[[str], WebSocketSessionTransport | None], options: WorkerOptions
+        self,
+        find: Callable[[str], Awaitable[WebSocketSessionTransport | None]],
+        options: WorkerOptions,
     ):
         self.id = ws_tokens.new_listener()
         """What this listener's tokens are bound to (``WorkerOptions.ws_listener``)."""
@@ -329,7 +331,7 @@ class WebSocketListener:
     async def _endpoint(self, websocket: WebSocket) -> None:
         token = _token_of(websocket)
         session_id = ws_tokens.session_of(token)
-        transport = self.find(session_id) if session_id else None
+        transport = await self.find(session_id) if session_id else None
         # Unauthenticated, forged, expired, reused, for another listener, or for a session
         # this worker does not run (or that already has its client): all refused alike,
         # before the handshake.
