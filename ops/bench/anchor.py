@@ -180,6 +180,7 @@ SESSION_TIMEOUT_S = 60.0  # request + connect + bot-ready
 ECHO_TIMEOUT_S = 15.0  # after bot-ready
 LOUD_RMS = 200.0  # the phrase's quietest 20 ms frame has RMS ~365
 SETTLE_S = 2.0
+SEATED_COUNTER = "voicepool_sessions_seated_total{"
 CHURN_WARM_UP = 20  # sessions before the memory baseline: caches, pools, arenas filled
 PAUSE_S = 0.2  # between sequential sessions
 STARTUP_TIMEOUT_S = 60.0
@@ -324,6 +325,11 @@ class Target:
     async def end(self, http: httpx.AsyncClient, session: str | None) -> None:
         return None
 
+    def seated(self) -> float | None:
+        """Sessions started so far with no hop through a queue (voicepool's seats), or None
+        for a target that has no queue."""
+        return None
+
     def stop(self) -> None:
         raise NotImplementedError
 
@@ -380,6 +386,11 @@ class Voicepool(Target):
         if session:
             with contextlib.suppress(httpx.HTTPError):
                 await http.delete(f"/api/sessions/{session}")
+
+    def seated(self) -> float | None:
+        assert self.system is not None  # (0 at a commit before seats: the counter is absent)
+        samples = self.system.metrics(f"{self.system.api_url}/metrics")
+        return sum(v for k, v in samples.items() if k.startswith(SEATED_COUNTER))
 
     def stop(self) -> None:
         if self.system is not None:
@@ -545,8 +556,14 @@ def error_counts(runs: Sequence[Run]) -> dict[str, int]:
     return dict(Counter(r.error for r in runs if r.error))
 
 
+def _seated_since(target: Target, before: float | None) -> float | None:
+    after = target.seated()
+    return None if before is None or after is None else after - before
+
+
 async def sequential(target: Target, count: int, wav: Path) -> dict[str, Any]:
     runs: list[Run] = []
+    seated = target.seated()
     async with target.http(4) as http:
         for i in range(count):
             with client_collector_paused():
@@ -570,6 +587,7 @@ async def sequential(target: Target, count: int, wav: Path) -> dict[str, Any]:
         "talk_p50_ms": ms(talk, 50),
         "talk_p99_ms": ms(talk, 99),
         "echo_p50_ms": ms([r.echo_s for r in runs], 50),
+        "seated": _seated_since(target, seated),
         "errors": error_counts(runs),
         "runs": [asdict(r) for r in runs],
     }
@@ -611,9 +629,11 @@ async def churn(target: Target, count: int, wav: Path) -> dict[str, Any]:
 
         await cycle(CHURN_WARM_UP)
         await asyncio.sleep(SETTLE_S)
+        seated = target.seated()
         before, cpu_before = rss_now(procs), cpu_now(procs)
         runs = await cycle(count)
         cpu_after = cpu_now(procs)
+        seated = _seated_since(target, seated)
     await asyncio.sleep(SETTLE_S)
     after = rss_now(procs)
     kb = {name: round((after[name] - before[name]) / count / 1024, 1) for name in procs}
@@ -628,12 +648,14 @@ async def churn(target: Target, count: int, wav: Path) -> dict[str, Any]:
         "total_kb_per_session": round(sum(kb.values()), 1),
         "cpu_ms_per_session": cpu_ms,
         "total_cpu_ms_per_session": round(sum(cpu_ms.values()), 2),
+        "seated": seated,
         "errors": error_counts(runs),
     }
 
 
 async def burst(target: Target, count: int, wav: Path) -> dict[str, Any]:
     procs, me = target.processes(), psutil.Process()
+    seated = target.seated()
     async with target.http(count + 8) as http:
         before, mine, started = cpu_now(procs), cpu_seconds(me), time.perf_counter()
         opening = (open_session(target, http, wav) for _ in range(count))
@@ -656,6 +678,7 @@ async def burst(target: Target, count: int, wav: Path) -> dict[str, Any]:
         "ready_p99_ms": ms([r.ready_s for r in runs], 99),
         "echo_p50_ms": ms([r.echo_s for r in runs], 50),
         "echoed": sum(not math.isnan(r.echo_s) for r in runs),
+        "seated": _seated_since(target, seated),
         "window_s": round(window, 3),
         "cpu_s": cpu,
         "cpu_ms_per_start": round(sum(cpu.values()) / count * 1000, 1),
@@ -855,6 +878,7 @@ ROWS: list[Row] = [
     ("one at a time: talk p99", "ms", lambda r: r["sequential"]["talk_p99_ms"], True),
     ("one at a time: first echo p50", "ms", lambda r: r["sequential"]["echo_p50_ms"], True),
     ("one at a time: reached talk", "n", lambda r: r["sequential"]["reached_talk"], False),
+    ("one at a time: seated (no queue)", "n", lambda r: r["sequential"].get("seated"), False),
     # KB per session are small differences of large numbers: no ratio of them.
     (
         "churn: RSS per session, where the bots run",
@@ -869,6 +893,7 @@ ROWS: list[Row] = [
         False,
     ),
     ("churn: reached talk", "n", lambda r: r["churn"]["reached_talk"], False),
+    ("churn: seated (no queue)", "n", lambda r: r["churn"].get("seated"), False),
     (
         "churn: CPU per session, all processes",
         "ms",
@@ -899,6 +924,7 @@ ROWS: list[Row] = [
     ("burst: talk p50", "ms", lambda r: r["burst"]["talk_p50_ms"], True),
     ("burst: talk p99", "ms", lambda r: r["burst"]["talk_p99_ms"], True),
     ("burst: reached talk", "n", lambda r: r["burst"]["reached_talk"], True),
+    ("burst: seated (no queue)", "n", lambda r: r["burst"].get("seated"), False),
     ("burst: CPU per session start", "ms", lambda r: r["burst"]["cpu_ms_per_start"], True),
     (
         "burst: CPU window (first request → last bot-ready)",
