@@ -12,7 +12,7 @@ name, moves it on to ``ready`` and pushes it to the worker's seated list, all in
 step (``shared.live``'s ``seat``): the API answers with the worker's address at once, and
 the worker's blocking pop, on its seated list as on the doorbell, brings the session in
 while the answer travels. A client that is sooner still is held by the worker's
-listener for a moment (``SEATED_ARRIVAL_S``).
+listener for a moment (``worker.worker.TAKEN_ARRIVAL_S``).
 
 This is dispatch without a start job for that one case, where DESIGN has arq dispatch
 every start: a seated session is not waiting for anybody, so there is nothing for a
@@ -54,10 +54,6 @@ again (or withdraws it) before then."""
 
 SEATED_TTL_MS = 60_000
 """A seated list nobody pops (its worker died) is dropped after this long."""
-
-SEATED_ARRIVAL_S = 0.5
-"""How long a worker's listener holds a client whose session is being seated there but is
-not in yet (its answer outran the worker's pop), before refusing it as unknown."""
 
 WAKE = "-"
 """What a worker pushes to its own seated list to end its wait now: a drain (to withdraw

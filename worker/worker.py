@@ -85,6 +85,7 @@ START_BEAT_DELAY_S = 0.05
 TASK_COUNT_EVERY = 30
 PROTOCOL_CHECK_EVERY = 10  # heartbeats between two looks at the API's protocol
 SEATED_ENDS_HELD = 16  # end requests held for a session being seated here, at most
+TAKEN_ARRIVAL_S = 0.5  # a client before its session (seated or taken here) waits this long
 
 
 async def start_session(ctx: dict[str, Any], session_id: str, protocol: int = 0) -> str:
@@ -204,7 +205,7 @@ class VoicepoolWorker:
         """The pipelines held out for the seat offered (shared/seats.py), until it is taken
         or withdrawn; None: no seat offered."""
         self._seated_ends: dict[str, list[Reason]] = {}  # for a session being seated here
-        self._seated_in = asyncio.Event()  # set (and replaced) as a seated session comes in
+        self._taken_in = asyncio.Event()  # set (and replaced) as a session taken comes in
         self._waiting_unseated = False  # the poll waits with no seat offered
         self.warm = WarmPipelines(options, on_built=self._pipeline_built)
         self.model_sockets = ModelSockets.for_worker(
@@ -587,8 +588,6 @@ class VoicepoolWorker:
         self._seated_ends.clear()
         with log_fields(session_id=session_id):
             await self._finish_take(session_id, Taken(seated.meta, ready=True), held)
-        self._seated_in.set()  # a client that came sooner looks again
-        self._seated_in = asyncio.Event()
 
     async def _start_session(self, session_id: str, arq_redis: Any) -> str:
         ahead = self._taken_ahead.pop(session_id, None)
@@ -730,6 +729,8 @@ class VoicepoolWorker:
             if stale is not None:  # its own call, recovered while it stalled: that run stops
                 stale.let_go(Reason.WORKER_LOST)
             self.sessions[session_id] = runner
+            self._taken_in.set()  # a client that came sooner looks again
+            self._taken_in = asyncio.Event()
         finally:
             held = self._starting.pop(session_id)
         for reason in held:
@@ -807,15 +808,24 @@ class VoicepoolWorker:
         return transport if isinstance(transport, WebSocketSessionTransport) else None
 
     async def _websocket_session_soon(self, session_id: str) -> WebSocketSessionTransport | None:
-        """The WebSocket listener's route: this worker's session a token opens. While a seat
-        is offered, a client may come before the session seated in it is in (the API
-        answered as it was seated): it waits for it, ``seats.SEATED_ARRIVAL_S`` at most."""
+        """The WebSocket listener's route: this worker's session a token opens. A session is
+        ``ready`` in Redis, and its client may have its answer, a moment before it is in
+        here: one seated in this worker's seat (the API answered as the create step seated
+        it), or taken with its claim (its runner registered a step of the loop later). A
+        client that comes while one is on its way in waits for it, ``TAKEN_ARRIVAL_S`` at
+        most, where it was refused (the likeliest cause of the one 403 that anchor runs'
+        one-at-a-time starts met now and then before seats)."""
         found = self._websocket_session(session_id)
-        if found is not None or self._seat_held is None:
-            return found
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._seated_in.wait(), seats.SEATED_ARRIVAL_S)
-        return self._websocket_session(session_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TAKEN_ARRIVAL_S
+        while found is None and (self._seat_held is not None or session_id in self._starting):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._taken_in.wait(), remaining)
+            found = self._websocket_session(session_id)
+        return found
 
     async def _release(self, runner: SessionRunner) -> None:
         with contextlib.suppress(Exception):

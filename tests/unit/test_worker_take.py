@@ -294,3 +294,41 @@ async def test_a_session_its_take_made_ready_runs_before_arq_runs_its_job(
     finally:
         await _close(worker, polls, arq)
         await worker.warm.aclose()
+
+
+async def test_a_client_that_comes_as_its_session_is_taken_waits_for_it(
+    redis, redis_server
+) -> None:
+    """A session is ``ready`` in Redis (its client may have its answer) a moment before its
+    runner is in: the listener holds a client that comes meanwhile instead of refusing it,
+    and refuses at once one whose session is on its way nowhere here."""
+    from worker.worker import TAKEN_ARRIVAL_S
+
+    options = WorkerOptions(
+        redis_url=redis_server.url,
+        worker_id="w1",
+        ws_advertised_url="ws://127.0.0.1:1/ws",
+        ws_listener="listener-1",
+    )
+    worker = VoicepoolWorker(options)
+    fields = {"conversation_id": "c1", "pool": "server", "transport": "websocket",
+              "profile": "echo"}  # fmt: skip
+    await worker.live.create("s1", "alice", fields)
+    try:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        assert await worker._websocket_session_soon("nobody") is None
+        assert loop.time() - began < TAKEN_ARRIVAL_S / 2  # refused at once, as before
+
+        worker._starting["s1"] = []  # its take under way, as a claim begins it
+        waiting = asyncio.create_task(worker._websocket_session_soon("s1"))
+        await asyncio.sleep(0.02)
+        assert not waiting.done()  # held, not refused
+        del worker._starting["s1"]
+        assert await worker._take("s1") is not None
+        found = await asyncio.wait_for(waiting, TAKEN_ARRIVAL_S)
+        assert found is not None and found is worker.sessions["s1"].transport
+    finally:
+        await worker.end_all(Reason.WORKER_SHUTDOWN)
+        await asyncio.sleep(0)
+        await worker.redis.aclose()
