@@ -108,11 +108,13 @@ lint: install
 	$(BIN)/mypy
 
 ## Benchmarks (about 45 minutes); results under ops/bench/results/ (Markdown and JSON).
-## The API benchmark's load tool is Debian's wrk, installed here when missing. The anchor
+## The API benchmark's load tool is Debian's wrk, the anchor's profiler py-spy; both are
+## installed here when missing. The anchor
 ## (voicepool vs. Pipecat's own runner) also measures voicepool at BENCH_BEFORE, a before/after.
 BENCH_BEFORE ?= f7ef3fa
 bench: install
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	@test -x $(BIN)/py-spy || $(BIN)/pip install -q py-spy==0.4.3  # the anchor's profile of a burst
 	$(BIN)/python ops/bench/anchor.py --before $(BENCH_BEFORE)
 	$(BIN)/python ops/bench/start_trace.py --before $(BENCH_BEFORE)
 	$(BIN)/python ops/bench/start_trace.py --burst 100 --before $(BENCH_BEFORE)
