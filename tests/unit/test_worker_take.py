@@ -29,6 +29,17 @@ def _polls(worker: VoicepoolWorker, arq: Any) -> SessionWorker:
     )
 
 
+def _websocket_worker(redis_url: str) -> VoicepoolWorker:
+    """A worker whose WebSocket listener is said to be there (nothing listens)."""
+    options = WorkerOptions(
+        redis_url=redis_url,
+        worker_id="w1",
+        ws_advertised_url="ws://127.0.0.1:1/ws",
+        ws_listener="listener-1",
+    )
+    return VoicepoolWorker(options)
+
+
 async def _close(worker: VoicepoolWorker, polls: SessionWorker, arq: Any) -> None:
     await worker.end_all(Reason.WORKER_SHUTDOWN)
     await asyncio.sleep(0)
@@ -254,13 +265,7 @@ async def test_a_session_its_take_made_ready_runs_before_arq_runs_its_job(
 
     SharedSileroVADAnalyzer.preload()
     arq = await create_pool(arq_redis_settings(redis_server.url))
-    options = WorkerOptions(
-        redis_url=redis_server.url,
-        worker_id="w1",
-        ws_advertised_url="ws://127.0.0.1:1/ws",
-        ws_listener="listener-1",
-    )
-    worker = VoicepoolWorker(options)
+    worker = _websocket_worker(redis_server.url)
     fields = {"conversation_id": "c1", "pool": "server", "transport": "websocket",
               "profile": "echo", "protocol": str(PROTOCOL)}  # fmt: skip
     job = queue.new_start_job(arq, "s1", "server", expires_s=60)
@@ -304,13 +309,7 @@ async def test_a_client_that_comes_as_its_session_is_taken_waits_for_it(
     and refuses at once one whose session is on its way nowhere here."""
     from worker.worker import TAKEN_ARRIVAL_S
 
-    options = WorkerOptions(
-        redis_url=redis_server.url,
-        worker_id="w1",
-        ws_advertised_url="ws://127.0.0.1:1/ws",
-        ws_listener="listener-1",
-    )
-    worker = VoicepoolWorker(options)
+    worker = _websocket_worker(redis_server.url)
     fields = {"conversation_id": "c1", "pool": "server", "transport": "websocket",
               "profile": "echo"}  # fmt: skip
     await worker.live.create("s1", "alice", fields)
