@@ -729,7 +729,10 @@ async def test_a_rejected_key_is_not_retried() -> None:
         ((reason, message),) = watch.failures
         assert reason == "model_unavailable" and "HTTP 401" in message
         assert not watch.events and server.rejected == 1
-        assert len(s.errors) == 1  # Pipecat's own report of it, as before
+        # Pipecat's own report of it, as before: its error frame may reach the pipeline's
+        # end a moment after the service's failure was seen.
+        await eventually(lambda: s.errors, timeout=8, what="Pipecat's error report")
+        assert len(s.errors) == 1
 
 
 # -- the fake on its own ---------------------------------------------------------------
